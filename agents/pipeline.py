@@ -1,0 +1,298 @@
+"""One micro-batch of input events: parse, update state, decide, emit.
+
+The agent in ``agents.customer_events`` hands each batch from ``stream.take_events`` here.
+Per batch, each customer's state is read from the table once and written once (coalesced
+writes); cart decisions go to the policy as one batch; outputs are produced with dedupe keys.
+Delivery is at-least-once: offsets are committed only after the batch's outputs and state
+changes are flushed, and a redelivered event is recognised by its ``event_id`` in state.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import faust
+import orjson
+from faust.streams import _current_event
+
+from schemas.events import SCHEMA_VERSION
+from schemas.validation import InvalidEvent, parse_event
+from streams import customer_state, metrics
+from streams.app import NextbestApp
+from streams.catalog import Merchant
+from streams.notify import Delivery, plan_delivery
+from streams.policy import DecisionContext, Offer, Policy
+
+log = logging.getLogger(__name__)
+NO_OFFER_CART_EVENTS = ("checkout", "cart_clear")
+
+
+def state_key(merchant_id: str, customer_id: str | None, session_id: str | None) -> str:
+    """Record key of inputs and state: ``<merchant>:c:<customer>`` or ``<merchant>:s:<session>``."""
+    if customer_id is not None:
+        return f"{merchant_id}:c:{customer_id}"
+    return f"{merchant_id}:s:{session_id}"
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Entry:
+    """A customer's state while a batch is processed."""
+
+    state: dict | None
+    event: faust.EventT  # an event of this key's partition: table I/O is routed by it
+    dirty: bool = False
+
+
+@dataclass
+class Decision:
+    context: DecisionContext
+    generation: int
+    event: faust.EventT
+
+
+@dataclass
+class Batch:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+    outputs: list[tuple[faust.TopicT, bytes | None, bytes]] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, nb: NextbestApp, policy: Policy) -> None:
+        self.nb = nb
+        self.policy = policy
+        self.max_bytes = nb.settings.max_event_bytes
+        self._topics: dict[str, faust.TopicT] = {}
+
+    # -- table access, routed to the partition of the event that carried the key --------
+
+    def _load(self, batch: Batch, key: str, event: faust.EventT) -> Entry:
+        entry = batch.entries.get(key)
+        if entry is None:
+            _current_event.set(weakref.ref(event))
+            raw = self.nb.customers.get(key.encode())
+            entry = Entry(state=orjson.loads(raw) if raw is not None else None, event=event)
+            batch.entries[key] = entry
+        return entry
+
+    def _save(self, batch: Batch) -> None:
+        table = self.nb.customers
+        for key, entry in batch.entries.items():
+            if not entry.dirty:
+                continue
+            _current_event.set(weakref.ref(entry.event))
+            if entry.state is None:
+                table.pop(key.encode(), None)
+            else:
+                table[key.encode()] = orjson.dumps(entry.state)
+
+    # -- the batch ----------------------------------------------------------------------
+
+    async def process(self, events: list[faust.EventT]) -> None:
+        batch = Batch()
+        metrics.BATCH_EVENTS.observe(len(events))
+        kinds = self.nb.topic_kinds
+        for event in events:
+            kind = kinds[event.message.topic]
+            try:
+                if kind == "merges":
+                    self._merge(batch, event)
+                else:
+                    self._input(batch, kind, event)
+            except InvalidEvent as exc:
+                self._dead_letter(batch, event, exc.reason, str(exc))
+            except Exception as exc:  # a bug must not stop the stream: keep the input
+                log.exception("processing failed for %s", event.message.tp)
+                self._dead_letter(batch, event, "processing_error", repr(exc))
+        if batch.decisions:
+            self._decide(batch)
+        for topic, key, value in batch.outputs:
+            topic.send_soon(key=key, value=value)
+        self._save(batch)
+
+    def _input(self, batch: Batch, kind: str, event: faust.EventT) -> None:
+        message = event.message
+        data = parse_event(message.value, kind, self.max_bytes)
+        merchant_id = data["merchant_id"]
+        if merchant_id not in self.nb.registry:
+            raise InvalidEvent("unknown_merchant", f"merchant_id {merchant_id!r} is not configured")
+        key = state_key(merchant_id, data.get("customer_id"), data.get("session_id"))
+        if message.key != key.encode():
+            # Keyed wrongly by the producer: re-key so the event meets its customer's state.
+            metrics.REROUTED.inc()
+            batch.outputs.append((self._topic(message.topic), key.encode(), message.value))
+            return
+        metrics.EVENTS.labels(kind, data["event_type"]).inc()
+        entry = self._load(batch, key, event)
+        if entry.state is None:
+            entry.state = customer_state.new_state()
+        if not customer_state.apply_event(entry.state, kind, data):
+            metrics.DUPLICATES.inc()
+            return
+        entry.dirty = True
+        session_id = data.get("session_id")
+        if (
+            data.get("customer_id")
+            and session_id
+            and customer_state.claim_session(entry.state, session_id)
+        ):
+            claim = {"kind": "claim", "customer_key": key}
+            session_key = state_key(merchant_id, None, session_id).encode()
+            batch.outputs.append((self.nb.merges, session_key, orjson.dumps(claim)))
+        if kind == "cart" and data["event_type"] not in NO_OFFER_CART_EVENTS:
+            merchant = self.nb.registry.get(merchant_id)
+            batch.decisions.append(self._decision(key, merchant, entry.state, data, event))
+
+    def _decision(
+        self, key: str, merchant: Merchant, state: dict, data: dict, event: faust.EventT
+    ) -> Decision:
+        context = DecisionContext(
+            merchant=merchant,
+            customer_key=key,
+            state=state,
+            cart_value=data["cart_value"],
+            currency=data["currency"],
+            ts=data["_ts"],
+            cart_event_id=data["event_id"],
+        )
+        return Decision(context, state["cart"]["generation"], event)
+
+    def _merge(self, batch: Batch, event: faust.EventT) -> None:
+        message = event.message
+        request = orjson.loads(message.value)
+        key = message.key.decode()
+        entry = self._load(batch, key, event)
+        if request["kind"] == "claim":
+            if entry.state is None:
+                return
+            absorb = {"kind": "absorb", "state": entry.state}
+            batch.outputs.append(
+                (self.nb.merges, request["customer_key"].encode(), orjson.dumps(absorb))
+            )
+            entry.state, entry.dirty = None, True
+        elif request["kind"] == "absorb":
+            if entry.state is None:
+                entry.state = customer_state.new_state()
+            customer_state.merge_anonymous(entry.state, request["state"])
+            entry.dirty = True
+
+    def _decide(self, batch: Batch) -> None:
+        contexts = [d.context for d in batch.decisions]
+        try:
+            offers = self.policy.decide_batch(contexts)
+        except Exception as exc:  # keep the cart events: they can be replayed from the DLQ
+            log.exception(
+                "policy %s failed on a batch of %d carts", self.policy.name, len(contexts)
+            )
+            for decision in batch.decisions:
+                self._dead_letter(batch, decision.event, "processing_error", f"policy: {exc!r}")
+            return
+        now = time.time()
+        for decision, offer in zip(batch.decisions, offers, strict=True):
+            state = decision.context.state
+            if offer is None or state["cart"]["generation"] != decision.generation:
+                continue  # no offer, or the cart was checked out within this batch
+            self._emit_offer(batch, decision, offer, now)
+
+    def _emit_offer(self, batch: Batch, decision: Decision, offer: Offer, now: float) -> None:
+        ctx = decision.context
+        raw_id = f"{ctx.customer_key}|{ctx.cart_event_id}|{offer.key}".encode()
+        offer_id = hashlib.blake2b(raw_id, digest_size=12).hexdigest()
+        if not customer_state.record_offer(ctx.state, offer.key, offer_id, ctx.ts):
+            return
+        merchant_id, _, rest = ctx.customer_key.partition(":")
+        is_customer = rest.startswith("c:")
+        promotion = {
+            "schema_version": SCHEMA_VERSION,
+            "offer_id": offer_id,
+            "dedupe_key": offer_id,
+            "merchant_id": merchant_id,
+            "customer_id": rest[2:] if is_customer else None,
+            "session_id": None if is_customer else rest[2:],
+            "cart_event_id": ctx.cart_event_id,
+            "event_time": iso(ctx.ts),
+            "decided_at": iso(now),
+            "offer_type": offer.offer_type,
+            "promotion_id": offer.promotion_id,
+            "message": offer.message,
+            "cart_value": ctx.cart_value,
+            "currency": ctx.currency,
+            "policy": self.policy.name,
+            "reason": offer.reason,
+            "percent_off": offer.percent_off,
+            "amount_to_next_tier": offer.amount_to_next_tier,
+            "recommendations": list(offer.recommendations),
+        }
+        key = ctx.customer_key.encode()
+        batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
+        metrics.OFFERS.labels(offer.offer_type).inc()
+        metrics.DECISION_LATENCY.observe(max(0.0, now - decision.event.message.timestamp))
+        if not is_customer:
+            metrics.SUPPRESSED.labels("no_consent").inc()
+            return
+        plan = plan_delivery(
+            ctx.state, ctx.merchant, ctx.customer_key, offer, ctx.cart_event_id, ctx.ts
+        )
+        if not isinstance(plan, Delivery):
+            metrics.SUPPRESSED.labels(plan.reason).inc()
+            return
+        customer_state.record_message(ctx.state, plan.channel, plan.dedupe_key, ctx.ts)
+        notification = {
+            "schema_version": SCHEMA_VERSION,
+            "notification_id": plan.dedupe_key,
+            "dedupe_key": plan.dedupe_key,
+            "merchant_id": merchant_id,
+            "customer_id": promotion["customer_id"],
+            "channel": plan.channel,
+            "address": plan.address,
+            "title": ctx.merchant.name,
+            "body": offer.message,
+            "offer_id": offer_id,
+            "promotion_id": offer.promotion_id,
+            "created_at": iso(now),
+        }
+        batch.outputs.append((self.nb.notifications, key, orjson.dumps(notification)))
+        metrics.NOTIFICATIONS.labels(plan.channel).inc()
+
+    def _dead_letter(self, batch: Batch, event: faust.EventT, reason: str, error: str) -> None:
+        message = event.message
+        payload = message.value or b""
+        try:
+            text, encoding = payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(payload).decode(), "base64"
+        letter = {
+            "reason": reason,
+            "error": error,
+            "source_topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "key": message.key.decode("utf-8", "replace") if message.key else None,
+            "received_at": iso(time.time()),
+            "payload": text,
+            "payload_encoding": encoding,
+        }
+        batch.outputs.append((self.nb.dead_letters, message.key, orjson.dumps(letter)))
+        metrics.DEAD_LETTERS.labels(reason).inc()
+
+    def _topic(self, name: str) -> faust.TopicT:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = self.nb.app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+            )
+        return topic

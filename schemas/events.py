@@ -1,0 +1,185 @@
+"""Event contracts, version 1: the Faust Records every producer and consumer agrees on.
+
+These classes are the single source of truth. ``schemas.validation`` compiles a fast
+validator from them for the hot path and ``schemas.jsonschema`` generates the JSON Schema
+files in ``schemas/json/`` for producers that are not written in Python.
+
+Every input event carries ``merchant_id``, a ``customer_id`` and/or ``session_id`` (anonymous
+visitor), an ``event_id`` (unique per merchant; reused on retries so replays deduplicate) and an
+``event_time`` (ISO 8601 with a UTC offset, e.g. ``2011-12-09T12:50:00Z``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import faust
+
+SCHEMA_VERSION = 1
+
+ClickType = Literal["page_view", "product_view", "category_view", "search"]
+CartType = Literal["cart_add", "cart_remove", "cart_quantity", "cart_clear", "checkout"]
+OrderType = Literal["order", "order_cancel"]
+ProfileType = Literal["profile"]
+FeedbackType = Literal[
+    "offer_delivered", "offer_opened", "offer_clicked", "offer_redeemed", "offer_dismissed"
+]
+Channel = Literal["push", "email", "sms", "in_app"]
+OfferType = Literal["free_shipping", "percent_off", "threshold_nudge"]
+
+
+class Line(faust.Record, serializer="json"):
+    """One product line of a cart or an order."""
+
+    product_id: str
+    quantity: int
+    unit_price: float
+    description: str | None = None
+
+
+class Event(faust.Record, abstract=True, serializer="json"):
+    """Fields shared by every input event."""
+
+    schema_version: int
+    event_id: str
+    merchant_id: str
+    event_time: str
+    customer_id: str | None = None
+    session_id: str | None = None
+
+
+class ClickEvent(Event, serializer="json"):
+    """A page, product, category or search view (topic ``clickstream``)."""
+
+    event_type: ClickType
+    page: str | None = None
+    product_id: str | None = None
+    category: str | None = None
+    query: str | None = None
+
+
+class CartEvent(Event, serializer="json"):
+    """A cart change (topic ``cart``).
+
+    ``lines`` holds the lines the change touched: the added line (cart_add), the quantity
+    removed (cart_remove), the line's new quantity (cart_quantity, 0 removes it); checkout may
+    list the whole cart and cart_clear none. ``cart_value`` is the cart's total *after* it.
+    """
+
+    event_type: CartType
+    lines: list[Line]
+    cart_value: float
+    currency: str
+
+
+class OrderEvent(Event, serializer="json"):
+    """A placed order, or a cancellation of (part of) one (topic ``orders``)."""
+
+    event_type: OrderType
+    order_id: str
+    lines: list[Line]
+    total: float
+    currency: str
+
+
+class ChannelConsent(faust.Record, serializer="json"):
+    """Addresses the customer consented to be messaged on; absent means no consent."""
+
+    email: str | None = None
+    sms: str | None = None
+    push: str | None = None
+    in_app: bool = False
+
+
+class ProfileEvent(Event, serializer="json"):
+    """Customer profile and consent (topic ``profiles``). ``opted_out`` stops all messages."""
+
+    event_type: ProfileType
+    channels: ChannelConsent
+    preferred_channel: Channel | None = None
+    time_zone: str | None = None
+    opted_out: bool = False
+
+
+class FeedbackEvent(Event, serializer="json"):
+    """What happened to an offer we sent (topic ``offer-feedback``)."""
+
+    event_type: FeedbackType
+    offer_id: str
+    notification_id: str | None = None
+
+
+class PromotionEvent(faust.Record, serializer="json"):
+    """Output (topic ``promotions``): the offer chosen for a cart change."""
+
+    schema_version: int
+    offer_id: str
+    dedupe_key: str
+    merchant_id: str
+    cart_event_id: str
+    event_time: str
+    decided_at: str
+    offer_type: OfferType
+    promotion_id: str
+    message: str
+    cart_value: float
+    currency: str
+    policy: str
+    reason: str
+    customer_id: str | None = None
+    session_id: str | None = None
+    percent_off: float | None = None
+    amount_to_next_tier: float | None = None
+    recommendations: list[str] | None = None
+
+
+class NotificationEvent(faust.Record, serializer="json"):
+    """Output (topic ``notifications``): a message to deliver. Deduplicate on ``dedupe_key``."""
+
+    schema_version: int
+    notification_id: str
+    dedupe_key: str
+    merchant_id: str
+    customer_id: str
+    channel: Channel
+    address: str
+    title: str
+    body: str
+    offer_id: str
+    promotion_id: str
+    created_at: str
+
+
+class DeadLetter(faust.Record, serializer="json"):
+    """Output (topic ``dead-letters``): an input we could not use, kept whole with its origin."""
+
+    reason: str
+    error: str
+    source_topic: str
+    partition: int
+    offset: int
+    received_at: str
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"]
+    key: str | None = None
+
+
+INPUT_EVENTS: dict[str, type[Event]] = {
+    "clickstream": ClickEvent,
+    "cart": CartEvent,
+    "orders": OrderEvent,
+    "profiles": ProfileEvent,
+    "feedback": FeedbackEvent,
+}
+OUTPUT_EVENTS: dict[str, type[faust.Record]] = {
+    "promotions": PromotionEvent,
+    "notifications": NotificationEvent,
+    "dead_letters": DeadLetter,
+}
+
+#: Fields a given event type needs beyond its record's required fields.
+REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "product_view": ("product_id",),
+    "category_view": ("category",),
+    "search": ("query",),
+}

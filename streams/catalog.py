@@ -1,0 +1,183 @@
+"""Merchants and their promotion catalogs: parsed from a YAML/JSON file at start and updated at
+run time from the compacted ``promotion-catalog`` topic (key: merchant id, value: one merchant's
+config as JSON, or null to remove the merchant)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from streams.settings import Settings
+
+PROMOTION_TYPES = ("free_shipping", "percent_off")
+CHANNELS = ("push", "email", "sms", "in_app")
+
+
+class CatalogError(ValueError):
+    """A merchant config that cannot be used; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    id: str
+    type: str
+    min_spend: float
+    percent: float = 0.0
+    valid_from: float = float("-inf")
+    valid_to: float = float("inf")
+    title: str = ""
+
+    def active(self, ts: float) -> bool:
+        return self.valid_from <= ts < self.valid_to
+
+
+@dataclass(frozen=True)
+class FrequencyCap:
+    max_messages: int = 2
+    period_s: float = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Merchant:
+    id: str
+    currency: str
+    shipping_cost: float
+    promotions: tuple[Promotion, ...]
+    nudge_max_gap: float = 0.0
+    frequency_cap: FrequencyCap = field(default_factory=FrequencyCap)
+    channel_order: tuple[str, ...] = ("in_app", "push", "email", "sms")
+    name: str = ""
+
+
+def _time(value: object, where: str) -> float:
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise CatalogError(f"{where}: not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        raise CatalogError(f"{where}: needs a UTC offset, e.g. 2011-01-01T00:00:00Z")
+    return moment.timestamp()
+
+
+def _number(config: dict, key: str, where: str, default: float | None = None) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise CatalogError(f"{where}.{key}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+def parse_promotion(config: dict, where: str) -> Promotion:
+    if not isinstance(config, dict):
+        raise CatalogError(f"{where}: expected a mapping")
+    promo_id = config.get("id")
+    if not isinstance(promo_id, str) or not promo_id:
+        raise CatalogError(f"{where}.id: required string")
+    promo_type = config.get("type")
+    if promo_type not in PROMOTION_TYPES:
+        raise CatalogError(f"{where}.type: must be one of {PROMOTION_TYPES}, got {promo_type!r}")
+    percent = _number(config, "percent", where, 0.0)
+    if promo_type == "percent_off" and not 0 < percent < 100:
+        raise CatalogError(f"{where}.percent: must be between 0 and 100 for percent_off")
+    valid_from = (
+        _time(config["valid_from"], f"{where}.valid_from")
+        if "valid_from" in config
+        else float("-inf")
+    )
+    valid_to = (
+        _time(config["valid_to"], f"{where}.valid_to") if "valid_to" in config else float("inf")
+    )
+    if valid_to <= valid_from:
+        raise CatalogError(f"{where}: valid_to must be after valid_from")
+    return Promotion(
+        id=promo_id,
+        type=promo_type,
+        min_spend=_number(config, "min_spend", where, 0.0),
+        percent=percent,
+        valid_from=valid_from,
+        valid_to=valid_to,
+        title=str(config.get("title", "")),
+    )
+
+
+def parse_merchant(merchant_id: str, config: dict) -> Merchant:
+    where = f"merchants.{merchant_id}"
+    if not isinstance(config, dict):
+        raise CatalogError(f"{where}: expected a mapping")
+    currency = config.get("currency")
+    if not isinstance(currency, str) or len(currency) != 3:
+        raise CatalogError(f"{where}.currency: expected a 3-letter currency code")
+    promotions = config.get("promotions", [])
+    if not isinstance(promotions, list):
+        raise CatalogError(f"{where}.promotions: expected a list")
+    parsed = tuple(parse_promotion(p, f"{where}.promotions[{i}]") for i, p in enumerate(promotions))
+    ids = [p.id for p in parsed]
+    if len(set(ids)) != len(ids):
+        raise CatalogError(f"{where}.promotions: duplicate promotion ids")
+    cap = config.get("frequency_cap", {})
+    channel_order = tuple(config.get("channel_order", Merchant.channel_order))
+    unknown = set(channel_order) - set(CHANNELS)
+    if unknown:
+        raise CatalogError(f"{where}.channel_order: unknown channel(s) {sorted(unknown)}")
+    return Merchant(
+        id=merchant_id,
+        name=str(config.get("name", merchant_id)),
+        currency=currency.upper(),
+        shipping_cost=_number(config, "shipping_cost", where, 0.0),
+        promotions=parsed,
+        nudge_max_gap=_number(config, "nudge_max_gap", where, 0.0),
+        frequency_cap=FrequencyCap(
+            max_messages=int(_number(cap, "max_messages", f"{where}.frequency_cap", 2)),
+            period_s=_number(cap, "period_hours", f"{where}.frequency_cap", 24) * 3600.0,
+        ),
+        channel_order=channel_order,
+    )
+
+
+def load_merchants(path: Path) -> dict[str, Merchant]:
+    """Read a merchants file (YAML or JSON: ``{merchants: {<id>: <config>}}``)."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogError(f"cannot read merchants file {path}: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("merchants"), dict):
+        raise CatalogError(f"{path}: expected a top-level 'merchants' mapping")
+    return {str(mid): parse_merchant(str(mid), cfg) for mid, cfg in document["merchants"].items()}
+
+
+class MerchantRegistry:
+    """The merchants this worker knows. Reads are lock-free; updates swap the whole dict."""
+
+    def __init__(self, merchants: dict[str, Merchant]) -> None:
+        self._merchants = dict(merchants)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MerchantRegistry:
+        return cls(load_merchants(settings.merchants_path))
+
+    def get(self, merchant_id: str) -> Merchant | None:
+        return self._merchants.get(merchant_id)
+
+    def __contains__(self, merchant_id: str) -> bool:
+        return merchant_id in self._merchants
+
+    def ids(self) -> list[str]:
+        return sorted(self._merchants)
+
+    def apply_update(self, merchant_id: str, config: dict | None) -> None:
+        """Apply one catalog-topic record; raises CatalogError and changes nothing if invalid."""
+        merchant = None if config is None else parse_merchant(merchant_id, config)
+        with self._lock:
+            merchants = dict(self._merchants)
+            if merchant is None:
+                merchants.pop(merchant_id, None)
+            else:
+                merchants[merchant_id] = merchant
+            self._merchants = merchants

@@ -1,0 +1,201 @@
+"""``nextbest`` command line: worker, broker, topics, replay, demo, schemas, bench, ..."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+DATA_FILE = Path("../shared/data/online_retail.csv.gz")
+
+
+def _settings():  # noqa: ANN202 - imported lazily so `nextbest --help` stays fast
+    from streams.settings import Settings
+
+    return Settings.from_env()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    settings = _settings()
+    if args.embedded_broker:
+        settings = replace(settings, embedded_broker=True)
+    run_worker(settings)
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import EmbeddedBroker
+    from streams.topics import ensure_topics
+
+    with EmbeddedBroker(port=args.port) as broker:
+        settings = replace(_settings(), broker_url=broker.url, embedded_broker=True)
+        ensure_topics(settings)
+        print(f"embedded Tansu broker on {broker.bootstrap} (memory only); Ctrl-C stops it")
+        print(f"  export NEXTBEST_BROKER_URL={broker.url} NEXTBEST_EMBEDDED_BROKER=1")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while broker.process and broker.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.topics import ensure_topics
+
+    created = ensure_topics(_settings())
+    print(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from streams.replay import ReadStats, replay_events, send
+
+    stats = ReadStats()
+    events = replay_events(args.file, args.merchant, args.start, args.end, stats)
+    with tqdm(unit="ev", desc="replay", total=args.limit or None) as bar:
+        result = send(
+            events,
+            _settings(),
+            speedup=args.speedup,
+            rate=args.rate,
+            limit=args.limit,
+            on_sent=lambda _: bar.update(),
+        )
+    print(
+        f"sent {result.events} events in {result.seconds:.1f}s "
+        f"({result.events / max(result.seconds, 1e-9):,.0f}/s); "
+        f"{stats.rows} rows read, {stats.skipped} skipped"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import DemoConfig, run_demo
+
+    return run_demo(
+        DemoConfig(file=args.file, days=args.days, speedup=args.speedup, start=args.start)
+    )
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.json_schema import JSON_DIR, build_schemas, render, write_schemas
+
+    if args.check:
+        stale = [
+            name
+            for name, doc in build_schemas().items()
+            if not (JSON_DIR / name).exists() or (JSON_DIR / name).read_text() != render(doc)
+        ]
+        print("JSON Schemas up to date" if not stale else f"stale: {', '.join(stale)}")
+        return 1 if stale else 0
+    for path in write_schemas():
+        print(path)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streams.bench import BenchConfig, run_bench
+
+    return run_bench(
+        BenchConfig(
+            events=args.events, rate=args.rate, file=args.file, latency_seconds=args.latency_seconds
+        )
+    )
+
+
+def _delegate(module: str) -> callable:
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(module).main(args.rest)
+
+    return run
+
+
+def _day(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="nextbest", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run the stream worker (settings from NEXTBEST_* env)")
+    p.add_argument(
+        "--embedded-broker", action="store_true", help="apply the embedded (Tansu) broker settings"
+    )
+    p.set_defaults(run=cmd_worker)
+
+    p = sub.add_parser("broker", help="run the embedded Tansu broker on loopback")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(run=cmd_broker)
+
+    sub.add_parser("topics", help="create nextbest's topics").set_defaults(run=cmd_topics)
+
+    p = sub.add_parser("replay", help="replay a UCI Online Retail file as live events")
+    p.add_argument("--file", type=Path, default=DATA_FILE)
+    p.add_argument("--merchant", default="uci-gift-shop")
+    p.add_argument("--start", type=_day, help="first invoice time, e.g. 2011-01-01")
+    p.add_argument("--end", type=_day, help="invoices before this time")
+    p.add_argument(
+        "--speedup",
+        type=float,
+        default=0.0,
+        help="event-time compression factor (0: as fast as possible)",
+    )
+    p.add_argument("--rate", type=float, default=0.0, help="fixed events per second")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many events")
+    p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("demo", help="broker + worker + replay of real data, with a live tail")
+    p.add_argument("--file", type=Path, default=DATA_FILE)
+    p.add_argument("--start", type=_day, default=datetime(2011, 11, 14, 7))
+    p.add_argument("--days", type=float, default=0.5, help="days of data to replay")
+    p.add_argument(
+        "--speedup",
+        type=float,
+        default=1800.0,
+        help="event-time compression (1800: an hour of shop traffic in 2 s)",
+    )
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("schemas", help="write (or --check) the JSON Schema files")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(run=cmd_schemas)
+
+    p = sub.add_parser("bench", help="throughput and latency benchmark on the embedded broker")
+    p.add_argument("--events", type=int, default=60000)
+    p.add_argument("--rate", type=float, default=1000.0, help="offered rate for latency (ev/s)")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--file", type=Path, default=DATA_FILE)
+    p.set_defaults(run=cmd_bench)
+
+    for name, module, text in (
+        ("train", "models.train", "train the next-purchase model"),
+        ("evaluate", "models.evaluate", "evaluate the next-purchase model against baselines"),
+        ("uplift-validate", "models.hillstrom", "validate the uplift model on Hillstrom"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(run=_delegate(module))
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    args = parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

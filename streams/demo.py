@@ -1,0 +1,282 @@
+"""``nextbest demo``: embedded broker, a worker process and a replay of real shop data, with a
+live tail of offers, notifications and dead letters, then a summary. Cleans up after itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer
+from prometheus_client.parser import text_string_to_metric_families
+from tqdm import tqdm
+
+from streams.broker import EmbeddedBroker, free_port, wait_for_port
+from streams.replay import ReplayEvent, replay_events, send
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+BAD_INPUTS = [  # shown in the demo: each lands in the dead-letter topic with its reason
+    ("cart", b"uci-gift-shop:c:1", b"{not json"),
+    (
+        "cart",
+        b"uci-gift-shop:c:1",
+        orjson.dumps(
+            {
+                "schema_version": 1,
+                "event_id": "demo-bad-1",
+                "event_type": "cart_add",
+                "merchant_id": "no-such-shop",
+                "customer_id": "1",
+                "event_time": "2011-11-14T09:00:00Z",
+                "lines": [],
+                "cart_value": 0.0,
+                "currency": "GBP",
+            }
+        ),
+    ),
+    (
+        "clickstream",
+        b"uci-gift-shop:c:1",
+        orjson.dumps(
+            {
+                "schema_version": 1,
+                "event_id": "demo-bad-2",
+                "event_type": "product_view",
+                "merchant_id": "uci-gift-shop",
+                "customer_id": "1",
+                "event_time": "2011-11-14T09:00:00Z",
+            }
+        ),
+    ),
+]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    file: Path
+    days: float = 1.0
+    speedup: float = 1800.0
+    start: datetime = datetime(2011, 11, 14)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment for a worker subprocess that uses ``settings``."""
+    return {
+        **os.environ,
+        "NEXTBEST_BROKER_URL": settings.broker_url,
+        "NEXTBEST_EMBEDDED_BROKER": "1" if settings.embedded_broker else "0",
+        "NEXTBEST_STATE_DIR": str(settings.state_dir),
+        "NEXTBEST_WEB_PORT": str(settings.web_port),
+        "NEXTBEST_PARTITIONS": str(settings.partitions),
+        "NEXTBEST_APP_ID": settings.app_id,
+        "NEXTBEST_MERCHANTS_PATH": str(settings.merchants_path),
+        "NEXTBEST_LOG_LEVEL": settings.log_level,
+    }
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env=worker_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sum of each sample name on a worker's /metrics (labels summed away)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    totals: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return dict(totals)
+
+
+class Tail(threading.Thread):
+    """Reads the output topics and prints a readable line per offer / notification / DLQ."""
+
+    def __init__(self, settings: Settings, echo: bool = True) -> None:
+        super().__init__(daemon=True)
+        t = settings.topics
+        self.names = {t.promotions: "offer", t.notifications: "notify", t.dead_letters: "DLQ"}
+        self.consumer = Consumer(
+            {
+                **settings.kafka_client_config(),
+                "group.id": f"demo-tail-{time.time_ns()}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+            }
+        )
+        self.consumer.subscribe(list(self.names))
+        self.echo = echo
+        self.echo_limit = 40  # lines per output kind, so the tail stays readable
+        self.counts: Counter[str] = Counter()
+        self.last_message = time.monotonic()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            for message in self.consumer.consume(500, 0.2):
+                if message.error():
+                    continue
+                self.last_message = time.monotonic()
+                kind = self.names[message.topic()]
+                value = orjson.loads(message.value())
+                self.counts[self._count_key(kind, value)] += 1
+                if self.echo and self.counts[kind] < self.echo_limit:
+                    tqdm.write(self._line(kind, value))
+                self.counts[kind] += 1
+        self.consumer.close()
+
+    @staticmethod
+    def _count_key(kind: str, value: dict) -> str:  # noqa: D102
+        detail = {"offer": "offer_type", "notify": "channel", "DLQ": "reason"}[kind]
+        return f"{kind}:{value[detail]}"
+
+    @staticmethod
+    def _line(kind: str, value: dict) -> str:
+        if kind == "offer":
+            who = value["customer_id"] or f"guest {value['session_id']}"
+            return (
+                f"  offer   {who:>14}  cart £{value['cart_value']:>9,.2f}  "
+                f"{value['offer_type']:<15} {value['message']}"
+            )
+        if kind == "notify":
+            return (
+                f"  notify  {value['customer_id']:>14}  {value['channel']:<6} -> "
+                f"{value['address']}: {value['body']}"
+            )
+        return f"  DLQ     {value['reason']:<22} {value['error'][:70]}"
+
+
+def run_demo(config: DemoConfig) -> int:
+    if not config.file.exists():
+        print(f"data file not found: {config.file} (expected ../shared/data beside the repo)")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="nextbest-demo-"))
+    broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+    settings = replace(
+        Settings.from_env(),
+        broker_url=broker.url,
+        embedded_broker=True,
+        state_dir=workdir / "state",
+        web_port=free_port(),
+        app_id="nextbest-demo",
+    )
+    worker = None
+    tail = None
+    try:
+        ensure_topics(settings)
+        print(f"broker: Tansu on {broker.bootstrap}; worker log: {workdir / 'worker.log'}")
+        worker = start_worker(settings, workdir / "worker.log")
+        wait_for_port("127.0.0.1", settings.web_port, 60)
+        tail = Tail(settings)
+        tail.start()
+        end = config.start + timedelta(days=config.days)
+        events: list[ReplayEvent] = list(replay_events(config.file, start=config.start, end=end))
+        print(
+            f"replaying {len(events):,} events of {config.start:%Y-%m-%d} + {config.days:g} "
+            f"day(s) at {config.speedup:g}x, plus {len(BAD_INPUTS)} bad inputs"
+        )
+        _send_bad_inputs(settings)
+        started = time.monotonic()
+        with tqdm(total=len(events), unit="ev", desc="replay", position=0) as bar:
+            send(events, settings, speedup=config.speedup, on_sent=lambda _: bar.update())
+        expected = len(events) + len(BAD_INPUTS)
+        processed = _wait_processed(settings.web_port, expected, timeout=120)
+        elapsed = time.monotonic() - started
+        time.sleep(1.0)
+        _summary(scrape(settings.web_port), tail.counts, processed, elapsed)
+        return 0
+    finally:
+        if tail:
+            tail.stopping.set()
+            tail.join(5)
+        if worker:
+            stop_worker(worker)
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _send_bad_inputs(settings: Settings) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer(settings.kafka_client_config())
+    for kind, key, value in BAD_INPUTS:
+        producer.produce(getattr(settings.topics, kind), key=key, value=value)
+    producer.flush(10)
+
+
+def _processed(totals: dict[str, float]) -> float:
+    return (
+        totals.get("nextbest_events_total", 0)
+        + totals.get("nextbest_dead_letters_total", 0)
+        + totals.get("nextbest_rerouted_events_total", 0)
+    )
+
+
+def _wait_processed(port: int, expected: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    processed = 0.0
+    while time.monotonic() < deadline:
+        processed = _processed(scrape(port))
+        if processed >= expected:
+            break
+        time.sleep(0.5)
+    return processed
+
+
+def _summary(
+    totals: dict[str, float], counts: Counter[str], processed: float, elapsed: float
+) -> None:
+    def group(prefix: str) -> str:
+        items = sorted((k.split(":", 1)[1], v) for k, v in counts.items() if k.startswith(prefix))
+        return ", ".join(f"{name} {n:,}" for name, n in items) or "none"
+
+    print("\nsummary")
+    print(
+        f"  events processed   {processed:,.0f} in {elapsed:.1f}s "
+        f"({processed / max(elapsed, 1e-9):,.0f}/s, paced by the replay speed-up)"
+    )
+    print(
+        f"  offers             {sum(v for k, v in counts.items() if k.startswith('offer:')):,}"
+        f" ({group('offer:')})"
+    )
+    print(
+        f"  notifications      {sum(v for k, v in counts.items() if k.startswith('notify:')):,}"
+        f" ({group('notify:')})"
+    )
+    print(
+        f"  suppressed         {totals.get('nextbest_messages_suppressed_total', 0):,.0f}"
+        " (frequency cap, consent, opt-out, duplicate)"
+    )
+    print(
+        f"  dead letters       {sum(v for k, v in counts.items() if k.startswith('DLQ:')):,}"
+        f" ({group('DLQ:')})"
+    )
+    p50 = "see /metrics nextbest_decision_latency_seconds"
+    print(f"  decision latency   {p50}")

@@ -1,0 +1,124 @@
+"""All nextbest settings in one typed object, read from ``NEXTBEST_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_MERCHANTS = Path(__file__).with_name("merchants.yaml")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Kafka topic names. Inputs are keyed by ``merchant_id:customer_or_session_id``."""
+
+    clickstream: str = "nextbest.clickstream"
+    cart: str = "nextbest.cart"
+    orders: str = "nextbest.orders"
+    profiles: str = "nextbest.profiles"
+    feedback: str = "nextbest.offer-feedback"
+    promotions: str = "nextbest.promotions"
+    notifications: str = "nextbest.notifications"
+    dead_letters: str = "nextbest.dead-letters"
+    catalog: str = "nextbest.promotion-catalog"
+    merges: str = "nextbest.session-merges"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.clickstream, self.cart, self.orders, self.profiles, self.feedback)
+
+    @property
+    def partitioned(self) -> tuple[str, ...]:
+        """Topics that share the input partition count (co-partitioned with state)."""
+        return (*self.inputs, self.merges, self.promotions, self.notifications)
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = "kafka://127.0.0.1:9092"
+    embedded_broker: bool = False
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    app_id: str = "nextbest"
+    state_dir: Path = Path("var/state")
+    partitions: int = 8
+    replication_factor: int = 1
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    merchants_path: Path = DEFAULT_MERCHANTS
+    max_event_bytes: int = 65536
+    batch_size: int = 500
+    batch_window_s: float = 0.05
+    log_level: str = "warn"
+    topics: Topics = field(default_factory=Topics)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Build settings from ``NEXTBEST_<FIELD>`` and ``NEXTBEST_TOPIC_<NAME>`` variables."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name == "topics":
+                continue
+            raw = env.get(f"NEXTBEST_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw, f.type)
+        topic_values = {
+            t.name: env[f"NEXTBEST_TOPIC_{t.name.upper()}"]
+            for t in fields(Topics)
+            if f"NEXTBEST_TOPIC_{t.name.upper()}" in env
+        }
+        settings = cls(**values, topics=Topics(**topic_values))  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.broker_url.startswith("kafka://"):
+            raise ValueError(
+                f"NEXTBEST_BROKER_URL must look like kafka://host:port, got {self.broker_url!r}"
+            )
+        if self.partitions < 1:
+            raise ValueError("NEXTBEST_PARTITIONS must be >= 1")
+        if self.security_protocol not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+            raise ValueError(f"unknown NEXTBEST_SECURITY_PROTOCOL {self.security_protocol!r}")
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port[,host:port]`` for librdkafka clients."""
+        return ",".join(part.removeprefix("kafka://") for part in self.broker_url.split(";"))
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """confluent-kafka (librdkafka) connection settings, SASL/TLS included."""
+        config = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            config["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password
+        if self.ssl_cafile:
+            config["ssl.ca.location"] = self.ssl_cafile
+        return config
+
+
+def _parse(name: str, raw: str, type_: object) -> object:
+    type_name = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    try:
+        if type_name == "bool":
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "Path":
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"NEXTBEST_{name.upper()}={raw!r} is not a valid {type_name}") from exc
+    return raw

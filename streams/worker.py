@@ -1,0 +1,32 @@
+"""Build the worker from Settings and run it until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import faust
+import mode.loop
+
+from agents import catalog_updates, customer_events, monitoring
+from agents.pipeline import Pipeline
+from streams.app import NextbestApp, create_app
+from streams.policy import Policy, ThresholdRulesPolicy
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+
+def build(settings: Settings, policy: Policy | None = None) -> NextbestApp:
+    nb = create_app(settings)
+    customer_events.register(nb, Pipeline(nb, policy or ThresholdRulesPolicy()))
+    monitoring.register(nb)
+    return nb
+
+
+def run_worker(settings: Settings) -> None:
+    mode.loop.use("uvloop")
+    ensure_topics(settings)
+    nb = build(settings)
+    watcher = catalog_updates.CatalogWatcher(settings, nb.registry)
+    watcher.start()
+    try:
+        faust.Worker(nb.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    finally:
+        watcher.stop()
