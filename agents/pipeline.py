@@ -199,16 +199,16 @@ class Pipeline:
             return
         now = time.time()
         for decision, offer in zip(batch.decisions, offers, strict=True):
-            state = decision.context.state
-            if offer is None or state["cart"]["generation"] != decision.generation:
-                continue  # no offer, or the cart was checked out within this batch
-            self._emit_offer(batch, decision, offer, now)
+            if offer is not None:
+                self._emit_offer(batch, decision, offer, now)
 
     def _emit_offer(self, batch: Batch, decision: Decision, offer: Offer, now: float) -> None:
         ctx = decision.context
         raw_id = f"{ctx.customer_key}|{ctx.cart_event_id}|{offer.key}".encode()
         offer_id = hashlib.blake2b(raw_id, digest_size=12).hexdigest()
-        if not customer_state.record_offer(ctx.state, offer.key, offer_id, ctx.ts):
+        if not customer_state.record_offer(
+            ctx.state, decision.generation, offer.key, offer_id, ctx.ts
+        ):
             return
         merchant_id, _, rest = ctx.customer_key.partition(":")
         is_customer = rest.startswith("c:")

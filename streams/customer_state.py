@@ -9,7 +9,9 @@ customer does (see ``docs/architecture.md`` for measured bytes per customer):
 - ``views``: last ``MAX_VIEWS`` viewed products ``[product_id, ts]``;
 - ``cart``: current cart ``{lines: [[product_id, qty, unit_price]], value, currency, ts,
   generation}``: the last ``MAX_CART_LINES`` lines, ``value`` from the event's cart_value,
-  ``generation`` counting carts (it moves on at order, checkout and clear);
+  ``generation`` counting carts. Only cart-topic events (checkout, clear) move it on: Kafka
+  orders events per key within one topic, not across topics, so decisions that depend on it
+  stay the same however the topics interleave (an order only empties the lines);
 - ``session``: current session ``{id, start, last, events}``; ``sessions`` counts them
   (a session ends after ``SESSION_GAP_S`` of inactivity, in event time);
 - ``orders``: last ``MAX_ORDERS`` orders ``[ts, order_id, total, [product_id, ...]]``;
@@ -141,8 +143,7 @@ def apply_order(state: dict, event: dict) -> None:
     rfm["last"] = ts if rfm["last"] is None else max(rfm["last"], ts)
     rfm["frequency"] += 1
     rfm["monetary"] = round(rfm["monetary"] + event["total"], 2)
-    if state["cart"]["lines"]:
-        _reset_cart(state, ts)
+    state["cart"].update(lines=[], value=0.0, ts=ts)
 
 
 def apply_profile(state: dict, event: dict) -> None:
@@ -178,9 +179,9 @@ def apply_event(state: dict, topic_kind: str, event: dict) -> bool:
     return True
 
 
-def record_offer(state: dict, offer_key: str, offer_id: str, ts: float) -> bool:
-    """Remember the offer for this cart; False when the same offer was already made for it."""
-    current = [state["cart"]["generation"], offer_key]
+def record_offer(state: dict, generation: int, offer_key: str, offer_id: str, ts: float) -> bool:
+    """Remember the offer for cart ``generation``; False when that cart already had this offer."""
+    current = [generation, offer_key]
     if state["last_offer"] == current:
         return False
     state["last_offer"] = current

@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 import mode.loop
 
-from agents import catalog_updates, customer_events, monitoring
+from agents import catalog_updates, customer_events, monitoring, state_api
 from agents.pipeline import Pipeline
 from streams.app import NextbestApp, create_app
 from streams.policy import Policy, ThresholdRulesPolicy
@@ -17,6 +17,7 @@ def build(settings: Settings, policy: Policy | None = None) -> NextbestApp:
     nb = create_app(settings)
     customer_events.register(nb, Pipeline(nb, policy or ThresholdRulesPolicy()))
     monitoring.register(nb)
+    state_api.register(nb)
     return nb
 
 

@@ -1,0 +1,213 @@
+"""``nextbest bench``: side-by-side throughput on one embedded broker, then decision latency.
+
+Throughput: the same replayed real events are produced once into the input topics, then each
+consumer reads all of them from the start with its own group: (a) raw confluent-kafka
+consume -> produce passthrough, (b) a bare Faust agent that only iterates, (c) the naive Faust
+pattern (one table update + one awaited send per event), (d) the nextbest worker. Rates count
+from the first event consumed to the last, so start-up and group joins are excluded.
+
+Latency: a fresh broker and worker, replayed events offered at a fixed rate; for each offer,
+the time from the cart record's send to the offer record's timestamp.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from streams.broker import EmbeddedBroker, free_port, wait_for_port
+from streams.demo import scrape, start_worker, stop_worker, worker_env
+from streams.replay import replay_events, send
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    file: Path
+    events: int = 60000
+    rate: float = 1000.0
+    latency_seconds: float = 20.0
+    start: datetime = datetime(2011, 10, 1)
+
+
+def _events(config: BenchConfig, limit: int) -> list:
+    stream = replay_events(config.file, start=config.start)
+    return [e for _, e in zip(range(limit), stream, strict=False)]
+
+
+def passthrough(settings: Settings, n: int) -> float:
+    """(a) confluent-kafka consume -> produce, events/s."""
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": "bench-passthrough",
+                         "enable.auto.commit": False})
+    producer = Producer({**settings.kafka_client_config(), "linger.ms": 5})
+    tps = []
+    for topic in settings.topics.inputs:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        tps += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+    consumer.assign(tps)
+    seen, first = 0, 0.0
+    deadline = time.monotonic() + 120
+    while seen < n and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.5):
+            if message.error():
+                continue
+            if not seen:
+                first = time.time()
+            producer.produce("bench.passthrough-out", key=message.key(), value=message.value())
+            seen += 1
+        producer.poll(0)
+    producer.flush(30)
+    consumer.close()
+    return seen / (time.time() - first)
+
+
+def faust_reference(settings: Settings, mode: str, n: int, workdir: Path) -> float:
+    """(b) bare or (c) naive Faust agent in its own process, events/s."""
+    result = workdir / f"{mode}.result"
+    env = worker_env(replace(settings, state_dir=workdir / f"state-{mode}",
+                             web_port=free_port()))
+    process = subprocess.Popen([sys.executable, "-m", "streams.bench_apps", mode, str(n),
+                                str(result)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=open(workdir / f"{mode}.log", "ab"))  # noqa: SIM115
+    try:
+        deadline = time.monotonic() + 300
+        while not result.exists():
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{mode} agent did not finish; see {workdir / mode}.log")
+            time.sleep(0.2)
+        first, end = map(float, result.read_text().split())
+        return n / (end - first)
+    finally:
+        stop_worker(process)
+
+
+def pipeline(settings: Settings, n: int, workdir: Path) -> float:
+    """(d) the nextbest worker, events/s (from its /metrics, polled every 50 ms)."""
+    port = free_port()
+    worker = start_worker(replace(settings, state_dir=workdir / "state-nextbest",
+                                  web_port=port, app_id="bench-nextbest"),
+                          workdir / "nextbest.log")
+    try:
+        wait_for_port("127.0.0.1", port, 60)
+        first = end = 0.0
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            totals = scrape(port)
+            done = sum(totals.get(k, 0) for k in ("nextbest_events_total",
+                                                   "nextbest_dead_letters_total",
+                                                   "nextbest_duplicate_events_total"))
+            now = time.time()
+            if done and not first:
+                first = now
+            if done >= n:
+                end = now
+                break
+            time.sleep(0.05)
+        if not end:
+            raise RuntimeError("the nextbest worker did not finish in time")
+        return n / (end - first)
+    finally:
+        stop_worker(worker)
+
+
+def latency(config: BenchConfig, workdir: Path) -> dict[str, float]:
+    """Cart record sent -> offer record written, at a fixed offered rate."""
+    n = int(config.rate * config.latency_seconds)
+    events = _events(config, n)
+    with EmbeddedBroker(log_path=workdir / "broker-latency.log") as broker:
+        settings = replace(Settings.from_env(), broker_url=broker.url, embedded_broker=True,
+                           app_id="bench-latency")
+        ensure_topics(settings)
+        port = free_port()
+        worker = start_worker(replace(settings, state_dir=workdir / "state-latency",
+                                      web_port=port), workdir / "latency.log")
+        try:
+            wait_for_port("127.0.0.1", port, 60)
+            time.sleep(8)  # let the worker join its group before offering load
+            sent_at: dict[str, float] = {}
+
+            def stamp(event) -> None:  # noqa: ANN001
+                if event.topic_kind == "cart":
+                    sent_at[event.value["event_id"]] = time.time()
+
+            send(events, settings, rate=config.rate, on_sent=stamp)
+            time.sleep(3)
+            samples = _offer_latencies(settings, sent_at)
+        finally:
+            stop_worker(worker)
+    samples.sort()
+    if not samples:
+        raise RuntimeError("no offers were emitted during the latency run")
+
+    def pct(q: float) -> float:
+        return samples[min(len(samples) - 1, int(q * len(samples)))] * 1000
+
+    return {"offers": len(samples), "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+
+
+def _offer_latencies(settings: Settings, sent_at: dict[str, float]) -> list[float]:
+    topic = settings.topics.promotions
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": "bench-latency-reader"})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    samples = []
+    quiet = time.monotonic()
+    while time.monotonic() - quiet < 2:
+        batch = [m for m in consumer.consume(1000, 0.3) if not m.error()]
+        if batch:
+            quiet = time.monotonic()
+        for message in batch:
+            offer = orjson.loads(message.value())
+            sent = sent_at.get(offer["cart_event_id"])
+            if sent is not None:
+                samples.append(message.timestamp()[1] / 1000 - sent)
+    consumer.close()
+    return samples
+
+
+def run_bench(config: BenchConfig) -> int:
+    if not config.file.exists():
+        print(f"data file not found: {config.file}")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="nextbest-bench-"))
+    try:
+        events = _events(config, config.events)
+        n = len(events)
+        with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+            settings = replace(Settings.from_env(), broker_url=broker.url, embedded_broker=True)
+            ensure_topics(settings)
+            loaded = send(events, settings)
+            print(f"loaded {n:,} replayed real events (UCI Online Retail from "
+                  f"{config.start:%Y-%m-%d}) in {loaded.seconds:.1f}s; cpu count {os.cpu_count()}")
+            rates = {
+                "a": passthrough(settings, n),
+                "b": faust_reference(settings, "bare", n, workdir),
+                "c": faust_reference(settings, "naive", n, workdir),
+                "d": pipeline(settings, n, workdir),
+            }
+        names = {"a": "confluent-kafka passthrough", "b": "faust bare iteration",
+                 "c": "faust naive (table update + send per event)", "d": "nextbest pipeline"}
+        print("\nthroughput (events/s, one worker process each)")
+        for key, rate in rates.items():
+            print(f"  ({key}) {names[key]:<45} {rate:>10,.0f}")
+        print(f"  ratio d/b = {rates['d'] / rates['b']:.2f}   (bar: >= 0.40)")
+        print(f"  ratio d/c = {rates['d'] / rates['c']:.2f}   (bar: >= 3.00)")
+        figures = latency(config, workdir)
+        print(f"\ncart -> offer latency at {config.rate:g} events/s offered for "
+              f"{config.latency_seconds:g}s: {figures['offers']:,} offers, "
+              f"p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms, "
+              f"p99 {figures['p99_ms']:.1f} ms")
+        return 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

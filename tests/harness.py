@@ -1,0 +1,136 @@
+"""Integration-test harness: a real embedded broker, real worker processes, real topics."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from streams.broker import EmbeddedBroker, free_port, wait_for_port
+from streams.demo import scrape, start_worker, stop_worker
+from streams.replay import producer_config
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+DATA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail.csv.gz"
+
+
+def event(event_type: str, event_id: str, *, customer: str | None = None,
+          session: str | None = None, time: str = "2011-11-14T10:00:00Z",
+          merchant: str = "uci-gift-shop", **fields: object) -> dict:
+    return {"schema_version": 1, "event_id": event_id, "event_type": event_type,
+            "merchant_id": merchant, "event_time": time, "customer_id": customer,
+            "session_id": session, **fields}
+
+
+def cart_add(event_id: str, value: float, *, customer: str | None = None,
+             session: str | None = None, time: str = "2011-11-14T10:00:00Z") -> dict:
+    line = {"product_id": f"P-{event_id}", "quantity": 1, "unit_price": 1.0}
+    return event("cart_add", event_id, customer=customer, session=session, time=time,
+                 lines=[line], cart_value=value, currency="GBP")
+
+
+def key_of(value: dict) -> bytes:
+    who = f"c:{value['customer_id']}" if value.get("customer_id") else f"s:{value['session_id']}"
+    return f"{value['merchant_id']}:{who}".encode()
+
+
+class Cluster:
+    """One embedded broker plus the worker processes of one consumer group."""
+
+    def __init__(self, tmp: Path, partitions: int = 4) -> None:
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.broker = EmbeddedBroker(log_path=tmp / "broker.log").start()
+        self.settings = replace(Settings.from_env({}), broker_url=self.broker.url,
+                                embedded_broker=True, partitions=partitions,
+                                app_id="nextbest-test", log_level="info")
+        ensure_topics(self.settings)
+        self.workers: dict[str, tuple] = {}
+        self.producer = Producer(producer_config(self.settings))
+
+    def start_worker(self, name: str, state_dir: str | None = None) -> int:
+        port = free_port()
+        settings = replace(self.settings, web_port=port,
+                           state_dir=self.tmp / (state_dir or f"state-{name}"))
+        process = start_worker(settings, self.tmp / f"worker-{name}.log")
+        wait_for_port("127.0.0.1", port, 60)
+        self.workers[name] = (process, port)
+        return port
+
+    def stop_worker(self, name: str) -> None:
+        process, _ = self.workers.pop(name)
+        stop_worker(process)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"worker-{name}.log").read_text(errors="replace")
+
+    def send(self, topic_kind: str, value: dict | bytes, key: bytes | None = None) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        if key is None and isinstance(value, dict):
+            key = key_of(value)
+        self.producer.produce(getattr(self.settings.topics, topic_kind), key=key, value=raw)
+
+    def flush(self) -> None:
+        self.producer.flush(10)
+
+    def processed(self) -> float:
+        """Inputs handled so far, summed over the running workers' /metrics."""
+        total = 0.0
+        for _, port in self.workers.values():
+            totals = scrape(port)
+            total += sum(totals.get(name, 0) for name in (
+                "nextbest_events_total", "nextbest_dead_letters_total",
+                "nextbest_duplicate_events_total"))
+        return total
+
+    def wait_processed(self, count: float, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.processed() < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"processed {self.processed()} of {count}")
+            time.sleep(0.25)
+
+    def read(self, topic_kind: str, min_count: int = 0, timeout: float = 20,
+             settle: float = 1.5) -> list[dict]:
+        """All records of an output topic: at least ``min_count``, then until quiet."""
+        topic = getattr(self.settings.topics, topic_kind)
+        consumer = Consumer({**self.settings.kafka_client_config(), "group.id": "test-reader",
+                             "enable.auto.commit": False})
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        records: list[dict] = []
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = [m for m in consumer.consume(500, 0.2) if not m.error()]
+            records.extend(orjson.loads(m.value()) for m in batch)
+            if batch:
+                quiet_since = time.monotonic()
+            elif len(records) >= min_count and time.monotonic() - quiet_since > settle:
+                break
+        consumer.close()
+        return records
+
+    def state(self, port: int, key: str) -> dict | None:
+        url = f"http://127.0.0.1:{port}/customers/{urllib.request.quote(key)}/"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def close(self) -> None:
+        for name in list(self.workers):
+            self.stop_worker(name)
+        self.producer.flush(5)
+        del self.producer  # librdkafka clients close when collected
+        self.broker.stop()

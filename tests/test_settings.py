@@ -1,0 +1,207 @@
+"""Settings from NEXTBEST_* environment variables, topic overrides, Kafka client config."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from streams.settings import DEFAULT_MERCHANTS, Settings, Topics
+
+
+def test_defaults_without_any_variable():
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.merchants_path == DEFAULT_MERCHANTS
+    assert settings.topics == Topics()
+    assert settings.topics.cart == "nextbest.cart"
+
+
+def test_unrelated_variables_are_ignored():
+    env = {"HOME": "/root", "NEXTBEST_NOT_A_SETTING": "x", "NEXTBEST_TOPIC_NOPE": "y"}
+    assert Settings.from_env(env) == Settings()
+
+
+def test_every_field_type_is_parsed():
+    env = {
+        "NEXTBEST_BROKER_URL": "kafka://kafka:9092",
+        "NEXTBEST_EMBEDDED_BROKER": "true",
+        "NEXTBEST_SECURITY_PROTOCOL": "SASL_SSL",
+        "NEXTBEST_SASL_MECHANISM": "SCRAM-SHA-512",
+        "NEXTBEST_SASL_USERNAME": "worker",
+        "NEXTBEST_SASL_PASSWORD": "s3cret",
+        "NEXTBEST_SSL_CAFILE": "/etc/ca.pem",
+        "NEXTBEST_APP_ID": "nextbest-eu",
+        "NEXTBEST_STATE_DIR": "/data/state",
+        "NEXTBEST_PARTITIONS": "12",
+        "NEXTBEST_REPLICATION_FACTOR": "3",
+        "NEXTBEST_WEB_HOST": "0.0.0.0",
+        "NEXTBEST_WEB_PORT": "7070",
+        "NEXTBEST_MERCHANTS_PATH": "/etc/nextbest/merchants.yaml",
+        "NEXTBEST_MAX_EVENT_BYTES": "1024",
+        "NEXTBEST_BATCH_SIZE": "100",
+        "NEXTBEST_BATCH_WINDOW_S": "0.25",
+        "NEXTBEST_LOG_LEVEL": "info",
+    }
+    # The test must set every field (topics aside), so a new setting needs a case here.
+    assert {f"NEXTBEST_{f.name.upper()}" for f in fields(Settings) if f.name != "topics"} == set(
+        env
+    )
+    settings = Settings.from_env(env)
+    assert settings == Settings(
+        broker_url="kafka://kafka:9092",
+        embedded_broker=True,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="worker",
+        sasl_password="s3cret",
+        ssl_cafile="/etc/ca.pem",
+        app_id="nextbest-eu",
+        state_dir=Path("/data/state"),
+        partitions=12,
+        replication_factor=3,
+        web_host="0.0.0.0",
+        web_port=7070,
+        merchants_path=Path("/etc/nextbest/merchants.yaml"),
+        max_event_bytes=1024,
+        batch_size=100,
+        batch_window_s=0.25,
+        log_level="info",
+    )
+    assert isinstance(settings.state_dir, Path) and isinstance(settings.batch_window_s, float)
+    assert type(settings.partitions) is int and settings.embedded_broker is True
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("true", True), ("TRUE", True), ("Yes", True), ("0", False), ("false", False),
+     ("No", False)],
+)  # fmt: skip
+def test_bool_spellings(raw, expected):
+    assert Settings.from_env({"NEXTBEST_EMBEDDED_BROKER": raw}).embedded_broker is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "type_name"),
+    [
+        ("NEXTBEST_EMBEDDED_BROKER", "maybe", "bool"),
+        ("NEXTBEST_EMBEDDED_BROKER", "", "bool"),
+        ("NEXTBEST_PARTITIONS", "eight", "int"),
+        ("NEXTBEST_PARTITIONS", "8.0", "int"),
+        ("NEXTBEST_WEB_PORT", "", "int"),
+        ("NEXTBEST_MAX_EVENT_BYTES", "64k", "int"),
+        ("NEXTBEST_BATCH_WINDOW_S", "fast", "float"),
+    ],
+)
+def test_invalid_values_name_the_variable(name, raw, type_name):
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({name: raw})
+    assert str(info.value) == f"{name}={raw!r} is not a valid {type_name}"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NEXTBEST_BROKER_URL": "localhost:9092"}, "NEXTBEST_BROKER_URL must look like kafka://"),
+        ({"NEXTBEST_PARTITIONS": "0"}, "NEXTBEST_PARTITIONS must be >= 1"),
+        ({"NEXTBEST_SECURITY_PROTOCOL": "TLS"}, "unknown NEXTBEST_SECURITY_PROTOCOL 'TLS'"),
+    ],
+)
+def test_invalid_settings_name_the_variable(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+
+
+def test_topic_overrides():
+    env = {
+        "NEXTBEST_TOPIC_CART": "shop.cart",
+        "NEXTBEST_TOPIC_DEAD_LETTERS": "shop.dlq",
+        "NEXTBEST_TOPIC_FEEDBACK": "shop.feedback",
+    }
+    topics = Settings.from_env(env).topics
+    assert (topics.cart, topics.dead_letters, topics.feedback) == (
+        "shop.cart",
+        "shop.dlq",
+        "shop.feedback",
+    )
+    assert topics.clickstream == Topics().clickstream
+    assert topics.inputs == (
+        "nextbest.clickstream",
+        "shop.cart",
+        "nextbest.orders",
+        "nextbest.profiles",
+        "shop.feedback",
+    )
+    assert topics.partitioned == (
+        *topics.inputs,
+        "nextbest.session-merges",
+        "nextbest.promotions",
+        "nextbest.notifications",
+    )
+    assert (
+        topics.catalog not in topics.partitioned and topics.dead_letters not in topics.partitioned
+    )
+
+
+def test_every_topic_can_be_overridden():
+    env = {f"NEXTBEST_TOPIC_{t.name.upper()}": f"x.{t.name}" for t in fields(Topics)}
+    topics = Settings.from_env(env).topics
+    assert all(getattr(topics, t.name) == f"x.{t.name}" for t in fields(Topics))
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch):
+    monkeypatch.setenv("NEXTBEST_PARTITIONS", "3")
+    monkeypatch.setenv("NEXTBEST_TOPIC_ORDERS", "env.orders")
+    settings = Settings.from_env()
+    assert settings.partitions == 3 and settings.topics.orders == "env.orders"
+
+
+def test_settings_are_immutable():
+    with pytest.raises(AttributeError):
+        Settings().partitions = 2  # type: ignore[misc]
+
+
+def test_bootstrap_servers_and_plaintext_client_config():
+    settings = Settings.from_env({"NEXTBEST_BROKER_URL": "kafka://a:9092;kafka://b:9093"})
+    assert settings.bootstrap_servers == "a:9092,b:9093"
+    assert settings.kafka_client_config() == {"bootstrap.servers": "a:9092,b:9093"}
+    assert Settings().kafka_client_config() == {"bootstrap.servers": "127.0.0.1:9092"}
+
+
+def test_kafka_client_config_with_sasl_ssl():
+    settings = Settings.from_env(
+        {
+            "NEXTBEST_BROKER_URL": "kafka://broker.example.com:9094",
+            "NEXTBEST_SECURITY_PROTOCOL": "SASL_SSL",
+            "NEXTBEST_SASL_MECHANISM": "PLAIN",
+            "NEXTBEST_SASL_USERNAME": "user",
+            "NEXTBEST_SASL_PASSWORD": "pass",
+            "NEXTBEST_SSL_CAFILE": "/etc/ssl/ca.pem",
+        }
+    )
+    assert settings.kafka_client_config() == {
+        "bootstrap.servers": "broker.example.com:9094",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "user",
+        "sasl.password": "pass",
+        "ssl.ca.location": "/etc/ssl/ca.pem",
+    }
+
+
+def test_kafka_client_config_with_ssl_only():
+    settings = Settings(security_protocol="SSL", ssl_cafile="/ca.pem")
+    assert settings.kafka_client_config() == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "SSL",
+        "ssl.ca.location": "/ca.pem",
+    }
+
+
+def test_sasl_credentials_are_left_out_without_a_mechanism():
+    settings = Settings(security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password="p")
+    assert settings.kafka_client_config() == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "SASL_PLAINTEXT",
+    }
