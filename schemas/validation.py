@@ -190,7 +190,9 @@ def parse_event(raw: bytes | None, topic_kind: str, max_bytes: int) -> dict:
             f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})",
         )
     event_type = event.get("event_type")
-    check = _CHECKS[topic_kind].get(event_type)  # type: ignore[arg-type]
+    if type(event_type) is not str:
+        raise InvalidEvent("unknown_event_type", f"event_type must be a string, got {event_type!r}")
+    check = _CHECKS[topic_kind].get(event_type)
     if check is None:
         home = ALL_EVENT_TYPES.get(event_type)  # type: ignore[arg-type]
         where = f" (it belongs on the {home} topic)" if home else ""

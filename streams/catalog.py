@@ -121,7 +121,12 @@ def parse_merchant(merchant_id: str, config: dict) -> Merchant:
     if len(set(ids)) != len(ids):
         raise CatalogError(f"{where}.promotions: duplicate promotion ids")
     cap = config.get("frequency_cap", {})
-    channel_order = tuple(config.get("channel_order", Merchant.channel_order))
+    if not isinstance(cap, dict):
+        raise CatalogError(f"{where}.frequency_cap: expected a mapping")
+    channel_order = config.get("channel_order", Merchant.channel_order)
+    if not isinstance(channel_order, list | tuple):
+        raise CatalogError(f"{where}.channel_order: expected a list of channels")
+    channel_order = tuple(channel_order)
     unknown = set(channel_order) - set(CHANNELS)
     if unknown:
         raise CatalogError(f"{where}.channel_order: unknown channel(s) {sorted(unknown)}")
@@ -144,7 +149,7 @@ def load_merchants(path: Path) -> dict[str, Merchant]:
     """Read a merchants file (YAML or JSON: ``{merchants: {<id>: <config>}}``)."""
     try:
         document = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise CatalogError(f"cannot read merchants file {path}: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("merchants"), dict):
         raise CatalogError(f"{path}: expected a top-level 'merchants' mapping")

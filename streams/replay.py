@@ -8,7 +8,8 @@ Each invoice becomes a shopping session that ends at the invoice time:
   logging in, so the worker's anonymous-to-customer merge runs on real traffic;
 - then ``checkout`` 20 s before the invoice time and the ``order`` at the invoice time;
 - non-product codes (postage, fees, manual adjustments) are billed on the order but never
-  viewed or added; lines with quantity <= 0 outside cancellations are skipped;
+  viewed or added; lines with quantity <= 0 outside cancellations, and the negative-price
+  "Adjust bad debt" rows, are skipped;
 - invoices starting with ``C`` become ``order_cancel`` events; guest invoices (no CustomerID)
   are anonymous sessions throughout;
 - each known customer gets a ``profile`` event before their first event. The UCI data has no
@@ -27,7 +28,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -229,7 +230,8 @@ class EventBuilder:
             **fields,
         }
         key_id = f"c:{customer}" if customer else f"s:{session}"
-        return ReplayEvent(moment.timestamp(), kind, f"{self.merchant_id}:{key_id}", value)
+        ts = moment.replace(tzinfo=UTC).timestamp()  # the file's times are UTC (UK shop)
+        return ReplayEvent(ts, kind, f"{self.merchant_id}:{key_id}", value)
 
     def invoice_events(self, rows: list[Row]) -> list[ReplayEvent]:
         first = rows[0]
@@ -277,8 +279,9 @@ class EventBuilder:
                     )
                 )
             return events
-        products = [r for r in rows if r.quantity > 0 and is_product(r.stock_code)]
-        billed = [r for r in rows if r.quantity > 0]
+        products = [r for r in rows if r.quantity > 0 and r.unit_price >= 0
+                    and is_product(r.stock_code)]
+        billed = [r for r in rows if r.quantity > 0 and r.unit_price >= 0]
         if not billed:
             return events
         step = min(30.0, MAX_SESSION_S / (2 * len(products) + 2))
@@ -359,7 +362,7 @@ def replay_events(
         moment = rows[0].time
         if (start and moment < start) or (end and moment >= end):
             continue
-        ts = moment.timestamp()
+        ts = moment.replace(tzinfo=UTC).timestamp()
         while heap and heap[0][0] < ts - horizon:
             yield heapq.heappop(heap)[2]
         for event in builder.invoice_events(rows):

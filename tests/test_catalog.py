@@ -181,12 +181,6 @@ def test_catalog_errors_name_the_field(merchant_config, message):
     assert message in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="streams/catalog.py parse_merchant: a frequency_cap or channel_order of the wrong "
-    "type raises AttributeError/TypeError instead of CatalogError (an AttributeError escapes "
-    "agents/catalog_updates.apply_record and stops the catalog watcher)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "bad",
     [
@@ -224,11 +218,6 @@ def test_unreadable_merchants_file(tmp_path):
         load_merchants(tmp_path)  # a directory
 
 
-@pytest.mark.xfail(
-    reason="streams/catalog.py load_merchants: a file that is not UTF-8 raises "
-    "UnicodeDecodeError (not caught with OSError/YAMLError) instead of CatalogError",
-    strict=True,
-)
 def test_non_utf8_merchants_file_is_a_catalog_error(tmp_path):
     path = tmp_path / "merchants.yaml"
     path.write_bytes(b"\xff\xfemerchants: {}\n")

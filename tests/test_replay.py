@@ -293,12 +293,6 @@ def test_big_invoice_checks_out_after_its_last_cart_add():
     assert all(e.ts <= checkout.ts for e in events if e.value["event_type"] == "cart_add")
 
 
-@pytest.mark.xfail(
-    reason="streams/replay.py invoice_events: UCI 'Adjust bad debt' rows (invoice A563186, "
-    "stock code B, unit price -11062.06) go into the order unchanged; parse_event rejects "
-    "lines[0].unit_price < 0, so the replay produces dead letters",
-    strict=True,
-)
 def test_bad_debt_adjustment_rows_produce_valid_events():
     rows = [row("A563186", "B", 1, -11062.06, customer=None, description="Adjust bad debt")]
     check(EventBuilder("shop").invoice_events(rows))
@@ -320,11 +314,6 @@ def new_york_time():
         time.tzset()
 
 
-@pytest.mark.xfail(
-    reason="streams/replay.py EventBuilder._event: ReplayEvent.ts is naive_datetime.timestamp() "
-    "(local time) while event_time is written as UTC ('...Z'); they differ unless TZ=UTC",
-    strict=True,
-)
 def test_replay_ts_matches_event_time_in_any_local_time_zone(new_york_time):
     events = EventBuilder("shop").invoice_events([row("536365", "85123A", 6, 2.55)])
     assert [e.ts for e in events] == [parse_time(e.value["event_time"]) for e in events]
