@@ -1,0 +1,235 @@
+"""Offline evaluation of next-purchase recommenders (``nextbest evaluate``): one protocol.
+
+Protocol:
+
+* Time split at ``--cutoff`` (default 2011-10-01). Everything the methods see, the model's
+  training and the catalogue included, is strictly before the cutoff.
+* Scored: every customer with at least one order before the cutoff and one at or after it.
+  The target is the set of products in that customer's first order after the cutoff.
+* Every method ranks the whole catalogue (all products bought before the cutoff); no sampled
+  negatives. Hit@k: at least one of the top k is in the target order; MRR: 1 / rank of the
+  best-placed target product (0 if none is in the catalogue). Ties are broken by popularity,
+  then product id, so every ranking is deterministic.
+* Cohorts: all scored customers, and those with at most 10 orders before the cutoff.
+* Methods: most popular by orders, most popular by units, personal purchase frequency (orders
+  holding the product, popularity breaking ties and filling the rest), last basket with
+  popularity fill, the model without its LSTM (learned repeat + popularity scores: the
+  ablation) and the full model, each trained on the pre-cutoff orders once per ``--seeds``.
+
+Writes ``evaluation.json`` (every figure) and ``evaluation.png`` (bars per method and k) to
+``--out`` and prints the table. ``--artifact`` evaluates a saved model instead of training; it
+is refused unless that model was trained with a cutoff no later than this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from models import artifact, baselines  # noqa: E402
+from models.next_purchase import ModelConfig, Recommender  # noqa: E402
+from models.sequences import (  # noqa: E402
+    Vocab,
+    encode_history,
+    epoch_seconds,
+    file_sha256,
+    load_transactions,
+    orders_from_lines,
+    split_at,
+)
+from models.train import DEFAULT_DATA, KS, TrainConfig, fit, rank_metrics, target_ranks  # noqa: E402
+
+MODELS = {"repeat_no_lstm": False, "lstm_repeat": True}  # name -> use_lstm
+REFERENCE = "personal_frequency"
+BAR = {"hit@1": 0.15, "hit@10": 0.05}  # required relative gain over the reference
+SMALL = 10  # the "<= 10 prior orders" cohort
+
+
+def cohort_metrics(ranks: torch.Tensor, small: torch.Tensor) -> dict[str, dict]:
+    return {"all": rank_metrics(ranks), f"<={SMALL}_orders": rank_metrics(ranks[small])}
+
+
+def mean_over_seeds(runs: list[dict]) -> dict:
+    out = {}
+    for cohort in runs[0]:
+        out[cohort] = {
+            m: float(np.mean([r[cohort][m] for r in runs])) for m in runs[0][cohort] if m != "n"
+        }
+        out[cohort].update(
+            {f"{m}_std": float(np.std([r[cohort][m] for r in runs])) for m in ("hit@1", "hit@10")}
+        )
+        out[cohort]["n"] = runs[0][cohort]["n"]
+    return out
+
+
+def chart(results: dict, path: Path, title: str) -> None:
+    cohorts = list(next(iter(results.values())))
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(7 * len(cohorts), 4.5), sharey=True)
+    width = 0.8 / len(results)
+    for ax, cohort in zip(np.atleast_1d(axes), cohorts, strict=True):
+        for j, (method, res) in enumerate(results.items()):
+            vals = [res[cohort][f"hit@{k}"] for k in KS]
+            ax.bar(np.arange(len(KS)) + j * width, vals, width, label=method)
+        ax.set_xticks(np.arange(len(KS)) + 0.4 - width / 2, [f"Hit@{k}" for k in KS])
+        ax.set_title(f"{cohort} (n={res[cohort]['n']})")
+        ax.grid(axis="y", alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("hit rate")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(results: dict) -> str:
+    lines = []
+    for cohort in next(iter(results.values())):
+        n = next(iter(results.values()))[cohort]["n"]
+        lines.append(f"\ncohort {cohort} (n={n})")
+        lines.append(
+            f"{'method':<22}" + "".join(f"{h:>9}" for h in [*(f"Hit@{k}" for k in KS), "MRR"])
+        )
+        for method, res in results.items():
+            r = res[cohort]
+            vals = [r[f"hit@{k}"] for k in KS] + [r["mrr"]]
+            lines.append(f"{method:<22}" + "".join(f"{x:>9.4f}" for x in vals))
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nextbest evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=DEFAULT_DATA, help="Online Retail csv / csv.gz / xlsx")
+    p.add_argument("--cutoff", default="2011-10-01")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default=None, help="default var/evaluation/<file>_<cutoff>")
+    p.add_argument("--artifact", default=None, help="evaluate this saved model, no training")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    lines, report = load_transactions(args.data)
+    cutoff = epoch_seconds(args.cutoff)
+    orders = orders_from_lines(lines)
+    before, after = split_at(orders, cutoff)
+    customers = sorted(c for c in before if c in after)
+    if not customers:
+        print(f"no customer has orders on both sides of {args.cutoff}")
+        return 1
+    vocab = Vocab.build(before)
+    units = lines[lines["seconds"] < cutoff].groupby("product")["quantity"].sum().to_dict()
+    target_mask = torch.zeros(len(customers), len(vocab), dtype=torch.bool)
+    for row, cust in enumerate(customers):
+        known = [vocab.index[p] for p in after[cust][0][1] if p in vocab.index]
+        target_mask[row, known] = True
+    small = torch.tensor([len(before[c]) <= SMALL for c in customers])
+
+    results: dict[str, dict] = {}
+    per_seed: dict[str, list] = {}
+    histories = [before[c] for c in customers]
+    baseline_scores = {
+        "popular_orders": baselines.popular_orders(histories, vocab),
+        "popular_units": baselines.popular_units(histories, vocab, units),
+        "personal_frequency": baselines.personal_frequency(histories, vocab),
+        "last_basket": baselines.last_basket(histories, vocab),
+    }
+    for name, scores in baseline_scores.items():
+        results[name] = cohort_metrics(target_ranks(scores, target_mask), small)
+
+    def model_ranks(rec: Recommender) -> torch.Tensor:
+        encoded = [encode_history(h, rec.vocab, rec.encoder) for h in histories]
+        probs = rec.probabilities(encoded).double()
+        probs += torch.arange(len(vocab), 0, -1, dtype=torch.float64) * 1e-12  # tie-break
+        probs[:, 0] = -torch.inf
+        return target_ranks(probs, target_mask)
+
+    training = {}
+    if args.artifact:
+        path = artifact.resolve(args.artifact)
+        trained_to = json.loads((path / "config.json").read_text()).get("cutoff")
+        if not trained_to or epoch_seconds(trained_to) > cutoff:
+            print(f"refused: {path} was trained with cutoff {trained_to}, after {args.cutoff}")
+            return 2
+        rec = artifact.load(path)
+        if rec.vocab.items != vocab.items:
+            print(f"refused: {path} has a different catalogue than {args.data} before the cutoff")
+            return 2
+        results[f"artifact:{path.name}"] = cohort_metrics(model_ranks(rec), small)
+    else:
+        for name, use_lstm in MODELS.items():
+            per_seed[name] = []
+            for seed in args.seeds:
+                cfg = TrainConfig(
+                    data=args.data,
+                    cutoff=args.cutoff,
+                    seed=seed,
+                    device=args.device,
+                    model=ModelConfig(use_lstm=use_lstm),
+                )
+                model, summary = fit(before, vocab, cfg, progress=not args.quiet)
+                rec = Recommender(model, vocab, cfg.encoder, device=summary["device"])
+                per_seed[name].append(cohort_metrics(model_ranks(rec), small))
+                training[f"{name}/seed{seed}"] = {
+                    k: summary[k] for k in ("seconds", "best_epoch", "epochs_run", "device")
+                }
+                print(f"{name} seed {seed}: {per_seed[name][-1]['all']} ({summary['seconds']}s)")
+            results[name] = mean_over_seeds(per_seed[name])
+
+    ref = results[REFERENCE]["all"]
+    gains = {
+        name: {m: res["all"][m] / ref[m] - 1.0 for m in ("hit@1", "hit@5", "hit@10", "mrr")}
+        for name, res in results.items()
+    }
+    print(
+        f"Online Retail protocol, cutoff {args.cutoff}, {len(customers)} customers, "
+        f"catalogue {len(vocab) - 1}; model rows are means over seeds {args.seeds}"
+    )
+    print(table(results))
+    print(f"\nrelative to {REFERENCE} (cohort all):")
+    for name, g in gains.items():
+        print(f"  {name:<22}" + "  ".join(f"{m} {v:+.1%}" for m, v in g.items()))
+    for name in per_seed:
+        ok = all(gains[name][m] >= need for m, need in BAR.items())
+        print(f"  {name}: bar (Hit@1 +15%, Hit@10 +5%) {'MET' if ok else 'NOT met'}")
+
+    out = Path(args.out or f"var/evaluation/{Path(args.data).name.split('.')[0]}_{args.cutoff}")
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "protocol": {
+            "data": args.data,
+            "data_sha256": file_sha256(args.data),
+            "cutoff": args.cutoff,
+            "customers": len(customers),
+            "customers_small": int(small.sum()),
+            "catalogue": len(vocab) - 1,
+            "seeds": args.seeds,
+            "load_report": asdict(report),
+        },
+        "results": results,
+        "per_seed": per_seed,
+        "relative_to_" + REFERENCE: gains,
+        "training": training,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    (out / "evaluation.json").write_text(json.dumps(payload, indent=1))
+    chart(results, out / "evaluation.png", f"{Path(args.data).name}, cutoff {args.cutoff}")
+    print(f"\nwrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,218 @@
+"""Train the next-purchase model and write a versioned artifact (``nextbest train``).
+
+    nextbest train --data ../shared/data/online_retail.csv.gz --seed 0
+
+Every order that has an earlier order is one example (`models.sequences.build_examples`).
+A random 10% of customers is held out; training stops when their MRR has not improved for
+``patience`` epochs (or the time budget is spent) and the best epoch's weights are kept.
+The loss is the negative log of the probability mass the model puts on the next order's items,
+i.e. of the top pick landing in that order, which is what Hit@k counts. Each example weighs
+1/sqrt(the customer's number of examples), so a few wholesalers with hundreds of orders do not
+drown the typical customer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models import artifact
+from models.next_purchase import ModelConfig, NextPurchaseLSTM, collate
+from models.sequences import (
+    EncoderConfig,
+    Example,
+    Order,
+    Vocab,
+    build_examples,
+    epoch_seconds,
+    file_sha256,
+    load_orders,
+    split_at,
+)
+
+DEFAULT_DATA = "../shared/data/online_retail.csv.gz"
+KS = (1, 5, 10, 20)
+
+
+@dataclass
+class TrainConfig:
+    data: str = DEFAULT_DATA
+    out: str = "var/models/next_purchase"
+    cutoff: str | None = None  # train only on orders before this date (for evaluation)
+    seed: int = 0
+    max_epochs: int = 40
+    patience: int = 4
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    val_fraction: float = 0.1
+    time_budget_s: float = 540.0
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+def target_ranks(logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """1-based rank of the best-placed target item in a full-catalogue ranking (inf: none)."""
+    best = logits.masked_fill(~target_mask, float("-inf")).max(dim=-1).values
+    ranks = 1.0 + (logits > best[:, None]).sum(dim=-1).double()
+    return torch.where(torch.isinf(best), torch.inf, ranks)
+
+
+def rank_metrics(ranks: torch.Tensor) -> dict[str, float]:
+    out = {f"hit@{k}": float((ranks <= k).double().mean()) for k in KS}
+    out["mrr"] = float((1.0 / ranks).mean())
+    out["n"] = len(ranks)
+    return out
+
+
+def _target_mask(examples: list[Example], n_items: int) -> torch.Tensor:
+    mask = torch.zeros(len(examples), n_items, dtype=torch.bool)
+    for row, ex in enumerate(examples):
+        mask[row, torch.from_numpy(ex.target)] = True
+    return mask
+
+
+def _evaluate(model: NextPurchaseLSTM, examples: list[Example], device: str) -> dict:
+    model.eval()
+    ranks = []
+    with torch.no_grad():
+        for start in range(0, len(examples), 512):
+            chunk = examples[start : start + 512]
+            logits = model(collate([e.history for e in chunk]).to(device)).cpu()
+            ranks.append(target_ranks(logits, _target_mask(chunk, logits.shape[1])))
+    return rank_metrics(torch.cat(ranks))
+
+
+def fit(
+    orders: dict[str, list[Order]], vocab: Vocab, cfg: TrainConfig, progress: bool = True
+) -> tuple[NextPurchaseLSTM, dict]:
+    """Train on ``orders`` with early stopping; returns the best model and a training summary."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+    started = time.monotonic()
+    examples = build_examples(orders, vocab, cfg.encoder)
+    customers = sorted({e.customer for e in examples})
+    rng = np.random.default_rng(cfg.seed)
+    held_out = set(rng.choice(customers, int(len(customers) * cfg.val_fraction), replace=False))
+    train = [e for e in examples if e.customer not in held_out]
+    val = [e for e in examples if e.customer in held_out]
+
+    per_customer: dict[str, int] = {}
+    for e in train:
+        per_customer[e.customer] = per_customer.get(e.customer, 0) + 1
+    weights = torch.tensor([per_customer[e.customer] ** -0.5 for e in train], device=device)
+    model = NextPurchaseLSTM(cfg.model, vocab.popularity).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, best_state, best_epoch, log = -1.0, None, 0, []
+    steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    bar = tqdm(total=cfg.max_epochs * steps_per_epoch, disable=not progress, desc="train")
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        order = rng.permutation(len(train))
+        total = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            chunk = [train[i] for i in order[start : start + cfg.batch_size]]
+            logp = torch.log_softmax(model(collate([e.history for e in chunk]).to(device)), -1)
+            on_target = logp.masked_fill(~_target_mask(chunk, logp.shape[1]).to(device), -torch.inf)
+            w = weights[order[start : start + cfg.batch_size]]
+            loss = -(torch.logsumexp(on_target, dim=-1) * w).sum() / w.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total += loss.item() * len(chunk)
+            bar.update()
+        metrics = _evaluate(model, val, device)
+        log.append({"epoch": epoch, "train_loss": total / len(train), **metrics})
+        bar.set_postfix(loss=f"{total / len(train):.3f}", val_mrr=f"{metrics['mrr']:.4f}")
+        if metrics["mrr"] > best:
+            best, best_epoch = metrics["mrr"], epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if epoch - best_epoch >= cfg.patience or time.monotonic() - started > cfg.time_budget_s:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    summary = {
+        "examples_train": len(train),
+        "examples_val": len(val),
+        "best_epoch": best_epoch,
+        "epochs_run": len(log),
+        "seconds": round(time.monotonic() - started, 1),
+        "device": device,
+        "validation": log[best_epoch - 1],
+        "log": log,
+    }
+    return model, summary
+
+
+def parse_args(argv: list[str]) -> TrainConfig:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="nextbest train", description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=d.data, help="Online Retail csv / csv.gz / xlsx")
+    p.add_argument("--out", default=d.out, help="artifact root; a <version>/ dir goes in it")
+    p.add_argument("--cutoff", default=None, help="use only orders before this date")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--max-epochs", type=int, default=d.max_epochs)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--time-budget-s", type=float, default=d.time_budget_s)
+    p.add_argument("--device", default=d.device, help="auto (cuda if present), cpu, cuda")
+    p.add_argument("--no-lstm", action="store_true", help="ablation: repeat + popularity only")
+    a = p.parse_args(argv)
+    return TrainConfig(
+        data=a.data,
+        out=a.out,
+        cutoff=a.cutoff,
+        seed=a.seed,
+        max_epochs=a.max_epochs,
+        patience=a.patience,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        time_budget_s=a.time_budget_s,
+        device=a.device,
+        model=ModelConfig(use_lstm=not a.no_lstm),
+    )
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_args(argv)
+    orders, report = load_orders(cfg.data)
+    if cfg.cutoff:
+        orders, _ = split_at(orders, epoch_seconds(cfg.cutoff))
+    vocab = Vocab.build(orders)
+    model, summary = fit(orders, vocab, cfg)
+    sha = file_sha256(cfg.data)
+    path = artifact.save(
+        cfg.out,
+        model,
+        vocab,
+        config=asdict(cfg),
+        data_sha256=sha,
+        metrics={"load_report": asdict(report), **summary},
+    )
+    val = summary["validation"]
+    print(
+        f"wrote {path} in {summary['seconds']}s; held-out customers: "
+        + ", ".join(f"{k}={val[k]:.4f}" for k in ("hit@1", "hit@5", "hit@10", "hit@20", "mrr"))
+    )
+    print(json.dumps({"artifact": str(path), "data_sha256": sha}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,191 @@
+"""Loading Online Retail files and the training/serving parity of `encode_history`."""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.sequences import (
+    EncoderConfig,
+    Vocab,
+    build_examples,
+    encode_history,
+    is_product,
+    load_orders,
+    load_transactions,
+)
+
+OLD = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice"]
+OLD += ["CustomerID", "Country"]
+NEW = ["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price"]
+NEW += ["Customer ID", "Country"]
+
+# invoice, code, qty, date, customer
+ROWS = [
+    ("536365", "85123A", "6", "2010-12-01 08:26:00", "17850"),
+    ("536365", "71053", "6", "2010-12-01 08:26:00", "17850"),
+    ("536365", "71053", "2", "2010-12-01 08:26:00", "17850"),  # same product twice: one item
+    ("536365", "POST", "1", "2010-12-01 08:26:00", "17850"),  # postage
+    ("536366", "22633", "6", "2010-12-01 08:28:00", ""),  # guest
+    ("536367", "84879", "32", "not a date", "13047"),  # bad date
+    ("536368", "", "3", "2010-12-01 09:00:00", "13047"),  # missing stock code
+    ("536369", "22745", "many", "2010-12-01 09:01:00", "13047"),  # bad quantity
+    ("C536379", "85123A", "-1", "2010-12-02 09:41:00", "17850"),  # cancellation
+    ("A563185", "B", "1", "2011-08-12 14:50:00", "13047"),  # adjust bad debt
+    ("536370", "22728", "-5", "2010-12-02 10:00:00", "13047"),  # negative, not a cancellation
+    ("536371", "gift_0001_20", "1", "2010-12-03 10:00:00", "13047"),  # voucher
+    ("536371", "BANK CHARGES", "1", "2010-12-03 10:00:00", "13047"),
+    ("536371", "AMAZONFEE", "1", "2010-12-03 10:00:00", "13047"),
+    ("536371", "DOT", "1", "2010-12-03 10:00:00", "13047"),
+    ("536371", "M", "1", "2010-12-03 10:00:00", "13047"),
+    ("536371", "C2", "1", "2010-12-03 10:00:00", "13047"),
+    ("536371", "15056bl", "1", "2010-12-03 10:00:00", "13047"),  # lower-case product code
+    ("536371", "DCGSSBOY", "1", "2010-12-03 10:00:00", "13047"),  # a marketplace gift set
+    ("536372", "85123A", "2", "2010-12-05 10:00:00", "17850"),
+    ("536364", "22423", "1", "2010-11-30 10:00:00", "17850"),  # earlier invoice, later row
+]
+
+
+def _frame(columns: list[str], rows=ROWS) -> pd.DataFrame:
+    inv, code, qty, date, cust = (list(c) for c in zip(*rows, strict=True))
+    return pd.DataFrame(
+        dict(
+            zip(
+                columns,
+                [
+                    inv,
+                    code,
+                    ["x"] * len(rows),
+                    qty,
+                    date,
+                    ["1.0"] * len(rows),
+                    cust,
+                    ["UK"] * len(rows),
+                ],
+                strict=True,
+            )
+        )
+    )
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+def _check(orders: dict, report) -> None:
+    assert report.rows == len(ROWS)
+    assert (report.bad_date, report.missing_stock_code, report.bad_quantity) == (1, 1, 1)
+    assert (report.guest, report.cancellation, report.non_positive) == (1, 1, 2)
+    assert report.non_product == 7
+    assert report.kept == 7
+    assert sum(vars(report).values()) - report.rows == report.rows
+    assert set(orders) == {"17850", "13047"}
+    assert orders["17850"] == [
+        (_epoch("2010-11-30 10:00:00"), ["22423"]),
+        (_epoch("2010-12-01 08:26:00"), ["85123A", "71053"]),
+        (_epoch("2010-12-05 10:00:00"), ["85123A"]),
+    ]
+    assert orders["13047"] == [(_epoch("2010-12-03 10:00:00"), ["15056BL", "DCGSSBOY"])]
+
+
+@pytest.mark.parametrize("columns", [OLD, NEW], ids=["Online Retail", "Online Retail II"])
+def test_csv_both_namings(tmp_path, columns):
+    path = tmp_path / "retail.csv.gz"
+    _frame(columns).to_csv(path, index=False)
+    _check(*load_orders(path))
+
+
+def test_xlsx_every_sheet_and_float_customer_ids(tmp_path):
+    frame = _frame(NEW)
+    frame["Customer ID"] = [f"{c}.0" if c else "" for c in frame["Customer ID"]]
+    path = tmp_path / "online_retail_II.xlsx"
+    with pd.ExcelWriter(path) as xl:
+        frame.iloc[:10].to_excel(xl, sheet_name="Year 2009-2010", index=False)
+        frame.iloc[10:].to_excel(xl, sheet_name="Year 2010-2011", index=False)
+    _check(*load_orders(path))
+
+
+def test_not_an_online_retail_file(tmp_path):
+    path = tmp_path / "other.csv"
+    pd.DataFrame({"a": [1]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="missing columns"):
+        load_transactions(path)
+
+
+def test_other_date_format(tmp_path):
+    rows = [("1", "85123A", "1", "12/1/2010 8:26", "1"), ("2", "85123A", "1", "bad", "1")]
+    path = tmp_path / "r.csv"
+    _frame(OLD, rows).to_csv(path, index=False)
+    orders, report = load_orders(path)
+    assert report.bad_date == 1
+    assert orders == {"1": [(_epoch("2010-12-01 08:26:00"), ["85123A"])]}
+
+
+def _many_orders_file(tmp_path) -> tuple:
+    """Two customers; one with more orders than the worker keeps, and POST-only invoices."""
+    rng = np.random.default_rng(0)
+    products = [f"{20000 + i}" for i in range(12)] + ["84029e"]
+    rows = []
+    for n, cust in ((60, "1"), (8, "2")):
+        for j in range(n):
+            date = pd.Timestamp("2011-01-01") + pd.Timedelta(hours=int(j * 37 + int(cust)))
+            basket = rng.choice(products, size=rng.integers(1, 5), replace=False)
+            for code in basket:
+                rows.append((f"{cust}{j:03d}", code, "1", str(date), cust))
+            if j % 7 == 3:  # a postage-only invoice: not an order in training data
+                rows.append(
+                    (f"P{cust}{j:03d}", "POST", "1", str(date + pd.Timedelta(1, "h")), cust)
+                )
+    path = tmp_path / "many.csv"
+    _frame(OLD, rows).to_csv(path, index=False)
+    return path, rows
+
+
+def test_encode_history_parity_with_worker_state(tmp_path):
+    """Training examples equal encode_history of the worker's last-50-orders state."""
+    path, rows = _many_orders_file(tmp_path)
+    orders, _ = load_orders(path)
+    vocab = Vocab.build(orders)
+    config = EncoderConfig()
+    examples = {(e.customer, e.seconds): e for e in build_examples(orders, vocab, config)}
+    assert len(examples) == 59 + 7
+
+    # What the streaming worker sees: raw product ids, one event per product order.
+    events: dict[str, dict[str, tuple[float, list[str]]]] = {}
+    for inv, code, _, date, cust in rows:
+        if not is_product(code):
+            continue  # the worker drops non-product lines with the loader's rule
+        events.setdefault(cust, {}).setdefault(inv, (_epoch(date), []))[1].append(code)
+    compared = 0
+    for cust, invoices in events.items():
+        state: deque = deque(maxlen=50)
+        for seconds, products in sorted(invoices.values()):
+            if state:
+                want = encode_history(list(state), vocab, config)
+                got = examples[(cust, seconds)].history
+                for field in ("order_items", "order_lengths", "order_feats", "repeat_items"):
+                    np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+                np.testing.assert_allclose(got.repeat_feats, want.repeat_feats, rtol=1e-6)
+                compared += 1
+            state.append((seconds, products))
+    assert compared == len(examples)
+    longest = max(e.history.n_orders for e in examples.values())
+    assert longest == config.max_orders
+
+
+def test_encode_history_features():
+    vocab = Vocab(["<pad>", "A", "B", "C"], [0, 5, 3, 1], [0, 1, 1, 0], [0.2, 0.3, 0.2, 0.1])
+    day = 86400.0
+    orders = [(0.0, ["A", "X"]), (10 * day, ["b", "A"]), (30 * day, ["A"])]
+    enc = encode_history(orders, vocab, EncoderConfig(max_orders=50))
+    assert enc.order_items.tolist() == [1, 2, 1, 1] and enc.order_lengths.tolist() == [1, 2, 1]
+    np.testing.assert_allclose(enc.order_feats[:, 0], np.log1p([0, 10, 20]), rtol=1e-6)
+    np.testing.assert_allclose(enc.order_feats[:, 3], [0.5, 1.0, 1.0])
+    counts = dict(zip(enc.repeat_items.tolist(), enc.repeat_feats[:, 0], strict=True))
+    assert counts == pytest.approx({1: np.log1p(3), 2: np.log1p(1)})
+    assert encode_history(orders, vocab, EncoderConfig(max_orders=1)).n_orders == 1
+    assert encode_history([(0.0, ["X", "Y"])], vocab, EncoderConfig()).n_orders == 0

@@ -1,0 +1,143 @@
+"""Tiny end-to-end runs: train -> artifact -> load -> score, cold start, and evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models import artifact, evaluate, train
+from models.next_purchase import ModelConfig, NextPurchaseLSTM, Recommender
+from models.sequences import EncoderConfig, Vocab, file_sha256
+
+COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice"]
+COLUMNS += ["CustomerID", "Country"]
+PRODUCTS = [f"{21000 + i}" for i in range(30)]
+
+
+def _shop(path, customers: int = 60, orders: int = 8, seed: int = 0) -> dict[str, list[str]]:
+    """A shop where every customer keeps re-buying two personal staples among random extras.
+
+    Returns each customer's staples. Orders run from 2011-01-03, one every ~9 days.
+    """
+    rng = np.random.default_rng(seed)
+    rows, staples = [], {}
+    for c in range(customers):
+        cust = str(12000 + c)
+        staples[cust] = list(rng.choice(PRODUCTS[10:], size=2, replace=False))
+        for j in range(orders):
+            date = pd.Timestamp("2011-01-03") + pd.Timedelta(days=9 * j, hours=c % 24)
+            extras = rng.choice(PRODUCTS[:10], size=2, replace=False).tolist()
+            for code in staples[cust] + extras:
+                rows.append((f"{c:03d}{j:02d}", code, "x", "2", str(date), "1.25", cust, "UK"))
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(path, index=False)
+    return staples
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shop")
+    data = tmp / "shop.csv"
+    staples = _shop(data)
+    torch.set_num_threads(1)
+    argv = ["--data", str(data), "--out", str(tmp / "models"), "--seed", "1"]
+    assert train.main([*argv, "--max-epochs", "8", "--lr", "0.01", "--device", "cpu"]) == 0
+    return tmp, data, staples
+
+
+def test_artifact_layout(trained):
+    tmp, data, _ = trained
+    root = tmp / "models"
+    version = (root / "latest").read_text().strip()
+    path = root / version
+    for name in ("weights.pt", "vocab.json", "config.json", "metrics.json", "data.json"):
+        assert (path / name).is_file(), name
+    assert json.loads((path / "data.json").read_text())["sha256"] == file_sha256(data)
+    assert version.endswith(file_sha256(data)[:8])
+    config = json.loads((path / "config.json").read_text())
+    assert config["seed"] == 1 and config["model"]["use_lstm"] is True
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["load_report"]["kept"] == 60 * 8 * 4
+    assert 0.0 <= metrics["validation"]["hit@10"] <= 1.0
+    assert metrics["best_epoch"] <= metrics["epochs_run"] <= 8
+
+
+def test_loaded_model_learns_staples(trained):
+    tmp, _, staples = trained
+    rec = artifact.load(tmp / "models")
+    customers = sorted(staples)
+    day = 86400.0
+    histories = [
+        [(j * 9 * day, [*staples[c], PRODUCTS[j % 10]]) for j in range(3)] for c in customers
+    ]
+    scored = rec.score_batch(histories, k=2)
+    hits = [set(s.items) == set(staples[c]) for s, c in zip(scored, customers, strict=True)]
+    assert np.mean(hits) > 0.9
+    for s in scored:
+        assert not s.cold_start and len(s.items) == 2
+        assert s.scores[0] >= s.scores[1] > 0.0 and sum(s.scores) <= 1.0
+
+
+def test_score_batch_matches_one_by_one(trained):
+    tmp, _, staples = trained
+    rec = artifact.load(tmp / "models")
+    day = 86400.0
+    histories = [
+        [(0.0, staples["12000"])],
+        [(j * day, [PRODUCTS[j], PRODUCTS[20 + j]]) for j in range(7)],
+        [],
+        [(0.0, ["21001"]), (5 * day, ["21013", "99999"]), (6 * day, staples["12005"])],
+    ]
+    together = rec.score_batch(histories, k=5)
+    for history, batched in zip(histories, together, strict=True):
+        alone = rec.score_batch([history], k=5)[0]
+        assert alone.items == batched.items
+        np.testing.assert_allclose(alone.scores, batched.scores, rtol=1e-5)
+
+
+def test_cold_start_falls_back_to_popularity():
+    vocab = Vocab(["<pad>", "B", "A", "C"], [0, 9, 5, 1], [0, 1, 1, 0], [0.2, 0.3, 0.2, 0.1])
+    torch.manual_seed(0)
+    model = NextPurchaseLSTM(ModelConfig(emb_dim=8, hidden=8), vocab.popularity)
+    rec = Recommender(model, vocab, EncoderConfig())
+    new, unknown, known = rec.score_batch([[], [(0.0, ["NOPE", "POST"])], [(0.0, ["c"])]], k=3)
+    for s in (new, unknown):
+        assert s.cold_start
+        assert s.items == ["B", "A", "C"]
+        np.testing.assert_allclose(s.scores, [9 / 15, 5 / 15, 1 / 15], rtol=1e-6)
+    assert not known.cold_start and sorted(known.items) == ["A", "B", "C"]
+
+
+def test_ablation_has_no_lstm():
+    model = NextPurchaseLSTM(ModelConfig(use_lstm=False), [0, 3, 2])
+    assert not any("lstm" in name or "emb" in name for name, _ in model.named_parameters())
+
+
+def test_evaluate_protocol(tmp_path):
+    data = tmp_path / "shop.csv"
+    _shop(data, customers=30, orders=6)
+    out = tmp_path / "eval"
+    torch.set_num_threads(1)
+    argv = ["--data", str(data), "--cutoff", "2011-02-10", "--seeds", "0", "--out", str(out)]
+    assert evaluate.main([*argv, "--quiet"]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert (out / "evaluation.png").stat().st_size > 1000
+    assert result["protocol"]["customers"] == 30
+    baselines = {"popular_orders", "popular_units", "personal_frequency", "last_basket"}
+    expected = {*baselines, *evaluate.MODELS}
+    assert set(result["results"]) == expected
+    for res in result["results"].values():
+        assert set(res) == {"all", "<=10_orders"}
+        assert res["all"]["hit@1"] <= res["all"]["hit@5"] <= res["all"]["hit@20"] <= 1.0
+    # every target holds both staples, bought in every earlier order: frequency finds them
+    assert result["results"]["personal_frequency"]["all"]["hit@1"] == 1.0
+    assert result["results"]["popular_orders"]["all"]["hit@1"] < 1.0
+
+
+def test_evaluate_refuses_model_trained_past_cutoff(trained, tmp_path):
+    tmp, data, _ = trained
+    argv = ["--data", str(data), "--cutoff", "2011-02-10", "--artifact", str(tmp / "models")]
+    assert evaluate.main([*argv, "--out", str(tmp_path)]) == 2
