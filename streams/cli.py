@@ -191,8 +191,15 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+DELEGATED = {"train": "models.train", "evaluate": "models.evaluate",
+             "uplift-validate": "models.hillstrom"}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:  # their own argparse takes every option after the name
+        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     args = parser().parse_args(argv)
     return args.run(args)
 
