@@ -13,7 +13,7 @@ import yaml
 
 from streams.settings import Settings
 
-PROMOTION_TYPES = ("free_shipping", "percent_off")
+PROMOTION_TYPES = ("free_shipping", "percent_off", "product_coupon")
 CHANNELS = ("push", "email", "sms", "in_app")
 
 
@@ -23,6 +23,13 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class Promotion:
+    """A promotion of the catalog. The fields after ``title`` are the promotion policy's limits
+    (all optional): ``budget`` caps the total discount money the promotion may ever cost (None:
+    no cap), ``max_discount`` caps one offer's discount, ``max_per_customer`` caps a customer's
+    redemptions (in a rolling ``per_customer_days`` window; None: for ever), an ``exclusive``
+    offer never coexists with another open offer of the customer, and at most one open offer
+    per non-empty ``group`` (e.g. all %-off tiers) is allowed."""
+
     id: str
     type: str
     min_spend: float
@@ -30,6 +37,12 @@ class Promotion:
     valid_from: float = float("-inf")
     valid_to: float = float("inf")
     title: str = ""
+    budget: float | None = None
+    max_discount: float | None = None
+    max_per_customer: int | None = None
+    per_customer_days: float | None = None
+    exclusive: bool = False
+    group: str = ""
 
     def active(self, ts: float) -> bool:
         return self.valid_from <= ts < self.valid_to
@@ -43,6 +56,13 @@ class FrequencyCap:
 
 @dataclass(frozen=True)
 class Merchant:
+    """A merchant. ``promotions`` are the cart tiers (free shipping, %-off) the rules policy
+    reads; ``product_coupons`` (type ``product_coupon`` in the file: ``percent`` off the
+    customer's predicted next product) only the promotion policy offers. Cost model: the shop
+    keeps ``margin_rate`` of a basket's value as gross margin and pays ``shipping_cost`` when it
+    gives free shipping; no offer may leave less than ``min_margin_rate`` of the basket as margin.
+    An offer is valid for ``offer_ttl_hours`` (budget reservations expire then)."""
+
     id: str
     currency: str
     shipping_cost: float
@@ -51,6 +71,10 @@ class Merchant:
     frequency_cap: FrequencyCap = field(default_factory=FrequencyCap)
     channel_order: tuple[str, ...] = ("in_app", "push", "email", "sms")
     name: str = ""
+    margin_rate: float = 0.3
+    min_margin_rate: float = 0.0
+    offer_ttl_hours: float = 48.0
+    product_coupons: tuple[Promotion, ...] = ()
 
 
 def _time(value: object, where: str) -> float:
@@ -83,8 +107,8 @@ def parse_promotion(config: dict, where: str) -> Promotion:
     if promo_type not in PROMOTION_TYPES:
         raise CatalogError(f"{where}.type: must be one of {PROMOTION_TYPES}, got {promo_type!r}")
     percent = _number(config, "percent", where, 0.0)
-    if promo_type == "percent_off" and not 0 < percent < 100:
-        raise CatalogError(f"{where}.percent: must be between 0 and 100 for percent_off")
+    if promo_type in ("percent_off", "product_coupon") and not 0 < percent < 100:
+        raise CatalogError(f"{where}.percent: must be between 0 and 100 for {promo_type}")
     valid_from = (
         _time(config["valid_from"], f"{where}.valid_from")
         if "valid_from" in config
@@ -103,7 +127,49 @@ def parse_promotion(config: dict, where: str) -> Promotion:
         valid_from=valid_from,
         valid_to=valid_to,
         title=str(config.get("title", "")),
+        **_promotion_limits(config, where),
     )
+
+
+def _optional_number(config: dict, key: str, where: str, positive: bool = False) -> float | None:
+    if config.get(key) is None:
+        return None
+    value = _number(config, key, where)
+    if positive and value <= 0:
+        raise CatalogError(f"{where}.{key}: expected a number > 0, got {config[key]!r}")
+    return value
+
+
+def _promotion_limits(config: dict, where: str) -> dict:
+    """The promotion policy's optional limits of one promotion (see `Promotion`)."""
+    per_customer = config.get("max_per_customer")
+    if per_customer is not None and (
+        isinstance(per_customer, bool) or not isinstance(per_customer, int) or per_customer < 1
+    ):
+        raise CatalogError(
+            f"{where}.max_per_customer: expected an integer >= 1, got {per_customer!r}"
+        )
+    exclusive = config.get("exclusive", False)
+    if not isinstance(exclusive, bool):
+        raise CatalogError(f"{where}.exclusive: expected true or false, got {exclusive!r}")
+    group = config.get("group", "")
+    if not isinstance(group, str):
+        raise CatalogError(f"{where}.group: expected a string, got {group!r}")
+    return {
+        "budget": _optional_number(config, "budget", where),
+        "max_discount": _optional_number(config, "max_discount", where, positive=True),
+        "max_per_customer": per_customer,
+        "per_customer_days": _optional_number(config, "per_customer_days", where, positive=True),
+        "exclusive": exclusive,
+        "group": group,
+    }
+
+
+def _rate(config: dict, key: str, where: str, default: float, low: float, high: float) -> float:
+    value = _number(config, key, where, default)
+    if not low <= value <= high:
+        raise CatalogError(f"{where}.{key}: must be between {low:g} and {high:g}, got {value:g}")
+    return value
 
 
 def parse_merchant(merchant_id: str, config: dict) -> Merchant:
@@ -120,6 +186,13 @@ def parse_merchant(merchant_id: str, config: dict) -> Merchant:
     ids = [p.id for p in parsed]
     if len(set(ids)) != len(ids):
         raise CatalogError(f"{where}.promotions: duplicate promotion ids")
+    margin_rate = _rate(config, "margin_rate", where, Merchant.margin_rate, 0.0, 1.0)
+    if margin_rate == 0:
+        raise CatalogError(f"{where}.margin_rate: must be between 0 and 1, got 0")
+    min_margin_rate = _rate(config, "min_margin_rate", where, 0.0, 0.0, margin_rate)
+    offer_ttl_hours = _number(config, "offer_ttl_hours", where, Merchant.offer_ttl_hours)
+    if offer_ttl_hours <= 0:
+        raise CatalogError(f"{where}.offer_ttl_hours: expected a number > 0")
     cap = config.get("frequency_cap", {})
     if not isinstance(cap, dict):
         raise CatalogError(f"{where}.frequency_cap: expected a mapping")
@@ -135,7 +208,11 @@ def parse_merchant(merchant_id: str, config: dict) -> Merchant:
         name=str(config.get("name", merchant_id)),
         currency=currency.upper(),
         shipping_cost=_number(config, "shipping_cost", where, 0.0),
-        promotions=parsed,
+        promotions=tuple(p for p in parsed if p.type != "product_coupon"),
+        product_coupons=tuple(p for p in parsed if p.type == "product_coupon"),
+        margin_rate=margin_rate,
+        min_margin_rate=min_margin_rate,
+        offer_ttl_hours=offer_ttl_hours,
         nudge_max_gap=_number(config, "nudge_max_gap", where, 0.0),
         frequency_cap=FrequencyCap(
             max_messages=int(_number(cap, "max_messages", f"{where}.frequency_cap", 2)),

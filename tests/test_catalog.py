@@ -288,3 +288,113 @@ def test_promotion_window_is_half_open():
 
 def test_merchants_yaml_path_is_the_packaged_file():
     assert Path(DEFAULT_MERCHANTS).name == "merchants.yaml" and DEFAULT_MERCHANTS.is_file()
+
+
+# --- promotion policy fields: cost model and limits (all optional) ---------------------------
+
+
+def test_shipped_merchants_file_gets_the_policy_defaults():
+    shop = load_merchants(DEFAULT_MERCHANTS)["uci-gift-shop"]
+    assert (shop.margin_rate, shop.min_margin_rate, shop.offer_ttl_hours) == (0.3, 0.0, 48.0)
+    assert shop.product_coupons == ()
+    for p in shop.promotions:
+        assert (p.budget, p.max_discount, p.max_per_customer, p.per_customer_days) == (None,) * 4
+        assert (p.exclusive, p.group) == (False, "")
+
+
+def test_policy_fields_are_parsed():
+    merchant = parse_merchant(
+        "m",
+        config(
+            margin_rate=0.4,
+            min_margin_rate=0.1,
+            offer_ttl_hours=24,
+            promotions=[
+                {
+                    "id": "p10",
+                    "type": "percent_off",
+                    "percent": 10,
+                    "budget": 500,
+                    "max_discount": 40,
+                    "max_per_customer": 2,
+                    "per_customer_days": 30,
+                    "group": "percent",
+                },
+                {"id": "fs", "type": "free_shipping", "exclusive": True},
+                {"id": "coupon", "type": "product_coupon", "percent": 20, "max_discount": 5},
+            ],
+        ),
+    )
+    assert (merchant.margin_rate, merchant.min_margin_rate, merchant.offer_ttl_hours) == (
+        0.4,
+        0.1,
+        24.0,
+    )
+    assert [p.id for p in merchant.promotions] == ["p10", "fs"]  # tiers only: the rules read them
+    p10, fs = merchant.promotions
+    assert (p10.budget, p10.max_discount, p10.max_per_customer, p10.per_customer_days) == (
+        500.0,
+        40.0,
+        2,
+        30.0,
+    )
+    assert p10.group == "percent" and not p10.exclusive
+    assert fs.exclusive and fs.budget is None
+    (coupon,) = merchant.product_coupons
+    assert (coupon.id, coupon.type, coupon.percent, coupon.max_discount) == (
+        "coupon",
+        "product_coupon",
+        20.0,
+        5.0,
+    )
+
+
+def test_product_coupons_share_the_id_space_of_promotions():
+    with pytest.raises(CatalogError, match="duplicate promotion ids"):
+        parse_merchant(
+            "m",
+            config(
+                promotions=[
+                    {"id": "x", "type": "free_shipping"},
+                    {"id": "x", "type": "product_coupon", "percent": 10},
+                ]
+            ),
+        )
+
+
+@pytest.mark.parametrize(
+    ("merchant_config", "message"),
+    [
+        (config(margin_rate=0), "merchants.m.margin_rate: must be between 0 and 1, got 0"),
+        (config(margin_rate=1.5), "merchants.m.margin_rate: must be between 0 and 1, got 1.5"),
+        (config(margin_rate="30%"), "merchants.m.margin_rate: expected a number >= 0"),
+        (
+            config(margin_rate=0.3, min_margin_rate=0.5),
+            "merchants.m.min_margin_rate: must be between 0 and 0.3, got 0.5",
+        ),
+        (config(offer_ttl_hours=0), "merchants.m.offer_ttl_hours: expected a number > 0"),
+        (
+            config(promotions=[{"id": "c", "type": "product_coupon"}]),
+            "promotions[0].percent: must be between 0 and 100 for product_coupon",
+        ),
+        (promo(budget=-1), "merchants.m.promotions[0].budget: expected a number >= 0, got -1"),
+        (promo(budget="lots"), "promotions[0].budget: expected a number >= 0, got 'lots'"),
+        (promo(max_discount=0), "promotions[0].max_discount: expected a number > 0, got 0"),
+        (promo(max_per_customer=0), "promotions[0].max_per_customer: expected an integer >= 1"),
+        (promo(max_per_customer=1.5), "max_per_customer: expected an integer >= 1, got 1.5"),
+        (promo(max_per_customer=True), "max_per_customer: expected an integer >= 1, got True"),
+        (promo(per_customer_days=0), "promotions[0].per_customer_days: expected a number > 0"),
+        (promo(exclusive="yes"), "promotions[0].exclusive: expected true or false, got 'yes'"),
+        (promo(group=3), "promotions[0].group: expected a string, got 3"),
+    ],
+)
+def test_policy_field_errors_name_the_field(merchant_config, message):
+    with pytest.raises(CatalogError) as info:
+        parse_merchant("m", merchant_config)
+    assert message in str(info.value)
+
+
+def test_budget_zero_is_allowed_and_null_limits_mean_none():
+    merchant = parse_merchant("m", promo(budget=0, max_discount=None, max_per_customer=None))
+    (p,) = merchant.promotions
+    assert (p.budget, p.max_discount, p.max_per_customer) == (0.0, None, None)
