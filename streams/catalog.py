@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from streams.merchant_config import MerchantConfigError, MerchantOptions, parse_options
 from streams.settings import Settings
 
 PROMOTION_TYPES = ("free_shipping", "percent_off", "product_coupon")
@@ -75,6 +76,7 @@ class Merchant:
     min_margin_rate: float = 0.0
     offer_ttl_hours: float = 48.0
     product_coupons: tuple[Promotion, ...] = ()
+    options: MerchantOptions = field(default_factory=MerchantOptions)  # delivery, journeys
 
 
 def _time(value: object, where: str) -> float:
@@ -172,7 +174,8 @@ def _rate(config: dict, key: str, where: str, default: float, low: float, high: 
     return value
 
 
-def parse_merchant(merchant_id: str, config: dict) -> Merchant:
+def parse_merchant(merchant_id: str, config: dict, base: Path | None = None) -> Merchant:
+    """One merchant's config; ``base`` (the merchants file's folder) resolves relative paths."""
     where = f"merchants.{merchant_id}"
     if not isinstance(config, dict):
         raise CatalogError(f"{where}: expected a mapping")
@@ -203,6 +206,10 @@ def parse_merchant(merchant_id: str, config: dict) -> Merchant:
     unknown = set(channel_order) - set(CHANNELS)
     if unknown:
         raise CatalogError(f"{where}.channel_order: unknown channel(s) {sorted(unknown)}")
+    try:
+        options = parse_options(config, where, base)
+    except MerchantConfigError as exc:
+        raise CatalogError(str(exc)) from None
     return Merchant(
         id=merchant_id,
         name=str(config.get("name", merchant_id)),
@@ -219,6 +226,7 @@ def parse_merchant(merchant_id: str, config: dict) -> Merchant:
             period_s=_number(cap, "period_hours", f"{where}.frequency_cap", 24) * 3600.0,
         ),
         channel_order=channel_order,
+        options=options,
     )
 
 
@@ -230,7 +238,8 @@ def load_merchants(path: Path) -> dict[str, Merchant]:
         raise CatalogError(f"cannot read merchants file {path}: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("merchants"), dict):
         raise CatalogError(f"{path}: expected a top-level 'merchants' mapping")
-    return {str(mid): parse_merchant(str(mid), cfg) for mid, cfg in document["merchants"].items()}
+    merchants = document["merchants"].items()
+    return {str(mid): parse_merchant(str(mid), cfg, path.parent) for mid, cfg in merchants}
 
 
 class MerchantRegistry:
