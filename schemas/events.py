@@ -145,9 +145,14 @@ class NotificationEvent(faust.Record, serializer="json"):
     address: str
     title: str
     body: str
-    offer_id: str
-    promotion_id: str
+    offer_id: str  # the offer carried; for a journey message without one, the notification id
     created_at: str
+    promotion_id: str | None = None  # None: a journey message that carries no offer
+    #: What sent it: "offer" (a cart offer) or a journey ("abandoned_cart", "replenishment",
+    #: "follow_up") with its step ("remind", "first", "opened", "not_opened").
+    source: str = "offer"
+    journey_step: str | None = None
+    products: list[str] | None = None  # products the message is about (replenishment)
 
 
 class DeadLetter(faust.Record, serializer="json"):

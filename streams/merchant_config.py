@@ -190,9 +190,15 @@ def parse_journeys(config: dict | None, where: str) -> Journeys:
     abandoned = replenishment = follow_up = None
     if cart is not None:
         w = f"{where}.abandoned_cart"
+        message = _text(cart, "message", w, AbandonedCart.message)
+        try:
+            message.format(items="2 items")
+        except (KeyError, IndexError, ValueError):
+            raise MerchantConfigError(
+                f"{w}.message: the only placeholder is {{items}}, got {message!r}"
+            ) from None
         abandoned = AbandonedCart(
-            after_s=_positive(cart, "after_minutes", w, 60) * MINUTE,
-            message=_text(cart, "message", w, AbandonedCart.message),
+            after_s=_positive(cart, "after_minutes", w, 60) * MINUTE, message=message
         )
     if refill is not None:
         w = f"{where}.replenishment"
