@@ -184,6 +184,9 @@ def parser() -> argparse.ArgumentParser:
         ("train", "models.train", "train the next-purchase model"),
         ("evaluate", "models.evaluate", "evaluate the next-purchase model against baselines"),
         ("uplift-validate", "models.hillstrom", "validate the uplift model on Hillstrom"),
+        ("segment", "models.segments", "export customers predicted to buy a product next"),
+        ("import-endpoints", "streams.pinpoint", "Pinpoint endpoint file -> customer profiles"),
+        ("import-interactions", "models.interactions", "load a Personalize interactions CSV"),
     ):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -192,7 +195,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 DELEGATED = {"train": "models.train", "evaluate": "models.evaluate",
-             "uplift-validate": "models.hillstrom"}
+             "uplift-validate": "models.hillstrom", "segment": "models.segments",
+             "import-endpoints": "streams.pinpoint", "import-interactions": "models.interactions"}
 
 
 def main(argv: list[str] | None = None) -> int:
