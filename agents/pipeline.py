@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -65,6 +66,7 @@ class Batch:
     entries: dict[str, Entry] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
     outputs: list[tuple[faust.TopicT, bytes | None, bytes]] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic kind, event type)
 
 
 class Pipeline:
@@ -119,6 +121,8 @@ class Pipeline:
         for topic, key, value in batch.outputs:
             topic.send_soon(key=key, value=value)
         self._save(batch)
+        for (kind, event_type), count in batch.counts.items():
+            metrics.EVENTS.labels(kind, event_type).inc(count)
 
     def _input(self, batch: Batch, kind: str, event: faust.EventT) -> None:
         message = event.message
@@ -132,7 +136,7 @@ class Pipeline:
             metrics.REROUTED.inc()
             batch.outputs.append((self._topic(message.topic), key.encode(), message.value))
             return
-        metrics.EVENTS.labels(kind, data["event_type"]).inc()
+        batch.counts[(kind, data["event_type"])] += 1
         entry = self._load(batch, key, event)
         if entry.state is None:
             entry.state = customer_state.new_state()

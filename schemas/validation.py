@@ -18,6 +18,7 @@ from schemas.events import INPUT_EVENTS, REQUIRED_BY_TYPE, SCHEMA_VERSION
 from schemas.spec import ID_MAX_LENGTH, FieldSpec, RecordSpec, record_spec
 
 Check = Callable[[object, str], None]
+_Validate = Callable[[object], None]
 
 
 class InvalidEvent(ValueError):
@@ -28,94 +29,127 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
+class _Violation(Exception):
+    """Raised by compiled validators; the path is built on the way out, only on failure."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.path: list[str] = []  # innermost first: ".quantity", "[0]", ".lines"
+
+
 def _fail(path: str, message: str) -> None:
     raise InvalidEvent("schema_violation", f"{path}: {message}")
 
 
+def _violation(message: str) -> None:
+    raise _Violation(message)
+
+
 def _compile(spec: FieldSpec) -> Check:
-    nullable = spec.nullable
+    """A check of one field's value that raises ``InvalidEvent`` naming ``path``."""
+    validate = _compile_field(spec)
 
     def check(value: object, path: str) -> None:
+        try:
+            validate(value)
+        except _Violation as exc:
+            _fail(path + "".join(reversed(exc.path)), exc.message)
+
+    return check
+
+
+def _compile_field(spec: FieldSpec) -> _Validate:
+    nullable = spec.nullable
+
+    def validate(value: object) -> None:
         if value is None:
             if not nullable:
-                _fail(path, "must not be null")
+                _violation("must not be null")
             return
-        base(value, path)
+        base(value)
 
     if spec.kind == "str":
 
-        def base(value: object, path: str) -> None:
+        def base(value: object) -> None:
             if type(value) is not str:
-                _fail(path, f"expected a string, got {type(value).__name__}")
+                _violation(f"expected a string, got {type(value).__name__}")
 
     elif spec.kind == "int":
 
-        def base(value: object, path: str) -> None:
+        def base(value: object) -> None:
             if type(value) is not int:
-                _fail(path, f"expected an integer, got {type(value).__name__}")
+                _violation(f"expected an integer, got {type(value).__name__}")
 
     elif spec.kind == "float":
 
-        def base(value: object, path: str) -> None:
+        def base(value: object) -> None:
             if type(value) is not float and type(value) is not int:
-                _fail(path, f"expected a number, got {type(value).__name__}")
+                _violation(f"expected a number, got {type(value).__name__}")
             if not math.isfinite(value):  # type: ignore[arg-type]
-                _fail(path, "must be a finite number")
+                _violation("must be a finite number")
 
     elif spec.kind == "bool":
 
-        def base(value: object, path: str) -> None:
+        def base(value: object) -> None:
             if type(value) is not bool:
-                _fail(path, f"expected true or false, got {type(value).__name__}")
+                _violation(f"expected true or false, got {type(value).__name__}")
 
     elif spec.kind == "enum":
         choices = frozenset(spec.choices)
 
-        def base(value: object, path: str) -> None:
+        def base(value: object) -> None:
             if value not in choices:
-                _fail(path, f"must be one of {sorted(choices)}, got {value!r}")
+                _violation(f"must be one of {sorted(choices)}, got {value!r}")
 
     elif spec.kind == "list":
-        item = _compile(spec.item)  # type: ignore[arg-type]
+        item = _compile_field(spec.item)  # type: ignore[arg-type]
 
-        def base(value: object, path: str) -> None:
+        def base(value: object) -> None:
             if type(value) is not list:
-                _fail(path, f"expected a list, got {type(value).__name__}")
+                _violation(f"expected a list, got {type(value).__name__}")
             for i, element in enumerate(value):  # type: ignore[arg-type]
-                item(element, f"{path}[{i}]")
+                try:
+                    item(element)
+                except _Violation as exc:
+                    exc.path.append(f"[{i}]")
+                    raise
 
     elif spec.kind == "record":
         base = _compile_record(spec.record)  # type: ignore[arg-type]
     else:
         raise TypeError(spec.kind)
-    return check
+    return validate
 
 
-def _compile_record(spec: RecordSpec) -> Check:
-    checks = {name: _compile(field) for name, field in spec.fields.items()}
+def _compile_record(spec: RecordSpec) -> _Validate:
+    validators = {name: _compile_field(field) for name, field in spec.fields.items()}
     required = spec.required
 
-    def check(value: object, path: str) -> None:
+    def validate(value: object) -> None:
         if type(value) is not dict:
-            _fail(path, f"expected an object, got {type(value).__name__}")
+            _violation(f"expected an object, got {type(value).__name__}")
         missing = required.difference(value)  # type: ignore[arg-type]
         if missing:
-            _fail(path, f"missing required field(s) {sorted(missing)}")
+            _violation(f"missing required field(s) {sorted(missing)}")
         for name, field_value in value.items():  # type: ignore[union-attr]
-            field_check = checks.get(name)
-            if field_check is not None:
-                field_check(field_value, f"{path}.{name}")
+            field_validate = validators.get(name)
+            if field_validate is not None:
+                try:
+                    field_validate(field_value)
+                except _Violation as exc:
+                    exc.path.append(f".{name}")
+                    raise
 
-    return check
+    return validate
 
 
-def _event_type_table() -> dict[str, dict[str, Check]]:
-    """topic kind -> event_type -> compiled check of that event's record."""
-    table: dict[str, dict[str, Check]] = {}
+def _event_type_table() -> dict[str, dict[str, _Validate]]:
+    """topic kind -> event_type -> compiled validator of that event's record."""
+    table: dict[str, dict[str, _Validate]] = {}
     for kind, record in INPUT_EVENTS.items():
         spec = record_spec(record)
-        check = _compile_record(spec)
-        table[kind] = {choice: check for choice in spec.fields["event_type"].choices}
+        validate = _compile_record(spec)
+        table[kind] = {choice: validate for choice in spec.fields["event_type"].choices}
     return table
 
 
@@ -192,14 +226,17 @@ def parse_event(raw: bytes | None, topic_kind: str, max_bytes: int) -> dict:
     event_type = event.get("event_type")
     if type(event_type) is not str:
         raise InvalidEvent("unknown_event_type", f"event_type must be a string, got {event_type!r}")
-    check = _CHECKS[topic_kind].get(event_type)
-    if check is None:
+    validate = _CHECKS[topic_kind].get(event_type)
+    if validate is None:
         home = ALL_EVENT_TYPES.get(event_type)  # type: ignore[arg-type]
         where = f" (it belongs on the {home} topic)" if home else ""
         raise InvalidEvent(
             "unknown_event_type", f"event_type {event_type!r} is not accepted here{where}"
         )
-    check(event, "$")
+    try:
+        validate(event)
+    except _Violation as exc:
+        _fail("$" + "".join(reversed(exc.path)), exc.message)
     _check_ids(event)
     _check_domain(event)
     event["_ts"] = parse_time(event["event_time"])

@@ -9,8 +9,10 @@ import faust
 
 from streams.catalog import MerchantRegistry
 from streams.settings import Settings
+from streams.transport import tansu_url
 
-#: Settings that only make sense on the embedded Tansu broker (see docs/architecture.md).
+#: Settings that only make sense on the embedded Tansu broker (see docs/architecture.md); the
+#: embedded broker is also reached through the ``tansu://`` transport (streams/transport.py).
 TANSU_OVERRIDES = {
     "broker_session_timeout": 6.0,
     "broker_heartbeat_interval": 1.0,
@@ -66,7 +68,7 @@ def faust_config(settings: Settings) -> dict:
         "stream_buffer_maxsize": 16384,
     }
     if settings.embedded_broker:
-        config.update(TANSU_OVERRIDES)
+        config.update(TANSU_OVERRIDES, broker=tansu_url(settings.broker_url))
     return config
 
 

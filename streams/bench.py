@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ class BenchConfig:
     events: int = 60000
     rate: float = 1000.0
     latency_seconds: float = 20.0
+    rounds: int = 3
     start: datetime = datetime(2011, 10, 1)
 
 
@@ -46,9 +48,9 @@ def _events(config: BenchConfig, limit: int) -> list:
     return [e for _, e in zip(range(limit), stream, strict=False)]
 
 
-def passthrough(settings: Settings, n: int) -> float:
+def passthrough(settings: Settings, n: int, run: str) -> float:
     """(a) confluent-kafka consume -> produce, events/s."""
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": "bench-passthrough",
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"bench-passthrough-{run}",
                          "enable.auto.commit": False})
     producer = Producer({**settings.kafka_client_config(), "linger.ms": 5})
     tps = []
@@ -72,13 +74,14 @@ def passthrough(settings: Settings, n: int) -> float:
     return seen / (time.time() - first)
 
 
-def faust_reference(settings: Settings, mode: str, n: int, workdir: Path) -> float:
+def faust_reference(settings: Settings, mode: str, n: int, workdir: Path, run: str) -> float:
     """(b) bare or (c) naive Faust agent in its own process, events/s."""
-    result = workdir / f"{mode}.result"
-    env = worker_env(replace(settings, state_dir=workdir / f"state-{mode}",
+    result = workdir / f"{mode}-{run}.result"
+    env = worker_env(replace(settings, state_dir=workdir / f"state-{mode}-{run}",
                              web_port=free_port()))
     process = subprocess.Popen([sys.executable, "-m", "streams.bench_apps", mode, str(n),
-                                str(result)], env=env, stdout=subprocess.DEVNULL,
+                                str(result), f"bench-{mode}-{run}"], env=env,
+                               stdout=subprocess.DEVNULL,
                                stderr=open(workdir / f"{mode}.log", "ab"))  # noqa: SIM115
     try:
         deadline = time.monotonic() + 300
@@ -92,11 +95,11 @@ def faust_reference(settings: Settings, mode: str, n: int, workdir: Path) -> flo
         stop_worker(process)
 
 
-def pipeline(settings: Settings, n: int, workdir: Path) -> float:
-    """(d) the nextbest worker, events/s (from its /metrics, polled every 50 ms)."""
+def pipeline(settings: Settings, n: int, workdir: Path, run: str) -> float:
+    """(d) the nextbest worker, events/s (from its /metrics, polled every 250 ms)."""
     port = free_port()
-    worker = start_worker(replace(settings, state_dir=workdir / "state-nextbest",
-                                  web_port=port, app_id="bench-nextbest"),
+    worker = start_worker(replace(settings, state_dir=workdir / f"state-nextbest-{run}",
+                                  web_port=port, app_id=f"bench-nextbest-{run}"),
                           workdir / "nextbest.log")
     try:
         wait_for_port("127.0.0.1", port, 60)
@@ -113,7 +116,7 @@ def pipeline(settings: Settings, n: int, workdir: Path) -> float:
             if done >= n:
                 end = now
                 break
-            time.sleep(0.05)
+            time.sleep(0.25)
         if not end:
             raise RuntimeError("the nextbest worker did not finish in time")
         return n / (end - first)
@@ -176,6 +179,26 @@ def _offer_latencies(settings: Settings, sent_at: dict[str, float]) -> list[floa
     return samples
 
 
+NAMES = {"a": "confluent-kafka passthrough", "b": "faust bare iteration",
+         "c": "faust naive (table update + send per event)", "d": "nextbest pipeline"}
+
+
+def throughput(settings: Settings, n: int, workdir: Path, rounds: int) -> dict[str, list[float]]:
+    """Each consumer once per round, interleaved (a, b, c, d, a, b, ...), so that a noisy
+    neighbour slows every consumer alike; each run has its own consumer group."""
+    rates: dict[str, list[float]] = {key: [] for key in NAMES}
+    for r in range(1, rounds + 1):
+        run = str(r)
+        rates["a"].append(passthrough(settings, n, run))
+        rates["b"].append(faust_reference(settings, "bare", n, workdir, run))
+        rates["c"].append(faust_reference(settings, "naive", n, workdir, run))
+        rates["d"].append(pipeline(settings, n, workdir, run))
+        print(f"  round {r}: " + "  ".join(f"({k}) {v[-1]:,.0f}" for k, v in rates.items())
+              + f"   d/b {rates['d'][-1] / rates['b'][-1]:.2f}"
+              + f"   d/c {rates['d'][-1] / rates['c'][-1]:.2f}", flush=True)
+    return rates
+
+
 def run_bench(config: BenchConfig) -> int:
     if not config.file.exists():
         print(f"data file not found: {config.file}")
@@ -189,20 +212,17 @@ def run_bench(config: BenchConfig) -> int:
             ensure_topics(settings)
             loaded = send(events, settings)
             print(f"loaded {n:,} replayed real events (UCI Online Retail from "
-                  f"{config.start:%Y-%m-%d}) in {loaded.seconds:.1f}s; cpu count {os.cpu_count()}")
-            rates = {
-                "a": passthrough(settings, n),
-                "b": faust_reference(settings, "bare", n, workdir),
-                "c": faust_reference(settings, "naive", n, workdir),
-                "d": pipeline(settings, n, workdir),
-            }
-        names = {"a": "confluent-kafka passthrough", "b": "faust bare iteration",
-                 "c": "faust naive (table update + send per event)", "d": "nextbest pipeline"}
-        print("\nthroughput (events/s, one worker process each)")
-        for key, rate in rates.items():
-            print(f"  ({key}) {names[key]:<45} {rate:>10,.0f}")
-        print(f"  ratio d/b = {rates['d'] / rates['b']:.2f}   (bar: >= 0.40)")
-        print(f"  ratio d/c = {rates['d'] / rates['c']:.2f}   (bar: >= 3.00)")
+                  f"{config.start:%Y-%m-%d}) in {loaded.seconds:.1f}s; cpu count "
+                  f"{os.cpu_count()}; {config.rounds} interleaved rounds", flush=True)
+            rates = throughput(settings, n, workdir, config.rounds)
+        median = {key: statistics.median(values) for key, values in rates.items()}
+        print(f"\nthroughput, median of {config.rounds} rounds (events/s, one worker process each)")
+        for key, rate in median.items():
+            print(f"  ({key}) {NAMES[key]:<45} {rate:>10,.0f}")
+        for ref, bar in (("b", 0.40), ("c", 3.00)):
+            per_round = [d / x for d, x in zip(rates["d"], rates[ref], strict=True)]
+            print(f"  ratio d/{ref} = {median['d'] / median[ref]:.2f}   (bar: >= {bar:.2f}; "
+                  f"per round {min(per_round):.2f}..{max(per_round):.2f})")
         figures = latency(config, workdir)
         print(f"\ncart -> offer latency at {config.rate:g} events/s offered for "
               f"{config.latency_seconds:g}s: {figures['offers']:,} offers, "

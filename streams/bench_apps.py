@@ -1,8 +1,9 @@
 """Reference Faust agents for ``nextbest bench``: (b) bare iteration, (c) the naive pattern.
 
-Run as ``python -m streams.bench_apps <bare|naive> <events> <result-file>`` with the NEXTBEST_*
-environment of the bench's broker. Each writes ``first_event_time end_time`` to the result
-file after ``events`` events and keeps running until terminated.
+Run as ``python -m streams.bench_apps <bare|naive> <events> <result-file> <app-id>`` with the
+NEXTBEST_* environment of the bench's broker (the app id is the consumer group). Each writes
+``first_event_time end_time`` to the result file after ``events`` events and keeps running
+until terminated.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import mode.loop
 
 from streams.app import faust_config
 from streams.settings import Settings
+from streams.worker import run_faust_worker
 
 
-def main(mode_name: str, events: int, result: Path) -> None:
+def main(mode_name: str, events: int, result: Path, app_id: str) -> None:
     mode.loop.use("uvloop")
     settings = Settings.from_env()
-    app = faust.App(f"bench-{mode_name}", **faust_config(settings))
+    app = faust.App(app_id, **faust_config(settings))
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
     source = app.topic(*settings.topics.inputs, **raw)
@@ -52,8 +54,8 @@ def main(mode_name: str, events: int, result: Path) -> None:
                 await sink.send(key=key, value=value)
                 tick()
 
-    faust.Worker(app, loglevel="warn", quiet=True).execute_from_commandline()
+    run_faust_worker(app, "warn")  # the same worker set-up as nextbest's, for a fair comparison
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])

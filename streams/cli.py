@@ -110,7 +110,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     return run_bench(
         BenchConfig(
-            events=args.events, rate=args.rate, file=args.file, latency_seconds=args.latency_seconds
+            events=args.events,
+            rate=args.rate,
+            file=args.file,
+            latency_seconds=args.latency_seconds,
+            rounds=args.rounds,
         )
     )
 
@@ -177,6 +181,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=60000)
     p.add_argument("--rate", type=float, default=1000.0, help="offered rate for latency (ev/s)")
     p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     p.add_argument("--file", type=Path, default=DATA_FILE)
     p.set_defaults(run=cmd_bench)
 
