@@ -3,6 +3,7 @@ live tail of offers, notifications and dead letters, then a summary. Cleans up a
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -116,6 +117,40 @@ def scrape(port: int) -> dict[str, float]:
     return dict(totals)
 
 
+DECISION_LATENCY_METRIC = "nextbest_decision_latency_seconds"
+
+
+def scrape_buckets(port: int, histogram: str) -> list[tuple[float, float]]:
+    """``[(upper bound, cumulative count), ...]`` of a histogram on /metrics, labels summed."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    buckets: Counter[float] = Counter()
+    for family in text_string_to_metric_families(text):
+        if family.name == histogram:
+            for sample in family.samples:
+                if sample.name == f"{histogram}_bucket":
+                    buckets[float(sample.labels["le"])] += sample.value
+    return sorted(buckets.items())
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """The q-quantile by linear interpolation within buckets, as Prometheus computes it."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            share = (rank - lower_count) / (count - lower_count)
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
 class Tail(threading.Thread):
     """Reads the output topics and prints a readable line per offer / notification / DLQ."""
 
@@ -210,7 +245,17 @@ def run_demo(config: DemoConfig) -> int:
         processed = _wait_processed(settings.web_port, expected, timeout=120)
         elapsed = time.monotonic() - started
         time.sleep(1.0)
-        _summary(scrape(settings.web_port), tail.counts, processed, elapsed)
+        latency = {
+            q: histogram_quantile(q, scrape_buckets(settings.web_port, DECISION_LATENCY_METRIC))
+            for q in (0.5, 0.95, 0.99)
+        }
+        _summary(
+            scrape(settings.web_port),
+            tail.counts,
+            processed,
+            elapsed,
+            {q: v for q, v in latency.items() if v is not None},
+        )
         return 0
     finally:
         if tail:
@@ -251,7 +296,11 @@ def _wait_processed(port: int, expected: int, timeout: float) -> float:
 
 
 def _summary(
-    totals: dict[str, float], counts: Counter[str], processed: float, elapsed: float
+    totals: dict[str, float],
+    counts: Counter[str],
+    processed: float,
+    elapsed: float,
+    latency: dict[float, float],
 ) -> None:
     def group(prefix: str) -> str:
         items = sorted((k.split(":", 1)[1], v) for k, v in counts.items() if k.startswith(prefix))
@@ -278,5 +327,9 @@ def _summary(
         f"  dead letters       {sum(v for k, v in counts.items() if k.startswith('DLQ:')):,}"
         f" ({group('DLQ:')})"
     )
-    p50 = "see /metrics nextbest_decision_latency_seconds"
-    print(f"  decision latency   {p50}")
+    if latency:
+        print(
+            "  decision latency   "
+            + ", ".join(f"p{round(q * 100)} {latency[q] * 1000:,.0f} ms" for q in sorted(latency))
+            + " (cart record to offer, estimated from the histogram on /metrics)"
+        )
