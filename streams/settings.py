@@ -54,6 +54,15 @@ class Settings:
     batch_size: int = 500
     batch_window_s: float = 0.05
     log_level: str = "warn"
+    #: REST API bearer tokens, ``merchant=token,merchant2=token2`` (a token sees its merchant only)
+    api_tokens: str = ""
+    api_admin_token: str = ""  # every merchant, plus the admin endpoints
+    api_max_body_bytes: int = 1048576
+    api_max_events: int = 500  # events per POST /events
+    models_dir: Path = Path("var/models")  # POST /predictors: <models_dir>/<merchant>/next_purchase
+    train_args: str = ""  # extra `nextbest train` options for POST /predictors jobs
+    journey_tick_s: float = 5.0  # wake-up ticks for idle partitions (journey timers)
+    journey_lateness_s: float = 60.0  # journey clocks trail the newest event time by this
     topics: Topics = field(default_factory=Topics)
 
     @classmethod
@@ -86,6 +95,27 @@ class Settings:
             raise ValueError("NEXTBEST_PARTITIONS must be >= 1")
         if self.security_protocol not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
             raise ValueError(f"unknown NEXTBEST_SECURITY_PROTOCOL {self.security_protocol!r}")
+        self.merchant_tokens()  # raises on a malformed NEXTBEST_API_TOKENS
+        if self.api_admin_token and len(self.api_admin_token) < 16:
+            raise ValueError("NEXTBEST_API_ADMIN_TOKEN must be at least 16 characters")
+        if self.api_max_body_bytes < 1 or self.api_max_events < 1 or self.journey_tick_s <= 0:
+            raise ValueError(
+                "NEXTBEST_API_MAX_BODY_BYTES, NEXTBEST_API_MAX_EVENTS and "
+                "NEXTBEST_JOURNEY_TICK_S must be > 0"
+            )
+
+    def merchant_tokens(self) -> dict[str, str]:
+        """Bearer token -> merchant id, from ``NEXTBEST_API_TOKENS``."""
+        tokens: dict[str, str] = {}
+        for pair in filter(None, (part.strip() for part in self.api_tokens.split(","))):
+            merchant, sep, token = pair.partition("=")
+            if not sep or not merchant.strip() or len(token.strip()) < 16:
+                raise ValueError(
+                    "NEXTBEST_API_TOKENS must look like merchant=token,... with tokens of at "
+                    "least 16 characters"
+                )
+            tokens[token.strip()] = merchant.strip()
+        return tokens
 
     @property
     def bootstrap_servers(self) -> str:

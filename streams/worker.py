@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 import mode.loop
 
-from agents import catalog_updates, customer_events, monitoring, state_api
+from agents import api, catalog_updates, customer_events, monitoring, state_api
 from agents.pipeline import Pipeline
 from streams.app import NextbestApp, create_app
 from streams.policy import Policy, ThresholdRulesPolicy
@@ -13,24 +13,16 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 
 
-def build(settings: Settings, policy: Policy | None = None) -> NextbestApp:
+def build(
+    settings: Settings, policy: Policy | None = None, models: api.ModelLookup | None = None
+) -> NextbestApp:
     nb = create_app(settings)
-    customer_events.register(nb, Pipeline(nb, policy or ThresholdRulesPolicy()))
+    policy = policy or ThresholdRulesPolicy()
+    customer_events.register(nb, Pipeline(nb, policy))
     monitoring.register(nb)
     state_api.register(nb)
+    api.register(nb, policy, models)
     return nb
-
-
-def run_faust_worker(app: faust.App, loglevel: str) -> None:
-    """Run ``app`` until SIGTERM/SIGINT, without Faust's terminal spinner.
-
-    The spinner sets the root logger to DEBUG so that it can spin on every record: every
-    debug call on the hot path (several per event in aiokafka and faust) then builds a
-    LogRecord that no handler prints.
-    """
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.spinner = None
-    worker.execute_from_commandline()
 
 
 def run_worker(settings: Settings) -> None:
@@ -40,6 +32,6 @@ def run_worker(settings: Settings) -> None:
     watcher = catalog_updates.CatalogWatcher(settings, nb.registry)
     watcher.start()
     try:
-        run_faust_worker(nb.app, settings.log_level)
+        faust.Worker(nb.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
     finally:
         watcher.stop()

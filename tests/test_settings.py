@@ -43,6 +43,14 @@ def test_every_field_type_is_parsed():
         "NEXTBEST_BATCH_SIZE": "100",
         "NEXTBEST_BATCH_WINDOW_S": "0.25",
         "NEXTBEST_LOG_LEVEL": "info",
+        "NEXTBEST_API_TOKENS": "shop-a=aaaaaaaaaaaaaaaa1, shop-b=bbbbbbbbbbbbbbbb2",
+        "NEXTBEST_API_ADMIN_TOKEN": "admin-token-0123456789",
+        "NEXTBEST_API_MAX_BODY_BYTES": "2048",
+        "NEXTBEST_API_MAX_EVENTS": "10",
+        "NEXTBEST_MODELS_DIR": "/data/models",
+        "NEXTBEST_TRAIN_ARGS": "--max-epochs 5",
+        "NEXTBEST_JOURNEY_TICK_S": "2.5",
+        "NEXTBEST_JOURNEY_LATENESS_S": "30",
     }
     # The test must set every field (topics aside), so a new setting needs a case here.
     assert {f"NEXTBEST_{f.name.upper()}" for f in fields(Settings) if f.name != "topics"} == set(
@@ -68,7 +76,19 @@ def test_every_field_type_is_parsed():
         batch_size=100,
         batch_window_s=0.25,
         log_level="info",
+        api_tokens="shop-a=aaaaaaaaaaaaaaaa1, shop-b=bbbbbbbbbbbbbbbb2",
+        api_admin_token="admin-token-0123456789",
+        api_max_body_bytes=2048,
+        api_max_events=10,
+        models_dir=Path("/data/models"),
+        train_args="--max-epochs 5",
+        journey_tick_s=2.5,
+        journey_lateness_s=30.0,
     )
+    assert settings.merchant_tokens() == {
+        "aaaaaaaaaaaaaaaa1": "shop-a",
+        "bbbbbbbbbbbbbbbb2": "shop-b",
+    }
     assert isinstance(settings.state_dir, Path) and isinstance(settings.batch_window_s, float)
     assert type(settings.partitions) is int and settings.embedded_broker is True
 
@@ -106,6 +126,10 @@ def test_invalid_values_name_the_variable(name, raw, type_name):
         ({"NEXTBEST_BROKER_URL": "localhost:9092"}, "NEXTBEST_BROKER_URL must look like kafka://"),
         ({"NEXTBEST_PARTITIONS": "0"}, "NEXTBEST_PARTITIONS must be >= 1"),
         ({"NEXTBEST_SECURITY_PROTOCOL": "TLS"}, "unknown NEXTBEST_SECURITY_PROTOCOL 'TLS'"),
+        ({"NEXTBEST_API_TOKENS": "shop-a:0123456789abcdef"}, "NEXTBEST_API_TOKENS must look"),
+        ({"NEXTBEST_API_TOKENS": "shop-a=short"}, "at least 16 characters"),
+        ({"NEXTBEST_API_ADMIN_TOKEN": "admin"}, "NEXTBEST_API_ADMIN_TOKEN must be at least"),
+        ({"NEXTBEST_API_MAX_EVENTS": "0"}, "NEXTBEST_API_MAX_EVENTS"),
     ],
 )
 def test_invalid_settings_name_the_variable(env, message):
