@@ -25,6 +25,18 @@ def build(
     return nb
 
 
+def run_faust_worker(app: faust.App, loglevel: str) -> None:
+    """Run ``app`` until SIGTERM/SIGINT, without Faust's terminal spinner.
+
+    The spinner sets the root logger to DEBUG so that it can spin on every record: every
+    debug call on the hot path (several per event in aiokafka and faust) then builds a
+    LogRecord that no handler prints.
+    """
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.spinner = None
+    worker.execute_from_commandline()
+
+
 def run_worker(settings: Settings) -> None:
     mode.loop.use("uvloop")
     ensure_topics(settings)
@@ -32,6 +44,6 @@ def run_worker(settings: Settings) -> None:
     watcher = catalog_updates.CatalogWatcher(settings, nb.registry)
     watcher.start()
     try:
-        faust.Worker(nb.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+        run_faust_worker(nb.app, settings.log_level)
     finally:
         watcher.stop()
