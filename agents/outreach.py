@@ -43,7 +43,7 @@ from streams.policy import DecisionContext, Offer, Policy
 from streams.timers import CLOCK_PREFIX, DueIndex, PartitionClock
 
 log = logging.getLogger(__name__)
-DEFAULT_LATENESS_S = 60.0
+DEFAULT_LATENESS_S = 60.0  # Settings.journey_lateness_s
 TICK_KEY = b"__tick__"
 
 
@@ -306,12 +306,17 @@ def timers_table(nb: NextbestApp) -> faust.Table:
     )
 
 
-def register(nb: NextbestApp, policy: Policy, tick_s: float = 5.0) -> Outreach:
-    """Declare the timer table, the wake-up ticks and the revocation hook; returns the hooks."""
-    outreach = Outreach(nb, policy, TableTimerStore(timers_table(nb)))
-    merges = nb.settings.topics.merges
+def register(nb: NextbestApp, policy: Policy) -> Outreach:
+    """Declare the timer table, the wake-up ticks and the revocation hook; returns the hooks.
 
-    @nb.app.timer(tick_s)
+    Ticks every ``NEXTBEST_JOURNEY_TICK_S``; clocks trail events by ``NEXTBEST_JOURNEY_LATENESS_S``.
+    """
+    settings = nb.settings
+    store = TableTimerStore(timers_table(nb))
+    outreach = Outreach(nb, policy, store, lateness_s=settings.journey_lateness_s)
+    merges = settings.topics.merges
+
+    @nb.app.timer(settings.journey_tick_s)
     async def tick() -> None:
         owned = [tp.partition for tp in nb.app.assignor.assigned_actives() if tp.topic == merges]
         value = orjson.dumps({"kind": "tick"})
