@@ -418,7 +418,7 @@ def test_replenishment_rearms_on_a_new_order_and_skips_short_intervals(shop):
             "_ts": T0 + day * DAY,
             "order_id": str(n),
             "event_id": str(n),
-            "lines": [{"product_id": "A", "quantity": 1, "unit_price": 1.0}],
+            "lines": [{"product_id": "85123A", "quantity": 1, "unit_price": 1.0}],
             "total": 1.0,
         }
         customer_state.apply_order(state, data)
@@ -431,7 +431,7 @@ def test_replenishment_rearms_on_a_new_order_and_skips_short_intervals(shop):
             "_ts": T0 + n * DAY,
             "order_id": str(n),
             "event_id": str(n),
-            "lines": [{"product_id": "A", "quantity": 1, "unit_price": 1.0}],
+            "lines": [{"product_id": "85123A", "quantity": 1, "unit_price": 1.0}],
             "total": 1.0,
         }
         customer_state.apply_order(daily, data)
