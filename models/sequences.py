@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from streams.products import PRODUCT_CODE, normalize_product, order_products, orders_to_keep
+from streams.products import is_product as is_product  # noqa: PLC0414 - serving uses it from here
 
 Order = tuple[float, list[str]]
 """(epoch seconds, [product_id, ...]), the worker's per-order state."""
@@ -54,7 +56,6 @@ _COLUMNS = {
     "Customer ID": "customer",
 }
 _REQUIRED = ("invoice", "stock_code", "quantity", "invoice_date", "customer")
-PRODUCT_CODE = r"^(?:\d{5}|DCGS)"
 RECENT_DAYS = 30
 _DAY = 86400.0
 
@@ -72,15 +73,6 @@ class LoadReport:
     non_positive: int = 0
     non_product: int = 0
     kept: int = 0
-
-
-def normalize_product(product_id: str) -> str:
-    return str(product_id).strip().upper()
-
-
-def is_product(product_id: str) -> bool:
-    """The loader's product rule, for the worker to apply to live order lines."""
-    return re.match(PRODUCT_CODE, normalize_product(product_id)) is not None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -288,6 +280,8 @@ def encode_history(orders: list[Order], vocab: Vocab, config: EncoderConfig) -> 
     from the vocabulary its popularity (all time and recent) and repeat rate: the
     repeat-purchase features the baselines live on, and more.
     """
+    orders = [(seconds, order_products(products)) for seconds, products in orders]
+    orders = orders[len(orders) - orders_to_keep([len(products) for _, products in orders]) :]
     kept = []
     for seconds, products in orders[-config.max_orders :]:
         ids = [vocab.get(p) for p in products]

@@ -57,11 +57,19 @@ def build_schemas() -> dict[str, dict]:
         schema = _record_schema(spec)
         if topic_kind in INPUT_EVENTS:
             schema["properties"]["schema_version"]["const"] = SCHEMA_VERSION
-            schema["anyOf"] = [{"required": ["customer_id"]}, {"required": ["session_id"]}]
+            # like parse_event: a customer id or a session id that is not null, and the fields
+            # an event type needs present, not null and not empty
+            schema["anyOf"] = [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("customer_id", "session_id")
+            ]
             conditions = [
                 {
                     "if": {"properties": {"event_type": {"const": t}}},
-                    "then": {"required": list(needs)},
+                    "then": {
+                        "required": list(needs),
+                        "properties": {n: {"type": "string", "minLength": 1} for n in needs},
+                    },
                 }
                 for t, needs in REQUIRED_BY_TYPE.items()
                 if t in spec.fields["event_type"].choices

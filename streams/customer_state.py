@@ -14,7 +14,9 @@ customer does (see ``docs/architecture.md`` for measured bytes per customer):
   stay the same however the topics interleave (an order only empties the lines);
 - ``session``: current session ``{id, start, last, events}``; ``sessions`` counts them
   (a session ends after ``SESSION_GAP_S`` of inactivity, in event time);
-- ``orders``: last ``MAX_ORDERS`` orders ``[ts, order_id, total, [product_id, ...]]``;
+- ``orders``: the most recent orders ``[ts, order_id, total, [product_id, ...]]``, time-ordered,
+  products as ``streams.products`` keeps them (at most ``MAX_ORDERS`` orders and
+  ``MAX_HISTORY_PRODUCTS`` product ids; the same rule the next-purchase model trains on);
 - ``rfm``: ``{first, last, frequency, monetary, cancellations}`` over the whole history;
 - ``offers``: ``{received, delivered, opened, clicked, redeemed, dismissed, last}``;
 - ``last_offer``: ``[cart generation, offer key]`` of the last offer, so an unchanged offer
@@ -26,10 +28,12 @@ customer does (see ``docs/architecture.md`` for measured bytes per customer):
 
 from __future__ import annotations
 
+from streams.products import MAX_ORDERS as MAX_ORDERS  # noqa: PLC0414 - part of the state API
+from streams.products import order_products, orders_to_keep
+
 SESSION_GAP_S = 30 * 60
 SEEN_IDS = 64
 MAX_VIEWS = 20
-MAX_ORDERS = 50
 MAX_SENT = 20
 MAX_CLAIMED = 8
 MAX_CART_LINES = 200
@@ -136,9 +140,12 @@ def apply_order(state: dict, event: dict) -> None:
         rfm["cancellations"] += 1
         rfm["monetary"] = round(rfm["monetary"] + event["total"], 2)
         return
-    products = list(dict.fromkeys(line["product_id"] for line in event["lines"]))
-    _push(state["orders"], [ts, event["order_id"], event["total"], products], MAX_ORDERS)
-    state["orders"].sort(key=lambda order: order[0])
+    products = order_products(line["product_id"] for line in event["lines"])
+    if products:  # an order of postage or fees only tells nothing about what the customer buys
+        orders = state["orders"]
+        orders.append([ts, event["order_id"], event["total"], products])
+        orders.sort(key=lambda order: order[0])
+        del orders[: len(orders) - orders_to_keep([len(order[3]) for order in orders])]
     rfm["first"] = ts if rfm["first"] is None else min(rfm["first"], ts)
     rfm["last"] = ts if rfm["last"] is None else max(rfm["last"], ts)
     rfm["frequency"] += 1

@@ -35,25 +35,10 @@ import orjson
 from confluent_kafka import Producer
 
 from schemas.events import SCHEMA_VERSION
+from streams.products import is_product
 from streams.settings import Settings
 
 DEFAULT_MERCHANT = "uci-gift-shop"
-NON_PRODUCT_CODES = frozenset(
-    {
-        "POST",
-        "DOT",
-        "M",
-        "D",
-        "C2",
-        "CRUK",
-        "BANK CHARGES",
-        "AMAZONFEE",
-        "PADS",
-        "S",
-        "B",
-        "m",
-    }
-)
 MAX_SESSION_S = 3600.0
 COLUMN_NAMES = {  # canonical name -> accepted spellings (UCI Online Retail I and II)
     "invoice": ("InvoiceNo", "Invoice"),
@@ -175,10 +160,6 @@ def invoices(rows: Iterable[Row]) -> Iterator[list[Row]]:
         current.append(row)
     if current:
         yield current
-
-
-def is_product(stock_code: str) -> bool:
-    return stock_code not in NON_PRODUCT_CODES and not stock_code.lower().startswith("gift_")
 
 
 def synthetic_profile(customer_id: str, country: str) -> dict:
@@ -321,7 +302,7 @@ class EventBuilder:
                     "cart",
                     "checkout",
                     f"{invoice}-checkout",
-                    end - timedelta(seconds=20),
+                    end - timedelta(seconds=min(20.0, step)),  # after the last add (end - 2 step)
                     customer,
                     session,
                     lines=[],

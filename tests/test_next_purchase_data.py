@@ -178,9 +178,16 @@ def test_encode_history_parity_with_worker_state(tmp_path):
 
 
 def test_encode_history_features():
-    vocab = Vocab(["<pad>", "A", "B", "C"], [0, 5, 3, 1], [0, 1, 1, 0], [0.2, 0.3, 0.2, 0.1])
+    vocab = Vocab(
+        ["<pad>", "20001A", "20002B", "20003C"], [0, 5, 3, 1], [0, 1, 1, 0], [0.2, 0.3, 0.2, 0.1]
+    )
     day = 86400.0
-    orders = [(0.0, ["A", "X"]), (10 * day, ["b", "A"]), (30 * day, ["A"])]
+    # 99999 is a product the vocabulary does not know; POST is not a product at all
+    orders = [
+        (0.0, ["20001A", "99999", "POST"]),
+        (10 * day, ["20002b", "20001A"]),
+        (30 * day, ["20001A"]),
+    ]
     enc = encode_history(orders, vocab, EncoderConfig(max_orders=50))
     assert enc.order_items.tolist() == [1, 2, 1, 1] and enc.order_lengths.tolist() == [1, 2, 1]
     np.testing.assert_allclose(enc.order_feats[:, 0], np.log1p([0, 10, 20]), rtol=1e-6)
@@ -188,4 +195,4 @@ def test_encode_history_features():
     counts = dict(zip(enc.repeat_items.tolist(), enc.repeat_feats[:, 0], strict=True))
     assert counts == pytest.approx({1: np.log1p(3), 2: np.log1p(1)})
     assert encode_history(orders, vocab, EncoderConfig(max_orders=1)).n_orders == 1
-    assert encode_history([(0.0, ["X", "Y"])], vocab, EncoderConfig()).n_orders == 0
+    assert encode_history([(0.0, ["99999", "POST"])], vocab, EncoderConfig()).n_orders == 0

@@ -99,16 +99,20 @@ def test_score_batch_matches_one_by_one(trained):
 
 
 def test_cold_start_falls_back_to_popularity():
-    vocab = Vocab(["<pad>", "B", "A", "C"], [0, 9, 5, 1], [0, 1, 1, 0], [0.2, 0.3, 0.2, 0.1])
+    vocab = Vocab(
+        ["<pad>", "20002", "20001", "20003C"], [0, 9, 5, 1], [0, 1, 1, 0], [0.2, 0.3, 0.2, 0.1]
+    )
     torch.manual_seed(0)
     model = NextPurchaseLSTM(ModelConfig(emb_dim=8, hidden=8), vocab.popularity)
     rec = Recommender(model, vocab, EncoderConfig())
-    new, unknown, known = rec.score_batch([[], [(0.0, ["NOPE", "POST"])], [(0.0, ["c"])]], k=3)
+    new, unknown, known = rec.score_batch(
+        [[], [(0.0, ["99999", "POST"])], [(0.0, ["20003c"])]], k=3
+    )
     for s in (new, unknown):
         assert s.cold_start
-        assert s.items == ["B", "A", "C"]
+        assert s.items == ["20002", "20001", "20003C"]
         np.testing.assert_allclose(s.scores, [9 / 15, 5 / 15, 1 / 15], rtol=1e-6)
-    assert not known.cold_start and sorted(known.items) == ["A", "B", "C"]
+    assert not known.cold_start and sorted(known.items) == ["20001", "20002", "20003C"]
 
 
 def test_ablation_has_no_lstm():

@@ -420,12 +420,6 @@ def test_parse_event_and_json_schema_agree(validators, event, topic):
     assert by_parser == (any(event is good for good, _ in PARITY_GOOD))
 
 
-@pytest.mark.xfail(
-    reason="schemas/json_schema.py build_schemas: anyOf/if-then use only `required`, so an "
-    "explicit null customer_id+session_id, or a null/empty product_id on product_view, "
-    "passes the published JSON Schema but parse_event dead-letters it",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "event",
     [
