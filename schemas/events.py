@@ -25,7 +25,8 @@ FeedbackType = Literal[
     "offer_delivered", "offer_opened", "offer_clicked", "offer_redeemed", "offer_dismissed"
 ]
 Channel = Literal["push", "email", "sms", "in_app"]
-OfferType = Literal["free_shipping", "percent_off", "threshold_nudge"]
+OfferType = Literal["free_shipping", "percent_off", "threshold_nudge", "product_coupon"]
+ActionKind = Literal["none", "free_shipping", "percent_off", "threshold_nudge", "product_coupon"]
 
 
 class Line(faust.Record, serializer="json"):
@@ -131,6 +132,9 @@ class PromotionEvent(faust.Record, serializer="json"):
     percent_off: float | None = None
     amount_to_next_tier: float | None = None
     recommendations: list[str] | None = None
+    #: Promotion policy: the most this offer's discount may be (what its budget reserved).
+    max_discount: float | None = None
+
 
 
 class NotificationEvent(faust.Record, serializer="json"):
@@ -169,6 +173,96 @@ class DeadLetter(faust.Record, serializer="json"):
     key: str | None = None
 
 
+class ActionOption(faust.Record, serializer="json"):
+    """One action the policy could take for a cart, with the probability it had of being chosen
+    and its economics (basket value if bought with it, discount the shop pays)."""
+
+    action: str
+    action_kind: ActionKind
+    probability: float
+    basket: float
+    discount: float
+
+
+class DecisionRecord(faust.Record, serializer="json"):
+    """Output (topic ``decisions``): one promotion-policy decision for a cart, holdout and
+    no-offer decisions included. ``action`` was chosen with probability ``propensity`` by
+    ``policy`` at ``model_version``; ``sent`` is false in the holdout (logged, nothing sent).
+    ``features`` are the values of ``feature_set`` (``streams.promo_features.FEATURE_NAMES``);
+    ``options`` every allowed action. Key: the customer key; deduplicate on ``decision_id``."""
+
+    schema_version: int
+    decision_id: str
+    merchant_id: str
+    customer_key: str
+    cart_event_id: str
+    cart_generation: int
+    event_time: str
+    cart_value: float
+    currency: str
+    experiment: str
+    arm: str
+    policy: str
+    model_version: str
+    action: str
+    action_kind: ActionKind
+    propensity: float
+    sent: bool
+    margin_rate: float
+    horizon_margin: float
+    options: list[ActionOption]
+    feature_set: str
+    features: list[float]
+    promotion_id: str | None = None
+    product_id: str | None = None
+    offer_id: str | None = None
+    max_discount: float | None = None
+    guard: str | None = None
+    record: Literal["decision"] = "decision"
+
+
+class RewardRecord(faust.Record, serializer="json"):
+    """Output (topic ``rewards``): what a decision earned within its attribution window
+    (``streams.rewards``): feedback flags, the attributed order, the discount it cost and the
+    profit. Repeats the decision's fields the learner needs. ``reason``: ``window_closed``,
+    ``superseded`` (a newer decision for the cart; not learned from) or ``evicted``. One per
+    ``decision_id``."""
+
+    schema_version: int
+    decision_id: str
+    merchant_id: str
+    customer_key: str
+    experiment: str
+    arm: str
+    policy: str
+    model_version: str
+    action: str
+    action_kind: ActionKind
+    propensity: float
+    sent: bool
+    feature_set: str
+    features: list[float]
+    event_time: str
+    closed_at: str
+    reason: Literal["window_closed", "superseded", "evicted"]
+    delivered: bool
+    opened: bool
+    clicked: bool
+    redeemed: bool
+    dismissed: bool
+    purchased: bool
+    revenue: float
+    gross: float
+    discount_cost: float
+    profit: float
+    promotion_id: str | None = None
+    product_id: str | None = None
+    offer_id: str | None = None
+    max_discount: float | None = None
+    order_id: str | None = None
+    record: Literal["reward"] = "reward"
+
+
 INPUT_EVENTS: dict[str, type[Event]] = {
     "clickstream": ClickEvent,
     "cart": CartEvent,
@@ -180,6 +274,8 @@ OUTPUT_EVENTS: dict[str, type[faust.Record]] = {
     "promotions": PromotionEvent,
     "notifications": NotificationEvent,
     "dead_letters": DeadLetter,
+    "decisions": DecisionRecord,
+    "rewards": RewardRecord,
 }
 
 #: Fields a given event type needs beyond its record's required fields.

@@ -189,6 +189,10 @@ def parser() -> argparse.ArgumentParser:
         ("train", "models.train", "train the next-purchase model"),
         ("evaluate", "models.evaluate", "evaluate the next-purchase model against baselines"),
         ("uplift-validate", "models.hillstrom", "validate the uplift model on Hillstrom"),
+        ("report", "models.promo_report", "promotion results per experiment arm (table + PNG)"),
+        ("ope", "models.ope", "off-policy evaluation of a promotion policy from the log"),
+        ("simulate", "models.promo_simulation", "promotion policies vs simulated customers"),
+        ("promo-retrain", "models.promo_log", "rebuild the promotion bandit from the log"),
         ("segment", "models.segments", "export customers predicted to buy a product next"),
         ("import-endpoints", "streams.pinpoint", "Pinpoint endpoint file -> customer profiles"),
         ("import-interactions", "models.interactions", "load a Personalize interactions CSV"),
@@ -201,7 +205,9 @@ def parser() -> argparse.ArgumentParser:
 
 DELEGATED = {"train": "models.train", "evaluate": "models.evaluate",
              "uplift-validate": "models.hillstrom", "segment": "models.segments",
-             "import-endpoints": "streams.pinpoint", "import-interactions": "models.interactions"}
+             "import-endpoints": "streams.pinpoint", "import-interactions": "models.interactions",
+             "report": "models.promo_report", "ope": "models.ope",
+             "simulate": "models.promo_simulation", "promo-retrain": "models.promo_log"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -66,5 +66,67 @@ CONSUMER_LAG = Gauge(
     "nextbest_consumer_lag",
     "Records behind the fetch high watermark, by topic and partition",
     ["topic", "partition"],
+    registry=REGISTRY,
+)
+
+# --- promotion policy (streams.promo_metrics updates these) ----------------------------------
+PROMO_DECISIONS = Counter(
+    "nextbest_promo_decisions",
+    "Promotion-policy decisions, by experiment arm, action kind and whether an offer was sent",
+    ["arm", "action_kind", "sent"],
+    registry=REGISTRY,
+)
+PROMO_BLOCKED = Counter(
+    "nextbest_promo_blocked_actions",
+    "Candidate actions a guard rail blocked, by reason (budget, customer_limit, exclusive, ...)",
+    ["reason"],
+    registry=REGISTRY,
+)
+PROMO_REWARDS = Counter(
+    "nextbest_promo_rewards",
+    "Decisions whose attribution window closed, by arm and reason",
+    ["arm", "reason"],
+    registry=REGISTRY,
+)
+PROMO_CONVERSIONS = Counter(
+    "nextbest_promo_conversions",
+    "Closed decisions with an attributed order, by arm",
+    ["arm"],
+    registry=REGISTRY,
+)
+PROMO_REVENUE = Counter(
+    "nextbest_promo_revenue",
+    "Attributed order revenue in the merchant's currency, by merchant and arm",
+    ["merchant", "arm"],
+    registry=REGISTRY,
+)
+PROMO_DISCOUNT_COST = Counter(
+    "nextbest_promo_discount_cost",
+    "Discounts paid on attributed orders in the merchant's currency, by merchant and arm",
+    ["merchant", "arm"],
+    registry=REGISTRY,
+)
+PROMO_PROFIT = Summary(
+    "nextbest_promo_profit",
+    "Profit per closed decision in the merchant's currency, by merchant and arm",
+    ["merchant", "arm"],
+    registry=REGISTRY,
+)
+PROMO_PROFIT_SQUARES = Counter(
+    "nextbest_promo_profit_squares",
+    "Sum of squared profit per closed decision (with the summary's sum and count: a CI)",
+    ["merchant", "arm"],
+    registry=REGISTRY,
+)
+PROMO_INCREMENTAL = Gauge(
+    "nextbest_promo_incremental_profit_per_decision",
+    "Mean profit per closed decision minus the holdout's, by merchant and arm (this worker)",
+    ["merchant", "arm"],
+    registry=REGISTRY,
+)
+PROMO_BUDGET_AVAILABLE = Gauge(
+    "nextbest_promo_budget_available",
+    "Promotion budget not yet spent or reserved in this worker's ledgers, by promotion",
+    ["merchant", "promotion"],
     registry=REGISTRY,
 )

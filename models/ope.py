@@ -1,0 +1,310 @@
+"""Off-policy evaluation of a candidate promotion policy from the decision log: ``nextbest ope``.
+
+Every logged decision ``i`` has its allowed actions, the action ``a_i`` the logging policy chose
+with probability ``p_i`` (``propensity``) and the reward ``r_i`` (profit within the attribution
+window, ``streams.rewards``). A candidate policy gives probabilities ``pi(a | x_i)`` over the
+same allowed actions; with ``w_i = pi(a_i | x_i) / p_i``::
+
+    IPS    = mean(w_i r_i)
+    SNIPS  = sum(w_i r_i) / sum(w_i)
+    DR     = mean( sum_a pi(a | x_i) q(x_i, a) + w_i (r_i - q(x_i, a_i)) )
+
+``q`` is a reward model (`RewardModel`: LightGBM on the context features and the action's
+economics), cross-fitted: the rows of each fold are predicted by a model fitted on the other
+folds. Confidence intervals are normal 95% intervals: the standard error of the per-row terms
+for IPS and DR, the delta method for SNIPS. Rows: rewards that are learnable
+(``streams.rewards.learnable``: applied actions, not the holdout, not superseded) joined to
+their decisions; an arm can be chosen with ``--arm``. The value is profit per decision.
+
+The estimates assume what the log records is true: every allowed action had a positive
+probability (the bandit explores; a deterministic logging policy supports only candidates that
+agree with it) and the propensities are the probabilities actually used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from lightgbm import LGBMRegressor
+
+from models.promo_log import read_log
+from streams.bandit import ChoiceInput, LinearThompson
+from streams.catalog import Merchant
+from streams.offers import KINDS, Action
+from streams.rewards import learnable
+
+METHODS = ("IPS", "SNIPS", "DR")
+Z95 = 1.959964
+
+
+@dataclass
+class Row:
+    decision_id: str
+    merchant_id: str
+    options: list[str]  # allowed action ids, "none" first
+    kinds: list[str]
+    basket: np.ndarray
+    discount: np.ndarray
+    cart_value: float
+    margin_rate: float
+    horizon_margin: float
+    features: np.ndarray
+    logged: int  # index of the logged action in options
+    propensity: float
+    reward: float
+    probabilities: np.ndarray  # the logging policy's, over options
+
+
+Candidate = Callable[[Row], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    method: str
+    value: float
+    se: float
+    low: float
+    high: float
+    rows: int
+
+
+def load_rows(
+    decisions: Sequence[dict], reward_records: Sequence[dict], arm: str | None = None
+) -> list[Row]:
+    """Learnable rewards joined to their decisions (optionally of one arm), in decision order."""
+    by_id = {r["decision_id"]: r for r in reward_records if learnable(r)}
+    rows = []
+    for d in decisions:
+        reward = by_id.get(d["decision_id"])
+        if reward is None or (arm is not None and d["arm"] != arm) or d.get("guard"):
+            continue
+        options = d["options"]
+        ids = [o["action"] for o in options]
+        rows.append(
+            Row(
+                decision_id=d["decision_id"],
+                merchant_id=d["merchant_id"],
+                options=ids,
+                kinds=[o["action_kind"] for o in options],
+                basket=np.array([o["basket"] for o in options], dtype=np.float64),
+                discount=np.array([o["discount"] for o in options], dtype=np.float64),
+                cart_value=float(d["cart_value"]),
+                margin_rate=float(d["margin_rate"]),
+                horizon_margin=float(d["horizon_margin"]),
+                features=np.array(d["features"], dtype=np.float64),
+                logged=ids.index(d["action"]),
+                propensity=float(d["propensity"]),
+                reward=float(reward["profit"]),
+                probabilities=np.array([o["probability"] for o in options], dtype=np.float64),
+            )
+        )
+    return rows
+
+
+# --- candidate policies ----------------------------------------------------------------------
+
+
+def static(target: str) -> Candidate:
+    """Always the action with id or kind ``target`` when allowed, else no offer."""
+
+    def probabilities(row: Row) -> np.ndarray:
+        p = np.zeros(len(row.options))
+        hit = next(
+            (
+                i
+                for i, (a, k) in enumerate(zip(row.options, row.kinds, strict=True))
+                if target in (a, k)
+            ),
+            0,
+        )
+        p[hit] = 1.0
+        return p
+
+    return probabilities
+
+
+def logged() -> Candidate:
+    """The logging policy itself (its OPE value must match the mean logged reward)."""
+    return lambda row: row.probabilities
+
+
+def _actions(row: Row) -> list[Action]:
+    return [
+        Action(id=a, kind=k, cart_value=row.cart_value, basket=float(b), discount=float(d))
+        for a, k, b, d in zip(row.options, row.kinds, row.basket, row.discount, strict=True)
+    ]
+
+
+def greedy(model: LinearThompson | dict[str, LinearThompson]) -> Candidate:
+    """The bandit's choice at its posterior mean (per merchant when given a dict)."""
+
+    def probabilities(row: Row) -> np.ndarray:
+        bandit = model if isinstance(model, LinearThompson) else model[row.merchant_id]
+        merchant = Merchant(row.merchant_id, "", 0.0, (), margin_rate=row.margin_rate)
+        choice = ChoiceInput(None, merchant, row.features, _actions(row), row.horizon_margin)
+        p = np.zeros(len(row.options))
+        p[bandit.greedy(choice)] = 1.0
+        return p
+
+    return probabilities
+
+
+# --- reward model and estimators -------------------------------------------------------------
+
+
+def _design(row: Row) -> np.ndarray:
+    """One row per allowed action: context features, then the action's economics and kind."""
+    k = len(row.options)
+    depth = np.divide(row.discount, row.basket, out=np.zeros(k), where=row.basket > 0)
+    kind = np.array([[float(kind == name) for name in KINDS] for kind in row.kinds])
+    economics = np.column_stack(
+        [
+            np.log1p(row.basket),
+            np.log1p(row.discount),
+            depth,
+            np.full(k, math.log1p(row.cart_value)),
+        ]
+    )
+    return np.hstack([np.tile(row.features, (k, 1)), economics, kind])
+
+
+def _fold(decision_id: str, folds: int) -> int:
+    return (
+        int.from_bytes(hashlib.blake2b(decision_id.encode(), digest_size=4).digest(), "big") % folds
+    )
+
+
+@dataclass
+class RewardModel:
+    """Cross-fitted predictions ``q(x_i, a)`` for every row and allowed action."""
+
+    predictions: dict[str, np.ndarray]
+
+    @classmethod
+    def fit(cls, rows: Sequence[Row], folds: int = 2, seed: int = 0) -> RewardModel:
+        designs = [_design(r) for r in rows]
+        fold = np.array([_fold(r.decision_id, folds) for r in rows])
+        x = np.vstack([d[r.logged] for d, r in zip(designs, rows, strict=True)])
+        y = np.array([r.reward for r in rows])
+        predictions: dict[str, np.ndarray] = {}
+        for f in range(folds):
+            train = fold != f
+            if train.sum() < 50 or (~train).sum() == 0:
+                mean = float(y[train].mean()) if train.any() else 0.0
+                for i in np.flatnonzero(~train):
+                    predictions[rows[i].decision_id] = np.full(len(rows[i].options), mean)
+                continue
+            model = LGBMRegressor(
+                n_estimators=200,
+                learning_rate=0.05,
+                num_leaves=15,
+                min_child_samples=50,
+                subsample=0.8,
+                subsample_freq=1,
+                random_state=seed,
+                n_jobs=1,
+                verbose=-1,
+            ).fit(x[train], y[train])
+            test = np.flatnonzero(~train)
+            predicted = model.predict(np.vstack([designs[i] for i in test]))
+            ends = np.cumsum([len(designs[i]) for i in test])
+            for i, values in zip(test, np.split(predicted, ends[:-1]), strict=True):
+                predictions[rows[i].decision_id] = values
+        return cls(predictions)
+
+
+def _mean_ci(method: str, terms: np.ndarray) -> Estimate:
+    n = len(terms)
+    value = float(terms.mean()) if n else float("nan")
+    se = float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return Estimate(method, value, se, value - Z95 * se, value + Z95 * se, n)
+
+
+def evaluate(
+    rows: Sequence[Row], probabilities: Sequence[np.ndarray], model: RewardModel | None = None
+) -> list[Estimate]:
+    """IPS, SNIPS and (with a reward model) DR estimates of the candidate's value."""
+    reward = np.array([r.reward for r in rows])
+    weight = np.array(
+        [p[r.logged] / r.propensity for r, p in zip(rows, probabilities, strict=True)]
+    )
+    estimates = [_mean_ci("IPS", weight * reward)]
+    total = weight.sum()
+    snips = float((weight * reward).sum() / total) if total > 0 else float("nan")
+    se = (
+        float(np.sqrt(np.sum((weight * (reward - snips)) ** 2)) / total)
+        if total > 0
+        else float("nan")
+    )
+    estimates.append(Estimate("SNIPS", snips, se, snips - Z95 * se, snips + Z95 * se, len(rows)))
+    if model is not None:
+        terms = []
+        for r, p in zip(rows, probabilities, strict=True):
+            q = model.predictions[r.decision_id]
+            terms.append(float(p @ q) + p[r.logged] / r.propensity * (r.reward - q[r.logged]))
+        estimates.append(_mean_ci("DR", np.array(terms)))
+    return estimates
+
+
+# --- command ---------------------------------------------------------------------------------
+
+
+def candidate(spec: str) -> Candidate:
+    """``none``, ``logged``, ``static:<action id or kind>`` or ``greedy:<state.json>`` (the
+    file ``nextbest promo-retrain`` writes)."""
+    if spec == "none":
+        return static("none")
+    if spec == "logged":
+        return logged()
+    if spec.startswith("static:"):
+        return static(spec.removeprefix("static:"))
+    if spec.startswith("greedy:"):
+        state = json.loads(Path(spec.removeprefix("greedy:")).read_text())
+        models = {m: LinearThompson.from_dict(s) for m, s in state["bandit"].items()}
+        return greedy(models)
+    raise ValueError(f"unknown candidate policy {spec!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nextbest ope",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log", type=Path, nargs="+", required=True, help="JSON Lines log file(s)")
+    parser.add_argument(
+        "--policy",
+        action="append",
+        default=None,
+        help="candidate (repeatable): none | logged | static:<action> | greedy:<state.json>",
+    )
+    parser.add_argument("--arm", default=None, help="only decisions of this experiment arm")
+    parser.add_argument("--folds", type=int, default=2, help="cross-fitting folds of the DR model")
+    parser.add_argument("--json", type=Path, default=None, help="also write the estimates here")
+    args = parser.parse_args(argv)
+    decisions, reward_records = read_log(args.log)
+    rows = load_rows(decisions, reward_records, args.arm)
+    if not rows:
+        print("no learnable decisions with rewards in the log")
+        return 1
+    model = RewardModel.fit(rows, folds=args.folds)
+    specs = args.policy or ["logged", "none"]
+    mean = float(np.mean([r.reward for r in rows]))
+    print(f"{len(rows)} decisions; logged policy's mean reward {mean:.3f} per decision")
+    print(f"{'candidate':<36} " + " ".join(f"{m:>28}" for m in METHODS))
+    results = {}
+    for spec in specs:
+        estimates = evaluate(rows, [candidate(spec)(r) for r in rows], model)
+        results[spec] = [e.__dict__ for e in estimates]
+        cells = [f"{e.value:9.3f} [{e.low:8.3f},{e.high:8.3f}]" for e in estimates]
+        print(f"{spec:<36} " + " ".join(f"{c:>28}" for c in cells))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0

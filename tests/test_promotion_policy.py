@@ -1,0 +1,143 @@
+"""The promotion policy behind the Policy protocol: holdout, A/B arms, decision records that
+match the decisions topic's contract, one decision per cart, learning from rewards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from schemas.events import DecisionRecord, RewardRecord
+from schemas.json_schema import build_schemas
+from streams import rewards
+from streams.experiments import HOLDOUT, Arm, Experiment, assign
+from streams.policy import Policy
+from streams.promotion_policy import PromotionPolicy, decision_identity, offer_identity
+from tests.promo_fixtures import HOUR, T0, cart_state, context, shop
+
+SCHEMAS = build_schemas()
+
+
+def validate(name: str, record: dict) -> None:
+    Draft202012Validator(SCHEMAS[name]).validate(record)
+
+
+class Signals:
+    coupon_product_id = "SKU9"
+    coupon_probability = 0.4
+    purchase_propensity = 0.8
+    coupon_price = 20.0
+
+
+def test_is_a_policy_and_logs_every_decision():
+    policy: Policy = PromotionPolicy(signals=lambda contexts: [Signals()] * len(contexts))
+    merchant = shop()
+    contexts = [context(merchant, 160.0, customer=str(i), event_id=f"e{i}") for i in range(40)]
+    offers = policy.decide_batch(contexts)
+    records, evicted = policy.drain_records()
+    assert len(offers) == len(records) == 40 and evicted == []
+    assert policy.drain_records() == ([], [])
+    for ctx, offer, record in zip(contexts, offers, records, strict=True):
+        validate("decisions.v1.json", record)
+        DecisionRecord.from_data(record)
+        assert record["decision_id"] == decision_identity(ctx.customer_key, ctx.cart_event_id)
+        assert record["arm"] == assign(policy.experiment, ctx.customer_key)
+        options = {o["action"]: o["probability"] for o in record["options"]}
+        assert sum(options.values()) == pytest.approx(1.0, abs=1e-5)
+        assert options[record["action"]] == pytest.approx(record["propensity"], abs=1e-6)
+        assert "product_coupon:coupon" in options
+        if record["arm"] == HOLDOUT or record["action"] == "none":
+            assert offer is None and not record["sent"] and record["offer_id"] is None
+        else:
+            assert record["sent"] and offer.key == record["action"]
+            assert record["offer_id"] == offer_identity(
+                ctx.customer_key, ctx.cart_event_id, offer.key
+            )
+            assert record["max_discount"] > 0
+    arms = {r["arm"] for r in records}
+    assert arms == {"learned", HOLDOUT}
+    # holdout decisions are computed (an action with its propensity) but nothing is sent
+    held = [r for r in records if r["arm"] == HOLDOUT]
+    assert held and all(0 < r["propensity"] <= 1 for r in held)
+
+
+def test_one_decision_per_cart_until_the_allowed_actions_change():
+    experiment = Experiment(id="t", holdout=0.0, arms=(Arm("all", 1.0, "static:percent_off"),))
+    policy = PromotionPolicy(experiment, default_variant="static:percent_off")
+    merchant = shop()
+    ctx = context(merchant, 100.0, event_id="e1")
+    (first,) = policy.decide([ctx])
+    assert first.record is not None and first.offer.key == "percent_off:p10"
+    state = cart_state(120.0, T0 + 60, "e2", ctx.state)  # same cart, a bit more
+    (again,) = policy.decide(
+        [type(ctx)(merchant, ctx.customer_key, state, 120.0, "GBP", T0 + 60, "e2")]
+    )
+    assert again.record is None and again.offer.key == "percent_off:p10"  # a repeat
+    state = cart_state(170.0, T0 + 120, "e3", state)  # now within reach of the 15% tier
+    (new,) = policy.decide(
+        [type(ctx)(merchant, ctx.customer_key, state, 170.0, "GBP", T0 + 120, "e3")]
+    )
+    assert new.record is not None and new.record["decision_id"] != first.record["decision_id"]
+    assert len(state["promo"]["pending"]) == 2
+
+
+def test_ab_arms_use_their_variant():
+    experiment = Experiment(
+        id="ab", holdout=0.0, arms=(Arm("rules", 1.0, "rules"), Arm("none", 1.0, "static:none"))
+    )
+    policy = PromotionPolicy(experiment)
+    merchant = shop()
+    for i in range(30):
+        (d,) = policy.decide([context(merchant, 100.0, customer=str(i), event_id=f"e{i}")])
+        expected = {"rules": "percent_off:p10", "none": "none"}[d.record["arm"]]
+        assert d.record["action"] == expected and d.record["propensity"] == 1.0
+        assert d.record["policy"] in ("threshold-rules/1", "static:none")
+
+
+def test_rewards_teach_the_bandit_and_validate_against_the_contract():
+    policy = PromotionPolicy(Experiment(id="t", holdout=0.0))
+    merchant = shop()
+    decided = []
+    for i in range(30):
+        ctx = context(merchant, 160.0, customer=str(i), event_id=f"e{i}")
+        (d,) = policy.decide([ctx])
+        decided.append((ctx, d))
+    closed = []
+    for k, (ctx, d) in enumerate(decided):
+        if k % 2 and d.record["sent"]:
+            feedback = {
+                "event_type": "offer_redeemed",
+                "offer_id": d.record["offer_id"],
+                "_ts": T0 + 60,
+            }
+            rewards.on_feedback(ctx.state, feedback, policy.ledgers)
+        if k % 2:
+            rewards.on_order(
+                ctx.state,
+                {
+                    "event_type": "order",
+                    "order_id": f"o{k}",
+                    "total": 150.0,
+                    "_ts": T0 + 120,
+                    "lines": [{"product_id": "A1", "quantity": 1, "unit_price": 150.0}],
+                },
+            )
+        closed += rewards.close_due(ctx.state, T0 + 49 * HOUR)
+    assert len(closed) == 30
+    for reward in closed:
+        validate("rewards.v1.json", reward)
+        RewardRecord.from_data(reward)
+    before = policy.variants["bandit"].model("shop").version
+    assert policy.learn(closed) == 30
+    assert policy.learn(closed) == 0  # replayed rewards
+    assert policy.variants["bandit"].model("shop").version != before
+    state = json.loads(json.dumps(policy.state_dict()))
+    fresh = PromotionPolicy(Experiment(id="t", holdout=0.0))
+    fresh.load_state_dict(state)
+    assert fresh.variants["bandit"].model("shop").updates == 30
+
+
+def test_unknown_variant_is_an_error():
+    with pytest.raises(ValueError, match="unknown policy variant"):
+        PromotionPolicy(Experiment(id="x", arms=(Arm("a", 1.0, "magic"),)))
