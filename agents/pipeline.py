@@ -22,6 +22,7 @@ import faust
 import orjson
 from faust.streams import _current_event
 
+from agents.outreach import Outreach
 from schemas.events import SCHEMA_VERSION
 from schemas.validation import InvalidEvent, parse_event
 from streams import customer_state, metrics
@@ -70,9 +71,10 @@ class Batch:
 
 
 class Pipeline:
-    def __init__(self, nb: NextbestApp, policy: Policy) -> None:
+    def __init__(self, nb: NextbestApp, policy: Policy, outreach: Outreach | None = None) -> None:
         self.nb = nb
         self.policy = policy
+        self.outreach = outreach  # journeys: event-time timers in customer state
         self.max_bytes = nb.settings.max_event_bytes
         self._topics: dict[str, faust.TopicT] = {}
 
@@ -118,6 +120,8 @@ class Pipeline:
                 self._dead_letter(batch, event, "processing_error", repr(exc))
         if batch.decisions:
             self._decide(batch)
+        if self.outreach is not None:
+            self.outreach.finish(batch, self._load)
         for topic, key, value in batch.outputs:
             topic.send_soon(key=key, value=value)
         self._save(batch)
@@ -144,6 +148,8 @@ class Pipeline:
             metrics.DUPLICATES.inc()
             return
         entry.dirty = True
+        if self.outreach is not None:
+            self.outreach.on_input(key, entry, kind, data, event)
         session_id = data.get("session_id")
         if (
             data.get("customer_id")
@@ -174,6 +180,10 @@ class Pipeline:
     def _merge(self, batch: Batch, event: faust.EventT) -> None:
         message = event.message
         request = orjson.loads(message.value)
+        if request["kind"] == "tick":  # wakes the journey clock of an idle partition
+            if self.outreach is not None:
+                self.outreach.on_tick(event)
+            return
         key = message.key.decode()
         entry = self._load(batch, key, event)
         if request["kind"] == "claim":

@@ -73,17 +73,7 @@ class DemoConfig:
 
 def worker_env(settings: Settings) -> dict[str, str]:
     """Environment for a worker subprocess that uses ``settings``."""
-    return {
-        **os.environ,
-        "NEXTBEST_BROKER_URL": settings.broker_url,
-        "NEXTBEST_EMBEDDED_BROKER": "1" if settings.embedded_broker else "0",
-        "NEXTBEST_STATE_DIR": str(settings.state_dir),
-        "NEXTBEST_WEB_PORT": str(settings.web_port),
-        "NEXTBEST_PARTITIONS": str(settings.partitions),
-        "NEXTBEST_APP_ID": settings.app_id,
-        "NEXTBEST_MERCHANTS_PATH": str(settings.merchants_path),
-        "NEXTBEST_LOG_LEVEL": settings.log_level,
-    }
+    return {**os.environ, **settings.to_env()}
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:

@@ -86,6 +86,20 @@ class Settings:
         settings.validate()
         return settings
 
+    def to_env(self) -> dict[str, str]:
+        """The ``NEXTBEST_*`` variables that `from_env` reads back into these settings."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "topics":
+                for t in fields(Topics):
+                    env[f"NEXTBEST_TOPIC_{t.name.upper()}"] = getattr(value, t.name)
+            elif value is not None:
+                env[f"NEXTBEST_{f.name.upper()}"] = (
+                    ("1" if value else "0") if isinstance(value, bool) else str(value)
+                )
+        return env
+
     def validate(self) -> None:
         if not self.broker_url.startswith("kafka://"):
             raise ValueError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 import mode.loop
 
-from agents import api, catalog_updates, customer_events, monitoring, state_api
+from agents import api, catalog_updates, customer_events, monitoring, outreach, state_api
 from agents.pipeline import Pipeline
 from streams.app import NextbestApp, create_app
 from streams.policy import Policy, ThresholdRulesPolicy
@@ -14,11 +14,14 @@ from streams.topics import ensure_topics
 
 
 def build(
-    settings: Settings, policy: Policy | None = None, models: api.ModelLookup | None = None
+    settings: Settings,
+    policy: Policy | None = None,
+    pipeline: type[Pipeline] = Pipeline,
+    models: api.ModelLookup | None = None,
 ) -> NextbestApp:
     nb = create_app(settings)
     policy = policy or ThresholdRulesPolicy()
-    customer_events.register(nb, Pipeline(nb, policy))
+    customer_events.register(nb, pipeline(nb, policy, outreach.register(nb, policy)))
     monitoring.register(nb)
     state_api.register(nb)
     api.register(nb, policy, models)

@@ -18,6 +18,7 @@ from streams.replay import producer_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
+ADMIN_TOKEN = "test-admin-token-0123456789"
 DATA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail.csv.gz"
 
 
@@ -50,7 +51,8 @@ class Cluster:
         self.broker = EmbeddedBroker(log_path=tmp / "broker.log").start()
         self.settings = replace(Settings.from_env({}), broker_url=self.broker.url,
                                 embedded_broker=True, partitions=partitions,
-                                app_id="nextbest-test", log_level="info")
+                                app_id="nextbest-test", log_level="info",
+                                api_admin_token=ADMIN_TOKEN)
         ensure_topics(self.settings)
         self.workers: dict[str, tuple] = {}
         self.producer = Producer(producer_config(self.settings))
@@ -120,8 +122,9 @@ class Cluster:
 
     def state(self, port: int, key: str) -> dict | None:
         url = f"http://127.0.0.1:{port}/customers/{urllib.request.quote(key)}/"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         try:
-            with urllib.request.urlopen(url, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 404:

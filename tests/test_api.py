@@ -14,13 +14,12 @@ import pytest
 import yaml
 
 from streams.settings import DEFAULT_MERCHANTS
-from tests.harness import DATA_FILE, Cluster, cart_add, event
+from tests.harness import ADMIN_TOKEN, DATA_FILE, Cluster, cart_add, event
 
 pytestmark = pytest.mark.integration
 
 SHOP_TOKEN = "shop-token-0123456789"
 OTHER_TOKEN = "other-token-0123456789"
-ADMIN_TOKEN = "admin-token-0123456789"
 
 
 def call(
@@ -66,15 +65,16 @@ def api(tmp_path, monkeypatch):
     merchants["merchants"]["other-shop"] = {"currency": "EUR"}
     merchants_path = tmp_path / "merchants.yaml"
     merchants_path.write_text(yaml.safe_dump(merchants))
-    monkeypatch.setenv(
-        "NEXTBEST_API_TOKENS", f"uci-gift-shop={SHOP_TOKEN},other-shop={OTHER_TOKEN}"
-    )
-    monkeypatch.setenv("NEXTBEST_API_ADMIN_TOKEN", ADMIN_TOKEN)
-    monkeypatch.setenv("NEXTBEST_API_MAX_EVENTS", "5")
-    monkeypatch.setenv("NEXTBEST_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("NEXTBEST_TRAIN_ARGS", "--max-epochs 1 --time-budget-s 10 --device cpu")
     cluster = Cluster(tmp_path)
-    cluster.settings = replace(cluster.settings, merchants_path=merchants_path)
+    cluster.settings = replace(
+        cluster.settings,
+        merchants_path=merchants_path,
+        api_tokens=f"uci-gift-shop={SHOP_TOKEN},other-shop={OTHER_TOKEN}",
+        api_admin_token=ADMIN_TOKEN,
+        api_max_events=5,
+        models_dir=tmp_path / "models",
+        train_args="--max-epochs 1 --time-budget-s 10 --device cpu",
+    )
     ports = cluster.start_worker("a"), cluster.start_worker("b")
     yield cluster, ports
     cluster.close()
@@ -129,6 +129,11 @@ def test_rest_api_over_http(api):
     assert call(port, "POST", "/events", SHOP_TOKEN, raw=b"{nope")[0] == 400
     cluster.wait_processed(2)
     assert cluster.state(port, "uci-gift-shop:c:c1")["cart"]["value"] == 70.0
+    # The operators' state view shows contact addresses: it needs a token too.
+    state_path = "/customers/uci-gift-shop:c:c1/"
+    assert call(port, "GET", state_path)[0] == 401
+    assert call(port, "GET", state_path, OTHER_TOKEN)[0] == 403
+    assert call(port, "GET", state_path, SHOP_TOKEN)[0] == 200
 
     # What the policy would offer now for c1's cart (and scoping by merchant).
     path = "/best-promotion?merchant=uci-gift-shop&customer=c1"

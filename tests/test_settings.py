@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -229,3 +229,15 @@ def test_sasl_credentials_are_left_out_without_a_mechanism():
         "bootstrap.servers": "127.0.0.1:9092",
         "security.protocol": "SASL_PLAINTEXT",
     }
+
+
+def test_to_env_round_trips_every_field():
+    settings = replace(
+        Settings.from_env({}),
+        embedded_broker=True,
+        partitions=3,
+        state_dir=Path("/tmp/state"),
+        api_admin_token="a" * 16,
+        topics=Topics(cart="shop.cart"),
+    )
+    assert Settings.from_env(settings.to_env()) == settings
