@@ -16,12 +16,14 @@ The pipeline owns the micro-batch; `Outreach` plugs into it at three points (see
 Timers live in the ``journey-timers`` table (customer key -> ``{"due", "p"}``, plus one clock
 per partition), written with the partition of the customer's own events, so the table is
 co-partitioned with the customers and recovered with them after a restart or rebalance.
+A customer's due time is written only when it changes, the clock at most once a second.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -44,6 +46,9 @@ from streams.timers import CLOCK_PREFIX, DueIndex, PartitionClock
 
 log = logging.getLogger(__name__)
 DEFAULT_LATENESS_S = 60.0  # Settings.journey_lateness_s
+#: A partition's clock is saved at most this often (wall seconds). After a restart the clock
+#: can be this much behind: due steps then fire a little late, never early.
+CLOCK_SAVE_INTERVAL_S = 1.0
 TICK_KEY = b"__tick__"
 
 
@@ -145,6 +150,7 @@ class Outreach:
         self.index = DueIndex()
         self.clocks: dict[int, PartitionClock] = {}
         self._touched: dict[int, _Touched] = {}
+        self._clock_saved: dict[int, float] = {}  # wall time of each partition's last clock write
 
     # -- hooks called by the pipeline ---------------------------------------------------
 
@@ -177,7 +183,9 @@ class Outreach:
             clock = self._clock(partition)
             if touch.newest is not None:
                 clock.observe(touch.newest, wall)
-                self.store.write_clock(partition, clock, touch.event)
+                if wall - self._clock_saved.get(partition, -math.inf) >= CLOCK_SAVE_INTERVAL_S:
+                    self.store.write_clock(partition, clock, touch.event)
+                    self._clock_saved[partition] = wall
             for key, entry in touch.changed.items():
                 self._reindex(partition, key, entry, touch.event)
             now = clock.now(wall, self.lateness_s)
@@ -186,7 +194,7 @@ class Outreach:
         self._attach_offers(fired)
         for item in fired:
             self._deliver(batch, item)
-            self._reindex(item.partition, item.key, item.entry, item.event)
+            self._reindex(item.partition, item.key, item.entry, item.event, fired=True)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -204,8 +212,13 @@ class Outreach:
             self.clocks[partition] = clock
         return self.clocks.setdefault(partition, PartitionClock())
 
-    def _reindex(self, partition: int, key: str, entry: Entry, event: object) -> None:
+    def _reindex(
+        self, partition: int, key: str, entry: Entry, event: object, fired: bool = False
+    ) -> None:
+        """Index and store the key's next due time; ``fired``: it just left the index."""
         due = journeys.next_due(entry.state) if entry.state is not None else None
+        if not fired and self.index.loaded(partition) and self.index.get(partition, key) == due:
+            return  # unchanged: no table write (a changelog record per write)
         self.index.set(partition, key, due)
         self.store.write_due(key, partition, due, event)
 
@@ -222,7 +235,7 @@ class Outreach:
             steps = journeys.due_steps(entry.state, merchant, key, now)
             entry.dirty = True
             if not steps:
-                self._reindex(partition, key, entry, event)
+                self._reindex(partition, key, entry, event, fired=True)
             fired.extend(_Fired(key, entry, merchant, s, now, partition, event) for s in steps)
         return fired
 

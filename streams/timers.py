@@ -69,6 +69,9 @@ class DueIndex:
             self._due.pop(partition, None)
             self._heaps.pop(partition, None)
 
+    def get(self, partition: int, key: str) -> float | None:
+        return self._due.get(partition, {}).get(key)
+
     def set(self, partition: int, key: str, when: float | None) -> None:
         due = self._due.setdefault(partition, {})
         if when is None:
