@@ -63,7 +63,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from streams.replay import ReadStats, replay_events, send
 
     stats = ReadStats()
-    events = replay_events(args.file, args.merchant, args.start, args.end, stats)
+    events = replay_events(
+        args.file, args.merchant, args.start, args.end, stats, abandon_share=args.abandon_share
+    )
     with tqdm(unit="ev", desc="replay", total=args.limit or None) as bar:
         result = send(
             events,
@@ -149,6 +151,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="replay a UCI Online Retail file as live events")
     p.add_argument("--file", type=Path, default=DATA_FILE)
     p.add_argument("--merchant", default="uci-gift-shop")
+    p.add_argument(
+        "--abandon-share",
+        type=float,
+        default=0.0,
+        help="share of customers' invoices replayed as abandoned carts (no checkout/order)",
+    )
     p.add_argument("--start", type=_day, help="first invoice time, e.g. 2011-01-01")
     p.add_argument("--end", type=_day, help="invoices before this time")
     p.add_argument(

@@ -12,6 +12,10 @@ Each invoice becomes a shopping session that ends at the invoice time:
   "Adjust bad debt" rows, are skipped;
 - invoices starting with ``C`` become ``order_cancel`` events; guest invoices (no CustomerID)
   are anonymous sessions throughout;
+- optionally (``abandon_share``, 0 by default) a share of the known customers' invoices,
+  picked by a hash of the invoice number, become visits that did not convert: the views and
+  cart adds happen, the checkout and the order do not. The real data only has the sessions
+  that ended in a purchase; abandoned carts are what the journeys (reminders) are for;
 - each known customer gets a ``profile`` event before their first event. The UCI data has no
   contact data, so consent, channels and opt-out are SYNTHETIC, derived from a hash of the
   customer id (documented in the README): a stand-in for the shop's real profile feed.
@@ -185,10 +189,18 @@ def _iso(moment: datetime) -> str:
 
 
 class EventBuilder:
-    def __init__(self, merchant_id: str, currency: str = "GBP") -> None:
+    def __init__(
+        self, merchant_id: str, currency: str = "GBP", abandon_share: float = 0.0
+    ) -> None:
         self.merchant_id = merchant_id
         self.currency = currency
+        self.abandon_share = abandon_share
         self.profiled: set[str] = set()
+
+    def abandoned(self, invoice: str, customer: str | None) -> bool:
+        """Whether this invoice is replayed as an abandoned cart (known customers only)."""
+        share = zlib.crc32(f"abandon:{invoice}".encode()) % 10_000 / 10_000
+        return customer is not None and share < self.abandon_share
 
     def _event(
         self,
@@ -296,6 +308,8 @@ class EventBuilder:
                     currency=self.currency,
                 )
             )
+        if self.abandoned(invoice, customer):
+            return events
         if products:
             events.append(
                 self._event(
@@ -333,9 +347,10 @@ def replay_events(
     start: datetime | None = None,
     end: datetime | None = None,
     stats: ReadStats | None = None,
+    abandon_share: float = 0.0,
 ) -> Iterator[ReplayEvent]:
     """The file's events in event-time order, for invoices in [start, end)."""
-    builder = EventBuilder(merchant_id)
+    builder = EventBuilder(merchant_id, abandon_share=abandon_share)
     heap: list[tuple[float, int, ReplayEvent]] = []
     seq = 0
     horizon = MAX_SESSION_S + 2

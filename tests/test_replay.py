@@ -418,3 +418,18 @@ def test_synthetic_profile_is_deterministic_and_valid():
     share_opted_out = sum(p["opted_out"] for p in profiles) / len(profiles)
     assert 0.01 < share_opted_out < 0.15  # about 1 in 20
     assert {p["preferred_channel"] for p in profiles} == {"push", "email", "sms", "in_app", None}
+
+
+def test_abandon_share_turns_some_customer_invoices_into_abandoned_carts():
+    builder = EventBuilder("shop", abandon_share=0.3)
+    invoices = [f"{536365 + i}" for i in range(400)]
+    abandoned = [i for i in invoices if builder.abandoned(i, "17850")]
+    assert 0.2 < len(abandoned) / len(invoices) < 0.4
+    events = builder.invoice_events([row(abandoned[0], "85123A", 6, 2.55)])
+    types = [e.value["event_type"] for e in events]
+    assert "cart_add" in types and "checkout" not in types and "order" not in types
+    kept = next(i for i in invoices if i not in abandoned)
+    types = [e.value["event_type"] for e in builder.invoice_events([row(kept, "85123A", 6, 2.55)])]
+    assert types[-2:] == ["checkout", "order"]
+    assert not builder.abandoned(abandoned[0], None)  # guests' carts are never abandoned here
+    assert not EventBuilder("shop").abandoned(abandoned[0], "17850")  # off by default
