@@ -132,6 +132,13 @@ class PromotionEvent(faust.Record, serializer="json"):
     percent_off: float | None = None
     amount_to_next_tier: float | None = None
     recommendations: list[str] | None = None
+    #: Next-purchase model outputs (absent when the worker runs rules only): the top predicted
+    #: product not in the cart as a product-coupon candidate with its probability, the
+    #: probability that the customer's next pick is one of ``recommendations``, and the model.
+    coupon_product_id: str | None = None
+    coupon_probability: float | None = None
+    purchase_propensity: float | None = None
+    model_version: str | None = None
     #: Promotion policy: the most this offer's discount may be (what its budget reserved).
     max_discount: float | None = None
 
@@ -210,6 +217,7 @@ class DecisionRecord(faust.Record, serializer="json"):
     sent: bool
     margin_rate: float
     horizon_margin: float
+    repurchase_probability: float
     options: list[ActionOption]
     feature_set: str
     features: list[float]

@@ -121,6 +121,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    from streams.bench_model import ModelBenchConfig, run_model_bench
+
+    return run_model_bench(
+        ModelBenchConfig(
+            model=args.model,
+            file=args.file,
+            cutoff=args.cutoff,
+            seconds_per_cell=args.seconds_per_cell,
+            compile=args.compile,
+            pipeline=not args.no_pipeline,
+            rate=args.rate,
+            latency_seconds=args.latency_seconds,
+            rounds=args.rounds,
+        )
+    )
+
+
 def _delegate(module: str) -> callable:
     def run(args: argparse.Namespace) -> int:
         return importlib.import_module(module).main(args.rest)
@@ -192,6 +210,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     p.add_argument("--file", type=Path, default=DATA_FILE)
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser(
+        "bench-model", help="next-purchase inference speed and cart->offer latency with the model"
+    )
+    p.add_argument("--model", type=Path, default=Path("var/models/next_purchase"))
+    p.add_argument("--file", type=Path, default=DATA_FILE)
+    p.add_argument("--cutoff", default="2011-10-01", help="histories: orders before this date")
+    p.add_argument("--seconds-per-cell", type=float, default=0.5)
+    p.add_argument("--compile", action="store_true", help="also torch.compile (slow to build)")
+    p.add_argument("--no-pipeline", action="store_true", help="inference figures only")
+    p.add_argument("--rate", type=float, default=500.0, help="offered rate for latency (ev/s)")
+    p.add_argument("--latency-seconds", type=float, default=15.0)
+    p.add_argument("--rounds", type=int, default=2, help="alternating latency rounds")
+    p.set_defaults(run=cmd_bench_model)
 
     for name, module, text in (
         ("train", "models.train", "train the next-purchase model"),

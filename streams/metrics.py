@@ -68,6 +68,40 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
     registry=REGISTRY,
 )
+MODEL_INFO = Gauge(
+    "nextbest_model_info",
+    "The next-purchase model version serving cart decisions (1 for the loaded version)",
+    ["version"],
+    registry=REGISTRY,
+)
+MODEL_RELOADS = Counter(
+    "nextbest_model_reloads",
+    "Next-purchase model versions loaded and swapped in (the first load included)",
+    registry=REGISTRY,
+)
+MODEL_LOAD_ERRORS = Counter(
+    "nextbest_model_load_errors",
+    "Next-purchase model versions that failed to load; the previous model kept serving",
+    registry=REGISTRY,
+)
+MODEL_FALLBACKS = Counter(
+    "nextbest_model_fallbacks",
+    "Cart decisions made rules-only, by reason (unavailable: no model loaded; error: failed)",
+    ["reason"],
+    registry=REGISTRY,
+)
+MODEL_PREDICTIONS = Counter(
+    "nextbest_model_predictions",
+    "Next-purchase predictions attached to decisions, by source (model or per-customer cache)",
+    ["source"],
+    registry=REGISTRY,
+)
+MODEL_INFERENCE_LATENCY = Histogram(
+    "nextbest_model_inference_seconds",
+    "Wall time of one batched next-purchase inference (encoding included), per micro-batch",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
 
 # --- promotion policy (streams.promo_metrics updates these) ----------------------------------
 PROMO_DECISIONS = Counter(

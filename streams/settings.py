@@ -54,6 +54,10 @@ class Settings:
     batch_size: int = 500
     batch_window_s: float = 0.05
     log_level: str = "warn"
+    model_path: str = ""  # next-purchase artifact root (or version dir); empty: rules only
+    model_reload_s: float = 10.0
+    model_threads: int = 1
+    model_top_k: int = 5
     #: REST API bearer tokens, ``merchant=token,merchant2=token2`` (a token sees its merchant only)
     api_tokens: str = ""
     api_admin_token: str = ""  # every merchant, plus the admin endpoints
@@ -109,6 +113,11 @@ class Settings:
             raise ValueError("NEXTBEST_PARTITIONS must be >= 1")
         if self.security_protocol not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
             raise ValueError(f"unknown NEXTBEST_SECURITY_PROTOCOL {self.security_protocol!r}")
+        if self.model_reload_s <= 0 or self.model_threads < 1 or self.model_top_k < 1:
+            raise ValueError(
+                "NEXTBEST_MODEL_RELOAD_S must be > 0, NEXTBEST_MODEL_THREADS and "
+                "NEXTBEST_MODEL_TOP_K >= 1"
+            )
         self.merchant_tokens()  # raises on a malformed NEXTBEST_API_TOKENS
         if self.api_admin_token and len(self.api_admin_token) < 16:
             raise ValueError("NEXTBEST_API_ADMIN_TOKEN must be at least 16 characters")

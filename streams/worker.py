@@ -43,10 +43,20 @@ def run_faust_worker(app: faust.App, loglevel: str) -> None:
 def run_worker(settings: Settings) -> None:
     mode.loop.use("uvloop")
     ensure_topics(settings)
-    nb = build(settings)
+    model_store = None
+    if settings.model_path:  # torch is imported only when a model is configured
+        from streams.model_policy import ModelPipeline, serving_policy
+
+        policy, model_store = serving_policy(settings, ThresholdRulesPolicy())
+        nb = build(settings, policy, ModelPipeline, models=lambda _merchant: model_store.current)
+        model_store.start()
+    else:
+        nb = build(settings)
     watcher = catalog_updates.CatalogWatcher(settings, nb.registry)
     watcher.start()
     try:
         run_faust_worker(nb.app, settings.log_level)
     finally:
         watcher.stop()
+        if model_store is not None:
+            model_store.stop()

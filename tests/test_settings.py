@@ -51,6 +51,10 @@ def test_every_field_type_is_parsed():
         "NEXTBEST_TRAIN_ARGS": "--max-epochs 5",
         "NEXTBEST_JOURNEY_TICK_S": "2.5",
         "NEXTBEST_JOURNEY_LATENESS_S": "30",
+        "NEXTBEST_MODEL_PATH": "/data/models/next_purchase",
+        "NEXTBEST_MODEL_RELOAD_S": "30",
+        "NEXTBEST_MODEL_THREADS": "2",
+        "NEXTBEST_MODEL_TOP_K": "8",
     }
     # The test must set every field (topics aside), so a new setting needs a case here.
     assert {f"NEXTBEST_{f.name.upper()}" for f in fields(Settings) if f.name != "topics"} == set(
@@ -84,6 +88,10 @@ def test_every_field_type_is_parsed():
         train_args="--max-epochs 5",
         journey_tick_s=2.5,
         journey_lateness_s=30.0,
+        model_path="/data/models/next_purchase",
+        model_reload_s=30.0,
+        model_threads=2,
+        model_top_k=8,
     )
     assert settings.merchant_tokens() == {
         "aaaaaaaaaaaaaaaa1": "shop-a",

@@ -1,0 +1,373 @@
+"""The next-purchase model in the stream: per-cart signals, a policy that puts them on offers.
+
+- `order_history` turns a customer's state into the model's input shape, with the training
+  loader's product rule (`models.sequences.is_product`), so serving sees what training saw.
+- `ModelStore` holds the loaded artifact and hot-reloads it: a thread watches the artifact
+  root's ``latest`` pointer, loads a new version off the event loop, checks it and swaps it in
+  with one assignment. A version that fails to load is logged and counted; the previous model
+  keeps serving.
+- `NextPurchaseScorer.signals` runs one batched inference per micro-batch over the customers'
+  order histories and returns a `ModelSignals` per cart: add-on recommendations (top-k products
+  not in the cart), a product-coupon candidate and a purchase propensity. Results are cached per
+  customer while their order history is unchanged (a shopping session has many cart changes
+  and one history). Later policies (the promotion model) read these signals.
+- `NextPurchasePolicy` wraps a base policy (the threshold rules) and attaches the signals to
+  its offers. It never fails a batch: if the model is missing or fails, offers go out
+  rules-only and ``nextbest_model_fallbacks_total`` counts them.
+- `ModelPipeline` writes the signals' fields onto promotion events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import orjson
+import torch
+
+from agents.pipeline import Batch, Decision, Pipeline
+from models import artifact
+from models.next_purchase import Recommender, Scored
+from models.sequences import Order, is_product, normalize_product
+from streams import metrics
+from streams.policy import DecisionContext, Offer, Policy
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+CACHE_CUSTOMERS = 4096  # per-customer prediction cache (a few KB each)
+ERROR_LOG_INTERVAL_S = 60.0
+
+
+def order_history(state: dict) -> list[Order]:
+    """The customer's orders as ``[(epoch s, [product_id, ...]), ...]``, oldest first.
+
+    Same rule as the training loader: only product codes count (postage, fees and manual lines
+    are dropped, ids normalized), and an order left with no product is no order.
+    """
+    history = []
+    for ts, _order_id, _total, products in state["orders"]:
+        kept = list(dict.fromkeys(normalize_product(p) for p in products if is_product(p)))
+        if kept:
+            history.append((float(ts), kept))
+    return history
+
+
+def cart_products(state: dict) -> set[str]:
+    return {normalize_product(line[0]) for line in state["cart"]["lines"]}
+
+
+@dataclass(frozen=True)
+class ModelSignals:
+    """What the next-purchase model says about one cart."""
+
+    model_version: str
+    recommendations: tuple[str, ...]  # top-k predicted products not in the cart, best first
+    probabilities: tuple[float, ...]  # P(the next pick is that product), per recommendation
+    cold_start: bool  # no known product in the history: popularity ranking
+
+    @property
+    def coupon_product_id(self) -> str | None:
+        """Product-coupon candidate: the most likely next product not already in the cart."""
+        return self.recommendations[0] if self.recommendations else None
+
+    @property
+    def coupon_probability(self) -> float | None:
+        return self.probabilities[0] if self.probabilities else None
+
+    @property
+    def purchase_propensity(self) -> float:
+        """Probability that the customer's next pick is one of the recommended add-ons."""
+        return sum(self.probabilities)
+
+    def event_fields(self) -> dict:
+        """The optional model fields of a PromotionEvent (``schemas/events.py``)."""
+        return {
+            "coupon_product_id": self.coupon_product_id,
+            "coupon_probability": _rounded(self.coupon_probability),
+            "purchase_propensity": _rounded(self.purchase_propensity),
+            "model_version": self.model_version,
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+@dataclass(frozen=True)
+class ModelOffer(Offer):
+    """An offer with the next-purchase signals it was made with."""
+
+    signals: ModelSignals | None = None
+
+
+def with_signals(offer: Offer, signals: ModelSignals) -> ModelOffer:
+    base = {f.name: getattr(offer, f.name) for f in fields(Offer)}
+    return ModelOffer(**{**base, "recommendations": signals.recommendations}, signals=signals)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str  # the artifact's version directory name
+    path: Path
+    recommender: Recommender
+
+
+def check_recommender(recommender: Recommender) -> None:
+    """Score a cold-start and a one-order history; raise unless the result is usable."""
+    product = recommender.vocab.items[1]
+    scored = recommender.score_batch([[], [(0.0, [product])]], k=5)
+    for s in scored:
+        if not s.items or not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in s.scores):
+            raise ValueError(f"model returned unusable scores {s.scores[:5]}")
+
+
+class ModelStore:
+    """The serving model, loaded from an artifact root (or one version directory).
+
+    ``current`` is replaced by one assignment, so a micro-batch uses either the old or the new
+    model, never a mix. `refresh` runs at start-up and then every ``reload_s`` in a thread.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        reload_s: float = 10.0,
+        loader: Callable[[Path], Recommender] = artifact.load,
+    ) -> None:
+        self.path = Path(path)
+        self.reload_s = reload_s
+        self.loader = loader
+        self.current: LoadedModel | None = None
+        self._failed: str | None = None  # a version that failed: not retried until it changes
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> bool:
+        """Load the version the artifact path names if it is new; True when one was swapped in."""
+        with self._lock:
+            try:
+                target = artifact.resolve(self.path)
+            except OSError as exc:
+                target = self.path
+                log.warning("cannot read the model pointer in %s: %s", self.path, exc)
+            version = target.name
+            if version == self._failed or (self.current and self.current.version == version):
+                return False
+            started = time.perf_counter()
+            try:
+                recommender = self.loader(target)
+                check_recommender(recommender)
+            except Exception:
+                self._failed = version
+                metrics.MODEL_LOAD_ERRORS.inc()
+                kept = self.current.version if self.current else "none (rules only)"
+                log.exception("next-purchase model %s failed to load; serving %s", target, kept)
+                return False
+            self.current = LoadedModel(version, target, recommender)
+            self._failed = None
+            metrics.MODEL_INFO.clear()
+            metrics.MODEL_INFO.labels(version).set(1)
+            metrics.MODEL_RELOADS.inc()
+            log.warning(
+                "next-purchase model %s loaded in %.2fs (%d products)",
+                version,
+                time.perf_counter() - started,
+                len(recommender.vocab) - 1,
+            )
+            return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.reload_s):
+            try:
+                self.refresh()
+            except Exception:  # the watcher must outlive any surprise
+                log.exception("model reload check failed")
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="model-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+@dataclass
+class _Cached:
+    version: str
+    orders: tuple  # (ts, order_id) of every order in state: the history's identity
+    scored: Scored
+
+
+class NextPurchaseScorer:
+    """Batched next-purchase signals for cart decisions, with a per-customer result cache."""
+
+    def __init__(self, store: ModelStore, top_k: int = 5) -> None:
+        self.store = store
+        self.top_k = top_k
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._last_error_log = 0.0
+
+    def signals(self, contexts: Sequence[DecisionContext]) -> list[ModelSignals] | None:
+        """One `ModelSignals` per context, or None (logged, counted) when there is no model."""
+        loaded = self.store.current
+        if loaded is None:
+            metrics.MODEL_FALLBACKS.labels("unavailable").inc(len(contexts))
+            return None
+        try:
+            return self._signals(loaded, contexts)
+        except Exception:
+            metrics.MODEL_FALLBACKS.labels("error").inc(len(contexts))
+            now = time.monotonic()
+            if now - self._last_error_log > ERROR_LOG_INTERVAL_S:
+                self._last_error_log = now
+                log.exception("next-purchase inference failed; offers go out rules-only")
+            return None
+
+    def _signals(
+        self, loaded: LoadedModel, contexts: Sequence[DecisionContext]
+    ) -> list[ModelSignals]:
+        carts = [cart_products(c.state) for c in contexts]
+        scored: list[Scored | None] = [None] * len(contexts)
+        misses: dict[str, list[int]] = {}  # customer -> rows (one inference per customer)
+        catalogue = len(loaded.recommender.vocab) - 1
+        for row, (context, cart) in enumerate(zip(contexts, carts, strict=True)):
+            hit = self._cache.get(context.customer_key)
+            if (
+                hit is not None
+                and hit.version == loaded.version
+                and hit.orders == _identity(context.state)
+                and _enough(hit.scored, cart, self.top_k, catalogue)
+            ):
+                self._cache.move_to_end(context.customer_key)
+                scored[row] = hit.scored
+            else:
+                misses.setdefault(context.customer_key, []).append(row)
+        metrics.MODEL_PREDICTIONS.labels("cache").inc(len(contexts) - len(misses))
+        if misses:
+            rows = [group[0] for group in misses.values()]
+            largest_cart = max(len(carts[r]) for group in misses.values() for r in group)
+            started = time.perf_counter()
+            results = loaded.recommender.score_batch(
+                [order_history(contexts[r].state) for r in rows],
+                k=_top_n(self.top_k, largest_cart),
+            )
+            metrics.MODEL_INFERENCE_LATENCY.observe(time.perf_counter() - started)
+            metrics.MODEL_PREDICTIONS.labels("model").inc(len(rows))
+            for (customer, group), result in zip(misses.items(), results, strict=True):
+                for row in group:
+                    scored[row] = result
+                self._remember(customer, loaded.version, contexts[group[0]].state, result)
+        return [
+            _cart_signals(loaded.version, s, cart, self.top_k)
+            for s, cart in zip(scored, carts, strict=True)
+        ]
+
+    def _remember(self, customer: str, version: str, state: dict, scored: Scored) -> None:
+        self._cache[customer] = _Cached(version, _identity(state), scored)
+        self._cache.move_to_end(customer)
+        if len(self._cache) > CACHE_CUSTOMERS:
+            self._cache.popitem(last=False)
+
+
+def _identity(state: dict) -> tuple:
+    return tuple((order[0], order[1]) for order in state["orders"])
+
+
+def _top_n(k: int, cart_size: int) -> int:
+    """How many products to rank so that k remain after removing the cart's: a power of two,
+    so that a growing cart re-scores only now and then."""
+    return 1 << (k + cart_size - 1).bit_length()
+
+
+def _enough(scored: Scored, cart: set[str], k: int, catalogue: int) -> bool:
+    """True when the ranking still has k products outside the cart (or is the catalogue)."""
+    outside = sum(1 for p in scored.items if p not in cart)
+    return outside >= k or len(scored.items) >= catalogue
+
+
+def _cart_signals(version: str, scored: Scored, cart: set[str], k: int) -> ModelSignals:
+    picks = [(p, s) for p, s in zip(scored.items, scored.scores, strict=True) if p not in cart]
+    picks = picks[:k]
+    return ModelSignals(
+        model_version=version,
+        recommendations=tuple(p for p, _ in picks),
+        probabilities=tuple(s for _, s in picks),
+        cold_start=scored.cold_start,
+    )
+
+
+class NextPurchasePolicy:
+    """A base policy's offers, with next-purchase recommendations and signals attached.
+
+    Only carts that get an offer are scored: the signals travel on the offer. A batch whose
+    inference fails keeps the base policy's offers.
+    """
+
+    def __init__(self, base: Policy, scorer: NextPurchaseScorer) -> None:
+        self.base = base
+        self.scorer = scorer
+        self.name = f"{base.name}+next-purchase"
+
+    def decide_batch(self, contexts: Sequence[DecisionContext]) -> list[Offer | None]:
+        offers = self.base.decide_batch(contexts)
+        rows = [row for row, offer in enumerate(offers) if offer is not None]
+        if not rows:
+            return offers
+        signals = self.scorer.signals([contexts[row] for row in rows])
+        if signals is None:
+            return offers
+        for row, s in zip(rows, signals, strict=True):
+            offers[row] = with_signals(offers[row], s)
+        return offers
+
+
+class ModelPipeline(Pipeline):
+    """The pipeline, plus the `ModelSignals` fields on each promotion event.
+
+    A stop-gap that rewrites the promotion record `Pipeline._emit_offer` just queued, until the
+    pipeline copies an offer's extra event fields itself.
+    """
+
+    def _emit_offer(self, batch: Batch, decision: Decision, offer: Offer, now: float) -> None:
+        queued = len(batch.outputs)
+        super()._emit_offer(batch, decision, offer, now)
+        signals = getattr(offer, "signals", None)
+        if signals is None:
+            return
+        for i in range(queued, len(batch.outputs)):
+            topic, key, value = batch.outputs[i]
+            if topic is self.nb.promotions:
+                record = {**orjson.loads(value), **signals.event_fields()}
+                batch.outputs[i] = (topic, key, orjson.dumps(record))
+                return
+
+
+def limit_torch_threads(threads: int) -> None:
+    """Inference runs on the event loop's thread: keep torch from fanning out over the cores
+    the loop, RocksDB and the Kafka client share."""
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # already set, or parallel work already ran
+        torch.set_num_interop_threads(1)
+
+
+def serving_policy(settings: Settings, base: Policy) -> tuple[NextPurchasePolicy, ModelStore]:
+    """The model-backed policy for a worker; loads the model now (rules only until one loads).
+
+    Call ``store.start()`` to pick up new versions while the worker runs.
+    """
+    limit_torch_threads(settings.model_threads)
+    store = ModelStore(settings.model_path, reload_s=settings.model_reload_s)
+    store.refresh()
+    policy = NextPurchasePolicy(base, NextPurchaseScorer(store, top_k=settings.model_top_k))
+    return policy, store
