@@ -87,7 +87,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import DemoConfig, run_demo
 
     return run_demo(
-        DemoConfig(file=args.file, days=args.days, speedup=args.speedup, start=args.start)
+        DemoConfig(
+            file=args.file,
+            days=args.days,
+            speedup=args.speedup,
+            start=args.start,
+            model=None if args.no_model else args.model,
+        )
     )
 
 
@@ -197,6 +203,13 @@ def parser() -> argparse.ArgumentParser:
         default=1800.0,
         help="event-time compression (1800: an hour of shop traffic in 2 s)",
     )
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=Path("var/models/next_purchase"),
+        help="next-purchase artifact root (trained quickly first if it has none)",
+    )
+    p.add_argument("--no-model", action="store_true", help="threshold rules only")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("schemas", help="write (or --check) the JSON Schema files")

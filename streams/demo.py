@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from streams.broker import EmbeddedBroker, free_port, wait_for_port
+from streams.demo_model import model_line
 from streams.replay import ReplayEvent, replay_events, send
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -69,6 +70,7 @@ class DemoConfig:
     days: float = 1.0
     speedup: float = 1800.0
     start: datetime = datetime(2011, 11, 14)
+    model: Path | None = Path("var/models/next_purchase")  # None: threshold rules only
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -175,6 +177,7 @@ class Tail(threading.Thread):
                 if self.echo and self.counts[kind] < self.echo_limit:
                     tqdm.write(self._line(kind, value))
                 self.counts[kind] += 1
+                self.counts["model"] += kind == "offer" and bool(value.get("model_version"))
         self.consumer.close()
 
     @staticmethod
@@ -189,7 +192,7 @@ class Tail(threading.Thread):
             return (
                 f"  offer   {who:>14}  cart £{value['cart_value']:>9,.2f}  "
                 f"{value['offer_type']:<15} {value['message']}"
-            )
+            ) + model_line(value)
         if kind == "notify":
             return (
                 f"  notify  {value['customer_id']:>14}  {value['channel']:<6} -> "
@@ -202,6 +205,11 @@ def run_demo(config: DemoConfig) -> int:
     if not config.file.exists():
         print(f"data file not found: {config.file} (expected ../shared/data beside the repo)")
         return 2
+    model_path = ""
+    if config.model is not None:
+        from streams.demo_model import prepare_model
+
+        model_path = str(prepare_model(config.model, config.file, config.start) or "")
     workdir = Path(tempfile.mkdtemp(prefix="nextbest-demo-"))
     broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
     settings = replace(
@@ -211,6 +219,7 @@ def run_demo(config: DemoConfig) -> int:
         state_dir=workdir / "state",
         web_port=free_port(),
         app_id="nextbest-demo",
+        model_path=model_path,
     )
     worker = None
     tail = None
@@ -223,6 +232,11 @@ def run_demo(config: DemoConfig) -> int:
         tail.start()
         end = config.start + timedelta(days=config.days)
         events: list[ReplayEvent] = list(replay_events(config.file, start=config.start, end=end))
+        history = 0
+        if model_path:  # the state gets the order histories the model scores
+            from streams.demo_model import send_order_history
+
+            history = send_order_history(settings, config.file, events, settings.web_port)
         print(
             f"replaying {len(events):,} events of {config.start:%Y-%m-%d} + {config.days:g} "
             f"day(s) at {config.speedup:g}x, plus {len(BAD_INPUTS)} bad inputs"
@@ -231,8 +245,8 @@ def run_demo(config: DemoConfig) -> int:
         started = time.monotonic()
         with tqdm(total=len(events), unit="ev", desc="replay", position=0) as bar:
             send(events, settings, speedup=config.speedup, on_sent=lambda _: bar.update())
-        expected = len(events) + len(BAD_INPUTS)
-        processed = _wait_processed(settings.web_port, expected, timeout=120)
+        expected = history + len(events) + len(BAD_INPUTS)
+        processed = _wait_processed(settings.web_port, expected, timeout=120) - history
         elapsed = time.monotonic() - started
         time.sleep(1.0)
         latency = {
@@ -246,6 +260,11 @@ def run_demo(config: DemoConfig) -> int:
             elapsed,
             {q: v for q, v in latency.items() if v is not None},
         )
+        if model_path:
+            from streams.demo_model import model_summary
+
+            offers = sum(v for k, v in tail.counts.items() if k.startswith("offer:"))
+            model_summary(scrape(settings.web_port), offers, tail.counts["model"])
         return 0
     finally:
         if tail:
