@@ -55,6 +55,7 @@ class Row:
     cart_value: float
     margin_rate: float
     horizon_margin: float
+    repurchase: float
     features: np.ndarray
     logged: int  # index of the logged action in options
     propensity: float
@@ -98,6 +99,7 @@ def load_rows(
                 cart_value=float(d["cart_value"]),
                 margin_rate=float(d["margin_rate"]),
                 horizon_margin=float(d["horizon_margin"]),
+                repurchase=float(d.get("repurchase_probability", 0.0)),
                 features=np.array(d["features"], dtype=np.float64),
                 logged=ids.index(d["action"]),
                 propensity=float(d["propensity"]),
@@ -148,7 +150,9 @@ def greedy(model: LinearThompson | dict[str, LinearThompson]) -> Candidate:
     def probabilities(row: Row) -> np.ndarray:
         bandit = model if isinstance(model, LinearThompson) else model[row.merchant_id]
         merchant = Merchant(row.merchant_id, "", 0.0, (), margin_rate=row.margin_rate)
-        choice = ChoiceInput(None, merchant, row.features, _actions(row), row.horizon_margin)
+        choice = ChoiceInput(
+            None, merchant, row.features, _actions(row), row.horizon_margin, row.repurchase
+        )
         p = np.zeros(len(row.options))
         p[bandit.greedy(choice)] = 1.0
         return p

@@ -30,7 +30,7 @@ import numpy as np
 from models import ope
 from models.simulator import Calibration, Population, SimConfig, Simulator, calibrate, sim_merchant
 from streams import customer_state, rewards
-from streams.bandit import BanditChooser
+from streams.bandit import BanditChooser, Choice, ChoiceInput
 from streams.experiments import Arm, Experiment
 from streams.objective import ObjectiveConfig
 from streams.offers import no_offer
@@ -60,6 +60,7 @@ class RunResult:
     offers: Counter = field(default_factory=Counter)  # sent offers by action kind
     decisions: int = 0
     reward_profit: float = 0.0  # what the reward join attributed, for the consistency check
+    future_loss: float = 0.0  # coupons' lost future sales: in ``profit``, not in rewards
     records: list[dict] = field(default_factory=list)
     rewards: list[dict] = field(default_factory=list)
     truth: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -94,6 +95,23 @@ def _views(key: str, week: int, ts: float, count: int) -> list[dict]:
     ]
 
 
+class OracleChooser:
+    """Knows the simulator's truth: the action with the best expected profit now (myopic).
+    Not a policy anyone can run; it shows how much value the customers' responses hold."""
+
+    name = "oracle"
+
+    def __init__(self, sim: Simulator, carts: dict[str, tuple[int, int]]) -> None:
+        self.sim = sim
+        self.carts = carts  # cart event id -> (customer index, week)
+
+    def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice:
+        i, week = self.carts[row.context.cart_event_id]
+        values = [self.sim.expected_profit(i, week, a) for a in row.actions]
+        best = int(np.argmax(values))
+        return Choice(best, 1.0, tuple(float(k == best) for k in range(len(values))), "oracle")
+
+
 def run_policy(
     calibration: Calibration,
     config: SimConfig,
@@ -103,12 +121,15 @@ def run_policy(
     keep_log: bool = False,
 ) -> RunResult:
     """``config.weeks`` weeks of one population under one policy variant."""
-    merchant = sim_merchant()
+    merchant = sim_merchant(margin_rate=config.margin_rate)
     sim = Simulator(Population.draw(calibration, config), config, merchant)
     n = len(sim.pop.keys)
     signals: dict[str, object] = {}
     experiment = experiment or Experiment(id="sim", holdout=0.0, arms=(Arm("all", 1.0, variant),))
-    variants = {"bandit": BanditChooser(objective=objective)} if objective else None
+    cart_index: dict[str, tuple[int, int]] = {}
+    variants: dict = {"oracle": OracleChooser(sim, cart_index)}
+    if objective is not None:
+        variants["bandit"] = BanditChooser(objective=objective)
     policy = PromotionPolicy(
         experiment,
         variants=variants,
@@ -138,6 +159,7 @@ def run_policy(
                 event = _cart_event(key, week, ts, value)
                 customer_state.apply_event(sim.states[i], "cart", event)
                 signals[event["event_id"]] = sim.signals(i, week)
+                cart_index[event["event_id"]] = (i, week)
                 contexts.append(
                     DecisionContext(
                         merchant, key, sim.states[i], value, "GBP", ts, event["event_id"]
@@ -177,6 +199,7 @@ def _play(
     sent = decision.offer is not None
     outcome = sim.respond(i, week, action if sent else no_offer(ctx.cart_value))
     result.profit[i] += outcome.profit
+    result.future_loss += outcome.future_loss
     result.weekly[week] += outcome.profit
     key = ctx.customer_key
     if sent:
@@ -313,13 +336,16 @@ def simulate(config: SimulateConfig, calibration: Calibration | None = None) -> 
         base = run_policy(calibration, sim, "static:none")
         statics = {name: run_policy(calibration, sim, f"static:{name}") for name in STATIC}
         learned = run_policy(calibration, sim, "bandit", objective=objective, keep_log=True)
+        oracle = run_policy(calibration, sim, "oracle")
         n = sim.customers
         incremental = {
             name: float((r.profit.sum() - base.profit.sum()) / n) for name, r in statics.items()
         }
         incremental["learned"] = float((learned.profit.sum() - base.profit.sum()) / n)
+        incremental["oracle"] = float((oracle.profit.sum() - base.profit.sum()) / n)
         deep = {name: int(r.deep.sum()) for name, r in statics.items()}
         deep["learned"] = int(learned.deep.sum())
+        deep["oracle"] = int(oracle.deep.sum())
         best = max(STATIC, key=lambda name: incremental[name])
         chooser = learned.policy.variants["bandit"]
         candidates = {"none": ope.static("none")}
@@ -335,6 +361,9 @@ def simulate(config: SimulateConfig, calibration: Calibration | None = None) -> 
                 "deep_discount_customers": deep,
                 "best_static": best,
                 "learned_offers": dict(learned.offers),
+                "learned_weekly_incremental_per_customer": [
+                    round(float(v), 3) for v in (learned.weekly - base.weekly) / n
+                ],
                 "reward_join_profit": learned.reward_profit,
                 "simulated_profit": float(learned.profit.sum()),
                 "ope": ope_check(learned, candidates),
@@ -369,7 +398,7 @@ def _seed_line(seed: dict) -> str:
 
 
 def _summary(seeds: list[dict]) -> dict:
-    names = [*STATIC, "learned"]
+    names = [*STATIC, "learned", "oracle"]
     mean = {n: float(np.mean([s["incremental_per_customer"][n] for s in seeds])) for n in names}
     deep = {n: float(np.mean([s["deep_discount_customers"][n] for s in seeds])) for n in names}
     best = max(STATIC, key=lambda n: mean[n])
@@ -404,11 +433,12 @@ def print_summary(summary: dict) -> None:
         f"{summary['config']['seeds']}, {n} customers each:"
     )
     print(f"{'policy':<30} {'incremental':>12} {'deep-discounted customers':>27}")
-    for name in [*STATIC, "learned"]:
+    for name in [*STATIC, "learned", "oracle"]:
         per_seed = ", ".join(
             f"{s['incremental_per_customer'][name]:+.2f}" for s in summary["seeds"]
         )
-        print(f"{name:<30} {mean[name]:>+12.2f} {deep[name]:>27.0f}   ({per_seed})")
+        label = "oracle (knows hidden truth)" if name == "oracle" else name
+        print(f"{label:<30} {mean[name]:>+12.2f} {deep[name]:>27.0f}   ({per_seed})")
     best = summary["best_static"]
     print(f"\nbest static offer: {best}")
     print(
@@ -452,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--habituation", type=float, default=SimConfig.habituation)
     parser.add_argument(
+        "--margin",
+        type=float,
+        default=SimConfig.margin_rate,
+        help="the simulated shop's gross margin rate",
+    )
+    parser.add_argument(
         "--dependency-cost",
         type=float,
         default=None,
@@ -460,7 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("var/simulate"))
     args = parser.parse_args(argv)
     config = SimulateConfig(
-        sim=SimConfig(customers=args.customers, weeks=args.weeks, habituation=args.habituation),
+        sim=SimConfig(
+            customers=args.customers,
+            weeks=args.weeks,
+            habituation=args.habituation,
+            margin_rate=args.margin,
+        ),
         seeds=tuple(args.seeds),
         out=args.out,
         dependency_cost=args.dependency_cost,

@@ -19,9 +19,11 @@ Customers (`Population.draw`), drawn to match real data (`calibrate`):
   cart in a week with probability ``n / 52 / base``, so without offers they buy at their real
   rate.
 * Discount sensitivity: an offer worth a share ``g`` of the basket adds ``s * g / 0.10`` to the
-  purchase log-odds, where ``s`` is the Hillstrom e-mail's log-odds lift on visits in the
-  customer's cell (0.42 to 0.78; the 10%-off offer is taken to move a customer as much as the
-  e-mail did) times a mean-one log-normal (sd ``sensitivity_spread``, unobserved).
+  purchase log-odds, where ``s`` is the Hillstrom e-mail's log-odds lift in the customer's
+  cell -- the cells' lift on visits, scaled so that its overall value is the e-mail's overall
+  lift on conversions (0.63; purchases respond more than visits, and per cell conversions are
+  too few to read): 0.50 to 0.93 -- times a mean-one log-normal (sd ``sensitivity_spread``,
+  unobserved). A 10%-off offer is taken to move a customer as much as the e-mail did.
 * Habituation: each redeemed offer of depth ``g`` adds ``g / 0.10`` to the customer's
   dependency ``D``, which decays with a half-life of ``habituation_half_life_weeks``; the
   no-offer log-odds drop by ``habituation * D``. Deep, frequent discounts train customers to
@@ -31,6 +33,11 @@ Customers (`Population.draw`), drawn to match real data (`calibrate`):
   cart))`` and then acts like the tier's offer on the bigger basket, else like no offer; a
   product coupon is worth ``q * discount`` where ``q`` is the chance that the predicted product
   is really the customer's next pick, and is redeemed (product added) with probability ``q``.
+  A redeemed coupon's product is the customer's next pick: bought now at a discount, it is a
+  full-price sale lost from their next order if that order comes within the horizon
+  (probability ``1 - exp(-weekly order rate * horizon_weeks)``, with the customer's true
+  rate). That loss is booked at redemption in the simulator's profit (its expected value) --
+  the reward join cannot see it, as it happens after the attribution window.
 * Next-purchase signals are synthetic: a candidate product with a list price drawn from real
   Online Retail line values and ``q ~ Beta(2, 5)`` (mean 0.29, near the next-purchase model's
   Hit@1), propensity ``min(1, 2 q)``.
@@ -68,15 +75,16 @@ REFERENCE_DEPTH = 0.10
 RECENCY_BINS = (3, 6, 9)  # Hillstrom months since last purchase: (0,3], (3,6], (6,9], (9,12]
 START = datetime(2012, 1, 2, tzinfo=UTC).timestamp()
 
-#: The simulated shop (a catalog in the merchants-file format): UCI's shipping cost, a 40%
-#: gross margin, tiers from 5% to 20% off, a 15% tier at £300 that carts within £100 are nudged
+#: The simulated shop (a catalog in the merchants-file format): UCI's shipping cost, a 50%
+#: gross margin (assumed: a retailer of its own-design gifts; ``SimConfig.margin_rate``), tiers
+#: from 5% to 20% off, a 15% tier at £300 that carts within £100 are nudged
 #: to, a 20% coupon on the predicted next product, offers valid for 3 days.
 SIM_MERCHANT = {
     "name": "Simulated gift shop",
     "currency": "GBP",
     "shipping_cost": 6.95,
     "nudge_max_gap": 100,
-    "margin_rate": 0.4,
+    "margin_rate": 0.5,
     "offer_ttl_hours": 72,
     "promotions": [
         {"id": "free-shipping-60", "type": "free_shipping", "min_spend": 60},
@@ -89,8 +97,11 @@ SIM_MERCHANT = {
 }
 
 
-def sim_merchant(merchant_id: str = "sim-shop") -> Merchant:
-    return parse_merchant(merchant_id, SIM_MERCHANT)
+def sim_merchant(merchant_id: str = "sim-shop", margin_rate: float | None = None) -> Merchant:
+    config = dict(SIM_MERCHANT)
+    if margin_rate is not None:
+        config["margin_rate"] = margin_rate
+    return parse_merchant(merchant_id, config)
 
 
 def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
@@ -157,13 +168,18 @@ def calibrate(online_retail: Path = ONLINE_RETAIL, hillstrom: Path = HILLSTROM) 
     rates = h.groupby(["rbin", "hbin", "treated"]).visit.mean().unstack()
     control = rates[False].to_numpy().reshape(4, 3)
     treated = rates[True].to_numpy().reshape(4, 3)
+    # Purchases respond more than visits: scale the cells' visit lift (conversions per cell are
+    # too few to read) so that its overall value is the e-mail's overall conversion lift.
+    overall = h.groupby("treated")[["visit", "conversion"]].mean()
+    visit_lift = _logit(overall.visit[True]) - _logit(overall.visit[False])
+    conversion_lift = _logit(overall.conversion[True]) - _logit(overall.conversion[False])
     return Calibration(
         orders_per_year=customers["size"].to_numpy(dtype=float) * WEEKS_PER_YEAR / weeks,
         mean_basket=customers["mean"].to_numpy(dtype=float),
         basket_log_sd=within,
         line_values=line_values,
         control_rate=control,
-        lift=_logit(treated) - _logit(control),
+        lift=(_logit(treated) - _logit(control)) * conversion_lift / visit_lift,
         sources={
             "online_retail": _sha(online_retail),
             "hillstrom": _sha(hillstrom),
@@ -190,6 +206,8 @@ class SimConfig:
     open_rate: float = 0.4
     prior_offer_share: float = 0.3
     max_basket: float = 5000.0
+    horizon_weeks: float = 10.0
+    margin_rate: float = 0.5
     start: float = START
 
 
@@ -309,8 +327,9 @@ class Outcome:
     basket: float  # list-price value of the order
     discount: float
     paid: float  # what the customer paid for the goods
-    profit: float
+    profit: float  # margin - discount - a coupon's lost future sale
     depth: float  # discount / basket when redeemed
+    future_loss: float = 0.0  # a coupon's lost future full-price sale (in ``profit``)
 
 
 @dataclass
@@ -401,7 +420,8 @@ class Simulator:
         if action.kind == "product_coupon":
             q = float(self.pop.coupon_q[i, week])
             p = self._p(i, week, q * action.discount / cart)
-            return p * (q * action.margin(m) + (1.0 - q) * m * cart)
+            redeemed = action.margin(m) - self._cannibalised(i, action)
+            return p * (q * redeemed + (1.0 - q) * m * cart)
         return self._p(i, week, action.depth) * action.margin(m)
 
     def respond(self, i: int, week: int, action: Action) -> Outcome:
@@ -426,8 +446,17 @@ class Simulator:
         basket = action.basket
         shipping = action.promotion is not None and action.promotion.type == "free_shipping"
         paid = basket if shipping else basket - discount  # free shipping: goods at full price
-        profit = round(m * basket - discount, 2)
-        return Outcome(True, True, basket, discount, round(paid, 2), profit, discount / basket)
+        loss = self._cannibalised(i, action) if action.kind == "product_coupon" else 0.0
+        profit = round(m * basket - discount - loss, 2)
+        return Outcome(
+            True, True, basket, discount, round(paid, 2), profit, discount / basket, loss
+        )
+
+    def _cannibalised(self, i: int, action: Action) -> float:
+        """Expected margin of the full-price sale a redeemed coupon takes from a later order."""
+        rate = self.pop.orders_per_year[i] / WEEKS_PER_YEAR
+        repurchase = 1.0 - math.exp(-rate * self.config.horizon_weeks)
+        return repurchase * self.merchant.margin_rate * (action.basket - action.cart_value)
 
     def end_week(self, redeemed_depth: np.ndarray) -> None:
         """Decay dependency and add this week's redeemed depths (per customer)."""

@@ -217,6 +217,7 @@ class DecisionRecord(faust.Record, serializer="json"):
     sent: bool
     margin_rate: float
     horizon_margin: float
+    repurchase_probability: float
     options: list[ActionOption]
     feature_set: str
     features: list[float]

@@ -56,9 +56,9 @@ P_MIN, P_MAX = 1e-3, 1.0 - 1e-3
 @dataclass(frozen=True)
 class BanditConfig:
     draws: int = 256
-    explore: float = 0.05
+    explore: float = 0.02
     prior_precision: float = 1.0
-    uplift_precision: float = 50.0
+    uplift_precision: float = 1000.0  # prior sd of an offer's uplift in P(buy): ~0.035
     noise_var: float = 0.25  # a Bernoulli outcome's largest variance
     refresh: int = 1000  # decisions between fresh posterior draws (and at every model change)
     remember: int = 4096  # decision ids kept to ignore replayed rewards
@@ -87,6 +87,7 @@ class ChoiceInput:
     features: np.ndarray
     actions: list[Action]
     horizon: float  # the customer's horizon margin (``streams.objective.horizon_margin``)
+    repurchase: float = 0.0  # P(another order within the horizon), ``streams.objective``
 
 
 class Chooser(Protocol):
@@ -186,7 +187,13 @@ class LinearThompson:
         )
         economics = Economics.of(row.actions)
         return incremental_profit(
-            p, share, economics, row.merchant.margin_rate, row.horizon, self.objective
+            p,
+            share,
+            economics,
+            row.merchant.margin_rate,
+            row.horizon,
+            self.objective,
+            row.repurchase,
         )
 
     def purchase_probability(self, features: np.ndarray, actions: Sequence[Action]) -> np.ndarray:

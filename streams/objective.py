@@ -6,6 +6,7 @@ For a cart of value ``V`` and an action ``a`` (``streams.offers``: basket ``B_a`
     profit(a)      = P(buy | a) * [rho_a * (m * B_a - D_a) + (1 - rho_a) * m * V]
     incremental(a) = profit(a) - profit(none) - future(a)
     future(a)      = dependency_cost * g_a * rho_a * P(buy | a) * H
+                   + cannibalization * R * m * I_a * rho_a * P(buy | a)
 
 ``rho_a`` is the share of purchases made with the offer actually redeemed (a nudged customer
 may buy without topping up; 1 for no offer). With ``rho_a = 1`` this is the issue's
@@ -20,12 +21,20 @@ ten weeks of margin. It is configured, not learned online: rewards arrive within
 attribution window, and the long-run effect needs the holdout's ten-week comparison to
 estimate (see ``nextbest simulate`` for what it changes when customers do habituate).
 
+The second future term prices a product coupon's cannibalisation: the coupon is on the
+product the next-purchase model expects the customer to pick next (list price ``I_a``; 0 for
+other actions). Redeemed now, it is a sale the customer would otherwise have made at full
+price on their next order, if that order comes within the horizon: probability ``R =
+repurchase_probability`` (1 - exp(-order rate * horizon weeks), from the customer's history).
+``cannibalization`` (default 1) is the share of those sales lost.
+
 ``P(buy | a)`` and ``rho_a`` come from the response model (``streams.bandit``); everything
 here is plain arithmetic over arrays, so the same code scores one posterior draw or thousands.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +49,7 @@ WEEK_S = 7 * 86400.0
 class ObjectiveConfig:
     horizon_weeks: float = 10.0
     dependency_cost: float = 0.5
+    cannibalization: float = 1.0
     #: Orders per week assumed for a customer with no order history (UCI Online Retail's
     #: customers place 4.27 orders a year on average: 0.08 a week).
     default_weekly_orders: float = 0.08
@@ -51,19 +61,28 @@ class ObjectiveConfig:
             raise ValueError("horizon_weeks must be > 0; dependency_cost, orders per week >= 0")
 
 
+def order_rate(state: dict, ts: float, config: ObjectiveConfig) -> float:
+    """The customer's orders per week from their history (a default without one)."""
+    rfm = state.get("rfm") or {}
+    frequency = rfm.get("frequency") or 0
+    if frequency > 0 and rfm.get("first") is not None:
+        return frequency / max((ts - rfm["first"]) / WEEK_S, config.min_history_weeks)
+    return config.default_weekly_orders
+
+
 def horizon_margin(
     state: dict, cart_value: float, ts: float, margin_rate: float, config: ObjectiveConfig
 ) -> float:
     """Margin the customer is expected to bring over the horizon without any offer."""
     rfm = state.get("rfm") or {}
     frequency = rfm.get("frequency") or 0
-    if frequency > 0 and rfm.get("first") is not None:
-        weeks = max((ts - rfm["first"]) / WEEK_S, config.min_history_weeks)
-        rate = frequency / weeks
-        order_value = max(rfm.get("monetary", 0.0), 0.0) / frequency
-    else:
-        rate, order_value = config.default_weekly_orders, cart_value
-    return rate * config.horizon_weeks * order_value * margin_rate
+    order_value = max(rfm.get("monetary", 0.0), 0.0) / frequency if frequency else cart_value
+    return order_rate(state, ts, config) * config.horizon_weeks * order_value * margin_rate
+
+
+def repurchase_probability(state: dict, ts: float, config: ObjectiveConfig) -> float:
+    """P(the customer orders again within the horizon), orders being a Poisson process."""
+    return 1.0 - math.exp(-order_rate(state, ts, config) * config.horizon_weeks)
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,7 @@ class Economics:
     basket: np.ndarray
     discount: np.ndarray
     depth: np.ndarray
+    item: np.ndarray  # list price of a coupon's product (0 for other actions)
     cart_value: float
 
     @classmethod
@@ -83,6 +103,9 @@ class Economics:
             basket=np.array([a.basket for a in actions], dtype=np.float64),
             discount=np.array([a.discount for a in actions], dtype=np.float64),
             depth=np.array([a.depth for a in actions], dtype=np.float64),
+            item=np.array(
+                [a.basket - a.cart_value if a.kind == "product_coupon" else 0.0 for a in actions]
+            ),
             cart_value=actions[0].cart_value,
         )
 
@@ -103,8 +126,12 @@ def incremental_profit(
     margin_rate: float,
     horizon: float,
     config: ObjectiveConfig,
+    repurchase: float = 0.0,
 ) -> np.ndarray:
     """``incremental(a)`` for every action (last axis; column 0, no offer, is 0)."""
     profit = expected_profit(p_buy, redeem_share, economics, margin_rate)
-    future = config.dependency_cost * economics.depth * redeem_share * p_buy * horizon
-    return profit - profit[..., :1] - future
+    lost = (
+        config.dependency_cost * economics.depth * horizon
+        + config.cannibalization * repurchase * margin_rate * economics.item
+    )
+    return profit - profit[..., :1] - lost * redeem_share * p_buy

@@ -38,7 +38,7 @@ from schemas.events import SCHEMA_VERSION
 from streams import guardrails, rewards
 from streams.bandit import BanditChooser, ChoiceInput, Chooser, RulesChooser, StaticChooser
 from streams.experiments import HOLDOUT, Experiment, assign, variant_of
-from streams.objective import ObjectiveConfig, horizon_margin
+from streams.objective import ObjectiveConfig, horizon_margin, repurchase_probability
 from streams.offers import Action, CouponCandidate, candidate_actions, no_offer, offer_for
 from streams.policy import DecisionContext, Offer
 from streams.promo_features import FEATURE_SET, NextPurchaseSignals, context_features
@@ -133,6 +133,12 @@ class PromotionPolicy:
             self.evicted.extend(d.rewards)
         return [d.offer for d in decisions]
 
+    def drain_blocked(self) -> dict[str, int]:
+        """Actions blocked by each guard rail since the last call (for the metrics)."""
+        blocked = dict(self.blocked)
+        self.blocked = dict.fromkeys(guardrails.REASONS, 0)
+        return blocked
+
     def drain_records(self) -> tuple[list[dict], list[dict]]:
         """Decision records, and rewards forced out of full windows, made by ``decide_batch``
         since the last call."""
@@ -216,8 +222,10 @@ class PromotionPolicy:
         horizon = horizon_margin(
             ctx.state, ctx.cart_value, ctx.ts, merchant.margin_rate, self.objective
         )
+        repurchase = repurchase_probability(ctx.state, ctx.ts, self.objective)
         chooser = self.variants[variant_name]
-        choice = chooser.choose(ChoiceInput(ctx, merchant, features, allowed, horizon), rng)
+        row = ChoiceInput(ctx, merchant, features, allowed, horizon, repurchase)
+        choice = chooser.choose(row, rng)
         action = allowed[choice.index]
         propensity = choice.propensity
         decision_id = decision_identity(ctx.customer_key, ctx.cart_event_id)
@@ -263,6 +271,7 @@ class PromotionPolicy:
             "max_discount": action.discount if sent else None,
             "margin_rate": merchant.margin_rate,
             "horizon_margin": round(horizon, 4),
+            "repurchase_probability": round(repurchase, 6),
             "options": [
                 {
                     "action": a.id,

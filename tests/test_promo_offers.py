@@ -14,6 +14,7 @@ from streams.objective import (
     expected_profit,
     horizon_margin,
     incremental_profit,
+    repurchase_probability,
 )
 from streams.offers import CouponCandidate, candidate_actions, no_offer, offer_for
 from streams.promo_features import FEATURE_NAMES, context_features
@@ -220,3 +221,25 @@ def test_features_reflect_history_offers_and_session():
 def test_no_offer_action():
     action = no_offer(42.0)
     assert (action.id, action.kind, action.basket, action.promotion) == ("none", "none", 42.0, None)
+
+
+def test_coupon_cannibalisation_term():
+    merchant = shop()
+    coupon = CouponCandidate("SKU9", 0.3, price=20.0)
+    actions = candidate_actions(merchant, 100.0, "GBP", T0, coupon)
+    economics = Economics.of(actions)
+    assert economics.item.tolist() == [0.0, 0.0, 0.0, 20.0]
+    p = np.array([0.3, 0.3, 0.3, 0.3])
+    rho = np.array([1.0, 1.0, 1.0, 0.5])
+    config = ObjectiveConfig(dependency_cost=0.0, cannibalization=1.0)
+    without = incremental_profit(p, rho, economics, 0.4, 0.0, config, repurchase=0.0)
+    with_loss = incremental_profit(p, rho, economics, 0.4, 0.0, config, repurchase=0.6)
+    # redeemed coupon: +20 of basket at 40% margin, -4 discount; lost later: 0.6 * 0.4 * 20
+    assert without[3] == pytest.approx(0.3 * 0.5 * (0.4 * 20 - 4))
+    assert with_loss[3] == pytest.approx(without[3] - 0.3 * 0.5 * 0.6 * 0.4 * 20)
+    assert with_loss[:3] == pytest.approx(without[:3])
+
+
+def test_repurchase_probability_from_the_order_rate():
+    config = ObjectiveConfig(horizon_weeks=10, default_weekly_orders=0.08)
+    assert repurchase_probability(new_state(), T0, config) == pytest.approx(1 - math.exp(-0.8))
