@@ -51,6 +51,24 @@ DOCUMENTED_METRICS = {
 EXTRA_METRICS = {
     "nextbest_duplicate_events_total": "counter",
     "nextbest_rerouted_events_total": "counter",
+    # next-purchase model serving (streams/model_policy.py)
+    "nextbest_model_info": "gauge",
+    "nextbest_model_reloads_total": "counter",
+    "nextbest_model_load_errors_total": "counter",
+    "nextbest_model_fallbacks_total": "counter",
+    "nextbest_model_predictions_total": "counter",
+    "nextbest_model_inference_seconds": "histogram",
+    # promotion policy (streams/promo_metrics.py)
+    "nextbest_promo_decisions_total": "counter",
+    "nextbest_promo_blocked_actions_total": "counter",
+    "nextbest_promo_rewards_total": "counter",
+    "nextbest_promo_conversions_total": "counter",
+    "nextbest_promo_revenue_total": "counter",
+    "nextbest_promo_discount_cost_total": "counter",
+    "nextbest_promo_profit": "summary",
+    "nextbest_promo_profit_squares_total": "counter",
+    "nextbest_promo_incremental_profit_per_decision": "gauge",
+    "nextbest_promo_budget_available": "gauge",
 }
 METRICS = {**DOCUMENTED_METRICS, **EXTRA_METRICS}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -162,6 +180,8 @@ def scraped_name(name: str) -> str | None:
     for suffix in HISTOGRAM_SUFFIXES:
         base = name.removesuffix(suffix)
         if base != name and METRICS.get(base) == "histogram":
+            return base
+        if base != name and suffix != "_bucket" and METRICS.get(base) == "summary":
             return base
     return None
 
