@@ -1,16 +1,19 @@
 """The next-purchase model in the stream: per-cart signals, a policy that puts them on offers.
 
 - `order_history` turns a customer's state into the model's input shape, with the training
-  loader's product rule (`models.sequences.is_product`), so serving sees what training saw.
+  loader's product rule (`models.sequences.is_product`), so serving sees what training saw;
+  a decision scores the orders placed up to its cart event.
 - `ModelStore` holds the loaded artifact and hot-reloads it: a thread watches the artifact
   root's ``latest`` pointer, loads a new version off the event loop, checks it and swaps it in
   with one assignment. A version that fails to load is logged and counted; the previous model
   keeps serving.
 - `NextPurchaseScorer.signals` runs one batched inference per micro-batch over the customers'
   order histories and returns a `ModelSignals` per cart: add-on recommendations (top-k products
-  not in the cart), a product-coupon candidate and a purchase propensity. Results are cached per
-  customer while their order history is unchanged (a shopping session has many cart changes
-  and one history). Later policies (the promotion model) read these signals.
+  not in the cart), a product-coupon candidate and a purchase propensity, scored as of the cart
+  event's time. A customer's ranking is reused for their later carts while their order history
+  is unchanged, for up to `CACHE_TTL_S` of event time (a shopping session has many cart changes
+  and one history; the model's time features are in days). Later policies (the promotion
+  model) read these signals.
 - `NextPurchasePolicy` wraps a base policy (the threshold rules) and attaches the signals to
   its offers. It never fails a batch: if the model is missing or fails, offers go out
   rules-only and ``nextbest_model_fallbacks_total`` counts them.
@@ -42,25 +45,38 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 CACHE_CUSTOMERS = 4096  # per-customer prediction cache (a few KB each)
+CACHE_TTL_S = 900.0  # event time a customer's cached ranking serves their later carts
 ERROR_LOG_INTERVAL_S = 60.0
 
 
-def order_history(state: dict) -> list[Order]:
-    """The customer's orders as ``[(epoch s, [product_id, ...]), ...]``, oldest first.
+def order_history(state: dict, until: float | None = None) -> list[Order]:
+    """The customer's orders as ``[(epoch s, [product_id, ...]), ...]``, oldest first; only
+    those placed at or before ``until`` (epoch s) when given.
 
     Same rule as the training loader: only product codes count (postage, fees and manual lines
     are dropped, ids normalized), and an order left with no product is no order.
     """
     history = []
     for ts, _order_id, _total, products in state["orders"]:
+        if until is not None and ts > until:
+            continue
         kept = list(dict.fromkeys(normalize_product(p) for p in products if is_product(p)))
         if kept:
             history.append((float(ts), kept))
     return history
 
 
-def cart_products(state: dict) -> set[str]:
-    return {normalize_product(line[0]) for line in state["cart"]["lines"]}
+def cart_products(context: DecisionContext) -> set[str]:
+    """Products to leave out of the recommendations: the cart's, and those of orders placed
+    after the cart change. The pipeline decides at the end of a micro-batch, on the customer's
+    state as the whole batch left it: a checkout and order later in the batch have emptied the
+    cart into that order by then."""
+    state = context.state
+    products = {normalize_product(line[0]) for line in state["cart"]["lines"]}
+    for ts, _order_id, _total, items in state["orders"]:
+        if ts > context.ts:
+            products.update(normalize_product(p) for p in items)
+    return products
 
 
 @dataclass(frozen=True)
@@ -206,6 +222,7 @@ class ModelStore:
 class _Cached:
     version: str
     orders: tuple  # (ts, order_id) of every order in state: the history's identity
+    ts: float  # the event time it was scored at
     scored: Scored
 
 
@@ -237,7 +254,7 @@ class NextPurchaseScorer:
     def _signals(
         self, loaded: LoadedModel, contexts: Sequence[DecisionContext]
     ) -> list[ModelSignals]:
-        carts = [cart_products(c.state) for c in contexts]
+        carts = [cart_products(c) for c in contexts]
         scored: list[Scored | None] = [None] * len(contexts)
         misses: dict[str, list[int]] = {}  # customer -> rows (one inference per customer)
         catalogue = len(loaded.recommender.vocab) - 1
@@ -246,7 +263,8 @@ class NextPurchaseScorer:
             if (
                 hit is not None
                 and hit.version == loaded.version
-                and hit.orders == _identity(context.state)
+                and hit.orders == _identity(context)
+                and abs(context.ts - hit.ts) <= CACHE_TTL_S
                 and _enough(hit.scored, cart, self.top_k, catalogue)
             ):
                 self._cache.move_to_end(context.customer_key)
@@ -259,7 +277,7 @@ class NextPurchaseScorer:
             largest_cart = max(len(carts[r]) for group in misses.values() for r in group)
             started = time.perf_counter()
             results = loaded.recommender.score_batch(
-                [order_history(contexts[r].state) for r in rows],
+                [order_history(contexts[r].state, until=contexts[r].ts) for r in rows],
                 k=_top_n(self.top_k, largest_cart),
             )
             metrics.MODEL_INFERENCE_LATENCY.observe(time.perf_counter() - started)
@@ -267,21 +285,24 @@ class NextPurchaseScorer:
             for (customer, group), result in zip(misses.items(), results, strict=True):
                 for row in group:
                     scored[row] = result
-                self._remember(customer, loaded.version, contexts[group[0]].state, result)
+                self._remember(customer, loaded.version, contexts[group[0]], result)
         return [
             _cart_signals(loaded.version, s, cart, self.top_k)
             for s, cart in zip(scored, carts, strict=True)
         ]
 
-    def _remember(self, customer: str, version: str, state: dict, scored: Scored) -> None:
-        self._cache[customer] = _Cached(version, _identity(state), scored)
+    def _remember(
+        self, customer: str, version: str, context: DecisionContext, scored: Scored
+    ) -> None:
+        self._cache[customer] = _Cached(version, _identity(context), context.ts, scored)
         self._cache.move_to_end(customer)
         if len(self._cache) > CACHE_CUSTOMERS:
             self._cache.popitem(last=False)
 
 
-def _identity(state: dict) -> tuple:
-    return tuple((order[0], order[1]) for order in state["orders"])
+def _identity(context: DecisionContext) -> tuple:
+    """The orders a decision's history is built from: (ts, order id) of each."""
+    return tuple((o[0], o[1]) for o in context.state["orders"] if o[0] <= context.ts)
 
 
 def _top_n(k: int, cart_size: int) -> int:

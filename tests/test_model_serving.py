@@ -28,6 +28,7 @@ from schemas.validation import InvalidEvent, parse_event
 from streams import customer_state, metrics
 from streams.catalog import load_merchants
 from streams.model_policy import (
+    CACHE_TTL_S,
     ModelOffer,
     ModelStore,
     NextPurchasePolicy,
@@ -243,8 +244,10 @@ def shop():
     return load_merchants(DEFAULT_MERCHANTS)["uci-gift-shop"]
 
 
-def context(shop, key: str, state: dict, cart_value: float, event_id: str) -> DecisionContext:
-    return DecisionContext(shop, key, state, cart_value, "GBP", 1.3e9, event_id)
+def context(
+    shop, key: str, state: dict, cart_value: float, event_id: str, ts: float = 1.3e9
+) -> DecisionContext:
+    return DecisionContext(shop, key, state, cart_value, "GBP", ts, event_id)
 
 
 def customer(orders: list[tuple[float, list[str]]], cart: list[str]) -> dict:
@@ -296,6 +299,26 @@ def test_offers_carry_recommendations_coupon_and_propensity(shop, model_root):
     assert offers[1].recommendations == tuple(p for p in vocab.items[1:6] if p != top[0])
 
 
+def test_a_checkout_later_in_the_batch_does_not_leak_into_the_decision(shop, model_root):
+    """Decisions see the state the whole micro-batch left: an order placed after the cart
+    change is neither history for it nor a reason to recommend what was in that cart."""
+    store = ModelStore(model_root)
+    store.refresh()
+    items = store.current.recommender.vocab.items
+    earlier = [(1.0e9, [items[20]])]
+    state = customer(earlier, cart=[])  # the cart was emptied by the order below
+    state["orders"].append([1.3e9 + 60, "o-after", 20.0, [items[1], items[2]]])
+    ctx = context(shop, "uci-gift-shop:c:8", state, 70.0, "e1", ts=1.3e9)
+    [signals] = NextPurchaseScorer(store, top_k=5).signals([ctx])
+    assert {items[1], items[2]}.isdisjoint(signals.recommendations)
+    alone = customer(earlier, cart=[items[1], items[2]])
+    [expected] = NextPurchaseScorer(store, top_k=5).signals(
+        [context(shop, "uci-gift-shop:c:8", alone, 70.0, "e1", ts=1.3e9)]
+    )
+    assert signals.recommendations == expected.recommendations
+    assert signals.probabilities == pytest.approx(expected.probabilities)
+
+
 def test_repeat_carts_of_a_customer_use_the_cache_until_an_order(shop, model_root):
     store = ModelStore(model_root)
     store.refresh()
@@ -311,9 +334,12 @@ def test_repeat_carts_of_a_customer_use_the_cache_until_an_order(shop, model_roo
     assert second.recommendations[:2] == first.recommendations[1:]  # same ranking, cart removed
     assert counter("nextbest_model_predictions_total", source="model") == from_model + 1
     assert counter("nextbest_model_predictions_total", source="cache") == from_cache + 1
-    state["orders"].append([86400.0, "o-new", 5.0, [vocab.items[8]]])
-    scorer.signals([ctx])
+    later = context(shop, ctx.customer_key, state, 70.0, "e2", ts=ctx.ts + CACHE_TTL_S + 1)
+    scorer.signals([later])  # the time features moved on: scored again
     assert counter("nextbest_model_predictions_total", source="model") == from_model + 2
+    state["orders"].append([86400.0, "o-new", 5.0, [vocab.items[8]]])
+    scorer.signals([later])
+    assert counter("nextbest_model_predictions_total", source="model") == from_model + 3
 
 
 def test_failures_fall_back_to_rules_only(shop, model_root, tmp_path):

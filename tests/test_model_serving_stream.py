@@ -35,13 +35,16 @@ def test_worker_serves_model_and_reloads_it(tmp_path, retail_slice, monkeypatch)
         lines = [{"product_id": p, "quantity": 2, "unit_price": 1.5} for p in products[:2]]
         cluster.send("orders", event("order", "o1", customer="c1", time="2011-11-01T10:00:00Z",
                                      order_id="o1", lines=lines, total=6.0, currency="GBP"))
+        cluster.flush()
+        cluster.wait_processed(1)  # an order empties the cart: it comes before this cart
         add = cart_add("c1-add-1", 70.0, customer="c1")
         add["lines"][0]["product_id"] = products[2]
         cluster.send("cart", add)
         cluster.send("cart", cart_add("s1-add-1", 70.0, session="s1"))
         cluster.flush()
         cluster.wait_processed(3)
-        offers = {o["cart_event_id"]: o for o in cluster.read("promotions", min_count=2)}
+        promotions = cluster.read("promotions", min_count=2, timeout=40)
+        offers = {o["cart_event_id"]: o for o in promotions}
         for offer in offers.values():
             assert offer["model_version"] == first.name
             assert offer["policy"] == "threshold-rules/1+next-purchase"
@@ -58,7 +61,8 @@ def test_worker_serves_model_and_reloads_it(tmp_path, retail_slice, monkeypatch)
         cluster.send("cart", cart_add("c1-add-2", 130.0, customer="c1"))
         cluster.flush()
         cluster.wait_processed(4)
-        offers = {o["cart_event_id"]: o for o in cluster.read("promotions", min_count=3)}
+        promotions = cluster.read("promotions", min_count=3, timeout=40)
+        offers = {o["cart_event_id"]: o for o in promotions}
         assert offers["c1-add-2"]["model_version"] == second.name
         text = metrics_text(port)
         assert "nextbest_model_reloads_total 2.0" in text
