@@ -64,6 +64,7 @@ class ModelBenchConfig:
     seconds_per_cell: float = 0.5
     single_calls: int = 1000
     compile: bool = False
+    inference: bool = True
     pipeline: bool = True
     rate: float = 500.0
     latency_seconds: float = 15.0
@@ -371,7 +372,8 @@ def run_model_bench(config: ModelBenchConfig) -> int:
         f"model {artifact.resolve(config.model).name}; torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, cpu count {os.cpu_count()}"
     )
-    inference(config, rec)
+    if config.inference:
+        inference(config, rec)
     if config.pipeline:
         pipeline_latency(config)
     return 0

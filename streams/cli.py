@@ -137,6 +137,7 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
             cutoff=args.cutoff,
             seconds_per_cell=args.seconds_per_cell,
             compile=args.compile,
+            inference=not args.no_inference,
             pipeline=not args.no_pipeline,
             rate=args.rate,
             latency_seconds=args.latency_seconds,
@@ -232,6 +233,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cutoff", default="2011-10-01", help="histories: orders before this date")
     p.add_argument("--seconds-per-cell", type=float, default=0.5)
     p.add_argument("--compile", action="store_true", help="also torch.compile (slow to build)")
+    p.add_argument("--no-inference", action="store_true", help="pipeline latency only")
     p.add_argument("--no-pipeline", action="store_true", help="inference figures only")
     p.add_argument("--rate", type=float, default=500.0, help="offered rate for latency (ev/s)")
     p.add_argument("--latency-seconds", type=float, default=15.0)
