@@ -53,9 +53,7 @@ def prepare_model(root: Path, file: Path, cutoff: datetime) -> Path | None:
     return root
 
 
-def send_order_history(
-    settings: Settings, file: Path, window: list[ReplayEvent], port: int
-) -> int:
+def send_order_history(settings: Settings, file: Path, window: list[ReplayEvent], port: int) -> int:
     """Replay the earlier orders (and profiles) of the customers in ``window`` as fast as
     possible and wait until the worker has them: the state then holds the histories the model
     scores. Returns the number of events sent."""
@@ -66,8 +64,10 @@ def send_order_history(
         for e in replay_events(file, end=start)
         if e.topic_kind in ("orders", "profiles") and e.value.get("customer_id") in customers
     ]
-    print(f"loading the order history of the {len(customers):,} customers of the replay: "
-          f"{len(history):,} earlier orders and profiles")
+    print(
+        f"loading the order history of the {len(customers):,} customers of the replay: "
+        f"{len(history):,} earlier orders and profiles"
+    )
     for event in (*history, *window):
         for line in event.value.get("lines", ()):
             PRODUCT_NAMES.setdefault(line["product_id"], line.get("description") or "")

@@ -347,8 +347,10 @@ def test_failures_fall_back_to_rules_only(shop, model_root, tmp_path):
     ok = customer([(0.0, ["85123A"])], cart=[])
     bad = customer([], cart=[])
     bad["orders"].append([0.0, "o1", 1.0, None])  # corrupt state: inference raises
-    contexts = [context(shop, "uci-gift-shop:c:1", ok, 70.0, "e1"),
-                context(shop, "uci-gift-shop:c:2", bad, 70.0, "e2")]
+    contexts = [
+        context(shop, "uci-gift-shop:c:1", ok, 70.0, "e1"),
+        context(shop, "uci-gift-shop:c:2", bad, 70.0, "e2"),
+    ]
     expected = rules.decide_batch(contexts)
 
     store = ModelStore(model_root)

@@ -33,8 +33,19 @@ def test_worker_serves_model_and_reloads_it(tmp_path, retail_slice, monkeypatch)
         cluster.settings = replace(cluster.settings, model_path=str(root))
         port = cluster.start_worker("a")
         lines = [{"product_id": p, "quantity": 2, "unit_price": 1.5} for p in products[:2]]
-        cluster.send("orders", event("order", "o1", customer="c1", time="2011-11-01T10:00:00Z",
-                                     order_id="o1", lines=lines, total=6.0, currency="GBP"))
+        cluster.send(
+            "orders",
+            event(
+                "order",
+                "o1",
+                customer="c1",
+                time="2011-11-01T10:00:00Z",
+                order_id="o1",
+                lines=lines,
+                total=6.0,
+                currency="GBP",
+            ),
+        )
         cluster.flush()
         cluster.wait_processed(1)  # an order empties the cart: it comes before this cart
         add = cart_add("c1-add-1", 70.0, customer="c1")
