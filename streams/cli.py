@@ -93,6 +93,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             speedup=args.speedup,
             start=args.start,
             model=None if args.no_model else args.model,
+            abandon_share=args.abandon_share,
+            open_share=args.open_share,
         )
     )
 
@@ -197,12 +199,29 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="broker + worker + replay of real data, with a live tail")
     p.add_argument("--file", type=Path, default=DATA_FILE)
     p.add_argument("--start", type=_day, default=datetime(2011, 11, 14, 7))
-    p.add_argument("--days", type=float, default=0.5, help="days of data to replay")
+    p.add_argument(
+        "--days",
+        type=float,
+        default=3.5,
+        help="days of data to replay (3.5: long enough for the follow-up's 3-day SMS branch)",
+    )
     p.add_argument(
         "--speedup",
         type=float,
-        default=1800.0,
-        help="event-time compression (1800: an hour of shop traffic in 2 s)",
+        default=5000.0,
+        help="event-time compression (5000: an hour of shop traffic in 0.7 s)",
+    )
+    p.add_argument(
+        "--abandon-share",
+        type=float,
+        default=0.1,
+        help="share of customers' visits replayed as abandoned carts (reminders)",
+    )
+    p.add_argument(
+        "--open-share",
+        type=float,
+        default=0.5,
+        help="share of follow-up e-mails the simulated customers open",
     )
     p.add_argument(
         "--model",

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -22,9 +23,11 @@ from confluent_kafka import Consumer
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
+from schemas.events import SCHEMA_VERSION
 from streams.broker import EmbeddedBroker, free_port, wait_for_port
 from streams.demo_model import model_line
 from streams.replay import ReplayEvent, replay_events, send
+from streams.rewards import iso
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -70,6 +73,8 @@ class DemoConfig:
     days: float = 1.0
     speedup: float = 1800.0
     start: datetime = datetime(2011, 11, 14)
+    abandon_share: float = 0.1  # customers' visits replayed as abandoned carts (journeys)
+    open_share: float = 0.5  # follow-up e-mails the simulated customers open
     model: Path | None = Path("var/models/next_purchase")  # None: threshold rules only
 
 
@@ -143,11 +148,68 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
     return lower_bound
 
 
+def journey_label(notification: dict) -> str:
+    """``offer``, or the journey and its step, e.g. ``follow_up/opened``."""
+    source = notification.get("source") or "offer"
+    step = notification.get("journey_step")
+    return f"{source}/{step}" if step else source
+
+
+class EmailOpens:
+    """Stands in for the e-mail service's open tracking: a share of the follow-up journey's
+    e-mails (picked by a hash of the notification id) are opened a few minutes later, in the
+    replay's event time, and reported on the offer-feedback topic as a shop's service would."""
+
+    DELAY_S = 300.0
+
+    def __init__(self, settings: Settings, share: float) -> None:
+        from confluent_kafka import Producer
+
+        from streams.replay import producer_config
+
+        self.settings = settings
+        self.share = share
+        self.replay_time = 0.0  # event time of the last replayed event (set by the sender)
+        self.producer = Producer(producer_config(settings))
+        self.opened = 0
+
+    def on_notification(self, value: dict) -> None:
+        if self.producer is None:
+            return
+        if value.get("source") != "follow_up" or value.get("journey_step") != "first":
+            return
+        if zlib.crc32(value["notification_id"].encode()) % 1000 >= self.share * 1000:
+            return
+        feedback = {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": f"open-{value['notification_id']}",
+            "event_type": "offer_opened",
+            "merchant_id": value["merchant_id"],
+            "customer_id": value["customer_id"],
+            "session_id": None,
+            "event_time": iso(self.replay_time + self.DELAY_S),
+            "offer_id": value["offer_id"],
+            "notification_id": value["notification_id"],
+        }
+        key = f"{value['merchant_id']}:c:{value['customer_id']}".encode()
+        self.producer.produce(self.settings.topics.feedback, key=key, value=orjson.dumps(feedback))
+        self.producer.poll(0)
+        self.opened += 1
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(10)
+            self.producer = None  # librdkafka clients close when collected
+
+
 class Tail(threading.Thread):
     """Reads the output topics and prints a readable line per offer / notification / DLQ."""
 
-    def __init__(self, settings: Settings, echo: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, echo: bool = True, opens: EmailOpens | None = None
+    ) -> None:
         super().__init__(daemon=True)
+        self.opens = opens
         t = settings.topics
         self.names = {t.promotions: "offer", t.notifications: "notify", t.dead_letters: "DLQ"}
         self.consumer = Consumer(
@@ -174,11 +236,23 @@ class Tail(threading.Thread):
                 kind = self.names[message.topic()]
                 value = orjson.loads(message.value())
                 self.counts[self._count_key(kind, value)] += 1
-                if self.echo and self.counts[kind] < self.echo_limit:
+                if self.echo and self._echo(kind, value):
                     tqdm.write(self._line(kind, value))
                 self.counts[kind] += 1
                 self.counts["model"] += kind == "offer" and bool(value.get("model_version"))
+                if kind == "notify":
+                    self.counts[f"source:{journey_label(value)}"] += 1
+                    if self.opens is not None:
+                        self.opens.on_notification(value)
         self.consumer.close()
+
+    def _echo(self, kind: str, value: dict) -> bool:
+        """The first lines of each kind, and the first few of every journey step."""
+        if kind == "notify" and value.get("journey_step"):
+            label = f"echo:{journey_label(value)}"
+            self.counts[label] += 1
+            return self.counts[label] <= 3
+        return self.counts[kind] < self.echo_limit
 
     @staticmethod
     def _count_key(kind: str, value: dict) -> str:  # noqa: D102
@@ -195,8 +269,8 @@ class Tail(threading.Thread):
             ) + model_line(value)
         if kind == "notify":
             return (
-                f"  notify  {value['customer_id']:>14}  {value['channel']:<6} -> "
-                f"{value['address']}: {value['body']}"
+                f"  notify  {value['customer_id']:>14}  {value['channel']:<6} "
+                f"[{journey_label(value)}] -> {value['address']}: {value['body']}"
             )
         return f"  DLQ     {value['reason']:<22} {value['error'][:70]}"
 
@@ -228,10 +302,15 @@ def run_demo(config: DemoConfig) -> int:
         print(f"broker: Tansu on {broker.bootstrap}; worker log: {workdir / 'worker.log'}")
         worker = start_worker(settings, workdir / "worker.log")
         wait_for_port("127.0.0.1", settings.web_port, 60)
-        tail = Tail(settings)
+        opens = EmailOpens(settings, config.open_share)
+        tail = Tail(settings, opens=opens)
         tail.start()
         end = config.start + timedelta(days=config.days)
-        events: list[ReplayEvent] = list(replay_events(config.file, start=config.start, end=end))
+        events: list[ReplayEvent] = list(
+            replay_events(
+                config.file, start=config.start, end=end, abandon_share=config.abandon_share
+            )
+        )
         history = 0
         if model_path:  # the state gets the order histories the model scores
             from streams.demo_model import send_order_history
@@ -239,13 +318,21 @@ def run_demo(config: DemoConfig) -> int:
             history = send_order_history(settings, config.file, events, settings.web_port)
         print(
             f"replaying {len(events):,} events of {config.start:%Y-%m-%d} + {config.days:g} "
-            f"day(s) at {config.speedup:g}x, plus {len(BAD_INPUTS)} bad inputs"
+            f"day(s) at {config.speedup:g}x, plus {len(BAD_INPUTS)} bad inputs; "
+            f"{config.abandon_share:.0%} of customers' visits end with an abandoned cart, "
+            f"{config.open_share:.0%} of follow-up e-mails get opened"
         )
         _send_bad_inputs(settings)
         started = time.monotonic()
         with tqdm(total=len(events), unit="ev", desc="replay", position=0) as bar:
-            send(events, settings, speedup=config.speedup, on_sent=lambda _: bar.update())
-        expected = history + len(events) + len(BAD_INPUTS)
+
+            def sent(event: ReplayEvent) -> None:
+                bar.update()
+                opens.replay_time = event.ts
+
+            send(events, settings, speedup=config.speedup, on_sent=sent)
+        opens.close()
+        expected = history + len(events) + len(BAD_INPUTS) + opens.opened
         processed = _wait_processed(settings.web_port, expected, timeout=120) - history
         elapsed = time.monotonic() - started
         time.sleep(1.0)
@@ -255,7 +342,7 @@ def run_demo(config: DemoConfig) -> int:
         }
         _summary(
             scrape(settings.web_port),
-            tail.counts,
+            tail.counts | {"opened": opens.opened},
             processed,
             elapsed,
             {q: v for q, v in latency.items() if v is not None},
@@ -328,6 +415,8 @@ def _summary(
         f"  notifications      {sum(v for k, v in counts.items() if k.startswith('notify:')):,}"
         f" ({group('notify:')})"
     )
+    print(f"  by source          {group('source:')}")
+    print(f"  e-mails opened     {counts['opened']:,} (simulated open tracking, follow-up e-mails)")
     print(
         f"  suppressed         {totals.get('nextbest_messages_suppressed_total', 0):,.0f}"
         " (frequency cap, consent, opt-out, duplicate)"
