@@ -16,7 +16,8 @@ The pipeline owns the micro-batch; `Outreach` plugs into it at three points (see
 Timers live in the ``journey-timers`` table (customer key -> ``{"due", "p"}``, plus one clock
 per partition), written with the partition of the customer's own events, so the table is
 co-partitioned with the customers and recovered with them after a restart or rebalance.
-A customer's due time is written only when it changes, the clock at most once a second.
+A customer's due time is written only when it comes earlier than the stored one (see
+`Outreach._reindex`), the clock at most once a second.
 """
 
 from __future__ import annotations
@@ -215,12 +216,20 @@ class Outreach:
     def _reindex(
         self, partition: int, key: str, entry: Entry, event: object, fired: bool = False
     ) -> None:
-        """Index and store the key's next due time; ``fired``: it just left the index."""
+        """Store the key's next due time when the stored one is no longer early enough;
+        ``fired``: the key just left the index, its time is stored anew.
+
+        The index mirrors the store, and the store only needs a time no later than the real
+        one: an early time wakes the customer up for nothing (`_fire` then stores the real
+        time), a late one would delay a step. So a re-armed timer (an abandoned cart's moves on
+        with every cart change) or a cancelled one costs no table write; a new or earlier one,
+        or a wake-up, does.
+        """
         due = journeys.next_due(entry.state) if entry.state is not None else None
-        if not fired and self.index.loaded(partition) and self.index.get(partition, key) == due:
-            return  # unchanged: no table write (a changelog record per write)
-        self.index.set(partition, key, due)
-        self.store.write_due(key, partition, due, event)
+        stored = self.index.get(partition, key)
+        if fired or (due is not None and (stored is None or due < stored)):
+            self.index.set(partition, key, due)
+            self.store.write_due(key, partition, due, event)
 
     def _fire(
         self, batch: object, load: Load, partition: int, event: object, now: float
