@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'candidate':<36} " + " ".join(f"{m:>28}" for m in METHODS))
     results = {}
     for spec in specs:
-        estimates = evaluate(rows, [candidate(spec)(r) for r in rows], model)
+        policy = candidate(spec)
+        estimates = evaluate(rows, [policy(r) for r in rows], model)
         results[spec] = [e.__dict__ for e in estimates]
         cells = [f"{e.value:9.3f} [{e.low:8.3f},{e.high:8.3f}]" for e in estimates]
         print(f"{spec:<36} " + " ".join(f"{c:>28}" for c in cells))

@@ -406,8 +406,12 @@ class Simulator:
     def _topup(self, action: Action) -> float:
         return math.exp(-(action.gap or 0.0) / (self.config.topup_scale * action.cart_value))
 
-    def expected_profit(self, i: int, week: int, action: Action) -> float:
-        """Expected profit of ``action`` at customer ``i``'s cart now (the ground truth)."""
+    def expected_profit(self, i: int, week: int, action: Action, future_loss: bool = True) -> float:
+        """Expected profit of ``action`` at customer ``i``'s cart now (the ground truth).
+
+        ``future_loss=False`` leaves out a coupon's lost later sale: the expected *reward*, what
+        the reward join measures within the attribution window (off-policy evaluation's truth).
+        """
         m = self.merchant.margin_rate
         cart = action.cart_value
         p0 = self._p(i, week, 0.0)
@@ -420,7 +424,7 @@ class Simulator:
         if action.kind == "product_coupon":
             q = float(self.pop.coupon_q[i, week])
             p = self._p(i, week, q * action.discount / cart)
-            redeemed = action.margin(m) - self._cannibalised(i, action)
+            redeemed = action.margin(m) - (self._cannibalised(i, action) if future_loss else 0.0)
             return p * (q * redeemed + (1.0 - q) * m * cart)
         return self._p(i, week, action.depth) * action.margin(m)
 

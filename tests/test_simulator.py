@@ -108,7 +108,9 @@ def test_calibration_from_the_real_data():
 
 
 def test_simulate_command_reports_bars_and_ope(tmp_path):
-    config = SimulateConfig(sim=SimConfig(customers=200, weeks=2), seeds=(0,), out=tmp_path)
+    config = SimulateConfig(
+        sim=SimConfig(customers=200, weeks=2), seeds=(0,), out=tmp_path, experiment=True
+    )
     summary = simulate(config, calibration=SMALL)
     assert set(summary["mean_incremental_per_customer"]) == {
         *promo_simulation.STATIC,
@@ -123,4 +125,6 @@ def test_simulate_command_reports_bars_and_ope(tmp_path):
     lines = (tmp_path / "learned-log.jsonl").read_text().splitlines()
     kinds = {json.loads(line)["record"] for line in lines}
     assert kinds == {"decision", "reward"}
+    arms = {json.loads(line)["arm"] for line in (tmp_path / "experiment-log.jsonl").open()}
+    assert arms == {"holdout", "learned", "rules"}
     promo_simulation.print_summary(summary)
