@@ -96,10 +96,18 @@ MODEL_PREDICTIONS = Counter(
     ["source"],
     registry=REGISTRY,
 )
+MODEL_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1)
 MODEL_INFERENCE_LATENCY = Histogram(
     "nextbest_model_inference_seconds",
     "Wall time of one batched next-purchase inference (encoding included), per micro-batch",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    buckets=MODEL_BUCKETS,
+    registry=REGISTRY,
+)
+MODEL_INFERENCE_CPU = Histogram(
+    "nextbest_model_inference_cpu_seconds",
+    "CPU time of the event loop's thread in one batched next-purchase inference (what it costs "
+    "on a core of its own; the wall time above also counts waiting for a shared core)",
+    buckets=MODEL_BUCKETS,
     registry=REGISTRY,
 )
 

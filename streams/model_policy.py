@@ -275,12 +275,13 @@ class NextPurchaseScorer:
         if misses:
             rows = [group[0] for group in misses.values()]
             largest_cart = max(len(carts[r]) for group in misses.values() for r in group)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             results = loaded.recommender.score_batch(
                 [order_history(contexts[r].state, until=contexts[r].ts) for r in rows],
                 k=_top_n(self.top_k, largest_cart),
             )
             metrics.MODEL_INFERENCE_LATENCY.observe(time.perf_counter() - started)
+            metrics.MODEL_INFERENCE_CPU.observe(time.thread_time() - cpu)
             metrics.MODEL_PREDICTIONS.labels("model").inc(len(rows))
             for (customer, group), result in zip(misses.items(), results, strict=True):
                 for row in group:

@@ -58,6 +58,7 @@ EXTRA_METRICS = {
     "nextbest_model_fallbacks_total": "counter",
     "nextbest_model_predictions_total": "counter",
     "nextbest_model_inference_seconds": "histogram",
+    "nextbest_model_inference_cpu_seconds": "histogram",
     # promotion policy (streams/promo_metrics.py)
     "nextbest_promo_decisions_total": "counter",
     "nextbest_promo_blocked_actions_total": "counter",
