@@ -23,6 +23,7 @@ import orjson
 from faust.streams import _current_event
 
 from agents.outreach import Outreach
+from agents.promotion import PromotionHooks
 from schemas.events import SCHEMA_VERSION
 from schemas.validation import InvalidEvent, parse_event
 from streams import customer_state, metrics
@@ -71,10 +72,17 @@ class Batch:
 
 
 class Pipeline:
-    def __init__(self, nb: NextbestApp, policy: Policy, outreach: Outreach | None = None) -> None:
+    def __init__(
+        self,
+        nb: NextbestApp,
+        policy: Policy,
+        outreach: Outreach | None = None,
+        promotion: PromotionHooks | None = None,
+    ) -> None:
         self.nb = nb
         self.policy = policy
         self.outreach = outreach  # journeys: event-time timers in customer state
+        self.promotion = promotion  # promotion policy: decision log, rewards, budget ledgers
         self.max_bytes = nb.settings.max_event_bytes
         self._topics: dict[str, faust.TopicT] = {}
 
@@ -106,6 +114,8 @@ class Pipeline:
         batch = Batch()
         metrics.BATCH_EVENTS.observe(len(events))
         kinds = self.nb.topic_kinds
+        if self.promotion is not None:
+            self.promotion.begin(batch, events)
         for event in events:
             kind = kinds[event.message.topic]
             try:
@@ -122,6 +132,11 @@ class Pipeline:
             self._decide(batch)
         if self.outreach is not None:
             self.outreach.finish(batch, self._load)
+        if self.promotion is not None:
+            try:
+                self.promotion.finish(batch, self._load)
+            except Exception:  # a bug must not stop the stream
+                log.exception("promotion policy bookkeeping failed on a batch")
         for topic, key, value in batch.outputs:
             topic.send_soon(key=key, value=value)
         self._save(batch)
@@ -150,6 +165,8 @@ class Pipeline:
         entry.dirty = True
         if self.outreach is not None:
             self.outreach.on_input(key, entry, kind, data, event)
+        if self.promotion is not None:
+            self.promotion.on_input(key, entry.state, kind, data, event)
         session_id = data.get("session_id")
         if (
             data.get("customer_id")
@@ -247,6 +264,10 @@ class Pipeline:
             "amount_to_next_tier": offer.amount_to_next_tier,
             "recommendations": list(offer.recommendations),
         }
+        if offer.max_discount is not None:
+            promotion["max_discount"] = offer.max_discount
+        if offer.product_id is not None:
+            promotion["coupon_product_id"] = offer.product_id
         key = ctx.customer_key.encode()
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
         metrics.OFFERS.labels(offer.offer_type).inc()

@@ -32,6 +32,11 @@ class NextbestApp:
     dead_letters: faust.TopicT
     merges: faust.TopicT
     customers: faust.Table
+    #: ``NEXTBEST_POLICY=promotion`` only: decision and reward topics, and the promotions'
+    #: budget ledgers (``merchant:promotion:partition`` -> JSON, see streams/guardrails.py)
+    decisions: faust.TopicT | None = None
+    rewards: faust.TopicT | None = None
+    ledgers: faust.Table | None = None
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -98,6 +103,17 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         value_type=bytes,  # raw: the pipeline stores orjson bytes
         help="Per-customer (and anonymous session) rolling state, JSON",
     )
+    promotion = settings.policy == "promotion"
+    ledgers = None
+    if promotion:
+        ledgers = app.Table(
+            "promo-ledgers",
+            default=None,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            help="Promotion budget ledgers, one per merchant:promotion:partition, JSON",
+        )
     return NextbestApp(
         settings=settings,
         app=app,
@@ -109,4 +125,7 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         dead_letters=app.topic(t.dead_letters, **raw),
         merges=app.topic(t.merges, **raw),
         customers=customers,
+        decisions=app.topic(t.decisions, **raw) if promotion else None,
+        rewards=app.topic(t.rewards, **raw) if promotion else None,
+        ledgers=ledgers,
     )

@@ -175,6 +175,7 @@ def offer_for(action: Action, currency: str) -> Offer | None:
             f"of {promotion.id}",
             percent_off=promotion.percent or None,
             amount_to_next_tier=action.gap,
+            max_discount=action.discount,
         )
     if action.kind == "product_coupon":
         return Offer(
@@ -184,6 +185,8 @@ def offer_for(action: Action, currency: str) -> Offer | None:
             reason=f"promotion policy: coupon on the predicted next product {action.product_id}",
             percent_off=promotion.percent,
             recommendations=(action.product_id,) if action.product_id else (),
+            max_discount=action.discount,
+            product_id=action.product_id,
         )
     return Offer(
         offer_type=promotion.type,
@@ -192,4 +195,5 @@ def offer_for(action: Action, currency: str) -> Offer | None:
         + (cap if promotion.type == "percent_off" else ""),
         reason=f"promotion policy: {promotion.id} on a {money(action.cart_value, currency)} cart",
         percent_off=promotion.percent or None,
+        max_discount=action.discount,
     )

@@ -28,13 +28,15 @@ class DecisionContext:
 
 @dataclass(frozen=True)
 class Offer:
-    offer_type: str  # "free_shipping" | "percent_off" | "threshold_nudge"
+    offer_type: str  # "free_shipping" | "percent_off" | "threshold_nudge" | "product_coupon"
     promotion_id: str
     message: str
     reason: str
     percent_off: float | None = None
     amount_to_next_tier: float | None = None
     recommendations: tuple[str, ...] = field(default_factory=tuple)
+    max_discount: float | None = None  # the most the discount may be (promotion policy)
+    product_id: str | None = None  # a product coupon's product (promotion policy)
 
     @property
     def key(self) -> str:

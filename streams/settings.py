@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from streams.experiments import Experiment
+
 DEFAULT_MERCHANTS = Path(__file__).with_name("merchants.yaml")
+POLICIES = ("rules", "promotion")
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,8 @@ class Topics:
     dead_letters: str = "nextbest.dead-letters"
     catalog: str = "nextbest.promotion-catalog"
     merges: str = "nextbest.session-merges"
+    decisions: str = "nextbest.decisions"  # promotion policy: one DecisionRecord per decision
+    rewards: str = "nextbest.rewards"  # promotion policy: one RewardRecord per closed decision
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -67,6 +73,13 @@ class Settings:
     train_args: str = ""  # extra `nextbest train` options for POST /predictors jobs
     journey_tick_s: float = 5.0  # wake-up ticks for idle partitions (journey timers)
     journey_lateness_s: float = 60.0  # journey clocks trail the newest event time by this
+    #: Cart decisions: "rules" (the catalog's threshold rules) or "promotion" (the promotion
+    #: policy: experiments, guard rails, bandit, decision and reward topics)
+    policy: str = "rules"
+    #: The promotion policy's experiment, JSON ``{"id", "holdout", "arms": [{"name", "weight",
+    #: "variant"}]}`` (variants: bandit, rules, static:<action>); empty: ``promo-1``, a 10%
+    #: holdout and the bandit for everyone else
+    promo_experiment: str = ""
     topics: Topics = field(default_factory=Topics)
 
     @classmethod
@@ -118,6 +131,12 @@ class Settings:
                 "NEXTBEST_MODEL_RELOAD_S must be > 0, NEXTBEST_MODEL_THREADS and "
                 "NEXTBEST_MODEL_TOP_K >= 1"
             )
+        if self.policy not in POLICIES:
+            raise ValueError(
+                f"NEXTBEST_POLICY must be one of {', '.join(POLICIES)}, got {self.policy!r}"
+            )
+        if self.promo_experiment:
+            self.experiment()
         self.merchant_tokens()  # raises on a malformed NEXTBEST_API_TOKENS
         if self.api_admin_token and len(self.api_admin_token) < 16:
             raise ValueError("NEXTBEST_API_ADMIN_TOKEN must be at least 16 characters")
@@ -126,6 +145,18 @@ class Settings:
                 "NEXTBEST_API_MAX_BODY_BYTES, NEXTBEST_API_MAX_EVENTS and "
                 "NEXTBEST_JOURNEY_TICK_S must be > 0"
             )
+
+    def experiment(self) -> Experiment:
+        """The promotion policy's experiment, from ``NEXTBEST_PROMO_EXPERIMENT``."""
+        if not self.promo_experiment:
+            return Experiment()
+        try:
+            config = json.loads(self.promo_experiment)
+            if not isinstance(config, dict):
+                raise ValueError("expected a JSON object")
+            return Experiment.from_config(config)
+        except ValueError as exc:
+            raise ValueError(f"NEXTBEST_PROMO_EXPERIMENT: {exc}") from None
 
     def merchant_tokens(self) -> dict[str, str]:
         """Bearer token -> merchant id, from ``NEXTBEST_API_TOKENS``."""

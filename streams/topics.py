@@ -12,6 +12,8 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
     rf = settings.replication_factor
     topics = [NewTopic(name, settings.partitions, rf) for name in t.partitioned]
     topics.append(NewTopic(t.dead_letters, settings.partitions, rf))
+    if settings.policy == "promotion":
+        topics += [NewTopic(name, settings.partitions, rf) for name in (t.decisions, t.rewards)]
     topics.append(NewTopic(t.catalog, 1, rf, config={"cleanup.policy": "compact"}))
     return topics
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.experiments import Arm, Experiment
 from streams.settings import DEFAULT_MERCHANTS, Settings, Topics
 
 
@@ -55,6 +56,8 @@ def test_every_field_type_is_parsed():
         "NEXTBEST_MODEL_RELOAD_S": "30",
         "NEXTBEST_MODEL_THREADS": "2",
         "NEXTBEST_MODEL_TOP_K": "8",
+        "NEXTBEST_POLICY": "promotion",
+        "NEXTBEST_PROMO_EXPERIMENT": '{"id": "ab-1", "holdout": 0.2, "arms": [{"name": "rules"}]}',
     }
     # The test must set every field (topics aside), so a new setting needs a case here.
     assert {f"NEXTBEST_{f.name.upper()}" for f in fields(Settings) if f.name != "topics"} == set(
@@ -92,11 +95,14 @@ def test_every_field_type_is_parsed():
         model_reload_s=30.0,
         model_threads=2,
         model_top_k=8,
+        policy="promotion",
+        promo_experiment='{"id": "ab-1", "holdout": 0.2, "arms": [{"name": "rules"}]}',
     )
     assert settings.merchant_tokens() == {
         "aaaaaaaaaaaaaaaa1": "shop-a",
         "bbbbbbbbbbbbbbbb2": "shop-b",
     }
+    assert settings.experiment() == Experiment("ab-1", 0.2, (Arm("rules", 1.0, "rules"),))
     assert isinstance(settings.state_dir, Path) and isinstance(settings.batch_window_s, float)
     assert type(settings.partitions) is int and settings.embedded_broker is True
 
@@ -138,6 +144,9 @@ def test_invalid_values_name_the_variable(name, raw, type_name):
         ({"NEXTBEST_API_TOKENS": "shop-a=short"}, "at least 16 characters"),
         ({"NEXTBEST_API_ADMIN_TOKEN": "admin"}, "NEXTBEST_API_ADMIN_TOKEN must be at least"),
         ({"NEXTBEST_API_MAX_EVENTS": "0"}, "NEXTBEST_API_MAX_EVENTS"),
+        ({"NEXTBEST_POLICY": "bandit"}, "NEXTBEST_POLICY must be one of rules, promotion"),
+        ({"NEXTBEST_PROMO_EXPERIMENT": "[1]"}, "NEXTBEST_PROMO_EXPERIMENT: expected a JSON"),
+        ({"NEXTBEST_PROMO_EXPERIMENT": '{"holdout": 2}'}, "NEXTBEST_PROMO_EXPERIMENT: .*holdout"),
     ],
 )
 def test_invalid_settings_name_the_variable(env, message):
