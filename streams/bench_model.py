@@ -283,6 +283,7 @@ def warm_latency(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"history not processed; see {workdir / 'worker.log'}")
                 time.sleep(0.5)
+            time.sleep(5)  # let the worker flush the history's state writes before the load
             sent_at: dict[str, float] = {}
 
             def stamp(event: ReplayEvent) -> None:
