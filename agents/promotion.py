@@ -20,16 +20,23 @@ Ledgers live in the ``promo-ledgers`` table, one per ``merchant:promotion:partit
 written while an event of that partition is pinned, so each changelog record lands on the
 partition whose worker owns the ledger (see streams/guardrails.py).
 
-Limits: the due index and the bandit live in this worker's memory. After a restart or a
-rebalance, a customer's open windows close at their next event (not by the sweep), and the
-bandit starts again from its prior and learns from the rewards this worker closes.
+The bandit learns from the rewards this worker closes and is checkpointed to
+``<NEXTBEST_STATE_DIR>/promo-bandit.json`` every `CHECKPOINT_S` seconds when it learned
+something and at shutdown; a worker restarted on the same state directory starts from it.
+
+Limits: the due index lives in this worker's memory: after a restart or a rebalance, a
+customer's open windows close at their next event (not by the sweep). Each worker has its own
+bandit (a fresh state directory starts from the prior).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import faust
 import orjson
@@ -40,6 +47,8 @@ from streams import promo_metrics, rewards
 from streams.app import NextbestApp
 from streams.promotion_policy import PromotionPolicy, SignalsProvider
 
+log = logging.getLogger(__name__)
+CHECKPOINT_S = 30.0
 Load = Callable[[object, str, faust.EventT], object]  # the pipeline's (batch, key, event) -> Entry
 
 
@@ -65,7 +74,8 @@ class LedgerTable(MutableMapping[str, dict]):
         partition = int(key.rsplit(":", 1)[1])
         event = self.events.get(partition)
         if event is None:
-            raise KeyError(f"ledger {key}: no event of partition {partition} in this batch")
+            # not a KeyError: a missing ledger must never read as a new, empty one
+            raise RuntimeError(f"ledger {key}: no event of partition {partition} in this batch")
         _current_event.set(weakref.ref(event))
 
     def __getitem__(self, key: str) -> dict:
@@ -119,6 +129,7 @@ class PromotionHooks:
         self.budgets: dict[str, dict] = {}  # last ledger written per key (budget metrics)
         self._batch: object | None = None
         self._touched: dict[str, float] = {}  # customer key -> newest event time in the batch
+        self.learned = 0  # rewards learned since the last checkpoint
 
     def partition_of(self, customer_key: str) -> int:
         """The partition of the customer's events in this batch (murmur2 if none is there)."""
@@ -164,7 +175,7 @@ class PromotionHooks:
             )
         if closed:
             promo_metrics.observe_rewards(closed)
-            self.policy.learn(closed)
+            self.learned += self.policy.learn(closed)
         promo_metrics.observe_decisions(records, blocked)
         written = self.ledgers.flush()
         if written:
@@ -203,6 +214,26 @@ class PromotionHooks:
         return closed
 
 
+def save_bandit(policy: PromotionPolicy, path: Path) -> None:
+    """Write the policy's learned state to ``path`` (replaced whole, never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(orjson.dumps(policy.state_dict()))
+    os.replace(partial, path)
+
+
+def load_bandit(policy: PromotionPolicy, path: Path) -> bool:
+    """Load a checkpoint into the policy; False (logged) when there is none or it is unusable."""
+    if not path.exists():
+        return False
+    try:
+        policy.load_state_dict(orjson.loads(path.read_bytes()))
+    except (OSError, ValueError, KeyError, TypeError):
+        log.exception("bandit checkpoint %s is unusable; starting from the prior", path)
+        return False
+    return True
+
+
 def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> PromotionHooks:
     """The promotion policy and its hooks for this worker (``NEXTBEST_POLICY=promotion``)."""
     ledgers = LedgerTable(nb.ledgers)
@@ -220,6 +251,25 @@ def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> Promoti
     )
     hooks = PromotionHooks(nb, policy, ledgers)
     merges = nb.settings.topics.merges
+    checkpoint = Path(nb.settings.state_dir) / "promo-bandit.json"
+    load_bandit(policy, checkpoint)
+
+    def save() -> None:
+        if not hooks.learned:
+            return
+        try:
+            save_bandit(policy, checkpoint)
+            hooks.learned = 0
+        except OSError:
+            log.exception("cannot write the bandit checkpoint %s", checkpoint)
+
+    @nb.app.timer(CHECKPOINT_S)
+    async def checkpoint_bandit() -> None:
+        save()
+
+    @nb.app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **kwargs: object) -> None:
+        save()
 
     @nb.app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set, **kwargs: object) -> None:

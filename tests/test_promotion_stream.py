@@ -138,6 +138,7 @@ def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
         cluster.flush()
         cluster.wait_processed(len(everything))
         assert "Traceback" not in cluster.log("a") + cluster.log("b")
+        checkpoint = orjson.loads((tmp_path / "state-a" / "promo-bandit.json").read_bytes())
 
         decisions = cluster.read("decisions", min_count=CUSTOMERS)
         rewards = cluster.read("rewards", min_count=CUSTOMERS)
@@ -203,6 +204,9 @@ def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
         redeemed_caps = sum(o["max_discount"] for o in redeemers.values()
                             if o["promotion_id"] == promotion)
         assert spent[promotion] == pytest.approx(redeemed_caps)
+    # The bandit learned from the rewards of its arm and checkpointed what it learned.
+    learnable = [r for r in rewards if r["arm"] == "learned" and r["reason"] == "window_closed"]
+    assert checkpoint["bandit"][MERCHANT]["updates"] == len(learnable) > 0
     # Per-customer limit: no customer holds two offers of one promotion.
     per_customer = Counter((o["customer_id"], o["promotion_id"]) for o in offers)
     assert max(per_customer.values()) == 1
