@@ -42,8 +42,11 @@ def register(nb: NextbestApp) -> None:
 
     @app.page("/metrics")
     async def metrics_page(web, request):  # noqa: ANN001 - faust view signature
+        # ``?name[]=<sample>`` restricts the answer, as prometheus_client's own handler does
+        names = request.query.getall("name[]", [])
+        registry = metrics.REGISTRY.restricted_registry(names) if names else metrics.REGISTRY
         # aiohttp takes the charset separately from the content type
-        return web.bytes(generate_latest(metrics.REGISTRY), content_type=PROMETHEUS_TEXT)
+        return web.bytes(generate_latest(registry), content_type=PROMETHEUS_TEXT)
 
     @app.timer(GAUGE_INTERVAL_S)
     async def update_gauges() -> None:
