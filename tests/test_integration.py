@@ -164,7 +164,7 @@ def test_restart_two_workers_and_one_worker_agree(tmp_path):
         restarted.stop_worker("a")  # SIGTERM while the stream is still being processed
         restarted.start_worker("b")  # empty state dir: the table comes back from the changelog
         recovered = restarted.log("b")
-        restarted.wait_processed(1, timeout=30)
+        restarted.wait_processed(1, timeout=90)  # group join + changelog recovery first
         offers_after, keys_after = outputs(restarted, offers=len(offer_ids))
     finally:
         restarted.close()
