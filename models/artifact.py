@@ -1,8 +1,9 @@
 """Versioned model artifacts: ``<root>/<version>/`` plus a ``<root>/latest`` pointer file.
 
-A version directory holds ``weights.pt`` (state dict), ``vocab.json`` (items and their statistics),
-``config.json`` (the training config, including model and encoder configs), ``metrics.json``
-and ``data.json`` (the training file's sha256). `load` rebuilds a `Recommender` from it.
+A version directory holds ``weights.pt`` (state dict), ``vocab.json`` (items and their statistics
+at the end of the training data), ``config.json`` (the training config, including model and
+encoder configs), ``metrics.json`` and ``data.json`` (the training file's sha256 and the
+artifact ``format``). `load` rebuilds a `Recommender` from it, and refuses another format.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 
 from models.next_purchase import ModelConfig, NextPurchaseLSTM, Recommender
 from models.sequences import EncoderConfig, Vocab
+
+FORMAT = 2  # 2: scoring time (``now``) and catalogue statistics as model input
 
 
 def save(
@@ -37,10 +40,11 @@ def save(
             "popularity": vocab.popularity,
             "recent": vocab.recent,
             "repeat_rate": vocab.repeat_rate,
+            "week": vocab.week,
         },
         "config.json": config,
         "metrics.json": metrics,
-        "data.json": {"sha256": data_sha256, "path": config.get("data")},
+        "data.json": {"sha256": data_sha256, "path": config.get("data"), "format": FORMAT},
     }
     for name, payload in files.items():
         (path / name).write_text(json.dumps(payload, indent=1, default=str))
@@ -59,6 +63,9 @@ def resolve(path: str | Path) -> Path:
 
 def load(path: str | Path, device: str = "cpu") -> Recommender:
     path = resolve(path)
+    found = json.loads((path / "data.json").read_text()).get("format", 1)
+    if found != FORMAT:
+        raise ValueError(f"{path}: artifact format {found}, this code reads {FORMAT}: retrain")
     config = json.loads((path / "config.json").read_text())
     raw_vocab = json.loads((path / "vocab.json").read_text())
     vocab = Vocab(**raw_vocab)

@@ -6,6 +6,8 @@ Protocol:
   training and the catalogue included, is strictly before the cutoff.
 * Scored: every customer with at least one order before the cutoff and one at or after it.
   The target is the set of products in that customer's first order after the cutoff.
+* Every method scores as of the cutoff (the model's ``now``: days since each purchase and the
+  catalogue's trends are measured at the cutoff, never later).
 * Every method ranks the whole catalogue (all products bought before the cutoff); no sampled
   negatives. Hit@k: at least one of the top k is in the target order; MRR: 1 / rank of the
   best-placed target product (0 if none is in the catalogue). Ties are broken by popularity,
@@ -71,6 +73,20 @@ def mean_over_seeds(runs: list[dict]) -> dict:
         )
         out[cohort]["n"] = runs[0][cohort]["n"]
     return out
+
+
+def gain_interval(
+    ranks: list[torch.Tensor], reference: torch.Tensor, k: int, draws: int = 2000
+) -> list[float]:
+    """95% paired bootstrap interval, over customers, of Hit@k(method) / Hit@k(reference) - 1.
+
+    ``ranks``: one rank per customer for each seed; a customer's hit is its mean over seeds.
+    """
+    hits = torch.stack([(r <= k).double() for r in ranks]).mean(dim=0)
+    ref = (reference <= k).double()
+    draw = torch.randint(len(ref), (draws, len(ref)), generator=torch.Generator().manual_seed(0))
+    ratio = hits[draw].mean(dim=1) / ref[draw].mean(dim=1) - 1.0
+    return torch.quantile(ratio, torch.tensor([0.025, 0.975], dtype=ratio.dtype)).tolist()
 
 
 def chart(results: dict, path: Path, title: str) -> None:
@@ -147,11 +163,13 @@ def main(argv: list[str]) -> int:
         "personal_frequency": baselines.personal_frequency(histories, vocab),
         "last_basket": baselines.last_basket(histories, vocab),
     }
+    ranks_of: dict[str, list[torch.Tensor]] = {}  # per method, per seed: each customer's rank
     for name, scores in baseline_scores.items():
-        results[name] = cohort_metrics(target_ranks(scores, target_mask), small)
+        ranks_of[name] = [target_ranks(scores, target_mask)]
+        results[name] = cohort_metrics(ranks_of[name][0], small)
 
     def model_ranks(rec: Recommender) -> torch.Tensor:
-        encoded = [encode_history(h, rec.vocab, rec.encoder) for h in histories]
+        encoded = [encode_history(h, rec.vocab, rec.encoder, now=cutoff) for h in histories]
         probs = rec.probabilities(encoded).double()
         probs += torch.arange(len(vocab), 0, -1, dtype=torch.float64) * 1e-12  # tie-break
         probs[:, 0] = -torch.inf
@@ -168,10 +186,12 @@ def main(argv: list[str]) -> int:
         if rec.vocab.items != vocab.items:
             print(f"refused: {path} has a different catalogue than {args.data} before the cutoff")
             return 2
-        results[f"artifact:{path.name}"] = cohort_metrics(model_ranks(rec), small)
+        name = f"artifact:{path.name}"
+        ranks_of[name] = [model_ranks(rec)]
+        results[name] = cohort_metrics(ranks_of[name][0], small)
     else:
         for name, use_lstm in MODELS.items():
-            per_seed[name] = []
+            per_seed[name], ranks_of[name] = [], []
             for seed in args.seeds:
                 cfg = TrainConfig(
                     data=args.data,
@@ -182,7 +202,8 @@ def main(argv: list[str]) -> int:
                 )
                 model, summary = fit(before, vocab, cfg, progress=not args.quiet)
                 rec = Recommender(model, vocab, cfg.encoder, device=summary["device"])
-                per_seed[name].append(cohort_metrics(model_ranks(rec), small))
+                ranks_of[name].append(model_ranks(rec))
+                per_seed[name].append(cohort_metrics(ranks_of[name][-1], small))
                 training[f"{name}/seed{seed}"] = {
                     k: summary[k] for k in ("seconds", "best_epoch", "epochs_run", "device")
                 }
@@ -199,9 +220,20 @@ def main(argv: list[str]) -> int:
         f"catalogue {len(vocab) - 1}; model rows are means over seeds {args.seeds}"
     )
     print(table(results))
-    print(f"\nrelative to {REFERENCE} (cohort all):")
+    intervals = {
+        name: {f"hit@{k}": gain_interval(ranks, ranks_of[REFERENCE][0], k) for k in (1, 10)}
+        for name, ranks in ranks_of.items()
+    }
+    print(f"\nrelative to {REFERENCE} (cohort all; 95% bootstrap interval over customers):")
     for name, g in gains.items():
-        print(f"  {name:<22}" + "  ".join(f"{m} {v:+.1%}" for m, v in g.items()))
+        ci = intervals[name]
+        print(
+            f"  {name:<22}"
+            + "  ".join(
+                f"{m} {v:+.1%}" + (" [{:+.1%}, {:+.1%}]".format(*ci[m]) if m in ci else "")
+                for m, v in g.items()
+            )
+        )
     for name in per_seed:
         ok = all(gains[name][m] >= need for m, need in BAR.items())
         print(f"  {name}: bar (Hit@1 +15%, Hit@10 +5%) {'MET' if ok else 'NOT met'}")
@@ -222,6 +254,7 @@ def main(argv: list[str]) -> int:
         "results": results,
         "per_seed": per_seed,
         "relative_to_" + REFERENCE: gains,
+        "relative_interval95_" + REFERENCE: intervals,
         "training": training,
         "seconds": round(time.monotonic() - started, 1),
     }

@@ -4,10 +4,13 @@ Every catalogue item gets one logit, and a softmax over the whole catalogue turn
 probability that the item is in the customer's next order:
 
     logit(i) = bias(i)                                    popularity prior, learned
+             + trend(c_i)                                 the item's statistics right now
              + head(h) . emb(i)                           LSTM: what this customer buys next
              + [i bought before] * repeat(f_i, r_i, g(h))  learned repeat score
 
-``h`` is the LSTM state after the customer's last order. Each LSTM step reads one order: the mean
+``c_i`` are the item's catalogue statistics at the scoring moment (popularity all time, in the
+last 30 and 7 days, trend, repeat rate: `models.sequences.ItemStats`). ``h`` is the LSTM state
+after the customer's last order. Each LSTM step reads one order: the mean
 embedding of its items (order boundaries are the steps) plus its time-gap features. ``f_i`` are
 the per-item repeat features from `models.sequences.encode_history` (how often, how recently),
 ``r_i`` a small learned vector per item, and ``g(h)`` lets the sequence decide how this
@@ -20,6 +23,7 @@ probabilities out; customers with no known item in their history get the popular
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.sequences import (
+    CATALOGUE_FEATURES,
     ORDER_FEATURES,
     REPEAT_FEATURES,
     EncodedHistory,
@@ -45,6 +50,7 @@ class ModelConfig:
     repeat_hidden: int = 64
     gate_dim: int = 16
     item_repeat_dim: int = 8  # a learned per-item vector for the repeat scorer
+    trend_hidden: int = 16
     dropout: float = 0.5
     use_lstm: bool = True
 
@@ -58,6 +64,8 @@ class Batch:
     repeat_row: torch.Tensor  # (R,) which customer each repeat candidate belongs to
     repeat_items: torch.Tensor  # (R,)
     repeat_feats: torch.Tensor  # (R, REPEAT_FEATURES)
+    catalogue: torch.Tensor  # (U, n_items, CATALOGUE_FEATURES): the distinct moments' statistics
+    catalogue_row: torch.Tensor  # (B,) which of them each customer is scored at
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
@@ -72,6 +80,8 @@ def collate(histories: list[EncodedHistory]) -> Batch:
         bag_sizes[row, : h.n_orders] = h.order_lengths
         order_feats[row, : h.n_orders] = h.order_feats
     offsets = np.concatenate([[0], np.cumsum(bag_sizes.ravel())[:-1]])
+    moments = {id(h.catalogue): h.catalogue for h in histories}  # usually one, when serving
+    moment_row = {key: row for row, key in enumerate(moments)}
     return Batch(
         items=torch.from_numpy(np.concatenate([h.order_items for h in histories])),
         offsets=torch.from_numpy(offsets),
@@ -82,6 +92,8 @@ def collate(histories: list[EncodedHistory]) -> Batch:
         ),
         repeat_items=torch.from_numpy(np.concatenate([h.repeat_items for h in histories])),
         repeat_feats=torch.from_numpy(np.concatenate([h.repeat_feats for h in histories])),
+        catalogue=torch.from_numpy(np.stack(list(moments.values()))),
+        catalogue_row=torch.tensor([moment_row[id(h.catalogue)] for h in histories]),
     )
 
 
@@ -92,6 +104,11 @@ class NextPurchaseLSTM(nn.Module):
         n_items = len(popularity)
         prior = torch.log(torch.tensor(popularity, dtype=torch.float32) + 1.0)
         self.item_bias = nn.Parameter(prior - prior.mean())
+        self.trend = nn.Sequential(
+            nn.Linear(CATALOGUE_FEATURES, config.trend_hidden),
+            nn.GELU(),
+            nn.Linear(config.trend_hidden, 1),
+        )
         gate = config.gate_dim if config.use_lstm else 0
         if config.use_lstm:
             self.item_emb = nn.EmbeddingBag(n_items, config.emb_dim, mode="mean")
@@ -114,7 +131,8 @@ class NextPurchaseLSTM(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits (B, n_items) over the whole catalogue; the padding item is -inf."""
         b = batch.n_orders.shape[0]
-        logits = self.item_bias.expand(b, -1)
+        trend = self.trend(batch.catalogue).squeeze(-1)  # (U, n_items)
+        logits = self.item_bias + trend[batch.catalogue_row]
         repeat_in = batch.repeat_feats
         if self.config.use_lstm:
             t = batch.order_feats.shape[1]
@@ -161,9 +179,24 @@ class Recommender:
             probs[rows] = torch.softmax(self.model(batch), dim=-1).float().cpu()
         return probs
 
-    def score_batch(self, histories: list[list[Order]], k: int = 10) -> list[Scored]:
-        """Top-k products for each worker-shaped history ([(epoch s, [product_id, ...]), ...])."""
-        encoded = [encode_history(h, self.vocab, self.encoder) for h in histories]
+    def score_batch(
+        self,
+        histories: list[list[Order]],
+        k: int = 10,
+        now: float | Sequence[float | None] | None = None,
+    ) -> list[Scored]:
+        """Top-k products for each worker-shaped history ([(epoch s, [product_id, ...]), ...]).
+
+        ``now``: the scoring time in epoch seconds (the cart event's time), one for all
+        histories or one per history; ``None`` scores as of each customer's last order.
+        """
+        times = now if isinstance(now, Sequence) else [now] * len(histories)
+        if len(times) != len(histories):
+            raise ValueError(f"{len(times)} times for {len(histories)} histories")
+        encoded = [
+            encode_history(h, self.vocab, self.encoder, now=t)
+            for h, t in zip(histories, times, strict=True)
+        ]
         top = self.probabilities(encoded).topk(min(k, len(self.vocab) - 1), dim=-1)
         return [
             Scored(

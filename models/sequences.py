@@ -57,6 +57,8 @@ _COLUMNS = {
 }
 _REQUIRED = ("invoice", "stock_code", "quantity", "invoice_date", "customer")
 RECENT_DAYS = 30
+WEEK_DAYS = 7
+SMOOTHING = 10  # pseudo-trials pulling an item's repeat rate towards the catalogue's
 _DAY = 86400.0
 
 
@@ -184,24 +186,112 @@ def split_at(orders: dict[str, list[Order]], cutoff: float) -> tuple[dict, dict]
     return before, after
 
 
+CATALOGUE_FEATURES = 5
+
+
+@dataclass(eq=False)
+class ItemStats:
+    """Catalogue statistics as of one moment, from the orders of the whole days before it.
+
+    Per item: ``popularity``, orders holding it; ``recent`` and ``week``, the same over the last
+    `RECENT_DAYS` and `WEEK_DAYS` days; ``repeat_rate``, how often a customer who had bought it
+    bought it again in a later order (smoothed towards the catalogue-wide rate).
+    """
+
+    popularity: np.ndarray
+    recent: np.ndarray
+    week: np.ndarray
+    repeat_rate: np.ndarray
+    _features: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def features(self) -> np.ndarray:
+        """(n_items, CATALOGUE_FEATURES): what the model reads about every item at this moment."""
+        if self._features is None:
+            self._features = np.stack(
+                [
+                    np.log1p(self.popularity) / 10.0,
+                    np.log1p(self.recent) / 5.0,
+                    np.log1p(self.week) / 3.0,
+                    np.log((self.week + 1.0) / (self.recent * WEEK_DAYS / RECENT_DAYS + 1.0)),
+                    np.log(self.repeat_rate),
+                ],
+                axis=1,
+            ).astype(np.float32)
+        return self._features
+
+
+class ItemTimeline:
+    """Day-by-day item statistics of a set of orders: `at` gives `ItemStats` for any moment.
+
+    Training examples each get the statistics of the moment their target order was placed, so
+    "trending now" and "often re-bought" never include the future they are trained to predict.
+    """
+
+    def __init__(self, orders: dict[str, list[Order]], index: dict[str, int]) -> None:
+        n_items = len(index) + 1
+        self.first_day = int(min(t for seq in orders.values() for t, _ in seq) // _DAY)
+        days = int(max(t for seq in orders.values() for t, _ in seq) // _DAY) - self.first_day + 1
+        self.last_day = self.first_day + days - 1
+        holding = np.zeros((days + 1, n_items), np.float32)  # row d + 1: orders on day d
+        trials = np.zeros_like(holding)  # orders by customers who had bought the item before
+        repeats = np.zeros_like(holding)  # ... that hold it again
+        for seq in orders.values():
+            seen = np.zeros(n_items, bool)
+            for t, products in seq:
+                row = int(t // _DAY) - self.first_day + 1
+                ids = np.array([index[p] for p in products if p in index], dtype=np.int64)
+                holding[row, ids] += 1
+                trials[row, seen] += 1
+                repeats[row, ids[seen[ids]]] += 1
+                seen[ids] = True
+        self._cum = [np.cumsum(a, axis=0) for a in (holding, trials, repeats)]
+        self._cache: dict[int, ItemStats] = {}
+
+    def at(self, now: float) -> ItemStats:
+        """Statistics from the orders of the days before ``now``'s day (clamped to the data)."""
+        day = min(max(int(now // _DAY) - self.first_day, 0), self.last_day - self.first_day + 1)
+        if day not in self._cache:
+            holding, trials, repeats = self._cum
+
+            def window(days: int) -> np.ndarray:
+                return holding[day] - holding[max(day - days, 0)]
+
+            prior = repeats[day].sum() / max(trials[day].sum(), 1.0)
+            rate = (repeats[day] + SMOOTHING * prior) / (trials[day] + SMOOTHING)
+            rate[0] = max(prior, 1e-6)
+            self._cache[day] = ItemStats(
+                holding[day].copy(), window(RECENT_DAYS), window(WEEK_DAYS), np.maximum(rate, 1e-6)
+            )
+        return self._cache[day]
+
+    def final(self) -> ItemStats:
+        """The statistics right after the last day: what serving sees, at any later time."""
+        return self.at((self.last_day + 1) * _DAY)
+
+
 @dataclass
 class Vocab:
     """The catalogue the model scores: products seen in training, most popular first.
 
-    Index 0 is reserved for padding. Per item, from the training orders: ``popularity``, the
-    number of orders holding it; ``recent``, the same over the last `RECENT_DAYS` of the data;
-    ``repeat_rate``, how often a customer who bought it buys it again in a later order
-    (smoothed towards the catalogue-wide rate).
+    Index 0 is reserved for padding. ``popularity``, ``recent``, ``week`` and ``repeat_rate`` are
+    the `ItemStats` at the end of the training orders (see `ItemTimeline.final`).
     """
 
     items: list[str]
     popularity: list[int]
     recent: list[int]
     repeat_rate: list[float]
-    index: dict[str, int] = field(init=False, repr=False)
+    week: list[int] | None = None  # None: all zero
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
+    stats: ItemStats = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.index = {item: i for i, item in enumerate(self.items)}
+        week = self.week if self.week is not None else [0] * len(self.items)
+        self.stats = ItemStats(
+            *(np.asarray(a, np.float32) for a in (self.popularity, self.recent, week)),
+            np.asarray(self.repeat_rate, np.float32),
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -209,34 +299,24 @@ class Vocab:
     def get(self, product_id: str) -> int | None:
         return self.index.get(normalize_product(product_id))
 
+    def timeline(self, orders: dict[str, list[Order]]) -> ItemTimeline:
+        return ItemTimeline(orders, {p: i for i, p in enumerate(self.items) if i})
+
     @classmethod
     def build(cls, orders: dict[str, list[Order]]) -> Vocab:
-        end = max(t for seq in orders.values() for t, _ in seq)
         counts: dict[str, int] = {}
-        recent: dict[str, int] = {}
-        trials: dict[str, int] = {}  # later orders of customers who had bought the item
-        repeats: dict[str, int] = {}  # ... that hold it again
         for seq in orders.values():
-            first: dict[str, int] = {}
-            for j, (t, products) in enumerate(seq):
+            for _, products in seq:
                 for p in set(products):
                     counts[p] = counts.get(p, 0) + 1
-                    if end - t < RECENT_DAYS * _DAY:
-                        recent[p] = recent.get(p, 0) + 1
-                    if p in first:
-                        repeats[p] = repeats.get(p, 0) + 1
-                    else:
-                        first[p] = j
-            for p, j in first.items():
-                trials[p] = trials.get(p, 0) + len(seq) - 1 - j
-        prior = sum(repeats.values()) / max(sum(trials.values()), 1)
         ranked = sorted(counts, key=lambda p: (-counts[p], p))
-        rate = [(repeats.get(p, 0) + 10 * prior) / (trials.get(p, 0) + 10) for p in ranked]
+        end = ItemTimeline(orders, {p: i for i, p in enumerate(ranked, 1)}).final()
         return cls(
             ["<pad>", *ranked],
             [0, *(counts[p] for p in ranked)],
-            [0, *(recent.get(p, 0) for p in ranked)],
-            [prior, *rate],
+            [int(x) for x in end.recent],
+            [float(x) for x in end.repeat_rate],
+            [int(x) for x in end.week],
         )
 
 
@@ -246,7 +326,7 @@ class EncoderConfig:
 
 
 ORDER_FEATURES = 4
-REPEAT_FEATURES = 12
+REPEAT_FEATURES = 16
 
 
 @dataclass
@@ -255,7 +335,8 @@ class EncodedHistory:
 
     order_items / order_lengths: known item ids per order, flattened (orders with no known item
     are left out); order_feats: (n_orders, ORDER_FEATURES); repeat_items: distinct known items;
-    repeat_feats: (len(repeat_items), REPEAT_FEATURES).
+    repeat_feats: (len(repeat_items), REPEAT_FEATURES); catalogue: (n_items, CATALOGUE_FEATURES),
+    the `ItemStats.features` of the scoring moment (shared, not copied, between histories).
     """
 
     order_items: np.ndarray
@@ -263,23 +344,35 @@ class EncodedHistory:
     order_feats: np.ndarray
     repeat_items: np.ndarray
     repeat_feats: np.ndarray
+    catalogue: np.ndarray
 
     @property
     def n_orders(self) -> int:
         return len(self.order_lengths)
 
 
-def encode_history(orders: list[Order], vocab: Vocab, config: EncoderConfig) -> EncodedHistory:
+def encode_history(
+    orders: list[Order],
+    vocab: Vocab,
+    config: EncoderConfig,
+    now: float | None = None,
+    stats: ItemStats | None = None,
+) -> EncodedHistory:
     """Encode a customer's time-ordered orders (the worker's state shape) for the model.
 
-    Only the last ``config.max_orders`` orders count; unknown products are ignored. Times enter
-    only as differences, measured back from the most recent order, so no clock is needed.
-    Per order: log days since the previous order, log days before the last order, log basket
-    size, share of the order's products the vocabulary knows. Per distinct item: how often
-    and how recently the customer bought it (in orders and in days), its buying interval, and
-    from the vocabulary its popularity (all time and recent) and repeat rate: the
-    repeat-purchase features the baselines live on, and more.
+    ``now`` is the scoring time in epoch seconds: the cart event's time when serving, the
+    cutoff in evaluation, the target order's time in training. ``None`` (or a time before the
+    last order) means the time of the last order. ``stats`` are the catalogue statistics of
+    that moment; serving leaves them to the vocabulary's (the end of the training data).
+
+    Only the last ``config.max_orders`` orders count; unknown products are ignored. Per order:
+    log days since the previous order, log days before now, log basket size, share of the
+    order's products the vocabulary knows. Per distinct item: how often and how recently
+    (orders; days before now) the customer bought it, its buying interval and how overdue it
+    is, the days since the customer's last order, and the item's catalogue statistics:
+    the repeat-purchase features the baselines live on, and more.
     """
+    stats = stats if stats is not None else vocab.stats
     orders = [(seconds, order_products(products)) for seconds, products in orders]
     orders = orders[len(orders) - orders_to_keep([len(products) for _, products in orders]) :]
     kept = []
@@ -296,52 +389,54 @@ def encode_history(orders: list[Order], vocab: Vocab, config: EncoderConfig) -> 
             np.zeros((0, ORDER_FEATURES), np.float32),
             empty_i,
             np.zeros((0, REPEAT_FEATURES), np.float32),
+            stats.features(),
         )
 
     last_t = kept[-1][0]
+    now = last_t if now is None else max(float(now), last_t)
     n = len(kept)
     order_feats = np.zeros((n, ORDER_FEATURES), np.float32)
-    first_seen: dict[int, int] = {}
     seen_at: dict[int, list[int]] = {}
     for j, (t, ids, known_share) in enumerate(kept):
         gap = (t - kept[j - 1][0]) / _DAY if j else 0.0
         order_feats[j] = (
             math.log1p(max(gap, 0.0)),
-            math.log1p(max(last_t - t, 0.0) / _DAY),
+            math.log1p((now - t) / _DAY),
             math.log1p(len(ids)),
             known_share,
         )
         for i in ids:
-            first_seen.setdefault(i, j)
             seen_at.setdefault(i, []).append(j)
 
     items = np.fromiter(seen_at, dtype=np.int64, count=len(seen_at))
     repeat_feats = np.zeros((len(items), REPEAT_FEATURES), np.float32)
     log_n = math.log1p(n)
+    idle = math.log1p((now - last_t) / _DAY)
+    catalogue = stats.features()
     for r, i in enumerate(items.tolist()):
         js = seen_at[i]
         count = len(js)
         last_j = js[-1]
-        days_since = (last_t - kept[last_j][0]) / _DAY
-        days_first = (last_t - kept[js[0]][0]) / _DAY
-        interval = days_first / (count - 1) if count > 1 else 0.0
-        repeat_feats[r] = (
+        days_since = (now - kept[last_j][0]) / _DAY
+        days_first = (now - kept[js[0]][0]) / _DAY
+        interval = (kept[last_j][0] - kept[js[0]][0]) / _DAY / (count - 1) if count > 1 else 0.0
+        repeat_feats[r, :11] = (
             math.log1p(count),
             count / n,
             float(last_j == n - 1),
             math.log1p(n - 1 - last_j),
-            math.log1p(max(days_since, 0.0)),
-            math.log1p(max(days_first, 0.0)),
+            math.log1p(days_since),
+            math.log1p(days_first),
             math.log1p(interval),
             float(count > 1) * min(max((days_since - interval) / (interval + 7.0), -3.0), 3.0),
             log_n,
-            math.log1p(vocab.popularity[i]) / 10.0,
-            math.log1p(vocab.recent[i]) / 5.0,
-            math.log(vocab.repeat_rate[i]),
+            idle,
+            count / (n - js[0]),  # share of the orders since the customer first bought it
         )
+        repeat_feats[r, 11:] = catalogue[i]
     flat = np.fromiter((i for _, ids, _ in kept for i in ids), dtype=np.int64)
     lengths = np.array([len(ids) for _, ids, _ in kept], dtype=np.int64)
-    return EncodedHistory(flat, lengths, order_feats, items, repeat_feats)
+    return EncodedHistory(flat, lengths, order_feats, items, repeat_feats, catalogue)
 
 
 @dataclass
@@ -353,20 +448,32 @@ class Example:
 
 
 def build_examples(
-    orders: dict[str, list[Order]], vocab: Vocab, config: EncoderConfig
+    orders: dict[str, list[Order]],
+    vocab: Vocab,
+    config: EncoderConfig,
+    rng: np.random.Generator | None = None,
+    timeline: ItemTimeline | None = None,
 ) -> list[Example]:
     """One example per order that has an earlier order: predict it from what came before.
 
-    The input is `encode_history` of the worker-shaped prefix, so training sees exactly what
-    serving sees. Targets with no known product are skipped.
+    The input is `encode_history` of the worker-shaped prefix, scored at a moment ``now`` with
+    the catalogue statistics of that moment. Without ``rng``, ``now`` is when the order was
+    placed: what serving sees at a cart event. With ``rng``, ``now`` is drawn uniformly between
+    the previous order and this one: what the evaluation asks at a cutoff, "what will the next
+    order hold", not knowing when it comes. Targets with no known product are skipped.
     """
+    timeline = timeline if timeline is not None else vocab.timeline(orders)
     examples = []
     for cust, seq in orders.items():
         for t in range(1, len(seq)):
             target = [i for i in (vocab.get(p) for p in seq[t][1]) if i is not None]
             if not target:
                 continue
-            history = encode_history(seq[max(0, t - config.max_orders) : t], vocab, config)
+            now = seq[t][0]
+            if rng is not None:
+                now = seq[t - 1][0] + rng.random() * (now - seq[t - 1][0])
+            prefix = seq[max(0, t - config.max_orders) : t]
+            history = encode_history(prefix, vocab, config, now=now, stats=timeline.at(now))
             if history.n_orders:
                 examples.append(Example(history, np.array(sorted(set(target))), cust, seq[t][0]))
     return examples

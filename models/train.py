@@ -2,13 +2,15 @@
 
     nextbest train --data ../shared/data/online_retail.csv.gz --seed 0
 
-Every order that has an earlier order is one example (`models.sequences.build_examples`).
-A random 10% of customers is held out; training stops when their MRR has not improved for
-``patience`` epochs (or the time budget is spent) and the best epoch's weights are kept.
-The loss is the negative log of the probability mass the model puts on the next order's items,
-i.e. of the top pick landing in that order, which is what Hit@k counts. Each example weighs
-1/sqrt(the customer's number of examples), so a few wholesalers with hundreds of orders do not
-drown the typical customer.
+Every order that has an earlier order is one example (`models.sequences.build_examples`),
+scored at a moment ``now`` drawn between the previous order and this one, fresh every epoch:
+like the evaluation's cutoff, it falls somewhere in the customer's gap between orders, and the
+model learns what the time since the last order says. A random 10% of customers is held out;
+training stops when their MRR has not improved for ``patience`` epochs (or the time budget is
+spent) and the best epoch's weights are kept. The loss is the negative log of the probability
+mass the model puts on the next order's items, i.e. of the top pick landing in that order,
+which is what Hit@k counts. Each example weighs 1/sqrt(the customer's number of examples), so
+a few wholesalers with hundreds of orders do not drown the typical customer.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     val_fraction: float = 0.1
+    example_time: str = "between"  # or "order": the scoring moment of an example (build_examples)
     time_budget_s: float = 540.0
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -103,12 +106,15 @@ def fit(
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
     started = time.monotonic()
-    examples = build_examples(orders, vocab, cfg.encoder)
+    timeline = vocab.timeline(orders)
+    draw = np.random.default_rng(cfg.seed + 1) if cfg.example_time == "between" else None
+    examples = build_examples(orders, vocab, cfg.encoder, rng=draw, timeline=timeline)
     customers = sorted({e.customer for e in examples})
     rng = np.random.default_rng(cfg.seed)
     held_out = set(rng.choice(customers, int(len(customers) * cfg.val_fraction), replace=False))
     train = [e for e in examples if e.customer not in held_out]
     val = [e for e in examples if e.customer in held_out]
+    train_orders = {c: seq for c, seq in orders.items() if c not in held_out}
 
     per_customer: dict[str, int] = {}
     for e in train:
@@ -121,6 +127,8 @@ def fit(
     bar = tqdm(total=cfg.max_epochs * steps_per_epoch, disable=not progress, desc="train")
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
+        if draw is not None and epoch > 1:  # new moments each epoch
+            train = build_examples(train_orders, vocab, cfg.encoder, rng=draw, timeline=timeline)
         order = rng.permutation(len(train))
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):

@@ -11,6 +11,7 @@ import pytest
 
 from models.sequences import (
     EncoderConfig,
+    ItemTimeline,
     Vocab,
     build_examples,
     encode_history,
@@ -146,10 +147,12 @@ def _many_orders_file(tmp_path) -> tuple:
 
 
 def test_encode_history_parity_with_worker_state(tmp_path):
-    """Training examples equal encode_history of the worker's last-50-orders state."""
+    """Training examples equal encode_history of the worker's last-50-orders state, scored at
+    the moment of the order with that moment's catalogue statistics."""
     path, rows = _many_orders_file(tmp_path)
     orders, _ = load_orders(path)
     vocab = Vocab.build(orders)
+    timeline = vocab.timeline(orders)
     config = EncoderConfig()
     examples = {(e.customer, e.seconds): e for e in build_examples(orders, vocab, config)}
     assert len(examples) == 59 + 7
@@ -165,11 +168,21 @@ def test_encode_history_parity_with_worker_state(tmp_path):
         state: deque = deque(maxlen=50)
         for seconds, products in sorted(invoices.values()):
             if state:
-                want = encode_history(list(state), vocab, config)
+                want = encode_history(
+                    list(state), vocab, config, now=seconds, stats=timeline.at(seconds)
+                )
                 got = examples[(cust, seconds)].history
-                for field in ("order_items", "order_lengths", "order_feats", "repeat_items"):
+                fields = (
+                    "order_items",
+                    "order_lengths",
+                    "order_feats",
+                    "repeat_items",
+                    "catalogue",
+                )
+                for field in fields:
                     np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
                 np.testing.assert_allclose(got.repeat_feats, want.repeat_feats, rtol=1e-6)
+                np.testing.assert_array_equal(got.catalogue, want.catalogue)
                 compared += 1
             state.append((seconds, products))
     assert compared == len(examples)
@@ -196,3 +209,75 @@ def test_encode_history_features():
     assert counts == pytest.approx({1: np.log1p(3), 2: np.log1p(1)})
     assert encode_history(orders, vocab, EncoderConfig(max_orders=1)).n_orders == 1
     assert encode_history([(0.0, ["99999", "POST"])], vocab, EncoderConfig()).n_orders == 0
+
+
+def test_encode_history_measures_time_back_from_now():
+    vocab = Vocab(["<pad>", "20001", "20002"], [0, 5, 3], [0, 1, 1], [0.2, 0.3, 0.2], [0, 1, 0])
+    day = 86400.0
+    orders = [(0.0, ["20001"]), (10 * day, ["20002", "20001"])]
+    config = EncoderConfig()
+    at_last = encode_history(orders, vocab, config)
+    later = encode_history(orders, vocab, config, now=40 * day)
+    for enc in (at_last, encode_history(orders, vocab, config, now=5 * day)):  # clamped
+        np.testing.assert_allclose(enc.order_feats[:, 1], np.log1p([10, 0]), rtol=1e-6)
+    np.testing.assert_allclose(later.order_feats[:, 1], np.log1p([40, 30]), rtol=1e-6)
+    np.testing.assert_array_equal(
+        later.order_feats[:, [0, 2, 3]], at_last.order_feats[:, [0, 2, 3]]
+    )
+    days_since = dict(zip(later.repeat_items.tolist(), later.repeat_feats[:, 4], strict=True))
+    assert days_since == pytest.approx({1: np.log1p(30), 2: np.log1p(30)})
+    assert later.repeat_feats[0, 9] == pytest.approx(np.log1p(30))  # days since the last order
+    assert at_last.repeat_feats[0, 9] == 0.0
+    np.testing.assert_array_equal(later.catalogue, vocab.stats.features())
+    catalogue = vocab.stats.features()[later.repeat_items]
+    np.testing.assert_array_equal(later.repeat_feats[:, 11:], catalogue)
+
+
+def test_item_timeline_sees_only_earlier_days():
+    day = 86400.0
+    orders = {
+        "a": [(0.5 * day, ["20001", "20002"]), (3.2 * day, ["20001"]), (40.1 * day, ["20002"])],
+        "b": [(3.7 * day, ["20002"]), (4.0 * day, ["20001", "20002"])],
+    }
+    vocab = Vocab.build(orders)
+    one, two = vocab.index["20001"], vocab.index["20002"]
+    timeline = vocab.timeline(orders)
+    assert isinstance(timeline, ItemTimeline)
+    first = timeline.at(0.9 * day)  # nothing before day 0
+    assert first.popularity.sum() == 0
+    on_day_3 = timeline.at(3.9 * day)  # only the day-0 order: day 3 is "today"
+    assert on_day_3.popularity[[one, two]].tolist() == [1, 1]
+    day_5 = timeline.at(5 * day)
+    assert day_5.popularity[[one, two]].tolist() == [3, 3]
+    assert day_5.week[[one, two]].tolist() == [3, 3]
+    # a's day-3 order re-buys 20001 (1 repeat in 1 trial for 20001, 0 in 1 for 20002);
+    # b's day-4 order re-buys 20002 (1 in 1): 2 repeats in 3 trials overall
+    prior = 2 / 3
+    assert day_5.repeat_rate[one] == pytest.approx((1 + 10 * prior) / (1 + 10))
+    assert day_5.repeat_rate[two] == pytest.approx((1 + 10 * prior) / (2 + 10))
+    quiet = timeline.at(40.5 * day)  # the last 30 days before day 40 have no order
+    assert quiet.week.sum() == quiet.recent.sum() == 0
+    # serving, at any time after the data, sees the statistics at the end of the data
+    end = timeline.final()
+    assert timeline.at(400 * day) is end
+    assert end.week[[one, two]].tolist() == [0, 1] and end.popularity[two] == 4
+    for name in ("popularity", "recent", "week"):
+        np.testing.assert_array_equal(getattr(vocab.stats, name), getattr(end, name))
+    np.testing.assert_allclose(vocab.stats.repeat_rate, end.repeat_rate, rtol=1e-6)
+
+
+def test_examples_scored_between_orders(tmp_path):
+    """With an rng, each example is scored at a moment in the gap before its target order."""
+    path, _ = _many_orders_file(tmp_path)
+    orders, _ = load_orders(path)
+    vocab = Vocab.build(orders)
+    at_order = build_examples(orders, vocab, EncoderConfig())
+    between = build_examples(orders, vocab, EncoderConfig(), rng=np.random.default_rng(0))
+    assert [(e.customer, e.seconds) for e in between] == [(e.customer, e.seconds) for e in at_order]
+    idle = np.array([e.history.order_feats[-1, 1] for e in between])  # log days, last order->now
+    gap = np.array([e.history.order_feats[-1, 1] for e in at_order])  # ... -> the target order
+    assert (idle >= 0).all() and (idle <= gap + 1e-6).all()
+    assert (idle < gap - 1e-3).mean() > 0.9
+    for a, b in zip(at_order, between, strict=True):
+        np.testing.assert_array_equal(a.target, b.target)
+        np.testing.assert_array_equal(a.history.order_items, b.history.order_items)

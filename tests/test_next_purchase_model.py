@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,30 @@ def test_score_batch_matches_one_by_one(trained):
         alone = rec.score_batch([history], k=5)[0]
         assert alone.items == batched.items
         np.testing.assert_allclose(alone.scores, batched.scores, rtol=1e-5)
+    # a scoring time: one for all, or one per history (None: as of the last order)
+    times = [30 * day, None, 2 * day, 40 * day]
+    at_times = rec.score_batch(histories, k=5, now=times)
+    assert at_times[1].items == together[1].items
+    for history, t, batched in zip(histories, times, at_times, strict=True):
+        alone = rec.score_batch([history], k=5, now=t)[0]
+        assert alone.items == batched.items
+        np.testing.assert_allclose(alone.scores, batched.scores, rtol=1e-5)
+    one_time = rec.score_batch(histories[:1], k=5, now=30 * day)[0]
+    np.testing.assert_allclose(one_time.scores, at_times[0].scores, rtol=1e-5)
+    assert at_times[0].scores != together[0].scores  # 30 days without an order change things
+    with pytest.raises(ValueError, match="2 times for 4 histories"):
+        rec.score_batch(histories, now=[0.0, 1.0])
+
+
+def test_load_refuses_another_artifact_format(trained, tmp_path):
+    tmp, _, _ = trained
+    path = artifact.resolve(tmp / "models")
+    copy = tmp_path / path.name
+    shutil.copytree(path, copy)
+    data = json.loads((copy / "data.json").read_text())
+    (copy / "data.json").write_text(json.dumps({**data, "format": 1}))
+    with pytest.raises(ValueError, match="artifact format 1"):
+        artifact.load(copy)
 
 
 def test_cold_start_falls_back_to_popularity():
