@@ -279,6 +279,7 @@ class NextPurchaseScorer:
             results = loaded.recommender.score_batch(
                 [order_history(contexts[r].state, until=contexts[r].ts) for r in rows],
                 k=_top_n(self.top_k, largest_cart),
+                now=[contexts[r].ts for r in rows],
             )
             metrics.MODEL_INFERENCE_LATENCY.observe(time.perf_counter() - started)
             metrics.MODEL_INFERENCE_CPU.observe(time.thread_time() - cpu)
