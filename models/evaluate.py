@@ -76,14 +76,15 @@ def mean_over_seeds(runs: list[dict]) -> dict:
 
 
 def gain_interval(
-    ranks: list[torch.Tensor], reference: torch.Tensor, k: int, draws: int = 2000
+    ranks: list[torch.Tensor], reference: list[torch.Tensor], k: int, draws: int = 2000
 ) -> list[float]:
     """95% paired bootstrap interval, over customers, of Hit@k(method) / Hit@k(reference) - 1.
 
-    ``ranks``: one rank per customer for each seed; a customer's hit is its mean over seeds.
+    Each argument: one rank per customer for each seed; a customer's hit is its mean over seeds.
     """
-    hits = torch.stack([(r <= k).double() for r in ranks]).mean(dim=0)
-    ref = (reference <= k).double()
+    hits, ref = (
+        torch.stack([(r <= k).double() for r in rs]).mean(dim=0) for rs in (ranks, reference)
+    )
     draw = torch.randint(len(ref), (draws, len(ref)), generator=torch.Generator().manual_seed(0))
     ratio = hits[draw].mean(dim=1) / ref[draw].mean(dim=1) - 1.0
     return torch.quantile(ratio, torch.tensor([0.025, 0.975], dtype=ratio.dtype)).tolist()
@@ -221,9 +222,17 @@ def main(argv: list[str]) -> int:
     )
     print(table(results))
     intervals = {
-        name: {f"hit@{k}": gain_interval(ranks, ranks_of[REFERENCE][0], k) for k in (1, 10)}
+        name: {f"hit@{k}": gain_interval(ranks, ranks_of[REFERENCE], k) for k in (1, 10)}
         for name, ranks in ranks_of.items()
     }
+    ablation = {}
+    if set(MODELS) <= set(ranks_of):
+        full, without = ranks_of["lstm_repeat"], ranks_of["repeat_no_lstm"]
+        ablation = {
+            m: results["lstm_repeat"]["all"][m] / results["repeat_no_lstm"]["all"][m] - 1.0
+            for m in ("hit@1", "hit@10", "mrr")
+        }
+        ablation.update({f"hit@{k}_interval95": gain_interval(full, without, k) for k in (1, 10)})
     print(f"\nrelative to {REFERENCE} (cohort all; 95% bootstrap interval over customers):")
     for name, g in gains.items():
         ci = intervals[name]
@@ -237,6 +246,15 @@ def main(argv: list[str]) -> int:
     for name in per_seed:
         ok = all(gains[name][m] >= need for m, need in BAR.items())
         print(f"  {name}: bar (Hit@1 +15%, Hit@10 +5%) {'MET' if ok else 'NOT met'}")
+    if ablation:
+        print(
+            "what the LSTM adds (lstm_repeat / repeat_no_lstm - 1): "
+            + "  ".join(
+                f"{m} {ablation[m]:+.1%}"
+                + (" [{:+.1%}, {:+.1%}]".format(*ablation[f"{m}_interval95"]) if m != "mrr" else "")
+                for m in ("hit@1", "hit@10", "mrr")
+            )
+        )
 
     out = Path(args.out or f"var/evaluation/{Path(args.data).name.split('.')[0]}_{args.cutoff}")
     out.mkdir(parents=True, exist_ok=True)
@@ -255,6 +273,7 @@ def main(argv: list[str]) -> int:
         "per_seed": per_seed,
         "relative_to_" + REFERENCE: gains,
         "relative_interval95_" + REFERENCE: intervals,
+        "lstm_over_ablation": ablation,
         "training": training,
         "seconds": round(time.monotonic() - started, 1),
     }

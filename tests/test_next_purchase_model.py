@@ -164,6 +164,13 @@ def test_evaluate_protocol(tmp_path):
     # every target holds both staples, bought in every earlier order: frequency finds them
     assert result["results"]["personal_frequency"]["all"]["hit@1"] == 1.0
     assert result["results"]["popular_orders"]["all"]["hit@1"] < 1.0
+    low, high = result["relative_interval95_personal_frequency"]["popular_orders"]["hit@1"]
+    assert low <= result["relative_to_personal_frequency"]["popular_orders"]["hit@1"] <= high
+    assert high < 0.0
+    ablation = result["lstm_over_ablation"]
+    assert (
+        ablation["hit@10_interval95"][0] <= ablation["hit@10"] <= ablation["hit@10_interval95"][1]
+    )
 
 
 def test_evaluate_refuses_model_trained_past_cutoff(trained, tmp_path):
