@@ -16,6 +16,10 @@ Every other endpoint needs ``Authorization: Bearer <token>``: a merchant token
 (``NEXTBEST_API_ADMIN_TOKEN``) sees every merchant. Customer-keyed requests (and the jobs of a
 merchant) are forwarded to the worker that owns the key's partition, body included. Logs name
 merchants, endpoints and counts only: never request bodies, addresses or tokens.
+
+Metrics: ``nextbest_api_requests_total{route, method, status}`` and the
+``nextbest_api_request_duration_seconds`` histogram, labelled by the route template
+(``/predictors/{job}``), never by the raw path, so no customer or job id becomes a label.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from agents.openapi import OPENAPI
 from schemas.events import INPUT_EVENTS
 from schemas.spec import ID_MAX_LENGTH
 from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
+from streams import metrics
 from streams.app import NextbestApp
 from streams.policy import DecisionContext, Offer, Policy
 
@@ -291,8 +296,14 @@ class Api:
     # -- plumbing ------------------------------------------------------------------------
 
     async def handle(
-        self, view: View, request: Request, handler: Callable[[], Awaitable[Response]]
+        self,
+        view: View,
+        request: Request,
+        route: str,
+        handler: Callable[[], Awaitable[Response]],
     ) -> Response:
+        """Run one endpoint: API errors as JSON answers, the worker header, the metrics."""
+        started = time.perf_counter()
         try:
             response = await handler()
         except ApiError as exc:
@@ -304,6 +315,8 @@ class Api:
             log.exception("API %s %s failed", request.method, request.path)
             response = view.json({"error": "internal error"}, status=500)
         response.headers.setdefault(SERVED_BY, str(self.nb.app.conf.canonical_url))
+        metrics.API_REQUESTS.labels(route, request.method, str(response.status)).inc()
+        metrics.API_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
         return response
 
     def merchant(self, request: Request, name: str | None) -> str:
@@ -545,6 +558,10 @@ def offer_json(offer: Offer) -> dict:
     }
 
 
+async def openapi(view: View, request: Request) -> Response:
+    return view.json(OPENAPI)
+
+
 def register(nb: NextbestApp, policy: Policy, models: ModelLookup | None = None) -> Api:
     """Add the API's views to the worker's web server."""
     api = Api(nb, policy, models)
@@ -553,7 +570,9 @@ def register(nb: NextbestApp, policy: Policy, models: ModelLookup | None = None)
     def page(path: str, **methods: Callable) -> None:
         def make(handler: Callable) -> Callable:
             async def method(self: View, request: Request, **kwargs: str) -> Response:
-                return await api.handle(self, request, lambda: handler(self, request, **kwargs))
+                return await api.handle(
+                    self, request, path, lambda: handler(self, request, **kwargs)
+                )
 
             return method
 
@@ -569,13 +588,10 @@ def register(nb: NextbestApp, policy: Policy, models: ModelLookup | None = None)
     page("/predictors", post=api.start_job)
     page("/predictors/{job}", get=api.job_status)
     page("/events", post=api.events)
+    page("/openapi.json", get=openapi)
 
     @app.on_before_shutdown.connect
     async def stop_jobs(app: faust.App, **kwargs: object) -> None:
         api.trainer.stop()
-
-    @app.page("/openapi.json")
-    async def openapi(web: faust.web.Web, request: Request) -> Response:
-        return web.json(OPENAPI)
 
     return api

@@ -13,6 +13,11 @@ The pipeline owns the micro-batch; `Outreach` plugs into it at three points (see
   once per batch), ask the policy once for the offers of all abandoned carts, apply the
   delivery rules (`streams.notify.decide`), emit notifications and record them in state.
 
+Metrics: every fired step is counted by outcome (``nextbest_journey_steps_total``: sent, held,
+suppressed; `streams.journeys` counts the cancelled ones), a quiet-hours hold once per message
+(``nextbest_messages_held_total``) and again when it ends (``nextbest_messages_released_total``),
+and the due-time index's size after each batch (``nextbest_journey_timers_pending``).
+
 Timers live in the ``journey-timers`` table (customer key -> ``{"due", "p"}``, plus one clock
 per partition), written with the partition of the customer's own events, so the table is
 co-partitioned with the customers and recovered with them after a restart or rebalance.
@@ -172,6 +177,7 @@ class Outreach:
         self.index.forget(partitions)
         for partition in partitions:
             self.clocks.pop(partition, None)
+        self._count_pending()
 
     def finish(self, batch: object, load: Load) -> None:
         """Advance clocks, fire due steps and deliver them; outputs go to ``batch.outputs``."""
@@ -196,6 +202,11 @@ class Outreach:
         for item in fired:
             self._deliver(batch, item)
             self._reindex(item.partition, item.key, item.entry, item.event, fired=True)
+        self._count_pending()
+
+    def _count_pending(self) -> None:
+        pending = sum(self.index.pending(partition) for partition in self.clocks)
+        metrics.JOURNEY_TIMERS_PENDING.set(pending)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -279,11 +290,20 @@ class Outreach:
         state = f.entry.state
         result = decide(state, f.merchant, f.step.message, f.now)
         journeys.settle(state, f.merchant, f.step, result, f.now)
+        step = (f.merchant.id, f.step.journey, f.step.step)
         if isinstance(result, Held):
+            metrics.JOURNEY_STEPS.labels(*step, "held", result.reason).inc()
+            if not f.step.held:
+                metrics.MESSAGES_HELD.labels(f.merchant.id, f.step.journey).inc()
             return
+        if f.step.held:
+            outcome = "suppressed" if isinstance(result, Suppressed) else "sent"
+            metrics.MESSAGES_RELEASED.labels(f.merchant.id, f.step.journey, outcome).inc()
         if isinstance(result, Suppressed):
             metrics.SUPPRESSED.labels(result.reason).inc()
+            metrics.JOURNEY_STEPS.labels(*step, "suppressed", result.reason).inc()
             return
+        metrics.JOURNEY_STEPS.labels(*step, "sent", "").inc()
         customer_state.record_message(state, result.channel, result.dedupe_key, f.now)
         batch.outputs.append(
             (self.nb.notifications, f.key.encode(), orjson.dumps(self.notification(f, result)))

@@ -18,6 +18,8 @@ State: ``state["journeys"]`` maps a journey name to its one running instance, ``
 "due", ...}``; ``due`` is the event time the next step fires (None: waiting for nothing).
 Everything here is pure: `on_event` arms and cancels, `due_steps` says what is due at ``now``,
 `settle` records what the delivery rules did with a step (sent, held until, suppressed).
+The only side effect: a pending step that ends without firing is counted in
+``nextbest_journey_steps_total{outcome="cancelled"}`` with what ended it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 
+from streams import metrics
 from streams.catalog import Merchant
 from streams.merchant_config import Journeys
 from streams.notify import Delivery, Held, Message, Suppressed
@@ -50,6 +53,7 @@ class Step:
     dedupe_key: str
     cart_event_id: str | None = None  # abandoned cart: the cart the policy is asked about
     products: tuple[str, ...] = ()
+    held: bool = False  # the rules held this step for quiet hours before (it fires again now)
 
     @property
     def message(self) -> Message:
@@ -70,6 +74,19 @@ def step_key(merchant_id: str, customer_key: str, journey: str, instance: str, s
     return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
 
+def cancel(running: dict, journey: str, merchant_id: str, reason: str) -> bool:
+    """End ``journey``'s running instance; True when there was one. A pending step (one with a
+    due time) is counted as cancelled for ``reason``."""
+    instance = running.pop(journey, None)
+    if instance is None:
+        return False
+    if instance.get("due") is not None:
+        metrics.JOURNEY_STEPS.labels(
+            merchant_id, journey, instance["step"], "cancelled", reason
+        ).inc()
+    return True
+
+
 def typical_interval(order_times: list[float]) -> float | None:
     """Median gap between consecutive orders (None with fewer than two gaps)."""
     times = sorted(order_times)
@@ -82,8 +99,11 @@ def _on_cart(state: dict, merchant: Merchant, data: dict) -> bool:
     config = merchant.options.journeys.abandoned_cart
     current = running.get(ABANDONED_CART)
     cart = state["cart"]
-    if data["event_type"] in NO_REMINDER_CART_EVENTS or config is None or not cart["lines"]:
-        return running.pop(ABANDONED_CART, None) is not None
+    if data["event_type"] in NO_REMINDER_CART_EVENTS:
+        return cancel(running, ABANDONED_CART, merchant.id, data["event_type"])
+    if config is None or not cart["lines"]:
+        reason = "journey_off" if config is None else "cart_emptied"
+        return cancel(running, ABANDONED_CART, merchant.id, reason)
     generation = cart["generation"]
     if current is not None and current["gen"] == generation and current["step"] == "done":
         return False  # this cart was already reminded once
@@ -99,7 +119,7 @@ def _on_cart(state: dict, merchant: Merchant, data: dict) -> bool:
 
 def _on_order(state: dict, merchant: Merchant, data: dict) -> bool:
     running = journeys_of(state)
-    changed = running.pop(ABANDONED_CART, None) is not None  # bought: nothing to remind of
+    changed = cancel(running, ABANDONED_CART, merchant.id, "order")  # bought: nothing to remind
     journeys = merchant.options.journeys
     refill = journeys.replenishment
     if refill is not None:
@@ -118,7 +138,7 @@ def _on_order(state: dict, merchant: Merchant, data: dict) -> bool:
             }
             changed = True
         else:
-            changed |= running.pop(REPLENISHMENT, None) is not None
+            changed |= cancel(running, REPLENISHMENT, merchant.id, "no_interval")
     follow = journeys.follow_up
     if follow is not None and (
         follow.trigger == "order" or (state["rfm"]["frequency"] == 1 and FOLLOW_UP not in running)
@@ -147,8 +167,10 @@ def on_event(state: dict, merchant: Merchant, customer_key: str, kind: str, data
     if not is_customer(customer_key):
         return False
     if kind == "profiles":
-        if data.get("opted_out") and state.get("journeys"):
-            state["journeys"] = {}  # opt-out drops every scheduled message at once
+        running = state.get("journeys")
+        if data.get("opted_out") and running:
+            for name in list(running):  # opt-out drops every scheduled message at once
+                cancel(running, name, merchant.id, "opted_out")
             return True
         return False
     if kind == "cart":
@@ -201,11 +223,13 @@ def due_steps(state: dict, merchant: Merchant, customer_key: str, now: float) ->
             continue
         made = _step(state, config, name, instance)
         if made is None:  # the cart is gone, or the merchant switched the journey off
-            del running[name]
+            switched_off = getattr(config, name, None) is None
+            cancel(running, name, merchant.id, "journey_off" if switched_off else "cart_gone")
             continue
         step, channel, body, extra = made
         key = step_key(merchant.id, customer_key, name, instance["id"], step)
-        steps.append(Step(name, step, instance["id"], channel, body, key, **extra))
+        held = instance.get("held", False)
+        steps.append(Step(name, step, instance["id"], channel, body, key, held=held, **extra))
     return steps
 
 
@@ -218,7 +242,8 @@ def settle(
 ) -> None:
     """Move the journey on after the delivery rules decided about ``step`` at ``now``.
 
-    Held: the same step fires again at ``until``. Opted out: every journey ends. Sent (or
+    Held: the same step fires again at ``until`` (marked held). Opted out: every journey ends
+    (the others' pending steps count as cancelled). Sent (or
     already sent: a replay): the next step, or the end. Otherwise suppressed: the step is
     dropped; a follow-up whose first message was not sent ends (nothing can be opened).
     """
@@ -227,10 +252,13 @@ def settle(
     if instance is None or instance["id"] != step.instance:
         return
     if isinstance(result, Held):
-        instance["due"] = result.until
+        instance.update(due=result.until, held=True)
         return
+    instance.pop("held", None)
     if isinstance(result, Suppressed) and result.reason == "opted_out":
-        running.clear()
+        del running[step.journey]
+        for name in list(running):
+            cancel(running, name, merchant.id, "opted_out")
         return
     sent = isinstance(result, Delivery) or result.reason == "duplicate"
     if step.journey == ABANDONED_CART:

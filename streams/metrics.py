@@ -172,3 +172,47 @@ PROMO_BUDGET_AVAILABLE = Gauge(
     ["merchant", "promotion"],
     registry=REGISTRY,
 )
+
+# --- journeys (agents.outreach, streams.journeys) --------------------------------------------
+JOURNEY_STEPS = Counter(
+    "nextbest_journey_steps",
+    "Journey steps by merchant, journey, step and outcome: sent, held (quiet hours), "
+    "suppressed (reason: the delivery rule) or cancelled before firing (reason: what ended it)",
+    ["merchant", "journey", "step", "outcome", "reason"],
+    registry=REGISTRY,
+)
+MESSAGES_HELD = Counter(
+    "nextbest_messages_held",
+    "Journey messages held for quiet hours (once per message), by merchant and source",
+    ["merchant", "source"],
+    registry=REGISTRY,
+)
+MESSAGES_RELEASED = Counter(
+    "nextbest_messages_released",
+    "Held journey messages asked about again when their hold ended, by outcome (sent or "
+    "suppressed); held minus released is still waiting or was cancelled",
+    ["merchant", "source", "outcome"],
+    registry=REGISTRY,
+)
+JOURNEY_TIMERS_PENDING = Gauge(
+    "nextbest_journey_timers_pending",
+    "Customers with a journey wake-up in this worker's due-time index (a cancelled timer "
+    "stays until its time has passed)",
+    registry=REGISTRY,
+)
+
+# --- REST API (agents.api) -------------------------------------------------------------------
+API_REQUESTS = Counter(
+    "nextbest_api_requests",
+    "REST API requests by route template (never the raw path), method and status code; a "
+    "request forwarded to the owning worker counts on both",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+API_LATENCY = Histogram(
+    "nextbest_api_request_duration_seconds",
+    "REST API request handling time (forwarding to the owning worker included), by route",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.settings import DEFAULT_MERCHANTS
 from tests.harness import ADMIN_TOKEN, DATA_FILE, Cluster, cart_add, event
@@ -209,3 +210,38 @@ def test_rest_api_over_http(api):
     assert state["metrics"]["examples_train"] > 0 and state["artifact"]
     assert "Traceback" not in cluster.log("a")
     assert "c1@example.com" not in cluster.log("a")  # no personal data in the worker's log
+
+    # Metrics by route template and status, never by raw path (no job or customer ids).
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    requests = {
+        (s.labels["route"], s.labels["method"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "nextbest_api_requests"
+        for s in family.samples
+        if s.name == "nextbest_api_requests_total"
+    }
+    for seen in [
+        ("/openapi.json", "GET", "200"),
+        ("/events", "POST", "401"),
+        ("/events", "POST", "202"),
+        ("/events", "POST", "413"),
+        ("/best-promotion", "GET", "200"),
+        ("/best-promotion", "GET", "403"),
+        ("/product-recommendations", "GET", "503"),
+        ("/predictors", "POST", "202"),
+        ("/predictors/{job}", "GET", "200"),
+    ]:
+        assert requests.get(seen, 0) >= 1, seen
+    assert {route for route, _, _ in requests} <= set(spec["paths"]) | {"/openapi.json"}
+    timed = {
+        (s.labels["route"], s.labels["method"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "nextbest_api_request_duration_seconds"
+        for s in family.samples
+        if s.name == "nextbest_api_request_duration_seconds_count"
+    }
+    assert timed[("/best-promotion", "GET")] == sum(
+        n for (route, method, _), n in requests.items() if route == "/best-promotion"
+    )
+    assert job["job"] not in text

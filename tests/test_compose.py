@@ -70,6 +70,13 @@ EXTRA_METRICS = {
     "nextbest_promo_profit_squares_total": "counter",
     "nextbest_promo_incremental_profit_per_decision": "gauge",
     "nextbest_promo_budget_available": "gauge",
+    # journeys (agents/outreach.py, streams/journeys.py) and the REST API (agents/api.py)
+    "nextbest_journey_steps_total": "counter",
+    "nextbest_messages_held_total": "counter",
+    "nextbest_messages_released_total": "counter",
+    "nextbest_journey_timers_pending": "gauge",
+    "nextbest_api_requests_total": "counter",
+    "nextbest_api_request_duration_seconds": "histogram",
 }
 METRICS = {**DOCUMENTED_METRICS, **EXTRA_METRICS}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

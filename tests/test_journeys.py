@@ -16,7 +16,7 @@ import pytest
 
 from agents.outreach import Outreach
 from schemas.validation import parse_event
-from streams import customer_state, journeys
+from streams import customer_state, journeys, metrics
 from streams.catalog import (
     CatalogError,
     Merchant,
@@ -444,6 +444,76 @@ def test_replenishment_rearms_on_a_new_order_and_skips_short_intervals(shop):
 def test_typical_interval():
     assert journeys.typical_interval([0.0, 10.0]) is None
     assert journeys.typical_interval([0.0, 10.0, 30.0, 40.0]) == 10.0
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def metric(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def step_count(journey: str, step: str, outcome: str, reason: str = "") -> float:
+    return metric(
+        "nextbest_journey_steps_total",
+        merchant=SHOP,
+        journey=journey,
+        step=step,
+        outcome=outcome,
+        reason=reason,
+    )
+
+
+def test_metrics_count_sent_cancelled_and_pending_steps(shop):
+    sent = step_count("abandoned_cart", "remind", "sent")
+    by_checkout = step_count("abandoned_cart", "remind", "cancelled", "checkout")
+    by_opt_out = step_count("abandoned_cart", "remind", "cancelled", "opted_out")
+    d = Driver(shop)
+    d.batch(profile(T0 - HOUR), cart("cart_add", 1, T0, 70.0))
+    assert metric("nextbest_journey_timers_pending") == 1
+    [_] = d.batch(other(T0 + HOUR + MINUTE))
+    assert step_count("abandoned_cart", "remind", "sent") == sent + 1
+    assert metric("nextbest_journey_timers_pending") == 0
+    d.batch(cart("checkout", 2, T0 + 2 * HOUR, 70.0))  # the reminded cart: nothing pending
+    d.batch(cart("cart_add", 3, T0 + 3 * HOUR, 20.0))
+    d.batch(cart("checkout", 4, T0 + 3 * HOUR + MINUTE, 20.0))
+    assert step_count("abandoned_cart", "remind", "cancelled", "checkout") == by_checkout + 1
+    d.batch(cart("cart_add", 5, T0 + 4 * HOUR, 20.0), profile(T0 + 4 * HOUR, opted_out=True))
+    assert step_count("abandoned_cart", "remind", "cancelled", "opted_out") == by_opt_out + 1
+    assert step_count("abandoned_cart", "remind", "sent") == sent + 1
+
+
+def test_metrics_count_a_quiet_hours_hold_once_and_its_release(shop):
+    held = metric("nextbest_messages_held_total", merchant=SHOP, source="abandoned_cart")
+    labels = {"merchant": SHOP, "source": "abandoned_cart", "outcome": "sent"}
+    released = metric("nextbest_messages_released_total", **labels)
+    held_steps = step_count("abandoned_cart", "remind", "held", "quiet_hours")
+    d = Driver(shop)
+    evening = utc("2011-11-14T20:30:00")
+    d.batch(profile(evening - HOUR), cart("cart_add", 1, evening, 70.0))
+    assert d.batch(other(evening + HOUR + MINUTE)) == []
+    assert metric("nextbest_messages_held_total", merchant=SHOP, source="abandoned_cart") == (
+        held + 1
+    )
+    assert step_count("abandoned_cart", "remind", "held", "quiet_hours") == held_steps + 1
+    assert metric("nextbest_messages_released_total", **labels) == released
+    [_] = d.batch(other(utc("2011-11-15T08:05:00")))
+    assert metric("nextbest_messages_released_total", **labels) == released + 1
+    assert metric("nextbest_messages_held_total", merchant=SHOP, source="abandoned_cart") == (
+        held + 1
+    )
+    assert "held" not in d.states["uci-gift-shop:c:c1"]["journeys"]["abandoned_cart"]
+
+
+def test_metrics_count_suppressed_steps_by_reason(shop):
+    capped = step_count("abandoned_cart", "remind", "suppressed", "frequency_cap")
+    d = Driver(shop)
+    d.batch(profile(T0 - HOUR), cart("cart_add", 1, T0, 70.0))
+    state = d.states["uci-gift-shop:c:c1"]
+    customer_state.record_message(state, "email", "offer-1", T0)
+    customer_state.record_message(state, "email", "offer-2", T0 + 1)
+    assert d.batch(other(T0 + 2 * HOUR)) == []
+    assert step_count("abandoned_cart", "remind", "suppressed", "frequency_cap") == capped + 1
 
 
 # -- the clock and the due-time index -------------------------------------------------------
