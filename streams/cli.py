@@ -266,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
         ("report", "models.promo_report", "promotion results per experiment arm (table + PNG)"),
         ("ope", "models.ope", "off-policy evaluation of a promotion policy from the log"),
         ("simulate", "models.promo_simulation", "promotion policies vs simulated customers"),
+        ("bench-promo", "models.promo_kafka_loop", "the simulator's loop through the worker"),
         ("promo-retrain", "models.promo_log", "rebuild the promotion bandit from the log"),
         ("segment", "models.segments", "export customers predicted to buy a product next"),
         ("import-endpoints", "streams.pinpoint", "Pinpoint endpoint file -> customer profiles"),
@@ -281,7 +282,8 @@ DELEGATED = {"train": "models.train", "evaluate": "models.evaluate",
              "uplift-validate": "models.hillstrom", "segment": "models.segments",
              "import-endpoints": "streams.pinpoint", "import-interactions": "models.interactions",
              "report": "models.promo_report", "ope": "models.ope",
-             "simulate": "models.promo_simulation", "promo-retrain": "models.promo_log"}
+             "simulate": "models.promo_simulation", "promo-retrain": "models.promo_log",
+             "bench-promo": "models.promo_kafka_loop"}
 
 
 def main(argv: list[str] | None = None) -> int:
