@@ -16,7 +16,9 @@ customer does (see ``docs/architecture.md`` for measured bytes per customer):
   (a session ends after ``SESSION_GAP_S`` of inactivity, in event time);
 - ``orders``: the most recent orders ``[ts, order_id, total, [product_id, ...]]``, time-ordered,
   products as ``streams.products`` keeps them (at most ``MAX_ORDERS`` orders and
-  ``MAX_HISTORY_PRODUCTS`` product ids; the same rule the next-purchase model trains on);
+  ``MAX_HISTORY_PRODUCTS`` product ids; the same rule the next-purchase model trains on).
+  Which lines are products is the merchant's rule (``product_pattern``, default the UCI
+  stock codes), passed to `apply_event` as ``products``;
 - ``rfm``: ``{first, last, frequency, monetary, cancellations}`` over the whole history;
 - ``offers``: ``{received, delivered, opened, clicked, redeemed, dismissed, last}``;
 - ``last_offer``: ``[cart generation, offer key]`` of the last offer, so an unchanged offer
@@ -28,8 +30,10 @@ customer does (see ``docs/architecture.md`` for measured bytes per customer):
 
 from __future__ import annotations
 
+import re
+
 from streams.products import MAX_ORDERS as MAX_ORDERS  # noqa: PLC0414 - part of the state API
-from streams.products import order_products, orders_to_keep
+from streams.products import order_products, orders_to_keep, product_rule
 
 SESSION_GAP_S = 30 * 60
 SEEN_IDS = 64
@@ -133,17 +137,19 @@ def apply_cart(state: dict, event: dict) -> None:
     cart["ts"] = ts
 
 
-def apply_order(state: dict, event: dict) -> None:
+def apply_order(state: dict, event: dict, products: re.Pattern[str] | None = None) -> None:
+    """An order or cancellation; ``products``: the merchant's product rule (default UCI)."""
     ts = event["_ts"]
     rfm = state["rfm"]
     if event["event_type"] == "order_cancel":
         rfm["cancellations"] += 1
         rfm["monetary"] = round(rfm["monetary"] + event["total"], 2)
         return
-    products = order_products(line["product_id"] for line in event["lines"])
-    if products:  # an order of postage or fees only tells nothing about what the customer buys
+    rule = products if products is not None else product_rule()
+    kept = order_products((line["product_id"] for line in event["lines"]), rule)
+    if kept:  # an order of postage or fees only tells nothing about what the customer buys
         orders = state["orders"]
-        orders.append([ts, event["order_id"], event["total"], products])
+        orders.append([ts, event["order_id"], event["total"], kept])
         orders.sort(key=lambda order: order[0])
         del orders[: len(orders) - orders_to_keep([len(order[3]) for order in orders])]
     rfm["first"] = ts if rfm["first"] is None else min(rfm["first"], ts)
@@ -176,13 +182,22 @@ APPLY = {
 }
 
 
-def apply_event(state: dict, topic_kind: str, event: dict) -> bool:
-    """Apply one validated input event; False (and no change) if it was seen before."""
+def apply_event(
+    state: dict, topic_kind: str, event: dict, products: re.Pattern[str] | None = None
+) -> bool:
+    """Apply one validated input event; False (and no change) if it was seen before.
+
+    ``products`` is the merchant's product rule (``merchant.options.products``); None: the UCI
+    stock-code rule.
+    """
     if not mark_seen(state, event["event_id"]):
         return False
     if topic_kind != "profiles":
         touch_session(state, event.get("session_id"), event["_ts"])
-    APPLY[topic_kind](state, event)
+    if topic_kind == "orders":
+        apply_order(state, event, products)
+    else:
+        APPLY[topic_kind](state, event)
     return True
 
 

@@ -1,4 +1,5 @@
-"""Optional per-merchant sections of the catalog: ``delivery``, ``journeys`` and ``training``.
+r"""Optional per-merchant parts of the catalog: ``delivery``, ``journeys``, ``training`` and
+``product_pattern``.
 
 Every section and field is optional; a merchant without them gets the defaults below (quiet
 hours 21:00-08:00 on push/SMS/email, unknown time zones treated as UTC, no journeys)::
@@ -13,6 +14,12 @@ hours 21:00-08:00 on push/SMS/email, unknown time zones treated as UTC, no journ
                   wait_days: 3}
     training:
       data: ../shared/data/online_retail.csv.gz   # relative to the merchants file
+    product_pattern: '^SKU-\d+'        # what counts as a product (default: UCI stock codes)
+
+``product_pattern`` decides which order lines are products in the customer's state (the order
+history the next-purchase model reads) and in training for that merchant: a regular
+expression matched at the start of the stripped, upper-cased id, ignoring case
+(`streams.products.product_rule`). Without it, the UCI Online Retail stock-code rule.
 
 Parsing raises `MerchantConfigError` naming the field; `streams.catalog` turns it into a
 `CatalogError`, so a bad section rejects the whole merchant update and changes nothing.
@@ -20,11 +27,13 @@ Parsing raises `MerchantConfigError` naming the field; `streams.catalog` turns i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.customer_state import MAX_SENT
+from streams.products import product_rule
 
 CHANNELS = ("push", "email", "sms", "in_app")
 FOLLOW_UP_TRIGGERS = ("first_order", "order")
@@ -99,6 +108,21 @@ class MerchantOptions:
     delivery: Delivery = field(default_factory=Delivery)
     journeys: Journeys = field(default_factory=Journeys)
     training: Training = field(default_factory=Training)
+    product_pattern: str | None = None  # None: the UCI stock-code rule
+    products: re.Pattern[str] = field(default_factory=product_rule)  # the compiled rule
+
+
+def parse_product_pattern(value: object, where: str) -> str | None:
+    """A merchant's ``product_pattern`` (None when absent); a bad regex is a config error."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MerchantConfigError(f"{where}: expected a regular expression (a string)")
+    try:
+        product_rule(value)
+    except ValueError as exc:
+        raise MerchantConfigError(f"{where}: {exc}") from None
+    return value
 
 
 def _section(config: dict, key: str, where: str) -> dict | None:
@@ -248,8 +272,11 @@ def parse_options(config: dict, where: str, base: Path | None = None) -> Merchan
         raise MerchantConfigError(
             f"{where}.frequency_cap.max_messages: at most {MAX_SENT} (messages kept per customer)"
         )
+    pattern = parse_product_pattern(config.get("product_pattern"), f"{where}.product_pattern")
     return MerchantOptions(
         delivery=parse_delivery(_section(config, "delivery", where), f"{where}.delivery"),
         journeys=parse_journeys(_section(config, "journeys", where), f"{where}.journeys"),
         training=parse_training(_section(config, "training", where), f"{where}.training", base),
+        product_pattern=pattern,
+        products=product_rule(pattern),
     )

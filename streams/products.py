@@ -5,7 +5,9 @@ the next-purchase model sees the same input in training and in the stream:
 
 - a product is a stock code that starts with five digits or ``DCGS`` (UCI Online Retail);
   postage (``POST``, ``DOT``), manual adjustments (``M``, ``D``, ``S``, ``B``), fees
-  (``AMAZONFEE``, ``BANK CHARGES``), ``C2``, ``CRUK``, ``PADS`` and ``gift_*`` vouchers are not;
+  (``AMAZONFEE``, ``BANK CHARGES``), ``C2``, ``CRUK``, ``PADS`` and ``gift_*`` vouchers are not.
+  That is the default rule; a merchant can set its own (``product_pattern`` in the merchants
+  file, `product_rule`): a regular expression matched at the start of the id, ignoring case;
 - ids are compared upper-cased and stripped;
 - an order keeps its first ``MAX_ORDER_PRODUCTS`` distinct products;
 - a customer keeps the most recent orders, at most ``MAX_ORDERS`` of them and at most
@@ -17,9 +19,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 PRODUCT_CODE = r"^(?:\d{5}|DCGS)"
-_PRODUCT = re.compile(PRODUCT_CODE)
+_PRODUCT = re.compile(PRODUCT_CODE, re.IGNORECASE)
 MAX_ORDERS = 50
 MAX_ORDER_PRODUCTS = 250
 MAX_HISTORY_PRODUCTS = 1000
@@ -29,15 +32,32 @@ def normalize_product(product_id: str) -> str:
     return str(product_id).strip().upper()
 
 
-def is_product(product_id: str) -> bool:
-    return _PRODUCT.match(normalize_product(product_id)) is not None
+@lru_cache(maxsize=256)
+def product_rule(pattern: str | None = None) -> re.Pattern[str]:
+    """The compiled rule for ``pattern`` (None: the UCI stock-code rule), matched with
+    ``re.match`` (anchored at the start; end it with ``$`` for the whole id), ignoring case.
+
+    Raises ValueError for anything that is not a non-empty, valid regular expression.
+    """
+    if pattern is None:
+        return _PRODUCT
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"expected a non-empty regular expression, got {pattern!r}")
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
 
 
-def order_products(product_ids: Iterable[str]) -> list[str]:
-    """An order's distinct products, normalised, in order of appearance, capped."""
+def is_product(product_id: str, rule: re.Pattern[str] = _PRODUCT) -> bool:
+    return rule.match(normalize_product(product_id)) is not None
+
+
+def order_products(product_ids: Iterable[str], rule: re.Pattern[str] = _PRODUCT) -> list[str]:
+    """An order's distinct products (by ``rule``), normalised, in order of appearance, capped."""
     kept: dict[str, None] = {}
     for product_id in product_ids:
-        if is_product(product_id):
+        if is_product(product_id, rule):
             kept[normalize_product(product_id)] = None
             if len(kept) == MAX_ORDER_PRODUCTS:
                 break
