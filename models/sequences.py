@@ -106,8 +106,14 @@ def _parse_dates(text: pd.Series) -> pd.Series:
     return dates
 
 
-def load_transactions(path: str | Path) -> tuple[pd.DataFrame, LoadReport]:
-    """Kept purchase lines: customer, invoice, product, quantity, seconds (epoch, times as UTC)."""
+def load_transactions(
+    path: str | Path, product_pattern: str | None = None
+) -> tuple[pd.DataFrame, LoadReport]:
+    """Kept purchase lines: customer, invoice, product, quantity, seconds (epoch, times as UTC).
+
+    ``product_pattern``: a merchant's own product rule (`streams.products.product_rule`) in
+    place of the UCI stock-code rule.
+    """
     raw = _read_raw(Path(path))
     report = LoadReport(rows=len(raw))
     invoice = raw["invoice"].fillna("").astype(str).str.strip()
@@ -125,7 +131,7 @@ def load_transactions(path: str | Path) -> tuple[pd.DataFrame, LoadReport]:
         ("guest", customer.eq("") | customer.str.lower().eq("nan")),
         ("cancellation", invoice.str.upper().str.startswith("C")),
         ("non_positive", invoice.str.upper().str.startswith("A") | (quantity <= 0)),
-        ("non_product", ~code.str.match(PRODUCT_CODE)),
+        ("non_product", ~code.str.match(product_pattern or PRODUCT_CODE, case=False)),
     ]
     keep = pd.Series(True, index=raw.index)
     for name, hit in rules:
@@ -159,8 +165,10 @@ def orders_from_lines(lines: pd.DataFrame) -> dict[str, list[Order]]:
     return orders
 
 
-def load_orders(path: str | Path) -> tuple[dict[str, list[Order]], LoadReport]:
-    lines, report = load_transactions(path)
+def load_orders(
+    path: str | Path, product_pattern: str | None = None
+) -> tuple[dict[str, list[Order]], LoadReport]:
+    lines, report = load_transactions(path, product_pattern)
     return orders_from_lines(lines), report
 
 
@@ -323,6 +331,7 @@ class Vocab:
 @dataclass
 class EncoderConfig:
     max_orders: int = 50  # the worker keeps the last 50 orders per customer
+    product_pattern: str | None = None  # the merchant's product rule; None: UCI stock codes
 
 
 ORDER_FEATURES = 4
@@ -373,7 +382,8 @@ def encode_history(
     the repeat-purchase features the baselines live on, and more.
     """
     stats = stats if stats is not None else vocab.stats
-    orders = [(seconds, order_products(products)) for seconds, products in orders]
+    rule = config.product_pattern
+    orders = [(seconds, order_products(products, rule)) for seconds, products in orders]
     orders = orders[len(orders) - orders_to_keep([len(products) for _, products in orders]) :]
     kept = []
     for seconds, products in orders[-config.max_orders :]:

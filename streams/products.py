@@ -49,12 +49,20 @@ def product_rule(pattern: str | None = None) -> re.Pattern[str]:
         raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
 
 
-def is_product(product_id: str, rule: re.Pattern[str] = _PRODUCT) -> bool:
+Rule = re.Pattern[str] | str | None
+"""A compiled rule (`product_rule`), or its pattern; None: the UCI stock-code rule."""
+
+
+def is_product(product_id: str, rule: Rule = _PRODUCT) -> bool:
+    if not isinstance(rule, re.Pattern):
+        rule = product_rule(rule)
     return rule.match(normalize_product(product_id)) is not None
 
 
-def order_products(product_ids: Iterable[str], rule: re.Pattern[str] = _PRODUCT) -> list[str]:
+def order_products(product_ids: Iterable[str], rule: Rule = _PRODUCT) -> list[str]:
     """An order's distinct products (by ``rule``), normalised, in order of appearance, capped."""
+    if not isinstance(rule, re.Pattern):
+        rule = product_rule(rule)
     kept: dict[str, None] = {}
     for product_id in product_ids:
         if is_product(product_id, rule):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from models.sequences import EncoderConfig, Vocab, encode_history, load_orders
 from streams import customer_state
 from streams.catalog import CatalogError, load_merchants, parse_merchant
 from streams.products import PRODUCT_CODE, is_product, order_products, product_rule
@@ -82,3 +83,25 @@ def test_order_handling_keeps_the_products_of_the_merchants_rule():
     no_product = order_event(("85123A", "POST"), "o2")
     customer_state.apply_event(state, "orders", no_product, own.options.products)
     assert len(state["orders"]) == 1 and state["rfm"]["frequency"] == 2
+
+
+def test_training_reads_the_same_rule(tmp_path):
+    """Loader and encoder take the merchant's rule; the encoder's default stays UCI."""
+    retail = tmp_path / "retail.csv"
+    retail.write_text(
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "1,SKU-1,a,1,2011-01-01 10:00,1.0,7,UK\n"
+        "1,POST,postage,1,2011-01-01 10:00,1.0,7,UK\n"
+        "2,sku-2,b,1,2011-01-08 10:00,1.0,7,UK\n"
+        "2,85123A,c,1,2011-01-08 10:00,1.0,7,UK\n"
+    )
+    orders, report = load_orders(retail, r"^SKU-\d+$")
+    assert orders == {"7": [(1293876000.0, ["SKU-1"]), (1294480800.0, ["SKU-2"])]}
+    assert (report.kept, report.non_product) == (2, 2)
+    uci, _ = load_orders(retail)
+    assert [products for _, products in uci["7"]] == [["85123A"]]
+
+    vocab = Vocab.build(orders)
+    own = encode_history(orders["7"], vocab, EncoderConfig(product_pattern=r"^SKU-\d+$"))
+    assert own.n_orders == 2 and sorted(own.repeat_items) == [1, 2]
+    assert encode_history(orders["7"], vocab, EncoderConfig()).n_orders == 0  # UCI: none
