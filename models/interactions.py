@@ -11,6 +11,10 @@ the same way, so `Vocab.build`, `build_examples` and `models.train.fit` take it 
 - An order is a customer's purchases at one timestamp; with ``order_window_s`` > 0,
   purchases at most that many seconds after the previous one join the same order.
 - Rows with a missing id or a non-numeric timestamp are skipped and counted, never fatal.
+- Every item is a product, unless ``product_pattern`` is given (the merchant's rule,
+  `streams.products.product_rule`): items it does not match are counted as ``non_product``.
+
+``nextbest train --interactions FILE`` trains the next-purchase model on such a file.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from pathlib import Path
 import pandas as pd
 
 from models.sequences import Order, normalize_product
+from streams.products import product_rule
 
 REQUIRED = ("USER_ID", "ITEM_ID", "TIMESTAMP")
+EVERY_ITEM = "."  # the product rule under which every (non-empty) item id is a product
 PURCHASE_TYPES = ("purchase", "order", "buy")
 
 
@@ -36,6 +42,7 @@ class InteractionsReport:
     missing_id: int = 0
     bad_timestamp: int = 0
     other_event_type: int = 0
+    non_product: int = 0
     kept: int = 0
     customers: int = 0
     orders: int = 0
@@ -45,6 +52,7 @@ def load_interactions(
     path: str | Path,
     event_types: tuple[str, ...] = PURCHASE_TYPES,
     order_window_s: float = 0.0,
+    product_pattern: str | None = None,
 ) -> tuple[dict[str, list[Order]], InteractionsReport]:
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     raw = raw.rename(columns=lambda c: str(c).strip().upper())
@@ -63,6 +71,11 @@ def load_interactions(
         other = keep & ~raw["EVENT_TYPE"].str.strip().str.lower().isin(wanted)
         keep &= ~other
         report.other_event_type = int(other.sum())
+    if product_pattern is not None:
+        rule = product_rule(product_pattern)
+        non_product = keep & ~item.str.match(rule).astype(bool)
+        keep &= ~non_product
+        report.non_product = int(non_product.sum())
     report.missing_id, report.bad_timestamp = int(no_id.sum()), int(bad_time.sum())
     report.kept = int(keep.sum())
     frame = pd.DataFrame({"user": user[keep], "item": item[keep], "t": seconds[keep]})
@@ -90,9 +103,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("file", type=Path)
     p.add_argument("--event-types", default=",".join(PURCHASE_TYPES))
     p.add_argument("--order-window-s", type=float, default=0.0)
+    p.add_argument("--product-pattern", default=None, help="only items matching this regex")
     args = p.parse_args(argv)
     orders, report = load_interactions(
-        args.file, tuple(args.event_types.split(",")), args.order_window_s
+        args.file, tuple(args.event_types.split(",")), args.order_window_s, args.product_pattern
     )
     print(", ".join(f"{k}={v}" for k, v in asdict(report).items()))
     return 0 if orders else 1

@@ -1,6 +1,7 @@
 """Train the next-purchase model and write a versioned artifact (``nextbest train``).
 
     nextbest train --data ../shared/data/online_retail.csv.gz --seed 0
+    nextbest train --interactions interactions.csv   # an Amazon Personalize interactions file
 
 Every order that has an earlier order is one example (`models.sequences.build_examples`),
 scored at a moment ``now`` drawn between the previous order and this one, fresh every epoch:
@@ -11,6 +12,12 @@ spent) and the best epoch's weights are kept. The loss is the negative log of th
 mass the model puts on the next order's items, i.e. of the top pick landing in that order,
 which is what Hit@k counts. Each example weighs 1/sqrt(the customer's number of examples), so
 a few wholesalers with hundreds of orders do not drown the typical customer.
+
+``--interactions FILE`` trains on an Amazon Personalize interactions CSV (`models.interactions`:
+purchases only, one order per customer and timestamp) instead of an Online Retail file; every
+item is then a product unless ``--product-pattern`` says otherwise. ``--product-pattern`` is the
+merchant's product rule (`streams.products.product_rule`); the artifact's encoder keeps it, so
+serving encodes histories with the rule the model was trained on.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from models import artifact
+from models.interactions import EVERY_ITEM, load_interactions
 from models.next_purchase import ModelConfig, NextPurchaseLSTM, collate
 from models.sequences import (
     EncoderConfig,
@@ -39,6 +47,7 @@ from models.sequences import (
     load_orders,
     split_at,
 )
+from streams.products import product_rule
 
 DEFAULT_DATA = "../shared/data/online_retail.csv.gz"
 KS = (1, 5, 10, 20)
@@ -47,6 +56,7 @@ KS = (1, 5, 10, 20)
 @dataclass
 class TrainConfig:
     data: str = DEFAULT_DATA
+    data_format: str = "online_retail"  # or "interactions": a Personalize interactions CSV
     out: str = "var/models/next_purchase"
     cutoff: str | None = None  # train only on orders before this date (for evaluation)
     seed: int = 0
@@ -170,7 +180,18 @@ def fit(
 def parse_args(argv: list[str]) -> TrainConfig:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="nextbest train", description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=d.data, help="Online Retail csv / csv.gz / xlsx")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", default=d.data, help="Online Retail csv / csv.gz / xlsx")
+    source.add_argument(
+        "--interactions",
+        metavar="FILE",
+        help="an Amazon Personalize interactions CSV (USER_ID, ITEM_ID, TIMESTAMP, EVENT_TYPE)",
+    )
+    p.add_argument(
+        "--product-pattern",
+        help="the merchant's product rule, a regex (default: UCI stock codes; every item for "
+        "--interactions)",
+    )
     p.add_argument("--out", default=d.out, help="artifact root; a <version>/ dir goes in it")
     p.add_argument("--cutoff", default=None, help="use only orders before this date")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -182,8 +203,14 @@ def parse_args(argv: list[str]) -> TrainConfig:
     p.add_argument("--device", default=d.device, help="auto (cuda if present), cpu, cuda")
     p.add_argument("--no-lstm", action="store_true", help="ablation: repeat + popularity only")
     a = p.parse_args(argv)
+    pattern = a.product_pattern or (EVERY_ITEM if a.interactions else None)
+    try:
+        product_rule(pattern)
+    except ValueError as exc:
+        p.error(f"--product-pattern: {exc}")
     return TrainConfig(
-        data=a.data,
+        data=a.interactions or a.data,
+        data_format="interactions" if a.interactions else "online_retail",
         out=a.out,
         cutoff=a.cutoff,
         seed=a.seed,
@@ -194,12 +221,19 @@ def parse_args(argv: list[str]) -> TrainConfig:
         time_budget_s=a.time_budget_s,
         device=a.device,
         model=ModelConfig(use_lstm=not a.no_lstm),
+        encoder=EncoderConfig(product_pattern=pattern),
     )
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
-    orders, report = load_orders(cfg.data)
+    if cfg.data_format == "interactions":
+        orders, report = load_interactions(cfg.data, product_pattern=cfg.encoder.product_pattern)
+    else:
+        orders, report = load_orders(cfg.data, cfg.encoder.product_pattern)
+    if not orders:
+        print(f"no orders to train on in {cfg.data}: {asdict(report)}", file=sys.stderr)
+        return 1
     if cfg.cutoff:
         orders, _ = split_at(orders, epoch_seconds(cfg.cutoff))
     vocab = Vocab.build(orders)
