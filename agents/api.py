@@ -205,15 +205,20 @@ class Trainer:
         return job
 
     def command(self, job: Job, data: str) -> list[str]:
+        """``nextbest train`` on the merchant's training file, format and product rule."""
         out = Path(self.nb.settings.models_dir) / job.merchant / "next_purchase"
         extra = shlex.split(self.nb.settings.train_args)
+        options = self.nb.registry.get(job.merchant).options
+        source = "--interactions" if options.training.format == "interactions" else "--data"
+        rule = ["--product-pattern", options.product_pattern] if options.product_pattern else []
         return [
             sys.executable,
             "-m",
             "streams.cli",
             "train",
-            "--data",
+            source,
             data,
+            *rule,
             "--out",
             str(out),
             *extra,

@@ -14,6 +14,7 @@ hours 21:00-08:00 on push/SMS/email, unknown time zones treated as UTC, no journ
                   wait_days: 3}
     training:
       data: ../shared/data/online_retail.csv.gz   # relative to the merchants file
+      format: online_retail               # or interactions (an Amazon Personalize CSV)
     product_pattern: '^SKU-\d+'        # what counts as a product (default: UCI stock codes)
 
 ``product_pattern`` decides which order lines are products in the customer's state (the order
@@ -98,9 +99,13 @@ class Journeys:
     follow_up: FollowUp | None = None
 
 
+TRAINING_FORMATS = ("online_retail", "interactions")
+
+
 @dataclass(frozen=True)
 class Training:
-    data: str = ""  # Online Retail-format file for `POST /predictors`; "" = not configured
+    data: str = ""  # the training file for `POST /predictors`; "" = not configured
+    format: str = "online_retail"  # or "interactions": an Amazon Personalize interactions CSV
 
 
 @dataclass(frozen=True)
@@ -261,7 +266,12 @@ def parse_training(config: dict | None, where: str, base: Path | None) -> Traini
         raise MerchantConfigError(f"{where}.data: expected a file path")
     if data and base is not None and not Path(data).is_absolute():
         data = str((base / data).resolve())
-    return Training(data=data)
+    data_format = config.get("format", Training.format)
+    if data_format not in TRAINING_FORMATS:
+        raise MerchantConfigError(
+            f"{where}.format: must be one of {TRAINING_FORMATS}, got {data_format!r}"
+        )
+    return Training(data=data, format=data_format)
 
 
 def parse_options(config: dict, where: str, base: Path | None = None) -> MerchantOptions:
