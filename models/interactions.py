@@ -105,6 +105,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--order-window-s", type=float, default=0.0)
     p.add_argument("--product-pattern", default=None, help="only items matching this regex")
     args = p.parse_args(argv)
+    try:
+        product_rule(args.product_pattern)
+    except ValueError as exc:
+        p.error(f"--product-pattern: {exc}")
     orders, report = load_interactions(
         args.file, tuple(args.event_types.split(",")), args.order_window_s, args.product_pattern
     )

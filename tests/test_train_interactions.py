@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from models import artifact, train
-from models.interactions import EVERY_ITEM
+from models.interactions import EVERY_ITEM, load_interactions
+from models.interactions import main as interactions_main
 from models.sequences import EncoderConfig, file_sha256
 
 ITEMS = [f"sku-{i}" for i in range(30)]  # not UCI stock codes: the product rule matters
@@ -89,3 +90,17 @@ def test_the_product_rule_is_checked_and_can_narrow_the_items(tmp_path, capsys):
     assert cfg.encoder.product_pattern == "^NOPE"
     assert train.main(["--interactions", str(data), "--product-pattern", "^NOPE"]) == 1
     assert "no orders to train on" in capsys.readouterr().err
+
+
+def test_loader_counts_items_outside_the_product_rule(tmp_path):
+    data = tmp_path / "interactions.csv"
+    interactions_file(data, customers=5, orders=2)
+    _, every = load_interactions(data)
+    orders, report = load_interactions(data, product_pattern=r"^SKU-\d$")  # sku-0 ... sku-9
+    assert report.non_product > 0
+    assert report.kept + report.non_product == every.kept
+    assert all(
+        len(p) == 5 for seq in orders.values() for _, products in seq for p in products
+    )
+    with pytest.raises(SystemExit):
+        interactions_main([str(data), "--product-pattern", "(["])
