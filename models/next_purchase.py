@@ -35,11 +35,12 @@ from models.sequences import (
     CATALOGUE_FEATURES,
     ORDER_FEATURES,
     REPEAT_FEATURES,
+    EncodedBatch,
     EncodedHistory,
     EncoderConfig,
     Order,
     Vocab,
-    encode_history,
+    encode_batch,
 )
 
 
@@ -147,6 +148,122 @@ class NextPurchaseLSTM(nn.Module):
         logits = logits.index_put((batch.repeat_row, batch.repeat_items), repeat, accumulate=True)
         return logits.index_fill(1, torch.tensor([0], device=logits.device), float("-inf"))
 
+    def catalogue_logits(self, catalogue: torch.Tensor) -> torch.Tensor:
+        """(n_items,) the part of every customer's logits that depends on the moment only:
+        item bias + trend, as `forward` computes it for one ``catalogue`` (n_items, features)."""
+        return self.item_bias + self.trend(catalogue[None]).squeeze(-1)[0]
+
+    def serve_logits(self, batch: ServeBatch, base: torch.Tensor) -> torch.Tensor:
+        """`forward`'s logits in eval mode, computed for serving (equal, tested bit for bit):
+        ``base`` is `catalogue_logits` of the moment, computed once; each order's input step is
+        computed once, without padding; the LSTM runs once per bucket of ``batch.runs`` (a
+        history's LSTM state depends neither on the other rows of its run nor on padding after
+        its end)."""
+        b = batch.unsort.shape[0]
+        repeat_in = batch.repeat_feats
+        if self.config.use_lstm:
+            bags = self.item_emb(batch.items, batch.offsets)
+            steps = F.gelu(self.step(torch.cat([bags, batch.order_feats], dim=-1)))
+            steps = torch.cat([steps, steps.new_zeros(1, steps.shape[1])])  # the padding row
+            states = []
+            for run in batch.runs:
+                out, _ = self.lstm(steps[run.gather].view(run.rows, run.longest, -1))
+                states.append(out.reshape(-1, out.shape[-1])[run.last])
+            h = torch.cat(states)[batch.unsort]
+            logits = (self.head(h) @ self.item_emb.weight.T).add_(base)
+            repeat_in = torch.cat([repeat_in, self.gate(h)[batch.repeat_row]], dim=-1)
+        else:
+            logits = base.expand(b, -1).clone()
+        repeat_in = torch.cat([repeat_in, self.item_repeat(batch.repeat_items)], dim=-1)
+        repeat = self.repeat(repeat_in).squeeze(-1)
+        logits.index_put_((batch.repeat_row, batch.repeat_items), repeat, accumulate=True)
+        logits[:, 0] = float("-inf")
+        return logits
+
+
+LENGTH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+"""Serving runs the LSTM once per bucket of histories whose order count is at most each of
+these (and above the one before), each padded to its own longest history only."""
+
+
+@dataclass
+class LSTMBucket:
+    """One LSTM run of `NextPurchaseLSTM.serve_logits`: ``steps[gather]`` (padding indexes the
+    zero row after the last step) viewed (rows, longest, dim); ``last`` picks each row's state
+    at its last order from the flattened output."""
+
+    gather: torch.Tensor  # (rows * longest,)
+    rows: int
+    longest: int
+    last: torch.Tensor  # (rows,)
+
+    def to(self, device: torch.device | str) -> LSTMBucket:
+        return LSTMBucket(self.gather.to(device), self.rows, self.longest, self.last.to(device))
+
+
+def lstm_buckets(n_orders: np.ndarray, buckets: bool = True) -> tuple[list[LSTMBucket], np.ndarray]:
+    """The LSTM runs for histories of ``n_orders`` (all >= 1) orders whose steps lie flat, one
+    history after the other, and the permutation that puts the runs' rows back in order.
+
+    With ``buckets``, one run per `LENGTH_BUCKETS` bucket, rows by length (less padding);
+    without, one run padded to the longest history, like `collate`.
+    """
+    first = np.cumsum(n_orders) - n_orders
+    pad = int(n_orders.sum())  # the zero row appended to the steps
+    bucket = np.searchsorted(LENGTH_BUCKETS, n_orders) if buckets else np.zeros_like(n_orders)
+    order = np.argsort(bucket, kind="stable")
+    runs = []
+    for rows in np.split(order, np.flatnonzero(np.diff(bucket[order])) + 1):
+        n = n_orders[rows]
+        longest = int(n.max())
+        step = np.arange(longest)
+        gather = np.where(step < n[:, None], first[rows, None] + step, pad)
+        last = np.arange(len(rows)) * longest + n - 1
+        runs.append(
+            LSTMBucket(torch.from_numpy(gather.ravel()), len(rows), longest, torch.from_numpy(last))
+        )
+    return runs, np.argsort(order)
+
+
+@dataclass
+class ServeBatch:
+    """`EncodedBatch` of the warm rows as tensors, for `NextPurchaseLSTM.serve_logits`.
+
+    Orders are flat (``n_orders`` per row, in turn): no padding but the LSTM's, per bucket.
+    """
+
+    items: torch.Tensor  # flat item ids of every order
+    offsets: torch.Tensor  # start of each order's bag in ``items``
+    order_feats: torch.Tensor  # (orders, ORDER_FEATURES)
+    repeat_row: torch.Tensor  # (R,)
+    repeat_items: torch.Tensor  # (R,)
+    repeat_feats: torch.Tensor  # (R, REPEAT_FEATURES)
+    runs: list[LSTMBucket]
+    unsort: torch.Tensor  # (B,) row i's LSTM state is row unsort[i] of the runs' states
+
+    def to(self, device: torch.device | str) -> ServeBatch:
+        moved = {f: getattr(self, f).to(device) for f in self.__dataclass_fields__ if f != "runs"}
+        return ServeBatch(**moved, runs=[run.to(device) for run in self.runs])
+
+    @classmethod
+    def warm_rows(cls, encoded: EncodedBatch, buckets: bool = True) -> ServeBatch:
+        """The rows with at least one order (cold starts have no repeat candidates)."""
+        warm = encoded.n_orders > 0
+        place = np.cumsum(warm) - 1
+        offsets = np.zeros(len(encoded.order_lengths), np.int64)
+        np.cumsum(encoded.order_lengths[:-1], out=offsets[1:])
+        runs, unsort = lstm_buckets(encoded.n_orders[warm], buckets)
+        return cls(
+            items=torch.from_numpy(encoded.order_items),
+            offsets=torch.from_numpy(offsets),
+            order_feats=torch.from_numpy(encoded.order_feats),
+            repeat_row=torch.from_numpy(place[encoded.repeat_row]),
+            repeat_items=torch.from_numpy(encoded.repeat_items),
+            repeat_feats=torch.from_numpy(encoded.repeat_feats),
+            runs=runs,
+            unsort=torch.from_numpy(unsort),
+        )
+
 
 @dataclass
 class Scored:
@@ -155,8 +272,15 @@ class Scored:
     cold_start: bool
 
 
+SCORE_CHUNK = 512  # histories per forward pass in `Recommender.score_batch`
+
+
 class Recommender:
-    """A trained model with the vocabulary and encoding it was trained with."""
+    """A trained model with the vocabulary and encoding it was trained with.
+
+    The model is frozen once here: serving caches what depends only on its weights and the
+    vocabulary's catalogue statistics (`NextPurchaseLSTM.catalogue_logits`).
+    """
 
     def __init__(
         self, model: NextPurchaseLSTM, vocab: Vocab, encoder: EncoderConfig, device: str = "cpu"
@@ -167,6 +291,8 @@ class Recommender:
         self.device = device
         pop = torch.tensor(vocab.popularity, dtype=torch.float64)
         self.popularity = (pop / pop.sum()).float()
+        self._popular: dict[int, torch.return_types.topk] = {}  # k -> popularity's top k
+        self._base: tuple[np.ndarray, torch.Tensor] | None = None  # catalogue, its logits
 
     @torch.no_grad()
     def probabilities(self, histories: list[EncodedHistory], batch_size: int = 512) -> torch.Tensor:
@@ -184,25 +310,49 @@ class Recommender:
         histories: list[list[Order]],
         k: int = 10,
         now: float | Sequence[float | None] | None = None,
+        buckets: bool = True,
     ) -> list[Scored]:
         """Top-k products for each worker-shaped history ([(epoch s, [product_id, ...]), ...]).
 
         ``now``: the scoring time in epoch seconds (the cart event's time), one for all
         histories or one per history; ``None`` scores as of each customer's last order.
+        The same results as `probabilities` of each `encode_history` (tested), computed the
+        serving way: `encode_batch`, then `top_k`, in chunks of ``SCORE_CHUNK`` histories.
         """
         times = now if isinstance(now, Sequence) else [now] * len(histories)
         if len(times) != len(histories):
             raise ValueError(f"{len(times)} times for {len(histories)} histories")
-        encoded = [
-            encode_history(h, self.vocab, self.encoder, now=t)
-            for h, t in zip(histories, times, strict=True)
-        ]
-        top = self.probabilities(encoded).topk(min(k, len(self.vocab) - 1), dim=-1)
+        scored = []
+        for start in range(0, len(histories), SCORE_CHUNK):
+            chunk = slice(start, start + SCORE_CHUNK)
+            encoded = encode_batch(histories[chunk], self.vocab, self.encoder, times[chunk])
+            scored += self.top_k(encoded, k, buckets)
+        return scored
+
+    @torch.no_grad()
+    def top_k(self, encoded: EncodedBatch, k: int = 10, buckets: bool = True) -> list[Scored]:
+        """The k most likely next products of each row of ``encoded`` (cold rows: popularity)."""
+        k = min(k, len(self.vocab) - 1)
+        if k not in self._popular:
+            self._popular[k] = self.popularity.topk(k)
+        popular = self._popular[k]
+        values = popular.values.expand(len(encoded.n_orders), -1).clone()
+        indices = popular.indices.expand(len(encoded.n_orders), -1).clone()
+        warm = torch.from_numpy(np.flatnonzero(encoded.n_orders))
+        if len(warm):
+            if self._base is None:
+                catalogue = torch.from_numpy(encoded.catalogue).to(self.device)
+                self._base = (encoded.catalogue, self.model.catalogue_logits(catalogue))
+            if self._base[0] is not encoded.catalogue:
+                raise ValueError("top_k serves the vocabulary's catalogue statistics only")
+            batch = ServeBatch.warm_rows(encoded, buckets).to(self.device)
+            logits = self.model.serve_logits(batch, self._base[1])
+            top = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+            values[warm], indices[warm] = top.values.cpu(), top.indices.cpu()
+        items = self.vocab.items
         return [
-            Scored(
-                items=[self.vocab.items[i] for i in idx.tolist()],
-                scores=val.tolist(),
-                cold_start=enc.n_orders == 0,
+            Scored(items=[items[i] for i in idx], scores=val, cold_start=not n)
+            for val, idx, n in zip(
+                values.tolist(), indices.tolist(), encoded.n_orders.tolist(), strict=True
             )
-            for enc, val, idx in zip(encoded, top.values, top.indices, strict=True)
         ]

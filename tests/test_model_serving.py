@@ -20,6 +20,7 @@ from models.sequences import (
     EncoderConfig,
     Order,
     Vocab,
+    encode_batch,
     encode_history,
     is_product,
     load_orders,
@@ -34,6 +35,7 @@ from streams.model_policy import (
     NextPurchasePolicy,
     NextPurchaseScorer,
     order_history,
+    served_history,
 )
 from streams.policy import DecisionContext, ThresholdRulesPolicy
 from streams.replay import read_rows, replay_events
@@ -169,6 +171,51 @@ def test_encoded_model_input_is_identical(replayed_states, training_orders, spli
         for name in ("order_items", "order_lengths", "order_feats", "repeat_items"):
             np.testing.assert_array_equal(getattr(served, name), getattr(trained, name))
         np.testing.assert_array_equal(served.repeat_feats, trained.repeat_feats)
+
+
+def test_served_encoding_is_identical(replayed_states, training_orders, split_customers):
+    """What the scorer runs (`served_history` + `encode_batch`, ids not normalised again)
+    equals the training encoding of every replayed customer, bit for bit, at any time."""
+    vocab = Vocab.build(training_orders)
+    config = EncoderConfig()
+    customers = [c for c in sorted(training_orders) if c not in split_customers]
+    states = [replayed_states[f"{MERCHANT}:c:{c}"] for c in customers]
+    rng = np.random.default_rng(0)
+    times = [training_orders[c][-1][0] + rng.random() * 30 * 86400.0 for c in customers]
+    histories = [
+        served_history(state, until=t, catalogue=vocab.clean_index)
+        for state, t in zip(states, times, strict=True)
+    ]
+    served = encode_batch(histories, vocab, config, times)
+    for row, (customer, t) in enumerate(zip(customers, times, strict=True)):
+        trained = encode_history(training_orders[customer][-config.max_orders :], vocab, config, t)
+        got = served.history(row)
+        assert served.n_orders[row] == trained.n_orders
+        for name in ("order_items", "order_lengths", "order_feats", "repeat_items"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(trained, name))
+        assert got.repeat_feats.tobytes() == trained.repeat_feats.tobytes()
+
+
+def test_served_history_encodes_like_order_history():
+    """Whatever a state holds (ids the worker would have normalised or dropped, an order of
+    postage only), the scorer's input encodes like `order_history`'s."""
+    vocab = Vocab(["<pad>", "85123A", "DCGS0003", "22633"], [0, 5, 3, 1], [0] * 4, [0.2] * 4)
+    state = customer_state.new_state()
+    state["orders"] = [
+        [1.0, "o1", 9.0, ["POST"]],
+        [2.0, "o2", 9.0, ["85123a", "POST", "gift_0001_20", "DCGS0003", "M", "85123A"]],
+        [3.0, "o3", 9.0, ["99999", "POST"]],
+        [4.0, "o4", 9.0, ["85123A", "22633"]],
+        [5.0, "o5", 9.0, ["22633"]],
+    ]
+    for until in (None, 3.5, 1.5):
+        served = served_history(state, until, vocab.clean_index)
+        assert [t for t, _ in served] == [t for t, _ in order_history(state, until)]
+        want = encode_history(order_history(state, until), vocab, EncoderConfig(), now=6.0)
+        got = encode_batch([served], vocab, EncoderConfig(), [6.0]).history(0)
+        for name in ("order_items", "order_lengths", "order_feats", "repeat_items"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+        assert got.repeat_feats.tobytes() == want.repeat_feats.tobytes()
 
 
 def test_order_history_applies_the_loaders_product_rule(replayed_states):

@@ -1,4 +1,5 @@
-"""Loading Online Retail files and the training/serving parity of `encode_history`."""
+"""Loading Online Retail files and the training/serving parity of `encode_history` (and of
+its batched serving fast path, `encode_batch`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import pandas as pd
 import pytest
 
 from models.sequences import (
+    EncodedHistory,
     EncoderConfig,
     ItemTimeline,
     Vocab,
     build_examples,
+    encode_batch,
     encode_history,
     is_product,
     load_orders,
@@ -281,3 +284,50 @@ def test_examples_scored_between_orders(tmp_path):
     for a, b in zip(at_order, between, strict=True):
         np.testing.assert_array_equal(a.target, b.target)
         np.testing.assert_array_equal(a.history.order_items, b.history.order_items)
+
+
+def assert_same_encoding(got: EncodedHistory, want: EncodedHistory) -> None:
+    """Bit for bit: same shapes, dtypes and bytes (so -0.0 is not 0.0)."""
+    for name in ("order_items", "order_lengths", "order_feats", "repeat_items", "repeat_feats"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a.shape, a.dtype) == (b.shape, b.dtype), name
+        assert a.tobytes() == b.tobytes(), name
+    assert got.catalogue is want.catalogue
+
+
+def test_encode_batch_is_encode_history_bit_for_bit(tmp_path):
+    """The serving fast path equals `encode_history` row by row, for the worker's clean
+    histories and for every input it must clean itself: raw ids, non-products, duplicates,
+    unknown products, empty and oversized orders, cold starts; any scoring times."""
+    path, _ = _many_orders_file(tmp_path)
+    orders, _ = load_orders(path)
+    vocab = Vocab.build(orders)
+    config = EncoderConfig()
+    day = 86400.0
+    clean = [seq[max(0, t - 50) : t] for seq in orders.values() for t in range(len(seq) + 1)]
+    big = [f"{30000 + i}" for i in range(300)]  # unknown products, more than an order keeps
+    known = vocab.items[1:4]
+    raw = [
+        [(0.0, [known[0].lower(), " " + known[1], "POST"]), (day, [known[2], known[2], "99999"])],
+        [(0.0, ["POST", "gift_0001_20"]), (2 * day, [*known, *big])],
+        [(0.0, []), (day, [known[0]]), (day, ["<pad>", known[1]])],
+        [(float(j), [known[j % 3]]) for j in range(70)],  # more orders than the state keeps
+        [(0.0, ["99999"])],
+        [],
+    ]
+    histories = clean + raw
+    rng = np.random.default_rng(1)
+    times = [
+        None if not h or rng.random() < 0.3 else h[-1][0] + rng.random() * 40 * day - day
+        for h in histories
+    ]
+    for batch in (1, 5, len(histories)):
+        for start in range(0, len(histories), batch):
+            rows = slice(start, start + batch)
+            encoded = encode_batch(histories[rows], vocab, config, times[rows])
+            for row, (h, t) in enumerate(zip(histories[rows], times[rows], strict=True)):
+                want = encode_history(h, vocab, config, now=t)
+                assert encoded.n_orders[row] == want.n_orders
+                assert_same_encoding(encoded.history(row), want)
+    cold = encode_batch([[], [(0.0, ["POST"])]], vocab, config)
+    assert cold.n_orders.tolist() == [0, 0] and cold.repeat_feats.shape == (0, 16)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from models import artifact, evaluate, train
-from models.next_purchase import ModelConfig, NextPurchaseLSTM, Recommender
-from models.sequences import EncoderConfig, Vocab, file_sha256
+from models.next_purchase import ModelConfig, NextPurchaseLSTM, Recommender, ServeBatch, collate
+from models.sequences import EncoderConfig, Vocab, encode_batch, encode_history, file_sha256
 
 COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice"]
 COLUMNS += ["CustomerID", "Country"]
@@ -110,6 +110,53 @@ def test_score_batch_matches_one_by_one(trained):
     assert at_times[0].scores != together[0].scores  # 30 days without an order change things
     with pytest.raises(ValueError, match="2 times for 4 histories"):
         rec.score_batch(histories, now=[0.0, 1.0])
+
+
+def reference_scores(rec: Recommender, histories: list, times: list, k: int) -> list:
+    """The scoring `score_batch` replaced: `encode_history` per history, `forward` on the
+    collated batch (`Recommender.probabilities`), softmax, top-k."""
+    encoded = [
+        encode_history(h, rec.vocab, rec.encoder, now=t)
+        for h, t in zip(histories, times, strict=True)
+    ]
+    top = rec.probabilities(encoded).topk(k, dim=-1)
+    return [
+        ([rec.vocab.items[i] for i in idx], val, not e.n_orders)
+        for e, val, idx in zip(encoded, top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+
+
+def test_serving_path_equals_forward_bit_for_bit(trained):
+    """`score_batch` (batched encoding, cached catalogue logits, LSTM by length bucket) gives
+    exactly what `forward` on `encode_history`'s input gives: same products, same floats."""
+    tmp, _, staples = trained
+    rec = artifact.load(tmp / "models")
+    day = 86400.0
+    rng = np.random.default_rng(0)
+    histories = []
+    for c, cust in enumerate(sorted(staples)):
+        n = c % 12  # 0 ... 11 orders: several length buckets, and cold starts
+        histories.append(
+            [(j * 5 * day, [*staples[cust], PRODUCTS[(c + j) % 10]]) for j in range(n)]
+        )
+    histories += [[(0.0, ["21001", "POST", "21001", "99999"])], [(0.0, ["POST"])]]
+    times = [None if rng.random() < 0.3 else 70 * day * rng.random() for _ in histories]
+    want = reference_scores(rec, histories, times, k=7)
+    for buckets in (True, False):
+        got = rec.score_batch(histories, k=7, now=times, buckets=buckets)
+        assert [(s.items, s.scores, s.cold_start) for s in got] == want
+    for h, t in zip(histories, times, strict=True):  # one at a time, as the API serves
+        [alone] = rec.score_batch([h], k=7, now=[t])
+        assert [(alone.items, alone.scores, alone.cold_start)] == reference_scores(
+            rec, [h], [t], k=7
+        )
+    warm = [i for i, h in enumerate(want) if not h[2]]
+    encoded = encode_batch([histories[i] for i in warm], rec.vocab, rec.encoder)
+    with torch.no_grad():
+        logits = rec.model(collate([encoded.history(i) for i in range(len(warm))]))
+        base = rec.model.catalogue_logits(torch.from_numpy(encoded.catalogue))
+        served = rec.model.serve_logits(ServeBatch.warm_rows(encoded), base)
+    assert torch.equal(served, logits)
 
 
 def test_load_refuses_another_artifact_format(trained, tmp_path):
