@@ -154,16 +154,32 @@ def read_rows(path: Path, stats: ReadStats | None = None) -> Iterator[Row]:
         yield row
 
 
+INVOICE_OPEN_S = 3600.0  # an invoice's lines may be interrupted by others for this long
+MAX_OPEN_INVOICES = 1000
+
+
 def invoices(rows: Iterable[Row]) -> Iterator[list[Row]]:
-    """Group consecutive rows of one invoice (the files keep an invoice's lines together)."""
-    current: list[Row] = []
+    """The rows of each invoice, one list per invoice, in order of first appearance.
+
+    The files keep an invoice's lines together, almost: another invoice can interrupt one (in
+    Online Retail, C542805's two lines sit inside 542806). So an invoice stays open until the
+    file has moved ``INVOICE_OPEN_S`` past its first line (or ``MAX_OPEN_INVOICES`` newer
+    invoices are open): the same grouping by invoice as the training loader's.
+    """
+    open_invoices: dict[str, list[Row]] = {}
     for row in rows:
-        if current and row.invoice != current[0].invoice:
-            yield current
-            current = []
-        current.append(row)
-    if current:
-        yield current
+        group = open_invoices.get(row.invoice)
+        if group is not None:
+            group.append(row)
+            continue
+        while open_invoices:
+            oldest = next(iter(open_invoices.values()))
+            moved_past = (row.time - oldest[0].time).total_seconds() > INVOICE_OPEN_S
+            if not moved_past and len(open_invoices) < MAX_OPEN_INVOICES:
+                break
+            yield open_invoices.pop(oldest[0].invoice)
+        open_invoices[row.invoice] = [row]
+    yield from open_invoices.values()
 
 
 def synthetic_profile(customer_id: str, country: str) -> dict:

@@ -150,19 +150,28 @@ def test_read_rows_xlsx(tmp_path):
     ]  # fmt: skip
 
 
-def test_invoices_group_consecutive_rows_and_is_product():
+def test_invoices_group_an_invoice_interrupted_by_another_and_is_product():
     rows = [
         row("1", "A", 1, 1.0),
         row("1", "B", 1, 1.0),
-        row("2", "A", 1, 1.0),
+        row("C2", "A", -1, 1.0),  # as C542805 sits inside 542806 in the real file
         row("1", "C", 1, 1),
     ]
-    assert [[r.stock_code for r in group] for group in invoices(rows)] == [["A", "B"], ["A"], ["C"]]
+    assert [[r.stock_code for r in group] for group in invoices(rows)] == [["A", "B", "C"], ["A"]]
     assert list(invoices([])) == []
     assert is_product("85123A") and is_product("DCGS0076") and is_product(" 22423 ")
     assert not any(map(is_product, ["POST", "DOT", "M", "BANK CHARGES", "gift_0001_20", "GIFT_1",
                                     "C2", "AMAZONFEE", "PADS", "CRUK"]))
 
+
+
+def test_invoices_close_an_invoice_once_the_file_is_an_hour_past_it():
+    def file_rows():
+        yield row("1", "A", 1, 1.0)
+        yield row("2", "B", 1, 1.0, moment=datetime(2010, 12, 1, 9, 30))
+        raise AssertionError("read past the row that closes invoice 1")
+
+    assert [r.stock_code for r in next(invoices(file_rows()))] == ["A"]
 
 # --- invoice_events -------------------------------------------------------------------------
 
