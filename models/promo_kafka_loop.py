@@ -699,6 +699,83 @@ def print_summary(summary: dict) -> None:
         print(f"true value inside the 95% CI: {coverage}")
 
 
+def bench_seeds(config: LoopConfig, seeds: Sequence[int]) -> dict:
+    """`bench` for each seed (its own population, in ``<out>/seed-<n>``), and the means."""
+    calibration = calibrate()
+    runs = []
+    for seed in seeds:
+        seed_config = replace(
+            config, sim=replace(config.sim, seed=seed), out=config.out / f"seed-{seed}"
+        )
+        runs.append(bench(seed_config, calibration))
+        print_summary(runs[-1])
+        (seed_config.out / "summary.json").write_text(json.dumps(runs[-1], indent=2) + "\n")
+    return {**_mean(runs), "seeds": runs}
+
+
+def _mean(runs: list[dict]) -> dict:
+    """The arms' figures averaged over seeds, the bars on the means, OPE coverage over all."""
+    first = runs[0]["arms"]
+    arms = [a for a in first if first[a]["incremental_per_customer"] is not None]
+    if not arms:
+        return {}
+
+    def mean_of(name: str) -> dict[str, float]:
+        return {a: float(np.mean([r["arms"][a][name] for r in runs])) for a in arms}
+
+    inc, deep = mean_of("incremental_per_customer"), mean_of("deep_discount_customers")
+    mean: dict = {"mean_incremental_per_customer": inc, "mean_deep_discount_customers": deep}
+    statics = [a for a in arms if a in STATIC]
+    if statics and LEARNED in arms:
+        best = max(statics, key=lambda a: inc[a])
+        mean["best_static"] = best
+        mean["ratio_learned_vs_best_static"] = inc[LEARNED] / inc[best] if inc[best] > 0 else None
+        mean["bar_best_static"] = bool(inc[best] > 0 and inc[LEARNED] >= 1.2 * inc[best])
+        mean["bar_deep"] = bool(deep[LEARNED] < deep[best])
+        if ALWAYS_20 in arms:
+            always = inc[ALWAYS_20]
+            mean["ratio_learned_vs_always_20"] = inc[LEARNED] / always if always > 0 else None
+            mean["bar_always_20"] = bool(inc[LEARNED] >= 1.5 * always)
+    if all("ope" in r for r in runs):
+        mean["ope_coverage"] = {
+            m: f"{sum(row[m]['covers'] for r in runs for row in r['ope'])}/"
+            f"{sum(len(r['ope']) for r in runs)}"
+            for m in ope.METHODS
+        }
+    return mean
+
+
+def print_means(summary: dict) -> None:
+    runs = summary["seeds"]
+    inc = summary.get("mean_incremental_per_customer")
+    if not inc or len(runs) < 2:
+        return
+    seeds = [r["config"]["seed"] for r in runs]
+    print(f"\nMeans over seeds {seeds}: incremental profit per customer (GBP), deep-discounted")
+    for arm, value in inc.items():
+        per_seed = ", ".join(f"{r['arms'][arm]['incremental_per_customer']:+.2f}" for r in runs)
+        deep = summary["mean_deep_discount_customers"][arm]
+        print(f"{arm:<28} {value:>+8.2f} {deep:>8.0f}   ({per_seed})")
+    if "best_static" in summary:
+        ratio = summary["ratio_learned_vs_best_static"]
+        print(
+            f"best static {summary['best_static']}; learned / best static = "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}'} (bar >= 1.2: "
+            f"{'met' if summary['bar_best_static'] else 'NOT met'}); deep: "
+            f"{'met' if summary['bar_deep'] else 'NOT met'}"
+        )
+        if "bar_always_20" in summary:
+            r20 = summary["ratio_learned_vs_always_20"]
+            print(
+                f"learned / always 20% = {'n/a' if r20 is None else f'{r20:.2f}'} (always 20% "
+                f"{inc[ALWAYS_20]:+.2f}; bar learned >= 1.5 x always 20%: "
+                f"{'met' if summary['bar_always_20'] else 'NOT met'})"
+            )
+    if "ope_coverage" in summary:
+        coverage = ", ".join(f"{m} {c}" for m, c in summary["ope_coverage"].items())
+        print(f"OPE: true value inside the 95% CI, all seeds: {coverage}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:  # the worker process the benchmark starts
@@ -711,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--weeks", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--margin", type=float, default=SimConfig.margin_rate)
     parser.add_argument(
         "--arms",
@@ -727,19 +804,17 @@ def main(argv: list[str] | None = None) -> int:
     for arm in args.arms:
         arm_variant(arm)
     config = LoopConfig(
-        sim=SimConfig(
-            customers=args.customers, weeks=args.weeks, seed=args.seed, margin_rate=args.margin
-        ),
+        sim=SimConfig(customers=args.customers, weeks=args.weeks, margin_rate=args.margin),
         arms=tuple(args.arms),
         out=args.out,
         partitions=args.partitions,
         slice_hours=args.slice_hours,
         offline=not args.no_offline,
     )
-    summary = bench(config)
-    print_summary(summary)
+    summary = bench_seeds(config, args.seeds)
+    print_means(summary)
     (config.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nwrote {config.out / 'summary.json'} and {config.out / 'learned-log.jsonl'}")
+    print(f"\nwrote {config.out / 'summary.json'} (every figure) and the runs' logs under it")
     return 0
 
 
