@@ -300,16 +300,11 @@ class Vocab:
     week: list[int] | None = None  # None: all zero
     index: dict[str, int] = field(init=False, repr=False, compare=False)
     stats: ItemStats = field(init=False, repr=False, compare=False)
-    clean_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _clean: dict[str | None, dict[str, int]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.index = {item: i for i, item in enumerate(self.items)}
-        # the items an order can hold as they are: normalised product ids (not the padding)
-        self.clean_index = {
-            item: i
-            for i, item in enumerate(self.items)
-            if i and is_product(item) and normalize_product(item) == item
-        }
+        self._clean = {}
         week = self.week if self.week is not None else [0] * len(self.items)
         self.stats = ItemStats(
             *(np.asarray(a, np.float32) for a in (self.popularity, self.recent, week)),
@@ -321,6 +316,17 @@ class Vocab:
 
     def get(self, product_id: str) -> int | None:
         return self.index.get(normalize_product(product_id))
+
+    def clean_index(self, product_pattern: str | None = None) -> dict[str, int]:
+        """The items an order can hold as they are: ids that are normalised products by the
+        rule of ``product_pattern`` (`streams.products.product_rule`), not the padding."""
+        if product_pattern not in self._clean:
+            self._clean[product_pattern] = {
+                item: i
+                for i, item in enumerate(self.items)
+                if i and normalize_product(item) == item and is_product(item, product_pattern)
+            }
+        return self._clean[product_pattern]
 
     def timeline(self, orders: dict[str, list[Order]]) -> ItemTimeline:
         return ItemTimeline(orders, {p: i for i, p in enumerate(self.items) if i})
@@ -504,21 +510,22 @@ class EncodedBatch:
 
 
 def _known_orders(
-    orders: list[Order], vocab: Vocab, config: EncoderConfig
+    orders: list[Order], clean_index: dict[str, int], config: EncoderConfig
 ) -> tuple[list[float], list[list[int]], list[float]]:
     """`encode_history`'s kept orders: times, known ids and known shares.
 
-    An order that holds only distinct, normalised products of the vocabulary (always the case
-    for the worker's state on the model's own catalogue) is read as it is; any other goes
+    An order that holds only distinct ids of ``clean_index`` (`Vocab.clean_index`: always the
+    case for the worker's state on the model's own catalogue) is read as it is; any other goes
     through `order_products` first, exactly as `encode_history` does with every order.
     """
-    index = vocab.clean_index
+    get = clean_index.get
     cleaned = []
     for seconds, products in orders:
-        known = list(dict.fromkeys([index.get(p, 0) for p in products]))
-        if len(known) != len(products) or 0 in known or len(known) > MAX_ORDER_PRODUCTS:
+        known = list(map(get, products))
+        distinct = set(known)
+        if None in distinct or len(distinct) != len(known) or len(known) > MAX_ORDER_PRODUCTS:
             products = order_products(products, config.product_pattern)
-            known = list(dict.fromkeys(i for i in map(vocab.index.get, products) if i is not None))
+            known = [i for i in map(get, products) if i is not None]  # distinct, as products
         cleaned.append((seconds, products, known))
     cleaned = cleaned[len(cleaned) - orders_to_keep([len(p) for _, p, _ in cleaned]) :]
     times, ids, shares = [], [], []
@@ -560,8 +567,9 @@ def encode_batch(
     order_now: list[float] = []
     shares: list[float] = []
     known: list[list[int]] = []
+    clean_index = vocab.clean_index(config.product_pattern)
     for row, (orders, t) in enumerate(zip(histories, times, strict=True)):
-        seconds, ids, share = _known_orders(orders, vocab, config)
+        seconds, ids, share = _known_orders(orders, clean_index, config)
         if seconds:
             n_orders[row] = len(seconds)
             order_t += seconds

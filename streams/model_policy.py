@@ -69,22 +69,26 @@ def order_history(state: dict, until: float | None = None) -> list[Order]:
 
 
 def served_history(
-    state: dict, until: float | None = None, catalogue: Mapping[str, int] | None = None
+    state: dict,
+    until: float | None = None,
+    catalogue: Mapping[str, int] | None = None,
+    product_pattern: str | None = None,
 ) -> list[Order]:
     """`order_history` for `models.sequences.encode_batch`: the same encoding (tested), cheaper.
 
     The state's product lists go as they are: the worker stored them normalised, with the
     product rule applied (`streams.customer_state.apply_order`), and `encode_batch` applies the
     rule again to any order that does not hold only products of the model's ``catalogue``
-    (``vocab.clean_index``). What is left to do here is `order_history`'s dropping of an order
-    with no product at all, checked with the rule only for an order without a catalogue item.
+    (``vocab.clean_index(product_pattern)``). What is left to do here is `order_history`'s
+    dropping of an order with no product at all (by the model's rule, ``product_pattern``),
+    checked with the rule only for an order without a catalogue item.
     """
     known = (catalogue or {}).keys()
     history = []
     for ts, _order_id, _total, products in state["orders"]:
         if until is not None and ts > until:
             continue
-        if known.isdisjoint(products) and not any(map(is_product, products)):
+        if known.isdisjoint(products) and not any(is_product(p, product_pattern) for p in products):
             continue
         history.append((float(ts), products))
     return history
@@ -300,9 +304,10 @@ class NextPurchaseScorer:
             rows = [group[0] for group in misses.values()]
             largest_cart = max(len(carts[r]) for group in misses.values() for r in group)
             started, cpu = time.perf_counter(), time.thread_time()
-            items = loaded.recommender.vocab.clean_index
+            rule = loaded.recommender.encoder.product_pattern
+            items = loaded.recommender.vocab.clean_index(rule)
             results = loaded.recommender.score_batch(
-                [served_history(contexts[r].state, contexts[r].ts, items) for r in rows],
+                [served_history(contexts[r].state, contexts[r].ts, items, rule) for r in rows],
                 k=_top_n(self.top_k, largest_cart),
                 now=[contexts[r].ts for r in rows],
             )

@@ -183,7 +183,7 @@ def test_served_encoding_is_identical(replayed_states, training_orders, split_cu
     rng = np.random.default_rng(0)
     times = [training_orders[c][-1][0] + rng.random() * 30 * 86400.0 for c in customers]
     histories = [
-        served_history(state, until=t, catalogue=vocab.clean_index)
+        served_history(state, until=t, catalogue=vocab.clean_index())
         for state, t in zip(states, times, strict=True)
     ]
     served = encode_batch(histories, vocab, config, times)
@@ -209,7 +209,7 @@ def test_served_history_encodes_like_order_history():
         [5.0, "o5", 9.0, ["22633"]],
     ]
     for until in (None, 3.5, 1.5):
-        served = served_history(state, until, vocab.clean_index)
+        served = served_history(state, until, vocab.clean_index())
         assert [t for t, _ in served] == [t for t, _ in order_history(state, until)]
         want = encode_history(order_history(state, until), vocab, EncoderConfig(), now=6.0)
         got = encode_batch([served], vocab, EncoderConfig(), [6.0]).history(0)

@@ -331,3 +331,19 @@ def test_encode_batch_is_encode_history_bit_for_bit(tmp_path):
                 assert_same_encoding(encoded.history(row), want)
     cold = encode_batch([[], [(0.0, ["POST"])]], vocab, config)
     assert cold.n_orders.tolist() == [0, 0] and cold.repeat_feats.shape == (0, 16)
+
+
+def test_encode_batch_with_a_merchants_product_rule():
+    vocab = Vocab(["<pad>", "SKU-1", "SKU-2", "85123A"], [0, 5, 3, 2], [0] * 4, [0.2] * 4)
+    config = EncoderConfig(product_pattern=r"SKU-\d+$")
+    assert vocab.clean_index(config.product_pattern) == {"SKU-1": 1, "SKU-2": 2}
+    assert vocab.clean_index() == {"85123A": 3}
+    histories = [
+        [(0.0, ["SKU-1", "SKU-2"]), (86400.0, ["SKU-2"])],  # clean: read as they are
+        [(0.0, ["sku-1", "85123A", "POST"]), (86400.0, ["SKU-2", "SKU-9", "SKU-2"])],
+        [(0.0, ["85123A"])],  # not a product by this rule: cold start
+    ]
+    encoded = encode_batch(histories, vocab, config, [3 * 86400.0] * 3)
+    for row, h in enumerate(histories):
+        assert_same_encoding(encoded.history(row), encode_history(h, vocab, config, 3 * 86400.0))
+    assert encoded.n_orders.tolist() == [2, 2, 0]
