@@ -1,14 +1,21 @@
 """``nextbest bench-model``: next-purchase serving speed on one core, then cart -> offer latency.
 
-Inference, in this process with ``torch.set_num_threads(1)``, on real customer histories in the
-worker's shape (the last 50 orders of every customer with an order before ``--cutoff`` in the
-data file, sampled with replacement), side by side:
+Inference, in this process with ``torch.set_num_threads(1)``, on real customers (the last 50
+orders of customers with an order before ``--cutoff`` in the data file, sampled with
+replacement), held as the worker's state records (`state_records`) and scored at the cutoff,
+side by side, before and now:
 
-- serve: ``Recommender.score_batch``, what the worker calls: Python encoding of each history
-  (`models.sequences.encode_history`) + batched forward + softmax + top-k;
-- model (eager): the same without the encoding step (histories encoded beforehand);
-- model (TorchScript): the same model traced and frozen (checked equal to eager);
-- model (torch.compile), with ``--compile`` only: compiling takes about a minute here.
+- before: serve, the previous serving path from the state record to the top-10
+  (`order_history`, `encode_history` per history, `forward` padded to the longest history,
+  softmax, top-k: `score_before`); before: encode and before: model, its two stages;
+- now: serve, what the worker calls now (`served_history`, `Recommender.score_batch`:
+  `encode_batch` + `NextPurchaseLSTM.serve_logits` + softmax + top-k); now: encode and
+  now: model, its two stages; now: 1 bucket, the model stage with one LSTM run padded to the
+  longest history instead of one per length bucket;
+- TorchScript: before's model traced and frozen (checked equal to eager);
+- torch.compile of before's model, with ``--compile`` only (slow to build).
+
+It first checks that now and before return the same products and probabilities, bit for bit.
 
 Pipeline: cart record sent -> offer record written, as in `streams.bench.latency`, without
 and with ``NEXTBEST_MODEL_PATH``, alternating, each on a fresh broker and worker. Unlike
@@ -35,10 +42,12 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from models import artifact
-from models.next_purchase import Batch, NextPurchaseLSTM, Recommender, collate
+from models.next_purchase import Batch, NextPurchaseLSTM, Recommender, Scored, collate
 from models.sequences import (
+    EncodedBatch,
     EncodedHistory,
     Order,
+    encode_batch,
     encode_history,
     epoch_seconds,
     load_orders,
@@ -47,6 +56,8 @@ from models.sequences import (
 from streams.bench import _offer_latencies
 from streams.broker import EmbeddedBroker, free_port, wait_for_port
 from streams.demo import histogram_quantile, scrape, scrape_buckets, start_worker, stop_worker
+from streams.model_policy import order_history, served_history
+from streams.products import order_products, orders_to_keep
 from streams.replay import ReplayEvent, replay_events, send
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -80,6 +91,32 @@ def real_histories(config: ModelBenchConfig) -> list[list[Order]]:
     return [histories[i] for i in rng.integers(0, len(histories), config.sequences)]
 
 
+def state_records(histories: list[list[Order]]) -> list[dict]:
+    """The ``orders`` of the worker's customer state after these orders (products and bounds
+    as `streams.customer_state.apply_order` keeps them): what the scorer reads."""
+    states = []
+    for history in histories:
+        orders = [[t, f"o{j}", 0.0, order_products(p)] for j, (t, p) in enumerate(history)]
+        orders = [order for order in orders if order[3]]
+        del orders[: len(orders) - orders_to_keep([len(order[3]) for order in orders])]
+        states.append({"orders": orders})
+    return states
+
+
+def score_before(rec: Recommender, histories: list[list[Order]], now: list[float]) -> list:
+    """`Recommender.score_batch` before the serving fast path: `encode_history` per history,
+    `forward` on the collated batch (`Recommender.probabilities`), softmax, top-k."""
+    encoded = [
+        encode_history(h, rec.vocab, rec.encoder, now=t)
+        for h, t in zip(histories, now, strict=True)
+    ]
+    top = rec.probabilities(encoded).topk(TOP_K, dim=-1)
+    return [
+        Scored([rec.vocab.items[i] for i in idx.tolist()], val.tolist(), e.n_orders == 0)
+        for e, val, idx in zip(encoded, top.values, top.indices, strict=True)
+    ]
+
+
 class _Positional(torch.nn.Module):
     """The model with the Batch fields as positional tensors, for tracing."""
 
@@ -110,29 +147,39 @@ def _top(forward: Callable[[Batch], torch.Tensor]) -> Callable[[list], object]:
     return run
 
 
-def throughput(run: Callable[[list], object], pool: list, batch: int, seconds: float) -> float:
-    """Sequences per CPU-second of ``run`` over whole passes of ``pool`` in consecutive batches
-    (at least one pass and ``seconds`` of CPU time). CPU time of this thread, not wall time:
-    the machine is shared, and torch runs on this one thread."""
-    run(pool[:batch])  # warm-up
+@dataclass(frozen=True)
+class Variant:
+    """One column: ``run`` times what ``prepare`` (untimed) made of a batch of pool rows."""
+
+    run: Callable[[object], object]
+    prepare: Callable[[list[int]], object]
+
+
+def throughput(variant: Variant, rows: int, batch: int, seconds: float) -> float:
+    """Sequences per CPU-second of ``variant`` over whole passes of the ``rows`` pool rows in
+    consecutive batches (at least one pass and ``seconds`` of CPU time). CPU time of this
+    thread, not wall time: the machine is shared, and torch runs on this one thread."""
+    batches = [variant.prepare(list(range(i, min(i + batch, rows)))) for i in range(0, rows, batch)]
+    variant.run(batches[0])  # warm-up
     done, start = 0, time.thread_time()
     while True:
-        for i in range(0, len(pool), batch):
-            run(pool[i : i + batch])
-            done += len(pool[i : i + batch])
+        for prepared in batches:
+            variant.run(prepared)
+        done += rows
         elapsed = time.thread_time() - start
         if elapsed >= seconds:
             return done / elapsed
 
 
-def single_latency(run: Callable[[list], object], pool: list, calls: int) -> dict[str, float]:
-    """p50 and p99 in ms of one-sequence calls over the first ``calls`` sequences: wall time,
+def single_latency(variant: Variant, calls: int) -> dict[str, float]:
+    """p50 and p99 in ms of one-sequence calls over the first ``calls`` pool rows: wall time,
     and CPU time of this thread (what the call costs when it has the core to itself)."""
-    run(pool[:1])
+    singles = [variant.prepare([row]) for row in range(calls)]
+    variant.run(singles[0])
     wall, cpu = [], []
-    for item in pool[:calls]:
+    for prepared in singles:
         w, c = time.perf_counter(), time.thread_time()
-        run([item])
+        variant.run(prepared)
         cpu.append(time.thread_time() - c)
         wall.append(time.perf_counter() - w)
     (w50, w99), (c50, c99) = (np.percentile(x, [50, 99]) * 1000 for x in (wall, cpu))
@@ -151,65 +198,126 @@ def _check_equal(reference: Callable, other: Callable, encoded: list) -> float:
     return max(diffs)
 
 
+def _identical(rec: Recommender, states: list[dict], now: list[float]) -> tuple[int, int]:
+    """Rows whose products and probabilities are the same, bit for bit, served now and
+    before, in batches of 256 and one by one (the first 300), out of how many."""
+    same = total = 0
+    rule = rec.encoder.product_pattern
+    catalogue = rec.vocab.clean_index(rule)
+    for batch, rows in ((256, len(states)), (1, min(300, len(states)))):
+        for i in range(0, rows, batch):
+            chunk, times = states[i : i + batch], now[i : i + batch]
+            before = score_before(rec, [order_history(s) for s in chunk], times)
+            after = rec.score_batch(
+                [served_history(s, None, catalogue, rule) for s in chunk], TOP_K, times
+            )
+            same += sum(a == b for a, b in zip(after, before, strict=True))
+            total += len(chunk)
+    return same, total
+
+
 def inference(config: ModelBenchConfig, rec: Recommender) -> None:
     histories = real_histories(config)
-    encoded = [encode_history(h, rec.vocab, rec.encoder) for h in histories]
+    states = state_records(histories)
+    now = [epoch_seconds(config.cutoff)] * len(states)  # scored at the cutoff, like evaluate
+    encoded = [
+        encode_history(h, rec.vocab, rec.encoder, now=t)
+        for h, t in zip(histories, now, strict=True)
+    ]
     n_orders = np.array([e.n_orders for e in encoded])
     n_items = np.array([len(e.repeat_items) for e in encoded])
     print(
-        f"{len(histories):,} real histories (customers with orders before {config.cutoff}): "
-        f"orders mean {n_orders.mean():.1f}, p50 {np.median(n_orders):.0f}, p99 "
+        f"{len(histories):,} real histories (customers with orders before {config.cutoff}, "
+        f"scored at it): orders mean {n_orders.mean():.1f}, p50 {np.median(n_orders):.0f}, p99 "
         f"{np.percentile(n_orders, 99):.0f}; distinct products mean {n_items.mean():.0f}, p99 "
         f"{np.percentile(n_items, 99):.0f}; catalogue {len(rec.vocab) - 1:,}"
     )
-    model = rec.model
-    variants: dict[str, tuple[Callable[[list], object], list]] = {
-        "serve": (lambda hs: rec.score_batch(hs, k=TOP_K), histories),
-        "model eager": (_top(model), encoded),
+    same, total = _identical(rec, states, now)
+    print(f"served now vs before: {same:,} of {total:,} rows identical (products, probabilities)")
+    rule = rec.encoder.product_pattern
+    catalogue = rec.vocab.clean_index(rule)
+
+    def rows_of(rows: list[int]) -> tuple[list[dict], list[float]]:
+        return [states[r] for r in rows], [now[r] for r in rows]
+
+    def histories_before(chunk: tuple[list[dict], list[float]]) -> list[list[Order]]:
+        return [order_history(s, t) for s, t in zip(*chunk, strict=True)]
+
+    def histories_now(chunk: tuple[list[dict], list[float]]) -> list[list[Order]]:
+        return [served_history(s, t, catalogue, rule) for s, t in zip(*chunk, strict=True)]
+
+    def encode_now(chunk: tuple[list[dict], list[float]]) -> EncodedBatch:
+        return encode_batch(histories_now(chunk), rec.vocab, rec.encoder, chunk[1])
+
+    def encode_before(chunk: tuple[list[dict], list[float]]) -> list[EncodedHistory]:
+        return [
+            encode_history(h, rec.vocab, rec.encoder, now=t)
+            for h, t in zip(histories_before(chunk), chunk[1], strict=True)
+        ]
+
+    def encoded_before(rows: list[int]) -> list[EncodedHistory]:
+        return [encoded[r] for r in rows]
+
+    variants = {
+        "before: serve": Variant(
+            lambda chunk: score_before(rec, histories_before(chunk), chunk[1]), rows_of
+        ),
+        "before: encode": Variant(encode_before, rows_of),
+        "before: model": Variant(_top(rec.model), encoded_before),
+        "now: serve": Variant(
+            lambda chunk: rec.score_batch(histories_now(chunk), TOP_K, chunk[1]), rows_of
+        ),
+        "now: encode": Variant(encode_now, rows_of),
+        "now: model": Variant(lambda e: rec.top_k(e, TOP_K), lambda r: encode_now(rows_of(r))),
+        "now: 1 bucket": Variant(
+            lambda e: rec.top_k(e, TOP_K, buckets=False), lambda r: encode_now(rows_of(r))
+        ),
     }
     started = time.perf_counter()
     with warnings.catch_warnings():  # the tracer's notes on constants: checked below instead
         warnings.simplefilter("ignore")
-        scripted = torchscript(model, collate(encoded[:64]))
-    diff = _check_equal(model, scripted, encoded)
+        scripted = torchscript(rec.model, collate(encoded[:64]))
+    diff = _check_equal(rec.model, scripted, encoded)
     print(
-        f"TorchScript trace + freeze: {time.perf_counter() - started:.1f}s, "
-        f"max |logit diff| vs eager {diff:.2g}"
+        f"TorchScript (the model before, without encoding) trace + freeze: "
+        f"{time.perf_counter() - started:.1f}s, max |logit diff| vs eager {diff:.2g}"
     )
-    variants["model TorchScript"] = (_top(scripted), encoded)
+    variants["TorchScript"] = Variant(_top(scripted), encoded_before)
     if config.compile:
         started = time.perf_counter()
-        compiled = torch.compile(model, dynamic=True)
+        compiled = torch.compile(rec.model, dynamic=True)
         with torch.no_grad():
             for batch in BATCH_SIZES:
                 compiled(collate(encoded[:batch]))
-        diff = _check_equal(model, compiled, encoded)
+        diff = _check_equal(rec.model, compiled, encoded)
         print(
             f"torch.compile (dynamic): {time.perf_counter() - started:.1f}s to compile for "
             f"every batch size, max |logit diff| vs eager {diff:.2g}"
         )
-        variants["model compile"] = (_top(compiled), encoded)
+        variants["torch.compile"] = Variant(_top(compiled), encoded_before)
 
-    by_length = sorted(encoded, key=lambda e: e.n_orders)
-    variants["TorchScript, sorted"] = (_top(scripted), by_length)
-    variants["encode only"] = (
-        lambda hs: [encode_history(h, rec.vocab, rec.encoder) for h in hs],
-        histories,
-    )
     wall, cpu = time.perf_counter(), time.thread_time()
     print(
-        "\ninference, sequences per CPU-second on one core (serve = encoding + model; model = no "
-        "encoding;\nsorted = the same sequences batched by history length, so less padding)"
+        "\ninference, sequences per CPU-second on one core: serve = from the customer state "
+        "record to the top-10\n(encode + model + softmax + top-k); before = the serving path "
+        "of the previous version (encode_history\nper history, forward padded to the longest "
+        "history); now = score_batch (encode_batch, serve_logits,\nLSTM per length bucket); "
+        "1 bucket = now, one LSTM run padded to the longest; TorchScript = before's model"
     )
-    print("  batch" + "".join(f"{name:>21}" for name in variants))
+    width = 16
+    print("  batch" + "".join(f"{name:>{width}}" for name in variants) + f"{'now/before':>12}")
     best: dict[str, float] = {}
     for batch in BATCH_SIZES:
-        row = []
-        for name, (run, pool) in variants.items():
-            rate = throughput(run, pool, batch, config.seconds_per_cell)
-            best[name] = max(best.get(name, 0.0), rate)
-            row.append(f"{rate:>21,.0f}")
-        print(f"  {batch:>5}" + "".join(row))
+        rates = {}
+        for name, variant in variants.items():
+            rates[name] = throughput(variant, len(states), batch, config.seconds_per_cell)
+            best[name] = max(best.get(name, 0.0), rates[name])
+        ratio = rates["now: serve"] / rates["before: serve"]
+        print(
+            f"  {batch:>5}"
+            + "".join(f"{rate:>{width},.0f}" for rate in rates.values())
+            + f"{ratio:>11.2f}x"
+        )
     share = (time.thread_time() - cpu) / (time.perf_counter() - wall)
     print(f"  (this thread had the CPU {share:.0%} of the wall time of the table)")
 
@@ -218,22 +326,18 @@ def inference(config: ModelBenchConfig, rec: Recommender) -> None:
         "      wall p50   wall p99    cpu p50    cpu p99"
     )
     single = {}
-    for name, (run, pool) in variants.items():
-        if name == "TorchScript, sorted":
-            continue
-        single[name] = single_latency(run, pool, config.single_calls)
+    for name, variant in variants.items():
+        single[name] = single_latency(variant, min(config.single_calls, len(states)))
         print(f"  {name:<44}" + "".join(f"{v:>11.3f}" for v in single[name].values()))
-    model_names = [n for n in variants if n.startswith(("model", "TorchScript"))]
-    fastest = max(model_names, key=best.get)
-    quickest = min(model_names, key=lambda n: single.get(n, {"cpu_p99": np.inf})["cpu_p99"])
     print(
-        f"\ntargets (one core): batched >= 20,000 seq/s: serve {best['serve']:,.0f}, "
-        f"{fastest} {best[fastest]:,.0f} (best batch size)"
+        f"\ntargets (one core): batched >= 20,000 seq/s: serve now {best['now: serve']:,.0f} "
+        f"(before {best['before: serve']:,.0f}), model now {best['now: model']:,.0f} "
+        f"(best batch size)"
     )
     print(
-        f"  single p99 <= 2 ms (cpu / wall): serve {single['serve']['cpu_p99']:.2f} / "
-        f"{single['serve']['wall_p99']:.2f} ms, {quickest} {single[quickest]['cpu_p99']:.2f} / "
-        f"{single[quickest]['wall_p99']:.2f} ms"
+        f"  single p99 <= 2 ms (cpu / wall): serve now {single['now: serve']['cpu_p99']:.2f} / "
+        f"{single['now: serve']['wall_p99']:.2f} ms (before "
+        f"{single['before: serve']['cpu_p99']:.2f} / {single['before: serve']['wall_p99']:.2f})"
     )
 
 
