@@ -184,6 +184,9 @@ class NextPurchaseLSTM(nn.Module):
 LENGTH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 """Serving runs the LSTM once per bucket of histories whose order count is at most each of
 these (and above the one before), each padded to its own longest history only."""
+LSTM_RUN_STEPS = 100
+"""What one more LSTM run costs, in padded (history, order) steps (one core: ~100 µs a run,
+~1 µs a step): a bucket joins the next one when its extra padding there costs less."""
 
 
 @dataclass
@@ -205,17 +208,23 @@ def lstm_buckets(n_orders: np.ndarray, buckets: bool = True) -> tuple[list[LSTMB
     """The LSTM runs for histories of ``n_orders`` (all >= 1) orders whose steps lie flat, one
     history after the other, and the permutation that puts the runs' rows back in order.
 
-    With ``buckets``, one run per `LENGTH_BUCKETS` bucket, rows by length (less padding);
-    without, one run padded to the longest history, like `collate`.
+    With ``buckets``, one run per `LENGTH_BUCKETS` bucket, rows by length (less padding),
+    short buckets merged into the next where that is cheaper (`LSTM_RUN_STEPS`); without, one
+    run padded to the longest history, like `collate`.
     """
     first = np.cumsum(n_orders) - n_orders
     pad = int(n_orders.sum())  # the zero row appended to the steps
     bucket = np.searchsorted(LENGTH_BUCKETS, n_orders) if buckets else np.zeros_like(n_orders)
     order = np.argsort(bucket, kind="stable")
-    runs = []
+    groups: list[tuple[np.ndarray, int]] = []
     for rows in np.split(order, np.flatnonzero(np.diff(bucket[order])) + 1):
+        longest = int(n_orders[rows].max())
+        if groups and len(groups[-1][0]) * (longest - groups[-1][1]) < LSTM_RUN_STEPS:
+            rows = np.concatenate([groups.pop()[0], rows])
+        groups.append((rows, longest))
+    runs = []
+    for rows, longest in groups:
         n = n_orders[rows]
-        longest = int(n.max())
         step = np.arange(longest)
         gather = np.where(step < n[:, None], first[rows, None] + step, pad)
         last = np.arange(len(rows)) * longest + n - 1

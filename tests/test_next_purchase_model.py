@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models import artifact, evaluate, train
+from models import artifact, evaluate, next_purchase, train
 from models.next_purchase import ModelConfig, NextPurchaseLSTM, Recommender, ServeBatch, collate
 from models.sequences import EncoderConfig, Vocab, encode_batch, encode_history, file_sha256
 
@@ -126,9 +126,35 @@ def reference_scores(rec: Recommender, histories: list, times: list, k: int) -> 
     ]
 
 
-def test_serving_path_equals_forward_bit_for_bit(trained):
+def test_lstm_buckets_cover_every_row_once():
+    n_orders = np.array([3, 1, 20, 2, 1, 7, 50, 4, 2])
+    first = np.cumsum(n_orders) - n_orders
+    for run_steps, expected in ((0, 6), (12, 4), (100, 2), (1000, 1)):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(next_purchase, "LSTM_RUN_STEPS", run_steps)
+            runs, unsort = next_purchase.lstm_buckets(n_orders)
+        assert len(runs) == expected, run_steps
+        rows = []
+        for run in runs:
+            gather = run.gather.view(run.rows, run.longest).numpy()
+            lengths = (gather < n_orders.sum()).sum(axis=1)
+            assert run.longest == lengths.max()
+            starts = gather[:, 0]
+            rows += [int(np.flatnonzero(first == start)[0]) for start in starts]
+            assert lengths.tolist() == n_orders[rows[-run.rows :]].tolist()
+            assert (run.last.numpy() == np.arange(run.rows) * run.longest + lengths - 1).all()
+        assert sorted(rows) == list(range(len(n_orders)))
+        assert np.array(rows)[unsort].tolist() == list(range(len(n_orders)))
+    [single] = next_purchase.lstm_buckets(n_orders, buckets=False)[0]
+    assert (single.rows, single.longest) == (len(n_orders), 50)
+
+
+@pytest.mark.parametrize("run_steps", [0, next_purchase.LSTM_RUN_STEPS])
+def test_serving_path_equals_forward_bit_for_bit(trained, run_steps, monkeypatch):
     """`score_batch` (batched encoding, cached catalogue logits, LSTM by length bucket) gives
-    exactly what `forward` on `encode_history`'s input gives: same products, same floats."""
+    exactly what `forward` on `encode_history`'s input gives: same products, same floats.
+    ``run_steps`` 0: one LSTM run per length bucket, never merged."""
+    monkeypatch.setattr(next_purchase, "LSTM_RUN_STEPS", run_steps)
     tmp, _, staples = trained
     rec = artifact.load(tmp / "models")
     day = 86400.0
