@@ -155,35 +155,51 @@ class Variant:
     prepare: Callable[[list[int]], object]
 
 
-def throughput(variant: Variant, rows: int, batch: int, seconds: float) -> float:
-    """Sequences per CPU-second of ``variant`` over whole passes of the ``rows`` pool rows in
-    consecutive batches (at least one pass and ``seconds`` of CPU time). CPU time of this
-    thread, not wall time: the machine is shared, and torch runs on this one thread."""
-    batches = [variant.prepare(list(range(i, min(i + batch, rows)))) for i in range(0, rows, batch)]
-    variant.run(batches[0])  # warm-up
-    done, start = 0, time.thread_time()
-    while True:
-        for prepared in batches:
-            variant.run(prepared)
-        done += rows
-        elapsed = time.thread_time() - start
-        if elapsed >= seconds:
-            return done / elapsed
+def throughputs(
+    variants: dict[str, Variant], rows: int, batch: int, seconds: float
+) -> dict[str, float]:
+    """Sequences per CPU-second of each variant over the ``rows`` pool rows in consecutive
+    batches: whole passes, the variants taking turns pass by pass (so a busy spell on the
+    shared machine falls on all of them), until each has ``seconds`` of CPU time. CPU time of
+    this thread, not wall time: torch runs on this one thread."""
+    batches = {
+        name: [v.prepare(list(range(i, min(i + batch, rows)))) for i in range(0, rows, batch)]
+        for name, v in variants.items()
+    }
+    cpu = dict.fromkeys(variants, 0.0)
+    passes = dict.fromkeys(variants, 0)
+    for name, variant in variants.items():
+        variant.run(batches[name][0])  # warm-up
+    while min(cpu.values()) < seconds:
+        for name, variant in variants.items():
+            start = time.thread_time()
+            for prepared in batches[name]:
+                variant.run(prepared)
+            cpu[name] += time.thread_time() - start
+            passes[name] += 1
+    return {name: passes[name] * rows / cpu[name] for name in variants}
 
 
-def single_latency(variant: Variant, calls: int) -> dict[str, float]:
-    """p50 and p99 in ms of one-sequence calls over the first ``calls`` pool rows: wall time,
-    and CPU time of this thread (what the call costs when it has the core to itself)."""
-    singles = [variant.prepare([row]) for row in range(calls)]
-    variant.run(singles[0])
-    wall, cpu = [], []
-    for prepared in singles:
-        w, c = time.perf_counter(), time.thread_time()
-        variant.run(prepared)
-        cpu.append(time.thread_time() - c)
-        wall.append(time.perf_counter() - w)
-    (w50, w99), (c50, c99) = (np.percentile(x, [50, 99]) * 1000 for x in (wall, cpu))
-    return {"wall_p50": w50, "wall_p99": w99, "cpu_p50": c50, "cpu_p99": c99}
+def single_latencies(variants: dict[str, Variant], calls: int) -> dict[str, dict[str, float]]:
+    """p50 and p99 in ms of one-sequence calls over the first ``calls`` pool rows, the
+    variants taking turns call by call: wall time, and CPU time of this thread (what the call
+    costs when it has the core to itself)."""
+    singles = {name: [v.prepare([row]) for row in range(calls)] for name, v in variants.items()}
+    wall = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    for name, variant in variants.items():
+        variant.run(singles[name][0])
+    for row in range(calls):
+        for name, variant in variants.items():
+            w, c = time.perf_counter(), time.thread_time()
+            variant.run(singles[name][row])
+            cpu[name].append(time.thread_time() - c)
+            wall[name].append(time.perf_counter() - w)
+    result = {}
+    for name in variants:
+        (w50, w99), (c50, c99) = (np.percentile(x[name], [50, 99]) * 1000 for x in (wall, cpu))
+        result[name] = {"wall_p50": w50, "wall_p99": w99, "cpu_p50": c50, "cpu_p99": c99}
+    return result
 
 
 def _check_equal(reference: Callable, other: Callable, encoded: list) -> float:
@@ -308,10 +324,9 @@ def inference(config: ModelBenchConfig, rec: Recommender) -> None:
     print("  batch" + "".join(f"{name:>{width}}" for name in variants) + f"{'now/before':>12}")
     best: dict[str, float] = {}
     for batch in BATCH_SIZES:
-        rates = {}
-        for name, variant in variants.items():
-            rates[name] = throughput(variant, len(states), batch, config.seconds_per_cell)
-            best[name] = max(best.get(name, 0.0), rates[name])
+        rates = throughputs(variants, len(states), batch, config.seconds_per_cell)
+        for name, rate in rates.items():
+            best[name] = max(best.get(name, 0.0), rate)
         ratio = rates["now: serve"] / rates["before: serve"]
         print(
             f"  {batch:>5}"
@@ -321,14 +336,14 @@ def inference(config: ModelBenchConfig, rec: Recommender) -> None:
     share = (time.thread_time() - cpu) / (time.perf_counter() - wall)
     print(f"  (this thread had the CPU {share:.0%} of the wall time of the table)")
 
+    calls = min(config.single_calls, len(states))
     print(
-        f"\nsingle sequence, ms over {config.single_calls:,} real histories"
-        "      wall p50   wall p99    cpu p50    cpu p99"
+        f"\nsingle sequence, ms over {calls:,} real histories (the variants take turns)"
+        "  wall p50   wall p99    cpu p50    cpu p99"
     )
-    single = {}
-    for name, variant in variants.items():
-        single[name] = single_latency(variant, min(config.single_calls, len(states)))
-        print(f"  {name:<44}" + "".join(f"{v:>11.3f}" for v in single[name].values()))
+    single = single_latencies(variants, calls)
+    for name, figures in single.items():
+        print(f"  {name:<44}" + "".join(f"{v:>11.3f}" for v in figures.values()))
     print(
         f"\ntargets (one core): batched >= 20,000 seq/s: serve now {best['now: serve']:,.0f} "
         f"(before {best['before: serve']:,.0f}), model now {best['now: model']:,.0f} "
