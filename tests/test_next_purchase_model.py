@@ -185,6 +185,23 @@ def test_serving_path_equals_forward_bit_for_bit(trained, run_steps, monkeypatch
     assert torch.equal(served, logits)
 
 
+@pytest.mark.parametrize("use_lstm", [True, False])
+def test_serving_path_equals_forward_untrained(use_lstm):
+    """The same, for an untrained model with and without the LSTM (the ablation)."""
+    items = ["<pad>", *PRODUCTS]
+    vocab = Vocab(items, [0, *range(30, 0, -1)], [0] * 31, [0.2] * 31, [1] * 31)
+    torch.manual_seed(0)
+    model = NextPurchaseLSTM(ModelConfig(emb_dim=8, hidden=8, use_lstm=use_lstm), vocab.popularity)
+    rec = Recommender(model, vocab, EncoderConfig())
+    day = 86400.0
+    histories = [[(j * day, PRODUCTS[j : j + 3 + c % 4]) for j in range(c % 9)] for c in range(40)]
+    times = [9 * day] * len(histories)
+    got = rec.score_batch(histories, k=5, now=times)
+    assert [(s.items, s.scores, s.cold_start) for s in got] == reference_scores(
+        rec, histories, times, k=5
+    )
+
+
 def test_load_refuses_another_artifact_format(trained, tmp_path):
     tmp, _, _ = trained
     path = artifact.resolve(tmp / "models")
