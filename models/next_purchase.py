@@ -160,7 +160,7 @@ class NextPurchaseLSTM(nn.Module):
         history's LSTM state depends neither on the other rows of its run nor on padding after
         its end)."""
         b = batch.unsort.shape[0]
-        repeat_in = batch.repeat_feats
+        repeat_in = [batch.repeat_feats]
         if self.config.use_lstm:
             bags = self.item_emb(batch.items, batch.offsets)
             steps = F.gelu(self.step(torch.cat([bags, batch.order_feats], dim=-1)))
@@ -171,11 +171,11 @@ class NextPurchaseLSTM(nn.Module):
                 states.append(out.reshape(-1, out.shape[-1])[run.last])
             h = torch.cat(states)[batch.unsort]
             logits = (self.head(h) @ self.item_emb.weight.T).add_(base)
-            repeat_in = torch.cat([repeat_in, self.gate(h)[batch.repeat_row]], dim=-1)
+            repeat_in.append(self.gate(h)[batch.repeat_row])
         else:
             logits = base.expand(b, -1).clone()
-        repeat_in = torch.cat([repeat_in, self.item_repeat(batch.repeat_items)], dim=-1)
-        repeat = self.repeat(repeat_in).squeeze(-1)
+        repeat_in.append(self.item_repeat(batch.repeat_items))
+        repeat = self.repeat(torch.cat(repeat_in, dim=-1)).squeeze(-1)
         logits.index_put_((batch.repeat_row, batch.repeat_items), repeat, accumulate=True)
         logits[:, 0] = float("-inf")
         return logits
