@@ -51,18 +51,23 @@ CACHE_TTL_S = 900.0  # event time a customer's cached ranking serves their later
 ERROR_LOG_INTERVAL_S = 60.0
 
 
-def order_history(state: dict, until: float | None = None) -> list[Order]:
+def order_history(
+    state: dict, until: float | None = None, product_pattern: str | None = None
+) -> list[Order]:
     """The customer's orders as ``[(epoch s, [product_id, ...]), ...]``, oldest first; only
     those placed at or before ``until`` (epoch s) when given.
 
     Same rule as the training loader: only product codes count (postage, fees and manual lines
     are dropped, ids normalized), and an order left with no product is no order.
+    ``product_pattern``: the model's product rule (`Recommender.encoder`); None: UCI codes.
     """
     history = []
     for ts, _order_id, _total, products in state["orders"]:
         if until is not None and ts > until:
             continue
-        kept = list(dict.fromkeys(normalize_product(p) for p in products if is_product(p)))
+        kept = list(
+            dict.fromkeys(normalize_product(p) for p in products if is_product(p, product_pattern))
+        )
         if kept:
             history.append((float(ts), kept))
     return history

@@ -216,6 +216,21 @@ def test_served_history_encodes_like_order_history():
         for name in ("order_items", "order_lengths", "order_feats", "repeat_items"):
             np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
         assert got.repeat_feats.tobytes() == want.repeat_feats.tobytes()
+    # a merchant's own product rule, which the model was trained with
+    rule = r"SKU-\d+$"
+    vocab = Vocab(["<pad>", "SKU-1", "SKU-2"], [0, 5, 3], [0] * 3, [0.2] * 3)
+    config = EncoderConfig(product_pattern=rule)
+    state["orders"] = [
+        [1.0, "o1", 9.0, ["85123A"]],  # no product by this rule
+        [2.0, "o2", 9.0, ["sku-1", "POST", "SKU-3"]],
+        [3.0, "o3", 9.0, ["SKU-2", "SKU-1"]],
+    ]
+    served = served_history(state, None, vocab.clean_index(rule), rule)
+    assert [t for t, _ in served] == [t for t, _ in order_history(state, None, rule)] == [2.0, 3.0]
+    want = encode_history(order_history(state, None, rule), vocab, config, now=6.0)
+    got = encode_batch([served], vocab, config, [6.0]).history(0)
+    assert got.order_feats.tobytes() == want.order_feats.tobytes()
+    assert got.repeat_feats.tobytes() == want.repeat_feats.tobytes()
 
 
 def test_order_history_applies_the_loaders_product_rule(replayed_states):
