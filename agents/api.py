@@ -412,7 +412,8 @@ class Api:
         from streams.model_policy import order_history  # torch is loaded when a model is
 
         state = self.state(key)
-        history = order_history(state) if state is not None else []
+        rule = model.recommender.encoder.product_pattern
+        history = order_history(state, product_pattern=rule) if state is not None else []
         [scored] = model.recommender.score_batch([history], k=int(raw_n))
         return view.json(
             {

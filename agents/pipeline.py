@@ -159,7 +159,8 @@ class Pipeline:
         entry = self._load(batch, key, event)
         if entry.state is None:
             entry.state = customer_state.new_state()
-        if not customer_state.apply_event(entry.state, kind, data):
+        merchant = self.nb.registry.get(merchant_id)
+        if not customer_state.apply_event(entry.state, kind, data, merchant.options.products):
             metrics.DUPLICATES.inc()
             return
         entry.dirty = True
@@ -177,7 +178,6 @@ class Pipeline:
             session_key = state_key(merchant_id, None, session_id).encode()
             batch.outputs.append((self.nb.merges, session_key, orjson.dumps(claim)))
         if kind == "cart" and data["event_type"] not in NO_OFFER_CART_EVENTS:
-            merchant = self.nb.registry.get(merchant_id)
             batch.decisions.append(self._decision(key, merchant, entry.state, data, event))
 
     def _decision(

@@ -9,7 +9,7 @@ import faust
 
 from streams.catalog import MerchantRegistry
 from streams.settings import Settings
-from streams.transport import tansu_url
+from streams.transport import faust_broker_url
 
 #: Settings that only make sense on the embedded Tansu broker (see docs/architecture.md); the
 #: embedded broker is also reached through the ``tansu://`` transport (streams/transport.py).
@@ -57,7 +57,9 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 
 def faust_config(settings: Settings) -> dict:
     config = {
-        "broker": settings.broker_url,
+        "broker": faust_broker_url(
+            settings.broker_url, settings.embedded_broker, settings.lean_delivery
+        ),
         "broker_credentials": broker_credentials(settings),
         "store": "rocksdb://",
         "datadir": str(settings.state_dir),
@@ -73,7 +75,7 @@ def faust_config(settings: Settings) -> dict:
         "stream_buffer_maxsize": 16384,
     }
     if settings.embedded_broker:
-        config.update(TANSU_OVERRIDES, broker=tansu_url(settings.broker_url))
+        config.update(TANSU_OVERRIDES)
     return config
 
 

@@ -59,6 +59,9 @@ class Settings:
     max_event_bytes: int = 65536
     batch_size: int = 500
     batch_window_s: float = 0.05
+    #: Records reach the streams without a task per record (streams/transport.py); 0: Faust's
+    #: own delivery loop
+    lean_delivery: bool = True
     log_level: str = "warn"
     model_path: str = ""  # next-purchase artifact root (or version dir); empty: rules only
     model_reload_s: float = 10.0

@@ -135,7 +135,9 @@ def send_all(cluster: Cluster, events: list) -> None:
 
 
 def outputs(cluster: Cluster, offers: int) -> tuple[list[str], list[str]]:
-    promotions = cluster.read("promotions", min_count=offers)
+    # a restarted worker on a busy 2-core machine may need longer than read()'s default 20 s
+    # to rejoin, recover and catch up; the comparison below stays exact
+    promotions = cluster.read("promotions", min_count=offers, timeout=60)
     notifications = cluster.read("notifications")
     return [o["offer_id"] for o in promotions], [n["dedupe_key"] for n in notifications]
 

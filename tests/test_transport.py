@@ -1,34 +1,53 @@
-"""The embedded broker's transport: the end offsets it reports must be the real ones."""
+"""The transports: the embedded broker's end offsets must be the real ones; lean delivery."""
+
+import asyncio
+import contextlib
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TP
 
 from streams.broker import EmbeddedBroker
-from streams.transport import fetch_high_watermarks, tansu_url
+from streams.transport import faust_broker_url, fetch_high_watermarks, resume_delivery
 
 PARTITIONS = 4
 
 
-def test_tansu_url_keeps_hosts():
-    assert tansu_url("kafka://127.0.0.1:9092") == "tansu://127.0.0.1:9092"
-    assert tansu_url("kafka://a:1,kafka://b:2") == "tansu://a:1,tansu://b:2"
+def test_faust_broker_url_picks_the_transport_and_keeps_hosts():
+    assert faust_broker_url("kafka://127.0.0.1:9092", embedded=True) == "tansu://127.0.0.1:9092"
+    assert (
+        faust_broker_url("kafka://a:1,kafka://b:2", embedded=False) == "nbkafka://a:1,nbkafka://b:2"
+    )
+    assert faust_broker_url("a:1", embedded=False, lean_delivery=False) == "kafka://a:1"
+    assert faust_broker_url("kafka://a:1", True, lean_delivery=False) == "tansustock://a:1"
 
 
 def test_fetch_high_watermarks_are_the_real_end_offsets(tmp_path):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         admin.create_topics([NewTopic("t", PARTITIONS, 1), NewTopic("empty", 1, 1)])["t"].result()
-        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20,
-                             "partitioner": "murmur2_random"})
+        producer = Producer(
+            {
+                "bootstrap.servers": broker.bootstrap,
+                "linger.ms": 20,
+                "partitioner": "murmur2_random",
+            }
+        )
         for i in range(3000):  # batched produce: the case where ListOffsets falls short
             producer.produce("t", key=b"k%d" % (i % 50), value=b"x" * 100)
         producer.flush(10)
 
-        reader = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "reader",
-                           "enable.partition.eof": True})
-        listed = {TP("t", p): reader.get_watermark_offsets(TopicPartition("t", p), 5)[1]
-                  for p in range(PARTITIONS)}
+        reader = Consumer(
+            {
+                "bootstrap.servers": broker.bootstrap,
+                "group.id": "reader",
+                "enable.partition.eof": True,
+            }
+        )
+        listed = {
+            TP("t", p): reader.get_watermark_offsets(TopicPartition("t", p), 5)[1]
+            for p in range(PARTITIONS)
+        }
         reader.assign([TopicPartition("t", p, 0) for p in range(PARTITIONS)])
         end, at_eof = {}, set()
         while len(at_eof) < PARTITIONS:
@@ -46,3 +65,46 @@ def test_fetch_high_watermarks_are_the_real_end_offsets(tmp_path):
     assert fetched[TP("empty", 0)] == 0
     # what this works around: ListOffsets never reports more than the real end, often less
     assert all(listed[tp] <= end[tp] for tp in end)
+
+
+def test_resume_finishes_a_delivery_that_blocked_inline():
+    async def scenario() -> list:
+        loop = asyncio.get_running_loop()
+        gate, out = loop.create_future(), []
+
+        async def delivery() -> None:
+            out.append(await gate)
+            await asyncio.sleep(0)  # a bare yield as well
+            out.append("done")
+
+        coro = delivery()
+        blocked_on = coro.send(None)  # runs inline up to the first real wait
+        assert blocked_on is gate and out == []
+        loop.call_later(0.01, gate.set_result, "record")
+        await resume_delivery(coro, blocked_on)
+        return out
+
+    assert asyncio.run(scenario()) == ["record", "done"]
+
+
+def test_resume_cancelled_closes_the_delivery():
+    async def scenario() -> list:
+        loop = asyncio.get_running_loop()
+        gate, events = loop.create_future(), []
+
+        async def delivery() -> None:
+            try:
+                await gate
+            finally:
+                events.append("closed")
+
+        coro = delivery()
+        task = asyncio.ensure_future(resume_delivery(coro, coro.send(None)))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert not gate.cancelled()  # the wait never cancels what the delivery waits on
+        return events
+
+    assert asyncio.run(scenario()) == ["closed"]
