@@ -200,15 +200,22 @@ class WorkerLoop:
             policy="promotion",
             promo_experiment=json.dumps(experiment),
         )
-        ensure_topics(self.settings)
-        log = open(self.dir / "worker.log", "ab")  # noqa: SIM115 - owned by the child process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "models.promo_kafka_loop", "worker", str(signals_path)],
-            env=worker_env(self.settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port("127.0.0.1", self.port, 90)
+        self.process: subprocess.Popen[bytes] | None = None
+        try:
+            ensure_topics(self.settings)
+            log = open(self.dir / "worker.log", "ab")  # noqa: SIM115 - owned by the child
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "models.promo_kafka_loop", "worker", str(signals_path)],
+                env=worker_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            wait_for_port("127.0.0.1", self.port, 90)
+        except BaseException:
+            if self.process is not None:
+                stop_worker(self.process)
+            self.broker.stop()
+            raise
         self.producer = Producer({**producer_config(self.settings), "log.connection.close": False})
         self.sent = 0
         self.decisions: dict[str, dict] = {}  # cart event id -> decision record
@@ -277,11 +284,12 @@ class WorkerLoop:
         return records
 
     def _alive(self) -> None:
-        if self.process.poll() is not None:
+        if self.process is None or self.process.poll() is not None:
             raise RuntimeError(f"{self.arm}: the worker exited; see {self.dir / 'worker.log'}")
 
     def stop_worker(self) -> None:
-        stop_worker(self.process)
+        if self.process is not None:
+            stop_worker(self.process)
 
     def close(self) -> None:
         self.stop_worker()
