@@ -300,7 +300,7 @@ class Outreach:
             outcome = "suppressed" if isinstance(result, Suppressed) else "sent"
             metrics.MESSAGES_RELEASED.labels(f.merchant.id, f.step.journey, outcome).inc()
         if isinstance(result, Suppressed):
-            metrics.SUPPRESSED.labels(result.reason).inc()
+            metrics.SUPPRESSED.labels(f.merchant.id, result.reason).inc()
             metrics.JOURNEY_STEPS.labels(*step, "suppressed", result.reason).inc()
             return
         metrics.JOURNEY_STEPS.labels(*step, "sent", "").inc()
@@ -308,7 +308,7 @@ class Outreach:
         batch.outputs.append(
             (self.nb.notifications, f.key.encode(), orjson.dumps(self.notification(f, result)))
         )
-        metrics.NOTIFICATIONS.labels(result.channel).inc()
+        metrics.NOTIFICATIONS.labels(f.merchant.id, result.channel).inc()
 
     def notification(self, f: _Fired, delivery: Delivery) -> dict:
         body = f.step.body

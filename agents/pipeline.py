@@ -68,7 +68,7 @@ class Batch:
     entries: dict[str, Entry] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
     outputs: list[tuple[faust.TopicT, bytes | None, bytes]] = field(default_factory=list)
-    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic kind, event type)
+    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # merchant, kind, type
 
 
 class Pipeline:
@@ -140,8 +140,8 @@ class Pipeline:
         for topic, key, value in batch.outputs:
             topic.send_soon(key=key, value=value)
         self._save(batch)
-        for (kind, event_type), count in batch.counts.items():
-            metrics.EVENTS.labels(kind, event_type).inc(count)
+        for labels, count in batch.counts.items():
+            metrics.EVENTS.labels(*labels).inc(count)
 
     def _input(self, batch: Batch, kind: str, event: faust.EventT) -> None:
         message = event.message
@@ -155,7 +155,7 @@ class Pipeline:
             metrics.REROUTED.inc()
             batch.outputs.append((self._topic(message.topic), key.encode(), message.value))
             return
-        batch.counts[(kind, data["event_type"])] += 1
+        batch.counts[(merchant_id, kind, data["event_type"])] += 1
         entry = self._load(batch, key, event)
         if entry.state is None:
             entry.state = customer_state.new_state()
@@ -270,16 +270,16 @@ class Pipeline:
             promotion["coupon_product_id"] = offer.product_id
         key = ctx.customer_key.encode()
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
-        metrics.OFFERS.labels(offer.offer_type).inc()
+        metrics.OFFERS.labels(merchant_id, offer.offer_type).inc()
         metrics.DECISION_LATENCY.observe(max(0.0, now - decision.event.message.timestamp))
         if not is_customer:
-            metrics.SUPPRESSED.labels("no_consent").inc()
+            metrics.SUPPRESSED.labels(merchant_id, "no_consent").inc()
             return
         plan = plan_delivery(
             ctx.state, ctx.merchant, ctx.customer_key, offer, ctx.cart_event_id, ctx.ts
         )
         if not isinstance(plan, Delivery):
-            metrics.SUPPRESSED.labels(plan.reason).inc()
+            metrics.SUPPRESSED.labels(merchant_id, plan.reason).inc()
             return
         customer_state.record_message(ctx.state, plan.channel, plan.dedupe_key, ctx.ts)
         notification = {
@@ -297,7 +297,7 @@ class Pipeline:
             "created_at": iso(now),
         }
         batch.outputs.append((self.nb.notifications, key, orjson.dumps(notification)))
-        metrics.NOTIFICATIONS.labels(plan.channel).inc()
+        metrics.NOTIFICATIONS.labels(merchant_id, plan.channel).inc()
 
     def _dead_letter(self, batch: Batch, event: faust.EventT, reason: str, error: str) -> None:
         message = event.message

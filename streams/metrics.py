@@ -8,8 +8,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 EVENTS = Counter(
     "nextbest_events",
-    "Input events received, by topic and event type",
-    ["topic", "event_type"],
+    "Input events received, by merchant, topic and event type",
+    ["merchant", "topic", "event_type"],
     registry=REGISTRY,
 )
 DEAD_LETTERS = Counter(
@@ -29,15 +29,22 @@ REROUTED = Counter(
     registry=REGISTRY,
 )
 OFFERS = Counter(
-    "nextbest_offers", "Offers emitted, by offer type", ["offer_type"], registry=REGISTRY
+    "nextbest_offers",
+    "Offers emitted, by merchant and offer type",
+    ["merchant", "offer_type"],
+    registry=REGISTRY,
 )
 NOTIFICATIONS = Counter(
-    "nextbest_notifications", "Notifications emitted, by channel", ["channel"], registry=REGISTRY
+    "nextbest_notifications",
+    "Notifications emitted, by merchant and channel",
+    ["merchant", "channel"],
+    registry=REGISTRY,
 )
 SUPPRESSED = Counter(
     "nextbest_messages_suppressed",
-    "Notifications not sent, by reason (frequency_cap, no_consent, opted_out, duplicate)",
-    ["reason"],
+    "Notifications not sent, by merchant and reason (frequency_cap, no_consent, opted_out, "
+    "duplicate, ...)",
+    ["merchant", "reason"],
     registry=REGISTRY,
 )
 DECISION_LATENCY = Histogram(

@@ -87,9 +87,11 @@ def test_events_in_offers_notifications_and_dead_letters_out(cluster):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     for line in ('nextbest_dead_letters_total{reason="oversize_payload"} 1.0',
-                 'nextbest_messages_suppressed_total{reason="frequency_cap"} 1.0',
-                 'nextbest_messages_suppressed_total{reason="opted_out"} 1.0',
-                 'nextbest_notifications_total{channel="email"} 2.0',
+                 'nextbest_messages_suppressed_total{merchant="uci-gift-shop",'
+                 'reason="frequency_cap"} 1.0',
+                 'nextbest_messages_suppressed_total{merchant="uci-gift-shop",'
+                 'reason="opted_out"} 1.0',
+                 'nextbest_notifications_total{channel="email",merchant="uci-gift-shop"} 2.0',
                  "nextbest_duplicate_events_total 1.0",
                  "nextbest_rerouted_events_total 1.0"):
         assert line in text
