@@ -20,21 +20,37 @@ Ledgers live in the ``promo-ledgers`` table, one per ``merchant:promotion:partit
 written while an event of that partition is pinned, so each changelog record lands on the
 partition whose worker owns the ledger (see streams/guardrails.py).
 
-The bandit learns from the rewards this worker closes and is checkpointed to
-``<NEXTBEST_STATE_DIR>/promo-bandit.json`` every `CHECKPOINT_S` seconds when it learned
-something and at shutdown; a worker restarted on the same state directory starts from it.
+One bandit for all workers: the bandit's statistics are sums over rewards (Gram matrices,
+``sum y x``, counts; ``streams.bandit``), kept per ``merchant:partition`` in the
+``promo-bandit`` global table (``streams.promotion_policy.PartitionedLearning``). The worker
+that owns an input partition learns the rewards it closes there into that partition's entry
+and writes it while an event of the partition is pinned, like the ledgers (one writer per
+entry); every worker reads every entry (the global table's changelog is replicated to all of
+them) and samples from the prior plus their sum, refreshed every `REFRESH_S` seconds (at the
+next batch, or by a timer when idle) and at once for the entries it writes itself. A worker
+restarted on an empty state directory gets the bandit back from the changelog. The merged
+bandit is also exported to ``<NEXTBEST_STATE_DIR>/promo-bandit.json`` every `CHECKPOINT_S`
+seconds when it changed and at shutdown, for ``nextbest ope --policy greedy:<file>`` and the
+promotion benchmark; the worker never reads it back (the table is the source; the file would
+count its rewards twice). ``/promo/bandit/`` shows the updates learned per merchant and part.
 
 Limits: the due index lives in this worker's memory: after a restart or a rebalance, a
-customer's open windows close at their next event (not by the sweep). Each worker has its own
-bandit (a fresh state directory starts from the prior).
+customer's open windows close at their next event (not by the sweep). Another worker's
+rewards reach this worker's bandit a little later (the changelog's delay plus up to
+`REFRESH_S`), so two workers may briefly sample from slightly different posteriors (every
+decision logs the model version it used). An entry learned while no event of its partition
+is in the batch is written with the partition's next batch; a crash or a revocation before
+then loses those updates (their rewards are still in the rewards topic).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 import weakref
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +61,16 @@ from faust.streams import _current_event
 
 from streams import promo_metrics, rewards
 from streams.app import NextbestApp
-from streams.promotion_policy import PromotionPolicy, SignalsProvider
+from streams.promotion_policy import (
+    PartitionedLearning,
+    PromotionPolicy,
+    SignalsProvider,
+    learning_key,
+)
 
 log = logging.getLogger(__name__)
 CHECKPOINT_S = 30.0
+REFRESH_S = 2.0
 Load = Callable[[object, str, faust.EventT], object]  # the pipeline's (batch, key, event) -> Entry
 
 
@@ -113,6 +135,92 @@ class LedgerTable(MutableMapping[str, dict]):
         return written
 
 
+def _pin(event: faust.EventT) -> None:
+    _current_event.set(weakref.ref(event))
+
+
+class BanditTable:
+    """The ``promo-bandit`` global table as the policy's `PartitionedLearning`: one JSON entry
+    per ``merchant:partition``, loaded when it changed, written by the partition's owner."""
+
+    def __init__(self, table: faust.Table, learning: PartitionedLearning) -> None:
+        self.table = table
+        self.learning = learning
+        self.raw: dict[str, bytes] = {}  # each entry's bytes as last loaded or written
+        self.dirty: set[str] = set()  # learned, not yet written
+        self.refreshed = -math.inf  # time.monotonic() of the last refresh
+        self.changed = False  # since the last export
+
+    def _load(self, fresh: Mapping[str, bytes]) -> None:
+        entries = {}
+        for key, raw in fresh.items():
+            self.raw[key] = raw
+            try:
+                entries[key] = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                log.error("bandit entry %s is not JSON; left out", key)
+        for key in self.learning.load(entries):
+            log.error("bandit entry %s is unusable (another format?); left out", key)
+        self.changed = self.changed or bool(entries)
+
+    def refresh(self) -> None:
+        """Load every entry that changed since it was last loaded (other workers' learning)."""
+        self.refreshed = time.monotonic()
+        fresh = {}
+        for raw_key, raw in self.table.items():
+            key = raw_key.decode()
+            if key not in self.dirty and raw is not None and raw != self.raw.get(key):
+                fresh[key] = raw
+        self._load(fresh)
+
+    def refresh_if_due(self) -> None:
+        if time.monotonic() - self.refreshed >= REFRESH_S:
+            self.refresh()
+
+    def learn(self, closed: Sequence[dict], partition_of: Callable[[str], int]) -> None:
+        """Learn rewards into their partitions' entries, each first brought up to date (after a
+        rebalance this worker's copy of a partition it now owns was recovered from the
+        changelog, maybe after the last refresh)."""
+        keys = {
+            learning_key(r["merchant_id"], partition_of(r["customer_key"]))
+            for r in closed
+            if rewards.learnable(r)
+        }
+        fresh = {}
+        for key in sorted(keys - self.dirty):
+            raw = self.table.get(key.encode())
+            if raw is not None and raw != self.raw.get(key):
+                fresh[key] = raw
+        self._load(fresh)
+        changed = self.learning.learn(closed, partition_of)
+        self.dirty |= changed
+        self.changed = self.changed or bool(changed)
+
+    def flush(self, events: Mapping[int, faust.EventT]) -> list[str]:
+        """Write the learned entries whose partition has an event in this batch (the others
+        wait for the partition's next batch); returns the keys written."""
+        written = []
+        for key in sorted(self.dirty):
+            event = events.get(int(key.rsplit(":", 1)[1]))
+            if event is None:
+                continue
+            raw = orjson.dumps(self.learning.entry(key))
+            _pin(event)
+            self.table[key.encode()] = raw
+            self.raw[key] = raw
+            written.append(key)
+        self.dirty.difference_update(written)
+        return written
+
+    def forget(self, partitions: Sequence[int]) -> None:
+        """Partitions revoked: their unwritten learning is dropped; the next refresh loads
+        the table's entries of them again."""
+        gone = {str(p) for p in partitions}
+        for key in [k for k in self.dirty if k.rsplit(":", 1)[1] in gone]:
+            self.dirty.discard(key)
+            self.raw.pop(key, None)
+
+
 @dataclass
 class _Partition:
     clock: float | None = None  # newest event time seen on the partition
@@ -120,16 +228,18 @@ class _Partition:
 
 
 class PromotionHooks:
-    def __init__(self, nb: NextbestApp, policy: PromotionPolicy, ledgers: LedgerTable) -> None:
+    def __init__(
+        self, nb: NextbestApp, policy: PromotionPolicy, ledgers: LedgerTable, bandit: BanditTable
+    ) -> None:
         self.nb = nb
         self.policy = policy
         self.ledgers = ledgers
+        self.bandit = bandit
         self.lateness_s = nb.settings.journey_lateness_s
         self.partitions: dict[int, _Partition] = {}
         self.budgets: dict[str, dict] = {}  # last ledger written per key (budget metrics)
         self._batch: object | None = None
         self._touched: dict[str, float] = {}  # customer key -> newest event time in the batch
-        self.learned = 0  # rewards learned since the last checkpoint
 
     def partition_of(self, customer_key: str) -> int:
         """The partition of the customer's events in this batch (murmur2 if none is there)."""
@@ -142,6 +252,7 @@ class PromotionHooks:
         self._batch = batch
         self._touched = {}
         self.ledgers.begin(events)
+        self.bandit.refresh_if_due()
 
     def on_input(self, key: str, state: dict, kind: str, data: dict, event: faust.EventT) -> None:
         if kind == "feedback":
@@ -157,6 +268,7 @@ class PromotionHooks:
         """Partitions revoked from this worker."""
         for partition in partitions:
             self.partitions.pop(partition, None)
+        self.bandit.forget(partitions)
         gone = {str(p) for p in partitions}
         self.budgets = {k: v for k, v in self.budgets.items() if k.rsplit(":", 1)[1] not in gone}
 
@@ -175,7 +287,8 @@ class PromotionHooks:
             )
         if closed:
             promo_metrics.observe_rewards(closed)
-            self.learned += self.policy.learn(closed)
+            self.bandit.learn(closed, self.partition_of)
+        self.bandit.flush(self.ledgers.events)
         promo_metrics.observe_decisions(records, blocked)
         written = self.ledgers.flush()
         if written:
@@ -249,23 +362,36 @@ def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> Promoti
         partition_of=partition_of,
         signals=signals,
     )
-    hooks = PromotionHooks(nb, policy, ledgers)
+    bandit = BanditTable(nb.bandit, PartitionedLearning(policy))
+    hooks = PromotionHooks(nb, policy, ledgers, bandit)
     merges = nb.settings.topics.merges
-    checkpoint = Path(nb.settings.state_dir) / "promo-bandit.json"
-    load_bandit(policy, checkpoint)
+    export = Path(nb.settings.state_dir) / "promo-bandit.json"
 
     def save() -> None:
-        if not hooks.learned:
+        if not bandit.changed:
             return
         try:
-            save_bandit(policy, checkpoint)
-            hooks.learned = 0
+            save_bandit(policy, export)
+            bandit.changed = False
         except OSError:
-            log.exception("cannot write the bandit checkpoint %s", checkpoint)
+            log.exception("cannot write the bandit export %s", export)
 
     @nb.app.timer(CHECKPOINT_S)
-    async def checkpoint_bandit() -> None:
+    async def export_bandit() -> None:
         save()
+
+    @nb.app.timer(REFRESH_S)
+    async def refresh_bandit() -> None:
+        if nb.app.rebalancing:
+            return
+        try:
+            bandit.refresh_if_due()
+        except Exception:  # a refresh is retried; never stop the worker for it
+            log.exception("could not refresh the bandit from its table")
+
+    @nb.app.page("/promo/bandit/")
+    async def bandit_page(web, request):  # noqa: ANN001 - faust view signature
+        return web.json(bandit.learning.summary())
 
     @nb.app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **kwargs: object) -> None:

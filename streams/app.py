@@ -37,6 +37,9 @@ class NextbestApp:
     decisions: faust.TopicT | None = None
     rewards: faust.TopicT | None = None
     ledgers: faust.Table | None = None
+    #: ``NEXTBEST_POLICY=promotion`` only: the bandit's statistics, one entry per
+    #: ``merchant:partition`` (JSON, see agents/promotion.py), replicated to every worker
+    bandit: faust.Table | None = None
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -106,8 +109,19 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         help="Per-customer (and anonymous session) rolling state, JSON",
     )
     promotion = settings.policy == "promotion"
-    ledgers = None
+    ledgers = bandit = None
     if promotion:
+        bandit = app.GlobalTable(
+            "promo-bandit",
+            default=None,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            help="The promotion bandit's statistics per merchant:partition, JSON, on every worker",
+            # Faust's advice for a GlobalTable on several workers (faust/tables/globaltable.py):
+            # without it a second worker's stream never starts (test_promotion_shared_bandit.py)
+            recovery_buffer_size=1,
+        )
         ledgers = app.Table(
             "promo-ledgers",
             default=None,
@@ -130,4 +144,5 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         decisions=app.topic(t.decisions, **raw) if promotion else None,
         rewards=app.topic(t.rewards, **raw) if promotion else None,
         ledgers=ledgers,
+        bandit=bandit,
     )

@@ -31,12 +31,15 @@ probability, made exact by playing one of the draws). Every action keeps at leas
 
 Learning: `LinearThompson.update` with a reward (features, arm, purchased, redeemed) of an
 applied action; a bounded memory of decision ids makes a replayed reward a no-op. The whole
-state is plain JSON (`to_dict` / `from_dict`) for a Faust table or a checkpoint.
+state is plain JSON (`to_dict` / `from_dict`) for a Faust table or a checkpoint. The
+statistics are additive: models that learned disjoint sets of rewards sum (`add`, `merged`)
+to the one model that learned them all -- how the workers share one bandit
+(``streams.promotion_policy.PartitionedLearning``, ``agents.promotion``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -254,6 +257,36 @@ class LinearThompson:
         self.updates += 1
         return True
 
+    def add(self, other: LinearThompson) -> None:
+        """Add the statistics another model learned to this one's.
+
+        The posterior is the prior plus sums over the rewards learned (Gram matrices,
+        ``sum y x``, counts), so models that learned disjoint sets of rewards add up to the one
+        model that learned them all. Their decision-id memories are not merged: each part
+        dedupes its own rewards."""
+        for arm_id, arm in other.arms.items():
+            mine = self._arm(arm_id)
+            mine.gram += arm.gram
+            mine.target += arm.target
+            mine.n += arm.n
+            mine.bought += arm.bought
+            mine.redeemed += arm.redeemed
+        self.updates += other.updates
+        self._posterior = self._draws = None
+
+    @classmethod
+    def merged(
+        cls,
+        parts: Iterable[LinearThompson],
+        config: BanditConfig | None = None,
+        objective: ObjectiveConfig | None = None,
+    ) -> LinearThompson:
+        """The prior plus every part's statistics (`add`)."""
+        model = cls(config, objective)
+        for part in parts:
+            model.add(part)
+        return model
+
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
@@ -336,6 +369,14 @@ class BanditChooser:
             merchant: LinearThompson.from_dict(data, self.config, self.objective)
             for merchant, data in state.items()
         }
+
+    def learner(self) -> LinearThompson:
+        """A fresh model of this variant's configuration (e.g. one partition's statistics)."""
+        return LinearThompson(self.config, self.objective)
+
+    def set_merged(self, merchant_id: str, parts: Iterable[LinearThompson]) -> None:
+        """The merchant's model becomes the prior plus the parts' statistics."""
+        self.models[merchant_id] = LinearThompson.merged(parts, self.config, self.objective)
 
 
 def _certain(index: int, k: int, version: str) -> Choice:

@@ -29,14 +29,21 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from schemas.events import SCHEMA_VERSION
 from streams import guardrails, rewards
-from streams.bandit import BanditChooser, ChoiceInput, Chooser, RulesChooser, StaticChooser
+from streams.bandit import (
+    BanditChooser,
+    ChoiceInput,
+    Chooser,
+    LinearThompson,
+    RulesChooser,
+    StaticChooser,
+)
 from streams.experiments import HOLDOUT, Experiment, assign, variant_of
 from streams.objective import ObjectiveConfig, horizon_margin, repurchase_probability
 from streams.offers import Action, CouponCandidate, candidate_actions, no_offer, offer_for
@@ -322,3 +329,108 @@ class PromotionPolicy:
             chooser = self.variants.get(name)
             if isinstance(chooser, BanditChooser):
                 chooser.load_state_dict(data)
+
+
+def learning_key(merchant_id: str, partition: int) -> str:
+    """The key of one merchant's statistics learned on one input partition."""
+    return f"{merchant_id}:{partition}"
+
+
+def _merchant_of(key: str) -> str:
+    return key.rsplit(":", 1)[0]
+
+
+class PartitionedLearning:
+    """The bandit variants' statistics kept apart per merchant and input partition; the
+    policy's bandits sample from the prior plus their sum (``LinearThompson.merged``).
+
+    A reward is learned into the part of the partition its customer is on, so each part has a
+    single writer (the worker that owns the partition) and remembers the decision ids it
+    learned (a replayed reward is a no-op). Parts learned elsewhere come in with `load`. A part
+    is plain JSON (`entry`): ``{variant name: LinearThompson.to_dict()}``.
+    """
+
+    def __init__(self, policy: PromotionPolicy) -> None:
+        self.policy = policy
+        self.parts: dict[str, dict[str, LinearThompson]] = {}
+
+    def _bandits(self) -> dict[str, BanditChooser]:
+        return {
+            name: chooser
+            for name, chooser in self.policy.variants.items()
+            if isinstance(chooser, BanditChooser)
+        }
+
+    def learn(self, reward_records: Sequence[dict], partition_of: Callable[[str], int]) -> set[str]:
+        """Learn every learnable reward into its partition's part; returns the keys of the
+        parts that changed (their merchants' bandits are rebuilt)."""
+        bandits = self._bandits()
+        changed = set()
+        for reward in reward_records:
+            if not rewards.learnable(reward):
+                continue
+            key = learning_key(reward["merchant_id"], partition_of(reward["customer_key"]))
+            for name, chooser in bandits.items():
+                if chooser.name != reward["policy"]:
+                    continue
+                part = self.parts.setdefault(key, {})
+                model = part.get(name) or part.setdefault(name, chooser.learner())
+                learned = model.update(
+                    reward["decision_id"],
+                    reward["features"],
+                    reward["action"],
+                    reward["purchased"],
+                    reward["redeemed"],
+                )
+                if learned:
+                    changed.add(key)
+        self.merge(changed)
+        return changed
+
+    def entry(self, key: str) -> dict:
+        return {name: model.to_dict() for name, model in self.parts.get(key, {}).items()}
+
+    def load(self, entries: Mapping[str, dict]) -> list[str]:
+        """Replace parts by these entries (e.g. as read from the table) and rebuild their
+        merchants' bandits; returns the keys of unusable entries (left out)."""
+        bandits = self._bandits()
+        unusable = []
+        for key, entry in entries.items():
+            try:
+                self.parts[key] = {
+                    name: LinearThompson.from_dict(
+                        data, bandits[name].config, bandits[name].objective
+                    )
+                    for name, data in entry.items()
+                    if name in bandits
+                }
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self.parts.pop(key, None)
+                unusable.append(key)
+        self.merge(entries)
+        return unusable
+
+    def merge(self, keys: Iterable[str]) -> None:
+        """Rebuild the bandits of the merchants of these parts from all their parts."""
+        merchants = {_merchant_of(key) for key in keys}
+        for merchant in sorted(merchants):
+            for name, chooser in self._bandits().items():
+                parts = [
+                    part[name]
+                    for key, part in self.parts.items()
+                    if _merchant_of(key) == merchant and name in part
+                ]
+                chooser.set_merged(merchant, parts)
+
+    def summary(self) -> dict:
+        """Updates learned per variant and merchant, in all and per part (a read-only view)."""
+        view: dict = {}
+        for name, chooser in self._bandits().items():
+            for merchant, model in sorted(chooser.models.items()):
+                parts = {
+                    key: part[name].updates
+                    for key, part in sorted(self.parts.items())
+                    if _merchant_of(key) == merchant and name in part
+                }
+                view.setdefault(name, {})[merchant] = {"updates": model.updates, "parts": parts}
+        return view
