@@ -25,7 +25,8 @@ One bandit for all workers: the bandit's statistics are sums over rewards (Gram 
 ``promo-bandit`` global table (``streams.promotion_policy.PartitionedLearning``). The worker
 that owns an input partition learns the rewards it closes there into that partition's entry
 and writes it while an event of the partition is pinned, like the ledgers (one writer per
-entry); every worker reads every entry (the global table's changelog is replicated to all of
+entry), at most every `WRITE_S` seconds (an entry is ~100 kB; a timer writes what the batches
+left); every worker reads every entry (the global table's changelog is replicated to all of
 them) and samples from the prior plus their sum, refreshed every `REFRESH_S` seconds (at the
 next batch, or by a timer when idle) and at once for the entries it writes itself. A worker
 restarted on an empty state directory gets the bandit back from the changelog. The merged
@@ -38,9 +39,9 @@ Limits: the due index lives in this worker's memory: after a restart or a rebala
 customer's open windows close at their next event (not by the sweep). Another worker's
 rewards reach this worker's bandit a little later (the changelog's delay plus up to
 `REFRESH_S`), so two workers may briefly sample from slightly different posteriors (every
-decision logs the model version it used). An entry learned while no event of its partition
-is in the batch is written with the partition's next batch; a crash or a revocation before
-then loses those updates (their rewards are still in the rewards topic).
+decision logs the model version it used). Learning not yet written (at most `WRITE_S`
+behind) is lost if the worker dies or loses the partition first (the rewards are still in
+the rewards topic).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from streams.promotion_policy import (
 log = logging.getLogger(__name__)
 CHECKPOINT_S = 30.0
 REFRESH_S = 2.0
+WRITE_S = 1.0
 Load = Callable[[object, str, faust.EventT], object]  # the pipeline's (batch, key, event) -> Entry
 
 
@@ -143,11 +145,16 @@ class BanditTable:
     """The ``promo-bandit`` global table as the policy's `PartitionedLearning`: one JSON entry
     per ``merchant:partition``, loaded when it changed, written by the partition's owner."""
 
-    def __init__(self, table: faust.Table, learning: PartitionedLearning) -> None:
+    def __init__(
+        self, table: faust.Table, learning: PartitionedLearning, write_s: float = WRITE_S
+    ) -> None:
         self.table = table
         self.learning = learning
+        self.write_s = write_s
         self.raw: dict[str, bytes] = {}  # each entry's bytes as last loaded or written
         self.dirty: set[str] = set()  # learned, not yet written
+        self.written_at: dict[str, float] = {}  # time.monotonic() of each entry's last write
+        self.events: dict[int, faust.EventT] = {}  # partition -> its latest event seen
         self.refreshed = -math.inf  # time.monotonic() of the last refresh
         self.changed = False  # since the last export
 
@@ -196,18 +203,22 @@ class BanditTable:
         self.dirty |= changed
         self.changed = self.changed or bool(changed)
 
-    def flush(self, events: Mapping[int, faust.EventT]) -> list[str]:
-        """Write the learned entries whose partition has an event in this batch (the others
-        wait for the partition's next batch); returns the keys written."""
+    def flush(self, events: Mapping[int, faust.EventT] | None = None) -> list[str]:
+        """Write the learned entries not written in the last `write_s` seconds, each pinned to
+        an event of its partition (this batch's, else the latest seen: the timer's flush
+        writes what a batch left); returns the keys written."""
+        self.events.update(events or {})
+        now = time.monotonic()
         written = []
         for key in sorted(self.dirty):
-            event = events.get(int(key.rsplit(":", 1)[1]))
-            if event is None:
+            event = self.events.get(int(key.rsplit(":", 1)[1]))
+            if event is None or now - self.written_at.get(key, -math.inf) < self.write_s:
                 continue
             raw = orjson.dumps(self.learning.entry(key))
             _pin(event)
             self.table[key.encode()] = raw
             self.raw[key] = raw
+            self.written_at[key] = now
             written.append(key)
         self.dirty.difference_update(written)
         return written
@@ -215,6 +226,8 @@ class BanditTable:
     def forget(self, partitions: Sequence[int]) -> None:
         """Partitions revoked: their unwritten learning is dropped; the next refresh loads
         the table's entries of them again."""
+        for partition in partitions:
+            self.events.pop(partition, None)
         gone = {str(p) for p in partitions}
         for key in [k for k in self.dirty if k.rsplit(":", 1)[1] in gone]:
             self.dirty.discard(key)
@@ -380,14 +393,15 @@ def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> Promoti
     async def export_bandit() -> None:
         save()
 
-    @nb.app.timer(REFRESH_S)
-    async def refresh_bandit() -> None:
+    @nb.app.timer(WRITE_S)
+    async def maintain_bandit() -> None:
         if nb.app.rebalancing:
             return
         try:
             bandit.refresh_if_due()
-        except Exception:  # a refresh is retried; never stop the worker for it
-            log.exception("could not refresh the bandit from its table")
+            bandit.flush()
+        except Exception:  # retried at the next tick; never stop the worker for it
+            log.exception("could not refresh or write the bandit's table")
 
     @nb.app.page("/promo/bandit/")
     async def bandit_page(web, request):  # noqa: ANN001 - faust view signature

@@ -163,3 +163,22 @@ def test_learning_into_an_entry_first_loads_its_newer_version():
     old_owner.refresh()
     assert_same_model(old_owner.learning.policy.variants["bandit"].models["shop"],
                       learned_in_one(rewards))
+
+
+def test_an_entry_is_written_at_most_every_write_s_and_a_later_flush_writes_the_rest():
+    rewards = random_rewards(60, seed=4)
+    table: dict[bytes, bytes] = {}
+    worker = BanditTable(table, PartitionedLearning(PromotionPolicy()), write_s=3600.0)
+    worker.learn(rewards[:30], partition_of)
+    assert worker.flush({p: FakeEvent(p) for p in range(PARTITIONS)})  # first writes: at once
+    worker.learn(rewards[30:], partition_of)
+    assert worker.flush() == [] and worker.dirty  # written too recently: kept
+    # The worker's own bandit has every reward at once; the table gets them later.
+    assert_same_model(worker.learning.policy.variants["bandit"].models["shop"],
+                      learned_in_one(rewards))
+    worker.write_s = 0.0
+    assert sorted(worker.flush()) == sorted(worker.raw) and not worker.dirty  # retained events
+    reader = BanditTable(table, PartitionedLearning(PromotionPolicy()))
+    reader.refresh()
+    assert_same_model(reader.learning.policy.variants["bandit"].models["shop"],
+                      learned_in_one(rewards))
