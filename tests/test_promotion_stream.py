@@ -112,14 +112,21 @@ def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
             follow_up.append(("orders", order(int(customer[1:]), offer["cart_value"])))
         buyers = [i for i in range(0, CUSTOMERS, 3) if f"c{i}" not in redeemers]
         follow_up += [("orders", order(i, VALUES[i % len(VALUES)])) for i in buyers]
-        # Three days later half the customers are back: their attribution windows close on
-        # their own event, the others' by the sweep as their partitions' event time moves on.
-        follow_up += [("clickstream", event("page_view", f"late-{i}", customer=f"c{i}",
-                                            merchant=MERCHANT, time=when(72), page="/"))
-                      for i in range(0, CUSTOMERS, 2)]
         for kind, value in follow_up:
             cluster.send(kind, value)
         cluster.flush()
+        cluster.wait_processed(CUSTOMERS + len(follow_up))
+        # Three days later half the customers are back: their attribution windows close on
+        # their own event, the others' by the sweep as their partitions' event time moves on.
+        # (Sent after the day's feedback was processed, as it would arrive: windows close on
+        # event time, and a backlog read topic by topic could close one before its feedback.)
+        late = [("clickstream", event("page_view", f"late-{i}", customer=f"c{i}",
+                                      merchant=MERCHANT, time=when(72), page="/"))
+                for i in range(0, CUSTOMERS, 2)]
+        for kind, value in late:
+            cluster.send(kind, value)
+        cluster.flush()
+        follow_up += late
         everything = [("cart", c) for c in carts] + follow_up
         cluster.wait_processed(len(everything))
         first_rewards = cluster.read("rewards", min_count=CUSTOMERS)
