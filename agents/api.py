@@ -51,6 +51,7 @@ from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
 from streams import metrics
 from streams.app import NextbestApp
 from streams.policy import DecisionContext, Offer, Policy
+from streams.settings import merchant_model_root
 
 log = logging.getLogger(__name__)
 FORWARDED = "X-Nextbest-Forwarded"
@@ -206,7 +207,7 @@ class Trainer:
 
     def command(self, job: Job, data: str) -> list[str]:
         """``nextbest train`` on the merchant's training file, format and product rule."""
-        out = Path(self.nb.settings.models_dir) / job.merchant / "next_purchase"
+        out = merchant_model_root(self.nb.settings.models_dir, job.merchant)
         extra = shlex.split(self.nb.settings.train_args)
         options = self.nb.registry.get(job.merchant).options
         source = "--interactions" if options.training.format == "interactions" else "--data"

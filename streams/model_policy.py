@@ -43,7 +43,7 @@ from models.next_purchase import Recommender, Scored
 from models.sequences import Order, is_product, normalize_product
 from streams import metrics
 from streams.policy import DecisionContext, Offer, Policy
-from streams.settings import Settings
+from streams.settings import Settings, merchant_model_root
 
 log = logging.getLogger(__name__)
 CACHE_CUSTOMERS = 4096  # per-customer prediction cache (a few KB each)
@@ -220,9 +220,11 @@ class ModelStore:
                 kept = self.current.version if self.current else "none (rules only)"
                 log.exception("next-purchase model %s failed to load; serving %s", target, kept)
                 return False
-            self.current = LoadedModel(version, target, recommender)
+            previous, self.current = self.current, LoadedModel(version, target, recommender)
             self._failed = None
-            metrics.MODEL_INFO.clear()
+            if previous is not None:
+                with contextlib.suppress(KeyError):  # another store may serve it too
+                    metrics.MODEL_INFO.remove(previous.version)
             metrics.MODEL_INFO.labels(version).set(1)
             metrics.MODEL_RELOADS.inc()
             log.warning(
@@ -232,6 +234,10 @@ class ModelStore:
                 len(recommender.vocab) - 1,
             )
             return True
+
+    def for_merchant(self, merchant_id: str) -> LoadedModel | None:
+        """The model for ``merchant_id``'s carts: this store serves every merchant."""
+        return self.current
 
     def _watch(self) -> None:
         while not self._stop.wait(self.reload_s):
@@ -251,6 +257,45 @@ class ModelStore:
             self._thread.join(5)
 
 
+class MerchantModels(ModelStore):
+    """Each merchant's own model, ``<models_dir>/<merchant>/next_purchase`` once that folder
+    holds one, else the shared default (``NEXTBEST_MODEL_PATH``, when set).
+
+    `refresh` (at start, then every ``reload_s`` in a thread) reloads the default and every
+    merchant folder, picking up folders that appeared since: a merchant's first model is
+    served without a restart.
+    """
+
+    def __init__(
+        self,
+        default_path: str | Path | None,
+        models_dir: str | Path,
+        reload_s: float = 10.0,
+        loader: Callable[[Path], Recommender] = artifact.load,
+    ) -> None:
+        super().__init__(default_path or "", reload_s, loader)
+        self.has_default = bool(default_path)
+        self.models_dir = Path(models_dir)
+        self.merchants: dict[str, ModelStore] = {}
+
+    def refresh(self) -> bool:
+        swapped = super().refresh() if self.has_default else False
+        if self.models_dir.is_dir():
+            for folder in sorted(self.models_dir.iterdir()):
+                root = merchant_model_root(self.models_dir, folder.name)
+                if folder.name not in self.merchants and root.is_dir():
+                    self.merchants[folder.name] = ModelStore(root, self.reload_s, self.loader)
+        for store in self.merchants.values():
+            swapped = store.refresh() or swapped
+        return swapped
+
+    def for_merchant(self, merchant_id: str) -> LoadedModel | None:
+        own = self.merchants.get(merchant_id)
+        if own is not None and own.current is not None:
+            return own.current
+        return self.current
+
+
 @dataclass
 class _Cached:
     version: str
@@ -263,26 +308,36 @@ class NextPurchaseScorer:
     """Batched next-purchase signals for cart decisions, with a per-customer result cache."""
 
     def __init__(self, store: ModelStore, top_k: int = 5) -> None:
-        self.store = store
+        self.store = store  # a `ModelStore` (one model) or `MerchantModels` (one per merchant)
         self.top_k = top_k
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._last_error_log = 0.0
 
-    def signals(self, contexts: Sequence[DecisionContext]) -> list[ModelSignals] | None:
-        """One `ModelSignals` per context, or None (logged, counted) when there is no model."""
-        loaded = self.store.current
-        if loaded is None:
-            metrics.MODEL_FALLBACKS.labels("unavailable").inc(len(contexts))
-            return None
-        try:
-            return self._signals(loaded, contexts)
-        except Exception:
-            metrics.MODEL_FALLBACKS.labels("error").inc(len(contexts))
-            now = time.monotonic()
-            if now - self._last_error_log > ERROR_LOG_INTERVAL_S:
-                self._last_error_log = now
-                log.exception("next-purchase inference failed; offers go out rules-only")
-            return None
+    def signals(self, contexts: Sequence[DecisionContext]) -> list[ModelSignals | None] | None:
+        """One `ModelSignals` per context, scored by its merchant's model: None for a context
+        whose merchant has no model or whose inference failed (logged, counted); None instead
+        of the list when no context got any."""
+        by_merchant: dict[str, list[int]] = {}
+        for row, context in enumerate(contexts):
+            by_merchant.setdefault(context.merchant.id, []).append(row)
+        out: list[ModelSignals | None] = [None] * len(contexts)
+        for merchant_id, rows in by_merchant.items():
+            loaded = self.store.for_merchant(merchant_id)
+            if loaded is None:
+                metrics.MODEL_FALLBACKS.labels("unavailable").inc(len(rows))
+                continue
+            try:
+                scored = self._signals(loaded, [contexts[row] for row in rows])
+            except Exception:
+                metrics.MODEL_FALLBACKS.labels("error").inc(len(rows))
+                now = time.monotonic()
+                if now - self._last_error_log > ERROR_LOG_INTERVAL_S:
+                    self._last_error_log = now
+                    log.exception("next-purchase inference failed; offers go out rules-only")
+                continue
+            for row, signals in zip(rows, scored, strict=True):
+                out[row] = signals
+        return out if any(s is not None for s in out) else None
 
     def _signals(
         self, loaded: LoadedModel, contexts: Sequence[DecisionContext]
@@ -386,7 +441,8 @@ class NextPurchasePolicy:
         if signals is None:
             return offers
         for row, s in zip(rows, signals, strict=True):
-            offers[row] = with_signals(offers[row], s)
+            if s is not None:
+                offers[row] = with_signals(offers[row], s)
         return offers
 
 
@@ -419,13 +475,16 @@ def limit_torch_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
-def serving_policy(settings: Settings, base: Policy) -> tuple[NextPurchasePolicy, ModelStore]:
-    """The model-backed policy for a worker; loads the model now (rules only until one loads).
+def serving_policy(settings: Settings, base: Policy) -> tuple[NextPurchasePolicy, MerchantModels]:
+    """The model-backed policy for a worker; loads the models now (rules only until one loads):
+    each merchant's own (`MerchantModels`), else ``NEXTBEST_MODEL_PATH``.
 
-    Call ``store.start()`` to pick up new versions while the worker runs.
+    Call ``store.start()`` to pick up new versions and merchants while the worker runs.
     """
     limit_torch_threads(settings.model_threads)
-    store = ModelStore(settings.model_path, reload_s=settings.model_reload_s)
+    store = MerchantModels(
+        settings.model_path or None, settings.models_dir, reload_s=settings.model_reload_s
+    )
     store.refresh()
     policy = NextPurchasePolicy(base, NextPurchaseScorer(store, top_k=settings.model_top_k))
     return policy, store

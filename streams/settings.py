@@ -40,6 +40,18 @@ class Topics:
         return (*self.inputs, self.merges, self.promotions, self.notifications)
 
 
+def merchant_model_root(models_dir: str | Path, merchant_id: str) -> Path:
+    """Where ``POST /predictors`` writes a merchant's next-purchase model, and where the worker
+    serves that merchant's carts from."""
+    return Path(models_dir) / merchant_id / "next_purchase"
+
+
+def merchant_models_present(models_dir: str | Path) -> bool:
+    """Whether any merchant has a model folder under ``models_dir``."""
+    root = Path(models_dir)
+    return root.is_dir() and any(merchant_model_root(root, d.name).is_dir() for d in root.iterdir())
+
+
 @dataclass(frozen=True)
 class Settings:
     broker_url: str = "kafka://127.0.0.1:9092"

@@ -20,7 +20,7 @@ from agents.pipeline import Pipeline
 from streams.app import NextbestApp, create_app
 from streams.policy import Policy, ThresholdRulesPolicy
 from streams.promotion_policy import SignalsProvider
-from streams.settings import Settings
+from streams.settings import Settings, merchant_models_present
 from streams.topics import ensure_topics
 
 
@@ -64,7 +64,8 @@ def run_worker(settings: Settings) -> None:
     mode.loop.use("uvloop")
     ensure_topics(settings)
     model_store = None
-    if settings.model_path:  # torch is imported only when a model is configured
+    if settings.model_path or merchant_models_present(settings.models_dir):
+        # torch is imported only when a model is configured
         from streams.model_policy import ModelPipeline, serving_policy
 
         policy, model_store = serving_policy(settings, ThresholdRulesPolicy())
@@ -72,7 +73,7 @@ def run_worker(settings: Settings) -> None:
             settings,
             policy,
             ModelPipeline,
-            models=lambda _merchant: model_store.current,
+            models=model_store.for_merchant,
             signals=policy.scorer.signals,
         )
         # torch brings ~160k long-lived objects that every full collection scanned (pauses of

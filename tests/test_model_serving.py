@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from streams import customer_state, metrics
 from streams.catalog import load_merchants
 from streams.model_policy import (
     CACHE_TTL_S,
+    MerchantModels,
     ModelOffer,
     ModelStore,
     NextPurchasePolicy,
@@ -39,7 +40,7 @@ from streams.model_policy import (
 )
 from streams.policy import DecisionContext, ThresholdRulesPolicy
 from streams.replay import read_rows, replay_events
-from streams.settings import DEFAULT_MERCHANTS, Settings
+from streams.settings import DEFAULT_MERCHANTS, Settings, merchant_model_root
 from tests.harness import DATA_FILE
 
 SLICE_ROWS = 80_000  # the file is in time order: December 2010 to mid-January 2011
@@ -440,3 +441,36 @@ def test_model_settings_are_checked(env):
     assert Settings.from_env({}).model_path == ""  # default: rules only
     with pytest.raises(ValueError, match="NEXTBEST_MODEL_"):
         Settings.from_env(env)
+
+
+def test_each_merchant_is_scored_by_its_own_model_or_the_shared_default(shop, model_root, tmp_path):
+    models_dir = tmp_path / "merchant-models"
+    shutil.copytree(model_root, merchant_model_root(models_dir, "shop-b"))
+    shop_b = replace(shop, id="shop-b")
+    store = MerchantModels(None, models_dir)
+    assert store.refresh() is True
+    own = store.for_merchant("shop-b")
+    assert own is not None and store.for_merchant(MERCHANT) is None
+    top = own.recommender.vocab.items[1:4]
+    state = customer([(0.0, [top[0]]), (86400.0, [top[1]])], cart=[top[2]])
+    contexts = [
+        context(shop, f"{MERCHANT}:c:1", state, 70.0, "e1"),
+        context(shop_b, "shop-b:c:1", state, 70.0, "e2"),
+    ]
+    unavailable = counter("nextbest_model_fallbacks_total", reason="unavailable")
+    signals = NextPurchaseScorer(store).signals(contexts)
+    assert signals[0] is None and signals[1].model_version == own.version
+    assert counter("nextbest_model_fallbacks_total", reason="unavailable") == unavailable + 1
+    offers = NextPurchasePolicy(ThresholdRulesPolicy(), NextPurchaseScorer(store)).decide_batch(
+        contexts
+    )
+    assert not isinstance(offers[0], ModelOffer) and isinstance(offers[1], ModelOffer)
+
+    shared = MerchantModels(model_root, models_dir)  # NEXTBEST_MODEL_PATH for the others
+    shared.refresh()
+    assert all(s is not None for s in NextPurchaseScorer(shared).signals(contexts))
+
+    # a merchant's first model (POST /predictors) is served without a restart
+    shutil.copytree(model_root, merchant_model_root(models_dir, MERCHANT))
+    assert store.refresh() is True and store.for_merchant(MERCHANT) is not None
+    assert store.refresh() is False  # nothing new

@@ -11,6 +11,7 @@ import pytest
 
 from models import artifact
 from models.sequences import load_orders
+from streams.settings import merchant_model_root
 from tests.harness import Cluster, cart_add, event
 from tests.test_model_serving import retail_slice, save_tiny_model  # noqa: F401 - fixture
 
@@ -22,15 +23,26 @@ def metrics_text(port: int) -> str:
         return response.read().decode()
 
 
-def test_worker_serves_model_and_reloads_it(tmp_path, retail_slice, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("where", ["model_path", "merchant_folder"])
+def test_worker_serves_model_and_reloads_it(tmp_path, retail_slice, monkeypatch, where):  # noqa: F811
+    """``NEXTBEST_MODEL_PATH`` (every merchant), or the merchant's own folder under
+    ``NEXTBEST_MODELS_DIR`` (where ``POST /predictors`` writes it)."""
     orders = load_orders(retail_slice)[0]
-    root = tmp_path / "models"
+    models_dir = tmp_path / "merchant-models"
+    if where == "model_path":
+        root = tmp_path / "models"
+    else:
+        root = merchant_model_root(models_dir, "uci-gift-shop")
     first = save_tiny_model(root, orders, seed=1)
     products = artifact.load(root).vocab.items[1:4]
     monkeypatch.setenv("NEXTBEST_MODEL_RELOAD_S", "0.5")
     cluster = Cluster(tmp_path / "cluster")
     try:
-        cluster.settings = replace(cluster.settings, model_path=str(root))
+        cluster.settings = replace(
+            cluster.settings,
+            model_path=str(root) if where == "model_path" else "",
+            models_dir=models_dir,
+        )
         port = cluster.start_worker("a")
         lines = [{"product_id": p, "quantity": 2, "unit_price": 1.5} for p in products[:2]]
         cluster.send(
