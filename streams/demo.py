@@ -117,6 +117,43 @@ def scrape(port: int, names: tuple[str, ...] = ()) -> dict[str, float]:
 
 
 DECISION_LATENCY_METRIC = "nextbest_decision_latency_seconds"
+JOURNEY_STEPS_METRIC = "nextbest_journey_steps_total"
+
+
+def scrape_samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of metric ``name`` on a worker's /metrics, with its labels."""
+    url = f"http://127.0.0.1:{port}/metrics?name[]={name}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return [
+        (dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def journey_outcomes(samples: list[tuple[dict[str, str], float]]) -> str:
+    """``abandoned_cart: sent 1, suppressed 40 (frequency_cap 38, ...); ...`` from the
+    journey-steps counter's samples."""
+    outcomes: dict[str, Counter[str]] = {}
+    reasons: dict[tuple[str, str], Counter[str]] = {}
+    for labels, value in samples:
+        if not value:
+            continue
+        journey, outcome = labels["journey"], labels["outcome"]
+        outcomes.setdefault(journey, Counter())[outcome] += int(value)
+        if labels.get("reason"):
+            reasons.setdefault((journey, outcome), Counter())[labels["reason"]] += int(value)
+    parts = []
+    for journey in sorted(outcomes):
+        shown = []
+        for outcome, n in sorted(outcomes[journey].items()):
+            why = reasons.get((journey, outcome))
+            detail = ", ".join(f"{r} {c:,}" for r, c in why.most_common()) if why else ""
+            shown.append(f"{outcome} {n:,}" + (f" ({detail})" if detail else ""))
+        parts.append(f"{journey}: " + ", ".join(shown))
+    return "; ".join(parts) or "none"
 
 
 def scrape_buckets(port: int, histogram: str) -> list[tuple[float, float]]:
@@ -348,6 +385,7 @@ def run_demo(config: DemoConfig) -> int:
             processed,
             elapsed,
             {q: v for q, v in latency.items() if v is not None},
+            journey_outcomes(scrape_samples(settings.web_port, JOURNEY_STEPS_METRIC)),
         )
         if model_path:
             from streams.demo_model import model_summary
@@ -399,6 +437,7 @@ def _summary(
     processed: float,
     elapsed: float,
     latency: dict[float, float],
+    journeys: str = "none",
 ) -> None:
     def group(prefix: str) -> str:
         items = sorted((k.split(":", 1)[1], v) for k, v in counts.items() if k.startswith(prefix))
@@ -418,6 +457,7 @@ def _summary(
         f" ({group('notify:')})"
     )
     print(f"  by source          {group('source:')}")
+    print(f"  journey steps      {journeys}")
     print(f"  e-mails opened     {counts['opened']:,} (simulated open tracking, follow-up e-mails)")
     print(
         f"  suppressed         {totals.get('nextbest_messages_suppressed_total', 0):,.0f}"

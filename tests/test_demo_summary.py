@@ -5,7 +5,7 @@ import math
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.demo import histogram_quantile
+from streams.demo import histogram_quantile, journey_outcomes
 
 BOUNDS = (0.01, 0.05, 0.1, 0.5, 1.0)
 
@@ -42,3 +42,22 @@ def test_quantile_spanning_buckets_and_the_top_bucket():
 def test_no_observations_gives_no_quantile():
     assert histogram_quantile(0.5, buckets_of([])) is None
     assert histogram_quantile(0.5, []) is None
+
+
+def test_journey_outcomes_by_journey_outcome_and_reason():
+    samples = [
+        ({"merchant": "m", "journey": "abandoned_cart", "step": "remind", "outcome": "sent",
+          "reason": ""}, 2.0),
+        ({"merchant": "m", "journey": "abandoned_cart", "step": "remind",
+          "outcome": "suppressed", "reason": "frequency_cap"}, 5.0),
+        ({"merchant": "m", "journey": "abandoned_cart", "step": "remind",
+          "outcome": "suppressed", "reason": "no_consent"}, 1.0),
+        ({"merchant": "n", "journey": "abandoned_cart", "step": "remind",
+          "outcome": "sent", "reason": ""}, 1.0),
+        ({"merchant": "m", "journey": "follow_up", "step": "first", "outcome": "cancelled",
+          "reason": "opted_out"}, 0.0),
+    ]
+    assert journey_outcomes(samples) == (
+        "abandoned_cart: sent 3, suppressed 6 (frequency_cap 5, no_consent 1)"
+    )
+    assert journey_outcomes([]) == "none"
