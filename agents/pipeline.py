@@ -147,7 +147,8 @@ class Pipeline:
         message = event.message
         data = parse_event(message.value, kind, self.max_bytes)
         merchant_id = data["merchant_id"]
-        if merchant_id not in self.nb.registry:
+        merchant = self.nb.registry.get(merchant_id)
+        if merchant is None:
             raise InvalidEvent("unknown_merchant", f"merchant_id {merchant_id!r} is not configured")
         key = state_key(merchant_id, data.get("customer_id"), data.get("session_id"))
         if message.key != key.encode():
@@ -159,7 +160,6 @@ class Pipeline:
         entry = self._load(batch, key, event)
         if entry.state is None:
             entry.state = customer_state.new_state()
-        merchant = self.nb.registry.get(merchant_id)
         if not customer_state.apply_event(entry.state, kind, data, merchant.options.products):
             metrics.DUPLICATES.inc()
             return

@@ -61,6 +61,7 @@ from models.promo_simulation import (
     _cart_event,
     _views,
     ope_check,
+    print_ope_rows,
     run_policy,
 )
 from models.simulator import (
@@ -695,14 +696,7 @@ def print_summary(summary: dict) -> None:
             "\nOff-policy evaluation from the learned arm's decision log (the worker's decisions "
             "and rewards topics): estimate [95% CI] vs the simulator's true value, per decision"
         )
-        print(f"{'candidate':<30} {'true':>8} " + " ".join(f"{m:>26}" for m in ope.METHODS))
-        for row in summary["ope"]:
-            cells = []
-            for m in ope.METHODS:
-                e = row[m]
-                mark = "" if e["covers"] else " !"
-                cells.append(f"{e['value']:7.2f} [{e['low']:6.2f},{e['high']:6.2f}]{mark:>2}")
-            print(f"{row['policy']:<30} {row['true']:>8.2f} " + " ".join(f"{c:>26}" for c in cells))
+        print_ope_rows(summary["ope"])
         coverage = ", ".join(f"{m} {c}" for m, c in summary["ope_coverage"].items())
         print(f"true value inside the 95% CI: {coverage}")
 

@@ -434,6 +434,19 @@ def _summary(seeds: list[dict]) -> dict:
     }
 
 
+def print_ope_rows(rows: list[dict]) -> None:
+    """`ope_check`'s rows as a table: each estimate [95% CI] next to the true value, ``!``
+    where the interval misses it."""
+    print(f"{'candidate':<30} {'true':>8} " + " ".join(f"{m:>26}" for m in ope.METHODS))
+    for row in rows:
+        cells = []
+        for m in ope.METHODS:
+            e = row[m]
+            mark = "" if e["covers"] else " !"
+            cells.append(f"{e['value']:7.2f} [{e['low']:6.2f},{e['high']:6.2f}]{mark:>2}")
+        print(f"{row['policy']:<30} {row['true']:>8.2f} " + " ".join(f"{c:>26}" for c in cells))
+
+
 def print_summary(summary: dict) -> None:
     mean = summary["mean_incremental_per_customer"]
     deep = summary["mean_deep_discount_customers"]
@@ -471,14 +484,7 @@ def print_summary(summary: dict) -> None:
         f"{summary['seeds'][0]['seed']}): estimate [95% CI] vs the simulator's true value, "
         "profit per decision"
     )
-    print(f"{'candidate':<30} {'true':>8} " + " ".join(f"{m:>26}" for m in ope.METHODS))
-    for row in summary["seeds"][0]["ope"]:
-        cells = []
-        for m in ope.METHODS:
-            e = row[m]
-            mark = "" if e["covers"] else " !"
-            cells.append(f"{e['value']:7.2f} [{e['low']:6.2f},{e['high']:6.2f}]{mark:>2}")
-        print(f"{row['policy']:<30} {row['true']:>8.2f} " + " ".join(f"{c:>26}" for c in cells))
+    print_ope_rows(summary["seeds"][0]["ope"])
     coverage = ", ".join(f"{m} {c}" for m, c in summary["ope_coverage"].items())
     print(f"\ntrue value inside the 95% CI, over all seeds and candidates: {coverage}")
 

@@ -158,14 +158,9 @@ def journey_outcomes(samples: list[tuple[dict[str, str], float]]) -> str:
 
 def scrape_buckets(port: int, histogram: str) -> list[tuple[float, float]]:
     """``[(upper bound, cumulative count), ...]`` of a histogram on /metrics, labels summed."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
     buckets: Counter[float] = Counter()
-    for family in text_string_to_metric_families(text):
-        if family.name == histogram:
-            for sample in family.samples:
-                if sample.name == f"{histogram}_bucket":
-                    buckets[float(sample.labels["le"])] += sample.value
+    for labels, value in scrape_samples(port, f"{histogram}_bucket"):
+        buckets[float(labels["le"])] += value
     return sorted(buckets.items())
 
 
