@@ -23,6 +23,7 @@ probabilities out; customers with no known item in their history get the popular
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -176,7 +177,7 @@ class NextPurchaseLSTM(nn.Module):
             logits = base.expand(b, -1).clone()
         repeat_in.append(self.item_repeat(batch.repeat_items))
         repeat = self.repeat(torch.cat(repeat_in, dim=-1)).squeeze(-1)
-        logits.index_put_((batch.repeat_row, batch.repeat_items), repeat, accumulate=True)
+        logits.view(-1).index_add_(0, batch.repeat_at, repeat)  # `forward`'s index_put, faster
         logits[:, 0] = float("-inf")
         return logits
 
@@ -187,18 +188,32 @@ these (and above the one before), each padded to its own longest history only.""
 LSTM_RUN_STEPS = 100
 """What one more LSTM run costs, in padded (history, order) steps (one core: ~100 µs a run,
 ~1 µs a step): a bucket joins the next one when its extra padding there costs less."""
+RUN_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+"""The sizes an LSTM run's rows and steps are padded up to (a larger one stays as it is).
+
+oneDNN builds the LSTM kernel for each new input shape, which costs more than the run
+(~0.5-1 ms per new shape on one core) and is cached per shape: runs padded to these few
+shapes hit the cache after `Recommender.warm_up`, where arbitrary micro-batches would keep
+missing it. Padding adds fewer than half as many rows or steps again."""
+
+
+def run_size(n: int) -> int:
+    """The smallest of `RUN_SIZES` that holds ``n`` (``n`` itself above them)."""
+    at = bisect.bisect_left(RUN_SIZES, n)
+    return RUN_SIZES[at] if at < len(RUN_SIZES) else n
 
 
 @dataclass
 class LSTMBucket:
     """One LSTM run of `NextPurchaseLSTM.serve_logits`: ``steps[gather]`` (padding indexes the
-    zero row after the last step) viewed (rows, longest, dim); ``last`` picks each row's state
-    at its last order from the flattened output."""
+    zero row after the last step) viewed (rows, longest, dim); ``last`` picks each history's
+    state at its last order from the flattened output. ``rows`` and ``longest`` are padded to
+    `RUN_SIZES`; the padding rows are all padding."""
 
     gather: torch.Tensor  # (rows * longest,)
     rows: int
     longest: int
-    last: torch.Tensor  # (rows,)
+    last: torch.Tensor  # (histories,)
 
     def to(self, device: torch.device | str) -> LSTMBucket:
         return LSTMBucket(self.gather.to(device), self.rows, self.longest, self.last.to(device))
@@ -206,11 +221,12 @@ class LSTMBucket:
 
 def lstm_buckets(n_orders: np.ndarray, buckets: bool = True) -> tuple[list[LSTMBucket], np.ndarray]:
     """The LSTM runs for histories of ``n_orders`` (all >= 1) orders whose steps lie flat, one
-    history after the other, and the permutation that puts the runs' rows back in order.
+    history after the other, and the permutation that puts the runs' histories back in order.
 
-    With ``buckets``, one run per `LENGTH_BUCKETS` bucket, rows by length (less padding),
-    short buckets merged into the next where that is cheaper (`LSTM_RUN_STEPS`); without, one
-    run padded to the longest history, like `collate`.
+    With ``buckets``, one run per `LENGTH_BUCKETS` bucket, histories by length (less
+    padding), short buckets merged into the next where that is cheaper (`LSTM_RUN_STEPS`);
+    without, one run padded to the longest history, like `collate`. Either way each run's
+    rows and steps are padded up to `RUN_SIZES`.
     """
     first = np.cumsum(n_orders) - n_orders
     pad = int(n_orders.sum())  # the zero row appended to the steps
@@ -225,11 +241,13 @@ def lstm_buckets(n_orders: np.ndarray, buckets: bool = True) -> tuple[list[LSTMB
     runs = []
     for rows, longest in groups:
         n = n_orders[rows]
-        step = np.arange(longest)
-        gather = np.where(step < n[:, None], first[rows, None] + step, pad)
-        last = np.arange(len(rows)) * longest + n - 1
+        height, width = run_size(len(rows)), run_size(longest)
+        gather = np.full((height, width), pad)
+        step = np.arange(width)
+        gather[: len(rows)] = np.where(step < n[:, None], first[rows, None] + step, pad)
+        last = np.arange(len(rows)) * width + n - 1
         runs.append(
-            LSTMBucket(torch.from_numpy(gather.ravel()), len(rows), longest, torch.from_numpy(last))
+            LSTMBucket(torch.from_numpy(gather.ravel()), height, width, torch.from_numpy(last))
         )
     return runs, np.argsort(order)
 
@@ -247,6 +265,7 @@ class ServeBatch:
     repeat_row: torch.Tensor  # (R,)
     repeat_items: torch.Tensor  # (R,)
     repeat_feats: torch.Tensor  # (R, REPEAT_FEATURES)
+    repeat_at: torch.Tensor  # (R,) row * n_items + item: where each candidate's score goes
     runs: list[LSTMBucket]
     unsort: torch.Tensor  # (B,) row i's LSTM state is row unsort[i] of the runs' states
 
@@ -262,13 +281,15 @@ class ServeBatch:
         offsets = np.zeros(len(encoded.order_lengths), np.int64)
         np.cumsum(encoded.order_lengths[:-1], out=offsets[1:])
         runs, unsort = lstm_buckets(encoded.n_orders[warm], buckets)
+        repeat_row = place[encoded.repeat_row]
         return cls(
             items=torch.from_numpy(encoded.order_items),
             offsets=torch.from_numpy(offsets),
             order_feats=torch.from_numpy(encoded.order_feats),
-            repeat_row=torch.from_numpy(place[encoded.repeat_row]),
+            repeat_row=torch.from_numpy(repeat_row),
             repeat_items=torch.from_numpy(encoded.repeat_items),
             repeat_feats=torch.from_numpy(encoded.repeat_feats),
+            repeat_at=torch.from_numpy(repeat_row * len(encoded.catalogue) + encoded.repeat_items),
             runs=runs,
             unsort=torch.from_numpy(unsort),
         )
@@ -282,6 +303,9 @@ class Scored:
 
 
 SCORE_CHUNK = 512  # histories per forward pass in `Recommender.score_batch`
+WARM_UP_CELLS = 4096
+"""`Recommender.warm_up` skips LSTM runs of more (rows x steps): they take longer (~4 ms on
+one core) than building their kernel (~0.5-1 ms)."""
 
 
 class Recommender:
@@ -302,6 +326,23 @@ class Recommender:
         self.popularity = (pop / pop.sum()).float()
         self._popular: dict[int, torch.return_types.topk] = {}  # k -> popularity's top k
         self._base: tuple[np.ndarray, torch.Tensor] | None = None  # catalogue, its logits
+
+    @torch.no_grad()
+    def warm_up(self, max_rows: int = SCORE_CHUNK, max_cells: int = WARM_UP_CELLS) -> None:
+        """Run the LSTM once at every run shape serving can meet (`RUN_SIZES`, up to
+        ``max_rows`` histories and the encoder's ``max_orders`` steps; not above ``max_cells``
+        rows x steps, where the run costs more than building its kernel), so that no
+        micro-batch waits for oneDNN to build one. oneDNN caches kernels per shape and torch
+        thread count: call it on the serving thread, or with the same `torch.set_num_threads`.
+        """
+        if not self.model.config.use_lstm:
+            return
+        rows = [n for n in RUN_SIZES if n <= run_size(max_rows)]
+        steps = [n for n in RUN_SIZES if n <= run_size(self.encoder.max_orders)]
+        for height in rows:
+            for width in steps:
+                if height * width <= max_cells or width == 1:
+                    self.model.lstm(torch.zeros(height, width, self.model.config.emb_dim))
 
     @torch.no_grad()
     def probabilities(self, histories: list[EncodedHistory], batch_size: int = 512) -> torch.Tensor:

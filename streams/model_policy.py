@@ -6,7 +6,8 @@
   scorer the same model input without normalising the state's ids again (the encoder
   checks them against the catalogue instead).
 - `ModelStore` holds the loaded artifact and hot-reloads it: a thread watches the artifact
-  root's ``latest`` pointer, loads a new version off the event loop, checks it and swaps it in
+  root's ``latest`` pointer, loads a new version off the event loop, checks it, builds its LSTM
+  kernels (`Recommender.warm_up`, with the serving thread's torch thread count) and swaps it in
   with one assignment. A version that fails to load is logged and counted; the previous model
   keeps serving.
 - `NextPurchaseScorer.signals` runs one batched inference per micro-batch over the customers'
@@ -214,6 +215,7 @@ class ModelStore:
             try:
                 recommender = self.loader(target)
                 check_recommender(recommender)
+                recommender.warm_up()
             except Exception:
                 self._failed = version
                 metrics.MODEL_LOAD_ERRORS.inc()
@@ -239,7 +241,8 @@ class ModelStore:
         """The model for ``merchant_id``'s carts: this store serves every merchant."""
         return self.current
 
-    def _watch(self) -> None:
+    def _watch(self, threads: int) -> None:
+        torch.set_num_threads(threads)  # as the serving thread, for `Recommender.warm_up`
         while not self._stop.wait(self.reload_s):
             try:
                 self.refresh()
@@ -248,7 +251,9 @@ class ModelStore:
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="model-reload", daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, args=(torch.get_num_threads(),), name="model-reload", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

@@ -129,6 +129,7 @@ def reference_scores(rec: Recommender, histories: list, times: list, k: int) -> 
 def test_lstm_buckets_cover_every_row_once():
     n_orders = np.array([3, 1, 20, 2, 1, 7, 50, 4, 2])
     first = np.cumsum(n_orders) - n_orders
+    pad = n_orders.sum()
     for run_steps, expected in ((0, 6), (12, 4), (100, 2), (1000, 1)):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(next_purchase, "LSTM_RUN_STEPS", run_steps)
@@ -137,16 +138,33 @@ def test_lstm_buckets_cover_every_row_once():
         rows = []
         for run in runs:
             gather = run.gather.view(run.rows, run.longest).numpy()
-            lengths = (gather < n_orders.sum()).sum(axis=1)
-            assert run.longest == lengths.max()
-            starts = gather[:, 0]
+            lengths = (gather < pad).sum(axis=1)
+            histories = len(run.last)
+            # padded up to the run sizes, with rows of padding only
+            assert run.rows == next_purchase.run_size(histories) >= histories
+            assert run.longest == next_purchase.run_size(lengths.max())
+            assert (gather[histories:] == pad).all() and (lengths[:histories] > 0).all()
+            starts = gather[:histories, 0]
             rows += [int(np.flatnonzero(first == start)[0]) for start in starts]
-            assert lengths.tolist() == n_orders[rows[-run.rows :]].tolist()
-            assert (run.last.numpy() == np.arange(run.rows) * run.longest + lengths - 1).all()
+            assert lengths[:histories].tolist() == n_orders[rows[-histories:]].tolist()
+            steps = np.arange(run.longest)
+            assert (
+                gather[:histories]
+                == np.where(steps < lengths[:histories, None], starts[:, None] + steps, pad)
+            ).all()
+            last = np.arange(histories) * run.longest + lengths[:histories] - 1
+            assert (run.last.numpy() == last).all()
         assert sorted(rows) == list(range(len(n_orders)))
-        assert np.array(rows)[unsort].tolist() == list(range(len(n_orders)))
+        assert np.array_equal(np.array(rows)[unsort], np.arange(len(n_orders)))
     [single] = next_purchase.lstm_buckets(n_orders, buckets=False)[0]
-    assert (single.rows, single.longest) == (len(n_orders), 50)
+    assert (single.rows, single.longest, len(single.last)) == (12, 64, len(n_orders))
+
+
+def test_run_sizes():
+    sizes = [next_purchase.run_size(n) for n in range(1, 600)]
+    assert sizes[:8] == [1, 2, 3, 4, 6, 6, 8, 8] and sizes[512 - 1] == 512
+    assert sizes[513 - 1] == 513  # above the sizes: as it is
+    assert all(n <= size < n * 1.5 or n == size for n, size in enumerate(sizes, 1))
 
 
 @pytest.mark.parametrize("run_steps", [0, next_purchase.LSTM_RUN_STEPS])
