@@ -62,7 +62,10 @@ class Merchant:
     customer's predicted next product) only the promotion policy offers. Cost model: the shop
     keeps ``margin_rate`` of a basket's value as gross margin and pays ``shipping_cost`` when it
     gives free shipping; no offer may leave less than ``min_margin_rate`` of the basket as margin.
-    An offer is valid for ``offer_ttl_hours`` (budget reservations expire then)."""
+    An offer is valid for ``offer_ttl_hours`` (budget reservations expire then). An offer worth
+    ``deep_discount_depth`` of its basket or more is a deep discount: the promotion policy makes
+    one only where it earns ``deep_discount_cost`` x the cart's value more than any other offer
+    (``streams.objective.DeepDiscount``)."""
 
     id: str
     currency: str
@@ -75,6 +78,8 @@ class Merchant:
     margin_rate: float = 0.3
     min_margin_rate: float = 0.0
     offer_ttl_hours: float = 48.0
+    deep_discount_depth: float = 0.15
+    deep_discount_cost: float = 0.02
     product_coupons: tuple[Promotion, ...] = ()
     options: MerchantOptions = field(default_factory=MerchantOptions)  # delivery, journeys
 
@@ -194,6 +199,11 @@ def parse_merchant(merchant_id: str, config: dict, base: Path | None = None) -> 
         raise CatalogError(f"{where}.margin_rate: must be between 0 and 1, got 0")
     min_margin_rate = _rate(config, "min_margin_rate", where, 0.0, 0.0, margin_rate)
     offer_ttl_hours = _number(config, "offer_ttl_hours", where, Merchant.offer_ttl_hours)
+    deep_discount_depth = _rate(
+        config, "deep_discount_depth", where, Merchant.deep_discount_depth, 0.0, 1.0
+    )
+    if deep_discount_depth == 0:
+        raise CatalogError(f"{where}.deep_discount_depth: must be between 0 and 1, got 0")
     if offer_ttl_hours <= 0:
         raise CatalogError(f"{where}.offer_ttl_hours: expected a number > 0")
     cap = config.get("frequency_cap", {})
@@ -220,6 +230,10 @@ def parse_merchant(merchant_id: str, config: dict, base: Path | None = None) -> 
         margin_rate=margin_rate,
         min_margin_rate=min_margin_rate,
         offer_ttl_hours=offer_ttl_hours,
+        deep_discount_depth=deep_discount_depth,
+        deep_discount_cost=_rate(
+            config, "deep_discount_cost", where, Merchant.deep_discount_cost, 0.0, 1.0
+        ),
         nudge_max_gap=_number(config, "nudge_max_gap", where, 0.0),
         frequency_cap=FrequencyCap(
             max_messages=int(_number(cap, "max_messages", f"{where}.frequency_cap", 2)),

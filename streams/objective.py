@@ -4,7 +4,7 @@ For a cart of value ``V`` and an action ``a`` (``streams.offers``: basket ``B_a`
 ``D_a``, depth ``g_a = D_a / B_a``), with the shop's margin rate ``m``::
 
     profit(a)      = P(buy | a) * [rho_a * (m * B_a - D_a) + (1 - rho_a) * m * V]
-    incremental(a) = profit(a) - profit(none) - future(a)
+    incremental(a) = profit(a) - profit(none) - future(a) - deep(a)
     future(a)      = dependency_cost * g_a * rho_a * P(buy | a) * H
                    + cannibalization * R * m * I_a * rho_a * P(buy | a)
 
@@ -27,6 +27,14 @@ other actions). Redeemed now, it is a sale the customer would otherwise have mad
 price on their next order, if that order comes within the horizon: probability ``R =
 repurchase_probability`` (1 - exp(-order rate * horizon weeks), from the customer's history).
 ``cannibalization`` (default 1) is the share of those sales lost.
+
+``deep(a)`` is the merchant's price of a deep discount (`DeepDiscount`, from the merchants
+file): an offer worth at least ``deep_discount_depth`` of its basket (15% by default) must
+earn ``deep_discount_cost`` x the cart's value (2% by default) more than the best other offer
+to be chosen. It is charged when the offer is made, redeemed or not: what it prices is not one
+customer's habituation (the dependency term does that) but a shop that hands out deep
+discounts where a smaller incentive earns almost as much -- the product's "never 20% off
+where 10% would convert". The simulator's benchmark shows what it costs (BENCHMARKS.md).
 
 ``P(buy | a)`` and ``rho_a`` come from the response model (``streams.bandit``); everything
 here is plain arithmetic over arrays, so the same code scores one posterior draw or thousands.
@@ -110,6 +118,18 @@ class Economics:
         )
 
 
+@dataclass(frozen=True)
+class DeepDiscount:
+    """The merchant's price of a deep discount (``Merchant.deep_discount_*``)."""
+
+    depth: float = 0.15
+    cost: float = 0.02
+
+    def premium(self, economics: Economics) -> np.ndarray:
+        """Per action: ``cost`` x the cart's value for a deep discount, else 0."""
+        return self.cost * economics.cart_value * (economics.depth >= self.depth)
+
+
 def expected_profit(
     p_buy: np.ndarray, redeem_share: np.ndarray, economics: Economics, margin_rate: float
 ) -> np.ndarray:
@@ -127,6 +147,7 @@ def incremental_profit(
     horizon: float,
     config: ObjectiveConfig,
     repurchase: float = 0.0,
+    deep: DeepDiscount | None = None,
 ) -> np.ndarray:
     """``incremental(a)`` for every action (last axis; column 0, no offer, is 0)."""
     profit = expected_profit(p_buy, redeem_share, economics, margin_rate)
@@ -134,4 +155,5 @@ def incremental_profit(
         config.dependency_cost * economics.depth * horizon
         + config.cannibalization * repurchase * margin_rate * economics.item
     )
-    return profit - profit[..., :1] - lost * redeem_share * p_buy
+    premium = 0.0 if deep is None else deep.premium(economics)
+    return profit - profit[..., :1] - lost * redeem_share * p_buy - premium

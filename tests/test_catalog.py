@@ -296,6 +296,7 @@ def test_merchants_yaml_path_is_the_packaged_file():
 def test_shipped_merchants_file_gets_the_policy_defaults():
     shop = load_merchants(DEFAULT_MERCHANTS)["uci-gift-shop"]
     assert (shop.margin_rate, shop.min_margin_rate, shop.offer_ttl_hours) == (0.3, 0.0, 48.0)
+    assert (shop.deep_discount_depth, shop.deep_discount_cost) == (0.15, 0.02)
     assert shop.product_coupons == ()
     for p in shop.promotions:
         assert (p.budget, p.max_discount, p.max_per_customer, p.per_customer_days) == (None,) * 4
@@ -309,6 +310,8 @@ def test_policy_fields_are_parsed():
             margin_rate=0.4,
             min_margin_rate=0.1,
             offer_ttl_hours=24,
+            deep_discount_depth=0.2,
+            deep_discount_cost=0.05,
             promotions=[
                 {
                     "id": "p10",
@@ -330,6 +333,7 @@ def test_policy_fields_are_parsed():
         0.1,
         24.0,
     )
+    assert (merchant.deep_discount_depth, merchant.deep_discount_cost) == (0.2, 0.05)
     assert [p.id for p in merchant.promotions] == ["p10", "fs"]  # tiers only: the rules read them
     p10, fs = merchant.promotions
     assert (p10.budget, p10.max_discount, p10.max_per_customer, p10.per_customer_days) == (
@@ -373,6 +377,8 @@ def test_product_coupons_share_the_id_space_of_promotions():
             "merchants.m.min_margin_rate: must be between 0 and 0.3, got 0.5",
         ),
         (config(offer_ttl_hours=0), "merchants.m.offer_ttl_hours: expected a number > 0"),
+        (config(deep_discount_depth=0), "deep_discount_depth: must be between 0 and 1, got 0"),
+        (config(deep_discount_cost=2), "deep_discount_cost: must be between 0 and 1, got 2"),
         (
             config(promotions=[{"id": "c", "type": "product_coupon"}]),
             "promotions[0].percent: must be between 0 and 100 for product_coupon",

@@ -9,6 +9,7 @@ import pytest
 
 from streams.customer_state import apply_event, new_state
 from streams.objective import (
+    DeepDiscount,
     Economics,
     ObjectiveConfig,
     expected_profit,
@@ -128,6 +129,24 @@ def test_incremental_profit_is_the_documented_formula():
     draws = incremental_profit(np.tile(p, (5, 1)), rho, economics, 0.4, horizon, config)
     assert draws.shape == (5, 4) and np.allclose(draws, got)
     assert expected_profit(p, rho, economics, 0.4)[0] == pytest.approx(profit_none)
+
+
+def test_deep_discount_premium_is_charged_only_on_deep_offers():
+    """Actions at 160: none, 5 off (3%), 10% off, a nudge to 15% off at 200 (deep)."""
+    merchant = shop()
+    economics = Economics.of(candidate_actions(merchant, 160.0, "GBP", T0))
+    assert economics.depth[-1] == pytest.approx(0.15)
+    p, rho = np.array([0.30, 0.32, 0.40, 0.35]), np.ones(4)
+    config = ObjectiveConfig(dependency_cost=0.0)
+    free = incremental_profit(p, rho, economics, 0.4, 0.0, config)
+    priced = incremental_profit(
+        p, rho, economics, 0.4, 0.0, config, deep=DeepDiscount(depth=0.15, cost=0.02)
+    )
+    assert priced[:3] == pytest.approx(free[:3])
+    assert priced[3] == pytest.approx(free[3] - 0.02 * 160.0)
+    assert DeepDiscount(depth=0.1, cost=0.02).premium(economics) == pytest.approx(
+        [0.0, 0.0, 3.2, 3.2]
+    )
 
 
 def test_economics_need_no_offer_first():
