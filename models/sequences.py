@@ -34,14 +34,16 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from streams.products import (
+    MAX_HISTORY_PRODUCTS,
     MAX_ORDER_PRODUCTS,
+    MAX_ORDERS,
     PRODUCT_CODE,
     normalize_product,
     order_products,
@@ -512,7 +514,7 @@ class EncodedBatch:
 def _known_orders(
     orders: list[Order], clean_index: dict[str, int], config: EncoderConfig
 ) -> tuple[list[float], list[list[int]], list[float]]:
-    """`encode_history`'s kept orders: times, known ids and known shares.
+    """`encode_history`'s kept orders of one history: times, known ids and known shares.
 
     An order that holds only distinct ids of ``clean_index`` (`Vocab.clean_index`: always the
     case for the worker's state on the model's own catalogue) is read as it is; any other goes
@@ -535,6 +537,117 @@ def _known_orders(
             ids.append(known)
             shares.append(len(known) / max(len(products), 1))
     return times, ids, shares
+
+
+BATCH_LOOKUP = 8
+"""`encode_batch` looks the ids of this many histories or more up all at once."""
+
+
+@dataclass
+class _KeptOrders:
+    """`_known_orders` of many histories, flat: per kept order, all rows in turn."""
+
+    n_orders: np.ndarray  # per history
+    seconds: np.ndarray
+    lengths: np.ndarray
+    shares: np.ndarray
+    items: np.ndarray  # the known ids of every kept order, one order after the other
+
+
+def _known_orders_batch(
+    histories: Sequence[list[Order]], clean_index: dict[str, int], config: EncoderConfig
+) -> _KeptOrders:
+    """`_known_orders` of every history, its per-order work done for the whole batch.
+
+    Every product id is looked up once, as it is; a history whose orders all hold distinct
+    ids of ``clean_index`` only, at most ``MAX_ORDER_PRODUCTS`` of them (the worker's state),
+    keeps its orders by `orders_to_keep` and ``config.max_orders`` with numpy, every id
+    known. Any other history goes through `_known_orders`, and so do all of a batch of fewer
+    than `BATCH_LOOKUP` histories (numpy's per-call cost is more than the loop's there).
+    """
+    if len(histories) < BATCH_LOOKUP:
+        return _known_orders_each(histories, clean_index, config)
+    orders = [order for history in histories for order in history]
+    per_history = np.fromiter(map(len, histories), np.int64, len(histories))
+    sizes = np.fromiter((len(products) for _, products in orders), np.int64, len(orders))
+    products = chain.from_iterable(products for _, products in orders)
+    ids = np.fromiter(map(clean_index.get, products, repeat(0)), np.int64, int(sizes.sum()))
+    seconds = np.fromiter((float(t) for t, _ in orders), np.float64, len(orders))
+    history_of = np.repeat(np.arange(len(histories)), per_history)
+    order_of = np.repeat(np.arange(len(orders)), sizes)
+    bad = sizes > MAX_ORDER_PRODUCTS
+    bad[order_of[ids == 0]] = True  # 0: not in clean_index (the padding item never is)
+    span = max(clean_index.values(), default=0) + 1
+    pairs = np.sort(order_of * span + ids)
+    bad[pairs[1:][pairs[1:] == pairs[:-1]] // span] = True  # an id twice in one order
+    slow = np.zeros(len(histories), bool)
+    slow[history_of[bad]] = True
+
+    end = np.cumsum(per_history)[history_of]  # one past the history's last order
+    rank = end - 1 - np.arange(len(orders))  # 0: the history's last order
+    total = np.cumsum(sizes)
+    products_from = total[end - 1] - total + sizes  # ids in this order and the later ones
+    keep = (rank < min(MAX_ORDERS, config.max_orders)) & (sizes > 0) & ~slow[history_of]
+    keep &= (rank == 0) | (products_from <= MAX_HISTORY_PRODUCTS)
+    kept = _KeptOrders(
+        np.bincount(history_of[keep], minlength=len(histories)),
+        seconds[keep],
+        sizes[keep],
+        np.ones(int(keep.sum())),
+        ids[keep[order_of]],
+    )
+    if slow.any():
+        kept = _with_slow_histories(kept, histories, np.flatnonzero(slow), clean_index, config)
+    return kept
+
+
+def _known_orders_each(
+    histories: Sequence[list[Order]], clean_index: dict[str, int], config: EncoderConfig
+) -> _KeptOrders:
+    """`_known_orders` of each history in turn."""
+    n_orders, seconds, lengths, shares, items = [], [], [], [], []
+    for history in histories:
+        t, ids, share = _known_orders(history, clean_index, config)
+        n_orders.append(len(t))
+        seconds += t
+        lengths += map(len, ids)
+        shares += share
+        items += chain.from_iterable(ids)
+    return _KeptOrders(
+        np.array(n_orders, np.int64),
+        np.array(seconds, np.float64),
+        np.array(lengths, np.int64),
+        np.array(shares, np.float64),
+        np.array(items, np.int64),
+    )
+
+
+def _with_slow_histories(
+    kept: _KeptOrders,
+    histories: Sequence[list[Order]],
+    slow: np.ndarray,
+    clean_index: dict[str, int],
+    config: EncoderConfig,
+) -> _KeptOrders:
+    """``kept`` with the histories ``slow`` (none of their orders are in it) from
+    `_known_orders`, each in its place."""
+    more = _known_orders_each([histories[row] for row in slow.tolist()], clean_index, config)
+    n_orders = kept.n_orders.copy()
+    n_orders[slow] = more.n_orders
+    history = np.concatenate(
+        [np.repeat(np.arange(len(n_orders)), kept.n_orders), np.repeat(slow, more.n_orders)]
+    )
+    order = np.argsort(history, kind="stable")  # by history, each one's orders in turn
+    lengths = np.concatenate([kept.lengths, more.lengths])
+    start = np.cumsum(lengths) - lengths
+    item_at = np.repeat(start[order] - (np.cumsum(lengths[order]) - lengths[order]), lengths[order])
+    return _KeptOrders(
+        n_orders,
+        np.concatenate([kept.seconds, more.seconds])[order],
+        lengths[order],
+        np.concatenate([kept.shares, more.shares])[order],
+        np.concatenate([kept.items, more.items])[item_at + np.arange(len(item_at))],
+    )
 
 
 def _by_row_and_item(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
@@ -562,21 +675,9 @@ def encode_batch(
     """
     times = list(now) if now is not None else [None] * len(histories)
     catalogue = vocab.stats.features()
-    n_orders = np.zeros(len(histories), np.int64)
-    order_t: list[float] = []  # per kept order, all rows in turn
-    order_now: list[float] = []
-    shares: list[float] = []
-    known: list[list[int]] = []
-    clean_index = vocab.clean_index(config.product_pattern)
-    for row, (orders, t) in enumerate(zip(histories, times, strict=True)):
-        seconds, ids, share = _known_orders(orders, clean_index, config)
-        if seconds:
-            n_orders[row] = len(seconds)
-            order_t += seconds
-            order_now += [seconds[-1] if t is None else max(float(t), seconds[-1])] * len(seconds)
-            shares += share
-            known += ids
-    if not known:
+    kept = _known_orders_batch(histories, vocab.clean_index(config.product_pattern), config)
+    n_orders = kept.n_orders
+    if not len(kept.items):
         empty_i = np.zeros(0, np.int64)
         return EncodedBatch(
             n_orders,
@@ -588,24 +689,36 @@ def encode_batch(
             np.zeros((0, REPEAT_FEATURES), np.float32),
             catalogue,
         )
-    t = np.array(order_t)
-    at = np.array(order_now)
-    lengths = np.fromiter(map(len, known), np.int64, len(known))
+    t, lengths, items = kept.seconds, kept.lengths, kept.items
     rows = np.repeat(np.arange(len(histories)), n_orders)
     starts = np.concatenate([[0], np.cumsum(n_orders)[:-1]])  # each row's first kept order
     j = np.arange(len(t)) - starts[rows]  # each order's place in its row
     n = n_orders[rows]
+    last_t = t[(starts + n_orders - 1)[n_orders > 0]]  # each warm row's last kept order
+    at_row = np.array(
+        [
+            last if time is None else max(float(time), last)
+            for last, time in zip(
+                last_t.tolist(), (times[r] for r in np.flatnonzero(n_orders)), strict=True
+            )
+        ]
+    )
+    at = np.repeat(at_row, n_orders[n_orders > 0])
     ago = (at - t) / _DAY
     log_ago = np.array(list(map(math.log1p, ago.tolist())))
     gap = np.maximum(np.diff(t, prepend=0.0) / _DAY, 0.0)
     gap[j == 0] = 0.0
     order_feats = np.stack(
-        [np.array(list(map(math.log1p, gap.tolist()))), log_ago, _LOG1P_COUNTS[lengths], shares],
+        [
+            np.array(list(map(math.log1p, gap.tolist()))),
+            log_ago,
+            _LOG1P_COUNTS[lengths],
+            kept.shares,
+        ],
         axis=1,
     ).astype(np.float32)
 
     # repeat candidates: one per (row, item), in order of first appearance within the row
-    items = np.fromiter(chain.from_iterable(known), np.int64, int(lengths.sum()))
     occ_order = np.repeat(np.arange(len(t)), lengths)
     occ_row = rows[occ_order]
     perm = _by_row_and_item(occ_row, items, len(vocab.items))

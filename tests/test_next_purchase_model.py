@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models import artifact, evaluate, next_purchase, train
+from models import artifact, evaluate, next_purchase, sequences, train
 from models.next_purchase import ModelConfig, NextPurchaseLSTM, Recommender, ServeBatch, collate
 from models.sequences import EncoderConfig, Vocab, encode_batch, encode_history, file_sha256
 
@@ -124,6 +124,59 @@ def reference_scores(rec: Recommender, histories: list, times: list, k: int) -> 
         ([rec.vocab.items[i] for i in idx], val, not e.n_orders)
         for e, val, idx in zip(encoded, top.values.tolist(), top.indices.tolist(), strict=True)
     ]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_encode_batch_equals_encode_history_on_awkward_histories(seed):
+    """`encode_batch` reads clean histories (the worker's state) all at once and sends any
+    other through the per-order rule: both give `encode_history`'s input, bit for bit, in
+    any mix: ids outside the catalogue or not normalised, postage, an id twice in an order,
+    orders over `MAX_ORDER_PRODUCTS`, empty orders, more than `MAX_ORDERS` orders, more than
+    `MAX_HISTORY_PRODUCTS` ids, short ``max_orders``; in batches large and small."""
+    rng = np.random.default_rng(seed)
+    items = ["<pad>", *(f"{20000 + i}" for i in range(400))]
+    vocab = Vocab(items, [0, *range(400, 0, -1)], [0] * 401, [0.2] * 401, [1] * 401)
+    day = 86400.0
+
+    def order(size: int) -> list[str]:
+        return list(rng.choice(items[1:], size=min(size, 400), replace=False))
+
+    awkward = [
+        lambda o: [*o, "POST"],
+        lambda o: [*o, o[0]] if o else o,
+        lambda o: [p.lower() for p in o],
+        lambda o: [*o, "99999"],
+        lambda o: [],
+        lambda o: order(260),
+    ]
+    histories = []
+    for h in range(60):
+        n = int(rng.choice([0, 1, 2, 3, 5, 12, 49, 50, 51, 70]))
+        sizes = rng.integers(1, 40 if h % 5 else 120, n)
+        history = [(j * 3 * day + rng.random() * day, order(int(s))) for j, s in enumerate(sizes)]
+        if n and h % 3 == 0:  # one awkward order
+            j = int(rng.integers(n))
+            history[j] = (history[j][0], awkward[(h // 3) % len(awkward)](history[j][1]))
+        histories.append(history)
+    times = [None if rng.random() < 0.3 else 300 * day * rng.random() for _ in histories]
+    assert len(histories) > sequences.BATCH_LOOKUP
+    for config, size in (
+        (EncoderConfig(), 60),
+        (EncoderConfig(max_orders=7), 60),
+        (EncoderConfig(), 5),
+    ):
+        batches = [
+            encode_batch(histories[i : i + size], vocab, config, times[i : i + size])
+            for i in range(0, len(histories), size)
+        ]
+        for row, (history, t) in enumerate(zip(histories, times, strict=True)):
+            want = encode_history(history, vocab, config, now=t)
+            got = batches[row // size].history(row % size)
+            assert batches[row // size].n_orders[row % size] == want.n_orders
+            for name in ("order_items", "order_lengths", "repeat_items"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+            assert got.order_feats.tobytes() == want.order_feats.tobytes()
+            assert got.repeat_feats.tobytes() == want.repeat_feats.tobytes()
 
 
 def test_lstm_buckets_cover_every_row_once():
