@@ -324,7 +324,7 @@ class Recommender:
         self.device = device
         pop = torch.tensor(vocab.popularity, dtype=torch.float64)
         self.popularity = (pop / pop.sum()).float()
-        self._popular: dict[int, torch.return_types.topk] = {}  # k -> popularity's top k
+        self._popular: dict[int, tuple[list[str], list[float]]] = {}  # k -> popularity's top k
         self._base: tuple[np.ndarray, torch.Tensor] | None = None  # catalogue, its logits
 
     @torch.no_grad()
@@ -383,12 +383,13 @@ class Recommender:
     def top_k(self, encoded: EncodedBatch, k: int = 10, buckets: bool = True) -> list[Scored]:
         """The k most likely next products of each row of ``encoded`` (cold rows: popularity)."""
         k = min(k, len(self.vocab) - 1)
+        items = self.vocab.items
         if k not in self._popular:
-            self._popular[k] = self.popularity.topk(k)
-        popular = self._popular[k]
-        values = popular.values.expand(len(encoded.n_orders), -1).clone()
-        indices = popular.indices.expand(len(encoded.n_orders), -1).clone()
-        warm = torch.from_numpy(np.flatnonzero(encoded.n_orders))
+            top = self.popularity.topk(k)
+            self._popular[k] = ([items[i] for i in top.indices.tolist()], top.values.tolist())
+        popular_items, popular_scores = self._popular[k]
+        warm = np.flatnonzero(encoded.n_orders)
+        ranked = iter(())
         if len(warm):
             if self._base is None:
                 catalogue = torch.from_numpy(encoded.catalogue).to(self.device)
@@ -398,11 +399,12 @@ class Recommender:
             batch = ServeBatch.warm_rows(encoded, buckets).to(self.device)
             logits = self.model.serve_logits(batch, self._base[1])
             top = torch.softmax(logits, dim=-1).topk(k, dim=-1)
-            values[warm], indices[warm] = top.values.cpu(), top.indices.cpu()
-        items = self.vocab.items
-        return [
-            Scored(items=[items[i] for i in idx], scores=val, cold_start=not n)
-            for val, idx, n in zip(
-                values.tolist(), indices.tolist(), encoded.n_orders.tolist(), strict=True
-            )
-        ]
+            ranked = zip(top.indices.cpu().tolist(), top.values.cpu().tolist(), strict=True)
+        scored = []
+        for n in encoded.n_orders.tolist():
+            if n:
+                indices, scores = next(ranked)
+                scored.append(Scored(list(map(items.__getitem__, indices)), scores, False))
+            else:
+                scored.append(Scored(popular_items.copy(), popular_scores.copy(), True))
+        return scored
