@@ -30,7 +30,8 @@ import numpy as np
 from models import ope
 from models.simulator import Calibration, Population, SimConfig, Simulator, calibrate, sim_merchant
 from streams import customer_state, rewards
-from streams.bandit import BanditChooser, Choice, ChoiceInput
+from streams.bandit import BanditChooser, BanditConfig, Choice, ChoiceInput
+from streams.catalog import Merchant
 from streams.experiments import Arm, Experiment
 from streams.objective import ObjectiveConfig
 from streams.offers import no_offer
@@ -119,17 +120,20 @@ def run_policy(
     experiment: Experiment | None = None,
     objective: ObjectiveConfig | None = None,
     keep_log: bool = False,
+    bandit: BanditConfig | None = None,
+    deep_discount_cost: float | None = None,
 ) -> RunResult:
-    """``config.weeks`` weeks of one population under one policy variant."""
-    merchant = sim_merchant(margin_rate=config.margin_rate)
+    """``config.weeks`` weeks of one population under one policy variant (``bandit`` and
+    ``deep_discount_cost``: the learned policy's settings, None for the defaults)."""
+    merchant = sim_merchant(margin_rate=config.margin_rate, deep_discount_cost=deep_discount_cost)
     sim = Simulator(Population.draw(calibration, config), config, merchant)
     n = len(sim.pop.keys)
     signals: dict[str, object] = {}
     experiment = experiment or Experiment(id="sim", holdout=0.0, arms=(Arm("all", 1.0, variant),))
     cart_index: dict[str, tuple[int, int]] = {}
     variants: dict = {"oracle": OracleChooser(sim, cart_index)}
-    if objective is not None:
-        variants["bandit"] = BanditChooser(objective=objective)
+    if objective is not None or bandit is not None:
+        variants["bandit"] = BanditChooser(bandit, objective)
     policy = PromotionPolicy(
         experiment,
         variants=variants,
@@ -320,6 +324,8 @@ class SimulateConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     out: Path = Path("var/simulate")
     dependency_cost: float | None = None  # None: the policy's default
+    deep_discount_cost: float | None = None  # None: the merchant's default
+    uniform_exploration: bool = False  # explore uniformly (the policy explores cheap offers more)
     experiment: bool = False  # also run a holdout + A/B experiment (first seed) for the report
 
 
@@ -330,13 +336,19 @@ def simulate(config: SimulateConfig, calibration: Calibration | None = None) -> 
         if config.dependency_cost is not None
         else None
     )
+    bandit = BanditConfig(explore_depth_scale=None) if config.uniform_exploration else None
+    learned_settings = {
+        "objective": objective,
+        "bandit": bandit,
+        "deep_discount_cost": config.deep_discount_cost,
+    }
     seeds = []
     for seed in config.seeds:
         sim = replace(config.sim, seed=seed)
         started = time.perf_counter()
         base = run_policy(calibration, sim, "static:none")
         statics = {name: run_policy(calibration, sim, f"static:{name}") for name in STATIC}
-        learned = run_policy(calibration, sim, "bandit", objective=objective, keep_log=True)
+        learned = run_policy(calibration, sim, "bandit", keep_log=True, **learned_settings)
         oracle = run_policy(calibration, sim, "oracle")
         n = sim.customers
         incremental = {
@@ -375,7 +387,9 @@ def simulate(config: SimulateConfig, calibration: Calibration | None = None) -> 
             config.out.mkdir(parents=True, exist_ok=True)
             _write_log(config.out / "learned-log.jsonl", learned)
             if config.experiment:
-                run = run_policy(calibration, sim, "bandit", EXPERIMENT, objective, keep_log=True)
+                run = run_policy(
+                    calibration, sim, "bandit", EXPERIMENT, keep_log=True, **learned_settings
+                )
                 _write_log(config.out / "experiment-log.jsonl", run)
         print(_seed_line(seeds[-1]), flush=True)
     summary = _summary(seeds)
@@ -385,6 +399,12 @@ def simulate(config: SimulateConfig, calibration: Calibration | None = None) -> 
         if config.dependency_cost is not None
         else ObjectiveConfig().dependency_cost
     )
+    summary["config"]["deep_discount_cost"] = (
+        config.deep_discount_cost
+        if config.deep_discount_cost is not None
+        else Merchant.deep_discount_cost
+    )
+    summary["config"]["exploration"] = "uniform" if config.uniform_exploration else "by depth"
     summary["calibration"] = calibration.sources
     summary["seeds"] = seeds
     return summary
@@ -511,6 +531,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the policy's discount-dependency cost (default: the policy's)",
     )
+    parser.add_argument(
+        "--deep-discount-cost",
+        type=float,
+        default=None,
+        help="the simulated shop's deep_discount_cost (default: the merchant default, 0.02)",
+    )
+    parser.add_argument(
+        "--uniform-exploration",
+        action="store_true",
+        help="the learned policy explores all offers alike (default: cheap offers more)",
+    )
     parser.add_argument("--out", type=Path, default=Path("var/simulate"))
     parser.add_argument(
         "--experiment",
@@ -528,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds=tuple(args.seeds),
         out=args.out,
         dependency_cost=args.dependency_cost,
+        deep_discount_cost=args.deep_discount_cost,
+        uniform_exploration=args.uniform_exploration,
         experiment=args.experiment,
     )
     summary = simulate(config)

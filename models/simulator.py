@@ -97,10 +97,16 @@ SIM_MERCHANT = {
 }
 
 
-def sim_merchant(merchant_id: str = "sim-shop", margin_rate: float | None = None) -> Merchant:
+def sim_merchant(
+    merchant_id: str = "sim-shop",
+    margin_rate: float | None = None,
+    deep_discount_cost: float | None = None,
+) -> Merchant:
     config = dict(SIM_MERCHANT)
     if margin_rate is not None:
         config["margin_rate"] = margin_rate
+    if deep_discount_cost is not None:
+        config["deep_discount_cost"] = deep_discount_cost
     return parse_merchant(merchant_id, config)
 
 
