@@ -13,9 +13,14 @@ side by side, before and now:
   now: model, its two stages; now: 1 bucket, the model stage with one LSTM run padded to the
   longest history instead of one per length bucket;
 - TorchScript: before's model traced and frozen (checked equal to eager);
-- torch.compile of before's model, with ``--compile`` only (slow to build).
+- torch.compile of before's model, with ``--compile`` only (slow to build);
+- with ``--previous DIR``: previous: serve, encode and model, the same three of an earlier
+  version of the serving path, imported from its source in DIR (e.g. ``git archive <commit>
+  models streams schemas agents | tar -x -C DIR``) beside this one (`previous_serving`).
 
-It first checks that now and before return the same products and probabilities, bit for bit.
+It first checks that now and before (and previous) return the same products and
+probabilities, bit for bit. The model's LSTM kernels are built first (`Recommender.warm_up`),
+as the worker does when it loads a model.
 
 Pipeline: cart record sent -> offer record written, as in `streams.bench.latency`, without
 and with ``NEXTBEST_MODEL_PATH``, alternating, each on a fresh broker and worker. Unlike
@@ -25,8 +30,10 @@ and with ``NEXTBEST_MODEL_PATH``, alternating, each on a fresh broker and worker
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 import urllib.request
@@ -80,6 +87,7 @@ class ModelBenchConfig:
     rate: float = 500.0
     latency_seconds: float = 15.0
     rounds: int = 2
+    previous: Path | None = None  # an earlier version's source, for side-by-side columns
 
 
 def real_histories(config: ModelBenchConfig) -> list[list[Order]]:
@@ -115,6 +123,37 @@ def score_before(rec: Recommender, histories: list[list[Order]], now: list[float
         Scored([rec.vocab.items[i] for i in idx.tolist()], val.tolist(), e.n_orders == 0)
         for e, val, idx in zip(encoded, top.values, top.indices, strict=True)
     ]
+
+
+_PACKAGES = ("models", "streams", "schemas", "agents")
+
+
+@dataclass(frozen=True)
+class PreviousServing:
+    """An earlier version's serving path, loaded beside this one's."""
+
+    recommender: object  # its `Recommender`
+    encode_batch: Callable
+    served_history: Callable
+
+
+def previous_serving(source: Path, model: Path) -> PreviousServing:
+    """Import the serving modules of the version whose source is in ``source`` under their
+    own names while this version's are set aside, and load ``model`` with them."""
+    own = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] in _PACKAGES}
+    for name in own:
+        del sys.modules[name]
+    sys.path.insert(0, str(source))
+    try:
+        loader = importlib.import_module("models.artifact")
+        sequences = importlib.import_module("models.sequences")
+        policy = importlib.import_module("streams.model_policy")
+        return PreviousServing(loader.load(model), sequences.encode_batch, policy.served_history)
+    finally:
+        sys.path.remove(str(source))
+        for name in [n for n in sys.modules if n.split(".")[0] in _PACKAGES]:
+            del sys.modules[name]
+        sys.modules.update(own)
 
 
 class _Positional(torch.nn.Module):
@@ -214,20 +253,23 @@ def _check_equal(reference: Callable, other: Callable, encoded: list) -> float:
     return max(diffs)
 
 
-def _identical(rec: Recommender, states: list[dict], now: list[float]) -> tuple[int, int]:
-    """Rows whose products and probabilities are the same, bit for bit, served now and
-    before, in batches of 256 and one by one (the first 300), out of how many."""
+def _identical(
+    serve: Callable[[tuple[list[dict], list[float]]], list[Scored]],
+    reference: Callable[[tuple[list[dict], list[float]]], list[Scored]],
+    states: list[dict],
+    now: list[float],
+) -> tuple[int, int]:
+    """Rows whose products and probabilities are the same, bit for bit, served by ``serve``
+    and by ``reference``, in batches of 256 and one by one (the first 300), out of how many."""
     same = total = 0
-    rule = rec.encoder.product_pattern
-    catalogue = rec.vocab.clean_index(rule)
     for batch, rows in ((256, len(states)), (1, min(300, len(states)))):
         for i in range(0, rows, batch):
             chunk, times = states[i : i + batch], now[i : i + batch]
-            before = score_before(rec, [order_history(s) for s in chunk], times)
-            after = rec.score_batch(
-                [served_history(s, None, catalogue, rule) for s in chunk], TOP_K, times
+            got, want = serve((chunk, times)), reference((chunk, times))
+            same += sum(
+                (a.items, a.scores, a.cold_start) == (b.items, b.scores, b.cold_start)
+                for a, b in zip(got, want, strict=True)
             )
-            same += sum(a == b for a, b in zip(after, before, strict=True))
             total += len(chunk)
     return same, total
 
@@ -248,8 +290,6 @@ def inference(config: ModelBenchConfig, rec: Recommender) -> None:
         f"{np.percentile(n_orders, 99):.0f}; distinct products mean {n_items.mean():.0f}, p99 "
         f"{np.percentile(n_items, 99):.0f}; catalogue {len(rec.vocab) - 1:,}"
     )
-    same, total = _identical(rec, states, now)
-    print(f"served now vs before: {same:,} of {total:,} rows identical (products, probabilities)")
     rule = rec.encoder.product_pattern
     catalogue = rec.vocab.clean_index(rule)
 
@@ -261,6 +301,44 @@ def inference(config: ModelBenchConfig, rec: Recommender) -> None:
 
     def histories_now(chunk: tuple[list[dict], list[float]]) -> list[list[Order]]:
         return [served_history(s, t, catalogue, rule) for s, t in zip(*chunk, strict=True)]
+
+    def serve_now(chunk: tuple[list[dict], list[float]]) -> list[Scored]:
+        return rec.score_batch(histories_now(chunk), TOP_K, chunk[1])
+
+    def serve_before(chunk: tuple[list[dict], list[float]]) -> list[Scored]:
+        return score_before(rec, histories_before(chunk), chunk[1])
+
+    checks = {"before": serve_before}
+    previous_variants = {}
+    if config.previous is not None:
+        prev = previous_serving(config.previous, config.model)
+        prev_catalogue = prev.recommender.vocab.clean_index(rule)
+
+        def histories_previous(chunk: tuple[list[dict], list[float]]) -> list[list[Order]]:
+            return [
+                prev.served_history(s, t, prev_catalogue, rule) for s, t in zip(*chunk, strict=True)
+            ]
+
+        def serve_previous(chunk: tuple[list[dict], list[float]]) -> list[Scored]:
+            return prev.recommender.score_batch(histories_previous(chunk), TOP_K, chunk[1])
+
+        def encode_previous(chunk: tuple[list[dict], list[float]]) -> object:
+            p = prev.recommender
+            return prev.encode_batch(histories_previous(chunk), p.vocab, p.encoder, chunk[1])
+
+        checks["previous"] = serve_previous
+        previous_variants = {
+            "previous: serve": Variant(serve_previous, rows_of),
+            "previous: encode": Variant(encode_previous, rows_of),
+            "previous: model": Variant(
+                lambda e: prev.recommender.top_k(e, TOP_K), lambda r: encode_previous(rows_of(r))
+            ),
+        }
+    for name, reference in checks.items():
+        same, total = _identical(serve_now, reference, states, now)
+        print(
+            f"served now vs {name}: {same:,} of {total:,} rows identical (products, probabilities)"
+        )
 
     def encode_now(chunk: tuple[list[dict], list[float]]) -> EncodedBatch:
         return encode_batch(histories_now(chunk), rec.vocab, rec.encoder, chunk[1])
@@ -275,14 +353,11 @@ def inference(config: ModelBenchConfig, rec: Recommender) -> None:
         return [encoded[r] for r in rows]
 
     variants = {
-        "before: serve": Variant(
-            lambda chunk: score_before(rec, histories_before(chunk), chunk[1]), rows_of
-        ),
+        "before: serve": Variant(serve_before, rows_of),
         "before: encode": Variant(encode_before, rows_of),
         "before: model": Variant(_top(rec.model), encoded_before),
-        "now: serve": Variant(
-            lambda chunk: rec.score_batch(histories_now(chunk), TOP_K, chunk[1]), rows_of
-        ),
+        **previous_variants,
+        "now: serve": Variant(serve_now, rows_of),
         "now: encode": Variant(encode_now, rows_of),
         "now: model": Variant(lambda e: rec.top_k(e, TOP_K), lambda r: encode_now(rows_of(r))),
         "now: 1 bucket": Variant(
@@ -320,14 +395,15 @@ def inference(config: ModelBenchConfig, rec: Recommender) -> None:
         "history); now = score_batch (encode_batch, serve_logits,\nLSTM per length bucket); "
         "1 bucket = now, one LSTM run padded to the longest; TorchScript = before's model"
     )
-    width = 16
-    print("  batch" + "".join(f"{name:>{width}}" for name in variants) + f"{'now/before':>12}")
+    width = 17
+    base = "previous" if config.previous is not None else "before"
+    print("  batch" + "".join(f"{name:>{width}}" for name in variants) + f"  now/{base}")
     best: dict[str, float] = {}
     for batch in BATCH_SIZES:
         rates = throughputs(variants, len(states), batch, config.seconds_per_cell)
         for name, rate in rates.items():
             best[name] = max(best.get(name, 0.0), rate)
-        ratio = rates["now: serve"] / rates["before: serve"]
+        ratio = rates["now: serve"] / rates[f"{base}: serve"]
         print(
             f"  {batch:>5}"
             + "".join(f"{rate:>{width},.0f}" for rate in rates.values())
@@ -346,13 +422,13 @@ def inference(config: ModelBenchConfig, rec: Recommender) -> None:
         print(f"  {name:<44}" + "".join(f"{v:>11.3f}" for v in figures.values()))
     print(
         f"\ntargets (one core): batched >= 20,000 seq/s: serve now {best['now: serve']:,.0f} "
-        f"(before {best['before: serve']:,.0f}), model now {best['now: model']:,.0f} "
+        f"({base} {best[f'{base}: serve']:,.0f}), model now {best['now: model']:,.0f} "
         f"(best batch size)"
     )
     print(
         f"  single p99 <= 2 ms (cpu / wall): serve now {single['now: serve']['cpu_p99']:.2f} / "
-        f"{single['now: serve']['wall_p99']:.2f} ms (before "
-        f"{single['before: serve']['cpu_p99']:.2f} / {single['before: serve']['wall_p99']:.2f})"
+        f"{single['now: serve']['wall_p99']:.2f} ms ({base} "
+        f"{single[f'{base}: serve']['cpu_p99']:.2f} / {single[f'{base}: serve']['wall_p99']:.2f})"
     )
 
 
@@ -498,6 +574,7 @@ def run_model_bench(config: ModelBenchConfig) -> int:
             return 2
     torch.set_num_threads(1)
     rec = artifact.load(config.model)
+    rec.warm_up()  # as the worker does when it loads a model
     print(
         f"model {artifact.resolve(config.model).name}; torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, cpu count {os.cpu_count()}"

@@ -144,6 +144,7 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
             rate=args.rate,
             latency_seconds=args.latency_seconds,
             rounds=args.rounds,
+            previous=args.previous,
         )
     )
 
@@ -257,6 +258,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=500.0, help="offered rate for latency (ev/s)")
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--rounds", type=int, default=2, help="alternating latency rounds")
+    p.add_argument(
+        "--previous",
+        type=Path,
+        default=None,
+        help="an earlier version's source (a folder with its models/ and streams/): its serving "
+        "path gets columns beside this one's",
+    )
     p.set_defaults(run=cmd_bench_model)
 
     for name, module, text in (
