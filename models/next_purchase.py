@@ -295,6 +295,50 @@ class ServeBatch:
         )
 
 
+TOP_K_GROUPS = 16
+TOP_K_ROWS = 32  # `top_k_rows` sorts by groups from this many rows (torch.topk below)
+
+
+def top_k_rows(probs: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest entries of each row of ``probs`` (rows, n), largest
+    first: those of ``probs.topk(k)``, faster for many rows; among equal values the lower
+    index comes first (torch.topk leaves that order open).
+
+    Item i is in group i % (n // `TOP_K_GROUPS`) (the last n % 16 items in none). At least k
+    entries of a row reach the k-th largest of its group maxima, so its k largest lie in the
+    groups that reach it, or in no group: only those entries are sorted.
+    """
+    rows, n = probs.shape
+    width = n // TOP_K_GROUPS
+    maxima = None
+    if (
+        probs.dtype == torch.float32
+        and probs.device.type == "cpu"
+        and rows >= TOP_K_ROWS
+        and 0 < 4 * k <= width
+    ):
+        maxima = probs.as_strided((rows, TOP_K_GROUPS, width), (n, width, 1)).amax(1).numpy()
+    if maxima is None or np.isnan(maxima).any():
+        top = probs.topk(k, dim=-1)
+        return top.indices.cpu().numpy(), top.values.cpu().numpy()
+    floor = np.sort(maxima, axis=1)[:, width - k]
+    row, group = np.nonzero(maxima >= floor[:, None])
+    tail = np.arange(width * TOP_K_GROUPS, n)
+    row = np.concatenate([np.repeat(row, TOP_K_GROUPS), np.repeat(np.arange(rows), len(tail))])
+    col = np.concatenate(
+        [(group[:, None] + np.arange(TOP_K_GROUPS) * width).ravel(), np.tile(tail, rows)]
+    )
+    values = probs.numpy().ravel()[row * n + col]
+    reach = values >= floor[row]
+    row, col, values = row[reach], col[reach], values[reach]
+    # by row, then value from the largest (non-negative floats order as their bits), then index
+    key = (row << 31) | (0x7FFFFFFF - values.view(np.int32).astype(np.int64))
+    order = np.argsort(col, kind="stable")
+    order = order[np.argsort(key[order], kind="stable")]
+    pick = order[np.searchsorted(row[order], np.arange(rows))[:, None] + np.arange(k)]
+    return col[pick], values[pick]
+
+
 @dataclass
 class Scored:
     items: list[str]
@@ -398,8 +442,8 @@ class Recommender:
                 raise ValueError("top_k serves the vocabulary's catalogue statistics only")
             batch = ServeBatch.warm_rows(encoded, buckets).to(self.device)
             logits = self.model.serve_logits(batch, self._base[1])
-            top = torch.softmax(logits, dim=-1).topk(k, dim=-1)
-            ranked = zip(top.indices.cpu().tolist(), top.values.cpu().tolist(), strict=True)
+            indices, values = top_k_rows(torch.softmax(logits, dim=-1), k)
+            ranked = zip(indices.tolist(), values.tolist(), strict=True)
         scored = []
         for n in encoded.n_orders.tolist():
             if n:
