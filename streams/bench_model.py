@@ -540,16 +540,18 @@ def pipeline_latency(config: ModelBenchConfig) -> None:
         f"offered at {config.rate:g}/s; one worker, model on 1 torch thread; "
         f"{config.rounds} alternating round(s)"
     )
-    print(f"  {'':<53}| model inference per micro-batch, ms")
+    print(f"  {'':<53}| model inference per micro-batch (ms)")
     print(
         f"  {'':<12}{'round':>6}{'offers':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-        f"{'batches':>9}{'wall mean':>10}{'p99':>7}{'cpu mean':>9}{'p99':>7}{'cached':>8}"
+        f"{'batches':>9}{'seq/batch':>10}{'wall mean':>10}{'p99':>7}{'cpu mean':>9}{'p99':>7}"
+        f"{'cached':>8}"
     )
     for round_ in range(config.rounds):
         for name, results in runs.items():
             r = results[round_]
             model = (
-                f"{r['inference_batches']:>9,.0f}{r['inference_mean_ms']:>10.2f}"
+                f"{r['inference_batches']:>9,.0f}{r['sequences'] / r['inference_batches']:>10.1f}"
+                f"{r['inference_mean_ms']:>10.2f}"
                 f"{r['inference_p99_ms']:>7.1f}{r['cpu_mean_ms']:>9.2f}{r['cpu_p99_ms']:>7.1f}"
                 f"{r['cache_share']:>8.0%}"
                 if "inference_batches" in r
