@@ -10,12 +10,20 @@ The pipeline owns the micro-batch; `PromotionHooks` plugs into it like `agents.o
   attribution (``streams.rewards``);
 - `finish` once per batch, after the cart decisions and the journeys' offers: the policy's
   decision records go to the decisions topic (keyed by customer), the rewards of every
-  attribution window that ended (customers with events in the batch, plus a sweep of this
-  worker's due index) go to the rewards topic, the bandit learns from them, the metrics are
-  updated and the touched ledgers are written back.
+  attribution window that ended (customers with events or decisions in the batch, plus a sweep
+  of the due index of each partition in it) go to the rewards topic, the bandit learns from
+  them, the metrics are updated and the touched ledgers are written back.
 
-Windows close on event time: a partition's clock is the newest event time this worker has seen
-on it, minus ``NEXTBEST_JOURNEY_LATENESS_S`` (a customer's topics are consumed a little apart).
+Windows close on event time: a partition's clock is the newest event time seen on it, minus
+``NEXTBEST_JOURNEY_LATENESS_S`` (a customer's topics are consumed a little apart). The sweep's
+index (when each customer's next window ends) and the clocks live in the ``reward-due`` table
+(customer key -> ``{"due", "p"}``, one clock per partition; changelogged, co-partitioned with the
+customers, like the journeys' ``journey-timers``): a key is written only when its time changes,
+a clock at most once a second, and a partition's index is read back from the table when the
+partition is first seen after it was assigned (``streams.rewards.DueWindows``). So a window
+whose customer never comes back closes once other customers' events move its partition's clock
+past it, after a restart or a rebalance too, on the same or an empty state directory.
+
 Ledgers live in the ``promo-ledgers`` table, one per ``merchant:promotion:partition``, read and
 written while an event of that partition is pinned, so each changelog record lands on the
 partition whose worker owns the ledger (see streams/guardrails.py).
@@ -35,13 +43,14 @@ seconds when it changed and at shutdown, for ``nextbest ope --policy greedy:<fil
 promotion benchmark; the worker never reads it back (the table is the source; the file would
 count its rewards twice). ``/promo/bandit/`` shows the updates learned per merchant and part.
 
-Limits: the due index lives in this worker's memory: after a restart or a rebalance, a
-customer's open windows close at their next event (not by the sweep). Another worker's
-rewards reach this worker's bandit a little later (the changelog's delay plus up to
-`REFRESH_S`), so two workers may briefly sample from slightly different posteriors (every
-decision logs the model version it used). Learning not yet written (at most `WRITE_S`
-behind) is lost if the worker dies or loses the partition first (the rewards are still in
-the rewards topic).
+Limits: windows close only as event time moves: a partition with no new events keeps its
+windows open (its clock has no wall-clock advance), and a restarted worker's clock may miss
+the last second's advance before the stop (windows close a little late, never early).
+Another worker's rewards reach this worker's bandit a little later (the changelog's delay
+plus up to `REFRESH_S`), so two workers may briefly sample from slightly different
+posteriors (every decision logs the model version it used). Learning not yet written (at
+most `WRITE_S` behind) is lost if the worker dies or loses the partition first (the rewards
+are still in the rewards topic).
 """
 
 from __future__ import annotations
@@ -52,7 +61,6 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
@@ -60,6 +68,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
+from agents.outreach import TableTimerStore
 from streams import promo_metrics, rewards
 from streams.app import NextbestApp
 from streams.promotion_policy import (
@@ -234,25 +243,23 @@ class BanditTable:
             self.raw.pop(key, None)
 
 
-@dataclass
-class _Partition:
-    clock: float | None = None  # newest event time seen on the partition
-    due: dict[str, float] = field(default_factory=dict)  # customer key -> next window end
-
-
 class PromotionHooks:
     def __init__(
-        self, nb: NextbestApp, policy: PromotionPolicy, ledgers: LedgerTable, bandit: BanditTable
+        self,
+        nb: NextbestApp,
+        policy: PromotionPolicy,
+        ledgers: LedgerTable,
+        bandit: BanditTable,
+        windows: rewards.DueWindows,
     ) -> None:
         self.nb = nb
         self.policy = policy
         self.ledgers = ledgers
         self.bandit = bandit
-        self.lateness_s = nb.settings.journey_lateness_s
-        self.partitions: dict[int, _Partition] = {}
+        self.windows = windows  # per partition: event clock, who is due when (reward-due table)
         self.budgets: dict[str, dict] = {}  # last ledger written per key (budget metrics)
         self._batch: object | None = None
-        self._touched: dict[str, float] = {}  # customer key -> newest event time in the batch
+        self._touched: set[str] = set()  # customer keys with an input event in the batch
 
     def partition_of(self, customer_key: str) -> int:
         """The partition of the customer's events in this batch (murmur2 if none is there)."""
@@ -263,7 +270,7 @@ class PromotionHooks:
 
     def begin(self, batch: object, events: Sequence[faust.EventT]) -> None:
         self._batch = batch
-        self._touched = {}
+        self._touched = set()
         self.ledgers.begin(events)
         self.bandit.refresh_if_due()
 
@@ -272,15 +279,12 @@ class PromotionHooks:
             rewards.on_feedback(state, data, self.ledgers)
         elif kind == "orders":
             rewards.on_order(state, data)
-        ts = data["_ts"]
-        self._touched[key] = max(ts, self._touched.get(key, ts))
-        part = self.partitions.setdefault(event.message.partition, _Partition())
-        part.clock = ts if part.clock is None else max(part.clock, ts)
+        self._touched.add(key)
+        self.windows.observe(event.message.partition, data["_ts"])
 
     def forget(self, partitions: Sequence[int]) -> None:
         """Partitions revoked from this worker."""
-        for partition in partitions:
-            self.partitions.pop(partition, None)
+        self.windows.forget(partitions)
         self.bandit.forget(partitions)
         gone = {str(p) for p in partitions}
         self.budgets = {k: v for k, v in self.budgets.items() if k.rsplit(":", 1)[1] not in gone}
@@ -293,7 +297,7 @@ class PromotionHooks:
             batch.outputs.append(
                 (self.nb.decisions, record["customer_key"].encode(), orjson.dumps(record))
             )
-        closed.extend(self._close_due(batch, load))
+        closed.extend(self._close_due(batch, load, records))
         for reward in closed:
             batch.outputs.append(
                 (self.nb.rewards, reward["customer_key"].encode(), orjson.dumps(reward))
@@ -309,35 +313,40 @@ class PromotionHooks:
             promo_metrics.observe_budgets(self.budgets)
         self._batch = None
 
-    def _close_due(self, batch: object, load: Load) -> list[dict]:
-        closed = []
-        keys = set(self._touched)
-        for partition, part in self.partitions.items():
-            event = self.ledgers.events.get(partition)
-            if event is None or part.clock is None:
-                continue
-            now = part.clock - self.lateness_s
-            for key in rewards.due_customers(part.due, now):
-                del part.due[key]
+    def _close_due(self, batch: object, load: Load, records: Sequence[dict]) -> list[dict]:
+        """Close the windows that ended: of customers with events or decisions in the batch,
+        and of those the sweep finds due; then index each one's next window end."""
+        keys = self._touched | {record["customer_key"] for record in records}
+        for partition, event in self.ledgers.events.items():
+            for key in self.windows.sweep(partition, event):
                 load(batch, key, event)  # loaded into the batch: closed below, saved after
                 keys.add(key)
+        closed = []
         for key in sorted(keys):
             entry = batch.entries.get(key)
-            if entry is None or entry.state is None or "promo" not in entry.state:
+            if entry is None:
                 continue
             partition = entry.event.message.partition
-            part = self.partitions.setdefault(partition, _Partition())
-            if part.clock is not None:
-                due = rewards.close_due(entry.state, part.clock - self.lateness_s)
+            now = self.windows.now(partition)
+            if now is not None and entry.state is not None and "promo" in entry.state:
+                due = rewards.close_due(entry.state, now)
                 if due:
                     entry.dirty = True
                     closed.extend(due)
-            next_due = rewards.next_due(entry.state)
-            if next_due is None:
-                part.due.pop(key, None)
-            else:
-                part.due[key] = next_due
+            self.windows.update(partition, key, entry.state, entry.event)
         return closed
+
+
+def reward_due_table(nb: NextbestApp) -> faust.Table:
+    return nb.app.Table(
+        "reward-due",
+        default=None,
+        partitions=nb.settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help="Promotion: customer key -> end of the next open attribution window; a clock per "
+        "partition",
+    )
 
 
 def save_bandit(policy: PromotionPolicy, path: Path) -> None:
@@ -376,7 +385,10 @@ def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> Promoti
         signals=signals,
     )
     bandit = BanditTable(nb.bandit, PartitionedLearning(policy))
-    hooks = PromotionHooks(nb, policy, ledgers, bandit)
+    windows = rewards.DueWindows(
+        TableTimerStore(reward_due_table(nb)), nb.settings.journey_lateness_s
+    )
+    hooks = PromotionHooks(nb, policy, ledgers, bandit, windows)
     merges = nb.settings.topics.merges
     export = Path(nb.settings.state_dir) / "promo-bandit.json"
 
