@@ -195,6 +195,10 @@ oneDNN builds the LSTM kernel for each new input shape, which costs more than th
 (~0.5-1 ms per new shape on one core) and is cached per shape: runs padded to these few
 shapes hit the cache after `Recommender.warm_up`, where arbitrary micro-batches would keep
 missing it. Padding adds fewer than half as many rows or steps again."""
+PADDED_CELLS = 4096
+"""Runs of up to this many (rows x steps), padded, are padded to `RUN_SIZES` and built by
+`Recommender.warm_up`; a larger run keeps its own shape: it takes longer (~4 ms on one core)
+than building its kernel (~0.5-1 ms), and padding would add more than that."""
 
 
 def run_size(n: int) -> int:
@@ -242,6 +246,8 @@ def lstm_buckets(n_orders: np.ndarray, buckets: bool = True) -> tuple[list[LSTMB
     for rows, longest in groups:
         n = n_orders[rows]
         height, width = run_size(len(rows)), run_size(longest)
+        if height * width > PADDED_CELLS:
+            height, width = len(rows), longest
         gather = np.full((height, width), pad)
         step = np.arange(width)
         gather[: len(rows)] = np.where(step < n[:, None], first[rows, None] + step, pad)
@@ -304,7 +310,7 @@ def top_k_rows(probs: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     first: those of ``probs.topk(k)``, faster for many rows; among equal values the lower
     index comes first (torch.topk leaves that order open).
 
-    Item i is in group i % (n // `TOP_K_GROUPS`) (the last n % 16 items in none). At least k
+    Item i is in group i % (n // `TOP_K_GROUPS`) (the last n % `TOP_K_GROUPS` in none). At least k
     entries of a row reach the k-th largest of its group maxima, so its k largest lie in the
     groups that reach it, or in no group: only those entries are sorted.
     """
@@ -347,9 +353,6 @@ class Scored:
 
 
 SCORE_CHUNK = 512  # histories per forward pass in `Recommender.score_batch`
-WARM_UP_CELLS = 4096
-"""`Recommender.warm_up` skips LSTM runs of more (rows x steps): they take longer (~4 ms on
-one core) than building their kernel (~0.5-1 ms)."""
 
 
 class Recommender:
@@ -372,11 +375,10 @@ class Recommender:
         self._base: tuple[np.ndarray, torch.Tensor] | None = None  # catalogue, its logits
 
     @torch.no_grad()
-    def warm_up(self, max_rows: int = SCORE_CHUNK, max_cells: int = WARM_UP_CELLS) -> None:
-        """Run the LSTM once at every run shape serving can meet (`RUN_SIZES`, up to
-        ``max_rows`` histories and the encoder's ``max_orders`` steps; not above ``max_cells``
-        rows x steps, where the run costs more than building its kernel), so that no
-        micro-batch waits for oneDNN to build one. oneDNN caches kernels per shape and torch
+    def warm_up(self, max_rows: int = SCORE_CHUNK) -> None:
+        """Run the LSTM once at every padded run shape serving can meet (`RUN_SIZES` up to
+        ``max_rows`` histories and the encoder's ``max_orders`` steps, `PADDED_CELLS`), so that
+        no micro-batch waits for oneDNN to build one. oneDNN caches kernels per shape and torch
         thread count: call it on the serving thread, or with the same `torch.set_num_threads`.
         """
         if not self.model.config.use_lstm:
@@ -385,7 +387,7 @@ class Recommender:
         steps = [n for n in RUN_SIZES if n <= run_size(self.encoder.max_orders)]
         for height in rows:
             for width in steps:
-                if height * width <= max_cells or width == 1:
+                if height * width <= PADDED_CELLS:
                     self.model.lstm(torch.zeros(height, width, self.model.config.emb_dim))
 
     @torch.no_grad()
@@ -410,8 +412,10 @@ class Recommender:
 
         ``now``: the scoring time in epoch seconds (the cart event's time), one for all
         histories or one per history; ``None`` scores as of each customer's last order.
-        The same results as `probabilities` of each `encode_history` (tested), computed the
-        serving way: `encode_batch`, then `top_k`, in chunks of ``SCORE_CHUNK`` histories.
+        The same results as `probabilities` of each `encode_history`, bit for bit (tested; of
+        products with equal probabilities, the one listed first may differ: `top_k_rows`),
+        computed the serving way: `encode_batch`, then `top_k`, in chunks of ``SCORE_CHUNK``
+        histories.
         """
         times = now if isinstance(now, Sequence) else [now] * len(histories)
         if len(times) != len(histories):
@@ -425,7 +429,8 @@ class Recommender:
 
     @torch.no_grad()
     def top_k(self, encoded: EncodedBatch, k: int = 10, buckets: bool = True) -> list[Scored]:
-        """The k most likely next products of each row of ``encoded`` (cold rows: popularity)."""
+        """The k most likely next products of each row of ``encoded`` (cold rows: popularity);
+        products of equal probability in `top_k_rows`' order."""
         k = min(k, len(self.vocab) - 1)
         items = self.vocab.items
         if k not in self._popular:

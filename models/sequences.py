@@ -539,7 +539,7 @@ def _known_orders(
     return times, ids, shares
 
 
-BATCH_LOOKUP = 8
+BATCH_LOOKUP = 32
 """`encode_batch` looks the ids of this many histories or more up all at once."""
 
 

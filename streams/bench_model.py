@@ -5,7 +5,7 @@ orders of customers with an order before ``--cutoff`` in the data file, sampled 
 replacement), held as the worker's state records (`state_records`) and scored at the cutoff,
 side by side, before and now:
 
-- before: serve, the previous serving path from the state record to the top-10
+- before: serve, the first serving path from the state record to the top-10
   (`order_history`, `encode_history` per history, `forward` padded to the longest history,
   softmax, top-k: `score_before`); before: encode and before: model, its two stages;
 - now: serve, what the worker calls now (`served_history`, `Recommender.score_batch`:
@@ -390,10 +390,11 @@ def inference(config: ModelBenchConfig, rec: Recommender) -> None:
     wall, cpu = time.perf_counter(), time.thread_time()
     print(
         "\ninference, sequences per CPU-second on one core: serve = from the customer state "
-        "record to the top-10\n(encode + model + softmax + top-k); before = the serving path "
-        "of the previous version (encode_history\nper history, forward padded to the longest "
-        "history); now = score_batch (encode_batch, serve_logits,\nLSTM per length bucket); "
-        "1 bucket = now, one LSTM run padded to the longest; TorchScript = before's model"
+        "record to the top-10\n(encode + model + softmax + top-k); before = the first serving "
+        "path (encode_history\nper history, forward padded to the longest history); previous = "
+        "--previous's score_batch;\nnow = score_batch (encode_batch, serve_logits, LSTM per "
+        "length bucket); 1 bucket = now, one LSTM run\npadded to the longest; TorchScript = "
+        "before's model"
     )
     width = 17
     base = "previous" if config.previous is not None else "before"

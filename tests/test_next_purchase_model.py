@@ -196,6 +196,7 @@ def test_lstm_buckets_cover_every_row_once():
             # padded up to the run sizes, with rows of padding only
             assert run.rows == next_purchase.run_size(histories) >= histories
             assert run.longest == next_purchase.run_size(lengths.max())
+            assert run.rows * run.longest <= next_purchase.PADDED_CELLS
             assert (gather[histories:] == pad).all() and (lengths[:histories] > 0).all()
             starts = gather[:histories, 0]
             rows += [int(np.flatnonzero(first == start)[0]) for start in starts]
@@ -211,6 +212,9 @@ def test_lstm_buckets_cover_every_row_once():
         assert np.array_equal(np.array(rows)[unsort], np.arange(len(n_orders)))
     [single] = next_purchase.lstm_buckets(n_orders, buckets=False)[0]
     assert (single.rows, single.longest, len(single.last)) == (12, 64, len(n_orders))
+    # a run too large to pad keeps its shape
+    [large] = next_purchase.lstm_buckets(np.full(100, 50), buckets=False)[0]
+    assert (large.rows, large.longest, len(large.last)) == (100, 50, 100)
 
 
 def test_run_sizes():
@@ -246,6 +250,29 @@ def test_top_k_rows_is_topk_with_ties_by_index(n):
     top = probs.topk(10, dim=-1)
     assert np.array_equal(indices, top.indices.numpy())
     assert np.array_equal(values, top.values.numpy(), equal_nan=True)
+
+
+def test_warm_up_builds_every_run_shape_serving_meets():
+    """`Recommender.warm_up` runs the LSTM at every padded shape `lstm_buckets` can give a
+    chunk of histories (larger runs keep their own shape)."""
+    vocab = Vocab(["<pad>", *PRODUCTS], [0, *range(30, 0, -1)], [0] * 31, [0.2] * 31, [1] * 31)
+    model = NextPurchaseLSTM(ModelConfig(emb_dim=8, hidden=8), vocab.popularity)
+    rec = Recommender(model, vocab, EncoderConfig())
+    warmed = set()
+    model.lstm.register_forward_pre_hook(lambda _, args: warmed.add(tuple(args[0].shape[:2])))
+    rec.warm_up()
+    rng = np.random.default_rng(0)
+    met = set()
+    for _ in range(300):
+        rows = int(rng.choice([1, 2, 3, 5, 9, 40, 200, next_purchase.SCORE_CHUNK]))
+        n_orders = rng.integers(1, rng.choice([2, 5, 20, 51]), rows)
+        for buckets in (True, False):
+            runs, _ = next_purchase.lstm_buckets(n_orders, buckets)
+            met |= {(run.rows, run.longest) for run in runs}
+    size = next_purchase.run_size
+    padded = {(r, t) for r, t in met if size(r) * size(t) <= next_purchase.PADDED_CELLS}
+    assert padded and padded <= warmed and len(padded) < len(met)
+    assert len(warmed) <= len(next_purchase.RUN_SIZES) ** 2
 
 
 @pytest.mark.parametrize("run_steps", [0, next_purchase.LSTM_RUN_STEPS])
