@@ -1,7 +1,8 @@
-"""A customer who never comes back still gets their reward after the worker restarts: the
-reward sweep's index is in the ``reward-due`` table, so other customers' events moving event
-time past the window close it, on the same state directory or an empty one (recovered from the
-changelog); a replay emits no second reward. Real embedded broker, real worker processes."""
+"""A customer who never comes back still gets their reward after the worker restarts or the
+group rebalances: the reward sweep's index is in the ``reward-due`` table, so other customers'
+events moving event time past the window close it, on the same state directory or an empty one
+(recovered from the changelog); a replay emits no second reward. Real embedded broker, real
+worker processes."""
 
 from __future__ import annotations
 
@@ -52,23 +53,31 @@ def neighbours(customer: str, count: int) -> list[str]:
     return [c for c in (f"n{i}" for i in range(200)) if partition(c) == mine][:count]
 
 
-def start_ready(cluster: Cluster, name: str, state_dir: str | None = None) -> None:
-    """Start a worker and wait until it has recovered its tables and joined the group.
+def wait_ready(cluster: Cluster, name: str, rebalances: int = 1) -> None:
+    """Until the worker has ended ``rebalances`` rebalances (tables recovered, flow resumed).
 
     Records produced while a fresh worker recovers can wait in it until a later record
     arrives on their partition (the lean delivery loop's re-read of held records); this test
-    is about the reward sweep, so it sends its events once the worker is ready.
+    is about the reward sweep, so it sends its events once the workers are ready.
     """
-    cluster.start_worker(name, state_dir)
     deadline = time.monotonic() + 60
-    while "Worker ready" not in cluster.log(name):
+    while cluster.log(name).count("Worker ready") < rebalances:
         if time.monotonic() > deadline:
             raise TimeoutError(f"worker {name} not ready")
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("state_dir", ["same", "empty"])
-def test_a_window_closes_by_the_sweep_after_a_restart(tmp_path, state_dir):
+def send(cluster: Cluster, records: list[tuple[str, dict]]) -> None:
+    """Produce the records and wait until the running workers have handled them."""
+    before = cluster.processed()
+    for kind, value in records:
+        cluster.send(kind, value)
+    cluster.flush()
+    cluster.wait_processed(before + len(records), timeout=90)
+
+
+@pytest.mark.parametrize("restart", ["same-state", "empty-state", "rebalance"])
+def test_a_window_closes_by_the_sweep_after_a_restart_or_rebalance(tmp_path, restart):
     cluster = Cluster(tmp_path, partitions=PARTITIONS)
     try:
         merchants = tmp_path / "merchants.yaml"
@@ -76,38 +85,39 @@ def test_a_window_closes_by_the_sweep_after_a_restart(tmp_path, state_dir):
         cluster.settings = replace(cluster.settings, policy="promotion", merchants_path=merchants,
                                    promo_experiment=json.dumps(EXPERIMENT))
         ensure_topics(cluster.settings)
-        start_ready(cluster, "a")
+        cluster.start_worker("a")
+        wait_ready(cluster, "a")
         line = {"product_id": "P1", "quantity": 1, "unit_price": 60.0}
         cart = event("cart_add", "cart-c0", customer="c0", merchant=MERCHANT, time=when(0),
                      lines=[line], cart_value=60.0, currency="GBP")
-        cluster.send("cart", cart)
-        cluster.flush()
-        cluster.wait_processed(1)
+        send(cluster, [("cart", cart)])
         [decision] = cluster.read("decisions", min_count=1)
         assert decision["customer_key"] == f"{MERCHANT}:c:c0"
 
-        # SIGTERM, then a new worker on the same state directory or on an empty one.
-        cluster.stop_worker("a")
-        start_ready(cluster, "b", "state-a" if state_dir == "same" else None)
+        # SIGTERM and a new worker on the same state directory or an empty one; or a second
+        # worker joins (a rebalance: every partition is revoked and assigned again).
+        if restart == "rebalance":
+            cluster.start_worker("b")
+            wait_ready(cluster, "a", rebalances=2)
+        else:
+            cluster.stop_worker("a")
+            cluster.start_worker("b", "state-a" if restart == "same-state" else None)
+        wait_ready(cluster, "b")
         # c0 never comes back; other customers' events on c0's partition move event time past
         # the end of its 48-hour window (plus the allowed lateness).
-        others = [event("page_view", f"view-{c}", customer=c, merchant=MERCHANT,
-                        time=when(49), page="/") for c in neighbours("c0", 3)]
-        for value in others:
-            cluster.send("clickstream", value)
-        cluster.flush()
-        cluster.wait_processed(len(others), timeout=90)
+        others = [("clickstream", event("page_view", f"view-{c}", customer=c, merchant=MERCHANT,
+                                        time=when(49), page="/"))
+                  for c in neighbours("c0", 3)]
+        send(cluster, others)
         first = cluster.read("rewards", min_count=1, timeout=30)
 
-        # A replay of every event (across another restart on an empty state directory) emits
+        # A replay of every event, across another restart on an empty state directory, emits
         # no second decision and no second reward.
-        cluster.stop_worker("b")
-        start_ready(cluster, "c")
-        replayed = [("cart", cart)] + [("clickstream", value) for value in others]
-        for kind, value in replayed:
-            cluster.send(kind, value)
-        cluster.flush()
-        cluster.wait_processed(len(replayed), timeout=90)
+        for name in list(cluster.workers):
+            cluster.stop_worker(name)
+        cluster.start_worker("c")
+        wait_ready(cluster, "c")
+        send(cluster, [("cart", cart), *others])
         decisions = cluster.read("decisions", min_count=1)
         rewards = cluster.read("rewards", min_count=1)
         logs = cluster.log("a") + cluster.log("b") + cluster.log("c")
