@@ -3,8 +3,12 @@ customer's next window end changes, read back after a restart or a rebalance, cl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 
+import orjson
+
+from agents.promotion import LedgerTable, PromotionHooks
 from streams import rewards
 from streams.customer_state import new_state
 from streams.timers import PartitionClock
@@ -166,3 +170,69 @@ def test_a_partition_revoked_and_assigned_again_is_read_back_from_the_store():
     assert store.due == {}
     assert first.batch(0, T0 + WINDOW + LATENESS + 1, {}) == []
     assert first.windows.pending(0) == 0
+
+
+# -- the agent's hooks, driven like the pipeline -------------------------------------------
+
+
+class FakeEvent:
+    """What the hooks read of a Faust event: its partition (weak-referenceable)."""
+
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
+
+
+@dataclass
+class Entry:
+    state: dict | None
+    event: object
+    dirty: bool = False
+
+
+class FakeBandit:
+    def refresh_if_due(self) -> None: ...
+
+    def learn(self, closed, partition_of) -> None: ...
+
+    def flush(self, events=None) -> list[str]:
+        return []
+
+
+def test_a_decision_without_an_event_of_its_customer_in_the_batch_is_indexed():
+    """An abandoned-cart reminder's offer is decided for a customer loaded by the journeys'
+    timer, not by an event of theirs: its window is indexed and closed by the sweep."""
+    store, table = MemoryStore(), {}
+    records: list[dict] = []
+    policy = SimpleNamespace(drain_records=lambda: (records[:], []), drain_blocked=lambda: {})
+    nb = SimpleNamespace(settings=SimpleNamespace(partitions=4), decisions="decisions",
+                         rewards="rewards")
+    windows = rewards.DueWindows(store, LATENESS)
+    hooks = PromotionHooks(nb, policy, LedgerTable({}), FakeBandit(), windows)
+
+    def load(batch, key, event):
+        if key not in batch.entries:
+            batch.entries[key] = Entry(table.get(key), event)
+        return batch.entries[key]
+
+    def run(event_time: float, reminded: str | None = None) -> list:
+        event = FakeEvent(0)
+        batch = SimpleNamespace(entries={}, outputs=[])
+        hooks.begin(batch, [event])
+        other = load(batch, "shop:c:other", event)  # another customer's page view
+        other.state = table.setdefault("shop:c:other", new_state())
+        hooks.on_input("shop:c:other", other.state, "clickstream", {"_ts": event_time}, event)
+        records.clear()
+        if reminded is not None:  # the journeys' timer loads the customer; the policy decides
+            entry = load(batch, reminded, event)
+            entry.state = table[reminded] = new_state()
+            record = decision("d-reminder", customer_key=reminded)
+            rewards.open_decision(entry.state, record, event_time, WINDOW, TERMS)
+            records.append(record)
+        hooks.finish(batch, load)
+        return [orjson.loads(value) for topic, _, value in batch.outputs if topic == "rewards"]
+
+    assert run(T0, reminded="shop:c:r") == []
+    assert store.due == {"shop:c:r": (0, T0 + WINDOW)}
+    [reward] = run(T0 + WINDOW + LATENESS)
+    assert reward["decision_id"] == "d-reminder" and reward["purchased"] is False
+    assert store.due == {}
