@@ -54,6 +54,7 @@ class Row:
     discount: np.ndarray
     cart_value: float
     margin_rate: float
+    deep_discount: tuple[float, float]  # the merchant's (depth, cost) when it decided
     horizon_margin: float
     repurchase: float
     features: np.ndarray
@@ -98,6 +99,10 @@ def load_rows(
                 discount=np.array([o["discount"] for o in options], dtype=np.float64),
                 cart_value=float(d["cart_value"]),
                 margin_rate=float(d["margin_rate"]),
+                deep_discount=(  # older logs: a policy without the premium (cost 0)
+                    float(d.get("deep_discount_depth") or Merchant.deep_discount_depth),
+                    float(d.get("deep_discount_cost") or 0.0),
+                ),
                 horizon_margin=float(d["horizon_margin"]),
                 repurchase=float(d.get("repurchase_probability", 0.0)),
                 features=np.array(d["features"], dtype=np.float64),
@@ -149,7 +154,16 @@ def greedy(model: LinearThompson | dict[str, LinearThompson]) -> Candidate:
 
     def probabilities(row: Row) -> np.ndarray:
         bandit = model if isinstance(model, LinearThompson) else model[row.merchant_id]
-        merchant = Merchant(row.merchant_id, "", 0.0, (), margin_rate=row.margin_rate)
+        depth, cost = row.deep_discount
+        merchant = Merchant(
+            row.merchant_id,
+            "",
+            0.0,
+            (),
+            margin_rate=row.margin_rate,
+            deep_discount_depth=depth,
+            deep_discount_cost=cost,
+        )
         choice = ChoiceInput(
             None, merchant, row.features, _actions(row), row.horizon_margin, row.repurchase
         )

@@ -226,6 +226,8 @@ class DecisionRecord(faust.Record, serializer="json"):
     offer_id: str | None = None
     max_discount: float | None = None
     guard: str | None = None
+    deep_discount_depth: float | None = None  # the merchant's deep-discount premium, as used
+    deep_discount_cost: float | None = None  # (None in logs written before it existed)
     record: Literal["decision"] = "decision"
 
 

@@ -277,6 +277,8 @@ class PromotionPolicy:
             "offer_id": offer_id,
             "max_discount": action.discount if sent else None,
             "margin_rate": merchant.margin_rate,
+            "deep_discount_depth": merchant.deep_discount_depth,
+            "deep_discount_cost": merchant.deep_discount_cost,
             "horizon_margin": round(horizon, 4),
             "repurchase_probability": round(repurchase, 6),
             "options": [

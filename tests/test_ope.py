@@ -172,6 +172,29 @@ def test_log_file_round_trip_retrain_and_greedy_candidate(tmp_path):
         read_log([bad])
 
 
+def test_greedy_candidate_prices_deep_discounts_as_the_logged_policy_did():
+    """A model that learned 10% off (depth 0.10 at these carts) lifts P(buy) from 0.2 to 0.5
+    picks it greedily; logged with a deep-discount premium that counts it deep at 30% of the
+    cart, the greedy candidate no longer does. Old logs (no premium fields) are scored without
+    a premium, as they were decided."""
+    decisions, rewards = synthetic_log(50)
+    model = LinearThompson()
+    rng = np.random.default_rng(0)
+    for i in range(4000):
+        x = rng.random(D)
+        arm = ACTIONS[i % 2]
+        model.update(f"u{i}", x, arm, rng.random() < (0.2 if arm == "none" else 0.5), True)
+    greedy = ope.greedy(model)
+    rows = ope.load_rows(decisions, rewards)
+    assert rows[0].deep_discount == (0.15, 0.0)
+    assert all(greedy(r)[1] == 1.0 for r in rows)
+    for d in decisions:
+        d.update(deep_discount_depth=0.10, deep_discount_cost=0.3)
+    priced = ope.load_rows(decisions, rewards)
+    assert priced[0].deep_discount == (0.10, 0.3)
+    assert not any(greedy(r)[1] for r in priced)
+
+
 def test_ope_command(tmp_path, capsys):
     decisions, rewards = synthetic_log(400)
     path = tmp_path / "log.jsonl"
