@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -252,11 +252,6 @@ def next_due(state: dict) -> float | None:
     """When the customer's next window closes (for a per-partition sweep index)."""
     pending = (state.get("promo") or {}).get("pending") or []
     return min((p["expires"] for p in pending), default=None)
-
-
-def due_customers(index: Mapping[str, float], now: float) -> list[str]:
-    """Customer keys of a ``{customer_key: next_due}`` index whose windows ended by ``now``."""
-    return [key for key, due in index.items() if due <= now]
 
 
 def learnable(reward: dict) -> bool:

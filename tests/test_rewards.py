@@ -201,5 +201,3 @@ def test_state_survives_json_and_due_index():
     assert rewards.close_due(copy.deepcopy(restored), T0 + WINDOW) == rewards.close_due(
         state, T0 + WINDOW
     )
-    index = {"a": T0, "b": T0 + WINDOW}
-    assert rewards.due_customers(index, T0 + 1) == ["a"]
