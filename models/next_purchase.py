@@ -301,50 +301,6 @@ class ServeBatch:
         )
 
 
-TOP_K_GROUPS = 16
-TOP_K_ROWS = 32  # `top_k_rows` sorts by groups from this many rows (torch.topk below)
-
-
-def top_k_rows(probs: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest entries of each row of ``probs`` (rows, n), largest
-    first: those of ``probs.topk(k)``, faster for many rows; among equal values the lower
-    index comes first (torch.topk leaves that order open).
-
-    Item i is in group i % (n // `TOP_K_GROUPS`) (the last n % `TOP_K_GROUPS` in none). At least k
-    entries of a row reach the k-th largest of its group maxima, so its k largest lie in the
-    groups that reach it, or in no group: only those entries are sorted.
-    """
-    rows, n = probs.shape
-    width = n // TOP_K_GROUPS
-    maxima = None
-    if (
-        probs.dtype == torch.float32
-        and probs.device.type == "cpu"
-        and rows >= TOP_K_ROWS
-        and 0 < 4 * k <= width
-    ):
-        maxima = probs.as_strided((rows, TOP_K_GROUPS, width), (n, width, 1)).amax(1).numpy()
-    if maxima is None or np.isnan(maxima).any():
-        top = probs.topk(k, dim=-1)
-        return top.indices.cpu().numpy(), top.values.cpu().numpy()
-    floor = np.sort(maxima, axis=1)[:, width - k]
-    row, group = np.nonzero(maxima >= floor[:, None])
-    tail = np.arange(width * TOP_K_GROUPS, n)
-    row = np.concatenate([np.repeat(row, TOP_K_GROUPS), np.repeat(np.arange(rows), len(tail))])
-    col = np.concatenate(
-        [(group[:, None] + np.arange(TOP_K_GROUPS) * width).ravel(), np.tile(tail, rows)]
-    )
-    values = probs.numpy().ravel()[row * n + col]
-    reach = values >= floor[row]
-    row, col, values = row[reach], col[reach], values[reach]
-    # by row, then value from the largest (non-negative floats order as their bits), then index
-    key = (row << 31) | (0x7FFFFFFF - values.view(np.int32).astype(np.int64))
-    order = np.argsort(col, kind="stable")
-    order = order[np.argsort(key[order], kind="stable")]
-    pick = order[np.searchsorted(row[order], np.arange(rows))[:, None] + np.arange(k)]
-    return col[pick], values[pick]
-
-
 @dataclass
 class Scored:
     items: list[str]
@@ -412,10 +368,8 @@ class Recommender:
 
         ``now``: the scoring time in epoch seconds (the cart event's time), one for all
         histories or one per history; ``None`` scores as of each customer's last order.
-        The same results as `probabilities` of each `encode_history`, bit for bit (tested; of
-        products with equal probabilities, the one listed first may differ: `top_k_rows`),
-        computed the serving way: `encode_batch`, then `top_k`, in chunks of ``SCORE_CHUNK``
-        histories.
+        The same results as `probabilities` of each `encode_history` (tested), computed the
+        serving way: `encode_batch`, then `top_k`, in chunks of ``SCORE_CHUNK`` histories.
         """
         times = now if isinstance(now, Sequence) else [now] * len(histories)
         if len(times) != len(histories):
@@ -429,8 +383,7 @@ class Recommender:
 
     @torch.no_grad()
     def top_k(self, encoded: EncodedBatch, k: int = 10, buckets: bool = True) -> list[Scored]:
-        """The k most likely next products of each row of ``encoded`` (cold rows: popularity);
-        products of equal probability in `top_k_rows`' order."""
+        """The k most likely next products of each row of ``encoded`` (cold rows: popularity)."""
         k = min(k, len(self.vocab) - 1)
         items = self.vocab.items
         if k not in self._popular:
@@ -447,8 +400,8 @@ class Recommender:
                 raise ValueError("top_k serves the vocabulary's catalogue statistics only")
             batch = ServeBatch.warm_rows(encoded, buckets).to(self.device)
             logits = self.model.serve_logits(batch, self._base[1])
-            indices, values = top_k_rows(torch.softmax(logits, dim=-1), k)
-            ranked = zip(indices.tolist(), values.tolist(), strict=True)
+            top = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+            ranked = zip(top.indices.cpu().tolist(), top.values.cpu().tolist(), strict=True)
         scored = []
         for n in encoded.n_orders.tolist():
             if n:

@@ -224,34 +224,6 @@ def test_run_sizes():
     assert all(n <= size < n * 1.5 or n == size for n, size in enumerate(sizes, 1))
 
 
-@pytest.mark.parametrize("n", [1000, 3659, 16 * 40 + 15])
-def test_top_k_rows_is_topk_with_ties_by_index(n):
-    """`top_k_rows` returns torch.topk's values and, among equal values, the lower index
-    first: random rows, rows with many equal values, small batches and large k (torch.topk
-    there), and a row with NaN (torch.topk's answer)."""
-    torch.manual_seed(n)
-    logits = torch.randn(40, n) * torch.tensor([0.01, 1.0, 5.0, 20.0]).repeat(10)[:, None]
-    logits[::7, :] = torch.round(logits[::7, :])  # many exact ties
-    probs = torch.softmax(logits, dim=-1)
-    probs[:, 0] = 0.0
-    for rows, k in ((40, 1), (40, 5), (40, 10), (40, 20), (8, 10), (40, n // 16)):
-        p = probs[:rows].contiguous()
-        indices, values = next_purchase.top_k_rows(p, k)
-        top = p.topk(k, dim=-1)
-        assert np.array_equal(values, top.values.numpy())
-        for row in range(rows):
-            by_value_then_index = sorted(range(n), key=lambda i, r=row: (-p[r, i].item(), i))
-            if rows >= next_purchase.TOP_K_ROWS and 4 * k <= n // 16:
-                assert indices[row].tolist() == by_value_then_index[:k]
-            else:
-                assert np.array_equal(indices[row], top.indices[row].numpy())
-    probs[3, 5] = float("nan")
-    indices, values = next_purchase.top_k_rows(probs, 10)
-    top = probs.topk(10, dim=-1)
-    assert np.array_equal(indices, top.indices.numpy())
-    assert np.array_equal(values, top.values.numpy(), equal_nan=True)
-
-
 def test_warm_up_builds_every_run_shape_serving_meets():
     """`Recommender.warm_up` runs the LSTM at every padded shape `lstm_buckets` can give a
     chunk of histories (larger runs keep their own shape)."""
