@@ -116,7 +116,9 @@ class LeanDeliveryConsumer(faust_aiokafka.Consumer):
                 set_flag(FETCHING)
                 reread: set[TP] = set()  # partitions sent back: drop the rest of this fetch
                 if held and not app.rebalancing:
-                    await self._read_held_again(held, reread)
+                    # No fetch in hand: aiokafka drops what it fetched before a seek, so the
+                    # next fetch starts at the seek and none of it may be dropped.
+                    await self._read_held_again(held, set())
                 records = getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
