@@ -480,7 +480,7 @@ def _respond(
     key = f"{merchant.id}:c:{customer}"
     if sent:
         result.offers[action.kind] += 1
-        result.deep[i] |= action.depth >= DEEP
+        result.deep[i] |= action.is_deep(DEEP)
         opened = bool(outcome.redeemed or sim.pop.u_open[i, week] < sim.config.open_rate)
         kinds = (
             ["offer_delivered"] + ["offer_opened"] * opened + ["offer_redeemed"] * outcome.redeemed

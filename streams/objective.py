@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.offers import Action
+from streams.offers import Action, reaches_depth
 
 WEEK_S = 7 * 86400.0
 
@@ -122,12 +122,14 @@ class Economics:
 class DeepDiscount:
     """The merchant's price of a deep discount (``Merchant.deep_discount_*``)."""
 
-    depth: float = 0.15
-    cost: float = 0.02
+    depth: float
+    cost: float
 
     def premium(self, economics: Economics) -> np.ndarray:
         """Per action: ``cost`` x the cart's value for a deep discount, else 0."""
-        return self.cost * economics.cart_value * (economics.depth >= self.depth)
+        return self.cost * economics.cart_value * reaches_depth(
+            economics.discount, economics.basket, self.depth
+        )
 
 
 def expected_profit(

@@ -27,6 +27,9 @@ from streams.catalog import Merchant, Promotion
 from streams.policy import Offer, customer_value, describe, money
 
 NONE = "none"
+#: Discounts are rounded to the cent, so 15% of £123.43 is £18.51, 0.14996 of it: a depth
+#: test allows that half cent (`reaches_depth`).
+HALF_CENT = 0.005
 KINDS = (NONE, "free_shipping", "percent_off", "threshold_nudge", "product_coupon")
 
 
@@ -37,6 +40,12 @@ class CouponCandidate:
     product_id: str
     probability: float
     price: float | None = None
+
+
+def reaches_depth(discount, basket, depth: float):  # floats or numpy arrays alike
+    """Whether a discount rounded to the cent is at least ``depth`` of its basket (no
+    discount never is)."""
+    return (discount > 0) & (discount + HALF_CENT >= depth * basket)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,10 @@ class Action:
     def depth(self) -> float:
         """Discount as a share of the basket (0 for no offer)."""
         return self.discount / self.basket if self.basket > 0 else 0.0
+
+    def is_deep(self, depth: float) -> bool:
+        """Whether the discount is at least ``depth`` of the basket (`reaches_depth`)."""
+        return bool(reaches_depth(self.discount, self.basket, depth))
 
     def margin(self, margin_rate: float) -> float:
         """What the shop keeps if the customer buys with this offer redeemed."""

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from models.simulator import sim_merchant
 from streams.customer_state import apply_event, new_state
 from streams.objective import (
     DeepDiscount,
@@ -17,7 +18,13 @@ from streams.objective import (
     incremental_profit,
     repurchase_probability,
 )
-from streams.offers import CouponCandidate, candidate_actions, no_offer, offer_for
+from streams.offers import (
+    CouponCandidate,
+    candidate_actions,
+    no_offer,
+    offer_for,
+    reaches_depth,
+)
 from streams.promo_features import FEATURE_NAMES, context_features
 from tests.promo_fixtures import T0, shop
 
@@ -147,6 +154,26 @@ def test_deep_discount_premium_is_charged_only_on_deep_offers():
     assert DeepDiscount(depth=0.1, cost=0.02).premium(economics) == pytest.approx(
         [0.0, 0.0, 3.2, 3.2]
     )
+
+
+def test_a_15_percent_offer_is_deep_at_15_percent_whatever_the_cents():
+    """Discounts are rounded to the cent (15% of 300.03 is 45.00, 0.149985 of it): every 15%
+    and 20% offer counts as deep at 15%, every 10% offer does not, and the premium follows."""
+    merchant = sim_merchant()
+    deep = DeepDiscount(depth=0.15, cost=0.02)
+    seen = set()
+    for cents in range(30_000, 50_000, 7):
+        actions = candidate_actions(merchant, cents / 100, "GBP", T0)
+        premium = deep.premium(Economics.of(actions))
+        for action, charged in zip(actions, premium, strict=True):
+            tier = action.promotion.percent if action.kind == "percent_off" else None
+            if tier is None:
+                continue
+            seen.add(tier)
+            assert action.is_deep(0.15) == (tier >= 15), (cents, action.id, action.depth)
+            assert (charged > 0) == (tier >= 15)
+    assert seen == {5.0, 10.0, 15.0, 20.0}
+    assert reaches_depth(0.0, 0.0, 0.15) == False  # noqa: E712 - no discount is never deep
 
 
 def test_economics_need_no_offer_first():
