@@ -542,7 +542,8 @@ class Api:
         if kind is None:
             raise InvalidEvent("unknown_event_type", f"unknown event_type {event_type!r}")
         raw = orjson.dumps(event)
-        data = parse_event(raw, kind, self.nb.settings.max_event_bytes)
+        settings = self.nb.settings
+        data = parse_event(raw, kind, settings.max_event_bytes, settings.max_future_s or None)
         merchant = data["merchant_id"]
         if caller not in ("admin", merchant):
             raise InvalidEvent(

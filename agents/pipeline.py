@@ -84,6 +84,7 @@ class Pipeline:
         self.outreach = outreach  # journeys: event-time timers in customer state
         self.promotion = promotion  # promotion policy: decision log, rewards, budget ledgers
         self.max_bytes = nb.settings.max_event_bytes
+        self.max_future_s = nb.settings.max_future_s or None
         self._topics: dict[str, faust.TopicT] = {}
 
     # -- table access, routed to the partition of the event that carried the key --------
@@ -145,7 +146,7 @@ class Pipeline:
 
     def _input(self, batch: Batch, kind: str, event: faust.EventT) -> None:
         message = event.message
-        data = parse_event(message.value, kind, self.max_bytes)
+        data = parse_event(message.value, kind, self.max_bytes, self.max_future_s)
         merchant_id = data["merchant_id"]
         merchant = self.nb.registry.get(merchant_id)
         if merchant is None:

@@ -9,6 +9,7 @@ same Records costs a fraction of that, which matters at thousands of events per 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -205,8 +206,15 @@ def _check_domain(event: dict) -> None:
         _fail("cart_value", "must be >= 0")
 
 
-def parse_event(raw: bytes | None, topic_kind: str, max_bytes: int) -> dict:
-    """Decode and check one input record from the topic of kind ``topic_kind``."""
+def parse_event(
+    raw: bytes | None, topic_kind: str, max_bytes: int, max_future_s: float | None = None
+) -> dict:
+    """Decode and check one input record from the topic of kind ``topic_kind``.
+
+    ``max_future_s``: an ``event_time`` further than this ahead of this machine's clock is a
+    schema violation. Event time drives the state's clocks (attribution windows, journey
+    timers), which only move forward: one event dated years ahead would close every open
+    window of its partition. None: no limit (replays of simulated futures)."""
     if raw is None:
         raise InvalidEvent("malformed_json", "empty record (no value)")
     if len(raw) > max_bytes:
@@ -240,4 +248,9 @@ def parse_event(raw: bytes | None, topic_kind: str, max_bytes: int) -> dict:
     _check_ids(event)
     _check_domain(event)
     event["_ts"] = parse_time(event["event_time"])
+    if max_future_s is not None and event["_ts"] > time.time() + max_future_s:
+        raise InvalidEvent(
+            "schema_violation",
+            f"event_time: {event['event_time']} is more than {max_future_s:g} s ahead of now",
+        )
     return event

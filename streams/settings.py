@@ -69,6 +69,9 @@ class Settings:
     web_port: int = 6066
     merchants_path: Path = DEFAULT_MERCHANTS
     max_event_bytes: int = 65536
+    #: Inputs whose event_time is further ahead of this machine's clock are dead-lettered
+    #: (0: no limit)
+    max_future_s: float = 86400.0
     batch_size: int = 500
     batch_window_s: float = 0.05
     #: Records reach the streams without a task per record (streams/transport.py); 0: Faust's

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -112,6 +113,20 @@ def test_minimal_event_with_only_session_id_passes():
 def test_utc_offset_is_honoured_in_ts():
     assert parse(sample("page_view", event_time="2011-12-09T13:50:00+01:00"))["_ts"] == EVENT_TS
     assert parse_time("1970-01-01T00:00:00Z") == 0.0
+
+
+def test_an_event_time_too_far_ahead_of_the_clock_is_a_schema_violation():
+    """Event time drives clocks that only move forward: a date years ahead is refused."""
+    ahead = datetime.now(UTC) + timedelta(days=2)
+    raw = orjson.dumps(sample("page_view", event_time=ahead.isoformat()))
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(raw, "clickstream", 65536, max_future_s=86400)
+    assert info.value.reason == "schema_violation"
+    assert "s ahead of now" in str(info.value)
+    assert parse_event(raw, "clickstream", 65536, max_future_s=3 * 86400)["_ts"] > 0
+    assert parse_event(raw, "clickstream", 65536)["_ts"] > 0  # no limit given: accepted
+    past = orjson.dumps(sample("page_view"))  # 2011: any limit accepts the past
+    assert parse_event(past, "clickstream", 65536, max_future_s=0.0)["_ts"] == EVENT_TS
 
 
 def test_unknown_extra_fields_are_tolerated():
