@@ -344,7 +344,9 @@ class Recommender:
         for height in rows:
             for width in steps:
                 if height * width <= PADDED_CELLS:
-                    self.model.lstm(torch.zeros(height, width, self.model.config.emb_dim))
+                    self.model.lstm(
+                        torch.zeros(height, width, self.model.config.emb_dim, device=self.device)
+                    )
 
     @torch.no_grad()
     def probabilities(self, histories: list[EncodedHistory], batch_size: int = 512) -> torch.Tensor:

@@ -23,7 +23,7 @@ when the model changes or after ``refresh`` decisions) are scored by the objecti
 vote of one draw picked uniformly -- or, with probability ``explore``, a random allowed
 action, drawn with weights ``w(a) = 1 / (1 + depth(a) / explore_depth_scale)`` (normalised:
 ``e(a)``) so that exploration is spent mostly on cheap offers: with the default scale of 0.02,
-20% off is explored a tenth as often as no offer, 5% off two sevenths as often. Given the
+20% off is explored an eleventh as often as no offer, 5% off two sevenths as often. Given the
 draws, the probability of playing action ``a`` is exactly::
 
     propensity(a) = (1 - explore) * votes(a) / draws + explore * e(a)

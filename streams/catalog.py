@@ -203,7 +203,7 @@ def parse_merchant(merchant_id: str, config: dict, base: Path | None = None) -> 
         config, "deep_discount_depth", where, Merchant.deep_discount_depth, 0.0, 1.0
     )
     if deep_discount_depth == 0:
-        raise CatalogError(f"{where}.deep_discount_depth: must be between 0 and 1, got 0")
+        raise CatalogError(f"{where}.deep_discount_depth: must be > 0")
     if offer_ttl_hours <= 0:
         raise CatalogError(f"{where}.offer_ttl_hours: expected a number > 0")
     cap = config.get("frequency_cap", {})

@@ -377,7 +377,7 @@ def test_product_coupons_share_the_id_space_of_promotions():
             "merchants.m.min_margin_rate: must be between 0 and 0.3, got 0.5",
         ),
         (config(offer_ttl_hours=0), "merchants.m.offer_ttl_hours: expected a number > 0"),
-        (config(deep_discount_depth=0), "deep_discount_depth: must be between 0 and 1, got 0"),
+        (config(deep_discount_depth=0), "deep_discount_depth: must be > 0"),
         (config(deep_discount_cost=2), "deep_discount_cost: must be between 0 and 1, got 2"),
         (
             config(promotions=[{"id": "c", "type": "product_coupon"}]),
