@@ -326,14 +326,17 @@ class PromotionHooks:
             entry = batch.entries.get(key)
             if entry is None:
                 continue
-            partition = entry.event.message.partition
-            now = self.windows.now(partition)
-            if now is not None and entry.state is not None and "promo" in entry.state:
-                due = rewards.close_due(entry.state, now)
-                if due:
-                    entry.dirty = True
-                    closed.extend(due)
-            self.windows.update(partition, key, entry.state, entry.event)
+            try:
+                partition = entry.event.message.partition
+                now = self.windows.now(partition)
+                if now is not None and entry.state is not None and "promo" in entry.state:
+                    due = rewards.close_due(entry.state, now)
+                    if due:
+                        entry.dirty = True
+                        closed.extend(due)  # before anything else can fail
+                self.windows.update(partition, key, entry.state, entry.event)
+            except Exception:  # one customer's failure must not cost the others their rewards
+                log.exception("reward windows of %s: closing or indexing failed", key)
         return closed
 
 

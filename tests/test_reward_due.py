@@ -198,41 +198,73 @@ class FakeBandit:
         return []
 
 
-def test_a_decision_without_an_event_of_its_customer_in_the_batch_is_indexed():
-    """An abandoned-cart reminder's offer is decided for a customer loaded by the journeys'
-    timer, not by an event of theirs: its window is indexed and closed by the sweep."""
-    store, table = MemoryStore(), {}
+def drive(store: MemoryStore, table: dict):
+    """`PromotionHooks` over ``store``, and a function that runs one batch the way the
+    pipeline does: another customer's page view at ``event_time`` on partition 0, then a
+    decision for each customer of ``decide`` loaded without an event of theirs (as the
+    journeys' timer loads an abandoned cart); it returns the rewards emitted."""
     records: list[dict] = []
     policy = SimpleNamespace(drain_records=lambda: (records[:], []), drain_blocked=lambda: {})
-    nb = SimpleNamespace(settings=SimpleNamespace(partitions=4), decisions="decisions",
-                         rewards="rewards")
-    windows = rewards.DueWindows(store, LATENESS)
-    hooks = PromotionHooks(nb, policy, LedgerTable({}), FakeBandit(), windows)
+    nb = SimpleNamespace(
+        settings=SimpleNamespace(partitions=4), decisions="decisions", rewards="rewards"
+    )
+    hooks = PromotionHooks(
+        nb, policy, LedgerTable({}), FakeBandit(), rewards.DueWindows(store, LATENESS)
+    )
 
     def load(batch, key, event):
         if key not in batch.entries:
             batch.entries[key] = Entry(table.get(key), event)
         return batch.entries[key]
 
-    def run(event_time: float, reminded: str | None = None) -> list:
+    def run(event_time: float, decide: tuple[str, ...] = ()) -> list:
         event = FakeEvent(0)
         batch = SimpleNamespace(entries={}, outputs=[])
         hooks.begin(batch, [event])
-        other = load(batch, "shop:c:other", event)  # another customer's page view
+        other = load(batch, "shop:c:other", event)
         other.state = table.setdefault("shop:c:other", new_state())
         hooks.on_input("shop:c:other", other.state, "clickstream", {"_ts": event_time}, event)
         records.clear()
-        if reminded is not None:  # the journeys' timer loads the customer; the policy decides
-            entry = load(batch, reminded, event)
-            entry.state = table[reminded] = new_state()
-            record = decision("d-reminder", customer_key=reminded)
+        for key in decide:
+            entry = load(batch, key, event)
+            entry.state = table[key] = new_state()
+            record = decision(f"d-{key}", customer_key=key)
             rewards.open_decision(entry.state, record, event_time, WINDOW, TERMS)
             records.append(record)
         hooks.finish(batch, load)
         return [orjson.loads(value) for topic, _, value in batch.outputs if topic == "rewards"]
 
-    assert run(T0, reminded="shop:c:r") == []
+    return run
+
+
+def test_a_decision_without_an_event_of_its_customer_in_the_batch_is_indexed():
+    """An abandoned-cart reminder's offer is decided for a customer loaded by the journeys'
+    timer, not by an event of theirs: its window is indexed and closed by the sweep."""
+    store = MemoryStore()
+    run = drive(store, {})
+    assert run(T0, decide=("shop:c:r",)) == []
     assert store.due == {"shop:c:r": (0, T0 + WINDOW)}
     [reward] = run(T0 + WINDOW + LATENESS)
-    assert reward["decision_id"] == "d-reminder" and reward["purchased"] is False
+    assert reward["decision_id"] == "d-shop:c:r" and reward["purchased"] is False
     assert store.due == {}
+
+
+def test_one_customer_whose_windows_fail_to_close_costs_the_others_nothing(monkeypatch, caplog):
+    """The sweep closes two customers' windows; closing one of them raises: the other's reward
+    still goes out, and the failure is logged, not raised into the batch."""
+    close_due = rewards.close_due
+
+    def failing(state: dict, now: float) -> list[dict]:
+        if state.get("broken"):
+            raise KeyError("pending")
+        return close_due(state, now)
+
+    monkeypatch.setattr(rewards, "close_due", failing)
+    table: dict = {}
+    run = drive(MemoryStore(), table)
+    assert run(T0, decide=("shop:c:a", "shop:c:b")) == []
+    table["shop:c:a"]["broken"] = True
+    with caplog.at_level("ERROR"):
+        closed = run(T0 + WINDOW + LATENESS)
+    assert [r["decision_id"] for r in closed] == ["d-shop:c:b"]
+    assert "shop:c:a" in caplog.text
