@@ -48,7 +48,7 @@ from streams.catalog import Merchant
 from streams.journeys import Step
 from streams.notify import Delivery, Held, Suppressed, decide
 from streams.policy import DecisionContext, Offer, Policy
-from streams.timers import CLOCK_PREFIX, DueIndex, PartitionClock
+from streams.timers import CLOCK_PREFIX, DueIndex, PartitionClock, TimerStore
 
 log = logging.getLogger(__name__)
 DEFAULT_LATENESS_S = 60.0  # Settings.journey_lateness_s
@@ -66,16 +66,6 @@ class Entry(Protocol):
 
 
 Load = Callable[[object, str, faust.EventT], Entry]  # (batch, key, event) -> Entry
-
-
-class TimerStore(Protocol):
-    """Where timers persist: the ``journey-timers`` table, or a dict in tests."""
-
-    def read_partition(self, partition: int) -> tuple[PartitionClock, list[tuple[str, float]]]: ...
-
-    def write_due(self, key: str, partition: int, due: float | None, event: object) -> None: ...
-
-    def write_clock(self, partition: int, clock: PartitionClock, event: object) -> None: ...
 
 
 class TableTimerStore:
@@ -337,15 +327,17 @@ class Outreach:
         }
 
 
-def timers_table(nb: NextbestApp) -> faust.Table:
-    return nb.app.Table(
-        "journey-timers",
+def timer_table(nb: NextbestApp, name: str, help_text: str) -> TableTimerStore:
+    """A `TableTimerStore` on a new table co-partitioned with the customers."""
+    table = nb.app.Table(
+        name,
         default=None,
         partitions=nb.settings.partitions,
         key_type=bytes,
         value_type=bytes,
-        help="Journey timers: customer key -> next due event time; a clock per partition",
+        help=help_text,
     )
+    return TableTimerStore(table)
 
 
 def register(nb: NextbestApp, policy: Policy) -> Outreach:
@@ -354,7 +346,11 @@ def register(nb: NextbestApp, policy: Policy) -> Outreach:
     Ticks every ``NEXTBEST_JOURNEY_TICK_S``; clocks trail events by ``NEXTBEST_JOURNEY_LATENESS_S``.
     """
     settings = nb.settings
-    store = TableTimerStore(timers_table(nb))
+    store = timer_table(
+        nb,
+        "journey-timers",
+        "Journey timers: customer key -> next due event time; a clock per partition",
+    )
     outreach = Outreach(nb, policy, store, lateness_s=settings.journey_lateness_s)
     merges = settings.topics.merges
 

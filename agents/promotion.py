@@ -68,7 +68,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
-from agents.outreach import TableTimerStore
+from agents.outreach import timer_table
 from streams import promo_metrics, rewards
 from streams.app import NextbestApp
 from streams.promotion_policy import (
@@ -340,18 +340,6 @@ class PromotionHooks:
         return closed
 
 
-def reward_due_table(nb: NextbestApp) -> faust.Table:
-    return nb.app.Table(
-        "reward-due",
-        default=None,
-        partitions=nb.settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="Promotion: customer key -> end of the next open attribution window; a clock per "
-        "partition",
-    )
-
-
 def save_bandit(policy: PromotionPolicy, path: Path) -> None:
     """Write the policy's learned state to ``path`` (replaced whole, never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -389,7 +377,13 @@ def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> Promoti
     )
     bandit = BanditTable(nb.bandit, PartitionedLearning(policy))
     windows = rewards.DueWindows(
-        TableTimerStore(reward_due_table(nb)), nb.settings.journey_lateness_s
+        timer_table(
+            nb,
+            "reward-due",
+            "Promotion: customer key -> end of the next open attribution window; a clock per "
+            "partition",
+        ),
+        nb.settings.journey_lateness_s,
     )
     hooks = PromotionHooks(nb, policy, ledgers, bandit, windows)
     merges = nb.settings.topics.merges

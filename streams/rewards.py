@@ -44,11 +44,10 @@ import math
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from datetime import UTC, datetime
-from typing import Protocol
 
 from schemas.events import SCHEMA_VERSION
 from streams import guardrails
-from streams.timers import DueIndex, PartitionClock
+from streams.timers import DueIndex, PartitionClock, TimerStore
 
 MAX_PENDING = 16
 MAX_ORDERS = 16
@@ -261,21 +260,10 @@ def learnable(reward: dict) -> bool:
     return reward["reason"] == "window_closed" and applied and reward["arm"] != "holdout"
 
 
-class DueStore(Protocol):
-    """Where `DueWindows` persists: ``agents.outreach.TableTimerStore`` on the ``reward-due``
-    table (customer key -> ``{"due", "p"}``, plus one clock per partition), a dict in tests."""
-
-    def read_partition(self, partition: int) -> tuple[PartitionClock, list[tuple[str, float]]]: ...
-
-    def write_due(self, key: str, partition: int, due: float | None, event: object) -> None: ...
-
-    def write_clock(self, partition: int, clock: PartitionClock, event: object) -> None: ...
-
-
 class DueWindows:
     """Per input partition: its event clock and when each customer's next window ends.
 
-    A `streams.timers.DueIndex` mirrored to a `DueStore`: a customer's time is written only
+    A `streams.timers.DueIndex` mirrored to a `TimerStore`: a customer's time is written only
     when it changes (`update`: a first window opened, the earliest one closed) and deleted when
     no window is open. A partition's index and clock are read back from the store the first
     time the partition is seen after it was assigned (`forget` on revocation), so windows still
@@ -290,7 +278,7 @@ class DueWindows:
 
     def __init__(
         self,
-        store: DueStore,
+        store: TimerStore,
         lateness_s: float,
         clock_save_s: float = CLOCK_SAVE_S,
         wall: Callable[[], float] = time.time,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 CLOCK_PREFIX = "__clock__:"
 
@@ -45,6 +46,18 @@ class PartitionClock:
     @classmethod
     def from_json(cls, raw: dict | None) -> PartitionClock:
         return cls(**raw) if raw else cls()
+
+
+class TimerStore(Protocol):
+    """Where a partition's due times and clock persist: ``agents.outreach.TableTimerStore`` on
+    a Faust table (customer key -> ``{"due", "p"}``, plus one clock per partition), a dict in
+    tests. Used by the journey timers and the promotion's reward windows."""
+
+    def read_partition(self, partition: int) -> tuple[PartitionClock, list[tuple[str, float]]]: ...
+
+    def write_due(self, key: str, partition: int, due: float | None, event: object) -> None: ...
+
+    def write_clock(self, partition: int, clock: PartitionClock, event: object) -> None: ...
 
 
 class DueIndex:

@@ -57,6 +57,14 @@ class Cluster:
         self.workers: dict[str, tuple] = {}
         self.producer = Producer(producer_config(self.settings))
 
+    def use_promotion(self, merchants_yaml: str, experiment: dict) -> None:
+        """Workers started after this run the promotion policy over these merchants."""
+        merchants = self.tmp / "merchants.yaml"
+        merchants.write_text(merchants_yaml)
+        self.settings = replace(self.settings, policy="promotion", merchants_path=merchants,
+                                promo_experiment=json.dumps(experiment))
+        ensure_topics(self.settings)
+
     def start_worker(self, name: str, state_dir: str | None = None) -> int:
         port = free_port()
         settings = replace(self.settings, web_port=port,

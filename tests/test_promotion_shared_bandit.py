@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from dataclasses import replace
 
 import pytest
 
 from streams.demo import scrape
-from streams.topics import ensure_topics
 from tests.harness import Cluster, event
 
 pytestmark = pytest.mark.integration
@@ -89,11 +87,7 @@ def wait_for_updates(port: int, updates: int, timeout: float = 60) -> dict:
 def test_two_workers_share_one_bandit_and_a_restart_gets_it_back(tmp_path):
     cluster = Cluster(tmp_path)
     try:
-        merchants = tmp_path / "merchants.yaml"
-        merchants.write_text(MERCHANTS)
-        cluster.settings = replace(cluster.settings, policy="promotion", merchants_path=merchants,
-                                   promo_experiment=json.dumps(EXPERIMENT))
-        ensure_topics(cluster.settings)
+        cluster.use_promotion(MERCHANTS, EXPERIMENT)
         port_a = cluster.start_worker("a")
         port_b = cluster.start_worker("b")
         sent = events()

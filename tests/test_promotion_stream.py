@@ -3,16 +3,13 @@ rewards, budgets and caps through replays and a restart, on the real embedded br
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from collections import Counter
-from dataclasses import replace
 
 import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from streams.topics import ensure_topics
 from tests.harness import Cluster, event
 
 pytestmark = pytest.mark.integration
@@ -88,11 +85,7 @@ def metric(port: int, line_start: str) -> float:
 def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
     cluster = Cluster(tmp_path)
     try:
-        merchants = tmp_path / "merchants.yaml"
-        merchants.write_text(MERCHANTS)
-        cluster.settings = replace(cluster.settings, policy="promotion", merchants_path=merchants,
-                                   promo_experiment=json.dumps(EXPERIMENT))
-        ensure_topics(cluster.settings)
+        cluster.use_promotion(MERCHANTS, EXPERIMENT)
         port = cluster.start_worker("a")
 
         carts = [cart(i) for i in range(CUSTOMERS)]

@@ -6,14 +6,11 @@ worker processes."""
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import replace
 
 import pytest
 from aiokafka.partitioner import murmur2
 
-from streams.topics import ensure_topics
 from tests.harness import Cluster, event
 
 pytestmark = pytest.mark.integration
@@ -80,11 +77,7 @@ def send(cluster: Cluster, records: list[tuple[str, dict]]) -> None:
 def test_a_window_closes_by_the_sweep_after_a_restart_or_rebalance(tmp_path, restart):
     cluster = Cluster(tmp_path, partitions=PARTITIONS)
     try:
-        merchants = tmp_path / "merchants.yaml"
-        merchants.write_text(MERCHANTS)
-        cluster.settings = replace(cluster.settings, policy="promotion", merchants_path=merchants,
-                                   promo_experiment=json.dumps(EXPERIMENT))
-        ensure_topics(cluster.settings)
+        cluster.use_promotion(MERCHANTS, EXPERIMENT)
         cluster.start_worker("a")
         wait_ready(cluster, "a")
         line = {"product_id": "P1", "quantity": 1, "unit_price": 60.0}
