@@ -11,8 +11,10 @@ same allowed actions; with ``w_i = pi(a_i | x_i) / p_i``::
 
 ``q`` is a reward model (`RewardModel`: LightGBM on the context features and the action's
 economics), cross-fitted: the rows of each fold are predicted by a model fitted on the other
-folds. Confidence intervals are normal 95% intervals: the standard error of the per-row terms
-for IPS and DR, the delta method for SNIPS. Rows: rewards that are learnable
+folds. Confidence intervals are normal 95% intervals on the larger of two standard errors: the
+sample one of the per-row terms (the delta method for SNIPS), and the one computed from the
+logged probabilities of every allowed action and the reward model's second moments, which still
+counts an action the log shows only a handful of times (`evaluate`). Rows: rewards that are learnable
 (``streams.rewards.learnable``: applied actions, not the holdout, not superseded) joined to
 their decisions; an arm can be chosen with ``--arm``. The value is profit per decision.
 
@@ -199,76 +201,141 @@ def _fold(decision_id: str, folds: int) -> int:
     )
 
 
+def _cross_fit(
+    rows: Sequence[Row], designs: list[np.ndarray], target: np.ndarray, folds: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Predictions of ``target`` for every row and allowed action, each row's by a LightGBM model
+    fitted on the other folds (the logged actions' rows)."""
+    fold = np.array([_fold(r.decision_id, folds) for r in rows])
+    x = np.vstack([d[r.logged] for d, r in zip(designs, rows, strict=True)])
+    predictions: dict[str, np.ndarray] = {}
+    for f in range(folds):
+        train = fold != f
+        if train.sum() < 50 or (~train).sum() == 0:
+            mean = float(target[train].mean()) if train.any() else 0.0
+            for i in np.flatnonzero(~train):
+                predictions[rows[i].decision_id] = np.full(len(rows[i].options), mean)
+            continue
+        model = LGBMRegressor(
+            n_estimators=200,
+            learning_rate=0.05,
+            num_leaves=15,
+            min_child_samples=50,
+            subsample=0.8,
+            subsample_freq=1,
+            random_state=seed,
+            n_jobs=1,
+            verbose=-1,
+        ).fit(x[train], target[train])
+        test = np.flatnonzero(~train)
+        predicted = model.predict(np.vstack([designs[i] for i in test]))
+        ends = np.cumsum([len(designs[i]) for i in test])
+        for i, values in zip(test, np.split(predicted, ends[:-1]), strict=True):
+            predictions[rows[i].decision_id] = values
+    return predictions
+
+
 @dataclass
 class RewardModel:
-    """Cross-fitted predictions ``q(x_i, a)`` for every row and allowed action."""
+    """Cross-fitted moments of the reward for every row and allowed action: the mean
+    ``q(x_i, a)`` (``predictions``), ``E[r^2]`` (``squares``) and ``E[(r - q)^2]``
+    (``residual_squares``). The two second moments give each estimator's variance over the
+    logging policy's choice, for rarely chosen actions too (`evaluate`)."""
 
     predictions: dict[str, np.ndarray]
+    squares: dict[str, np.ndarray]
+    residual_squares: dict[str, np.ndarray]
 
     @classmethod
     def fit(cls, rows: Sequence[Row], folds: int = 2, seed: int = 0) -> RewardModel:
         designs = [_design(r) for r in rows]
-        fold = np.array([_fold(r.decision_id, folds) for r in rows])
-        x = np.vstack([d[r.logged] for d, r in zip(designs, rows, strict=True)])
-        y = np.array([r.reward for r in rows])
-        predictions: dict[str, np.ndarray] = {}
-        for f in range(folds):
-            train = fold != f
-            if train.sum() < 50 or (~train).sum() == 0:
-                mean = float(y[train].mean()) if train.any() else 0.0
-                for i in np.flatnonzero(~train):
-                    predictions[rows[i].decision_id] = np.full(len(rows[i].options), mean)
-                continue
-            model = LGBMRegressor(
-                n_estimators=200,
-                learning_rate=0.05,
-                num_leaves=15,
-                min_child_samples=50,
-                subsample=0.8,
-                subsample_freq=1,
-                random_state=seed,
-                n_jobs=1,
-                verbose=-1,
-            ).fit(x[train], y[train])
-            test = np.flatnonzero(~train)
-            predicted = model.predict(np.vstack([designs[i] for i in test]))
-            ends = np.cumsum([len(designs[i]) for i in test])
-            for i, values in zip(test, np.split(predicted, ends[:-1]), strict=True):
-                predictions[rows[i].decision_id] = values
-        return cls(predictions)
+        reward = np.array([r.reward for r in rows])
+        q = _cross_fit(rows, designs, reward, folds, seed)
+        residual = np.array([r.reward - q[r.decision_id][r.logged] for r in rows])
+        squares, residual_squares = (
+            {k: np.maximum(v, 0.0) for k, v in _cross_fit(rows, designs, t, folds, seed).items()}
+            for t in (reward**2, residual**2)
+        )
+        return cls(q, squares, residual_squares)
 
 
-def _mean_ci(method: str, terms: np.ndarray) -> Estimate:
-    n = len(terms)
-    value = float(terms.mean()) if n else float("nan")
-    se = float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+def _spread(row: Row, p: np.ndarray) -> np.ndarray:
+    """``pi(a)^2 / mu(a)`` per allowed action (``mu`` the logging policy's probability), so that
+    ``E[w^2 f(a)] = spread @ f`` over the logging policy's choice; infinite where the candidate
+    takes an action the logging policy never takes (no support)."""
+    spread = np.zeros(len(p))
+    support = row.probabilities > 0
+    spread[support] = p[support] ** 2 / row.probabilities[support]
+    spread[~support & (p > 0)] = np.inf
+    return spread
+
+
+def _estimate(method: str, value: float, se: float, modelled: float, n: int) -> Estimate:
+    """A normal 95% interval on the larger of the sample standard error ``se`` and the one from
+    ``modelled``, the per-row variance the reward model's moments give (NaN: none)."""
+    if n > 0 and not math.isnan(modelled):
+        se = max(se, math.sqrt(max(modelled, 0.0) / n))
     return Estimate(method, value, se, value - Z95 * se, value + Z95 * se, n)
+
+
+def _sample_se(terms: np.ndarray) -> float:
+    n = len(terms)
+    return float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
 
 def evaluate(
     rows: Sequence[Row], probabilities: Sequence[np.ndarray], model: RewardModel | None = None
 ) -> list[Estimate]:
-    """IPS, SNIPS and (with a reward model) DR estimates of the candidate's value."""
+    """IPS, SNIPS and (with a reward model) DR estimates of the candidate's value.
+
+    Without a model the intervals come from the sample variance of the per-row terms (the delta
+    method for SNIPS). That variance misses what the log barely shows: a candidate action the
+    logging policy took a handful of times adds its ``pi^2 / mu`` share of the variance only in
+    the rows where it was taken, and with a few such rows the sample variance is far too small.
+    With a model, each method's variance over the logging policy's choice is also computed from
+    the logged probabilities of every allowed action and the reward model's second moments, and
+    the larger of the two standard errors is used. A candidate that takes an action the logging
+    policy never takes gets an infinite interval."""
+    n = len(rows)
     reward = np.array([r.reward for r in rows])
     weight = np.array(
         [p[r.logged] / r.propensity for r, p in zip(rows, probabilities, strict=True)]
     )
-    estimates = [_mean_ci("IPS", weight * reward)]
+    ips_terms = weight * reward
+    ips = float(ips_terms.mean()) if n else float("nan")
     total = weight.sum()
-    snips = float((weight * reward).sum() / total) if total > 0 else float("nan")
-    se = (
+    snips = float(ips_terms.sum() / total) if total > 0 else float("nan")
+    snips_se = (
         float(np.sqrt(np.sum((weight * (reward - snips)) ** 2)) / total)
         if total > 0
         else float("nan")
     )
-    estimates.append(Estimate("SNIPS", snips, se, snips - Z95 * se, snips + Z95 * se, len(rows)))
-    if model is not None:
-        terms = []
-        for r, p in zip(rows, probabilities, strict=True):
-            q = model.predictions[r.decision_id]
-            terms.append(float(p @ q) + p[r.logged] / r.propensity * (r.reward - q[r.logged]))
-        estimates.append(_mean_ci("DR", np.array(terms)))
-    return estimates
+    if model is None or n == 0:
+        estimates = [
+            _estimate("IPS", ips, _sample_se(ips_terms), math.nan, n),
+            _estimate("SNIPS", snips, snips_se, math.nan, n),
+        ]
+        return estimates if model is None else [*estimates, _estimate("DR", *[math.nan] * 3, n)]
+    ips_var = snips_var = dr_var = 0.0
+    dr_terms = np.empty(n)
+    for i, (row, p) in enumerate(zip(rows, probabilities, strict=True)):
+        q = model.predictions[row.decision_id]
+        direct = float(p @ q)
+        dr_terms[i] = direct + weight[i] * (row.reward - q[row.logged])
+        spread = _spread(row, p)
+        if np.isinf(spread).any():
+            ips_var = snips_var = dr_var = math.inf
+            continue
+        squares = model.squares[row.decision_id]
+        ips_var += spread @ squares
+        snips_var += spread @ (squares - 2 * snips * q + snips**2)
+        dr_var += direct**2 + spread @ model.residual_squares[row.decision_id]
+    dr = float(dr_terms.mean())
+    return [
+        _estimate("IPS", ips, _sample_se(ips_terms), ips_var / n - ips**2, n),
+        _estimate("SNIPS", snips, snips_se, snips_var * n / total**2 if total > 0 else math.nan, n),
+        _estimate("DR", dr, _sample_se(dr_terms), dr_var / n - dr**2, n),
+    ]
 
 
 # --- command ---------------------------------------------------------------------------------
