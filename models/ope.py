@@ -13,14 +13,17 @@ same allowed actions; with ``w_i = pi(a_i | x_i) / p_i``::
 economics), cross-fitted: the rows of each fold are predicted by a model fitted on the other
 folds. Confidence intervals are normal 95% intervals on the larger of two standard errors: the
 sample one of the per-row terms (the delta method for SNIPS), and the one computed from the
-logged probabilities of every allowed action and the reward model's second moments, which still
-counts an action the log shows only a handful of times (`evaluate`). Rows: rewards that are learnable
-(``streams.rewards.learnable``: applied actions, not the holdout, not superseded) joined to
-their decisions; an arm can be chosen with ``--arm``. The value is profit per decision.
+logged probabilities of every allowed action and the reward model's second moments, which
+still counts an action the log shows only a handful of times (`evaluate`); the command also
+prints each candidate's effective number of decisions (`effective_rows`). Rows: rewards that
+are learnable (``streams.rewards.learnable``: applied actions, not the holdout, not
+superseded) joined to their decisions; an arm can be chosen with ``--arm``. The value is
+profit per decision.
 
 The estimates assume what the log records is true: every allowed action had a positive
 probability (the bandit explores; a deterministic logging policy supports only candidates that
-agree with it) and the propensities are the probabilities actually used.
+agree with it: others get infinite intervals) and the propensities are the probabilities
+actually used.
 """
 
 from __future__ import annotations
@@ -278,6 +281,16 @@ def _estimate(method: str, value: float, se: float, modelled: float, n: int) -> 
     return Estimate(method, value, se, value - Z95 * se, value + Z95 * se, n)
 
 
+def effective_rows(rows: Sequence[Row], probabilities: Sequence[np.ndarray]) -> float:
+    """Kish's effective sample size of the importance weights, ``(sum w)^2 / sum w^2``: about
+    how many logged decisions carry the candidate's estimate (few: expect a wide interval)."""
+    weight = np.array(
+        [p[r.logged] / r.propensity for r, p in zip(rows, probabilities, strict=True)]
+    )
+    squares = float((weight**2).sum())
+    return float(weight.sum() ** 2 / squares) if squares > 0 else 0.0
+
+
 def _sample_se(terms: np.ndarray) -> float:
     n = len(terms)
     return float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
@@ -383,14 +396,19 @@ def main(argv: list[str] | None = None) -> int:
     specs = args.policy or ["logged", "none"]
     mean = float(np.mean([r.reward for r in rows]))
     print(f"{len(rows)} decisions; logged policy's mean reward {mean:.3f} per decision")
-    print(f"{'candidate':<36} " + " ".join(f"{m:>28}" for m in METHODS))
+    print(f"{'candidate':<36} {'effective':>9} " + " ".join(f"{m:>28}" for m in METHODS))
     results = {}
     for spec in specs:
         policy = candidate(spec)
-        estimates = evaluate(rows, [policy(r) for r in rows], model)
-        results[spec] = [e.__dict__ for e in estimates]
+        probabilities = [policy(r) for r in rows]
+        estimates = evaluate(rows, probabilities, model)
+        effective = effective_rows(rows, probabilities)
+        results[spec] = {
+            "effective_rows": effective,
+            "estimates": [e.__dict__ for e in estimates],
+        }
         cells = [f"{e.value:9.3f} [{e.low:8.3f},{e.high:8.3f}]" for e in estimates]
-        print(f"{spec:<36} " + " ".join(f"{c:>28}" for c in cells))
+        print(f"{spec:<36} {effective:>9.0f} " + " ".join(f"{c:>28}" for c in cells))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

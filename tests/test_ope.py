@@ -242,6 +242,11 @@ def test_ope_command(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "400 decisions" in printed and "IPS" in printed
-    assert set(json.loads(out.read_text())) == {"none", "logged"}
+    written = json.loads(out.read_text())
+    assert set(written) == {"none", "logged"}
+    assert [e["method"] for e in written["none"]["estimates"]] == list(ope.METHODS)
+    # the logging policy's own weights are all 1: every decision counts
+    assert written["logged"]["effective_rows"] == pytest.approx(400)
+    assert 0 < written["none"]["effective_rows"] < 400
     with pytest.raises(ValueError):
         ope.candidate("magic")
