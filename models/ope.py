@@ -204,6 +204,11 @@ def _fold(decision_id: str, folds: int) -> int:
     )
 
 
+LEAF_ROWS = 50
+"""The reward models' smallest leaf (LightGBM ``min_child_samples``): an action logged fewer
+times cannot have a leaf of its own."""
+
+
 def _cross_fit(
     rows: Sequence[Row], designs: list[np.ndarray], target: np.ndarray, folds: int, seed: int
 ) -> dict[str, np.ndarray]:
@@ -223,7 +228,7 @@ def _cross_fit(
             n_estimators=200,
             learning_rate=0.05,
             num_leaves=15,
-            min_child_samples=50,
+            min_child_samples=LEAF_ROWS,
             subsample=0.8,
             subsample_freq=1,
             random_state=seed,
@@ -241,25 +246,44 @@ def _cross_fit(
 @dataclass
 class RewardModel:
     """Cross-fitted moments of the reward for every row and allowed action: the mean
-    ``q(x_i, a)`` (``predictions``), ``E[r^2]`` (``squares``) and ``E[(r - q)^2]``
-    (``residual_squares``). The two second moments give each estimator's variance over the
-    logging policy's choice, for rarely chosen actions too (`evaluate`)."""
+    ``q(x_i, a)`` (``predictions``) and the mean squared error ``E[(r - q)^2]`` around it
+    (``residual_squares``), from which `evaluate` computes each estimator's variance over the
+    logging policy's choice.
+
+    The squared-error model learns from the logged actions' rows, so an action logged fewer
+    than `LEAF_ROWS` times borrows the others' errors, while ``q`` may well be worse for it:
+    such an action's squared error is at least the mean squared residual of the rows that
+    logged it (of all rows, for an action no row logged)."""
 
     predictions: dict[str, np.ndarray]
-    squares: dict[str, np.ndarray]
     residual_squares: dict[str, np.ndarray]
 
     @classmethod
     def fit(cls, rows: Sequence[Row], folds: int = 2, seed: int = 0) -> RewardModel:
         designs = [_design(r) for r in rows]
-        reward = np.array([r.reward for r in rows])
-        q = _cross_fit(rows, designs, reward, folds, seed)
-        residual = np.array([r.reward - q[r.decision_id][r.logged] for r in rows])
-        squares, residual_squares = (
-            {k: np.maximum(v, 0.0) for k, v in _cross_fit(rows, designs, t, folds, seed).items()}
-            for t in (reward**2, residual**2)
-        )
-        return cls(q, squares, residual_squares)
+        q = _cross_fit(rows, designs, np.array([r.reward for r in rows]), folds, seed)
+        squared = np.array([(r.reward - q[r.decision_id][r.logged]) ** 2 for r in rows])
+        modelled = _cross_fit(rows, designs, squared, folds, seed)
+        logged: dict[str, list[float]] = {}
+        for row, error in zip(rows, squared, strict=True):
+            logged.setdefault(row.options[row.logged], []).append(float(error))
+        pooled = float(squared.mean()) if len(rows) else 0.0
+        floor = {
+            action: float(np.mean(errors)) if len(errors) < LEAF_ROWS else 0.0
+            for action, errors in logged.items()
+        }
+        residual_squares = {
+            r.decision_id: np.maximum(
+                modelled[r.decision_id], [floor.get(a, pooled) for a in r.options]
+            )
+            for r in rows
+        }
+        return cls(q, residual_squares)
+
+
+def _weights(rows: Sequence[Row], probabilities: Sequence[np.ndarray]) -> np.ndarray:
+    """Importance weights ``pi(a_i | x_i) / p_i`` of the logged actions."""
+    return np.array([p[r.logged] / r.propensity for r, p in zip(rows, probabilities, strict=True)])
 
 
 def _spread(row: Row, p: np.ndarray) -> np.ndarray:
@@ -273,27 +297,60 @@ def _spread(row: Row, p: np.ndarray) -> np.ndarray:
     return spread
 
 
+def _modelled_variances(
+    rows: Sequence[Row],
+    probabilities: Sequence[np.ndarray],
+    model: RewardModel,
+    values: tuple[float, float, float],
+) -> tuple[float, float, float]:
+    """Per-row variances of the IPS, SNIPS and DR terms over the logging policy's choice, from
+    the reward model's moments (``values``: the three estimates):
+
+        IPS    mean_i sum_a spread (e + q^2) - IPS^2
+        SNIPS  mean_i sum_a spread (e + (q - SNIPS)^2)       delta method, E[w] = 1
+        DR     mean_i [ (sum_a pi q - DR)^2 + sum_a spread e ]
+
+    with ``e`` the squared error around ``q`` and ``spread`` `_spread`. Infinite without
+    support."""
+    ips, snips, dr = values
+    second = np.zeros(3)
+    for row, p in zip(rows, probabilities, strict=True):
+        spread = _spread(row, p)
+        if np.isinf(spread).any():
+            return math.inf, math.inf, math.inf
+        q = model.predictions[row.decision_id]
+        error = model.residual_squares[row.decision_id]
+        second += (
+            spread @ (error + q**2),
+            spread @ (error + (q - snips) ** 2),
+            (p @ q - dr) ** 2 + spread @ error,
+        )
+    second /= len(rows)
+    return float(second[0] - ips**2), float(second[1]), float(second[2])
+
+
 def _estimate(method: str, value: float, se: float, modelled: float, n: int) -> Estimate:
     """A normal 95% interval on the larger of the sample standard error ``se`` and the one from
-    ``modelled``, the per-row variance the reward model's moments give (NaN: none)."""
-    if n > 0 and not math.isnan(modelled):
-        se = max(se, math.sqrt(max(modelled, 0.0) / n))
+    ``modelled``, the per-row variance the reward model's moments give (NaN: unknown)."""
+    both = (se, math.sqrt(max(modelled, 0.0) / n) if n else math.nan)
+    se = max((e for e in both if not math.isnan(e)), default=math.nan)
+    if math.isinf(se):
+        return Estimate(method, value, se, -math.inf, math.inf, n)
     return Estimate(method, value, se, value - Z95 * se, value + Z95 * se, n)
 
 
 def effective_rows(rows: Sequence[Row], probabilities: Sequence[np.ndarray]) -> float:
     """Kish's effective sample size of the importance weights, ``(sum w)^2 / sum w^2``: about
     how many logged decisions carry the candidate's estimate (few: expect a wide interval)."""
-    weight = np.array(
-        [p[r.logged] / r.propensity for r, p in zip(rows, probabilities, strict=True)]
-    )
+    weight = _weights(rows, probabilities)
     squares = float((weight**2).sum())
     return float(weight.sum() ** 2 / squares) if squares > 0 else 0.0
 
 
 def _sample_se(terms: np.ndarray) -> float:
+    """The standard error of the mean of ``terms`` (NaN for fewer than two)."""
     n = len(terms)
-    return float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
 
 
 def evaluate(
@@ -306,48 +363,37 @@ def evaluate(
     logging policy took a handful of times adds its ``pi^2 / mu`` share of the variance only in
     the rows where it was taken, and with a few such rows the sample variance is far too small.
     With a model, each method's variance over the logging policy's choice is also computed from
-    the logged probabilities of every allowed action and the reward model's second moments, and
-    the larger of the two standard errors is used. A candidate that takes an action the logging
-    policy never takes gets an infinite interval."""
+    the logged probabilities of every allowed action and the reward model's moments
+    (`_modelled_variances`), and the larger of the two standard errors is used. A candidate
+    that takes an action the logging policy never takes gets an infinite interval."""
     n = len(rows)
     reward = np.array([r.reward for r in rows])
-    weight = np.array(
-        [p[r.logged] / r.propensity for r, p in zip(rows, probabilities, strict=True)]
-    )
+    weight = _weights(rows, probabilities)
     ips_terms = weight * reward
-    ips = float(ips_terms.mean()) if n else float("nan")
+    ips = float(ips_terms.mean()) if n else math.nan
     total = weight.sum()
-    snips = float(ips_terms.sum() / total) if total > 0 else float("nan")
+    snips = float(ips_terms.sum() / total) if total > 0 else math.nan
     snips_se = (
-        float(np.sqrt(np.sum((weight * (reward - snips)) ** 2)) / total)
-        if total > 0
-        else float("nan")
+        float(np.sqrt(np.sum((weight * (reward - snips)) ** 2)) / total) if total > 0 else math.nan
     )
-    if model is None or n == 0:
-        estimates = [
+    if model is None:
+        return [
             _estimate("IPS", ips, _sample_se(ips_terms), math.nan, n),
             _estimate("SNIPS", snips, snips_se, math.nan, n),
         ]
-        return estimates if model is None else [*estimates, _estimate("DR", *[math.nan] * 3, n)]
-    ips_var = snips_var = dr_var = 0.0
-    dr_terms = np.empty(n)
-    for i, (row, p) in enumerate(zip(rows, probabilities, strict=True)):
-        q = model.predictions[row.decision_id]
-        direct = float(p @ q)
-        dr_terms[i] = direct + weight[i] * (row.reward - q[row.logged])
-        spread = _spread(row, p)
-        if np.isinf(spread).any():
-            ips_var = snips_var = dr_var = math.inf
-            continue
-        squares = model.squares[row.decision_id]
-        ips_var += spread @ squares
-        snips_var += spread @ (squares - 2 * snips * q + snips**2)
-        dr_var += direct**2 + spread @ model.residual_squares[row.decision_id]
-    dr = float(dr_terms.mean())
+    logged_q = np.array([model.predictions[r.decision_id][r.logged] for r in rows])
+    direct = np.array(
+        [p @ model.predictions[r.decision_id] for r, p in zip(rows, probabilities, strict=True)]
+    )
+    dr_terms = direct + weight * (reward - logged_q)
+    dr = float(dr_terms.mean()) if n else math.nan
+    modelled = (
+        _modelled_variances(rows, probabilities, model, (ips, snips, dr)) if n else (math.nan,) * 3
+    )
     return [
-        _estimate("IPS", ips, _sample_se(ips_terms), ips_var / n - ips**2, n),
-        _estimate("SNIPS", snips, snips_se, snips_var * n / total**2 if total > 0 else math.nan, n),
-        _estimate("DR", dr, _sample_se(dr_terms), dr_var / n - dr**2, n),
+        _estimate("IPS", ips, _sample_se(ips_terms), modelled[0], n),
+        _estimate("SNIPS", snips, snips_se, modelled[1], n),
+        _estimate("DR", dr, _sample_se(dr_terms), modelled[2], n),
     ]
 
 

@@ -152,11 +152,52 @@ def test_a_rarely_logged_action_gets_an_interval_that_still_covers():
         assert modelled[method] / logs >= 0.9, (method, modelled)
 
 
-def test_an_action_the_logging_policy_never_takes_gets_an_infinite_interval(log):
-    rows, model = log
-    never = [replace(r, probabilities=np.array([0.5, 0.0, 0.5])) for r in rows]
-    for e in ope.evaluate(never, [ope.static("percent_off:p10")(r) for r in never], model):
+def test_an_action_the_logging_policy_never_takes_gets_an_infinite_interval():
+    rows = ope.load_rows(*synthetic_log(300, offer_share=0.0))
+    model = ope.RewardModel.fit(rows)
+    candidate = ope.static("percent_off:p10")
+    for e in ope.evaluate(rows, [candidate(r) for r in rows], model):
         assert e.low == -math.inf and e.high == math.inf, e
+
+
+def oracle(rows: list[ope.Row], shift: float = 0.0) -> ope.RewardModel:
+    """The true mean rewards (plus ``shift``) and the noise variance, 25."""
+    return ope.RewardModel(
+        {
+            r.decision_id: np.array([mean_reward(r.features, a) + shift for a in range(3)])
+            for r in rows
+        },
+        {r.decision_id: np.full(3, 25.0) for r in rows},
+    )
+
+
+def test_modelled_variances_follow_the_formulas_on_one_decision():
+    """One decision, no offer logged (p = 0.9; the offer 0.05): the candidate "always the offer"
+    has weight 0 here, so the sample gives no standard error and the modelled one is exact:
+    IPS  sum_a pi^2/mu (e + q^2) - IPS^2 = 20 (9 + 400) - 0,  DR  (DM - DR)^2 + 20 * 9."""
+    (row,) = ope.load_rows(*synthetic_log(1))
+    row = replace(
+        row, logged=0, propensity=0.9, reward=12.0, probabilities=np.array([0.9, 0.05, 0.05])
+    )
+    model = ope.RewardModel(
+        {row.decision_id: np.array([10.0, 20.0, 11.0])},
+        {row.decision_id: np.array([4.0, 9.0, 1.0])},
+    )
+    ips, snips, dr = ope.evaluate([row], [np.array([0.0, 1.0, 0.0])], model)
+    assert ips.value == 0.0 and ips.se == pytest.approx(math.sqrt(20 * 409))
+    assert dr.value == 20.0 and dr.se == pytest.approx(math.sqrt(20 * 9))
+    assert math.isnan(snips.value)  # no logged decision of the candidate's: undefined
+
+
+def test_dr_interval_does_not_move_with_the_reward_level(log):
+    rows, _ = log
+    candidate = ope.static("free_shipping")
+    probabilities = [candidate(r) for r in rows]
+    *_, dr = ope.evaluate(rows, probabilities, oracle(rows))
+    shifted = [replace(r, reward=r.reward + 1000.0) for r in rows]
+    *_, dr_shifted = ope.evaluate(shifted, probabilities, oracle(rows, shift=1000.0))
+    assert dr_shifted.value == pytest.approx(dr.value + 1000.0)
+    assert dr_shifted.se == pytest.approx(dr.se)
 
 
 def test_a_targeted_candidate_and_the_logging_policy(log):
