@@ -7,9 +7,14 @@ order, and the items' popularity, trend and repeat rate at the scoring time), tr
 orders before the cutoff like the model. Items never bought before follow in popularity order.
 Hit@1 and Hit@10 under the `models.evaluate` protocol, next to personal frequency.
 
-The ``+ future popularity`` row adds one feature nobody can have: how many orders hold the
+The ``+ future popularity`` rows add one feature nobody can have: how many orders hold the
 item in the 30 days after the scoring time (read from the whole file, the test period
 included). It bounds what knowing the season's trends in advance could add.
+
+The ``+ new products`` rows rank, with the customer's past items, `NEW_PRODUCTS` products
+they never bought: the most ordered of the last 30 days (with the future feature, also those
+of the next 30 days), with the same columns (the customer's own ones zero but their order count
+and idle days) and a column that marks them new.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import torch
 from models import baselines
 from models.evaluate import SMALL
 from models.sequences import (
+    REPEAT_FEATURES,
+    EncodedHistory,
     EncoderConfig,
     Example,
     Vocab,
@@ -36,6 +43,7 @@ from models.sequences import (
 from models.train import DEFAULT_DATA, target_ranks
 
 FUTURE_DAYS = 30
+NEW_PRODUCTS = 50
 _DAY = 86400.0
 
 
@@ -51,23 +59,47 @@ def future_popularity(orders: dict, vocab: Vocab) -> tuple[np.ndarray, int]:
     return np.cumsum(daily, axis=0), first
 
 
-def rows(history, target: set[int], future: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """One row per previously bought item: its repeat features (+ future popularity), label."""
-    feats = history.repeat_feats
+def new_products(history: EncodedHistory, future: np.ndarray | None) -> np.ndarray:
+    """The `NEW_PRODUCTS` never-bought items most ordered in the last 30 days, and with
+    ``future`` also those most ordered in the next 30."""
+    rankings = [history.catalogue[:, 1]] + ([future] if future is not None else [])
+    picked: set[int] = set()
+    for ranking in rankings:
+        score = ranking.astype(np.float64)
+        score[0] = -np.inf
+        score[history.repeat_items] = -np.inf
+        picked.update(np.argpartition(-score, NEW_PRODUCTS)[:NEW_PRODUCTS].tolist())
+    return np.array(sorted(picked), np.int64)
+
+
+def rows(
+    history: EncodedHistory, target: set[int], future: np.ndarray | None, new: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate items (the previously bought ones, then with ``new`` `new_products`), their
+    features (+ future popularity) and labels."""
+    items, feats = history.repeat_items, history.repeat_feats
+    if new:
+        fresh = new_products(history, future)
+        blank = np.zeros((len(fresh), REPEAT_FEATURES), np.float32)
+        blank[:, 8:10] = history.repeat_feats[0, 8:10]  # the customer's order count, idle days
+        blank[:, 11:] = history.catalogue[fresh]
+        is_new = np.r_[np.zeros(len(items)), np.ones(len(fresh))]
+        items = np.concatenate([items, fresh])
+        feats = np.column_stack([np.concatenate([feats, blank]), is_new])
     if future is not None:
-        feats = np.column_stack([feats, np.log1p(future[history.repeat_items])])
-    labels = np.array([i in target for i in history.repeat_items.tolist()], np.float32)
-    return feats, labels
+        feats = np.column_stack([feats, np.log1p(future[items])])
+    labels = np.array([i in target for i in items.tolist()], np.float32)
+    return items, feats, labels
 
 
-def fit_ranker(examples: list[Example], future_at, seed: int) -> lgb.Booster:
+def fit_ranker(examples: list[Example], future_at, seed: int, new: bool) -> lgb.Booster:
     """Binary trees on item rows; an example weighs like in training, split over its rows."""
     per_customer: dict[str, int] = {}
     for e in examples:
         per_customer[e.customer] = per_customer.get(e.customer, 0) + 1
     xs, ys, ws = [], [], []
     for e in examples:
-        x, y = rows(e.history, set(e.target.tolist()), future_at and future_at(e.seconds))
+        _, x, y = rows(e.history, set(e.target.tolist()), future_at and future_at(e.seconds), new)
         xs.append(x)
         ys.append(y)
         ws.append(np.full(len(y), per_customer[e.customer] ** -0.5 / max(len(y), 1)))
@@ -107,22 +139,33 @@ def main(argv: list[str]) -> int:
     frequency = baselines.personal_frequency([before[c] for c in customers], vocab)
     results = {"personal_frequency": target_ranks(frequency, target_mask)}
     popularity = torch.arange(len(vocab), 0, -1, dtype=torch.float64)
-    for name, oracle in (("gbm_repeat_features", None), ("gbm + future popularity", future_at)):
-        ranker = fit_ranker(examples, oracle, args.seed)
+    variants = {
+        "gbm_repeat_features": (None, False),
+        "gbm + new products": (None, True),
+        "gbm + future popularity": (future_at, False),
+        "gbm + new + future": (future_at, True),
+    }
+    for name, (oracle, new) in variants.items():
+        ranker = fit_ranker(examples, oracle, args.seed, new)
         scores = popularity.repeat(len(customers), 1)
         for row, h in enumerate(tests):
             if len(h.repeat_items):
-                x, _ = rows(h, targets[row], oracle and oracle(cutoff))
+                items, x, _ = rows(h, targets[row], oracle and oracle(cutoff), new)
                 score = torch.from_numpy(ranker.predict(x))
-                scores[row, torch.from_numpy(h.repeat_items)] = 1e6 + score
+                scores[row, torch.from_numpy(items)] = 1e6 + score
         scores[:, 0] = -torch.inf
         results[name] = target_ranks(scores, target_mask)
     print(f"cutoff {args.cutoff}, {len(customers)} customers, {int(small.sum())} with <= {SMALL}")
-    print(f"{'method':<26}{'Hit@1':>8}{'Hit@10':>8}   {'cohort <=' + str(SMALL):>14}")
+    print(f"{'method':<26}{'Hit@1':>8}{'gain':>8}{'Hit@10':>8}{'gain':>8}   cohort <={SMALL}")
+    base = results["personal_frequency"]
+    b1, b10 = ((base <= k).double().mean().item() for k in (1, 10))
     for name, ranks in results.items():
         h1, h10 = ((ranks <= k).double().mean().item() for k in (1, 10))
         s1, s10 = ((ranks[small] <= k).double().mean().item() for k in (1, 10))
-        print(f"{name:<26}{h1:>8.4f}{h10:>8.4f}   {s1:>7.4f}{s10:>7.4f}")
+        print(
+            f"{name:<26}{h1:>8.4f}{h1 / b1 - 1:>+8.1%}{h10:>8.4f}{h10 / b10 - 1:>+8.1%}"
+            f"   {s1:>7.4f}{s10:>7.4f}"
+        )
     return 0
 
 
