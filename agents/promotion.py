@@ -71,6 +71,8 @@ from faust.streams import _current_event
 from agents.outreach import timer_table
 from streams import promo_metrics, rewards
 from streams.app import NextbestApp
+from streams.bandit import BanditChooser, BanditConfig, LinearThompson
+from streams.objective import ObjectiveConfig
 from streams.promotion_policy import (
     PartitionedLearning,
     PromotionPolicy,
@@ -360,6 +362,21 @@ def load_bandit(policy: PromotionPolicy, path: Path) -> bool:
     return True
 
 
+def bandit_start(path: str, objective: ObjectiveConfig) -> dict[str, LinearThompson]:
+    """Per merchant, the bandit of a ``nextbest promo-retrain`` file (``path`` empty: none).
+    A file that cannot be read or is of another format stops the worker at start."""
+    if not path:
+        return {}
+    try:
+        state = orjson.loads(Path(path).read_bytes())["bandit"]
+        return {
+            merchant: LinearThompson.from_dict(data, BanditConfig(), objective)
+            for merchant, data in state.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"NEXTBEST_PROMO_BANDIT_START {path}: {exc!r}") from None
+
+
 def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> PromotionHooks:
     """The promotion policy and its hooks for this worker (``NEXTBEST_POLICY=promotion``)."""
     ledgers = LedgerTable(nb.ledgers)
@@ -368,8 +385,18 @@ def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> Promoti
     def partition_of(customer_key: str) -> int:
         return hooks.partition_of(customer_key)
 
+    objective = ObjectiveConfig(
+        horizon_weeks=nb.settings.promo_horizon_weeks,
+        dependency_cost=nb.settings.promo_dependency_cost,
+    )
     policy = PromotionPolicy(
         experiment=nb.settings.experiment(),
+        variants={
+            "bandit": BanditChooser(
+                objective=objective, start=bandit_start(nb.settings.promo_bandit_start, objective)
+            )
+        },
+        objective=objective,
         ledgers=ledgers,
         partitions=nb.settings.partitions,
         partition_of=partition_of,

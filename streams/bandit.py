@@ -42,7 +42,7 @@ to the one model that learned them all -- how the workers share one bandit
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -353,17 +353,22 @@ class BanditChooser:
     """The learned variant: one `LinearThompson` per merchant."""
 
     def __init__(
-        self, config: BanditConfig | None = None, objective: ObjectiveConfig | None = None
+        self,
+        config: BanditConfig | None = None,
+        objective: ObjectiveConfig | None = None,
+        start: Mapping[str, LinearThompson] | None = None,
     ):
         self.name = "linear-ts"
         self.config = config or BanditConfig()
         self.objective = objective or ObjectiveConfig()
         self.models: dict[str, LinearThompson] = {}
+        #: per merchant, statistics every model of it starts from (e.g. `nextbest promo-retrain`)
+        self.start = dict(start or {})
 
     def model(self, merchant_id: str) -> LinearThompson:
         model = self.models.get(merchant_id)
         if model is None:
-            model = self.models[merchant_id] = LinearThompson(self.config, self.objective)
+            model = self.models[merchant_id] = self._merged(merchant_id, ())
         return model
 
     def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice:
@@ -393,8 +398,13 @@ class BanditChooser:
         return LinearThompson(self.config, self.objective)
 
     def set_merged(self, merchant_id: str, parts: Iterable[LinearThompson]) -> None:
-        """The merchant's model becomes the prior plus the parts' statistics."""
-        self.models[merchant_id] = LinearThompson.merged(parts, self.config, self.objective)
+        """The merchant's model becomes the prior plus its start's and the parts' statistics."""
+        self.models[merchant_id] = self._merged(merchant_id, parts)
+
+    def _merged(self, merchant_id: str, parts: Iterable[LinearThompson]) -> LinearThompson:
+        start = self.start.get(merchant_id)
+        starts = [start] if start is not None else []
+        return LinearThompson.merged([*starts, *parts], self.config, self.objective)
 
 
 def _certain(index: int, k: int, version: str) -> Choice:

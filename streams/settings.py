@@ -98,6 +98,16 @@ class Settings:
     #: "variant"}]}`` (variants: bandit, rules, static:<action>); empty: ``promo-1``, a 10%
     #: holdout and the bandit for everyone else
     promo_experiment: str = ""
+    #: The promotion objective's horizon in weeks: a customer's expected margin without offers
+    #: and a discount's dependency cost are counted over it (`streams.objective`)
+    promo_horizon_weeks: float = 10.0
+    #: Future margin lost per unit of discount depth, as a share of the horizon's margin (the
+    #: discount-dependency term of `streams.objective`)
+    promo_dependency_cost: float = 0.5
+    #: A ``nextbest promo-retrain`` output the bandit starts from instead of the bare prior, per
+    #: merchant in it (for a new deployment or a fresh bandit table: rewards in it that the
+    #: worker learns again count twice); empty: the prior
+    promo_bandit_start: str = ""
     topics: Topics = field(default_factory=Topics)
 
     @classmethod
@@ -155,6 +165,10 @@ class Settings:
             )
         if self.promo_experiment:
             self.experiment()
+        if self.promo_horizon_weeks <= 0 or self.promo_dependency_cost < 0:
+            raise ValueError(
+                "NEXTBEST_PROMO_HORIZON_WEEKS must be > 0 and NEXTBEST_PROMO_DEPENDENCY_COST >= 0"
+            )
         self.merchant_tokens()  # raises on a malformed NEXTBEST_API_TOKENS
         if self.api_admin_token and len(self.api_admin_token) < 16:
             raise ValueError("NEXTBEST_API_ADMIN_TOKEN must be at least 16 characters")

@@ -8,9 +8,14 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
+from agents import promotion
 from agents.promotion import LedgerTable, load_bandit, save_bandit
+from models import promo_log
+from streams.app import create_app
 from streams.promo_features import FEATURE_NAMES
 from streams.promotion_policy import PromotionPolicy
+from streams.settings import Settings
+from tests.test_ope import synthetic_log
 
 
 class FakeEvent:
@@ -47,8 +52,14 @@ def test_ledger_of_a_partition_without_an_event_in_the_batch_is_refused():
 
 def test_bandit_checkpoint_round_trip(tmp_path):
     policy = PromotionPolicy()
-    reward = {"merchant_id": "shop", "decision_id": "d1", "features": [0.5] * len(FEATURE_NAMES),
-              "action": "none", "purchased": True, "redeemed": False}
+    reward = {
+        "merchant_id": "shop",
+        "decision_id": "d1",
+        "features": [0.5] * len(FEATURE_NAMES),
+        "action": "none",
+        "purchased": True,
+        "redeemed": False,
+    }
     assert policy.variants["bandit"].learn(reward)
     path = tmp_path / "state" / "promo-bandit.json"
     save_bandit(policy, path)
@@ -65,3 +76,40 @@ def test_unusable_checkpoint_leaves_the_prior(tmp_path):
     bad.write_text('{"bandit": {"shop": {"format": "other"}}}')
     assert not load_bandit(policy, bad)
     assert policy.state_dict() == {"bandit": {}}
+
+
+def test_the_worker_decides_with_the_objective_of_its_settings(tmp_path):
+    settings = Settings(
+        policy="promotion",
+        promo_horizon_weeks=4.0,
+        promo_dependency_cost=0.25,
+        state_dir=tmp_path,
+    )
+    hooks = promotion.register(create_app(settings))
+    for objective in (hooks.policy.objective, hooks.policy.variants["bandit"].objective):
+        assert (objective.horizon_weeks, objective.dependency_cost) == (4.0, 0.25)
+
+
+def test_the_bandit_starts_from_a_retrained_file_and_keeps_learning_on_top(tmp_path):
+    decisions, rewards = synthetic_log(200)
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(orjson.dumps(r).decode() for r in decisions + rewards) + "\n")
+    start = tmp_path / "retrained.json"
+    assert promo_log.main(["--log", str(log), "--out", str(start)]) == 0
+    settings = Settings(policy="promotion", promo_bandit_start=str(start), state_dir=tmp_path)
+    bandit = promotion.register(create_app(settings)).policy.variants["bandit"]
+    assert bandit.model("shop").updates == 200  # before any reward of this worker
+    part = bandit.learner()
+    part.update("new-1", [0.5] * len(FEATURE_NAMES), "none", True, False)
+    bandit.set_merged("shop", [part])  # what a partition's learning does
+    assert bandit.model("shop").updates == 201
+    assert bandit.model("other-shop").updates == 0  # a merchant not in the file: the prior
+
+
+def test_an_unreadable_bandit_start_stops_the_worker_at_start(tmp_path):
+    bad = tmp_path / "retrained.json"
+    bad.write_text('{"bandit": {"shop": {"format": "other"}}}')
+    for path in (bad, tmp_path / "missing.json"):
+        settings = Settings(policy="promotion", promo_bandit_start=str(path), state_dir=tmp_path)
+        with pytest.raises(ValueError, match="NEXTBEST_PROMO_BANDIT_START"):
+            promotion.register(create_app(settings))

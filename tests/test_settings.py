@@ -60,6 +60,9 @@ def test_every_field_type_is_parsed():
         "NEXTBEST_MODEL_TOP_K": "8",
         "NEXTBEST_POLICY": "promotion",
         "NEXTBEST_PROMO_EXPERIMENT": '{"id": "ab-1", "holdout": 0.2, "arms": [{"name": "rules"}]}',
+        "NEXTBEST_PROMO_HORIZON_WEEKS": "4",
+        "NEXTBEST_PROMO_DEPENDENCY_COST": "0.25",
+        "NEXTBEST_PROMO_BANDIT_START": "/data/promo/retrained.json",
     }
     # The test must set every field (topics aside), so a new setting needs a case here.
     assert {f"NEXTBEST_{f.name.upper()}" for f in fields(Settings) if f.name != "topics"} == set(
@@ -101,6 +104,9 @@ def test_every_field_type_is_parsed():
         model_top_k=8,
         policy="promotion",
         promo_experiment='{"id": "ab-1", "holdout": 0.2, "arms": [{"name": "rules"}]}',
+        promo_horizon_weeks=4.0,
+        promo_dependency_cost=0.25,
+        promo_bandit_start="/data/promo/retrained.json",
     )
     assert settings.merchant_tokens() == {
         "aaaaaaaaaaaaaaaa1": "shop-a",
@@ -151,6 +157,8 @@ def test_invalid_values_name_the_variable(name, raw, type_name):
         ({"NEXTBEST_POLICY": "bandit"}, "NEXTBEST_POLICY must be one of rules, promotion"),
         ({"NEXTBEST_PROMO_EXPERIMENT": "[1]"}, "NEXTBEST_PROMO_EXPERIMENT: expected a JSON"),
         ({"NEXTBEST_PROMO_EXPERIMENT": '{"holdout": 2}'}, "NEXTBEST_PROMO_EXPERIMENT: .*holdout"),
+        ({"NEXTBEST_PROMO_HORIZON_WEEKS": "0"}, "NEXTBEST_PROMO_HORIZON_WEEKS must be > 0"),
+        ({"NEXTBEST_PROMO_DEPENDENCY_COST": "-1"}, "NEXTBEST_PROMO_DEPENDENCY_COST >= 0"),
     ],
 )
 def test_invalid_settings_name_the_variable(env, message):
