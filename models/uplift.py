@@ -2,8 +2,10 @@
 
 One arm is the control; every other arm is a treatment. For a batch of numeric feature rows
 the model returns, per treatment arm, the estimated uplift ``E[Y | x, arm] - E[Y | x, control]``
-and, per arm, the expected response ``E[Y | x, arm]``. The streaming policy turns these into
-expected incremental profit per offer.
+and, per arm, the expected response ``E[Y | x, arm]``. It is validated offline on the Hillstrom
+experiment (`models.hillstrom`, ``nextbest uplift-validate``); the streaming policy learns its
+per-offer purchase model online instead (`streams.bandit.LinearThompson`, Thompson sampling
+with logged propensities), as exploration needs a posterior to sample from.
 
 Learners (each fitted one treatment arm against the control):
 
