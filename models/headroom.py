@@ -156,6 +156,10 @@ def main(argv: list[str]) -> int:
         scores[:, 0] = -torch.inf
         results[name] = target_ranks(scores, target_mask)
     print(f"cutoff {args.cutoff}, {len(customers)} customers, {int(small.sum())} with <= {SMALL}")
+    repeats = np.mean(
+        [bool(t & set(h.repeat_items.tolist())) for t, h in zip(targets, tests, strict=True)]
+    )
+    print(f"target orders holding a product the customer bought before: {repeats:.1%}")
     print(f"{'method':<26}{'Hit@1':>8}{'gain':>8}{'Hit@10':>8}{'gain':>8}   cohort <={SMALL}")
     base = results["personal_frequency"]
     b1, b10 = ((base <= k).double().mean().item() for k in (1, 10))
