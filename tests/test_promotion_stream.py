@@ -8,6 +8,7 @@ from collections import Counter
 
 import orjson
 import pytest
+from aiokafka.partitioner import murmur2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from tests.harness import Cluster, event
@@ -51,19 +52,41 @@ def when(hours: float) -> str:
 def cart(i: int) -> dict:
     value = VALUES[i % len(VALUES)]
     line = {"product_id": f"P{i % 7}", "quantity": 1, "unit_price": value}
-    return event("cart_add", f"cart-{i}", customer=f"c{i}", merchant=MERCHANT, time=when(0),
-                 lines=[line], cart_value=value, currency="GBP")
+    return event(
+        "cart_add",
+        f"cart-{i}",
+        customer=f"c{i}",
+        merchant=MERCHANT,
+        time=when(0),
+        lines=[line],
+        cart_value=value,
+        currency="GBP",
+    )
 
 
 def order(i: int, total: float) -> dict:
     line = {"product_id": f"P{i % 7}", "quantity": 1, "unit_price": total}
-    return event("order", f"order-{i}", customer=f"c{i}", merchant=MERCHANT, time=when(1),
-                 order_id=f"O{i}", lines=[line], total=total, currency="GBP")
+    return event(
+        "order",
+        f"order-{i}",
+        customer=f"c{i}",
+        merchant=MERCHANT,
+        time=when(1),
+        order_id=f"O{i}",
+        lines=[line],
+        total=total,
+        currency="GBP",
+    )
 
 
 def read_topic(cluster: Cluster, topic: str) -> list[tuple[bytes, bytes | None]]:
-    consumer = Consumer({**cluster.settings.kafka_client_config(), "group.id": "test-ledgers",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            **cluster.settings.kafka_client_config(),
+            "group.id": "test-ledgers",
+            "enable.auto.commit": False,
+        }
+    )
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     records, empty = [], 0
@@ -78,8 +101,9 @@ def read_topic(cluster: Cluster, topic: str) -> list[tuple[bytes, bytes | None]]
 def metric(port: int, line_start: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(line_start))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)
+    )
 
 
 def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
@@ -99,9 +123,19 @@ def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
         redeemers = {o["customer_id"]: o for o in offers[::2]}
         follow_up = []
         for customer, offer in redeemers.items():
-            follow_up.append(("feedback", event("offer_redeemed", f"fb-{customer}",
-                                                customer=customer, merchant=MERCHANT,
-                                                time=when(1), offer_id=offer["offer_id"])))
+            follow_up.append(
+                (
+                    "feedback",
+                    event(
+                        "offer_redeemed",
+                        f"fb-{customer}",
+                        customer=customer,
+                        merchant=MERCHANT,
+                        time=when(1),
+                        offer_id=offer["offer_id"],
+                    ),
+                )
+            )
             follow_up.append(("orders", order(int(customer[1:]), offer["cart_value"])))
         buyers = [i for i in range(0, CUSTOMERS, 3) if f"c{i}" not in redeemers]
         follow_up += [("orders", order(i, VALUES[i % len(VALUES)])) for i in buyers]
@@ -113,9 +147,20 @@ def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
         # their own event, the others' by the sweep as their partitions' event time moves on.
         # (Sent after the day's feedback was processed, as it would arrive: windows close on
         # event time, and a backlog read topic by topic could close one before its feedback.)
-        late = [("clickstream", event("page_view", f"late-{i}", customer=f"c{i}",
-                                      merchant=MERCHANT, time=when(72), page="/"))
-                for i in range(0, CUSTOMERS, 2)]
+        late = [
+            (
+                "clickstream",
+                event(
+                    "page_view",
+                    f"late-{i}",
+                    customer=f"c{i}",
+                    merchant=MERCHANT,
+                    time=when(72),
+                    page="/",
+                ),
+            )
+            for i in range(0, CUSTOMERS, 2)
+        ]
         for kind, value in late:
             cluster.send(kind, value)
         cluster.flush()
@@ -201,8 +246,9 @@ def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
     budgeted = {d["decision_id"] for d in sent.values() if d["promotion_id"] in BUDGETS}
     assert set(reserved_ids) == budgeted
     for promotion in BUDGETS:
-        redeemed_caps = sum(o["max_discount"] for o in redeemers.values()
-                            if o["promotion_id"] == promotion)
+        redeemed_caps = sum(
+            o["max_discount"] for o in redeemers.values() if o["promotion_id"] == promotion
+        )
         assert spent[promotion] == pytest.approx(redeemed_caps)
     # The bandit learned from the rewards of its arm and checkpointed what it learned.
     learnable = [r for r in rewards if r["arm"] == "learned" and r["reason"] == "window_closed"]
@@ -210,3 +256,208 @@ def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
     # Per-customer limit: no customer holds two offers of one promotion.
     per_customer = Counter((o["customer_id"], o["promotion_id"]) for o in offers)
     assert max(per_customer.values()) == 1
+
+
+# --- budgets and per-customer limits across a restart -----------------------------------------
+
+CAPS_MERCHANTS = """\
+merchants:
+  budget-shop:
+    currency: GBP
+    shipping_cost: 5
+    margin_rate: 0.4
+    offer_ttl_hours: 48
+    channel_order: [email]
+    promotions:
+      - {id: ship-budget, type: free_shipping, min_spend: 40, budget: 40}
+  cap-shop:
+    currency: GBP
+    shipping_cost: 5
+    margin_rate: 0.4
+    offer_ttl_hours: 48
+    channel_order: [email]
+    promotions:
+      - {id: ship-capped, type: free_shipping, min_spend: 40, max_per_customer: 2}
+"""
+# Every cart is offered free shipping when the guard rails allow it (propensity 1, no holdout).
+CAPS_EXPERIMENT = {
+    "id": "caps-1",
+    "holdout": 0.0,
+    "arms": [{"name": "static", "weight": 1, "variant": "static:free_shipping"}],
+}
+SHIP_BUDGET, SHIP_COST, SHIP_LIMIT = 40.0, 5.0, 2
+CART_VALUE = 45.0  # above both promotions' minimum spend: only a guard rail can say no
+
+
+def shop_cart(merchant: str, customer: str, event_id: str, hours: float) -> dict:
+    line = {"product_id": "P1", "quantity": 1, "unit_price": CART_VALUE}
+    return event(
+        "cart_add",
+        event_id,
+        customer=customer,
+        merchant=merchant,
+        time=when(hours),
+        lines=[line],
+        cart_value=CART_VALUE,
+        currency="GBP",
+    )
+
+
+def checkout(merchant: str, customer: str, event_id: str, hours: float) -> dict:
+    return event(
+        "checkout",
+        event_id,
+        customer=customer,
+        merchant=merchant,
+        time=when(hours),
+        lines=[],
+        cart_value=0.0,
+        currency="GBP",
+    )
+
+
+def input_partition(key: str, partitions: int) -> int:
+    """The partition the harness's producer (murmur2, as Kafka's Java client) sends ``key`` to."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def blocked(port: int, reason: str) -> float:
+    return metric(port, f'nextbest_promo_blocked_actions_total{{reason="{reason}"}}')
+
+
+def test_budgets_and_customer_limits_bind_after_a_restart(tmp_path):
+    """A worker that exhausted a budget and capped customers is stopped; the workers after it
+    (on an empty state directory, then on the first one's stale directory) get new carts, with
+    new event ids, from new customers and from the capped ones: the recovered ledgers and
+    customer states must refuse them all, for the right reason."""
+    cluster = Cluster(tmp_path)
+    partitions = cluster.settings.partitions
+    share = SHIP_BUDGET / partitions
+    per_partition = int(share // SHIP_COST)  # offers one partition's share pays for
+    # New budget-shop customers, per input partition: per_partition + 1 before the stop (the
+    # last one is refused), 2 after each restart (all refused).
+    by_partition: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    i = 0
+    while min(len(names) for names in by_partition.values()) < per_partition + 5:
+        p = input_partition(f"budget-shop:c:b{i}", partitions)
+        by_partition[p].append(f"b{i}")
+        i += 1
+    before = [c for names in by_partition.values() for c in names[: per_partition + 1]]
+    after_b = [c for names in by_partition.values() for c in names[per_partition + 1 :][:2]]
+    after_a = [c for names in by_partition.values() for c in names[per_partition + 3 :][:2]]
+    capped = [f"k{j}" for j in range(4)]  # two offers each before the stop
+    fresh_b, fresh_a = ["f0", "f1"], ["f2", "f3"]  # cap-shop controls: offered after restarts
+
+    def send_all(values: list[dict]) -> None:
+        for value in values:
+            cluster.send("cart", value)
+        cluster.flush()
+
+    def second_carts(customers: list[str], tag: str, hours: float) -> list[dict]:
+        """A checkout, then a new cart (a new cart generation: a new decision)."""
+        return [
+            value
+            for c in customers
+            for value in (
+                checkout("cap-shop", c, f"{tag}-out-{c}", hours),
+                shop_cart("cap-shop", c, f"{tag}-cart-{c}", hours),
+            )
+        ]
+
+    try:
+        cluster.use_promotion(CAPS_MERCHANTS, CAPS_EXPERIMENT)
+        port_a = cluster.start_worker("a")
+        first = [shop_cart("budget-shop", c, f"cart-{c}", 0) for c in before]
+        first += [shop_cart("cap-shop", c, f"cart-{c}", 0) for c in capped]
+        send_all(first)
+        cluster.wait_processed(len(first))
+        second = second_carts(capped, "again", 1)
+        send_all(second)
+        cluster.wait_processed(len(first) + len(second))
+        decisions_a = len(before) + 2 * len(capped)
+        cluster.read("decisions", min_count=decisions_a, settle=0.3)  # all decided
+        blocked_a = {r: blocked(port_a, r) for r in ("budget", "customer_limit")}
+        cluster.stop_worker("a")
+
+        # Restart on an empty state directory: the tables come back from their changelogs.
+        port_b = cluster.start_worker("b")
+        third = [shop_cart("budget-shop", c, f"cart-{c}", 2) for c in after_b]
+        third += second_carts(capped, "b", 2)
+        third += [shop_cart("cap-shop", c, f"cart-{c}", 2) for c in fresh_b]
+        send_all(third)
+        cluster.wait_processed(len(third))
+        decisions_b = decisions_a + len(after_b) + len(capped) + len(fresh_b)
+        cluster.read("decisions", min_count=decisions_b, settle=0.3)
+        blocked_b = {r: blocked(port_b, r) for r in ("budget", "customer_limit")}
+        cluster.stop_worker("b")
+
+        # Restart on the first worker's directory, stale since its stop: it catches up.
+        port_a = cluster.start_worker("a2", state_dir="state-a")
+        fourth = [shop_cart("budget-shop", c, f"cart-{c}", 3) for c in after_a]
+        fourth += second_carts(capped, "a2", 3)
+        fourth += [shop_cart("cap-shop", c, f"cart-{c}", 3) for c in fresh_a]
+        send_all(fourth)
+        cluster.wait_processed(len(fourth))
+        decisions_all = decisions_b + len(after_a) + len(capped) + len(fresh_a)
+        decisions = cluster.read("decisions", min_count=decisions_all)
+        blocked_a2 = {r: blocked(port_a, r) for r in ("budget", "customer_limit")}
+        offers_all = partitions * per_partition + SHIP_LIMIT * len(capped) + len(fresh_b + fresh_a)
+        offers = cluster.read("promotions", min_count=offers_all)
+        changelog = f"{cluster.settings.app_id}-promo-ledgers-changelog"
+        ledgers = {
+            key.decode(): orjson.loads(value) for key, value in read_topic(cluster, changelog)
+        }
+        assert "Traceback" not in cluster.log("a") + cluster.log("b") + cluster.log("a2")
+    finally:
+        cluster.close()
+
+    by_cart = {d["cart_event_id"]: d for d in decisions}
+    assert len(decisions) == len(by_cart) == decisions_all  # every cart decided, once
+    assert all(d["policy"] == "static:free_shipping" and d["arm"] == "static" for d in decisions)
+
+    # Before the stop the budget bound: each partition's share paid for per_partition offers,
+    # the next customer of the partition was refused; nobody hit the customer limit yet.
+    assert blocked_a == {"budget": partitions, "customer_limit": 0}
+    # After each restart every new cart of the budgeted promotion is refused for its budget, and
+    # every capped customer's new cart for the limit; the fresh cap-shop customers are offered.
+    assert blocked_b == {"budget": len(after_b), "customer_limit": len(capped)}
+    assert blocked_a2 == {"budget": len(after_a), "customer_limit": len(capped)}
+
+    def options(event_id: str) -> list[str]:
+        return [o["action"] for o in by_cart[event_id]["options"]]
+
+    refused = [f"cart-{names[per_partition]}" for names in by_partition.values()]
+    refused += [f"cart-{c}" for c in after_b + after_a]
+    refused += [f"{tag}-cart-{c}" for tag in ("b", "a2") for c in capped]
+    for event_id in refused:
+        assert not by_cart[event_id]["sent"] and by_cart[event_id]["action"] == "none"
+        assert options(event_id) == ["none"]  # the guard rail took free shipping out
+    for c in fresh_b + fresh_a + capped:
+        assert by_cart[f"cart-{c}"]["sent"], c  # the same cart is offered where nothing binds
+    for c in capped:
+        assert by_cart[f"again-cart-{c}"]["sent"], c  # the second offer, within the limit
+
+    # The offers over all three workers: the budget never exceeded, exactly spent out, share by
+    # share; no customer above the limit.
+    budget_offers = [o for o in offers if o["promotion_id"] == "ship-budget"]
+    assert sum(o["max_discount"] for o in budget_offers) == pytest.approx(SHIP_BUDGET)
+    per_share = Counter(
+        input_partition(f"budget-shop:c:{o['customer_id']}", partitions) for o in budget_offers
+    )
+    assert per_share == dict.fromkeys(range(partitions), per_partition)
+    offered = {o["customer_id"] for o in budget_offers}
+    assert offered == {c for names in by_partition.values() for c in names[:per_partition]}
+    capped_offers = Counter(o["customer_id"] for o in offers if o["promotion_id"] == "ship-capped")
+    assert capped_offers == {
+        **dict.fromkeys(capped, SHIP_LIMIT),
+        **dict.fromkeys(fresh_b + fresh_a, 1),
+    }
+
+    # The ledgers hold the reservations of exactly those offers, and no refused decision.
+    budget_ledgers = {k: v for k, v in ledgers.items() if k.startswith("budget-shop:")}
+    assert set(budget_ledgers) == {f"budget-shop:ship-budget:{p}" for p in range(partitions)}
+    reserved = {d for ledger in budget_ledgers.values() for d in ledger["open"]}
+    assert reserved == {by_cart[f"cart-{c}"]["decision_id"] for c in offered}
+    for ledger in budget_ledgers.values():
+        assert ledger["budget"] == share and ledger["reserved"] == pytest.approx(share)
+        assert ledger["spent"] == 0 and not ledger["closed"]
