@@ -11,14 +11,19 @@ and the sum of the shares never exceeds the budget. A ledger::
     {"budget": share, "spent": money, "reserved": money,
      "open": {decision_id: [amount, expires_at]},   # reserved, not settled yet
      "closed": {decision_id: closed_at},            # settled or expired, kept for dedupe
+     "expired": {decision_id: [amount, expires_at]},  # released unredeemed, kept too
      "rejected": {decision_id: expires_at}}         # refused for lack of budget, kept too
 
 An offer reserves its maximum cost at issue (`reserve`); a redemption settles it
 (`settle`: spent += the cost, at most the reservation); an offer not redeemed by its expiry
-gives the reservation back (`expire`). Everything is keyed by decision id: reserving or
-settling the same decision twice (a replay) changes nothing, and a decision refused once stays
-refused. ``spent + reserved <= budget`` always holds. Closed and refused ids are kept for
-``CLOSED_RETENTION_S``.
+gives the reservation back (`expire`), `EXPIRY_GRACE_S` of event time after it expired, as a
+redemption made in time may be processed later (feedback and carts are separate topics).
+Everything is keyed by decision id: reserving or settling the same decision twice (a replay)
+changes nothing, and a decision refused once stays refused. ``spent + reserved <= budget``
+holds, with one exception the ledger records rather than hides: a redemption made before its
+offer expired but processed more than `EXPIRY_GRACE_S` later still counts as spent
+(``settled_late``), after its reservation may have gone to another offer. Closed, expired and
+refused ids are kept for ``CLOSED_RETENTION_S``.
 
 Customer side, in the customer's state under ``state["promo"]`` (`promo_state`)::
 
@@ -40,6 +45,7 @@ from streams.offers import Action
 
 DAY_S = 86400.0
 CLOSED_RETENTION_S = 14 * DAY_S
+EXPIRY_GRACE_S = 3600.0
 MAX_REDEEMED = 20
 REASONS = ("min_margin", "customer_limit", "exclusive", "group", "budget")
 
@@ -111,8 +117,16 @@ def reserve(ledger: dict, decision_id: str, amount: float, expires_at: float) ->
 
 
 def settle(ledger: dict, decision_id: str, ts: float, cost: float | None = None) -> str:
-    """A redemption: spend ``cost`` (default: the reservation; never more than it) and release
-    the rest. ``settled``, ``duplicate`` (already closed) or ``unknown`` (never reserved)."""
+    """A redemption at ``ts``: spend ``cost`` (default: the reservation; never more than it)
+    and release the rest. ``settled``; ``settled_late`` (its reservation had been released,
+    but it was redeemed before the offer expired: spent all the same); ``duplicate`` (already
+    closed) or ``unknown`` (never reserved)."""
+    late = ledger.setdefault("expired", {}).get(decision_id)
+    if late is not None and ts <= late[1]:
+        del ledger["expired"][decision_id]
+        ledger["spent"] += _cost(late[0], cost)
+        ledger["closed"][decision_id] = ts
+        return "settled_late"
     if decision_id in ledger["closed"]:
         return "duplicate"
     entry = ledger["open"].pop(decision_id, None)
@@ -120,21 +134,31 @@ def settle(ledger: dict, decision_id: str, ts: float, cost: float | None = None)
         return "unknown"
     amount = entry[0]
     ledger["reserved"] = max(ledger["reserved"] - amount, 0.0)
-    ledger["spent"] += amount if cost is None else min(max(cost, 0.0), amount)
+    ledger["spent"] += _cost(amount, cost)
     ledger["closed"][decision_id] = ts
     return "settled"
 
 
+def _cost(reserved: float, cost: float | None) -> float:
+    return reserved if cost is None else min(max(cost, 0.0), reserved)
+
+
 def expire(ledger: dict, now: float) -> list[str]:
-    """Release the reservations of offers expired by ``now``; forget old closed ids."""
-    expired = [d for d, (_, expires_at) in ledger["open"].items() if expires_at <= now]
+    """Release the reservations of offers expired `EXPIRY_GRACE_S` before ``now``; forget old
+    closed, expired and refused ids."""
+    released = ledger.setdefault("expired", {})
+    expired = [
+        d for d, (_, expires_at) in ledger["open"].items() if expires_at + EXPIRY_GRACE_S <= now
+    ]
     for decision_id in expired:
-        amount, _ = ledger["open"].pop(decision_id)
-        ledger["reserved"] = max(ledger["reserved"] - amount, 0.0)
+        released[decision_id] = ledger["open"].pop(decision_id)
+        ledger["reserved"] = max(ledger["reserved"] - released[decision_id][0], 0.0)
         ledger["closed"][decision_id] = now
     for kept in (ledger["closed"], ledger.setdefault("rejected", {})):
         for decision_id in [d for d, ts in kept.items() if ts + CLOSED_RETENTION_S < now]:
             del kept[decision_id]
+    for decision_id in [d for d in released if d not in ledger["closed"]]:
+        del released[decision_id]
     if not ledger["open"]:
         ledger["reserved"] = 0.0  # no float drift once nothing is reserved
     return expired

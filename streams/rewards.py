@@ -147,7 +147,8 @@ def on_feedback(
         key = pending["terms"].get("ledger_key")
         if key is not None and ledgers is not None and key in ledgers:
             ledger = ledgers[key]
-            if guardrails.settle(ledger, pending["decision_id"], event["_ts"]) == "settled":
+            settled = guardrails.settle(ledger, pending["decision_id"], event["_ts"])
+            if settled in ("settled", "settled_late"):
                 ledgers[key] = ledger
     return pending["decision_id"]
 

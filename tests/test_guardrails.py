@@ -33,13 +33,26 @@ def test_reserve_settle_expire():
     assert (ledger["spent"], ledger["reserved"]) == (25.0, 60.0)
     assert g.settle(ledger, "d1", T0) == "duplicate"
     assert g.settle(ledger, "nope", T0) == "unknown"
-    assert g.expire(ledger, T0 + 2 * HOUR) == ["d2"]
+    assert g.expire(ledger, T0 + 2 * HOUR) == []  # expired, but a redemption may be on its way
+    assert g.expire(ledger, T0 + 2 * HOUR + g.EXPIRY_GRACE_S) == ["d2"]
     assert (ledger["spent"], ledger["reserved"], g.available(ledger)) == (25.0, 0.0, 75.0)
     assert g.reserve(ledger, "d2", 60.0, T0 + 9 * HOUR) == "duplicate"  # closed ids are kept
-    assert g.settle(ledger, "d2", T0 + 3 * HOUR) == "duplicate"  # expired: too late
-    g.expire(ledger, T0 + g.CLOSED_RETENTION_S + 3 * HOUR)
-    assert ledger["closed"] == {}
+    assert g.settle(ledger, "d2", T0 + 3 * HOUR) == "duplicate"  # redeemed after it expired
+    g.expire(ledger, T0 + g.CLOSED_RETENTION_S + 4 * HOUR)
+    assert ledger["closed"] == {} and ledger["expired"] == {}
     invariant(ledger)
+
+
+def test_a_redemption_processed_after_its_reservation_was_released_is_still_spent():
+    """Redeemed in time, processed after the grace: the ledger counts the money the shop gave,
+    even where the budget it freed went to another offer meanwhile."""
+    ledger = g.new_ledger(100.0)
+    assert g.reserve(ledger, "d1", 60.0, T0 + HOUR) == "reserved"
+    assert g.expire(ledger, T0 + HOUR + g.EXPIRY_GRACE_S) == ["d1"]
+    assert g.reserve(ledger, "d2", 80.0, T0 + 9 * HOUR) == "reserved"
+    assert g.settle(ledger, "d1", T0 + HOUR - 60, cost=50.0) == "settled_late"
+    assert g.settle(ledger, "d1", T0 + HOUR - 60, cost=50.0) == "duplicate"  # a replay
+    assert (ledger["spent"], ledger["reserved"]) == (50.0, 80.0)  # over the budget, recorded
 
 
 def test_settle_never_spends_more_than_the_reservation():
