@@ -121,8 +121,9 @@ MODEL_INFERENCE_CPU = Histogram(
 # --- promotion policy (streams.promo_metrics updates these) ----------------------------------
 PROMO_DECISIONS = Counter(
     "nextbest_promo_decisions",
-    "Promotion-policy decisions, by experiment arm, action kind and whether an offer was sent",
-    ["arm", "action_kind", "sent"],
+    "Promotion-policy decisions, by merchant, experiment arm, action kind and whether an offer "
+    "was sent",
+    ["merchant", "arm", "action_kind", "sent"],
     registry=REGISTRY,
 )
 PROMO_BLOCKED = Counter(
@@ -133,14 +134,14 @@ PROMO_BLOCKED = Counter(
 )
 PROMO_REWARDS = Counter(
     "nextbest_promo_rewards",
-    "Decisions whose attribution window closed, by arm and reason",
-    ["arm", "reason"],
+    "Decisions whose attribution window closed, by merchant, arm and reason",
+    ["merchant", "arm", "reason"],
     registry=REGISTRY,
 )
 PROMO_CONVERSIONS = Counter(
     "nextbest_promo_conversions",
-    "Closed decisions with an attributed order, by arm",
-    ["arm"],
+    "Closed decisions with an attributed order, by merchant and arm",
+    ["merchant", "arm"],
     registry=REGISTRY,
 )
 PROMO_REVENUE = Counter(

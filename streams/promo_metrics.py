@@ -23,7 +23,10 @@ _sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])  # p
 def observe_decisions(records: Iterable[dict], blocked: Mapping[str, int] | None = None) -> None:
     for record in records:
         metrics.PROMO_DECISIONS.labels(
-            record["arm"], record["action_kind"], "true" if record["sent"] else "false"
+            record["merchant_id"],
+            record["arm"],
+            record["action_kind"],
+            "true" if record["sent"] else "false",
         ).inc()
     for reason, count in (blocked or {}).items():
         if count:
@@ -34,9 +37,9 @@ def observe_rewards(rewards: Iterable[dict]) -> None:
     touched = set()
     for reward in rewards:
         merchant, arm = reward["merchant_id"], reward["arm"]
-        metrics.PROMO_REWARDS.labels(arm, reward["reason"]).inc()
+        metrics.PROMO_REWARDS.labels(merchant, arm, reward["reason"]).inc()
         if reward["purchased"]:
-            metrics.PROMO_CONVERSIONS.labels(arm).inc()
+            metrics.PROMO_CONVERSIONS.labels(merchant, arm).inc()
         metrics.PROMO_REVENUE.labels(merchant, arm).inc(reward["revenue"])
         metrics.PROMO_DISCOUNT_COST.labels(merchant, arm).inc(reward["discount_cost"])
         metrics.PROMO_PROFIT.labels(merchant, arm).observe(reward["profit"])

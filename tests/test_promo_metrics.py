@@ -25,16 +25,13 @@ def reward(arm: str, profit: float, purchased: bool = True) -> dict:
 
 
 def test_decisions_rewards_and_incremental_profit_per_arm():
-    before = value(
-        "nextbest_promo_decisions_total", arm="learned", action_kind="none", sent="false"
-    )
+    decision = {"merchant": "m-metrics", "arm": "learned", "action_kind": "none", "sent": "false"}
+    before = value("nextbest_promo_decisions_total", **decision)
     promo_metrics.observe_decisions(
-        [{"arm": "learned", "action_kind": "none", "sent": False}] * 3, {"budget": 2, "group": 0}
+        [{"merchant_id": "m-metrics", "arm": "learned", "action_kind": "none", "sent": False}] * 3,
+        {"budget": 2, "group": 0},
     )
-    assert (
-        value("nextbest_promo_decisions_total", arm="learned", action_kind="none", sent="false")
-        == before + 3
-    )
+    assert value("nextbest_promo_decisions_total", **decision) == before + 3
     assert value("nextbest_promo_blocked_actions_total", reason="budget") >= 2
     promo_metrics.observe_rewards(
         [
@@ -49,7 +46,8 @@ def test_decisions_rewards_and_incremental_profit_per_arm():
     assert value("nextbest_promo_profit_count", **labels) == 2
     assert value("nextbest_promo_profit_squares_total", **labels) == 35.0**2
     assert value("nextbest_promo_discount_cost_total", **labels) == 5.0
-    assert value("nextbest_promo_conversions_total", arm="learned") >= 1
+    assert value("nextbest_promo_conversions_total", **labels) == 1
+    assert value("nextbest_promo_rewards_total", reason="window_closed", **labels) == 2
     # learned: 17.5 per decision; holdout: 20
     assert value("nextbest_promo_incremental_profit_per_decision", **labels) == pytest.approx(-2.5)
 
