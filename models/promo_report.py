@@ -7,8 +7,9 @@ customers, decisions, offers sent, conversion (decisions whose window saw an att
 order), and per customer: revenue, discount cost, profit and incremental profit over the
 holdout, with normal 95% confidence intervals (Welch's for the difference of means). A
 decision without a reward yet (window still open) counts in the decisions but adds nothing.
-The same figures are drawn as a PNG: profit and incremental profit per customer with their
-intervals. Prometheus carries the running sums per arm (``streams.promo_metrics``).
+The same figures are drawn as a PNG: conversion, revenue, discount cost, profit and
+incremental profit per arm with their intervals. Prometheus carries the running sums per arm
+(``streams.promo_metrics``).
 """
 
 from __future__ import annotations
@@ -128,16 +129,16 @@ def format_table(reports: list[ArmReport]) -> str:
 
 
 def plot(reports: list[ArmReport], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = (
+        ("conversion per decision", [r.conversion for r in reports]),
+        ("revenue per customer", [r.revenue for r in reports]),
+        ("discount cost per customer", [r.discount_cost for r in reports]),
+        ("profit per customer", [r.profit for r in reports]),
+        ("incremental profit per customer vs holdout", [r.incremental_profit for r in reports]),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     names = [r.arm for r in reports]
-    for ax, title, values in (
-        (axes[0], "profit per customer", [r.profit for r in reports]),
-        (
-            axes[1],
-            "incremental profit per customer vs holdout",
-            [r.incremental_profit for r in reports],
-        ),
-    ):
+    for ax, (title, values) in zip(axes, panels, strict=True):
         shown = [(n, v) for n, v in zip(names, values, strict=True) if v is not None]
         if not shown:
             ax.set_axis_off()
