@@ -40,7 +40,6 @@ from typing import Any, Protocol
 import aiohttp
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.web import Request, Response, View
 from yarl import URL
 
@@ -52,6 +51,7 @@ from streams import metrics
 from streams.app import NextbestApp
 from streams.policy import DecisionContext, Offer, Policy
 from streams.settings import merchant_model_root
+from streams.topics import key_partition
 
 log = logging.getLogger(__name__)
 FORWARDED = "X-Nextbest-Forwarded"
@@ -339,7 +339,7 @@ class Api:
         The partition is computed like every producer here (murmur2, Java-compatible), so the
         answer does not depend on the producer having fetched the changelog's metadata yet.
         """
-        partition = (murmur2(key) & 0x7FFFFFFF) % self.nb.settings.partitions
+        partition = key_partition(key, self.nb.settings.partitions)
         topic = self.nb.customers.changelog_topic.get_topic_name()
         for url, topics in self.nb.app.router.table_metadata(self.nb.customers.name).items():
             if partition in topics.get(topic, ()):

@@ -65,7 +65,6 @@ from pathlib import Path
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
 from agents.outreach import timer_table
@@ -79,6 +78,7 @@ from streams.promotion_policy import (
     SignalsProvider,
     learning_key,
 )
+from streams.topics import key_partition
 
 log = logging.getLogger(__name__)
 CHECKPOINT_S = 30.0
@@ -268,7 +268,7 @@ class PromotionHooks:
         entry = getattr(self._batch, "entries", {}).get(customer_key)
         if entry is not None:
             return entry.event.message.partition
-        return (murmur2(customer_key.encode()) & 0x7FFFFFFF) % self.nb.settings.partitions
+        return key_partition(customer_key, self.nb.settings.partitions)
 
     def begin(self, batch: object, events: Sequence[faust.EventT]) -> None:
         self._batch = batch

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.settings import Settings
+
+
+def key_partition(key: bytes | str, partitions: int) -> int:
+    """The partition a Java-compatible producer (murmur2, as every producer here) sends ``key``
+    to, out of ``partitions``."""
+    raw = key.encode() if isinstance(key, str) else key
+    return (murmur2(raw) & 0x7FFFFFFF) % partitions
 
 
 def wanted_topics(settings: Settings) -> list[NewTopic]:

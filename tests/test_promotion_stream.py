@@ -8,9 +8,9 @@ from collections import Counter
 
 import orjson
 import pytest
-from aiokafka.partitioner import murmur2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from streams.topics import key_partition
 from tests.harness import Cluster, event
 
 pytestmark = pytest.mark.integration
@@ -316,11 +316,6 @@ def checkout(merchant: str, customer: str, event_id: str, hours: float) -> dict:
     )
 
 
-def input_partition(key: str, partitions: int) -> int:
-    """The partition the harness's producer (murmur2, as Kafka's Java client) sends ``key`` to."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-
-
 def blocked(port: int, reason: str) -> float:
     return metric(port, f'nextbest_promo_blocked_actions_total{{reason="{reason}"}}')
 
@@ -339,7 +334,7 @@ def test_budgets_and_customer_limits_bind_after_a_restart(tmp_path):
     by_partition: dict[int, list[str]] = {p: [] for p in range(partitions)}
     i = 0
     while min(len(names) for names in by_partition.values()) < per_partition + 5:
-        p = input_partition(f"budget-shop:c:b{i}", partitions)
+        p = key_partition(f"budget-shop:c:b{i}", partitions)
         by_partition[p].append(f"b{i}")
         i += 1
     before = [c for names in by_partition.values() for c in names[: per_partition + 1]]
@@ -442,7 +437,7 @@ def test_budgets_and_customer_limits_bind_after_a_restart(tmp_path):
     budget_offers = [o for o in offers if o["promotion_id"] == "ship-budget"]
     assert sum(o["max_discount"] for o in budget_offers) == pytest.approx(SHIP_BUDGET)
     per_share = Counter(
-        input_partition(f"budget-shop:c:{o['customer_id']}", partitions) for o in budget_offers
+        key_partition(f"budget-shop:c:{o['customer_id']}", partitions) for o in budget_offers
     )
     assert per_share == dict.fromkeys(range(partitions), per_partition)
     offered = {o["customer_id"] for o in budget_offers}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from aiokafka.partitioner import murmur2
 
+from streams.topics import key_partition
 from tests.harness import Cluster, event
 
 pytestmark = pytest.mark.integration
@@ -28,8 +28,11 @@ merchants:
     promotions:
       - {id: ten-off, type: percent_off, percent: 10, min_spend: 0}
 """
-EXPERIMENT = {"id": "due-1", "holdout": 0.0,
-              "arms": [{"name": "rules", "weight": 1, "variant": "rules"}]}
+EXPERIMENT = {
+    "id": "due-1",
+    "holdout": 0.0,
+    "arms": [{"name": "rules", "weight": 1, "variant": "rules"}],
+}
 PARTITIONS = 4
 
 
@@ -40,8 +43,7 @@ def when(hours: int) -> str:
 
 def partition(customer: str) -> int:
     """The input partition of the customer's events (the producers' murmur2 partitioner)."""
-    key = f"{MERCHANT}:c:{customer}".encode()
-    return (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+    return key_partition(f"{MERCHANT}:c:{customer}", PARTITIONS)
 
 
 def neighbours(customer: str, count: int) -> list[str]:
@@ -81,8 +83,16 @@ def test_a_window_closes_by_the_sweep_after_a_restart_or_rebalance(tmp_path, res
         cluster.start_worker("a")
         wait_ready(cluster, "a")
         line = {"product_id": "P1", "quantity": 1, "unit_price": 60.0}
-        cart = event("cart_add", "cart-c0", customer="c0", merchant=MERCHANT, time=when(0),
-                     lines=[line], cart_value=60.0, currency="GBP")
+        cart = event(
+            "cart_add",
+            "cart-c0",
+            customer="c0",
+            merchant=MERCHANT,
+            time=when(0),
+            lines=[line],
+            cart_value=60.0,
+            currency="GBP",
+        )
         send(cluster, [("cart", cart)])
         [decision] = cluster.read("decisions", min_count=1)
         assert decision["customer_key"] == f"{MERCHANT}:c:c0"
@@ -98,9 +108,15 @@ def test_a_window_closes_by_the_sweep_after_a_restart_or_rebalance(tmp_path, res
         wait_ready(cluster, "b")
         # c0 never comes back; other customers' events on c0's partition move event time past
         # the end of its 48-hour window (plus the allowed lateness).
-        others = [("clickstream", event("page_view", f"view-{c}", customer=c, merchant=MERCHANT,
-                                        time=when(49), page="/"))
-                  for c in neighbours("c0", 3)]
+        others = [
+            (
+                "clickstream",
+                event(
+                    "page_view", f"view-{c}", customer=c, merchant=MERCHANT, time=when(49), page="/"
+                ),
+            )
+            for c in neighbours("c0", 3)
+        ]
         send(cluster, others)
         first = cluster.read("rewards", min_count=1, timeout=30)
 
