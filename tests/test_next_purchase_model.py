@@ -347,18 +347,54 @@ def test_evaluate_protocol(tmp_path):
     expected = {*baselines, *evaluate.MODELS}
     assert set(result["results"]) == expected
     for res in result["results"].values():
-        assert set(res) == {"all", "<=10_orders"}
+        assert set(res) == {"all", "<=10_orders", "discovery"}
         assert res["all"]["hit@1"] <= res["all"]["hit@5"] <= res["all"]["hit@20"] <= 1.0
+        assert res["discovery"]["n"] == result["protocol"]["customers_discovery"] > 0
     # every target holds both staples, bought in every earlier order: frequency finds them
     assert result["results"]["personal_frequency"]["all"]["hit@1"] == 1.0
     assert result["results"]["popular_orders"]["all"]["hit@1"] < 1.0
     low, high = result["relative_interval95_personal_frequency"]["popular_orders"]["hit@1"]
     assert low <= result["relative_to_personal_frequency"]["popular_orders"]["hit@1"] <= high
     assert high < 0.0
-    ablation = result["lstm_over_ablation"]
-    assert (
-        ablation["hit@10_interval95"][0] <= ablation["hit@10"] <= ablation["hit@10_interval95"][1]
+    # personal frequency has nothing but its popularity fill left for products never bought
+    for m in ("hit@1", "hit@10", "mrr"):
+        discovery = result["results"]["personal_frequency"]["discovery"][m]
+        assert discovery == result["results"]["popular_orders"]["discovery"][m]
+    for cohort in ("all", "discovery"):
+        ablation = result["lstm_over_ablation"][cohort]
+        low, high = ablation["hit@10_interval95"]
+        assert low <= ablation["hit@10"] <= high
+
+
+def test_discovery_ranks_only_products_never_bought():
+    """Customer 0 re-buys item 1 and tries item 3; customer 1 only re-buys: out of discovery."""
+    targets = evaluate.Targets(
+        mask=torch.tensor([[0, 1, 0, 1, 0], [0, 0, 1, 0, 0]], dtype=torch.bool),
+        bought=torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 0, 0]], dtype=torch.bool),
+        small=torch.tensor([True, True]),
     )
+    scores = torch.tensor([[-torch.inf, 9.0, 8.0, 1.0, 2.0], [-torch.inf, 1.0, 3.0, 2.0, 0.0]])
+    ranks = evaluate.method_ranks(scores, targets)
+    assert ranks["all"].tolist() == [1.0, 1.0]
+    # customer 0 among never-bought items 3 and 4: item 3 (score 1) comes second
+    assert ranks["discovery"].tolist() == [2.0]
+    metrics = evaluate.cohort_metrics(ranks, targets.small)
+    assert metrics["discovery"]["n"] == 1 and metrics["discovery"]["mrr"] == 0.5
+
+
+def test_evaluate_names_the_file_dates_when_the_cutoff_is_outside(tmp_path, capsys):
+    data = tmp_path / "shop.csv"
+    _shop(data, customers=5, orders=6)
+    argv = ["--data", str(data), "--cutoff", "2030-01-01", "--out", str(tmp_path / "e")]
+    assert evaluate.main([*argv, "--quiet"]) == 1
+    said = capsys.readouterr().out
+    assert "its orders run from 2011-01-03 to 2011-02-17" in said
+    suggested = said.split("--cutoff ")[-1].split()[0]
+    before, after = sequences.split_at(
+        sequences.load_orders(data)[0], sequences.epoch_seconds(suggested)
+    )
+    assert set(before) & set(after)
+    assert not (tmp_path / "e").exists()
 
 
 def test_evaluate_refuses_model_trained_past_cutoff(trained, tmp_path):
