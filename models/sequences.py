@@ -2,12 +2,23 @@
 
 Loading (`load_orders`) accepts any file of the Online Retail family: csv, csv.gz or xlsx (every
 sheet is read, so the two-year "Online Retail II" workbook works), with either column naming
-(``InvoiceNo, UnitPrice, CustomerID`` or ``Invoice, Price, Customer ID``). Row handling, in the
-order the checks run (a row is counted under the first rule it meets, see `LoadReport`):
+(``InvoiceNo, UnitPrice, CustomerID`` or ``Invoice, Price, Customer ID``), matched ignoring case
+and spaces (``Customer Id``, ``customerid`` and ``Invoice No`` all work). Dates: ISO dates with
+a UTC offset (``2010-12-01T08:26:00Z``, ``... 08:26:00+01:00``) are converted to UTC, dates
+without one are read as UTC. Slash dates are month first (``12/1/2010 8:26``, the UCI export)
+unless the file shows day first: a slash date whose first field is over 12 and none whose second
+is makes every slash date of the file day first (``01/12/2010`` is 1 December). A file with both
+kinds (``13/12/2010`` and ``12/13/2010``) cannot be read without guessing: all its slash dates
+are bad dates. Row handling, in the order the checks run (a row is counted under the first rule
+it meets, see `LoadReport`):
 
 * bad rows: an unparseable ``InvoiceDate``, an empty ``StockCode`` or an unparseable
   ``Quantity`` are skipped and counted, never fatal.
 * guest lines (no customer id) are dropped: they cannot be linked into a sequence.
+* bad prices: a customer's line with an unparseable or negative ``UnitPrice`` is skipped and
+  counted (``bad_price``). A zero price is kept: a free item is still a purchase. Guest lines
+  are counted as guests whatever their price (the UCI file's only negative prices are two guest
+  "adjust bad debt" lines).
 * cancellations (invoice number starting with ``C``) are dropped, and the original order stays
   in the sequence: the customer did choose those items, most cancellation lines have no matching
   original in the file, and the live worker records orders as they are placed.
@@ -20,6 +31,10 @@ order the checks run (a row is counted under the first rule it meets, see `LoadR
   than a list of names keeps working on files with codes nobody listed.
 * stock codes are stripped and upper-cased (``85123a`` and ``85123A`` are one product); customer
   ids lose a spreadsheet's ``.0``.
+
+A row repeated exactly is kept twice (the UCI file has 5,268 such rows; nothing tells a line
+entered twice from the same item scanned twice): `load_transactions` returns both lines, so
+their quantities add up where units are counted, and the order lists the product once.
 
 Kept lines are grouped into orders by (customer, invoice). An order is ``(epoch seconds of its
 first line, [distinct product ids in line order])`` and a customer's orders are in time order:
@@ -39,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from streams.products import (
     MAX_HISTORY_PRODUCTS,
@@ -55,17 +71,19 @@ Order = tuple[float, list[str]]
 """(epoch seconds, [product_id, ...]), the worker's per-order state."""
 
 _COLUMNS = {
-    "InvoiceNo": "invoice",
-    "Invoice": "invoice",
-    "StockCode": "stock_code",
-    "Quantity": "quantity",
-    "InvoiceDate": "invoice_date",
-    "UnitPrice": "price",
-    "Price": "price",
-    "CustomerID": "customer",
-    "Customer ID": "customer",
+    "invoiceno": "invoice",
+    "invoice": "invoice",
+    "stockcode": "stock_code",
+    "quantity": "quantity",
+    "invoicedate": "invoice_date",
+    "unitprice": "price",
+    "price": "price",
+    "customerid": "customer",
 }
-_REQUIRED = ("invoice", "stock_code", "quantity", "invoice_date", "customer")
+"""Column name, lower case without spaces -> the loader's field."""
+_REQUIRED = ("invoice", "stock_code", "quantity", "invoice_date", "price", "customer")
+_SLASH_DATE = r"^\s*(\d{1,2})/(\d{1,2})/\d"
+"""A date written ``first/second/year...``: month/day or day/month."""
 RECENT_DAYS = 30
 WEEK_DAYS = 7
 SMOOTHING = 10  # pseudo-trials pulling an item's repeat rate towards the catalogue's
@@ -81,6 +99,7 @@ class LoadReport:
     missing_stock_code: int = 0
     bad_quantity: int = 0
     guest: int = 0
+    bad_price: int = 0
     cancellation: int = 0
     non_positive: int = 0
     non_product: int = 0
@@ -95,13 +114,30 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _field_names(columns: pd.Index, path: Path) -> dict[str, str]:
+    """File column -> loader field, names matched ignoring case and spaces."""
+    column_of: dict[str, str] = {}
+    for column in columns:
+        name = _COLUMNS.get("".join(str(column).split()).lower())
+        if name in column_of:
+            raise ValueError(
+                f"{path}: columns {column_of[name]!r} and {column!r} both read as {name}"
+            )
+        if name is not None:
+            column_of[name] = column
+    return {column: name for name, column in column_of.items()}
+
+
 def _read_raw(path: Path) -> pd.DataFrame:
     if path.suffix.lower() in (".xlsx", ".xls"):
-        sheets = pd.read_excel(path, sheet_name=None, dtype=str)
-        raw = pd.concat(list(sheets.values()), ignore_index=True)
+        sheets = pd.read_excel(path, sheet_name=None, dtype=str).values()
+        raw = pd.concat(
+            [sheet.rename(columns=_field_names(sheet.columns, path)) for sheet in sheets],
+            ignore_index=True,
+        )
     else:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    raw = raw.rename(columns=lambda c: _COLUMNS.get(str(c).strip(), str(c).strip()))
+        raw = raw.rename(columns=_field_names(raw.columns, path))
     missing = [c for c in _REQUIRED if c not in raw.columns]
     if missing:
         raise ValueError(f"{path}: not an Online Retail file, missing columns {missing}")
@@ -109,10 +145,42 @@ def _read_raw(path: Path) -> pd.DataFrame:
 
 
 def _parse_dates(text: pd.Series) -> pd.Series:
-    dates = pd.to_datetime(text, errors="coerce")
+    """Naive UTC times of date strings, NaT where unparseable (see the module docstring)."""
+    dates = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+    rest = dates.isna() & text.notna()
+    if rest.any():  # not ISO (slash dates, or a file mixing formats): each distinct one once
+        other = text[rest]
+        distinct = pd.Series(other.unique())
+        dates[rest] = _parse_non_iso(distinct).iloc[pd.Index(distinct).get_indexer(other)].array
+    return dates.dt.tz_convert(None)
+
+
+def _parse_non_iso(text: pd.Series) -> pd.Series:
+    """`_parse_dates` of distinct non-ISO strings: slash dates month or day first, by the file."""
+    fields = text.str.extract(_SLASH_DATE).apply(pd.to_numeric)
+    first, second = fields[0], fields[1]
+    slash = first.notna()
+    day_first = (first.between(13, 31) & second.le(12)).any()  # some date is only readable so
+    month_first = (second.between(13, 31) & first.le(12)).any()  # ... or only so
+    dates = _parse_like_first(text.where(~slash), day_first=False)
+    if not (day_first and month_first):  # both: all slash dates stay NaT
+        dates[slash] = _parse_like_first(text[slash], day_first=bool(day_first))
+    return dates
+
+
+def _parse_like_first(text: pd.Series, day_first: bool) -> pd.Series:
+    """UTC times of date strings: in the format of the first one (fast), and those not in it
+    one by one."""
+    dates = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
+    known = text.dropna()
+    layout = guess_datetime_format(known.iat[0], dayfirst=day_first) if len(known) else None
+    if layout is not None:
+        dates[:] = pd.to_datetime(text, errors="coerce", format=layout, utc=True)
     retry = dates.isna() & text.notna()
-    if retry.any():  # a file mixing formats: parse the leftovers one by one
-        dates[retry] = pd.to_datetime(text[retry], errors="coerce", format="mixed")
+    if retry.any():
+        dates[retry] = pd.to_datetime(
+            text[retry], errors="coerce", format="mixed", dayfirst=day_first, utc=True
+        )
     return dates
 
 
@@ -132,6 +200,7 @@ def load_transactions(
         raw["customer"].fillna("").astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
     )
     quantity = pd.to_numeric(raw["quantity"], errors="coerce")
+    price = pd.to_numeric(raw["price"], errors="coerce")
     time = _parse_dates(raw["invoice_date"])
 
     rules = [
@@ -139,6 +208,7 @@ def load_transactions(
         ("missing_stock_code", code.eq("") | code.eq("NAN")),
         ("bad_quantity", quantity.isna()),
         ("guest", customer.eq("") | customer.str.lower().eq("nan")),
+        ("bad_price", ~np.isfinite(price) | (price < 0)),
         ("cancellation", invoice.str.upper().str.startswith("C")),
         ("non_positive", invoice.str.upper().str.startswith("A") | (quantity <= 0)),
         ("non_product", ~code.str.match(product_pattern or PRODUCT_CODE, case=False)),

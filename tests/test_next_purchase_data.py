@@ -96,10 +96,21 @@ def _check(orders: dict, report) -> None:
     assert orders["13047"] == [(_epoch("2010-12-03 10:00:00"), ["15056BL", "DCGSSBOY"])]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
 @pytest.mark.parametrize("columns", [OLD, NEW], ids=["Online Retail", "Online Retail II"])
-def test_csv_both_namings(tmp_path, columns):
-    path = tmp_path / "retail.csv.gz"
+def test_csv_both_namings(tmp_path, columns, suffix):
+    path = tmp_path / f"retail{suffix}"
     _frame(columns).to_csv(path, index=False)
+    _check(*load_orders(path))
+
+
+def test_column_names_ignore_case_and_spaces(tmp_path):
+    columns = ["invoice no", "STOCKCODE", "description", " Quantity ", "Invoice Date"]
+    columns += ["unit price", "Customer Id", "country"]
+    path = tmp_path / "retail.csv"
+    _frame(columns).to_csv(path, index=False)
+    _check(*load_orders(path))
+    _frame([*columns[:6], "customerid", "country"]).to_csv(path, index=False)
     _check(*load_orders(path))
 
 
@@ -118,6 +129,96 @@ def test_not_an_online_retail_file(tmp_path):
     pd.DataFrame({"a": [1]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="missing columns"):
         load_transactions(path)
+    _frame(OLD).drop(columns="UnitPrice").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"missing columns \['price'\]"):
+        load_transactions(path)
+    _frame(OLD).assign(Invoice="1").to_csv(path, index=False)  # two invoice columns
+    with pytest.raises(ValueError, match="'InvoiceNo' and 'Invoice' both read as invoice"):
+        load_transactions(path)
+
+
+def _load_dates(tmp_path, dates: list[str]) -> tuple[list[float], int]:
+    """Seconds of the kept lines (one per date, in file order) and the bad_date count."""
+    rows = [(str(i), "85123A", "1", date, "1") for i, date in enumerate(dates)]
+    path = tmp_path / "dates.csv"
+    _frame(OLD, rows).to_csv(path, index=False)
+    lines, report = load_transactions(path)
+    return lines["seconds"].tolist(), report.bad_date
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        ["2010-12-01T08:26:00Z", "2010-12-01 09:26:00+01:00", "2010-12-01T03:26:00-05:00"],
+        ["2010-12-01 08:26:00", "2010-12-01T08:26:00Z", "2010-12-01 09:26:00+01:00"],
+    ],
+    ids=["all aware", "mixed with naive"],
+)
+def test_dates_with_an_offset_are_converted_to_utc(tmp_path, dates):
+    seconds, bad = _load_dates(tmp_path, [*dates, "2010-12-01 25:00:00+01:00"])
+    assert bad == 1
+    assert seconds == [_epoch("2010-12-01 08:26:00")] * 3
+
+
+def test_day_first_slash_dates(tmp_path):
+    """One slash date that can only be day first makes them all day first."""
+    dates = ["01/12/2010 08:26", "13/12/2010 09:00", "2/12/2010", "2010-12-14 10:00:00"]
+    seconds, bad = _load_dates(tmp_path, [*dates, "13/13/2010 09:00"])  # last: no date at all
+    assert bad == 1
+    assert seconds == [
+        _epoch("2010-12-01 08:26:00"),
+        _epoch("2010-12-13 09:00:00"),
+        _epoch("2010-12-02 00:00:00"),
+        _epoch("2010-12-14 10:00:00"),
+    ]
+    # without such a date, slash dates stay month first (the UCI export's 12/1/2010 8:26)
+    seconds, bad = _load_dates(tmp_path, ["01/12/2010 08:26", "12/13/2010 9:00"])
+    assert bad == 0
+    assert seconds == [_epoch("2010-01-12 08:26:00"), _epoch("2010-12-13 09:00:00")]
+
+
+def test_slash_dates_both_ways_are_bad_dates(tmp_path):
+    """13/12 and 12/13 in one file: no slash date of it can be read without guessing."""
+    dates = ["13/12/2010 09:00", "12/13/2010 09:00", "01/12/2010 08:26", "2010-12-01 08:26:00"]
+    seconds, bad = _load_dates(tmp_path, dates)
+    assert bad == 3
+    assert seconds == [_epoch("2010-12-01 08:26:00")]
+
+
+def test_bad_prices(tmp_path):
+    """Unparseable or negative prices are bad rows, counted after guests and before the
+    cancellation rule; a zero price is a purchase (a free item)."""
+    # invoice, code, qty, date, customer, price
+    rows = [
+        ("1", "85123A", "1", "2010-12-01 08:26:00", "7", "2.55"),
+        ("1", "71053", "1", "2010-12-01 08:26:00", "7", "0"),  # free: kept
+        ("1", "22633", "1", "2010-12-01 08:26:00", "7", "-2.55"),
+        ("1", "22634", "1", "2010-12-01 08:26:00", "7", "£2.55"),
+        ("1", "22635", "1", "2010-12-01 08:26:00", "7", ""),
+        ("1", "22636", "1", "2010-12-01 08:26:00", "7", "inf"),
+        ("A2", "B", "1", "2010-12-01 08:26:00", "", "-11062.06"),  # guest first
+        ("C3", "85123A", "-1", "2010-12-02 08:26:00", "7", "-2.55"),  # bad price first
+        ("C3", "85123A", "-1", "2010-12-02 08:26:00", "7", "2.55"),
+    ]
+    frame = _frame(OLD, [row[:5] for row in rows]).assign(UnitPrice=[row[5] for row in rows])
+    path = tmp_path / "prices.csv"
+    frame.to_csv(path, index=False)
+    lines, report = load_transactions(path)
+    assert (report.guest, report.bad_price, report.cancellation) == (1, 5, 1)
+    assert report.kept == 2 and lines["product"].tolist() == ["85123A", "71053"]
+
+
+def test_an_exact_duplicate_row_is_the_same_line_twice(tmp_path):
+    """Both lines are kept (their quantities add up); the order lists the product once."""
+    rows = [("1", "85123A", "6", "2010-12-01 08:26:00", "7")] * 2
+    rows += [("1", "71053", "2", "2010-12-01 08:26:00", "7")]
+    path = tmp_path / "duplicates.csv"
+    _frame(OLD, rows).to_csv(path, index=False)
+    lines, report = load_transactions(path)
+    assert report.kept == 3
+    assert lines.groupby("product")["quantity"].sum().to_dict() == {"85123A": 12, "71053": 2}
+    orders, _ = load_orders(path)
+    assert orders == {"7": [(_epoch("2010-12-01 08:26:00"), ["85123A", "71053"])]}
 
 
 def test_other_date_format(tmp_path):
