@@ -27,6 +27,8 @@ import json
 import random
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -105,10 +107,45 @@ def _evaluate(model: NextPurchaseLSTM, examples: list[Example], device: str) -> 
     return rank_metrics(torch.cat(ranks))
 
 
+@contextmanager
+def _deterministic_algorithms() -> Iterator[None]:
+    """`torch.use_deterministic_algorithms` on inside the block, then as it was.
+
+    Warn only: an op with no deterministic version (cuBLAS on CUDA without
+    ``CUBLAS_WORKSPACE_CONFIG``) warns instead of failing training. The flag is process-wide:
+    code running in other threads meanwhile sees it too.
+    """
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 def fit(
     orders: dict[str, list[Order]], vocab: Vocab, cfg: TrainConfig, progress: bool = True
 ) -> tuple[NextPurchaseLSTM, dict]:
-    """Train on ``orders`` with early stopping; returns the best model and a training summary."""
+    """Train on ``orders`` with early stopping; returns the best model and a training summary.
+
+    Reproducible on CPU: the same data, config and seed give bit-identical weights, run after
+    run, at the same torch thread count (`torch.get_num_threads`), unless the time budget
+    (wall clock) stops training at another epoch. Another thread count gives other weights
+    (float sums are split differently across threads). Not promised on CUDA.
+
+    PyTorch's deterministic algorithms are on while it trains, then restored: otherwise the
+    backward of the model's ``trend[catalogue_row]``, an ``index_put(accumulate=True)``,
+    adds the rows of customers scored at the same moment with parallel atomic adds, in
+    whatever order the threads get there.
+    """
+    with _deterministic_algorithms():
+        return _fit(orders, vocab, cfg, progress)
+
+
+def _fit(
+    orders: dict[str, list[Order]], vocab: Vocab, cfg: TrainConfig, progress: bool
+) -> tuple[NextPurchaseLSTM, dict]:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -401,3 +401,36 @@ def test_evaluate_refuses_model_trained_past_cutoff(trained, tmp_path):
     tmp, data, _ = trained
     argv = ["--data", str(data), "--cutoff", "2011-02-10", "--artifact", str(tmp / "models")]
     assert evaluate.main([*argv, "--out", str(tmp_path)]) == 2
+
+
+def test_fit_is_reproducible_at_two_threads():
+    """Same seed at 2 torch threads: bit-identical weights; another seed: other weights.
+
+    Orders on 6 days over 3,000 products: a batch's customers share few scoring moments, so
+    `trend[catalogue_row]`'s backward adds many rows into the same place, which races across
+    threads (and this test fails) unless `train.fit` turns deterministic algorithms on.
+    """
+    rng = np.random.default_rng(0)
+    orders = {
+        str(12000 + c): [
+            (1.3e9 + day * 86400.0 + c, [str(21000 + i) for i in rng.choice(3000, 3, False)])
+            for day in np.sort(rng.choice(6, size=4, replace=False))
+        ]
+        for c in range(100)
+    }
+    vocab = Vocab.build(orders)
+
+    def weights(seed: int) -> dict[str, torch.Tensor]:
+        cfg = train.TrainConfig(seed=seed, max_epochs=2, device="cpu")
+        return train.fit(orders, vocab, cfg, progress=False)[0].state_dict()
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(2)
+    try:
+        first, again, other = weights(0), weights(0), weights(1)
+    finally:
+        torch.set_num_threads(threads)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    assert torch.are_deterministic_algorithms_enabled() == deterministic  # fit restores it
