@@ -69,6 +69,8 @@ def load(path: str | Path, device: str = "cpu") -> Recommender:
     config = json.loads((path / "config.json").read_text())
     raw_vocab = json.loads((path / "vocab.json").read_text())
     vocab = Vocab(**raw_vocab)
-    model = NextPurchaseLSTM(ModelConfig(**config["model"]), vocab.popularity)
+    # an artifact from before the linear repeat term says nothing of it and has none
+    model_config = ModelConfig(**{"repeat_linear": False, **config["model"]})
+    model = NextPurchaseLSTM(model_config, vocab.popularity)
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
     return Recommender(model, vocab, EncoderConfig(**config["encoder"]), device=device)

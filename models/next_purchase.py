@@ -6,7 +6,8 @@ probability that the item is in the customer's next order:
     logit(i) = bias(i)                                    popularity prior, learned
              + trend(c_i)                                 the item's statistics right now
              + head(h) . emb(i)                           LSTM: what this customer buys next
-             + [i bought before] * repeat(f_i, r_i, g(h))  learned repeat score
+             + [i bought before] * (repeat(f_i, r_i, g(h))  learned repeat score
+                                    + w . f_i)             and its linear part
 
 ``c_i`` are the item's catalogue statistics at the scoring moment (popularity all time, in the
 last 30 and 7 days, trend, repeat rate: `models.sequences.ItemStats`). ``h`` is the LSTM state
@@ -14,8 +15,10 @@ after the customer's last order. Each LSTM step reads one order: the mean
 embedding of its items (order boundaries are the steps) plus its time-gap features. ``f_i`` are
 the per-item repeat features from `models.sequences.encode_history` (how often, how recently),
 ``r_i`` a small learned vector per item, and ``g(h)`` lets the sequence decide how this
-customer repeats. ``use_lstm=False`` drops
-both LSTM terms: that ablation is a learned repeat-purchase + popularity model.
+customer repeats. ``w`` starts as personal frequency (the weight of log(1 + times bought) at
+`FREQUENCY_START`, the others zero), so training starts from the strongest simple baseline
+and a small shop's model stays near it. ``use_lstm=False`` drops both LSTM terms: that
+ablation is a learned repeat-purchase + popularity model.
 
 `Recommender.score_batch` is the serving API: worker-shaped histories in, top-k ids and
 probabilities out; customers with no known item in their history get the popularity ranking.
@@ -55,6 +58,13 @@ class ModelConfig:
     trend_hidden: int = 16
     dropout: float = 0.5
     use_lstm: bool = True
+    repeat_linear: bool = True  # the linear repeat term ``w . f_i`` (False: artifacts before it)
+
+
+FREQUENCY_START = 3.0
+"""The linear repeat term's first weight on log(1 + times bought): with the centred
+log-popularity prior, an untrained model ranks a customer's products roughly by how often
+they bought them, like personal frequency."""
 
 
 @dataclass
@@ -129,13 +139,25 @@ class NextPurchaseLSTM(nn.Module):
             nn.GELU(),
             nn.Linear(config.repeat_hidden, 1),
         )
+        if config.repeat_linear:
+            self.repeat_linear = nn.Linear(REPEAT_FEATURES, 1, bias=False)
+            nn.init.zeros_(self.repeat_linear.weight)
+            with torch.no_grad():
+                self.repeat_linear.weight[0, 0] = FREQUENCY_START  # feature 0: log1p(count)
+
+    def repeat_scores(self, repeat_in: list[torch.Tensor]) -> torch.Tensor:
+        """(R,) the repeat score of each candidate; ``repeat_in[0]`` are its repeat features."""
+        scores = self.repeat(torch.cat(repeat_in, dim=-1)).squeeze(-1)
+        if self.config.repeat_linear:
+            scores = scores + self.repeat_linear(repeat_in[0]).squeeze(-1)
+        return scores
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits (B, n_items) over the whole catalogue; the padding item is -inf."""
         b = batch.n_orders.shape[0]
         trend = self.trend(batch.catalogue).squeeze(-1)  # (U, n_items)
         logits = self.item_bias + trend[batch.catalogue_row]
-        repeat_in = batch.repeat_feats
+        repeat_in = [batch.repeat_feats]
         if self.config.use_lstm:
             t = batch.order_feats.shape[1]
             bags = self.item_emb(batch.items, batch.offsets).view(b, t, -1)
@@ -143,9 +165,9 @@ class NextPurchaseLSTM(nn.Module):
             out, _ = self.lstm(x)
             h = self.drop(out[torch.arange(b, device=out.device), batch.n_orders - 1])
             logits = logits + self.head(h) @ self.item_emb.weight.T
-            repeat_in = torch.cat([repeat_in, self.gate(h)[batch.repeat_row]], dim=-1)
-        repeat_in = torch.cat([repeat_in, self.item_repeat(batch.repeat_items)], dim=-1)
-        repeat = self.repeat(repeat_in).squeeze(-1)
+            repeat_in.append(self.gate(h)[batch.repeat_row])
+        repeat_in.append(self.item_repeat(batch.repeat_items))
+        repeat = self.repeat_scores(repeat_in)
         logits = logits.index_put((batch.repeat_row, batch.repeat_items), repeat, accumulate=True)
         return logits.index_fill(1, torch.tensor([0], device=logits.device), float("-inf"))
 
@@ -176,7 +198,7 @@ class NextPurchaseLSTM(nn.Module):
         else:
             logits = base.expand(b, -1).clone()
         repeat_in.append(self.item_repeat(batch.repeat_items))
-        repeat = self.repeat(torch.cat(repeat_in, dim=-1)).squeeze(-1)
+        repeat = self.repeat_scores(repeat_in)
         logits.view(-1).index_add_(0, batch.repeat_at, repeat)  # `forward`'s index_put, faster
         logits[:, 0] = float("-inf")
         return logits

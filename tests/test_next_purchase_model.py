@@ -311,6 +311,39 @@ def test_load_refuses_another_artifact_format(trained, tmp_path):
         artifact.load(copy)
 
 
+def test_untrained_model_ranks_past_products_by_how_often_they_were_bought():
+    """The linear repeat term starts as personal frequency: before any training, a customer's
+    products come out by how many of their orders held them (equal popularity here)."""
+    items = ["<pad>", *PRODUCTS[:6]]
+    vocab = Vocab(items, [0, *[5] * 6], [0] * 7, [0.2] * 7, [1] * 7)
+    day = 86400.0
+    bought = [PRODUCTS[3]] * 5 + [PRODUCTS[1]] * 3 + [PRODUCTS[5]]  # 5, 3 and 1 orders
+    for seed in range(5):
+        torch.manual_seed(seed)
+        rec = Recommender(NextPurchaseLSTM(ModelConfig(), vocab.popularity), vocab, EncoderConfig())
+        [scored] = rec.score_batch([[(j * day, [p]) for j, p in enumerate(bought)]], k=3)
+        assert scored.items == [PRODUCTS[3], PRODUCTS[1], PRODUCTS[5]]
+
+
+def test_artifact_from_before_the_linear_repeat_term_loads(trained, tmp_path):
+    """An artifact whose config has no ``repeat_linear`` (written before it existed) loads as a
+    model without it and scores as it did."""
+    tmp, _, staples = trained
+    torch.manual_seed(0)
+    rec = artifact.load(tmp / "models")
+    old = NextPurchaseLSTM(ModelConfig(use_lstm=True, repeat_linear=False), rec.vocab.popularity)
+    config = {"model": {k: v for k, v in vars(old.config).items() if k != "repeat_linear"}}
+    config["encoder"] = vars(rec.encoder)
+    saved = artifact.save(tmp_path, old, rec.vocab, config, "0" * 64, {})
+    loaded = artifact.load(saved)
+    assert not loaded.model.config.repeat_linear
+    assert not hasattr(loaded.model, "repeat_linear")
+    day = 86400.0
+    histories = [[(j * day, staples[c]) for j in range(3)] for c in sorted(staples)[:5]]
+    want = Recommender(old, rec.vocab, rec.encoder).score_batch(histories, k=4)
+    assert [s.items for s in loaded.score_batch(histories, k=4)] == [s.items for s in want]
+
+
 def test_cold_start_falls_back_to_popularity():
     vocab = Vocab(
         ["<pad>", "20002", "20001", "20003C"], [0, 9, 5, 1], [0, 1, 1, 0], [0.2, 0.3, 0.2, 0.1]
