@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/nextbest schemas --check
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

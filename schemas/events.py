@@ -143,7 +143,6 @@ class PromotionEvent(faust.Record, serializer="json"):
     max_discount: float | None = None
 
 
-
 class NotificationEvent(faust.Record, serializer="json"):
     """Output (topic ``notifications``): a message to deliver. Deduplicate on ``dedupe_key``."""
 

@@ -37,8 +37,11 @@ from streams.replay import replay_events, send
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
-PROCESSED = ("nextbest_events_total", "nextbest_dead_letters_total",
-             "nextbest_duplicate_events_total")
+PROCESSED = (
+    "nextbest_events_total",
+    "nextbest_dead_letters_total",
+    "nextbest_duplicate_events_total",
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,13 @@ def _events(config: BenchConfig, limit: int) -> list:
 
 def passthrough(settings: Settings, n: int, run: str) -> float:
     """(a) confluent-kafka consume -> produce, events/s."""
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"bench-passthrough-{run}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"bench-passthrough-{run}",
+            "enable.auto.commit": False,
+        }
+    )
     producer = Producer({**settings.kafka_client_config(), "linger.ms": 5})
     tps = []
     for topic in settings.topics.inputs:
@@ -85,12 +93,23 @@ def passthrough(settings: Settings, n: int, run: str) -> float:
 def faust_reference(settings: Settings, mode: str, n: int, workdir: Path, run: str) -> float:
     """(b) bare or (c) naive Faust agent in its own process, events/s."""
     result = workdir / f"{mode}-{run}.result"
-    env = worker_env(replace(settings, state_dir=workdir / f"state-{mode}-{run}",
-                             web_port=free_port()))
-    process = subprocess.Popen([sys.executable, "-m", "streams.bench_apps", mode, str(n),
-                                str(result), f"bench-{mode}-{run}"], env=env,
-                               stdout=subprocess.DEVNULL,
-                               stderr=open(workdir / f"{mode}.log", "ab"))  # noqa: SIM115
+    env = worker_env(
+        replace(settings, state_dir=workdir / f"state-{mode}-{run}", web_port=free_port())
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streams.bench_apps",
+            mode,
+            str(n),
+            str(result),
+            f"bench-{mode}-{run}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / f"{mode}.log", "ab"),  # noqa: SIM115
+    )
     try:
         deadline = time.monotonic() + 300
         while not result.exists():
@@ -106,9 +125,15 @@ def faust_reference(settings: Settings, mode: str, n: int, workdir: Path, run: s
 def pipeline(settings: Settings, n: int, workdir: Path, run: str) -> float:
     """(d) the nextbest worker, events/s (its three input counters on /metrics, every 100 ms)."""
     port = free_port()
-    worker = start_worker(replace(settings, state_dir=workdir / f"state-nextbest-{run}",
-                                  web_port=port, app_id=f"bench-nextbest-{run}"),
-                          workdir / "nextbest.log")
+    worker = start_worker(
+        replace(
+            settings,
+            state_dir=workdir / f"state-nextbest-{run}",
+            web_port=port,
+            app_id=f"bench-nextbest-{run}",
+        ),
+        workdir / "nextbest.log",
+    )
     try:
         wait_for_port("127.0.0.1", port, 60)
         first = end = 0.0
@@ -135,12 +160,15 @@ def latency(config: BenchConfig, workdir: Path) -> dict[str, float]:
     n = int(config.rate * config.latency_seconds)
     events = _events(config, n)
     with EmbeddedBroker(log_path=workdir / "broker-latency.log") as broker:
-        settings = replace(Settings.from_env(), broker_url=broker.url, embedded_broker=True,
-                           app_id="bench-latency")
+        settings = replace(
+            Settings.from_env(), broker_url=broker.url, embedded_broker=True, app_id="bench-latency"
+        )
         ensure_topics(settings)
         port = free_port()
-        worker = start_worker(replace(settings, state_dir=workdir / "state-latency",
-                                      web_port=port), workdir / "latency.log")
+        worker = start_worker(
+            replace(settings, state_dir=workdir / "state-latency", web_port=port),
+            workdir / "latency.log",
+        )
         try:
             wait_for_port("127.0.0.1", port, 60)
             time.sleep(8)  # let the worker join its group before offering load
@@ -185,9 +213,13 @@ def _offer_latencies(settings: Settings, sent_at: dict[str, float]) -> list[floa
     return samples
 
 
-NAMES = {"a": "confluent-kafka passthrough", "b": "faust bare iteration",
-         "c": "faust naive (table update + send per event)",
-         "c+": "faust naive on nextbest's lean delivery loop", "d": "nextbest pipeline"}
+NAMES = {
+    "a": "confluent-kafka passthrough",
+    "b": "faust bare iteration",
+    "c": "faust naive (table update + send per event)",
+    "c+": "faust naive on nextbest's lean delivery loop",
+    "d": "nextbest pipeline",
+}
 
 
 def throughput(settings: Settings, n: int, workdir: Path, rounds: int) -> dict[str, list[float]]:
@@ -202,9 +234,13 @@ def throughput(settings: Settings, n: int, workdir: Path, rounds: int) -> dict[s
         rates["c"].append(faust_reference(stock, "naive", n, workdir, run))
         rates["c+"].append(faust_reference(settings, "naive", n, workdir, f"{run}-lean"))
         rates["d"].append(pipeline(settings, n, workdir, run))
-        print(f"  round {r}: " + "  ".join(f"({k}) {v[-1]:,.0f}" for k, v in rates.items())
-              + f"   d/b {rates['d'][-1] / rates['b'][-1]:.2f}"
-              + f"   d/c {rates['d'][-1] / rates['c'][-1]:.2f}", flush=True)
+        print(
+            f"  round {r}: "
+            + "  ".join(f"({k}) {v[-1]:,.0f}" for k, v in rates.items())
+            + f"   d/b {rates['d'][-1] / rates['b'][-1]:.2f}"
+            + f"   d/c {rates['d'][-1] / rates['c'][-1]:.2f}",
+            flush=True,
+        )
     return rates
 
 
@@ -220,9 +256,12 @@ def run_bench(config: BenchConfig) -> int:
             settings = replace(Settings.from_env(), broker_url=broker.url, embedded_broker=True)
             ensure_topics(settings)
             loaded = send(events, settings)
-            print(f"loaded {n:,} replayed real events (UCI Online Retail from "
-                  f"{config.start:%Y-%m-%d}) in {loaded.seconds:.1f}s; cpu count "
-                  f"{os.cpu_count()}; {config.rounds} interleaved rounds", flush=True)
+            print(
+                f"loaded {n:,} replayed real events (UCI Online Retail from "
+                f"{config.start:%Y-%m-%d}) in {loaded.seconds:.1f}s; cpu count "
+                f"{os.cpu_count()}; {config.rounds} interleaved rounds",
+                flush=True,
+            )
             rates = throughput(settings, n, workdir, config.rounds)
         median = {key: statistics.median(values) for key, values in rates.items()}
         print(f"\nthroughput, median of {config.rounds} rounds (events/s, one worker process each)")
@@ -230,14 +269,18 @@ def run_bench(config: BenchConfig) -> int:
             print(f"  ({key}) {NAMES[key]:<45} {rate:>10,.0f}")
         for ref, bar in (("b", 0.40), ("c", 3.00), ("c+", None)):
             per_round = [d / x for d, x in zip(rates["d"], rates[ref], strict=True)]
-            print(f"  ratio d/{ref:<2} = {median['d'] / median[ref]:.2f}   ("
-                  + (f"bar: >= {bar:.2f}; " if bar else "information; ")
-                  + f"per round {min(per_round):.2f}..{max(per_round):.2f})")
+            print(
+                f"  ratio d/{ref:<2} = {median['d'] / median[ref]:.2f}   ("
+                + (f"bar: >= {bar:.2f}; " if bar else "information; ")
+                + f"per round {min(per_round):.2f}..{max(per_round):.2f})"
+            )
         figures = latency(config, workdir)
-        print(f"\ncart -> offer latency at {config.rate:g} events/s offered for "
-              f"{config.latency_seconds:g}s: {figures['offers']:,} offers, "
-              f"p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms, "
-              f"p99 {figures['p99_ms']:.1f} ms")
+        print(
+            f"\ncart -> offer latency at {config.rate:g} events/s offered for "
+            f"{config.latency_seconds:g}s: {figures['offers']:,} offers, "
+            f"p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms, "
+            f"p99 {figures['p99_ms']:.1f} ms"
+        )
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

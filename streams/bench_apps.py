@@ -24,12 +24,17 @@ def main(mode_name: str, events: int, result: Path, app_id: str) -> None:
     mode.loop.use("uvloop")
     settings = Settings.from_env()
     app = faust.App(app_id, **faust_config(settings))
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-           "value_serializer": "raw"}
+    raw = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
     source = app.topic(*settings.topics.inputs, **raw)
     sink = app.topic("bench.naive-out", partitions=settings.partitions, **raw)
-    counts = app.Table("bench-counts", default=int, partitions=settings.partitions,
-                       key_type=bytes, value_type=int)
+    counts = app.Table(
+        "bench-counts", default=int, partitions=settings.partitions, key_type=bytes, value_type=int
+    )
     seen = {"n": 0, "first": 0.0}
 
     def tick() -> None:

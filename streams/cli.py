@@ -286,12 +286,19 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-DELEGATED = {"train": "models.train", "evaluate": "models.evaluate",
-             "uplift-validate": "models.hillstrom", "segment": "models.segments",
-             "import-endpoints": "streams.pinpoint", "import-interactions": "models.interactions",
-             "report": "models.promo_report", "ope": "models.ope",
-             "simulate": "models.promo_simulation", "promo-retrain": "models.promo_log",
-             "bench-promo": "models.promo_kafka_loop"}
+DELEGATED = {
+    "train": "models.train",
+    "evaluate": "models.evaluate",
+    "uplift-validate": "models.hillstrom",
+    "segment": "models.segments",
+    "import-endpoints": "streams.pinpoint",
+    "import-interactions": "models.interactions",
+    "report": "models.promo_report",
+    "ope": "models.ope",
+    "simulate": "models.promo_simulation",
+    "promo-retrain": "models.promo_log",
+    "bench-promo": "models.promo_kafka_loop",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

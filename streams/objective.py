@@ -127,8 +127,10 @@ class DeepDiscount:
 
     def premium(self, economics: Economics) -> np.ndarray:
         """Per action: ``cost`` x the cart's value for a deep discount, else 0."""
-        return self.cost * economics.cart_value * reaches_depth(
-            economics.discount, economics.basket, self.depth
+        return (
+            self.cost
+            * economics.cart_value
+            * reaches_depth(economics.discount, economics.basket, self.depth)
         )
 
 

@@ -205,9 +205,7 @@ def _iso(moment: datetime) -> str:
 
 
 class EventBuilder:
-    def __init__(
-        self, merchant_id: str, currency: str = "GBP", abandon_share: float = 0.0
-    ) -> None:
+    def __init__(self, merchant_id: str, currency: str = "GBP", abandon_share: float = 0.0) -> None:
         self.merchant_id = merchant_id
         self.currency = currency
         self.abandon_share = abandon_share
@@ -288,8 +286,9 @@ class EventBuilder:
                     )
                 )
             return events
-        products = [r for r in rows if r.quantity > 0 and r.unit_price >= 0
-                    and is_product(r.stock_code)]
+        products = [
+            r for r in rows if r.quantity > 0 and r.unit_price >= 0 and is_product(r.stock_code)
+        ]
         billed = [r for r in rows if r.quantity > 0 and r.unit_price >= 0]
         if not billed:
             return events

@@ -22,19 +22,47 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 DATA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail.csv.gz"
 
 
-def event(event_type: str, event_id: str, *, customer: str | None = None,
-          session: str | None = None, time: str = "2011-11-14T10:00:00Z",
-          merchant: str = "uci-gift-shop", **fields: object) -> dict:
-    return {"schema_version": 1, "event_id": event_id, "event_type": event_type,
-            "merchant_id": merchant, "event_time": time, "customer_id": customer,
-            "session_id": session, **fields}
+def event(
+    event_type: str,
+    event_id: str,
+    *,
+    customer: str | None = None,
+    session: str | None = None,
+    time: str = "2011-11-14T10:00:00Z",
+    merchant: str = "uci-gift-shop",
+    **fields: object,
+) -> dict:
+    return {
+        "schema_version": 1,
+        "event_id": event_id,
+        "event_type": event_type,
+        "merchant_id": merchant,
+        "event_time": time,
+        "customer_id": customer,
+        "session_id": session,
+        **fields,
+    }
 
 
-def cart_add(event_id: str, value: float, *, customer: str | None = None,
-             session: str | None = None, time: str = "2011-11-14T10:00:00Z") -> dict:
+def cart_add(
+    event_id: str,
+    value: float,
+    *,
+    customer: str | None = None,
+    session: str | None = None,
+    time: str = "2011-11-14T10:00:00Z",
+) -> dict:
     line = {"product_id": f"P-{event_id}", "quantity": 1, "unit_price": 1.0}
-    return event("cart_add", event_id, customer=customer, session=session, time=time,
-                 lines=[line], cart_value=value, currency="GBP")
+    return event(
+        "cart_add",
+        event_id,
+        customer=customer,
+        session=session,
+        time=time,
+        lines=[line],
+        cart_value=value,
+        currency="GBP",
+    )
 
 
 def key_of(value: dict) -> bytes:
@@ -49,10 +77,15 @@ class Cluster:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.broker = EmbeddedBroker(log_path=tmp / "broker.log").start()
-        self.settings = replace(Settings.from_env({}), broker_url=self.broker.url,
-                                embedded_broker=True, partitions=partitions,
-                                app_id="nextbest-test", log_level="info",
-                                api_admin_token=ADMIN_TOKEN)
+        self.settings = replace(
+            Settings.from_env({}),
+            broker_url=self.broker.url,
+            embedded_broker=True,
+            partitions=partitions,
+            app_id="nextbest-test",
+            log_level="info",
+            api_admin_token=ADMIN_TOKEN,
+        )
         ensure_topics(self.settings)
         self.workers: dict[str, tuple] = {}
         self.producer = Producer(producer_config(self.settings))
@@ -61,14 +94,19 @@ class Cluster:
         """Workers started after this run the promotion policy over these merchants."""
         merchants = self.tmp / "merchants.yaml"
         merchants.write_text(merchants_yaml)
-        self.settings = replace(self.settings, policy="promotion", merchants_path=merchants,
-                                promo_experiment=json.dumps(experiment))
+        self.settings = replace(
+            self.settings,
+            policy="promotion",
+            merchants_path=merchants,
+            promo_experiment=json.dumps(experiment),
+        )
         ensure_topics(self.settings)
 
     def start_worker(self, name: str, state_dir: str | None = None) -> int:
         port = free_port()
-        settings = replace(self.settings, web_port=port,
-                           state_dir=self.tmp / (state_dir or f"state-{name}"))
+        settings = replace(
+            self.settings, web_port=port, state_dir=self.tmp / (state_dir or f"state-{name}")
+        )
         process = start_worker(settings, self.tmp / f"worker-{name}.log")
         wait_for_port("127.0.0.1", port, 60)
         self.workers[name] = (process, port)
@@ -95,9 +133,14 @@ class Cluster:
         total = 0.0
         for _, port in self.workers.values():
             totals = scrape(port)
-            total += sum(totals.get(name, 0) for name in (
-                "nextbest_events_total", "nextbest_dead_letters_total",
-                "nextbest_duplicate_events_total"))
+            total += sum(
+                totals.get(name, 0)
+                for name in (
+                    "nextbest_events_total",
+                    "nextbest_dead_letters_total",
+                    "nextbest_duplicate_events_total",
+                )
+            )
         return total
 
     def wait_processed(self, count: float, timeout: float = 60) -> None:
@@ -107,12 +150,18 @@ class Cluster:
                 raise TimeoutError(f"processed {self.processed()} of {count}")
             time.sleep(0.25)
 
-    def read(self, topic_kind: str, min_count: int = 0, timeout: float = 20,
-             settle: float = 1.5) -> list[dict]:
+    def read(
+        self, topic_kind: str, min_count: int = 0, timeout: float = 20, settle: float = 1.5
+    ) -> list[dict]:
         """All records of an output topic: at least ``min_count``, then until quiet."""
         topic = getattr(self.settings.topics, topic_kind)
-        consumer = Consumer({**self.settings.kafka_client_config(), "group.id": "test-reader",
-                             "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                **self.settings.kafka_client_config(),
+                "group.id": "test-reader",
+                "enable.auto.commit": False,
+            }
+        )
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         records: list[dict] = []

@@ -51,12 +51,10 @@ def test_requests_are_counted_by_route_template_and_status_and_timed():
     assert handle(api, broken).status == 500
     assert value("nextbest_api_requests_total", route=ROUTE, method="GET", status="200") == ok + 1
     assert (
-        value("nextbest_api_requests_total", route=ROUTE, method="GET", status="404")
-        == missing + 1
+        value("nextbest_api_requests_total", route=ROUTE, method="GET", status="404") == missing + 1
     )
     assert (
-        value("nextbest_api_requests_total", route=ROUTE, method="GET", status="500")
-        == failed + 1
+        value("nextbest_api_requests_total", route=ROUTE, method="GET", status="500") == failed + 1
     )
     assert value("nextbest_api_request_duration_seconds_count", route=ROUTE, method="GET") == (
         timed + 3

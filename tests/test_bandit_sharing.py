@@ -86,8 +86,10 @@ def test_replays_are_no_ops_and_parts_reload_into_another_policy():
     assert learning.learn(rewards[:80], partition_of) == set()  # the same rewards again
     learning.learn(rewards[80:], partition_of)
     # Holdout, unsent and superseded rewards are not learned.
-    skipped = [{**rewards[0], "decision_id": "h", "arm": "holdout"},
-               {**rewards[1], "decision_id": "s", "reason": "superseded"}]
+    skipped = [
+        {**rewards[0], "decision_id": "h", "arm": "holdout"},
+        {**rewards[1], "decision_id": "s", "reason": "superseded"},
+    ]
     assert learning.learn(skipped, partition_of) == set()
 
     # A fresh worker loads the entries as JSON (the table's changelog) and gets the same bandit.
@@ -158,11 +160,13 @@ def test_learning_into_an_entry_first_loads_its_newer_version():
     old_owner.flush({p: FakeEvent(p) for p in range(PARTITIONS)})
     new_owner.learn(rewards[60:], partition_of)  # no refresh in between
     new_owner.flush({p: FakeEvent(p) for p in range(PARTITIONS)})
-    assert_same_model(new_owner.learning.policy.variants["bandit"].models["shop"],
-                      learned_in_one(rewards))
+    assert_same_model(
+        new_owner.learning.policy.variants["bandit"].models["shop"], learned_in_one(rewards)
+    )
     old_owner.refresh()
-    assert_same_model(old_owner.learning.policy.variants["bandit"].models["shop"],
-                      learned_in_one(rewards))
+    assert_same_model(
+        old_owner.learning.policy.variants["bandit"].models["shop"], learned_in_one(rewards)
+    )
 
 
 def test_an_entry_is_written_at_most_every_write_s_and_a_later_flush_writes_the_rest():
@@ -174,11 +178,13 @@ def test_an_entry_is_written_at_most_every_write_s_and_a_later_flush_writes_the_
     worker.learn(rewards[30:], partition_of)
     assert worker.flush() == [] and worker.dirty  # written too recently: kept
     # The worker's own bandit has every reward at once; the table gets them later.
-    assert_same_model(worker.learning.policy.variants["bandit"].models["shop"],
-                      learned_in_one(rewards))
+    assert_same_model(
+        worker.learning.policy.variants["bandit"].models["shop"], learned_in_one(rewards)
+    )
     worker.write_s = 0.0
     assert sorted(worker.flush()) == sorted(worker.raw) and not worker.dirty  # retained events
     reader = BanditTable(table, PartitionedLearning(PromotionPolicy()))
     reader.refresh()
-    assert_same_model(reader.learning.policy.variants["bandit"].models["shop"],
-                      learned_in_one(rewards))
+    assert_same_model(
+        reader.learning.policy.variants["bandit"].models["shop"], learned_in_one(rewards)
+    )

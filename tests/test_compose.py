@@ -290,8 +290,13 @@ def test_every_nextbest_variable_is_a_setting() -> None:
             seen.add(var)
             assert var in SETTINGS_VARS | TOPIC_VARS, f"{path.name}: {var} is not a setting"
     # The docs cover the SASL/TLS settings of a real cluster.
-    security = {"NEXTBEST_SECURITY_PROTOCOL", "NEXTBEST_SASL_MECHANISM",
-                "NEXTBEST_SASL_USERNAME", "NEXTBEST_SASL_PASSWORD", "NEXTBEST_SSL_CAFILE"}
+    security = {
+        "NEXTBEST_SECURITY_PROTOCOL",
+        "NEXTBEST_SASL_MECHANISM",
+        "NEXTBEST_SASL_USERNAME",
+        "NEXTBEST_SASL_PASSWORD",
+        "NEXTBEST_SSL_CAFILE",
+    }
     assert security <= set(NEXTBEST_VAR.findall(texts[DOCS]))
     assert seen
 
@@ -329,8 +334,10 @@ def test_kafka_is_single_node_kraft(services: dict) -> None:
     bound = {lst.split("://")[0]: host_port(lst)[1] for lst in env["KAFKA_LISTENERS"].split(",")}
     assert int(voter.rpartition(":")[2]) == bound[controller]
     assert len(base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")) == 16, "invalid KRaft id"
-    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+    ):
         assert env[key] == "1", f"{key} must be 1 on a single broker"
     worker_settings = Settings.from_env(service_env(services["worker"]))
     assert int(env["KAFKA_NUM_PARTITIONS"]) == worker_settings.partitions
@@ -344,8 +351,7 @@ def test_kafka_is_single_node_kraft(services: dict) -> None:
 def test_dockerfile_image_contract(services: dict) -> None:
     instructions = dockerfile_instructions()
     stage = final_stage()
-    assert all(args.split()[0] == "python:3.11-slim"
-               for ins, args in instructions if ins == "FROM")
+    assert all(args.split()[0] == "python:3.11-slim" for ins, args in instructions if ins == "FROM")
     runs = [args for ins, args in instructions if ins == "RUN"]
     torch_at = next(i for i, r in enumerate(runs) if "torch==2.13.0" in r)
     assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_at]
@@ -371,8 +377,11 @@ def test_dockerfile_copies_exist_and_are_not_ignored() -> None:
     ]
     for required in (".venv", "var", ".git", "**/__pycache__"):
         assert required in ignored, f".dockerignore lacks {required}"
-    copies = [args for ins, args in dockerfile_instructions()
-              if ins == "COPY" and not args.startswith("--from")]
+    copies = [
+        args
+        for ins, args in dockerfile_instructions()
+        if ins == "COPY" and not args.startswith("--from")
+    ]
     assert copies
     for args in copies:
         sources = shlex.split(args)[:-1]
@@ -393,7 +402,8 @@ def test_prometheus_scrapes_every_worker_replica(services: dict) -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     worker_jobs = [
-        job for job in jobs.values()
+        job
+        for job in jobs.values()
         if any("worker" in sd["names"] for sd in job.get("dns_sd_configs", []))
     ]
     assert len(worker_jobs) == 1
@@ -420,16 +430,16 @@ def test_grafana_provisioning_matches_mounts(services: dict) -> None:
     assert mounts[f"{provisioning}/datasources"][0] == GRAFANA_DATASOURCES.resolve()
     assert mounts[f"{provisioning}/dashboards"][0] == GRAFANA_DASHBOARD_PROVIDERS.resolve()
 
-    (datasource,) = yaml.safe_load(
-        next(GRAFANA_DATASOURCES.glob("*.yml")).read_text()
-    )["datasources"]
+    (datasource,) = yaml.safe_load(next(GRAFANA_DATASOURCES.glob("*.yml")).read_text())[
+        "datasources"
+    ]
     assert datasource["type"] == "prometheus"
     prometheus_port = int(services["prometheus"]["ports"][0].split(":")[-1])
     assert host_port(datasource["url"]) == ("prometheus", prometheus_port)
 
-    (provider,) = yaml.safe_load(
-        next(GRAFANA_DASHBOARD_PROVIDERS.glob("*.yml")).read_text()
-    )["providers"]
+    (provider,) = yaml.safe_load(next(GRAFANA_DASHBOARD_PROVIDERS.glob("*.yml")).read_text())[
+        "providers"
+    ]
     dashboards_dir = provider["options"]["path"]
     assert mounts[dashboards_dir][0] == DASHBOARD.parent.resolve()
     home = service_env(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
@@ -473,8 +483,7 @@ def test_dashboard_histograms_have_quantiles() -> None:
             continue
         for q in ("0.5", "0.95", "0.99"):
             assert any(
-                e.startswith(f"histogram_quantile({q},") and f"{metric}_bucket" in e
-                for e in exprs
+                e.startswith(f"histogram_quantile({q},") and f"{metric}_bucket" in e for e in exprs
             ), f"no p{q} panel for {metric}"
 
 
@@ -496,7 +505,10 @@ def test_cli_offers_the_subcommands_compose_runs(services: dict) -> None:
         pytest.skip("streams/cli.py not written yet")
     result = subprocess.run(
         [sys.executable, "-c", "from streams.cli import main; main()", "--help"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     for name in ("topics", "worker"):

@@ -46,16 +46,56 @@ def test_no_observations_gives_no_quantile():
 
 def test_journey_outcomes_by_journey_outcome_and_reason():
     samples = [
-        ({"merchant": "m", "journey": "abandoned_cart", "step": "remind", "outcome": "sent",
-          "reason": ""}, 2.0),
-        ({"merchant": "m", "journey": "abandoned_cart", "step": "remind",
-          "outcome": "suppressed", "reason": "frequency_cap"}, 5.0),
-        ({"merchant": "m", "journey": "abandoned_cart", "step": "remind",
-          "outcome": "suppressed", "reason": "no_consent"}, 1.0),
-        ({"merchant": "n", "journey": "abandoned_cart", "step": "remind",
-          "outcome": "sent", "reason": ""}, 1.0),
-        ({"merchant": "m", "journey": "follow_up", "step": "first", "outcome": "cancelled",
-          "reason": "opted_out"}, 0.0),
+        (
+            {
+                "merchant": "m",
+                "journey": "abandoned_cart",
+                "step": "remind",
+                "outcome": "sent",
+                "reason": "",
+            },
+            2.0,
+        ),
+        (
+            {
+                "merchant": "m",
+                "journey": "abandoned_cart",
+                "step": "remind",
+                "outcome": "suppressed",
+                "reason": "frequency_cap",
+            },
+            5.0,
+        ),
+        (
+            {
+                "merchant": "m",
+                "journey": "abandoned_cart",
+                "step": "remind",
+                "outcome": "suppressed",
+                "reason": "no_consent",
+            },
+            1.0,
+        ),
+        (
+            {
+                "merchant": "n",
+                "journey": "abandoned_cart",
+                "step": "remind",
+                "outcome": "sent",
+                "reason": "",
+            },
+            1.0,
+        ),
+        (
+            {
+                "merchant": "m",
+                "journey": "follow_up",
+                "step": "first",
+                "outcome": "cancelled",
+                "reason": "opted_out",
+            },
+            0.0,
+        ),
     ]
     assert journey_outcomes(samples) == (
         "abandoned_cart: sent 3, suppressed 6 (frequency_cap 5, no_consent 1)"

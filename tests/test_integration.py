@@ -24,25 +24,41 @@ def cluster(tmp_path):
 
 
 def profile(customer: str, *, opted_out: bool = False) -> dict:
-    return event("profile", f"profile-{customer}", customer=customer,
-                 time="2011-11-14T09:00:00Z", opted_out=opted_out, preferred_channel="email",
-                 channels={"email": f"{customer}@example.com", "sms": None, "push": None,
-                           "in_app": False})
+    return event(
+        "profile",
+        f"profile-{customer}",
+        customer=customer,
+        time="2011-11-14T09:00:00Z",
+        opted_out=opted_out,
+        preferred_channel="email",
+        channels={"email": f"{customer}@example.com", "sms": None, "push": None, "in_app": False},
+    )
 
 
 BAD_INPUTS = [  # (topic kind, raw value, expected dead-letter reason)
     ("cart", b"{not json", "malformed_json"),
     ("cart", b"\xff\xfe binary", "malformed_json"),
-    ("cart", orjson.dumps({**cart_add("bad-1", 10, customer="c1"), "cart_value": "ten"}),
-     "schema_violation"),
-    ("clickstream", orjson.dumps(event("teleport", "bad-2", customer="c1")),
-     "unknown_event_type"),
-    ("clickstream", orjson.dumps(event("page_view", "bad-3", customer="c1", page="x" * 70000)),
-     "oversize_payload"),
-    ("cart", orjson.dumps({**cart_add("bad-4", 10, customer="c1"), "merchant_id": "nope"}),
-     "unknown_merchant"),
-    ("orders", orjson.dumps({**event("order", "bad-5", customer="c1"), "schema_version": 9}),
-     "unsupported_schema_version"),
+    (
+        "cart",
+        orjson.dumps({**cart_add("bad-1", 10, customer="c1"), "cart_value": "ten"}),
+        "schema_violation",
+    ),
+    ("clickstream", orjson.dumps(event("teleport", "bad-2", customer="c1")), "unknown_event_type"),
+    (
+        "clickstream",
+        orjson.dumps(event("page_view", "bad-3", customer="c1", page="x" * 70000)),
+        "oversize_payload",
+    ),
+    (
+        "cart",
+        orjson.dumps({**cart_add("bad-4", 10, customer="c1"), "merchant_id": "nope"}),
+        "unknown_merchant",
+    ),
+    (
+        "orders",
+        orjson.dumps({**event("order", "bad-5", customer="c1"), "schema_version": 9}),
+        "unsupported_schema_version",
+    ),
 ]
 
 
@@ -51,8 +67,9 @@ def test_events_in_offers_notifications_and_dead_letters_out(cluster):
     cluster.send("profiles", profile("c1"))
     cluster.send("profiles", profile("c2", opted_out=True))
     for i, value in enumerate([45.0, 70.0, 75.0, 130.0]):
-        cluster.send("cart", cart_add(f"c1-add-{i}", value, customer="c1",
-                                      time=f"2011-11-14T10:0{i}:00Z"))
+        cluster.send(
+            "cart", cart_add(f"c1-add-{i}", value, customer="c1", time=f"2011-11-14T10:0{i}:00Z")
+        )
     cluster.send("cart", cart_add("c1-add-0", 45.0, customer="c1"))  # a redelivered event
     cluster.send("cart", cart_add("c2-add-0", 70.0, customer="c2"))
     cluster.send("cart", cart_add("s9-add-0", 70.0, session="s9"))
@@ -66,14 +83,18 @@ def test_events_in_offers_notifications_and_dead_letters_out(cluster):
     by_who = Counter(o["customer_id"] or o["session_id"] for o in offers)
     assert by_who == {"c1": 3, "c2": 1, "s9": 1, "c3": 1}
     c1 = [(o["offer_type"], o["promotion_id"]) for o in offers if o["customer_id"] == "c1"]
-    assert c1 == [("threshold_nudge", "free-shipping-60"), ("free_shipping", "free-shipping-60"),
-                  ("threshold_nudge", "five-off-150")]
+    assert c1 == [
+        ("threshold_nudge", "free-shipping-60"),
+        ("free_shipping", "free-shipping-60"),
+        ("threshold_nudge", "five-off-150"),
+    ]
     nudge = next(o for o in offers if o["cart_event_id"] == "c1-add-0")
     assert nudge["amount_to_next_tier"] == 15.0 and "£15.00" in nudge["message"]
 
     notifications = cluster.read("notifications", min_count=2)
     assert [(n["customer_id"], n["channel"], n["address"]) for n in notifications] == [
-        ("c1", "email", "c1@example.com")] * 2  # third offer hit the cap of 2 a day
+        ("c1", "email", "c1@example.com")
+    ] * 2  # third offer hit the cap of 2 a day
     assert len({n["dedupe_key"] for n in notifications}) == 2
 
     letters = cluster.read("dead_letters", min_count=len(BAD_INPUTS))
@@ -86,14 +107,14 @@ def test_events_in_offers_notifications_and_dead_letters_out(cluster):
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    for line in ('nextbest_dead_letters_total{reason="oversize_payload"} 1.0',
-                 'nextbest_messages_suppressed_total{merchant="uci-gift-shop",'
-                 'reason="frequency_cap"} 1.0',
-                 'nextbest_messages_suppressed_total{merchant="uci-gift-shop",'
-                 'reason="opted_out"} 1.0',
-                 'nextbest_notifications_total{channel="email",merchant="uci-gift-shop"} 2.0',
-                 "nextbest_duplicate_events_total 1.0",
-                 "nextbest_rerouted_events_total 1.0"):
+    for line in (
+        'nextbest_dead_letters_total{reason="oversize_payload"} 1.0',
+        'nextbest_messages_suppressed_total{merchant="uci-gift-shop",reason="frequency_cap"} 1.0',
+        'nextbest_messages_suppressed_total{merchant="uci-gift-shop",reason="opted_out"} 1.0',
+        'nextbest_notifications_total{channel="email",merchant="uci-gift-shop"} 2.0',
+        "nextbest_duplicate_events_total 1.0",
+        "nextbest_rerouted_events_total 1.0",
+    ):
         assert line in text
     assert "nextbest_decision_latency_seconds_bucket" in text
     assert cluster.state(port, "uci-gift-shop:c:c1")["cart"]["value"] == 130.0
@@ -101,14 +122,16 @@ def test_events_in_offers_notifications_and_dead_letters_out(cluster):
 
 def test_anonymous_session_merges_into_customer(cluster):
     port = cluster.start_worker("a")
-    view = event("product_view", "s5-view", session="s5", product_id="85123A",
-                 time="2011-11-14T10:00:00Z")
+    view = event(
+        "product_view", "s5-view", session="s5", product_id="85123A", time="2011-11-14T10:00:00Z"
+    )
     cluster.send("clickstream", view)
     cluster.flush()
     cluster.wait_processed(1)
     assert cluster.state(port, "uci-gift-shop:s:s5")["views"][0][0] == "85123A"
-    cluster.send("cart", cart_add("c5-add", 20.0, customer="c5", session="s5",
-                                  time="2011-11-14T10:01:00Z"))
+    cluster.send(
+        "cart", cart_add("c5-add", 20.0, customer="c5", session="s5", time="2011-11-14T10:01:00Z")
+    )
     cluster.flush()
     cluster.wait_processed(2)
     merged = None
@@ -125,8 +148,7 @@ def test_anonymous_session_merges_into_customer(cluster):
 def real_events(limit: int) -> list:
     if not DATA_FILE.exists():
         pytest.skip(f"{DATA_FILE} not found")
-    events = replay_events(DATA_FILE, start=datetime(2011, 11, 14, 7),
-                           end=datetime(2011, 11, 15))
+    events = replay_events(DATA_FILE, start=datetime(2011, 11, 14, 7), end=datetime(2011, 11, 15))
     return [e for _, e in zip(range(limit), events, strict=False)]
 
 

@@ -30,8 +30,11 @@ merchants:
       - {id: free-ship-40, type: free_shipping, min_spend: 40}
       - {id: ten-off-100, type: percent_off, percent: 10, min_spend: 100}
 """
-EXPERIMENT = {"id": "shared-1", "holdout": 0.0,
-              "arms": [{"name": "learned", "weight": 1, "variant": "bandit"}]}
+EXPERIMENT = {
+    "id": "shared-1",
+    "holdout": 0.0,
+    "arms": [{"name": "learned", "weight": 1, "variant": "bandit"}],
+}
 CUSTOMERS = 40
 
 
@@ -47,22 +50,62 @@ def events() -> list[tuple[str, dict]]:
     for i in range(CUSTOMERS):
         value = (45.0, 120.0)[i % 2]
         line = {"product_id": f"P{i % 5}", "quantity": 1, "unit_price": value}
-        out.append(("cart", event("cart_add", f"cart-{i}", customer=f"c{i}", merchant=MERCHANT,
-                                  time=when(0), lines=[line], cart_value=value, currency="GBP")))
+        out.append(
+            (
+                "cart",
+                event(
+                    "cart_add",
+                    f"cart-{i}",
+                    customer=f"c{i}",
+                    merchant=MERCHANT,
+                    time=when(0),
+                    lines=[line],
+                    cart_value=value,
+                    currency="GBP",
+                ),
+            )
+        )
         if i % 3 == 0:
-            out.append(("orders", event("order", f"order-{i}", customer=f"c{i}",
-                                        merchant=MERCHANT, time=when(1), order_id=f"O{i}",
-                                        lines=[line], total=value, currency="GBP")))
-        out.append(("clickstream", event("page_view", f"late-{i}", customer=f"c{i}",
-                                         merchant=MERCHANT, time=when(72), page="/")))
+            out.append(
+                (
+                    "orders",
+                    event(
+                        "order",
+                        f"order-{i}",
+                        customer=f"c{i}",
+                        merchant=MERCHANT,
+                        time=when(1),
+                        order_id=f"O{i}",
+                        lines=[line],
+                        total=value,
+                        currency="GBP",
+                    ),
+                )
+            )
+        out.append(
+            (
+                "clickstream",
+                event(
+                    "page_view",
+                    f"late-{i}",
+                    customer=f"c{i}",
+                    merchant=MERCHANT,
+                    time=when(72),
+                    page="/",
+                ),
+            )
+        )
     return out
 
 
 def cart_partitions(log: str) -> set[int]:
     """The cart-topic partitions of a worker's last assignment, from its log's table
     (``| nextbest.cart | {0, 2} |`` or ``{0-3}``)."""
-    cells = [line.split("|")[2].strip() for line in log.splitlines()
-             if line.startswith("| nextbest.cart ") and line.count("|") >= 3]
+    cells = [
+        line.split("|")[2].strip()
+        for line in log.splitlines()
+        if line.startswith("| nextbest.cart ") and line.count("|") >= 3
+    ]
     partitions: set[int] = set()
     for part in cells[-1].strip("{}").split(","):
         first, _, last = part.strip().partition("-")
@@ -96,10 +139,15 @@ def test_two_workers_share_one_bandit_and_a_restart_gets_it_back(tmp_path):
         cluster.flush()
         cluster.wait_processed(len(sent), timeout=120)
         rewards = cluster.read("rewards", min_count=CUSTOMERS, timeout=60)
-        learnable = [r for r in rewards if r["reason"] == "window_closed"
-                     and (r["sent"] or r["action_kind"] == "none")]
-        handled = [scrape(port, ("nextbest_events_total",)).get("nextbest_events_total", 0)
-                   for port in (port_a, port_b)]
+        learnable = [
+            r
+            for r in rewards
+            if r["reason"] == "window_closed" and (r["sent"] or r["action_kind"] == "none")
+        ]
+        handled = [
+            scrape(port, ("nextbest_events_total",)).get("nextbest_events_total", 0)
+            for port in (port_a, port_b)
+        ]
         view_a = wait_for_updates(port_a, len(learnable))
         view_b = wait_for_updates(port_b, len(learnable))
         cluster.stop_worker("a")

@@ -160,9 +160,23 @@ def test_invoices_group_an_invoice_interrupted_by_another_and_is_product():
     assert [[r.stock_code for r in group] for group in invoices(rows)] == [["A", "B", "C"], ["A"]]
     assert list(invoices([])) == []
     assert is_product("85123A") and is_product("DCGS0076") and is_product(" 22423 ")
-    assert not any(map(is_product, ["POST", "DOT", "M", "BANK CHARGES", "gift_0001_20", "GIFT_1",
-                                    "C2", "AMAZONFEE", "PADS", "CRUK"]))
-
+    assert not any(
+        map(
+            is_product,
+            [
+                "POST",
+                "DOT",
+                "M",
+                "BANK CHARGES",
+                "gift_0001_20",
+                "GIFT_1",
+                "C2",
+                "AMAZONFEE",
+                "PADS",
+                "CRUK",
+            ],
+        )
+    )
 
 
 def test_invoices_close_an_invoice_once_the_file_is_an_hour_past_it():
@@ -172,6 +186,7 @@ def test_invoices_close_an_invoice_once_the_file_is_an_hour_past_it():
         raise AssertionError("read past the row that closes invoice 1")
 
     assert [r.stock_code for r in next(invoices(file_rows()))] == ["A"]
+
 
 # --- invoice_events -------------------------------------------------------------------------
 

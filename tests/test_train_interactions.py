@@ -99,8 +99,6 @@ def test_loader_counts_items_outside_the_product_rule(tmp_path):
     orders, report = load_interactions(data, product_pattern=r"^SKU-\d$")  # sku-0 ... sku-9
     assert report.non_product > 0
     assert report.kept + report.non_product == every.kept
-    assert all(
-        len(p) == 5 for seq in orders.values() for _, products in seq for p in products
-    )
+    assert all(len(p) == 5 for seq in orders.values() for _, products in seq for p in products)
     with pytest.raises(SystemExit):
         interactions_main([str(data), "--product-pattern", "(["])

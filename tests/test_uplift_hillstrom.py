@@ -82,27 +82,39 @@ def synthetic_hillstrom(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     segment = rng.choice(list(hillstrom.ARMS), size=n)
     womens = rng.integers(0, 2, n)
-    p = 0.1 + 0.3 * ((segment == "Womens E-Mail") & (womens == 1)) + 0.05 * (
-        segment == "Mens E-Mail")
+    p = (
+        0.1
+        + 0.3 * ((segment == "Womens E-Mail") & (womens == 1))
+        + 0.05 * (segment == "Mens E-Mail")
+    )
     visit = (rng.random(n) < p).astype(int)
     conversion = visit * (rng.random(n) < 0.3)
     history = rng.gamma(2.0, 120.0, n).round(2)
-    return pd.DataFrame({
-        "recency": rng.integers(1, 13, n), "history_segment": "1) $0 - $100",
-        "history": history, "mens": rng.integers(0, 2, n), "womens": womens,
-        "zip_code": rng.choice(hillstrom.CATEGORIES["zip_code"], n),
-        "newbie": rng.integers(0, 2, n),
-        "channel": rng.choice(hillstrom.CATEGORIES["channel"], n), "segment": segment,
-        "visit": visit, "conversion": conversion, "spend": conversion * history / 10,
-    })
+    return pd.DataFrame(
+        {
+            "recency": rng.integers(1, 13, n),
+            "history_segment": "1) $0 - $100",
+            "history": history,
+            "mens": rng.integers(0, 2, n),
+            "womens": womens,
+            "zip_code": rng.choice(hillstrom.CATEGORIES["zip_code"], n),
+            "newbie": rng.integers(0, 2, n),
+            "channel": rng.choice(hillstrom.CATEGORIES["channel"], n),
+            "segment": segment,
+            "visit": visit,
+            "conversion": conversion,
+            "spend": conversion * history / 10,
+        }
+    )
 
 
 def test_main_end_to_end_on_small_synthetic_file(tmp_path, capsys):
     data = tmp_path / "hillstrom.csv.gz"
     synthetic_hillstrom(2400).to_csv(data, index=False)
     out = tmp_path / "out"
-    rc = hillstrom.main(["--data", str(data), "--out", str(out), "--seeds", "2",
-                         "--targets", "visit", "spend"])
+    rc = hillstrom.main(
+        ["--data", str(data), "--out", str(out), "--seeds", "2", "--targets", "visit", "spend"]
+    )
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert (out / "qini.png").stat().st_size > 10_000
