@@ -2,23 +2,34 @@
 
 Loading (`load_orders`) accepts any file of the Online Retail family: csv, csv.gz or xlsx (every
 sheet is read, so the two-year "Online Retail II" workbook works), with either column naming
-(``InvoiceNo, UnitPrice, CustomerID`` or ``Invoice, Price, Customer ID``), matched ignoring case
-and spaces (``Customer Id``, ``customerid`` and ``Invoice No`` all work). Dates: ISO dates with
-a UTC offset (``2010-12-01T08:26:00Z``, ``... 08:26:00+01:00``) are converted to UTC, dates
-without one are read as UTC. Slash dates are month first (``12/1/2010 8:26``, the UCI export)
-unless the file shows day first: a slash date whose first field is over 12 and none whose second
-is makes every slash date of the file day first (``01/12/2010`` is 1 December). A file with both
-kinds (``13/12/2010`` and ``12/13/2010``) cannot be read without guessing: all its slash dates
-are bad dates. Row handling, in the order the checks run (a row is counted under the first rule
-it meets, see `LoadReport`):
+(``InvoiceNo, UnitPrice, CustomerID`` or ``Invoice, Price, Customer ID``), matched ignoring case,
+spaces, ``_`` and ``-`` (``Customer Id``, ``customer_id``, ``Invoice-No`` all work). The price
+column is optional. In a workbook, a sheet with none of these columns (a notes sheet) is skipped,
+and a sheet with some but not all the required ones is an error naming the sheet.
+
+Dates: ISO dates with a UTC offset (``2010-12-01T08:26:00Z``, ``... 08:26:00+01:00``) are
+converted to UTC, dates without one are read as UTC. Slash dates are month first
+(``12/1/2010 8:26``, the UCI export) unless the file shows day first. Evidence is counted over
+the file's distinct slash-date strings: day first where only that reading is valid (first field
+13-31, second at most 12: ``13/12/2010``), month first where only that one is (``12/13/2010``).
+A reading with evidence and at least 10 times the other's is used for every slash date of the
+file (``01/12/2010`` is 1 December when day first dominates), and the dates that contradict it
+(a typo) are bad dates on their own. With no evidence at all, month first. When neither reading
+dominates, the file cannot be read without guessing: all its slash dates are bad dates.
+
+Row handling, in the order the checks run (a row is counted under the first rule it meets, see
+`LoadReport`):
 
 * bad rows: an unparseable ``InvoiceDate``, an empty ``StockCode`` or an unparseable
   ``Quantity`` are skipped and counted, never fatal.
 * guest lines (no customer id) are dropped: they cannot be linked into a sequence.
-* bad prices: a customer's line with an unparseable or negative ``UnitPrice`` is skipped and
-  counted (``bad_price``). A zero price is kept: a free item is still a purchase. Guest lines
-  are counted as guests whatever their price (the UCI file's only negative prices are two guest
-  "adjust bad debt" lines).
+* bad prices: a customer's line with a negative ``UnitPrice`` is skipped and counted
+  (``bad_price``). Prices are read leniently: currency symbols, letters and spaces are ignored
+  (``£2.55``); with both ``,`` and ``.`` the comma separates thousands (``1,234.5``), with only a
+  comma it is the decimal mark (``2,55``). The price is not used, so an unparseable price (or
+  none, or no price column) does not drop the line. A zero price is kept: a free item is still a
+  purchase. Guest lines are counted as guests whatever their price (the UCI file's only negative
+  prices are two guest "adjust bad debt" lines).
 * cancellations (invoice number starting with ``C``) are dropped, and the original order stays
   in the sequence: the customer did choose those items, most cancellation lines have no matching
   original in the file, and the live worker records orders as they are placed.
@@ -47,6 +58,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -80,8 +92,10 @@ _COLUMNS = {
     "price": "price",
     "customerid": "customer",
 }
-"""Column name, lower case without spaces -> the loader's field."""
-_REQUIRED = ("invoice", "stock_code", "quantity", "invoice_date", "price", "customer")
+"""Column name, lower case without spaces, ``_`` or ``-`` -> the loader's field."""
+_REQUIRED = ("invoice", "stock_code", "quantity", "invoice_date", "customer")
+_DOMINANCE = 10
+"""A slash-date reading is used when it has this many times the other's evidence."""
 _SLASH_DATE = r"^\s*(\d{1,2})/(\d{1,2})/\d"
 """A date written ``first/second/year...``: month/day or day/month."""
 RECENT_DAYS = 30
@@ -115,10 +129,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _field_names(columns: pd.Index, path: Path) -> dict[str, str]:
-    """File column -> loader field, names matched ignoring case and spaces."""
+    """File column -> loader field, names matched ignoring case, spaces, ``_`` and ``-``."""
     column_of: dict[str, str] = {}
     for column in columns:
-        name = _COLUMNS.get("".join(str(column).split()).lower())
+        name = _COLUMNS.get(re.sub(r"[\s_-]", "", str(column)).lower())
         if name in column_of:
             raise ValueError(
                 f"{path}: columns {column_of[name]!r} and {column!r} both read as {name}"
@@ -129,12 +143,18 @@ def _field_names(columns: pd.Index, path: Path) -> dict[str, str]:
 
 
 def _read_raw(path: Path) -> pd.DataFrame:
+    """The file's rows with columns renamed to loader fields; every sheet of a workbook."""
     if path.suffix.lower() in (".xlsx", ".xls"):
-        sheets = pd.read_excel(path, sheet_name=None, dtype=str).values()
-        raw = pd.concat(
-            [sheet.rename(columns=_field_names(sheet.columns, path)) for sheet in sheets],
-            ignore_index=True,
-        )
+        frames = []
+        for sheet_name, sheet in pd.read_excel(path, sheet_name=None, dtype=str).items():
+            names = _field_names(sheet.columns, path)
+            if not names:
+                continue  # no column of the family at all: a notes or summary sheet
+            missing = [c for c in _REQUIRED if c not in names.values()]
+            if missing:
+                raise ValueError(f"{path}: sheet {sheet_name!r} is missing columns {missing}")
+            frames.append(sheet.rename(columns=names))
+        raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     else:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         raw = raw.rename(columns=_field_names(raw.columns, path))
@@ -160,11 +180,18 @@ def _parse_non_iso(text: pd.Series) -> pd.Series:
     fields = text.str.extract(_SLASH_DATE).apply(pd.to_numeric)
     first, second = fields[0], fields[1]
     slash = first.notna()
-    day_first = (first.between(13, 31) & second.le(12)).any()  # some date is only readable so
-    month_first = (second.between(13, 31) & first.le(12)).any()  # ... or only so
+    day_only = int((first.between(13, 31) & second.le(12)).sum())  # only readable day first
+    month_only = int((second.between(13, 31) & first.le(12)).sum())  # ... or month first
     dates = _parse_like_first(text.where(~slash), day_first=False)
-    if not (day_first and month_first):  # both: all slash dates stay NaT
-        dates[slash] = _parse_like_first(text[slash], day_first=bool(day_first))
+    if day_only and day_only >= _DOMINANCE * month_only:
+        day_first = True
+    elif not day_only or month_only >= _DOMINANCE * day_only:
+        day_first = False
+    else:  # neither reading dominates: all slash dates stay NaT
+        return dates
+    month = second if day_first else first
+    readable = slash & month.le(12)  # a month over 12 contradicts the reading: stays NaT
+    dates[readable] = _parse_like_first(text[readable], day_first=day_first)
     return dates
 
 
@@ -184,6 +211,14 @@ def _parse_like_first(text: pd.Series, day_first: bool) -> pd.Series:
     return dates
 
 
+def _parse_prices(text: pd.Series) -> pd.Series:
+    """Lenient prices (see the module docstring), NaN where unparseable."""
+    digits = text.fillna("").astype(str).str.replace(r"[^\d,.+-]", "", regex=True)
+    thousands = digits.str.contains(",", regex=False) & digits.str.contains(".", regex=False)
+    digits = digits.where(~thousands, digits.str.replace(",", "", regex=False))
+    return pd.to_numeric(digits.str.replace(",", ".", regex=False), errors="coerce")
+
+
 def load_transactions(
     path: str | Path, product_pattern: str | None = None
 ) -> tuple[pd.DataFrame, LoadReport]:
@@ -200,7 +235,9 @@ def load_transactions(
         raw["customer"].fillna("").astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
     )
     quantity = pd.to_numeric(raw["quantity"], errors="coerce")
-    price = pd.to_numeric(raw["price"], errors="coerce")
+    negative_price = pd.Series(False, index=raw.index)
+    if "price" in raw.columns:
+        negative_price = _parse_prices(raw["price"]) < 0  # NaN (unparseable): not negative
     time = _parse_dates(raw["invoice_date"])
 
     rules = [
@@ -208,7 +245,7 @@ def load_transactions(
         ("missing_stock_code", code.eq("") | code.eq("NAN")),
         ("bad_quantity", quantity.isna()),
         ("guest", customer.eq("") | customer.str.lower().eq("nan")),
-        ("bad_price", ~np.isfinite(price) | (price < 0)),
+        ("bad_price", negative_price),
         ("cancellation", invoice.str.upper().str.startswith("C")),
         ("non_positive", invoice.str.upper().str.startswith("A") | (quantity <= 0)),
         ("non_product", ~code.str.match(product_pattern or PRODUCT_CODE, case=False)),

@@ -114,6 +114,18 @@ def test_column_names_ignore_case_and_spaces(tmp_path):
     _check(*load_orders(path))
 
 
+def test_column_names_ignore_underscores_and_hyphens(tmp_path):
+    columns = ["Invoice-No", "stock_code", "description", "QUANTITY", "invoice_date"]
+    columns += ["unit_price", "customer_id", "country"]
+    path = tmp_path / "retail.csv"
+    _frame(columns).to_csv(path, index=False)
+    _check(*load_orders(path))
+    _frame(["invoice_no", *columns[1:5], "Unit-Price", "Customer - ID", "country"]).to_csv(
+        path, index=False
+    )
+    _check(*load_orders(path))
+
+
 def test_xlsx_every_sheet_and_float_customer_ids(tmp_path):
     frame = _frame(NEW)
     frame["Customer ID"] = [f"{c}.0" if c else "" for c in frame["Customer ID"]]
@@ -124,13 +136,42 @@ def test_xlsx_every_sheet_and_float_customer_ids(tmp_path):
     _check(*load_orders(path))
 
 
+def test_xlsx_notes_sheet_skipped_and_incomplete_sheet_refused(tmp_path):
+    """A sheet with no column of the family is skipped; one missing a required column (here
+    the customer id, which would turn every line into a guest) is an error naming it."""
+    path = tmp_path / "retail.xlsx"
+    notes = pd.DataFrame({"Notes": ["exported 2011-12-09"]})
+    with pd.ExcelWriter(path) as xl:
+        notes.to_excel(xl, sheet_name="About", index=False)
+        _frame(NEW).to_excel(xl, sheet_name="Year 2010-2011", index=False)
+    _check(*load_orders(path))
+    with pd.ExcelWriter(path) as xl:
+        _frame(NEW).iloc[:10].to_excel(xl, sheet_name="Year 2009-2010", index=False)
+        part = _frame(NEW).iloc[10:].drop(columns=["Customer ID", "Quantity"])
+        part.to_excel(xl, sheet_name="Year 2010-2011", index=False)
+    with pytest.raises(
+        ValueError, match=r"sheet 'Year 2010-2011' is missing columns \['quantity', 'customer'\]"
+    ):
+        load_transactions(path)
+    with pd.ExcelWriter(path) as xl:
+        notes.to_excel(xl, sheet_name="About", index=False)
+    with pytest.raises(ValueError, match="not an Online Retail file, missing columns"):
+        load_transactions(path)
+
+
+def test_price_column_is_optional(tmp_path):
+    path = tmp_path / "retail.csv"
+    _frame(OLD).drop(columns="UnitPrice").to_csv(path, index=False)
+    _check(*load_orders(path))
+
+
 def test_not_an_online_retail_file(tmp_path):
     path = tmp_path / "other.csv"
     pd.DataFrame({"a": [1]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="missing columns"):
         load_transactions(path)
-    _frame(OLD).drop(columns="UnitPrice").to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"missing columns \['price'\]"):
+    _frame(OLD).drop(columns="CustomerID").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"missing columns \['customer'\]"):
         load_transactions(path)
     _frame(OLD).assign(Invoice="1").to_csv(path, index=False)  # two invoice columns
     with pytest.raises(ValueError, match="'InvoiceNo' and 'Invoice' both read as invoice"):
@@ -178,16 +219,38 @@ def test_day_first_slash_dates(tmp_path):
 
 
 def test_slash_dates_both_ways_are_bad_dates(tmp_path):
-    """13/12 and 12/13 in one file: no slash date of it can be read without guessing."""
+    """13/12 and 12/13 in one file, neither 10 times the other: no slash date of it can be
+    read without guessing."""
     dates = ["13/12/2010 09:00", "12/13/2010 09:00", "01/12/2010 08:26", "2010-12-01 08:26:00"]
     seconds, bad = _load_dates(tmp_path, dates)
     assert bad == 3
     assert seconds == [_epoch("2010-12-01 08:26:00")]
+    day_first = [f"{13 + i}/12/2010 09:00" for i in range(9)]  # 9 against 1: not 10 times
+    seconds, bad = _load_dates(tmp_path, [*day_first, "12/13/2010 09:00", "2010-12-01 08:26:00"])
+    assert bad == 10
+    assert seconds == [_epoch("2010-12-01 08:26:00")]
+
+
+@pytest.mark.parametrize("day_first", [True, False], ids=["day first", "month first"])
+def test_one_contradicting_slash_date_is_the_only_bad_one(tmp_path, day_first):
+    """A reading with 10 times the other's evidence wins; the typo that contradicts it is a bad
+    date (not read the other way round), every other slash date is read the winning way."""
+    good = [f"{13 + i % 18}/12/2010 {9 + i // 18}:{i:02d}" for i in range(30)]
+    typo, ambiguous = "12/13/2010 09:00", "01/12/2010 08:26"
+    if not day_first:
+        good = ["/".join([b, a, *rest]) for a, b, *rest in (d.split("/") for d in good)]
+        typo = "13/12/2010 09:00"
+    seconds, bad = _load_dates(tmp_path, [*good, typo, ambiguous])
+    assert bad == 1
+    assert len(seconds) == 31
+    assert seconds[0] == _epoch("2010-12-13 09:00:00")
+    assert seconds[-1] == _epoch("2010-12-01 08:26:00" if day_first else "2010-01-12 08:26:00")
 
 
 def test_bad_prices(tmp_path):
-    """Unparseable or negative prices are bad rows, counted after guests and before the
-    cancellation rule; a zero price is a purchase (a free item)."""
+    """Only a negative price is a bad row, counted after guests and before the cancellation
+    rule; prices are read leniently and an unparseable one keeps its line (the price is not
+    used); a zero price is a purchase (a free item)."""
     # invoice, code, qty, date, customer, price
     rows = [
         ("1", "85123A", "1", "2010-12-01 08:26:00", "7", "2.55"),
@@ -195,7 +258,11 @@ def test_bad_prices(tmp_path):
         ("1", "22633", "1", "2010-12-01 08:26:00", "7", "-2.55"),
         ("1", "22634", "1", "2010-12-01 08:26:00", "7", "£2.55"),
         ("1", "22635", "1", "2010-12-01 08:26:00", "7", ""),
-        ("1", "22636", "1", "2010-12-01 08:26:00", "7", "inf"),
+        ("1", "22636", "1", "2010-12-01 08:26:00", "7", "1,234.5"),
+        ("1", "22637", "1", "2010-12-01 08:26:00", "7", "2,55"),
+        ("1", "22638", "1", "2010-12-01 08:26:00", "7", "abc"),
+        ("1", "22639", "1", "2010-12-01 08:26:00", "7", "-3.0"),
+        ("1", "22640", "1", "2010-12-01 08:26:00", "7", "- £1,234.50 GBP"),
         ("A2", "B", "1", "2010-12-01 08:26:00", "", "-11062.06"),  # guest first
         ("C3", "85123A", "-1", "2010-12-02 08:26:00", "7", "-2.55"),  # bad price first
         ("C3", "85123A", "-1", "2010-12-02 08:26:00", "7", "2.55"),
@@ -204,8 +271,17 @@ def test_bad_prices(tmp_path):
     path = tmp_path / "prices.csv"
     frame.to_csv(path, index=False)
     lines, report = load_transactions(path)
-    assert (report.guest, report.bad_price, report.cancellation) == (1, 5, 1)
-    assert report.kept == 2 and lines["product"].tolist() == ["85123A", "71053"]
+    assert (report.guest, report.bad_price, report.cancellation) == (1, 4, 1)
+    assert report.kept == 7
+    assert lines["product"].tolist() == [
+        "85123A",
+        "71053",
+        "22634",
+        "22635",
+        "22636",
+        "22637",
+        "22638",
+    ]
 
 
 def test_an_exact_duplicate_row_is_the_same_line_twice(tmp_path):
