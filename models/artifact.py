@@ -17,7 +17,8 @@ import torch
 from models.next_purchase import ModelConfig, NextPurchaseLSTM, Recommender
 from models.sequences import EncoderConfig, Vocab
 
-FORMAT = 2  # 2: scoring time (``now``) and catalogue statistics as model input
+FORMAT = 3  # 2: scoring time (``now``) and catalogue statistics as model input; 3: + repeat_linear
+READS = (2, 3)  # a format-2 artifact loads as a model without the linear repeat term
 
 
 def save(
@@ -64,12 +65,12 @@ def resolve(path: str | Path) -> Path:
 def load(path: str | Path, device: str = "cpu") -> Recommender:
     path = resolve(path)
     found = json.loads((path / "data.json").read_text()).get("format", 1)
-    if found != FORMAT:
-        raise ValueError(f"{path}: artifact format {found}, this code reads {FORMAT}: retrain")
+    if found not in READS:
+        raise ValueError(f"{path}: artifact format {found}, this code reads {READS}: retrain")
     config = json.loads((path / "config.json").read_text())
     raw_vocab = json.loads((path / "vocab.json").read_text())
     vocab = Vocab(**raw_vocab)
-    # an artifact from before the linear repeat term says nothing of it and has none
+    # a format-2 artifact (before the linear repeat term) says nothing of it and has none
     model_config = ModelConfig(**{"repeat_linear": False, **config["model"]})
     model = NextPurchaseLSTM(model_config, vocab.popularity)
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))

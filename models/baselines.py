@@ -38,12 +38,18 @@ def popular_units(
     return _rows(scores, len(histories))
 
 
-def personal_frequency(histories: list[list[Order]], vocab: Vocab) -> torch.Tensor:
-    """The customer's items by number of their orders holding them, then popularity fill."""
-    freq = torch.zeros(len(histories), len(vocab), dtype=torch.float64)
+def order_counts(histories: list[list[Order]], vocab: Vocab) -> torch.Tensor:
+    """(customers, catalogue) how many of each customer's orders hold each item."""
+    counts = torch.zeros(len(histories), len(vocab), dtype=torch.float64)
     for row, orders in enumerate(histories):
         for _, products in orders:
-            freq[row, [vocab.index[p] for p in products if p in vocab.index]] += 1.0
+            counts[row, [vocab.index[p] for p in products if p in vocab.index]] += 1.0
+    return counts
+
+
+def personal_frequency(histories: list[list[Order]], vocab: Vocab) -> torch.Tensor:
+    """The customer's items by number of their orders holding them, then popularity fill."""
+    freq = order_counts(histories, vocab)
     return _rows(freq * (len(vocab) + 1) + _popularity(vocab), len(histories))
 
 

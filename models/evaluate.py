@@ -49,6 +49,7 @@ import torch  # noqa: E402
 from models import artifact, baselines  # noqa: E402
 from models.next_purchase import ModelConfig, Recommender  # noqa: E402
 from models.sequences import (  # noqa: E402
+    Order,
     Vocab,
     encode_history,
     epoch_seconds,
@@ -57,12 +58,21 @@ from models.sequences import (  # noqa: E402
     orders_from_lines,
     split_at,
 )
-from models.train import DEFAULT_DATA, KS, TrainConfig, fit, rank_metrics, target_ranks  # noqa: E402
+from models.train import (  # noqa: E402
+    DEFAULT_DATA,
+    KS,
+    NotEnoughData,
+    TrainConfig,
+    fit,
+    rank_metrics,
+    target_ranks,
+)
 
 MODELS = {"repeat_no_lstm": False, "lstm_repeat": True}  # name -> use_lstm
 REFERENCE = "personal_frequency"
 BAR = {"hit@1": 0.15, "hit@10": 0.05}  # required relative gain over the reference
 SMALL = 10  # the "<= 10 prior orders" cohort
+_DAY = 86400.0
 
 
 DISCOVERY = "discovery"
@@ -80,6 +90,7 @@ class Targets:
 
     @property
     def new(self) -> torch.Tensor:
+        """The target products each customer never bought before the cutoff."""
         return self.mask & ~self.bought
 
     @property
@@ -100,11 +111,18 @@ def method_ranks(scores: torch.Tensor, targets: Targets) -> dict[str, torch.Tens
 
 
 def cohort_metrics(ranks: dict[str, torch.Tensor], small: torch.Tensor) -> dict[str, dict]:
-    return {
-        "all": rank_metrics(ranks["all"]),
-        f"<={SMALL}_orders": rank_metrics(ranks["all"][small]),
-        DISCOVERY: rank_metrics(ranks[DISCOVERY]),
+    """Hit@k and MRR per cohort; a cohort with no customer is left out (it has no figures)."""
+    cohorts = {
+        "all": ranks["all"],
+        f"<={SMALL}_orders": ranks["all"][small],
+        DISCOVERY: ranks[DISCOVERY],
     }
+    return {name: rank_metrics(r) for name, r in cohorts.items() if len(r)}
+
+
+def relative_gain(value: float, reference: float) -> float | None:
+    """value / reference - 1; None where the reference is 0 (no gain can be stated)."""
+    return value / reference - 1.0 if reference else None
 
 
 def mean_over_seeds(runs: list[dict]) -> dict:
@@ -122,43 +140,68 @@ def mean_over_seeds(runs: list[dict]) -> dict:
 
 def gain_interval(
     ranks: list[torch.Tensor], reference: list[torch.Tensor], k: int, draws: int = 2000
-) -> list[float]:
+) -> list[float] | None:
     """95% paired bootstrap interval, over customers, of Hit@k(method) / Hit@k(reference) - 1.
 
     Each argument: one rank per customer for each seed; a customer's hit is its mean over seeds.
+    None when more than 5% of the draws have no reference hit (the ratio is undefined there).
     """
     hits, ref = (
         torch.stack([(r <= k).double() for r in rs]).mean(dim=0) for rs in (ranks, reference)
     )
     draw = torch.randint(len(ref), (draws, len(ref)), generator=torch.Generator().manual_seed(0))
-    ratio = hits[draw].mean(dim=1) / ref[draw].mean(dim=1) - 1.0
+    base = ref[draw].mean(dim=1)
+    ratio = (hits[draw].mean(dim=1) / base - 1.0)[base > 0]  # a draw with no reference hit: none
+    if len(ratio) < draws * 0.95:
+        return None  # the reference hits too rarely for a ratio interval
     return torch.quantile(ratio, torch.tensor([0.025, 0.975], dtype=ratio.dtype)).tolist()
 
 
 def lstm_ablation(results: dict, ranks_of: dict, cohort: str) -> dict:
     """The full model over its ablation without the LSTM in ``cohort`` (`DISCOVERY` or all):
     relative gains of the seed means, and paired bootstrap intervals for Hit@1 and Hit@10."""
-    ranking = DISCOVERY if cohort == DISCOVERY else "all"
-    full, without = ([r[ranking] for r in ranks_of[m]] for m in ("lstm_repeat", "repeat_no_lstm"))
+    if cohort not in ("all", DISCOVERY):
+        raise ValueError(f"no per-customer ranks kept for cohort {cohort}")
+    full, without = ([r[cohort] for r in ranks_of[m]] for m in ("lstm_repeat", "repeat_no_lstm"))
     out = {
-        m: results["lstm_repeat"][cohort][m] / results["repeat_no_lstm"][cohort][m] - 1.0
+        m: relative_gain(results["lstm_repeat"][cohort][m], results["repeat_no_lstm"][cohort][m])
         for m in ("hit@1", "hit@10", "mrr")
     }
     out.update({f"hit@{k}_interval95": gain_interval(full, without, k) for k in (1, 10)})
     return out
 
 
-def date_range(orders: dict) -> str:
-    """The file's first and last order days, and a cutoff that leaves the last quarter of its
-    orders after it (the first of that month), for the message of a cutoff outside the file."""
+def cutoff_hint(orders: dict[str, list[Order]]) -> str:
+    """For a cutoff that scores nobody: the file's first and last order days, and the day
+    nearest to leaving the last quarter of its orders after it on which some customer has
+    orders on both sides (what `split_at` needs), if there is one."""
     times = np.sort([t for seq in orders.values() for t, _ in seq])
     if not len(times):
         return "the file has no orders"
-    day = np.datetime64(int(times[0]), "s").astype("datetime64[D]")
-    last = np.datetime64(int(times[-1]), "s").astype("datetime64[D]")
-    month = np.datetime64(int(times[int(len(times) * 0.75)]), "s").astype("datetime64[M]")
-    suggested = max(month.astype("datetime64[D]"), day + 1)
-    return f"its orders run from {day} to {last}: try --cutoff {suggested}"
+    day = (times // _DAY).astype(np.int64)
+    first_last = [(seq[0][0] // _DAY, seq[-1][0] // _DAY) for seq in orders.values() if seq]
+    days = np.arange(day[0] + 1, day[-1] + 1)
+    scores_someone = np.zeros(len(days), bool)
+    for first, last in first_last:  # a cutoff on day d splits a customer with first < d <= last
+        scores_someone[int(first) + 1 - day[0] - 1 : int(last) - day[0]] = True
+    span = f"its orders run from {_date(day[0])} to {_date(day[-1])}"
+    if not scores_someone.any():
+        return f"{span}, and no customer has orders on two different days"
+    candidates = days[scores_someone]
+    target = day[int(len(day) * 0.75)]
+    return f"{span}: try --cutoff {_date(candidates[np.abs(candidates - target).argmin()])}"
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"
+
+
+def interval(bounds: list[float] | None) -> str:
+    return "[n/a]" if bounds is None else f"[{bounds[0]:+.1%}, {bounds[1]:+.1%}]"
+
+
+def _date(day: int) -> str:
+    return str(np.datetime64(int(day), "D"))
 
 
 def chart(results: dict, path: Path, title: str) -> None:
@@ -216,24 +259,22 @@ def main(argv: list[str]) -> int:
     before, after = split_at(orders, cutoff)
     customers = sorted(c for c in before if c in after)
     if not customers:
-        print(f"no customer has orders on both sides of {args.cutoff}; {date_range(orders)}")
+        print(f"no customer has orders on both sides of {args.cutoff}; {cutoff_hint(orders)}")
         return 1
     vocab = Vocab.build(before)
     units = lines[lines["seconds"] < cutoff].groupby("product")["quantity"].sum().to_dict()
+    histories = [before[c] for c in customers]
     targets = Targets(
         mask=torch.zeros(len(customers), len(vocab), dtype=torch.bool),
-        bought=torch.zeros(len(customers), len(vocab), dtype=torch.bool),
-        small=torch.tensor([len(before[c]) <= SMALL for c in customers]),
+        bought=baselines.order_counts(histories, vocab) > 0,
+        small=torch.tensor([len(h) <= SMALL for h in histories]),
     )
     for row, cust in enumerate(customers):
         known = [vocab.index[p] for p in after[cust][0][1] if p in vocab.index]
         targets.mask[row, known] = True
-        past = {p for _, products in before[cust] for p in products if p in vocab.index}
-        targets.bought[row, [vocab.index[p] for p in past]] = True
 
     results: dict[str, dict] = {}
     per_seed: dict[str, list] = {}
-    histories = [before[c] for c in customers]
     baseline_scores = {
         "popular_orders": baselines.popular_orders(histories, vocab),
         "popular_units": baselines.popular_units(histories, vocab, units),
@@ -277,7 +318,11 @@ def main(argv: list[str]) -> int:
                     device=args.device,
                     model=ModelConfig(use_lstm=use_lstm),
                 )
-                model, summary = fit(before, vocab, cfg, progress=not args.quiet)
+                try:
+                    model, summary = fit(before, vocab, cfg, progress=not args.quiet)
+                except NotEnoughData as error:
+                    print(f"cannot train the model on the orders before {args.cutoff}: {error}")
+                    return 1
                 rec = Recommender(model, vocab, cfg.encoder, device=summary["device"])
                 ranks_of[name].append(model_ranks(rec))
                 per_seed[name].append(cohort_metrics(ranks_of[name][-1], targets.small))
@@ -289,7 +334,7 @@ def main(argv: list[str]) -> int:
 
     ref = results[REFERENCE]["all"]
     gains = {
-        name: {m: res["all"][m] / ref[m] - 1.0 for m in ("hit@1", "hit@5", "hit@10", "mrr")}
+        name: {m: relative_gain(res["all"][m], ref[m]) for m in ("hit@1", "hit@5", "hit@10", "mrr")}
         for name, res in results.items()
     }
     print(
@@ -311,7 +356,7 @@ def main(argv: list[str]) -> int:
         ablation = {
             cohort: lstm_ablation(results, ranks_of, cohort)
             for cohort in ("all", DISCOVERY)
-            if results["lstm_repeat"][cohort]["n"]
+            if cohort in results["lstm_repeat"]
         }
     print(f"\nrelative to {REFERENCE} (cohort all; 95% bootstrap interval over customers):")
     for name, g in gains.items():
@@ -319,19 +364,19 @@ def main(argv: list[str]) -> int:
         print(
             f"  {name:<22}"
             + "  ".join(
-                f"{m} {v:+.1%}" + (" [{:+.1%}, {:+.1%}]".format(*ci[m]) if m in ci else "")
+                f"{m} {percent(v)}" + (f" {interval(ci[m])}" if m in ci else "")
                 for m, v in g.items()
             )
         )
     for name in per_seed:
-        ok = all(gains[name][m] >= need for m, need in BAR.items())
+        ok = all((gains[name][m] or 0.0) >= need for m, need in BAR.items())
         print(f"  {name}: bar (Hit@1 +15%, Hit@10 +5%) {'MET' if ok else 'NOT met'}")
     for cohort, figures in ablation.items():
         print(
             f"what the LSTM adds, cohort {cohort} (lstm_repeat / repeat_no_lstm - 1): "
             + "  ".join(
-                f"{m} {figures[m]:+.1%}"
-                + (" [{:+.1%}, {:+.1%}]".format(*figures[f"{m}_interval95"]) if m != "mrr" else "")
+                f"{m} {percent(figures[m])}"
+                + (f" {interval(figures[f'{m}_interval95'])}" if m != "mrr" else "")
                 for m in ("hit@1", "hit@10", "mrr")
             )
         )
@@ -358,7 +403,7 @@ def main(argv: list[str]) -> int:
         "training": training,
         "seconds": round(time.monotonic() - started, 1),
     }
-    (out / "evaluation.json").write_text(json.dumps(payload, indent=1))
+    (out / "evaluation.json").write_text(json.dumps(payload, indent=1, allow_nan=False))
     chart(results, out / "evaluation.png", f"{Path(args.data).name}, cutoff {args.cutoff}")
     print(f"\nwrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
     return 0

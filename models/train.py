@@ -75,6 +75,13 @@ class TrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
+MIN_CUSTOMERS = 2
+
+
+class NotEnoughData(ValueError):
+    """Too few customers with a repeat order to train and validate on."""
+
+
 def target_ranks(logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     """1-based rank of the best-placed target item in a full-catalogue ranking (inf: none)."""
     best = logits.masked_fill(~target_mask, float("-inf")).max(dim=-1).values
@@ -157,8 +164,14 @@ def _fit(
     draw = np.random.default_rng(cfg.seed + 1) if cfg.example_time == "between" else None
     examples = build_examples(orders, vocab, cfg.encoder, rng=draw, timeline=timeline)
     customers = sorted({e.customer for e in examples})
+    if len(customers) < MIN_CUSTOMERS:
+        raise NotEnoughData(
+            f"{len(customers)} customer(s) with a repeat order (an order after an earlier one): "
+            f"training needs at least {MIN_CUSTOMERS}, one of them held out for early stopping"
+        )
     rng = np.random.default_rng(cfg.seed)
-    held_out = set(rng.choice(customers, int(len(customers) * cfg.val_fraction), replace=False))
+    n_val = max(1, int(len(customers) * cfg.val_fraction))
+    held_out = set(rng.choice(customers, n_val, replace=False))
     train = [e for e in examples if e.customer not in held_out]
     val = [e for e in examples if e.customer in held_out]
     train_orders = {c: seq for c, seq in orders.items() if c not in held_out}
@@ -274,7 +287,11 @@ def main(argv: list[str]) -> int:
     if cfg.cutoff:
         orders, _ = split_at(orders, epoch_seconds(cfg.cutoff))
     vocab = Vocab.build(orders)
-    model, summary = fit(orders, vocab, cfg)
+    try:
+        model, summary = fit(orders, vocab, cfg)
+    except NotEnoughData as error:
+        print(f"cannot train on {cfg.data}: {error}", file=sys.stderr)
+        return 1
     sha = file_sha256(cfg.data)
     path = artifact.save(
         cfg.out,

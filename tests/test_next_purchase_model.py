@@ -415,6 +415,34 @@ def test_discovery_ranks_only_products_never_bought():
     assert metrics["discovery"]["n"] == 1 and metrics["discovery"]["mrr"] == 0.5
 
 
+def test_gains_where_the_reference_never_hits_are_none():
+    never = [torch.full((5,), torch.inf)]
+    hits = [torch.tensor([1.0, 3.0, torch.inf, 1.0, 2.0])]
+    assert evaluate.gain_interval(hits, never, k=1) is None
+    assert evaluate.relative_gain(0.4, 0.0) is None
+    assert evaluate.relative_gain(0.3, 0.2) == pytest.approx(0.5)
+    assert evaluate.percent(None) == "n/a" and evaluate.interval(None) == "[n/a]"
+
+
+def test_evaluate_a_tiny_shop_writes_strict_json(tmp_path):
+    """Four customers: cohorts with few or no customers and ratios over zero hits must not
+    crash the run or put NaN into the JSON."""
+    data = tmp_path / "shop.csv"
+    _shop(data, customers=4, orders=4)
+    out = tmp_path / "eval"
+    torch.set_num_threads(1)
+    argv = ["--data", str(data), "--cutoff", "2011-01-25", "--seeds", "0", "--out", str(out)]
+    assert evaluate.main([*argv, "--quiet"]) == 0
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in evaluation.json")
+
+    result = json.loads((out / "evaluation.json").read_text(), parse_constant=refuse)
+    assert result["protocol"]["customers"] == 4
+    for res in result["results"].values():
+        assert all(res[cohort]["n"] > 0 for cohort in res)
+
+
 def test_evaluate_names_the_file_dates_when_the_cutoff_is_outside(tmp_path, capsys):
     data = tmp_path / "shop.csv"
     _shop(data, customers=5, orders=6)
@@ -428,6 +456,8 @@ def test_evaluate_names_the_file_dates_when_the_cutoff_is_outside(tmp_path, caps
     )
     assert set(before) & set(after)
     assert not (tmp_path / "e").exists()
+    one_day = {"1": [(0.0, ["A"]), (3600.0, ["B"])], "2": [(7200.0, ["A"])]}
+    assert "no customer has orders on two different days" in evaluate.cutoff_hint(one_day)
 
 
 def test_evaluate_refuses_model_trained_past_cutoff(trained, tmp_path):
