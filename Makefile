@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install
+.PHONY: demo test bench install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
