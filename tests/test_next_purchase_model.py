@@ -366,15 +366,24 @@ def test_ablation_has_no_lstm():
     assert not any("lstm" in name or "emb" in name for name, _ in model.named_parameters())
 
 
-def test_evaluate_protocol(tmp_path):
+def _evaluate_shop(tmp_path, customers: int, orders: int, cutoff: str) -> dict:
+    """`nextbest evaluate` (one seed) on a `_shop`; its evaluation.json, read as strict JSON."""
     data = tmp_path / "shop.csv"
-    _shop(data, customers=30, orders=6)
+    _shop(data, customers=customers, orders=orders)
     out = tmp_path / "eval"
     torch.set_num_threads(1)
-    argv = ["--data", str(data), "--cutoff", "2011-02-10", "--seeds", "0", "--out", str(out)]
+    argv = ["--data", str(data), "--cutoff", cutoff, "--seeds", "0", "--out", str(out)]
     assert evaluate.main([*argv, "--quiet"]) == 0
-    result = json.loads((out / "evaluation.json").read_text())
     assert (out / "evaluation.png").stat().st_size > 1000
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in evaluation.json")
+
+    return json.loads((out / "evaluation.json").read_text(), parse_constant=refuse)
+
+
+def test_evaluate_protocol(tmp_path):
+    result = _evaluate_shop(tmp_path, customers=30, orders=6, cutoff="2011-02-10")
     assert result["protocol"]["customers"] == 30
     baselines = {"popular_orders", "popular_units", "personal_frequency", "last_basket"}
     expected = {*baselines, *evaluate.MODELS}
@@ -427,17 +436,7 @@ def test_gains_where_the_reference_never_hits_are_none():
 def test_evaluate_a_tiny_shop_writes_strict_json(tmp_path):
     """Four customers: cohorts with few or no customers and ratios over zero hits must not
     crash the run or put NaN into the JSON."""
-    data = tmp_path / "shop.csv"
-    _shop(data, customers=4, orders=4)
-    out = tmp_path / "eval"
-    torch.set_num_threads(1)
-    argv = ["--data", str(data), "--cutoff", "2011-01-25", "--seeds", "0", "--out", str(out)]
-    assert evaluate.main([*argv, "--quiet"]) == 0
-
-    def refuse(constant: str) -> None:
-        raise AssertionError(f"{constant} in evaluation.json")
-
-    result = json.loads((out / "evaluation.json").read_text(), parse_constant=refuse)
+    result = _evaluate_shop(tmp_path, customers=4, orders=4, cutoff="2011-01-25")
     assert result["protocol"]["customers"] == 4
     for res in result["results"].values():
         assert all(res[cohort]["n"] > 0 for cohort in res)
