@@ -51,16 +51,46 @@ def cart_add(
     customer: str | None = None,
     session: str | None = None,
     time: str = "2011-11-14T10:00:00Z",
+    merchant: str = "uci-gift-shop",
+    product: str | None = None,
+    unit_price: float = 1.0,
 ) -> dict:
-    line = {"product_id": f"P-{event_id}", "quantity": 1, "unit_price": 1.0}
+    """A cart of one line (``product``, default ``P-<event_id>``) worth ``value``."""
+    line = {"product_id": product or f"P-{event_id}", "quantity": 1, "unit_price": unit_price}
     return event(
         "cart_add",
         event_id,
         customer=customer,
         session=session,
         time=time,
+        merchant=merchant,
         lines=[line],
         cart_value=value,
+        currency="GBP",
+    )
+
+
+def order_placed(
+    event_id: str,
+    order_id: str,
+    total: float,
+    product: str,
+    *,
+    customer: str,
+    merchant: str,
+    time: str,
+) -> dict:
+    """An order of one line: ``product`` at ``total``."""
+    line = {"product_id": product, "quantity": 1, "unit_price": total}
+    return event(
+        "order",
+        event_id,
+        customer=customer,
+        merchant=merchant,
+        time=time,
+        order_id=order_id,
+        lines=[line],
+        total=total,
         currency="GBP",
     )
 

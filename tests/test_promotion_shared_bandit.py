@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from streams.demo import scrape
-from tests.harness import Cluster, event
+from tests.harness import Cluster, cart_add, event, order_placed
 
 pytestmark = pytest.mark.integration
 
@@ -48,40 +48,32 @@ def events() -> list[tuple[str, dict]]:
     the customer's attribution window."""
     out = []
     for i in range(CUSTOMERS):
-        value = (45.0, 120.0)[i % 2]
-        line = {"product_id": f"P{i % 5}", "quantity": 1, "unit_price": value}
+        value, product, customer = (45.0, 120.0)[i % 2], f"P{i % 5}", f"c{i}"
         out.append(
             (
                 "cart",
-                event(
-                    "cart_add",
+                cart_add(
                     f"cart-{i}",
-                    customer=f"c{i}",
+                    value,
+                    customer=customer,
                     merchant=MERCHANT,
                     time=when(0),
-                    lines=[line],
-                    cart_value=value,
-                    currency="GBP",
+                    product=product,
+                    unit_price=value,
                 ),
             )
         )
         if i % 3 == 0:
-            out.append(
-                (
-                    "orders",
-                    event(
-                        "order",
-                        f"order-{i}",
-                        customer=f"c{i}",
-                        merchant=MERCHANT,
-                        time=when(1),
-                        order_id=f"O{i}",
-                        lines=[line],
-                        total=value,
-                        currency="GBP",
-                    ),
-                )
+            order = order_placed(
+                f"order-{i}",
+                f"O{i}",
+                value,
+                product,
+                customer=customer,
+                merchant=MERCHANT,
+                time=when(1),
             )
+            out.append(("orders", order))
         out.append(
             (
                 "clickstream",

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams.topics import key_partition
-from tests.harness import Cluster, event
+from tests.harness import Cluster, cart_add, event, order_placed
 
 pytestmark = pytest.mark.integration
 
@@ -51,31 +51,20 @@ def when(hours: float) -> str:
 
 def cart(i: int) -> dict:
     value = VALUES[i % len(VALUES)]
-    line = {"product_id": f"P{i % 7}", "quantity": 1, "unit_price": value}
-    return event(
-        "cart_add",
+    return cart_add(
         f"cart-{i}",
+        value,
         customer=f"c{i}",
         merchant=MERCHANT,
         time=when(0),
-        lines=[line],
-        cart_value=value,
-        currency="GBP",
+        product=f"P{i % 7}",
+        unit_price=value,
     )
 
 
 def order(i: int, total: float) -> dict:
-    line = {"product_id": f"P{i % 7}", "quantity": 1, "unit_price": total}
-    return event(
-        "order",
-        f"order-{i}",
-        customer=f"c{i}",
-        merchant=MERCHANT,
-        time=when(1),
-        order_id=f"O{i}",
-        lines=[line],
-        total=total,
-        currency="GBP",
+    return order_placed(
+        f"order-{i}", f"O{i}", total, f"P{i % 7}", customer=f"c{i}", merchant=MERCHANT, time=when(1)
     )
 
 
@@ -290,16 +279,14 @@ CART_VALUE = 45.0  # above both promotions' minimum spend: only a guard rail can
 
 
 def shop_cart(merchant: str, customer: str, event_id: str, hours: float) -> dict:
-    line = {"product_id": "P1", "quantity": 1, "unit_price": CART_VALUE}
-    return event(
-        "cart_add",
+    return cart_add(
         event_id,
+        CART_VALUE,
         customer=customer,
         merchant=merchant,
         time=when(hours),
-        lines=[line],
-        cart_value=CART_VALUE,
-        currency="GBP",
+        product="P1",
+        unit_price=CART_VALUE,
     )
 
 
