@@ -97,11 +97,15 @@ class ReadStats:
 
 
 def _open_rows(path: Path) -> Iterator[dict[str, str]]:
-    if path.suffix in (".xlsx", ".xls"):
-        import pandas as pd
+    """The file's rows as dicts; a workbook's sheets one after the other, except a sheet with
+    none of the family's columns (a notes sheet)."""
+    if path.suffix.lower() in (".xlsx", ".xls"):
+        from models.sequences import read_sheets  # pandas, only for workbooks
 
-        frame = pd.read_excel(path, dtype=str).fillna("")
-        yield from frame.to_dict("records")
+        spellings = {s for names in COLUMN_NAMES.values() for s in names}
+        for sheet in read_sheets(path).values():
+            if spellings.intersection(sheet.columns):
+                yield from sheet.fillna("").to_dict("records")
         return
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as handle:

@@ -496,3 +496,20 @@ def test_fit_is_reproducible_at_two_threads():
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
     assert torch.are_deterministic_algorithms_enabled() == deterministic  # fit restores it
+
+
+def test_out_of_time_stops_before_an_epoch_that_would_end_past_the_budget():
+    assert not train.out_of_time(elapsed_s=400.0, longest_epoch_s=100.0, budget_s=540.0)
+    assert train.out_of_time(elapsed_s=450.0, longest_epoch_s=100.0, budget_s=540.0)
+    assert train.out_of_time(elapsed_s=541.0, longest_epoch_s=0.0, budget_s=540.0)
+
+
+def test_fit_stops_on_its_time_budget():
+    orders = {
+        str(12000 + c): [(1.3e9 + day * 86400.0, [str(21000 + (c + day) % 7)]) for day in range(3)]
+        for c in range(20)
+    }
+    cfg = train.TrainConfig(max_epochs=5, patience=5, time_budget_s=0.0, device="cpu")
+    _, summary = train.fit(orders, Vocab.build(orders), cfg, progress=False)
+    assert summary["epochs_run"] == 1
+    assert summary["best_epoch"] == 1

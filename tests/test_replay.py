@@ -121,32 +121,40 @@ def test_read_rows_missing_column_names_both_spellings(tmp_path):
         list(read_rows(path))
 
 
-def test_read_rows_xlsx(tmp_path):
-    pd = pytest.importorskip("pandas")
-    pytest.importorskip("openpyxl")
+def test_read_rows_xlsx_every_sheet_but_notes(tmp_path):
+    """An Online Retail II workbook: one sheet per year, read in order; a notes sheet with none
+    of the family's columns is skipped."""
+    import pandas as pd
+
     moment = datetime(2010, 12, 1, 8, 26)
     frame = pd.DataFrame(
         {
-            "Invoice": ["536365", "536365", "C536379", "536370"],
-            "StockCode": ["85123A", "POST", "D", "22728"],
-            "Description": ["HEART", None, "Discount", "ALARM"],
-            "Quantity": [6, 1, -1, "lots"],
-            "InvoiceDate": [moment, moment, moment + timedelta(hours=1), moment],
-            "Price": [2.55, 18.0, 27.5, 3.75],
-            "Customer ID": [17850.0, 17850.0, float("nan"), 12583.0],
-            "Country": ["United Kingdom", "United Kingdom", "United Kingdom", "France"],
+            "Invoice": ["536365", "536365", "C536379", "536370", "536371"],
+            "StockCode": ["85123A", "POST", "D", "22728", "22727"],
+            "Description": ["HEART", None, "Discount", "ALARM", "CLOCK"],
+            "Quantity": [6, 1, -1, "lots", 2],
+            "InvoiceDate": [moment, moment, moment + timedelta(hours=1), moment, moment],
+            "Price": [2.55, 18.0, 27.5, 3.75, 4.25],
+            "Customer ID": [17850.0, 17850.0, float("nan"), 12583.0, 12583.0],
+            "Country": ["United Kingdom", "United Kingdom", "United Kingdom", "France", "France"],
         }
     )
-    path = tmp_path / "retail.xlsx"
-    frame.to_excel(path, index=False)
+    path = tmp_path / "online_retail_II.xlsx"
+    with pd.ExcelWriter(path) as workbook:
+        pd.DataFrame({"Notes": ["exported 2011-12-09"]}).to_excel(
+            workbook, sheet_name="About", index=False
+        )
+        frame.iloc[:3].to_excel(workbook, sheet_name="Year 2009-2010", index=False)
+        frame.iloc[3:].to_excel(workbook, sheet_name="Year 2010-2011", index=False)
     stats = ReadStats()
     rows = list(read_rows(path, stats))
-    assert (stats.rows, stats.skipped) == (4, 1)
+    assert (stats.rows, stats.skipped) == (5, 1)
     assert rows == [
         Row("536365", "85123A", "HEART", 6, moment, 2.55, "17850", "United Kingdom"),
         Row("536365", "POST", "", 1, moment, 18.0, "17850", "United Kingdom"),
         Row("C536379", "D", "Discount", -1, moment + timedelta(hours=1), 27.5, None,
             "United Kingdom"),
+        Row("536371", "22727", "CLOCK", 2, moment, 4.25, "12583", "France"),
     ]  # fmt: skip
 
 
