@@ -59,7 +59,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from pathlib import Path
@@ -792,8 +792,21 @@ def encode_batch(
     ``math.log1p``'s (numpy's SIMD one can differ in the last bit): per order, where every
     per-item time feature comes from, and per repeat interval.
     """
-    times = list(now) if now is not None else [None] * len(histories)
     catalogue = vocab.stats.features()
+    return _encode_flat(histories, vocab, config, now, catalogue, lambda _, items: catalogue[items])
+
+
+def _encode_flat(
+    histories: Sequence[list[Order]],
+    vocab: Vocab,
+    config: EncoderConfig,
+    now: Sequence[float | None] | None,
+    catalogue: np.ndarray,
+    catalogue_rows: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> EncodedBatch:
+    """`encode_batch`'s work; ``catalogue_rows(rows, items)`` gives the catalogue features of
+    each repeat candidate (its history's row, its item), ``catalogue`` is the batch's."""
+    times = list(now) if now is not None else [None] * len(histories)
     kept = _known_orders_batch(histories, vocab.clean_index(config.product_pattern), config)
     n_orders = kept.n_orders
     if not len(kept.items):
@@ -860,7 +873,8 @@ def encode_batch(
     again = np.flatnonzero(count > 1)
     log_interval[again] = list(map(math.log1p, interval[again].tolist()))
     overdue = np.clip((days_since - interval) / (interval + 7.0), -3.0, 3.0)
-    last_of_row = (starts + n_orders - 1)[rows[first_o]]
+    repeat_row = rows[first_o]
+    last_of_row = (starts + n_orders - 1)[repeat_row]
     repeat_feats = np.empty((len(count), REPEAT_FEATURES), np.float32)
     repeat_feats[:, :11] = np.array(
         [
@@ -877,17 +891,83 @@ def encode_batch(
             count / (n_r - first_j),
         ]
     ).T
-    repeat_feats[:, 11:] = catalogue[repeat_items]
+    repeat_feats[:, 11:] = catalogue_rows(repeat_row, repeat_items)
     return EncodedBatch(
         n_orders,
         items,
         lengths,
         order_feats,
-        rows[first_o],
+        repeat_row,
         repeat_items,
         repeat_feats,
         catalogue,
     )
+
+
+EXAMPLE_CHUNK = 4096
+"""`encode_examples` encodes this many prefixes at a time (memory; `_by_row_and_item`'s 16 bits)."""
+
+
+def encode_examples(
+    histories: Sequence[list[Order]],
+    vocab: Vocab,
+    config: EncoderConfig,
+    now: Sequence[float | None],
+    stats: Sequence[ItemStats],
+) -> list[EncodedHistory]:
+    """``[encode_history(h, vocab, config, now=t, stats=s) for h, t, s in ...]``, bit for bit
+    (tested), computed the way `encode_batch` is: what makes building an epoch's examples
+    cheap. Histories scored at the same moment share that moment's catalogue features."""
+    out: list[EncodedHistory] = []
+    for start in range(0, len(histories), EXAMPLE_CHUNK):
+        chunk = slice(start, start + EXAMPLE_CHUNK)
+        out += _encode_chunk(histories[chunk], vocab, config, now[chunk], stats[chunk])
+    return out
+
+
+def _encode_chunk(
+    histories: Sequence[list[Order]],
+    vocab: Vocab,
+    config: EncoderConfig,
+    now: Sequence[float | None],
+    stats: Sequence[ItemStats],
+) -> list[EncodedHistory]:
+    moments = {id(s): s.features() for s in stats}
+    place = {key: at for at, key in enumerate(moments)}
+    features = list(moments.values())
+    table = np.stack(features)  # (moments, n_items, CATALOGUE_FEATURES)
+    moment = np.array([place[id(s)] for s in stats], np.int64)
+    encoded = _encode_flat(
+        histories,
+        vocab,
+        config,
+        now,
+        features[0],
+        lambda rows, items: table[moment[rows], items],
+    )
+    order_end = np.cumsum(encoded.n_orders)
+    order_start = order_end - encoded.n_orders
+    item_at = np.concatenate([[0], np.cumsum(encoded.order_lengths)])
+    repeat_end = np.cumsum(np.bincount(encoded.repeat_row, minlength=len(histories)))
+    repeat_start = np.concatenate([[0], repeat_end[:-1]])
+    return [
+        EncodedHistory(
+            encoded.order_items[item_at[a] : item_at[b]],
+            encoded.order_lengths[a:b],
+            encoded.order_feats[a:b],
+            encoded.repeat_items[c:d],
+            encoded.repeat_feats[c:d],
+            features[m],
+        )
+        for a, b, c, d, m in zip(
+            order_start.tolist(),
+            order_end.tolist(),
+            repeat_start.tolist(),
+            repeat_end.tolist(),
+            moment.tolist(),
+            strict=True,
+        )
+    ]
 
 
 @dataclass
@@ -914,7 +994,7 @@ def build_examples(
     order hold", not knowing when it comes. Targets with no known product are skipped.
     """
     timeline = timeline if timeline is not None else vocab.timeline(orders)
-    examples = []
+    prefixes, moments, targets, keys = [], [], [], []
     for cust, seq in orders.items():
         for t in range(1, len(seq)):
             target = [i for i in (vocab.get(p) for p in seq[t][1]) if i is not None]
@@ -923,8 +1003,14 @@ def build_examples(
             now = seq[t][0]
             if rng is not None:
                 now = seq[t - 1][0] + rng.random() * (now - seq[t - 1][0])
-            prefix = seq[max(0, t - config.max_orders) : t]
-            history = encode_history(prefix, vocab, config, now=now, stats=timeline.at(now))
-            if history.n_orders:
-                examples.append(Example(history, np.array(sorted(set(target))), cust, seq[t][0]))
-    return examples
+            prefixes.append(seq[max(0, t - config.max_orders) : t])
+            moments.append(now)
+            targets.append(np.array(sorted(set(target))))
+            keys.append((cust, seq[t][0]))
+    stats = [timeline.at(now) for now in moments]
+    histories = encode_examples(prefixes, vocab, config, moments, stats)
+    return [
+        Example(history, target, cust, seconds)
+        for history, target, (cust, seconds) in zip(histories, targets, keys, strict=True)
+        if history.n_orders
+    ]

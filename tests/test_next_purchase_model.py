@@ -179,6 +179,43 @@ def test_encode_batch_equals_encode_history_on_awkward_histories(seed):
             assert got.repeat_feats.tobytes() == want.repeat_feats.tobytes()
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_encode_examples_equals_encode_history_at_each_moment(seed, monkeypatch):
+    """`encode_examples` (how `build_examples` encodes an epoch) gives `encode_history` of
+    each history at its own moment and catalogue statistics, bit for bit, across chunks."""
+    rng = np.random.default_rng(seed)
+    items = ["<pad>", *(f"{20000 + i}" for i in range(300))]
+    vocab = Vocab(items, [0, *range(300, 0, -1)], [0] * 301, [0.2] * 301, [1] * 301)
+    moments = [
+        sequences.ItemStats(*(rng.integers(0, 50, 301).astype(np.float32) for _ in range(3)),
+            rng.uniform(0.05, 0.9, 301))
+        for _ in range(3)
+    ]  # fmt: skip
+    day = 86400.0
+    histories, times, stats = [], [], []
+    for h in range(50):
+        n = int(rng.choice([0, 1, 2, 4, 9, 55]))
+        history = [
+            (j * 2 * day, list(rng.choice(items[1:], int(rng.integers(1, 30)), replace=False)))
+            for j in range(n)
+        ]
+        if n and h % 4 == 0:
+            history[-1] = (history[-1][0], [*history[-1][1], "POST", "99999"])
+        histories.append(history)
+        times.append(None if h % 7 == 0 else (2 * n + rng.random()) * day)
+        stats.append(moments[h % 3])
+    monkeypatch.setattr(sequences, "EXAMPLE_CHUNK", 16)
+    got = sequences.encode_examples(histories, vocab, EncoderConfig(), times, stats)
+    assert len(got) == len(histories)
+    for history, t, s, g in zip(histories, times, stats, got, strict=True):
+        want = encode_history(history, vocab, EncoderConfig(), now=t, stats=s)
+        for name in ("order_items", "order_lengths", "order_feats", "repeat_items"):
+            a, b = getattr(g, name), getattr(want, name)
+            assert (a.shape, a.dtype, a.tobytes()) == (b.shape, b.dtype, b.tobytes()), name
+        assert g.repeat_feats.tobytes() == want.repeat_feats.tobytes()
+        assert g.catalogue is s.features()
+
+
 def test_lstm_buckets_cover_every_row_once():
     n_orders = np.array([3, 1, 20, 2, 1, 7, 50, 4, 2])
     first = np.cumsum(n_orders) - n_orders
