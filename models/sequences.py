@@ -61,6 +61,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, repeat
 from pathlib import Path
 
@@ -921,34 +922,30 @@ def encode_examples(
     out: list[EncodedHistory] = []
     for start in range(0, len(histories), EXAMPLE_CHUNK):
         chunk = slice(start, start + EXAMPLE_CHUNK)
-        out += _encode_chunk(histories[chunk], vocab, config, now[chunk], stats[chunk])
+        moments = {id(s): s.features() for s in stats[chunk]}
+        place = {key: at for at, key in enumerate(moments)}
+        features = list(moments.values())
+        moment = np.array([place[id(s)] for s in stats[chunk]], np.int64)
+        table = np.stack(features)  # (moments, n_items, CATALOGUE_FEATURES)
+        at_moment = partial(_catalogue_at, table, moment)
+        encoded = _encode_flat(histories[chunk], vocab, config, now[chunk], features[0], at_moment)
+        out += _split_rows(encoded, [features[m] for m in moment.tolist()])
     return out
 
 
-def _encode_chunk(
-    histories: Sequence[list[Order]],
-    vocab: Vocab,
-    config: EncoderConfig,
-    now: Sequence[float | None],
-    stats: Sequence[ItemStats],
-) -> list[EncodedHistory]:
-    moments = {id(s): s.features() for s in stats}
-    place = {key: at for at, key in enumerate(moments)}
-    features = list(moments.values())
-    table = np.stack(features)  # (moments, n_items, CATALOGUE_FEATURES)
-    moment = np.array([place[id(s)] for s in stats], np.int64)
-    encoded = _encode_flat(
-        histories,
-        vocab,
-        config,
-        now,
-        features[0],
-        lambda rows, items: table[moment[rows], items],
-    )
+def _catalogue_at(
+    table: np.ndarray, moment: np.ndarray, rows: np.ndarray, items: np.ndarray
+) -> np.ndarray:
+    """The catalogue features of ``items`` at the moment of their ``rows``."""
+    return table[moment[rows], items]
+
+
+def _split_rows(encoded: EncodedBatch, catalogues: list[np.ndarray]) -> list[EncodedHistory]:
+    """Every row of ``encoded`` as an `EncodedHistory` (views), with its own catalogue."""
     order_end = np.cumsum(encoded.n_orders)
     order_start = order_end - encoded.n_orders
     item_at = np.concatenate([[0], np.cumsum(encoded.order_lengths)])
-    repeat_end = np.cumsum(np.bincount(encoded.repeat_row, minlength=len(histories)))
+    repeat_end = np.cumsum(np.bincount(encoded.repeat_row, minlength=len(catalogues)))
     repeat_start = np.concatenate([[0], repeat_end[:-1]])
     return [
         EncodedHistory(
@@ -957,14 +954,14 @@ def _encode_chunk(
             encoded.order_feats[a:b],
             encoded.repeat_items[c:d],
             encoded.repeat_feats[c:d],
-            features[m],
+            catalogue,
         )
-        for a, b, c, d, m in zip(
+        for a, b, c, d, catalogue in zip(
             order_start.tolist(),
             order_end.tolist(),
             repeat_start.tolist(),
             repeat_end.tolist(),
-            moment.tolist(),
+            catalogues,
             strict=True,
         )
     ]
