@@ -60,7 +60,8 @@ Units = dict[str, list[tuple[float, dict[int, float]]]]
 
 def units_by_order(lines: pd.DataFrame, vocab: Vocab) -> Units:
     """Each customer's units per known item and order (`load_transactions`'s kept lines; an
-    order's time is its invoice's first line's, as in `orders_from_lines`)."""
+    order's time is its invoice's first line's, as in `orders_from_lines`; two invoices of one
+    customer in the same second count as one order here)."""
     seconds = lines.groupby(["customer", "invoice"])["seconds"].transform("min")
     units = lines.assign(seconds=seconds).groupby(["customer", "seconds", "product"])["quantity"]
     orders: dict[str, dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))

@@ -8,11 +8,11 @@ scored at a moment ``now`` drawn between the previous order and this one, fresh 
 like the evaluation's cutoff, it falls somewhere in the customer's gap between orders, and the
 model learns what the time since the last order says. A random 10% of customers is held out;
 training stops when their MRR has not improved for ``patience`` epochs (or when another epoch
-could end past the time budget) and the best epoch's weights are kept. The loss is the
-negative log of the probability mass the model puts on the next order's items, i.e. of the
-top pick landing in that order, which is what Hit@k counts. Each example weighs 1/sqrt(the
-customer's number of examples), so a few wholesalers with hundreds of orders do not drown the
-typical customer.
+as long as the longest so far would end past the time budget) and the best epoch's weights are
+kept. The loss is the negative log of the probability mass the model puts on the next order's
+items, i.e. of the top pick landing in that order, which is what Hit@k counts. Each example
+weighs 1/sqrt(the customer's number of examples), so a few wholesalers with hundreds of orders
+do not drown the typical customer.
 
 ``--interactions FILE`` trains on an Amazon Personalize interactions CSV (`models.interactions`:
 purchases only, one order per customer and timestamp) instead of an Online Retail file; every
@@ -80,8 +80,8 @@ MIN_CUSTOMERS = 2
 
 
 def out_of_time(elapsed_s: float, longest_epoch_s: float, budget_s: float) -> bool:
-    """Whether another epoch could end past the time budget: training stops before it, so a
-    run ends within the budget instead of up to one epoch after it."""
+    """Whether another epoch as long as the longest so far would end past the time budget:
+    training stops before it, instead of running up to one epoch past the budget."""
     return elapsed_s + longest_epoch_s > budget_s
 
 
@@ -192,9 +192,10 @@ def _fit(
     best, best_state, best_epoch, log = -1.0, None, 0, []
     steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     bar = tqdm(total=cfg.max_epochs * steps_per_epoch, disable=not progress, desc="train")
-    longest_epoch = 0.0
+    longest_epoch, epoch_started = 0.0, started  # epoch 1 includes building its examples
     for epoch in range(1, cfg.max_epochs + 1):
-        epoch_started = time.monotonic()
+        if epoch > 1:
+            epoch_started = time.monotonic()
         model.train()
         if draw is not None and epoch > 1:  # new moments each epoch
             train = build_examples(train_orders, vocab, cfg.encoder, rng=draw, timeline=timeline)

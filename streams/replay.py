@@ -97,15 +97,22 @@ class ReadStats:
 
 
 def _open_rows(path: Path) -> Iterator[dict[str, str]]:
-    """The file's rows as dicts; a workbook's sheets one after the other, except a sheet with
-    none of the family's columns (a notes sheet)."""
+    """The file's rows as dicts; a workbook's sheets one after the other, each sheet's columns
+    renamed to the first spelling of `COLUMN_NAMES` (sheets may spell them differently), except
+    a sheet with none of the family's columns (a notes sheet)."""
     if path.suffix.lower() in (".xlsx", ".xls"):
-        from models.sequences import read_sheets  # pandas, only for workbooks
+        from models.sequences import read_sheets  # pandas: workbooks only
 
         spellings = {s for names in COLUMN_NAMES.values() for s in names}
-        for sheet in read_sheets(path).values():
-            if spellings.intersection(sheet.columns):
-                yield from sheet.fillna("").to_dict("records")
+        for name, sheet in read_sheets(path).items():
+            if not spellings.intersection(sheet.columns):
+                continue
+            try:
+                found = _columns(sheet.columns)
+            except ValueError as error:
+                raise ValueError(f"{path}: sheet {name!r}: {error}") from None
+            canonical = {column: COLUMN_NAMES[field][0] for field, column in found.items()}
+            yield from sheet.rename(columns=canonical).fillna("").to_dict("records")
         return
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as handle:

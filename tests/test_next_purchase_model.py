@@ -204,7 +204,8 @@ def test_encode_examples_equals_encode_history_at_each_moment(seed, monkeypatch)
         histories.append(history)
         times.append(None if h % 7 == 0 else (2 * n + rng.random()) * day)
         stats.append(moments[h % 3])
-    monkeypatch.setattr(sequences, "EXAMPLE_CHUNK", 16)
+    monkeypatch.setattr(sequences, "EXAMPLE_CHUNK", 40)  # 40 histories in numpy, 10 one by one
+    assert 10 < sequences.BATCH_LOOKUP <= 40
     got = sequences.encode_examples(histories, vocab, EncoderConfig(), times, stats)
     assert len(got) == len(histories)
     for history, t, s, g in zip(histories, times, stats, got, strict=True):
@@ -541,12 +542,24 @@ def test_out_of_time_stops_before_an_epoch_that_would_end_past_the_budget():
     assert train.out_of_time(elapsed_s=541.0, longest_epoch_s=0.0, budget_s=540.0)
 
 
-def test_fit_stops_on_its_time_budget():
+def test_fit_asks_after_each_epoch_with_its_longest_epoch(monkeypatch):
+    """`fit` passes the elapsed time, the longest epoch so far and the budget to `out_of_time`
+    after every epoch, and stops when it says so."""
+    asked = []
+
+    def spy(elapsed_s: float, longest_epoch_s: float, budget_s: float) -> bool:
+        asked.append((elapsed_s, longest_epoch_s, budget_s))
+        return len(asked) == 2
+
+    monkeypatch.setattr(train, "out_of_time", spy)
     orders = {
         str(12000 + c): [(1.3e9 + day * 86400.0, [str(21000 + (c + day) % 7)]) for day in range(3)]
         for c in range(20)
     }
-    cfg = train.TrainConfig(max_epochs=5, patience=5, time_budget_s=0.0, device="cpu")
+    cfg = train.TrainConfig(max_epochs=5, patience=5, time_budget_s=123.0, device="cpu")
     _, summary = train.fit(orders, Vocab.build(orders), cfg, progress=False)
-    assert summary["epochs_run"] == 1
-    assert summary["best_epoch"] == 1
+    assert summary["epochs_run"] == 2
+    (elapsed_1, longest_1, budget_1), (elapsed_2, longest_2, _) = asked
+    assert budget_1 == 123.0
+    assert 0 < longest_1 <= elapsed_1 < elapsed_2  # epoch 1 counts from the start of fit
+    assert longest_1 <= longest_2 <= elapsed_2

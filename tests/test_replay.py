@@ -157,6 +157,20 @@ def test_read_rows_xlsx_every_sheet_but_notes(tmp_path):
         Row("536371", "22727", "CLOCK", 2, moment, 4.25, "12583", "France"),
     ]  # fmt: skip
 
+    # each sheet its own column naming; a sheet missing a column is named in the error
+    old_names = {"Invoice": "InvoiceNo", "Price": "UnitPrice", "Customer ID": "CustomerID"}
+    with pd.ExcelWriter(path) as workbook:
+        frame.iloc[:3].rename(columns=old_names).to_excel(workbook, sheet_name="I", index=False)
+        frame.iloc[3:].to_excel(workbook, sheet_name="II", index=False)
+    assert list(read_rows(path)) == rows
+    with pd.ExcelWriter(path) as workbook:
+        frame.iloc[:3].to_excel(workbook, sheet_name="Year 2009-2010", index=False)
+        frame.iloc[3:].drop(columns="Country").to_excel(
+            workbook, sheet_name="Year 2010-2011", index=False
+        )
+    with pytest.raises(ValueError, match=r"sheet 'Year 2010-2011': no Country column"):
+        list(read_rows(path))
+
 
 def test_invoices_group_an_invoice_interrupted_by_another_and_is_product():
     rows = [
