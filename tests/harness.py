@@ -48,26 +48,14 @@ def cart_add(
     event_id: str,
     value: float,
     *,
-    customer: str | None = None,
-    session: str | None = None,
-    time: str = "2011-11-14T10:00:00Z",
-    merchant: str = "uci-gift-shop",
     product: str | None = None,
     unit_price: float = 1.0,
+    **envelope: str | None,
 ) -> dict:
-    """A cart of one line (``product``, default ``P-<event_id>``) worth ``value``."""
+    """A cart of one line (``product``, default ``P-<event_id>``) worth ``value``;
+    ``envelope``: `event`'s customer, session, time and merchant."""
     line = {"product_id": product or f"P-{event_id}", "quantity": 1, "unit_price": unit_price}
-    return event(
-        "cart_add",
-        event_id,
-        customer=customer,
-        session=session,
-        time=time,
-        merchant=merchant,
-        lines=[line],
-        cart_value=value,
-        currency="GBP",
-    )
+    return event("cart_add", event_id, lines=[line], cart_value=value, currency="GBP", **envelope)
 
 
 def order_placed(
