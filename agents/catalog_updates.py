@@ -14,9 +14,9 @@ import threading
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from streams import metrics
-from streams.catalog import CatalogError, MerchantRegistry
-from streams.settings import Settings
+from agents.runtime import metrics
+from agents.runtime.settings import Settings
+from streams.merchants.catalog import CatalogError, MerchantRegistry
 
 log = logging.getLogger(__name__)
 

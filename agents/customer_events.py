@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agents.pipeline import Pipeline
-from streams.app import NextbestApp
+from agents.runtime.app import NextbestApp
 
 
 def register(nb: NextbestApp, pipeline: Pipeline) -> None:

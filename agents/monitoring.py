@@ -6,8 +6,8 @@ import logging
 
 from prometheus_client import generate_latest
 
-from streams import metrics
-from streams.app import NextbestApp
+from agents.runtime import metrics
+from agents.runtime.app import NextbestApp
 
 log = logging.getLogger(__name__)
 GAUGE_INTERVAL_S = 5.0

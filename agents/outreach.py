@@ -4,17 +4,18 @@ The pipeline owns the micro-batch; `Outreach` plugs into it at three points (see
 "Journeys and timers" section of docs/architecture.md):
 
 - `on_input` after an input event was applied to the customer's state: arm / cancel journeys
-  (`streams.journeys.on_event`) and note the partition's newest event time;
+  (`streams.outreach.journeys.on_event`) and note the partition's newest event time;
 - `on_tick` for a ``{"kind": "tick"}`` record on the session-merges topic: a wake-up that
   `register_ticks` sends to every partition this worker owns, so idle partitions move on too;
 - `finish` once per batch, before the state is saved: advance each touched partition's clock
   (`streams.timers`), update the due-time index for changed customers, fire the steps that
   are due (customers loaded through the pipeline's own ``load``, so state is read and written
   once per batch), ask the policy once for the offers of all abandoned carts, apply the
-  delivery rules (`streams.notify.decide`), emit notifications and record them in state.
+  delivery rules (`streams.outreach.delivery.decide`), emit notifications and record them in state.
 
 Metrics: every fired step is counted by outcome (``nextbest_journey_steps_total``: sent, held,
-suppressed; `streams.journeys` counts the cancelled ones), a quiet-hours hold once per message
+suppressed; `streams.outreach.journeys` counts the cancelled ones), a quiet-hours hold once per
+message
 (``nextbest_messages_held_total``) and again when it ends (``nextbest_messages_released_total``),
 and the due-time index's size after each batch (``nextbest_journey_timers_pending``).
 
@@ -41,13 +42,15 @@ import faust
 import orjson
 from faust.streams import _current_event
 
+from agents.runtime import metrics
+from agents.runtime.app import NextbestApp
 from schemas.events import SCHEMA_VERSION
-from streams import customer_state, journeys, metrics
-from streams.app import NextbestApp
-from streams.catalog import Merchant
-from streams.journeys import Step
-from streams.notify import Delivery, Held, Suppressed, decide
-from streams.policy import DecisionContext, Offer, Policy
+from streams.decisions import DecisionContext, Offer, Policy
+from streams.merchants.catalog import Merchant
+from streams.outreach import journeys
+from streams.outreach.delivery import Delivery, Held, Suppressed, decide
+from streams.outreach.journeys import Step
+from streams.state import customer_state
 from streams.timers import CLOCK_PREFIX, DueIndex, PartitionClock, TimerStore
 
 log = logging.getLogger(__name__)

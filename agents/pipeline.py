@@ -24,13 +24,14 @@ from faust.streams import _current_event
 
 from agents.outreach import Outreach
 from agents.promotion import PromotionHooks
+from agents.runtime import metrics
+from agents.runtime.app import NextbestApp
 from schemas.events import SCHEMA_VERSION
 from schemas.validation import InvalidEvent, parse_event
-from streams import customer_state, metrics
-from streams.app import NextbestApp
-from streams.catalog import Merchant
-from streams.notify import Delivery, plan_delivery
-from streams.policy import DecisionContext, Offer, Policy
+from streams.decisions import DecisionContext, Offer, Policy
+from streams.merchants.catalog import Merchant
+from streams.outreach.delivery import Delivery, plan_delivery
+from streams.state import customer_state
 
 log = logging.getLogger(__name__)
 NO_OFFER_CART_EVENTS = ("checkout", "cart_clear")

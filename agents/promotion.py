@@ -7,7 +7,7 @@ The pipeline owns the micro-batch; `PromotionHooks` plugs into it like `agents.o
   routed by pinning one) and starts a fresh ledger cache;
 - `on_input` after an input event was applied to the customer's state: offer feedback joins
   the customer's open decisions (a redemption settles the budget ledger), an order is kept for
-  attribution (``streams.rewards``);
+  attribution (``streams.promotion.rewards``);
 - `finish` once per batch, after the cart decisions and the journeys' offers: the policy's
   decision records go to the decisions topic (keyed by customer), the rewards of every
   attribution window that ended (customers with events or decisions in the batch, plus a sweep
@@ -20,17 +20,18 @@ index (when each customer's next window ends) and the clocks live in the ``rewar
 (customer key -> ``{"due", "p"}``, one clock per partition; changelogged, co-partitioned with the
 customers, like the journeys' ``journey-timers``): a key is written only when its time changes,
 a clock at most once a second, and a partition's index is read back from the table when the
-partition is first seen after it was assigned (``streams.rewards.DueWindows``). So a window
+partition is first seen after it was assigned (``streams.promotion.rewards.DueWindows``). So a
+window
 whose customer never comes back closes once other customers' events move its partition's clock
 past it, after a restart or a rebalance too, on the same or an empty state directory.
 
 Ledgers live in the ``promo-ledgers`` table, one per ``merchant:promotion:partition``, read and
 written while an event of that partition is pinned, so each changelog record lands on the
-partition whose worker owns the ledger (see streams/guardrails.py).
+partition whose worker owns the ledger (see streams/promotion/guardrails.py).
 
 One bandit for all workers: the bandit's statistics are sums over rewards (Gram matrices,
-``sum y x``, counts; ``streams.bandit``), kept per ``merchant:partition`` in the
-``promo-bandit`` global table (``streams.promotion_policy.PartitionedLearning``). The worker
+``sum y x``, counts; ``streams.promotion.bandit``), kept per ``merchant:partition`` in the
+``promo-bandit`` global table (``streams.promotion.policy.PartitionedLearning``). The worker
 that owns an input partition learns the rewards it closes there into that partition's entry
 and writes it while an event of the partition is pinned, like the ledgers (one writer per
 entry), at most every `WRITE_S` seconds (an entry is ~100 kB; a timer writes what the batches
@@ -68,17 +69,18 @@ import orjson
 from faust.streams import _current_event
 
 from agents.outreach import timer_table
-from streams import promo_metrics, rewards
-from streams.app import NextbestApp
-from streams.bandit import BanditChooser, BanditConfig, LinearThompson
-from streams.objective import ObjectiveConfig
-from streams.promotion_policy import (
+from agents.runtime import promotion_metrics as promo_metrics
+from agents.runtime.app import NextbestApp
+from agents.runtime.topics import key_partition
+from streams.promotion import rewards
+from streams.promotion.bandit import BanditChooser, BanditConfig, LinearThompson
+from streams.promotion.objective import ObjectiveConfig
+from streams.promotion.policy import (
     PartitionedLearning,
     PromotionPolicy,
     SignalsProvider,
     learning_key,
 )
-from streams.topics import key_partition
 
 log = logging.getLogger(__name__)
 CHECKPOINT_S = 30.0

@@ -194,7 +194,7 @@ class DecisionRecord(faust.Record, serializer="json"):
     """Output (topic ``decisions``): one promotion-policy decision for a cart, holdout and
     no-offer decisions included. ``action`` was chosen with probability ``propensity`` by
     ``policy`` at ``model_version``; ``sent`` is false in the holdout (logged, nothing sent).
-    ``features`` are the values of ``feature_set`` (``streams.promo_features.FEATURE_NAMES``);
+    ``features`` are the values of ``feature_set`` (``streams.promotion.features.FEATURE_NAMES``);
     ``options`` every allowed action. Key: the customer key; deduplicate on ``decision_id``."""
 
     schema_version: int
@@ -232,7 +232,8 @@ class DecisionRecord(faust.Record, serializer="json"):
 
 class RewardRecord(faust.Record, serializer="json"):
     """Output (topic ``rewards``): what a decision earned within its attribution window
-    (``streams.rewards``): feedback flags, the attributed order, the discount it cost and the
+    (``streams.promotion.rewards``): feedback flags, the attributed order, the discount it cost and
+    the
     profit. Repeats the decision's fields the learner needs. ``reason``: ``window_closed``,
     ``superseded`` (a newer decision for the cart; not learned from) or ``evicted``. One per
     ``decision_id``."""

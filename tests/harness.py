@@ -12,11 +12,11 @@ from pathlib import Path
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from streams.broker import EmbeddedBroker, free_port, wait_for_port
-from streams.demo import scrape, start_worker, stop_worker
-from streams.replay import producer_config
-from streams.settings import Settings
-from streams.topics import ensure_topics
+from agents.runtime.settings import Settings
+from agents.runtime.topics import ensure_topics
+from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
+from agents.tools.demo import scrape, start_worker, stop_worker
+from agents.tools.replay import producer_config
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 DATA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail.csv.gz"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from streams.catalog import Merchant, parse_merchant
-from streams.customer_state import apply_event, new_state
-from streams.policy import DecisionContext
+from streams.decisions import DecisionContext
+from streams.merchants.catalog import Merchant, parse_merchant
+from streams.state.customer_state import apply_event, new_state
 
 T0 = 1_325_462_400.0  # 2012-01-02 00:00 UTC
 HOUR = 3600.0

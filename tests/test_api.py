@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.settings import DEFAULT_MERCHANTS
+from streams.merchants.catalog import DEFAULT_MERCHANTS
 from tests.harness import ADMIN_TOKEN, DATA_FILE, Cluster, cart_add, event
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from agents.api import Api, ApiError
-from streams.metrics import REGISTRY
+from agents.runtime.metrics import REGISTRY
+from agents.web.api import Api, ApiError
 
 ROUTE = "/predictors/{job}"
 

@@ -9,7 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from streams.bandit import (
+from streams.promotion.actions import candidate_actions
+from streams.promotion.bandit import (
     BanditChooser,
     BanditConfig,
     ChoiceInput,
@@ -17,8 +18,7 @@ from streams.bandit import (
     RulesChooser,
     StaticChooser,
 )
-from streams.offers import candidate_actions
-from streams.promo_features import FEATURE_NAMES
+from streams.promotion.features import FEATURE_NAMES
 from tests.promo_fixtures import T0, context, shop
 
 D = len(FEATURE_NAMES)

@@ -1,5 +1,6 @@
 """One bandit for all workers: statistics learned per merchant:partition add up to the bandit
-that learned every reward (streams.bandit, streams.promotion_policy.PartitionedLearning), and
+that learned every reward (streams.promotion.bandit, streams.promotion.policy.PartitionedLearning),
+and
 the table view that writes and reloads them (agents.promotion.BanditTable), without a broker."""
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import numpy as np
 import orjson
 
 from agents.promotion import BanditTable
-from streams.bandit import LinearThompson
-from streams.offers import NONE
-from streams.promo_features import FEATURE_NAMES
-from streams.promotion_policy import PartitionedLearning, PromotionPolicy
+from streams.promotion.actions import NONE
+from streams.promotion.bandit import LinearThompson
+from streams.promotion.features import FEATURE_NAMES
+from streams.promotion.policy import PartitionedLearning, PromotionPolicy
 
 ARMS = (NONE, "percent_off:ten-off", "free_shipping:free-ship")
 PARTITIONS = 4

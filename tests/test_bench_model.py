@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streams.bench_model import pooled_p99_difference
+from agents.tools.bench_model import pooled_p99_difference
 
 
 def test_pooled_p99_difference_of_a_shift():

@@ -1,4 +1,5 @@
-"""Merchant catalogs: parsing streams/merchants.yaml, every CatalogError, run-time updates."""
+"""Merchant catalogs: parsing streams/merchants/merchants.yaml, every CatalogError, run-time
+updates."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.catalog import (
+from agents.runtime.settings import DEFAULT_MERCHANTS, Settings
+from streams.merchants.catalog import (
     CatalogError,
     FrequencyCap,
     Merchant,
@@ -18,7 +20,6 @@ from streams.catalog import (
     load_merchants,
     parse_merchant,
 )
-from streams.settings import DEFAULT_MERCHANTS, Settings
 
 
 def ts(*args: int) -> float:
@@ -80,7 +81,7 @@ def test_load_the_shipped_merchants_file():
 
 
 def test_registry_from_settings():
-    registry = MerchantRegistry.from_settings(Settings())
+    registry = MerchantRegistry.from_file(Settings().merchants_path)
     assert registry.ids() == ["uci-gift-shop"]
     assert "uci-gift-shop" in registry and "nope" not in registry
     assert registry.get("nope") is None

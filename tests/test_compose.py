@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.settings import Settings, Topics
+from agents.runtime.settings import Settings, Topics
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -47,11 +47,11 @@ DOCUMENTED_METRICS = {
     "nextbest_consumer_lag": "gauge",
     "nextbest_batch_events": "histogram",
 }
-# Also exported by streams/metrics.py; the dashboard shows them too.
+# Also exported by agents/runtime/metrics.py; the dashboard shows them too.
 EXTRA_METRICS = {
     "nextbest_duplicate_events_total": "counter",
     "nextbest_rerouted_events_total": "counter",
-    # next-purchase model serving (streams/model_policy.py)
+    # next-purchase model serving (agents/model_serving.py)
     "nextbest_model_info": "gauge",
     "nextbest_model_reloads_total": "counter",
     "nextbest_model_load_errors_total": "counter",
@@ -59,7 +59,7 @@ EXTRA_METRICS = {
     "nextbest_model_predictions_total": "counter",
     "nextbest_model_inference_seconds": "histogram",
     "nextbest_model_inference_cpu_seconds": "histogram",
-    # promotion policy (streams/promo_metrics.py)
+    # promotion policy (agents/runtime/promotion_metrics.py)
     "nextbest_promo_decisions_total": "counter",
     "nextbest_promo_blocked_actions_total": "counter",
     "nextbest_promo_rewards_total": "counter",
@@ -70,7 +70,8 @@ EXTRA_METRICS = {
     "nextbest_promo_profit_squares_total": "counter",
     "nextbest_promo_incremental_profit_per_decision": "gauge",
     "nextbest_promo_budget_available": "gauge",
-    # journeys (agents/outreach.py, streams/journeys.py) and the REST API (agents/api.py)
+    # journeys (agents/outreach.py, streams/outreach/journeys.py) and the REST API
+    # (agents/web/api.py)
     "nextbest_journey_steps_total": "counter",
     "nextbest_messages_held_total": "counter",
     "nextbest_messages_released_total": "counter",
@@ -258,7 +259,7 @@ def test_config_mounts_are_read_only(services: dict) -> None:
 
 
 def test_merchants_override_is_mounted_and_loads(services: dict) -> None:
-    from streams.catalog import load_merchants
+    from streams.merchants.catalog import load_merchants
 
     for name in ("topics", "worker"):
         path = service_env(services[name])["NEXTBEST_MERCHANTS_PATH"]
@@ -488,7 +489,7 @@ def test_dashboard_histograms_have_quantiles() -> None:
 
 
 def test_metric_list_matches_worker_registry() -> None:
-    from streams.metrics import REGISTRY
+    from agents.runtime.metrics import REGISTRY
 
     exported = {}
     for family in REGISTRY.collect():
@@ -501,10 +502,10 @@ def test_metric_list_matches_worker_registry() -> None:
 
 
 def test_cli_offers_the_subcommands_compose_runs(services: dict) -> None:
-    if not (REPO / "streams/cli.py").is_file():
-        pytest.skip("streams/cli.py not written yet")
+    if not (REPO / "agents/tools/cli.py").is_file():
+        pytest.skip("agents/tools/cli.py not written yet")
     result = subprocess.run(
-        [sys.executable, "-c", "from streams.cli import main; main()", "--help"],
+        [sys.executable, "-c", "from agents.tools.cli import main; main()", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

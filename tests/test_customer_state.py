@@ -9,8 +9,8 @@ import uuid
 import orjson
 import pytest
 
-from streams import customer_state as cs
-from streams.products import MAX_HISTORY_PRODUCTS, MAX_ORDER_PRODUCTS, orders_to_keep
+from streams.state import customer_state as cs
+from streams.state.products import MAX_HISTORY_PRODUCTS, MAX_ORDER_PRODUCTS, orders_to_keep
 
 RECORD_BOUND = 24 * 1024  # documented in docs/architecture.md (State size)
 

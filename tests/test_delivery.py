@@ -8,10 +8,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from streams import customer_state
-from streams.catalog import CatalogError, Merchant, load_merchants, parse_merchant
-from streams.merchant_config import QuietHours
-from streams.notify import (
+from streams.decisions import Offer
+from streams.merchants.catalog import (
+    DEFAULT_MERCHANTS,
+    CatalogError,
+    Merchant,
+    load_merchants,
+    parse_merchant,
+)
+from streams.merchants.options import QuietHours
+from streams.outreach.delivery import (
     Delivery,
     Held,
     Message,
@@ -20,8 +26,7 @@ from streams.notify import (
     plan_delivery,
     safe_time,
 )
-from streams.policy import Offer
-from streams.settings import DEFAULT_MERCHANTS
+from streams.state import customer_state
 
 CHANNELS = {"email": "a@example.com", "push": "tok-1", "sms": "+447700900123", "in_app": True}
 OFFER = Offer("free_shipping", "free-shipping-60", "You've unlocked free shipping", "reason")

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from streams.experiments import HOLDOUT, Arm, Experiment, assign, unit_point, variant_of
+from streams.promotion.experiments import HOLDOUT, Arm, Experiment, assign, unit_point, variant_of
 
 AB = Experiment(
     id="promo-1", holdout=0.1, arms=(Arm("learned", 1, "bandit"), Arm("rules", 1, "rules"))
@@ -34,7 +34,7 @@ def test_assignment_is_pinned():
 def test_assignment_is_the_same_in_a_fresh_process():
     """Restarts never reshuffle: no per-process salt (unlike Python's hash())."""
     code = (
-        "from streams.experiments import Arm, Experiment, assign;"
+        "from streams.promotion.experiments import Arm, Experiment, assign;"
         "e = Experiment(id='promo-1', holdout=0.1, arms=(Arm('learned', 1, 'bandit'),"
         " Arm('rules', 1, 'rules')));"
         f"print(','.join(assign(e, k) for k in {KEYS!r}))"

@@ -9,11 +9,11 @@ import random
 
 import pytest
 
-from streams import guardrails as g
-from streams import rewards
-from streams.experiments import Arm, Experiment
-from streams.offers import candidate_actions
-from streams.promotion_policy import PromotionPolicy
+from streams.promotion import guardrails as g
+from streams.promotion import rewards
+from streams.promotion.actions import candidate_actions
+from streams.promotion.experiments import Arm, Experiment
+from streams.promotion.policy import PromotionPolicy
 from tests.promo_fixtures import HOUR, T0, context, shop
 
 

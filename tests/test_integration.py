@@ -10,7 +10,7 @@ from datetime import datetime
 import orjson
 import pytest
 
-from streams.replay import replay_events
+from agents.tools.replay import replay_events
 from tests.harness import DATA_FILE, Cluster, cart_add, event
 
 pytestmark = pytest.mark.integration

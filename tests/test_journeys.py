@@ -15,18 +15,20 @@ import orjson
 import pytest
 
 from agents.outreach import Outreach
+from agents.runtime import metrics
 from schemas.validation import parse_event
-from streams import customer_state, journeys, metrics
-from streams.catalog import (
+from streams.decisions import ThresholdRulesPolicy
+from streams.merchants.catalog import (
+    DEFAULT_MERCHANTS,
     CatalogError,
     Merchant,
     MerchantRegistry,
     load_merchants,
     parse_merchant,
 )
-from streams.merchant_config import FollowUp, Journeys
-from streams.policy import ThresholdRulesPolicy
-from streams.settings import DEFAULT_MERCHANTS
+from streams.merchants.options import FollowUp, Journeys
+from streams.outreach import journeys
+from streams.state import customer_state
 from streams.timers import DueIndex, PartitionClock
 
 SHOP = "uci-gift-shop"

@@ -14,21 +14,7 @@ import orjson
 import pytest
 import torch
 
-from models import artifact
-from models.next_purchase import ModelConfig, NextPurchaseLSTM
-from models.sequences import (
-    EncoderConfig,
-    Order,
-    Vocab,
-    encode_batch,
-    encode_history,
-    is_product,
-    load_orders,
-)
-from schemas.validation import InvalidEvent, parse_event
-from streams import customer_state, metrics
-from streams.catalog import load_merchants
-from streams.model_policy import (
+from agents.model_serving import (
     CACHE_TTL_S,
     MerchantModels,
     ModelOffer,
@@ -38,9 +24,24 @@ from streams.model_policy import (
     order_history,
     served_history,
 )
-from streams.policy import DecisionContext, ThresholdRulesPolicy
-from streams.replay import read_rows, replay_events
-from streams.settings import DEFAULT_MERCHANTS, Settings, merchant_model_root
+from agents.runtime import metrics
+from agents.runtime.settings import Settings, merchant_model_root
+from agents.tools.replay import read_rows, replay_events
+from models.next_purchase import artifact
+from models.next_purchase.model import ModelConfig, NextPurchaseLSTM
+from models.next_purchase.sequences import (
+    EncoderConfig,
+    Order,
+    Vocab,
+    encode_batch,
+    encode_history,
+    is_product,
+    load_orders,
+)
+from schemas.validation import InvalidEvent, parse_event
+from streams.decisions import DecisionContext, ThresholdRulesPolicy
+from streams.merchants.catalog import DEFAULT_MERCHANTS, load_merchants
+from streams.state import customer_state
 from tests.harness import DATA_FILE
 
 SLICE_ROWS = 80_000  # the file is in time order: December 2010 to mid-January 2011

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.sequences import (
+from models.next_purchase.sequences import (
     EncodedHistory,
     EncoderConfig,
     ItemTimeline,

@@ -10,9 +10,22 @@ import pandas as pd
 import pytest
 import torch
 
-from models import artifact, evaluate, next_purchase, sequences, train
-from models.next_purchase import ModelConfig, NextPurchaseLSTM, Recommender, ServeBatch, collate
-from models.sequences import EncoderConfig, Vocab, encode_batch, encode_history, file_sha256
+from models.next_purchase import artifact, evaluate, sequences, train
+from models.next_purchase import model as next_purchase
+from models.next_purchase.model import (
+    ModelConfig,
+    NextPurchaseLSTM,
+    Recommender,
+    ServeBatch,
+    collate,
+)
+from models.next_purchase.sequences import (
+    EncoderConfig,
+    Vocab,
+    encode_batch,
+    encode_history,
+    file_sha256,
+)
 
 COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice"]
 COLUMNS += ["CustomerID", "Country"]

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from streams import customer_state
-from streams.catalog import FrequencyCap, Merchant, load_merchants
-from streams.notify import (
+from streams.decisions import Offer
+from streams.merchants.catalog import DEFAULT_MERCHANTS, FrequencyCap, Merchant, load_merchants
+from streams.outreach.delivery import (
     Delivery,
     Suppressed,
     choose_channel,
@@ -16,8 +16,7 @@ from streams.notify import (
     dedupe_key,
     plan_delivery,
 )
-from streams.policy import Offer
-from streams.settings import DEFAULT_MERCHANTS
+from streams.state import customer_state
 
 T0 = 1_322_734_800.0  # 2011-12-01 10:20 UTC
 DAY = 24 * 3600.0

@@ -10,10 +10,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from models import ope
-from models.promo_log import LogError, read_log, retrain
-from streams.bandit import LinearThompson
-from streams.promo_features import FEATURE_NAMES
+from models.promotion import ope
+from models.promotion.log import LogError, read_log, retrain
+from streams.promotion.bandit import LinearThompson
+from streams.promotion.features import FEATURE_NAMES
 
 ACTIONS = ["none", "percent_off:p10", "free_shipping:fs"]
 KINDS = ["none", "percent_off", "free_shipping"]

@@ -7,9 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.catalog import Merchant, Promotion, load_merchants
-from streams.customer_state import new_state
-from streams.policy import (
+from streams.decisions import (
     DecisionContext,
     Offer,
     ThresholdRulesPolicy,
@@ -18,7 +16,8 @@ from streams.policy import (
     money,
     threshold_offer,
 )
-from streams.settings import DEFAULT_MERCHANTS
+from streams.merchants.catalog import DEFAULT_MERCHANTS, Merchant, Promotion, load_merchants
+from streams.state.customer_state import new_state
 
 
 def ts(*args: int) -> float:

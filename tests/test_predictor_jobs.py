@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from agents.api import Job, Trainer
-from models import artifact
-from streams.catalog import CatalogError, MerchantRegistry, parse_merchant
+from agents.web.api import Job, Trainer
+from models.next_purchase import artifact
+from streams.merchants.catalog import CatalogError, MerchantRegistry, parse_merchant
 from tests.test_train_interactions import interactions_file
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from models.sequences import EncoderConfig, Vocab, encode_history, load_orders
-from streams import customer_state
-from streams.catalog import CatalogError, load_merchants, parse_merchant
-from streams.products import PRODUCT_CODE, is_product, order_products, product_rule
-from streams.settings import DEFAULT_MERCHANTS
+from models.next_purchase.sequences import EncoderConfig, Vocab, encode_history, load_orders
+from streams.merchants.catalog import (
+    DEFAULT_MERCHANTS,
+    CatalogError,
+    load_merchants,
+    parse_merchant,
+)
+from streams.state import customer_state
+from streams.state.products import PRODUCT_CODE, is_product, order_products, product_rule
 
 T0 = 1_291_193_160.0
 LINES = ("85123A", "POST", "sku-17", "SKU-18X", "DCGS0070", "gift_0001_20", " 22423 ")

@@ -1,13 +1,13 @@
 """The promotion simulator's loop through the real worker and the embedded broker closes:
 every cart gets a decision from the worker, every decision a joined reward, and the worker's
-bandit learns from them (``models.promo_kafka_loop``, a few customers for two weeks)."""
+bandit learns from them (``agents.tools.promo_kafka_loop``, a few customers for two weeks)."""
 
 from __future__ import annotations
 
 import pytest
 
-from models.promo_kafka_loop import LEARNED, LoopConfig, bench
-from models.simulator import Population, SimConfig, Simulator, calibrate, sim_merchant
+from agents.tools.promo_kafka_loop import LEARNED, LoopConfig, bench
+from models.promotion.simulator import Population, SimConfig, Simulator, calibrate, sim_merchant
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.promo_kafka_loop import _mean, arm_variant
+from agents.tools.promo_kafka_loop import _mean, arm_variant
 
 
 def test_arm_variants():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams import promo_metrics
-from streams.metrics import REGISTRY
+from agents.runtime import promotion_metrics as promo_metrics
+from agents.runtime.metrics import REGISTRY
 
 
 def value(name: str, **labels: str) -> float:

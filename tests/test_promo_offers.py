@@ -7,9 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from models.simulator import sim_merchant
-from streams.customer_state import apply_event, new_state
-from streams.objective import (
+from models.promotion.simulator import sim_merchant
+from streams.promotion.actions import (
+    CouponCandidate,
+    candidate_actions,
+    no_offer,
+    offer_for,
+    reaches_depth,
+)
+from streams.promotion.features import FEATURE_NAMES, context_features
+from streams.promotion.objective import (
     DeepDiscount,
     Economics,
     ObjectiveConfig,
@@ -18,14 +25,7 @@ from streams.objective import (
     incremental_profit,
     repurchase_probability,
 )
-from streams.offers import (
-    CouponCandidate,
-    candidate_actions,
-    no_offer,
-    offer_for,
-    reaches_depth,
-)
-from streams.promo_features import FEATURE_NAMES, context_features
+from streams.state.customer_state import apply_event, new_state
 from tests.promo_fixtures import T0, shop
 
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from models import promo_report
-from models.promo_report import build_report, difference_interval, mean_interval
+from models.promotion import report as promo_report
+from models.promotion.report import build_report, difference_interval, mean_interval
 
 
 def log(profits: dict[str, list[float]], discount: float = 2.0) -> tuple[list[dict], list[dict]]:

@@ -10,11 +10,11 @@ import pytest
 
 from agents import promotion
 from agents.promotion import LedgerTable, load_bandit, save_bandit
-from models import promo_log
-from streams.app import create_app
-from streams.promo_features import FEATURE_NAMES
-from streams.promotion_policy import PromotionPolicy
-from streams.settings import Settings
+from agents.runtime.app import create_app
+from agents.runtime.settings import Settings
+from models.promotion import log as promo_log
+from streams.promotion.features import FEATURE_NAMES
+from streams.promotion.policy import PromotionPolicy
 from tests.test_ope import synthetic_log
 
 

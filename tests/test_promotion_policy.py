@@ -10,10 +10,10 @@ from jsonschema import Draft202012Validator
 
 from schemas.events import DecisionRecord, RewardRecord
 from schemas.json_schema import build_schemas
-from streams import rewards
-from streams.experiments import HOLDOUT, Arm, Experiment, assign
-from streams.policy import Policy
-from streams.promotion_policy import PromotionPolicy, decision_identity, offer_identity
+from streams.decisions import Policy
+from streams.promotion import rewards
+from streams.promotion.experiments import HOLDOUT, Arm, Experiment, assign
+from streams.promotion.policy import PromotionPolicy, decision_identity, offer_identity
 from tests.promo_fixtures import HOUR, T0, cart_state, context, shop
 
 SCHEMAS = build_schemas()

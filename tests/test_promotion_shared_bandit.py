@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from streams.demo import scrape
+from agents.tools.demo import scrape
 from tests.harness import Cluster, cart_add, event, order_placed
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from streams.topics import key_partition
+from agents.runtime.topics import key_partition
 from tests.harness import Cluster, cart_add, event, order_placed
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas.validation import parse_event, parse_time
-from streams.replay import (
+from agents.runtime.settings import Settings
+from agents.tools.replay import (
     DEFAULT_MERCHANT,
     MAX_SESSION_S,
     EventBuilder,
@@ -29,7 +29,7 @@ from streams.replay import (
     replay_events,
     synthetic_profile,
 )
-from streams.settings import Settings
+from schemas.validation import parse_event, parse_time
 
 DATA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail.csv.gz"
 MAX_BYTES = Settings().max_event_bytes

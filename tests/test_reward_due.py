@@ -1,4 +1,5 @@
-"""The reward sweep's index kept in a table (`streams.rewards.DueWindows`): written only when a
+"""The reward sweep's index kept in a table (`streams.promotion.rewards.DueWindows`): written only
+when a
 customer's next window end changes, read back after a restart or a rebalance, clocks stored."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from types import SimpleNamespace
 import orjson
 
 from agents.promotion import LedgerTable, PromotionHooks
-from streams import rewards
-from streams.customer_state import new_state
+from streams.promotion import rewards
+from streams.state.customer_state import new_state
 from streams.timers import PartitionClock
 from tests.promo_fixtures import HOUR, T0
 from tests.test_rewards import TERMS, WINDOW, decision

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from streams.topics import key_partition
+from agents.runtime.topics import key_partition
 from tests.harness import Cluster, event
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import copy
 
 import pytest
 
-from streams import rewards
-from streams.customer_state import new_state
+from streams.promotion import rewards
+from streams.state.customer_state import new_state
 from tests.promo_fixtures import HOUR, T0
 
 WINDOW = 48 * HOUR

@@ -11,12 +11,19 @@ import pandas as pd
 import pytest
 import torch
 
-from models import artifact, segments, train
-from models.interactions import load_interactions
-from models.sequences import EncoderConfig, Vocab, build_examples, load_orders, load_transactions
+from agents.tools import segments
+from agents.tools.pinpoint import EndpointFileError, profile_events, read_endpoints
+from agents.tools.replay import synthetic_profile
+from models.next_purchase import artifact, train
+from models.next_purchase.interactions import load_interactions
+from models.next_purchase.sequences import (
+    EncoderConfig,
+    Vocab,
+    build_examples,
+    load_orders,
+    load_transactions,
+)
 from schemas.validation import parse_event
-from streams.pinpoint import EndpointFileError, profile_events, read_endpoints
-from streams.replay import synthetic_profile
 from tests.harness import DATA_FILE
 
 ROWS = 60000  # the first ~6 weeks of the UCI Online Retail file (Dec 2010 - mid Jan 2011)

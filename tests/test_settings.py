@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.experiments import Arm, Experiment
-from streams.settings import DEFAULT_MERCHANTS, Settings, Topics
+from agents.runtime.settings import DEFAULT_MERCHANTS, Settings, Topics
+from streams.promotion.experiments import Arm, Experiment
 
 
 def test_defaults_without_any_variable():

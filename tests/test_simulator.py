@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from models import promo_simulation
-from models.promo_simulation import SimulateConfig, run_policy, simulate
-from models.simulator import (
+from models.promotion import simulation as promo_simulation
+from models.promotion.simulation import SimulateConfig, run_policy, simulate
+from models.promotion.simulator import (
     Calibration,
     Population,
     SimConfig,
@@ -18,7 +18,7 @@ from models.simulator import (
     calibrate,
     sim_merchant,
 )
-from streams.offers import CouponCandidate, candidate_actions
+from streams.promotion.actions import CouponCandidate, candidate_actions
 
 SMALL = Calibration(
     orders_per_year=np.array([1.0, 2.0, 4.0, 12.0, 40.0]),

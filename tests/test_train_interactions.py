@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from models import artifact, train
-from models.interactions import EVERY_ITEM, load_interactions
-from models.interactions import main as interactions_main
-from models.sequences import EncoderConfig, file_sha256
+from models.next_purchase import artifact, train
+from models.next_purchase.interactions import EVERY_ITEM, load_interactions
+from models.next_purchase.interactions import main as interactions_main
+from models.next_purchase.sequences import EncoderConfig, file_sha256
 
 ITEMS = [f"sku-{i}" for i in range(30)]  # not UCI stock codes: the product rule matters
 DAY = 86400.0

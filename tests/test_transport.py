@@ -7,8 +7,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TP
 
-from streams.broker import EmbeddedBroker
-from streams.transport import faust_broker_url, fetch_high_watermarks, resume_delivery
+from agents.runtime.transport import faust_broker_url, fetch_high_watermarks, resume_delivery
+from agents.tools.broker import EmbeddedBroker
 
 PARTITIONS = 4
 

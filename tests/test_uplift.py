@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models.uplift import LEARNERS, GBMParams, UpliftModel
+from models.promotion.uplift import LEARNERS, GBMParams, UpliftModel
 
 FAST = GBMParams(n_estimators=80, learning_rate=0.1, min_child_samples=40)
 

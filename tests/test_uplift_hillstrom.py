@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklift.metrics import uplift_at_k
 
-from models import hillstrom
-from models.uplift import UpliftModel
+from models.promotion import hillstrom
+from models.promotion.uplift import UpliftModel
 
 # sklift 0.5.1 calls sklearn's deprecated stable_cumsum (same numbers, just a FutureWarning).
 pytestmark = pytest.mark.filterwarnings("ignore:.*stable_cumsum:FutureWarning")

@@ -1,0 +1,1 @@
+"""The Faust runtime: the app and its tables, settings, topics, transport, Prometheus metrics."""

@@ -1,0 +1,470 @@
+"""``nextbest demo``: embedded broker, a worker process and a replay of real shop data, with a
+live tail of offers, notifications and dead letters, then a summary. Cleans up after itself."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zlib
+from collections import Counter
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer
+from prometheus_client.parser import text_string_to_metric_families
+from tqdm import tqdm
+
+from agents.runtime.settings import Settings
+from agents.runtime.topics import ensure_topics
+from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
+from agents.tools.demo_model import model_line
+from agents.tools.replay import ReplayEvent, replay_events, send
+from schemas.events import SCHEMA_VERSION
+from streams.promotion.rewards import iso
+
+BAD_INPUTS = [  # shown in the demo: each lands in the dead-letter topic with its reason
+    ("cart", b"uci-gift-shop:c:1", b"{not json"),
+    (
+        "cart",
+        b"uci-gift-shop:c:1",
+        orjson.dumps(
+            {
+                "schema_version": 1,
+                "event_id": "demo-bad-1",
+                "event_type": "cart_add",
+                "merchant_id": "no-such-shop",
+                "customer_id": "1",
+                "event_time": "2011-11-14T09:00:00Z",
+                "lines": [],
+                "cart_value": 0.0,
+                "currency": "GBP",
+            }
+        ),
+    ),
+    (
+        "clickstream",
+        b"uci-gift-shop:c:1",
+        orjson.dumps(
+            {
+                "schema_version": 1,
+                "event_id": "demo-bad-2",
+                "event_type": "product_view",
+                "merchant_id": "uci-gift-shop",
+                "customer_id": "1",
+                "event_time": "2011-11-14T09:00:00Z",
+            }
+        ),
+    ),
+]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    file: Path
+    days: float = 1.0
+    speedup: float = 1800.0
+    start: datetime = datetime(2011, 11, 14)
+    abandon_share: float = 0.1  # customers' visits replayed as abandoned carts (journeys)
+    open_share: float = 0.5  # follow-up e-mails the simulated customers open
+    model: Path | None = Path("var/models/next_purchase")  # None: threshold rules only
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment for a worker subprocess that uses ``settings``."""
+    return {**os.environ, **settings.to_env()}
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
+    return subprocess.Popen(
+        [sys.executable, "-m", "agents.tools.cli", "worker"],
+        env=worker_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def scrape(port: int, names: tuple[str, ...] = ()) -> dict[str, float]:
+    """Sum of each sample name on a worker's /metrics (labels summed away); only ``names``
+    when given (a cheaper answer for frequent polls)."""
+    query = "?" + "&".join(f"name[]={name}" for name in names) if names else ""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=5) as response:
+        text = response.read().decode()
+    totals: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return dict(totals)
+
+
+DECISION_LATENCY_METRIC = "nextbest_decision_latency_seconds"
+JOURNEY_STEPS_METRIC = "nextbest_journey_steps_total"
+
+
+def scrape_samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of metric ``name`` on a worker's /metrics, with its labels."""
+    url = f"http://127.0.0.1:{port}/metrics?name[]={name}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return [
+        (dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def journey_outcomes(samples: list[tuple[dict[str, str], float]]) -> str:
+    """``abandoned_cart: sent 1, suppressed 40 (frequency_cap 38, ...); ...`` from the
+    journey-steps counter's samples."""
+    outcomes: dict[str, Counter[str]] = {}
+    reasons: dict[tuple[str, str], Counter[str]] = {}
+    for labels, value in samples:
+        if not value:
+            continue
+        journey, outcome = labels["journey"], labels["outcome"]
+        outcomes.setdefault(journey, Counter())[outcome] += int(value)
+        if labels.get("reason"):
+            reasons.setdefault((journey, outcome), Counter())[labels["reason"]] += int(value)
+    parts = []
+    for journey in sorted(outcomes):
+        shown = []
+        for outcome, n in sorted(outcomes[journey].items()):
+            why = reasons.get((journey, outcome))
+            detail = ", ".join(f"{r} {c:,}" for r, c in why.most_common()) if why else ""
+            shown.append(f"{outcome} {n:,}" + (f" ({detail})" if detail else ""))
+        parts.append(f"{journey}: " + ", ".join(shown))
+    return "; ".join(parts) or "none"
+
+
+def scrape_buckets(port: int, histogram: str) -> list[tuple[float, float]]:
+    """``[(upper bound, cumulative count), ...]`` of a histogram on /metrics, labels summed."""
+    buckets: Counter[float] = Counter()
+    for labels, value in scrape_samples(port, f"{histogram}_bucket"):
+        buckets[float(labels["le"])] += value
+    return sorted(buckets.items())
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """The q-quantile by linear interpolation within buckets, as Prometheus computes it."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            share = (rank - lower_count) / (count - lower_count)
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def journey_label(notification: dict) -> str:
+    """``offer``, or the journey and its step, e.g. ``follow_up/opened``."""
+    source = notification.get("source") or "offer"
+    step = notification.get("journey_step")
+    return f"{source}/{step}" if step else source
+
+
+class EmailOpens:
+    """Stands in for the e-mail service's open tracking: a share of the follow-up journey's
+    e-mails (picked by a hash of the notification id) are opened a few minutes later, in the
+    replay's event time, and reported on the offer-feedback topic as a shop's service would."""
+
+    DELAY_S = 300.0
+
+    def __init__(self, settings: Settings, share: float) -> None:
+        from confluent_kafka import Producer
+
+        from agents.tools.replay import producer_config
+
+        self.settings = settings
+        self.share = share
+        self.replay_time = 0.0  # event time of the last replayed event (set by the sender)
+        self.producer = Producer(producer_config(settings))
+        self.opened = 0
+
+    def on_notification(self, value: dict) -> None:
+        if self.producer is None:
+            return
+        if value.get("source") != "follow_up" or value.get("journey_step") != "first":
+            return
+        if zlib.crc32(value["notification_id"].encode()) % 1000 >= self.share * 1000:
+            return
+        feedback = {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": f"open-{value['notification_id']}",
+            "event_type": "offer_opened",
+            "merchant_id": value["merchant_id"],
+            "customer_id": value["customer_id"],
+            "session_id": None,
+            "event_time": iso(self.replay_time + self.DELAY_S),
+            "offer_id": value["offer_id"],
+            "notification_id": value["notification_id"],
+        }
+        key = f"{value['merchant_id']}:c:{value['customer_id']}".encode()
+        self.producer.produce(self.settings.topics.feedback, key=key, value=orjson.dumps(feedback))
+        self.producer.poll(0)
+        self.opened += 1
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(10)
+            self.producer = None  # librdkafka clients close when collected
+
+
+class Tail(threading.Thread):
+    """Reads the output topics and prints a readable line per offer / notification / DLQ."""
+
+    def __init__(
+        self, settings: Settings, echo: bool = True, opens: EmailOpens | None = None
+    ) -> None:
+        super().__init__(daemon=True)
+        self.opens = opens
+        t = settings.topics
+        self.names = {t.promotions: "offer", t.notifications: "notify", t.dead_letters: "DLQ"}
+        self.consumer = Consumer(
+            {
+                **settings.kafka_client_config(),
+                "group.id": f"demo-tail-{time.time_ns()}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+            }
+        )
+        self.consumer.subscribe(list(self.names))
+        self.echo = echo
+        self.echo_limit = 40  # lines per output kind, so the tail stays readable
+        self.counts: Counter[str] = Counter()
+        self.last_message = time.monotonic()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            for message in self.consumer.consume(500, 0.2):
+                if message.error():
+                    continue
+                self.last_message = time.monotonic()
+                kind = self.names[message.topic()]
+                value = orjson.loads(message.value())
+                self.counts[self._count_key(kind, value)] += 1
+                if self.echo and self._echo(kind, value):
+                    tqdm.write(self._line(kind, value))
+                self.counts[kind] += 1
+                self.counts["model"] += kind == "offer" and bool(value.get("model_version"))
+                if kind == "notify":
+                    self.counts[f"source:{journey_label(value)}"] += 1
+                    if self.opens is not None:
+                        self.opens.on_notification(value)
+        self.consumer.close()
+
+    def _echo(self, kind: str, value: dict) -> bool:
+        """The first lines of each kind, and the first few of every journey step."""
+        if kind == "notify" and value.get("journey_step"):
+            label = f"echo:{journey_label(value)}"
+            self.counts[label] += 1
+            return self.counts[label] <= 3
+        return self.counts[kind] < self.echo_limit
+
+    @staticmethod
+    def _count_key(kind: str, value: dict) -> str:  # noqa: D102
+        detail = {"offer": "offer_type", "notify": "channel", "DLQ": "reason"}[kind]
+        return f"{kind}:{value[detail]}"
+
+    @staticmethod
+    def _line(kind: str, value: dict) -> str:
+        if kind == "offer":
+            who = value["customer_id"] or f"guest {value['session_id']}"
+            return (
+                f"  offer   {who:>14}  cart £{value['cart_value']:>9,.2f}  "
+                f"{value['offer_type']:<15} {value['message']}"
+            ) + model_line(value)
+        if kind == "notify":
+            return (
+                f"  notify  {value['customer_id']:>14}  {value['channel']:<6} "
+                f"[{journey_label(value)}] -> {value['address']}: {value['body']}"
+            )
+        return f"  DLQ     {value['reason']:<22} {value['error'][:70]}"
+
+
+def run_demo(config: DemoConfig) -> int:
+    if not config.file.exists():
+        print(f"data file not found: {config.file} (expected ../shared/data beside the repo)")
+        return 2
+    model_path = ""
+    if config.model is not None:
+        from agents.tools.demo_model import prepare_model
+
+        model_path = str(prepare_model(config.model, config.file, config.start) or "")
+    workdir = Path(tempfile.mkdtemp(prefix="nextbest-demo-"))
+    broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+    settings = replace(
+        Settings.from_env(),
+        broker_url=broker.url,
+        embedded_broker=True,
+        state_dir=workdir / "state",
+        web_port=free_port(),
+        app_id="nextbest-demo",
+        model_path=model_path,
+    )
+    worker = None
+    tail = None
+    try:
+        ensure_topics(settings)
+        print(f"broker: Tansu on {broker.bootstrap}; worker log: {workdir / 'worker.log'}")
+        worker = start_worker(settings, workdir / "worker.log")
+        wait_for_port("127.0.0.1", settings.web_port, 60)
+        opens = EmailOpens(settings, config.open_share)
+        tail = Tail(settings, opens=opens)
+        tail.start()
+        end = config.start + timedelta(days=config.days)
+        events: list[ReplayEvent] = list(
+            replay_events(
+                config.file, start=config.start, end=end, abandon_share=config.abandon_share
+            )
+        )
+        history = 0
+        if model_path:  # the state gets the order histories the model scores
+            from agents.tools.demo_model import send_order_history
+
+            history = send_order_history(settings, config.file, events, settings.web_port)
+        print(
+            f"replaying {len(events):,} events of {config.start:%Y-%m-%d} + {config.days:g} "
+            f"day(s) at {config.speedup:g}x, plus {len(BAD_INPUTS)} bad inputs; "
+            f"{config.abandon_share:.0%} of customers' visits end with an abandoned cart, "
+            f"{config.open_share:.0%} of follow-up e-mails get opened"
+        )
+        _send_bad_inputs(settings)
+        started = time.monotonic()
+        with tqdm(total=len(events), unit="ev", desc="replay", position=0) as bar:
+
+            def sent(event: ReplayEvent) -> None:
+                bar.update()
+                opens.replay_time = event.ts
+
+            send(events, settings, speedup=config.speedup, on_sent=sent)
+        opens.close()
+        expected = history + len(events) + len(BAD_INPUTS) + opens.opened
+        processed = _wait_processed(settings.web_port, expected, timeout=120) - history
+        elapsed = time.monotonic() - started
+        time.sleep(1.0)
+        latency = {
+            q: histogram_quantile(q, scrape_buckets(settings.web_port, DECISION_LATENCY_METRIC))
+            for q in (0.5, 0.95, 0.99)
+        }
+        _summary(
+            scrape(settings.web_port),
+            tail.counts | {"opened": opens.opened},
+            processed,
+            elapsed,
+            {q: v for q, v in latency.items() if v is not None},
+            journey_outcomes(scrape_samples(settings.web_port, JOURNEY_STEPS_METRIC)),
+        )
+        if model_path:
+            from agents.tools.demo_model import model_summary
+
+            offers = sum(v for k, v in tail.counts.items() if k.startswith("offer:"))
+            model_summary(scrape(settings.web_port), offers, tail.counts["model"])
+        return 0
+    finally:
+        if tail:
+            tail.stopping.set()
+            tail.join(5)
+        if worker:
+            stop_worker(worker)
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _send_bad_inputs(settings: Settings) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer(settings.kafka_client_config())
+    for kind, key, value in BAD_INPUTS:
+        producer.produce(getattr(settings.topics, kind), key=key, value=value)
+    producer.flush(10)
+
+
+def _processed(totals: dict[str, float]) -> float:
+    return (
+        totals.get("nextbest_events_total", 0)
+        + totals.get("nextbest_dead_letters_total", 0)
+        + totals.get("nextbest_rerouted_events_total", 0)
+    )
+
+
+def _wait_processed(port: int, expected: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    processed = 0.0
+    while time.monotonic() < deadline:
+        processed = _processed(scrape(port))
+        if processed >= expected:
+            break
+        time.sleep(0.5)
+    return processed
+
+
+def _summary(
+    totals: dict[str, float],
+    counts: Counter[str],
+    processed: float,
+    elapsed: float,
+    latency: dict[float, float],
+    journeys: str = "none",
+) -> None:
+    def group(prefix: str) -> str:
+        items = sorted((k.split(":", 1)[1], v) for k, v in counts.items() if k.startswith(prefix))
+        return ", ".join(f"{name} {n:,}" for name, n in items) or "none"
+
+    print("\nsummary")
+    print(
+        f"  events processed   {processed:,.0f} in {elapsed:.1f}s "
+        f"({processed / max(elapsed, 1e-9):,.0f}/s, paced by the replay speed-up)"
+    )
+    print(
+        f"  offers             {sum(v for k, v in counts.items() if k.startswith('offer:')):,}"
+        f" ({group('offer:')})"
+    )
+    print(
+        f"  notifications      {sum(v for k, v in counts.items() if k.startswith('notify:')):,}"
+        f" ({group('notify:')})"
+    )
+    print(f"  by source          {group('source:')}")
+    print(f"  journey steps      {journeys}")
+    print(f"  e-mails opened     {counts['opened']:,} (simulated open tracking, follow-up e-mails)")
+    print(
+        f"  suppressed         {totals.get('nextbest_messages_suppressed_total', 0):,.0f}"
+        " (frequency cap, consent, opt-out, duplicate)"
+    )
+    print(
+        f"  dead letters       {sum(v for k, v in counts.items() if k.startswith('DLQ:')):,}"
+        f" ({group('DLQ:')})"
+    )
+    if latency:
+        print(
+            "  decision latency   "
+            + ", ".join(f"p{round(q * 100)} {latency[q] * 1000:,.0f} ms" for q in sorted(latency))
+            + " (cart record to offer, estimated from the histogram on /metrics)"
+        )

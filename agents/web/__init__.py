@@ -1,0 +1,1 @@
+"""The worker's HTTP API: views, the OpenAPI document, the customer-state view."""

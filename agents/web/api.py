@@ -1,0 +1,605 @@
+"""The shop-facing REST API on the worker's web server (Faust views); see README "REST API".
+
+- ``GET /product-recommendations?merchant=&customer=&n=`` the next-purchase model's top n for
+  the customer's order history (503 when no model is loaded);
+- ``GET /best-promotion?merchant=&customer=`` (or ``&session=``) what the policy would offer
+  now for the current cart, with its reason (``&at=`` an ISO time to ask about another moment);
+- ``POST /predictors {"merchant"}`` starts a background ``nextbest train`` job for the
+  merchant; ``GET /predictors/{job}`` its status and metrics;
+- ``POST /events`` a batch of input events, validated exactly like the Kafka path
+  (`schemas.validation.parse_event`), produced to the input topics keyed by customer (Faust's
+  producer partitions with murmur2, like Kafka's Java clients); 202 with per-event errors;
+- ``GET /openapi.json`` the OpenAPI document (no token needed).
+
+Every other endpoint needs ``Authorization: Bearer <token>``: a merchant token
+(``NEXTBEST_API_TOKENS``) sees only its own merchant; the admin token
+(``NEXTBEST_API_ADMIN_TOKEN``) sees every merchant. Customer-keyed requests (and the jobs of a
+merchant) are forwarded to the worker that owns the key's partition, body included. Logs name
+merchants, endpoints and counts only: never request bodies, addresses or tokens.
+
+Metrics: ``nextbest_api_requests_total{route, method, status}`` and the
+``nextbest_api_request_duration_seconds`` histogram, labelled by the route template
+(``/predictors/{job}``), never by the raw path, so no customer or job id becomes a label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import shlex
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import faust
+import orjson
+from faust.web import Request, Response, View
+from yarl import URL
+
+from agents.runtime import metrics
+from agents.runtime.app import NextbestApp
+from agents.runtime.settings import merchant_model_root
+from agents.runtime.topics import key_partition
+from agents.web.openapi import OPENAPI
+from schemas.events import INPUT_EVENTS
+from schemas.spec import ID_MAX_LENGTH
+from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
+from streams.decisions import DecisionContext, Offer, Policy
+
+log = logging.getLogger(__name__)
+FORWARDED = "X-Nextbest-Forwarded"
+SERVED_BY = "X-Nextbest-Worker"  # response header: the worker that answered
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=30)
+PASSED_HEADERS = (SERVED_BY, "Location", "WWW-Authenticate")  # kept from a forwarded answer
+MAX_RECOMMENDATIONS = 100
+MAX_JOBS_KEPT = 100
+
+
+class ServingModel(Protocol):
+    """A loaded next-purchase model (``agents.model_serving.LoadedModel``)."""
+
+    version: str
+    recommender: Any  # has score_batch(histories, k) -> [Scored(items, scores, cold_start)]
+
+
+ModelLookup = Callable[[str], ServingModel | None]  # merchant id -> its model, if loaded
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def customer_key(merchant: str, customer: str | None, session: str | None) -> str:
+    if customer:
+        return f"{merchant}:c:{customer}"
+    return f"{merchant}:s:{session}"
+
+
+def _id_param(request: Request, name: str, required: bool = True) -> str | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        if required:
+            raise ApiError(400, f"query parameter {name!r} is required")
+        return None
+    if len(value) > ID_MAX_LENGTH:
+        raise ApiError(400, f"{name}: at most {ID_MAX_LENGTH} characters")
+    return value
+
+
+class Auth:
+    """Bearer tokens: merchant tokens see their merchant, the admin token sees all."""
+
+    def __init__(self, merchant_tokens: dict[str, str], admin_token: str) -> None:
+        self.merchant_tokens = merchant_tokens
+        self.admin_token = admin_token
+
+    def caller(self, request: Request) -> str:
+        """``"admin"`` or the merchant id the request's token belongs to; 401 otherwise."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
+        if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return "admin"
+        for known, merchant in self.merchant_tokens.items():
+            if hmac.compare_digest(token.encode(), known.encode()):
+                return merchant
+        raise ApiError(401, "invalid bearer token")
+
+    def require(self, request: Request, merchant: str) -> str:
+        caller = self.caller(request)
+        if caller not in ("admin", merchant):
+            raise ApiError(403, f"this token cannot access merchant {merchant!r}")
+        return caller
+
+
+# -- background training jobs ---------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    job: str
+    merchant: str
+    status: str  # queued | running | succeeded | failed
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    artifact: str | None = None
+    metrics: dict | None = None
+    error: str | None = None
+
+
+class Trainer:
+    """Runs ``nextbest train`` for a merchant in a subprocess, one job at a time per worker.
+
+    Job records are JSON files under ``<state_dir>/predictor-jobs`` so a restarted worker still
+    answers for them (a job that was running when its worker stopped is reported as failed).
+    """
+
+    def __init__(self, nb: NextbestApp) -> None:
+        self.nb = nb
+        self.folder = Path(nb.settings.state_dir) / "predictor-jobs"
+        self.jobs: dict[str, Job] = {}
+        self._slot = asyncio.Semaphore(1)
+        self._tasks: set[asyncio.Task] = set()
+        self._processes: set[asyncio.subprocess.Process] = set()
+
+    def stop(self) -> None:
+        """Terminate running jobs (the worker is stopping): they are reported as failed."""
+        for process in list(self._processes):
+            if process.returncode is None:
+                process.terminate()
+
+    def _save(self, job: Job) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{job.job}.json").write_bytes(orjson.dumps(asdict(job)))
+
+    def get(self, job_id: str) -> Job | None:
+        job = self.jobs.get(job_id)
+        path = self.folder / f"{job_id}.json"
+        if job is None and path.is_file():
+            job = Job(**orjson.loads(path.read_bytes()))
+            if job.status in ("queued", "running"):  # its worker stopped before it finished
+                job.status, job.error = "failed", "interrupted: the worker stopped"
+        return job
+
+    def start(self, merchant_id: str) -> Job:
+        merchant = self.nb.registry.get(merchant_id)
+        data = merchant.options.training.data if merchant else ""
+        if not data:
+            raise ApiError(
+                422,
+                f"merchant {merchant_id!r} has no training data configured "
+                "(training.data in the merchants file)",
+            )
+        if not Path(data).is_file():
+            raise ApiError(422, f"training data for {merchant_id!r} not found on this worker")
+        running = [
+            j
+            for j in self.jobs.values()
+            if j.merchant == merchant_id and j.status in ("queued", "running")
+        ]
+        if running:
+            raise ApiError(409, "a job for this merchant is already running", job=running[0].job)
+        job = Job(f"{merchant_id}.{secrets.token_hex(6)}", merchant_id, "queued", iso(time.time()))
+        self.jobs[job.job] = job
+        self._save(job)
+        task = asyncio.ensure_future(self._run(job, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        for old in list(self.jobs)[:-MAX_JOBS_KEPT]:  # the files keep the history
+            self.jobs.pop(old)
+        return job
+
+    def command(self, job: Job, data: str) -> list[str]:
+        """``nextbest train`` on the merchant's training file, format and product rule."""
+        out = merchant_model_root(self.nb.settings.models_dir, job.merchant)
+        extra = shlex.split(self.nb.settings.train_args)
+        options = self.nb.registry.get(job.merchant).options
+        source = "--interactions" if options.training.format == "interactions" else "--data"
+        rule = ["--product-pattern", options.product_pattern] if options.product_pattern else []
+        return [
+            sys.executable,
+            "-m",
+            "agents.tools.cli",
+            "train",
+            source,
+            data,
+            *rule,
+            "--out",
+            str(out),
+            *extra,
+        ]
+
+    async def _run(self, job: Job, data: str) -> None:
+        async with self._slot:
+            job.status, job.started_at = "running", iso(time.time())
+            self._save(job)
+            log_path = self.folder / f"{job.job}.log"
+            try:
+                with log_path.open("wb") as log_file:
+                    process = await asyncio.create_subprocess_exec(
+                        *self.command(job, data), stdout=asyncio.subprocess.PIPE, stderr=log_file
+                    )
+                    self._processes.add(process)
+                    try:
+                        stdout, _ = await process.communicate()
+                    finally:
+                        self._processes.discard(process)
+                log_file_tail = log_path.read_text(errors="replace")[-500:]
+                result = self._result(stdout)
+                if process.returncode != 0 or result is None:
+                    job.status = "failed"
+                    job.error = f"exit code {process.returncode}: {log_file_tail.strip()}"
+                else:
+                    job.status, job.artifact, job.metrics = "succeeded", *result
+            except Exception as exc:  # the job fails, the worker does not
+                log.exception("predictor job %s failed to run", job.job)
+                job.status, job.error = "failed", repr(exc)
+            job.finished_at = iso(time.time())
+            self._save(job)
+            log.warning("predictor job %s for %s: %s", job.job, job.merchant, job.status)
+
+    @staticmethod
+    def _result(stdout: bytes) -> tuple[str, dict] | None:
+        """(artifact path, metrics summary) from train's last output line and metrics.json."""
+        lines = [line for line in stdout.decode(errors="replace").splitlines() if line.strip()]
+        try:
+            artifact = orjson.loads(lines[-1])["artifact"]
+            metrics = orjson.loads((Path(artifact) / "metrics.json").read_bytes())
+        except (IndexError, KeyError, TypeError, OSError, orjson.JSONDecodeError):
+            return None
+        summary = {
+            k: metrics.get(k)
+            for k in ("examples_train", "examples_val", "best_epoch", "epochs_run", "seconds")
+        }
+        validation = metrics.get("validation") or {}
+        summary["validation"] = {k: v for k, v in validation.items() if k != "epoch"}
+        return artifact, summary
+
+
+# -- the API --------------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(
+        self,
+        nb: NextbestApp,
+        policy: Policy,
+        models: ModelLookup | None = None,
+    ) -> None:
+        self.nb = nb
+        self.policy = policy
+        self.models = models or (lambda merchant: None)
+        settings = nb.settings
+        self.auth = Auth(settings.merchant_tokens(), settings.api_admin_token)
+        self.trainer = Trainer(nb)
+        self.topics = {
+            kind: nb.app.topic(
+                getattr(settings.topics, kind),
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+            )
+            for kind in INPUT_EVENTS
+        }
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def handle(
+        self,
+        view: View,
+        request: Request,
+        route: str,
+        handler: Callable[[], Awaitable[Response]],
+    ) -> Response:
+        """Run one endpoint: API errors as JSON answers, the worker header, the metrics."""
+        started = time.perf_counter()
+        try:
+            response = await handler()
+        except ApiError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            response = view.json(
+                {"error": exc.message, **exc.extra}, status=exc.status, headers=headers
+            )
+        except Exception:
+            log.exception("API %s %s failed", request.method, request.path)
+            response = view.json({"error": "internal error"}, status=500)
+        response.headers.setdefault(SERVED_BY, str(self.nb.app.conf.canonical_url))
+        metrics.API_REQUESTS.labels(route, request.method, str(response.status)).inc()
+        metrics.API_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+        return response
+
+    def merchant(self, request: Request, name: str | None) -> str:
+        if not name:
+            raise ApiError(400, "merchant is required")
+        self.auth.require(request, name)
+        if name not in self.nb.registry:
+            raise ApiError(404, f"unknown merchant {name!r}")
+        return name
+
+    def owner(self, key: bytes) -> URL | None:
+        """The web URL of the worker that owns ``key``'s partition of the customers table.
+
+        The partition is computed like every producer here (murmur2, Java-compatible), so the
+        answer does not depend on the producer having fetched the changelog's metadata yet.
+        """
+        partition = key_partition(key, self.nb.settings.partitions)
+        topic = self.nb.customers.changelog_topic.get_topic_name()
+        for url, topics in self.nb.app.router.table_metadata(self.nb.customers.name).items():
+            if partition in topics.get(topic, ()):
+                return URL(url)
+        return None
+
+    async def forward(
+        self, view: View, request: Request, key: bytes, body: bytes | None = None
+    ) -> Response | None:
+        """The owner's response when another worker owns ``key``; None to serve it here."""
+        if request.headers.get(FORWARDED):
+            return None
+        app = self.nb.app
+        dest = self.owner(key)
+        if dest is None:
+            raise ApiError(503, "partition assignment not known yet; retry shortly")
+        here = URL(str(app.conf.canonical_url))
+        if (dest.host, dest.port) == (here.host, here.port):
+            return None
+        url = request.url.with_host(dest.host).with_port(dest.port)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        headers[FORWARDED] = "1"
+        try:
+            async with app.http_client.request(
+                method=request.method, url=url, headers=headers, data=body, timeout=FORWARD_TIMEOUT
+            ) as response:
+                payload = await response.read()
+                passed = {k: response.headers[k] for k in PASSED_HEADERS if k in response.headers}
+                status, content_type = response.status, response.content_type
+        except (aiohttp.ClientError, TimeoutError):
+            raise ApiError(503, "the worker that owns this key is unreachable; retry") from None
+        passed.setdefault(SERVED_BY, str(dest))
+        return view.bytes(payload, content_type=content_type, status=status, headers=passed)
+
+    async def body(self, request: Request) -> bytes:
+        limit = self.nb.settings.api_max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, f"request body over {limit} bytes")
+        chunks, size = [], 0
+        while chunk := await request.content.read(65536):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def state(self, key: str) -> dict | None:
+        raw = self.nb.customers.get(key.encode())
+        return orjson.loads(raw) if raw is not None else None
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    async def recommendations(self, view: View, request: Request) -> Response:
+        merchant = self.merchant(request, request.query.get("merchant"))
+        customer = _id_param(request, "customer")
+        raw_n = request.query.get("n", "10")
+        if not raw_n.isdigit() or not 1 <= int(raw_n) <= MAX_RECOMMENDATIONS:
+            raise ApiError(400, f"n must be a whole number from 1 to {MAX_RECOMMENDATIONS}")
+        key = customer_key(merchant, customer, None)
+        forwarded = await self.forward(view, request, key.encode())
+        if forwarded is not None:
+            return forwarded
+        model = self.models(merchant)
+        if model is None:
+            raise ApiError(
+                503,
+                "model not configured: no next-purchase model is loaded for "
+                "this merchant (set NEXTBEST_MODEL_PATH)",
+                merchant=merchant,
+            )
+        from agents.model_serving import order_history  # torch is loaded when a model is
+
+        state = self.state(key)
+        rule = model.recommender.encoder.product_pattern
+        history = order_history(state, product_pattern=rule) if state is not None else []
+        [scored] = model.recommender.score_batch([history], k=int(raw_n))
+        return view.json(
+            {
+                "merchant": merchant,
+                "customer": customer,
+                "model_version": model.version,
+                "cold_start": scored.cold_start,
+                "known_customer": state is not None,
+                "recommendations": [
+                    {"product_id": item, "score": round(score, 6)}
+                    for item, score in zip(scored.items, scored.scores, strict=True)
+                ],
+            }
+        )
+
+    async def best_promotion(self, view: View, request: Request) -> Response:
+        merchant_id = self.merchant(request, request.query.get("merchant"))
+        customer = _id_param(request, "customer", required=False)
+        session = _id_param(request, "session", required=False)
+        if (customer is None) == (session is None):
+            raise ApiError(400, "give exactly one of customer= or session=")
+        at = time.time()
+        if request.query.get("at"):
+            try:
+                moment = datetime.fromisoformat(request.query["at"])
+            except ValueError:
+                raise ApiError(400, "at: expected an ISO 8601 time with a UTC offset") from None
+            if moment.tzinfo is None:
+                raise ApiError(400, "at: needs a UTC offset, e.g. 2011-11-14T10:00:00Z")
+            at = moment.timestamp()
+        key = customer_key(merchant_id, customer, session)
+        forwarded = await self.forward(view, request, key.encode())
+        if forwarded is not None:
+            return forwarded
+        state = self.state(key)
+        cart = state["cart"] if state is not None else None
+        answer = {
+            "merchant": merchant_id,
+            "customer": customer,
+            "session": session,
+            "policy": self.policy.name,
+            "at": iso(at),
+        }
+        if cart is None or not cart["lines"] or cart["value"] <= 0:
+            return view.json({**answer, "offer": None, "reason": "the cart is empty"})
+        merchant = self.nb.registry.get(merchant_id)
+        context = DecisionContext(
+            merchant=merchant,
+            customer_key=key,
+            state=state,
+            cart_value=cart["value"],
+            currency=cart["currency"] or merchant.currency,
+            ts=at,
+            cart_event_id="api",
+        )
+        [offer] = self.policy.decide_batch([context])
+        answer.update(cart_value=cart["value"], currency=context.currency)
+        if offer is None:
+            reason = "no promotion applies to this cart now"
+            return view.json({**answer, "offer": None, "reason": reason})
+        return view.json({**answer, "offer": offer_json(offer), "reason": offer.reason})
+
+    async def start_job(self, view: View, request: Request) -> Response:
+        body = await self.body(request)
+        try:
+            request_json = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, 'expected a JSON body {"merchant": "<id>"}') from None
+        if not isinstance(request_json, dict) or not isinstance(request_json.get("merchant"), str):
+            raise ApiError(400, 'expected a JSON body {"merchant": "<id>"}')
+        merchant = self.merchant(request, request_json["merchant"])
+        forwarded = await self.forward(view, request, merchant.encode(), body)
+        if forwarded is not None:
+            return forwarded
+        job = self.trainer.start(merchant)
+        return view.json(asdict(job), status=202, headers={"Location": f"/predictors/{job.job}"})
+
+    async def job_status(self, view: View, request: Request, job: str) -> Response:
+        merchant = job.rpartition(".")[0]
+        if not merchant:
+            raise ApiError(404, "unknown job")
+        self.auth.require(request, merchant)
+        forwarded = await self.forward(view, request, merchant.encode())
+        if forwarded is not None:
+            return forwarded
+        found = self.trainer.get(job)
+        if found is None:
+            raise ApiError(404, "unknown job")
+        return view.json(asdict(found))
+
+    async def events(self, view: View, request: Request) -> Response:
+        caller = self.auth.caller(request)
+        body = await self.body(request)
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"body is not JSON: {exc}") from None
+        events = document.get("events") if isinstance(document, dict) else document
+        if not isinstance(events, list):
+            raise ApiError(400, 'expected {"events": [...]} or a JSON array of events')
+        limit = self.nb.settings.api_max_events
+        if len(events) > limit:
+            raise ApiError(413, f"{len(events)} events in one request; at most {limit}")
+        errors, sends = [], []
+        for index, event in enumerate(events):
+            try:
+                kind, key, raw = self.check_event(caller, event)
+            except InvalidEvent as exc:
+                errors.append({"index": index, "reason": exc.reason, "error": str(exc)})
+                continue
+            sends.append(await self.topics[kind].send(key=key, value=raw))
+        if sends:
+            await asyncio.gather(*sends)
+        log.info("POST /events from %s: %d accepted, %d rejected", caller, len(sends), len(errors))
+        return view.json(
+            {"accepted": len(sends), "rejected": len(errors), "errors": errors}, status=202
+        )
+
+    def check_event(self, caller: str, event: object) -> tuple[str, bytes, bytes]:
+        """(topic kind, record key, record value) of a valid event; InvalidEvent otherwise."""
+        if not isinstance(event, dict):
+            raise InvalidEvent("malformed_json", "an event must be a JSON object")
+        event_type = event.get("event_type")
+        kind = ALL_EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
+        if kind is None:
+            raise InvalidEvent("unknown_event_type", f"unknown event_type {event_type!r}")
+        raw = orjson.dumps(event)
+        settings = self.nb.settings
+        data = parse_event(raw, kind, settings.max_event_bytes, settings.max_future_s or None)
+        merchant = data["merchant_id"]
+        if caller not in ("admin", merchant):
+            raise InvalidEvent(
+                "forbidden_merchant", f"this token cannot send events for merchant {merchant!r}"
+            )
+        if merchant not in self.nb.registry:
+            raise InvalidEvent("unknown_merchant", f"merchant_id {merchant!r} is not configured")
+        key = customer_key(merchant, data.get("customer_id"), data.get("session_id"))
+        return kind, key.encode(), raw
+
+
+def offer_json(offer: Offer) -> dict:
+    return {
+        "offer_type": offer.offer_type,
+        "promotion_id": offer.promotion_id,
+        "message": offer.message,
+        "percent_off": offer.percent_off,
+        "amount_to_next_tier": offer.amount_to_next_tier,
+        "recommendations": list(offer.recommendations),
+    }
+
+
+async def openapi(view: View, request: Request) -> Response:
+    return view.json(OPENAPI)
+
+
+def register(nb: NextbestApp, policy: Policy, models: ModelLookup | None = None) -> Api:
+    """Add the API's views to the worker's web server."""
+    api = Api(nb, policy, models)
+    app = nb.app
+
+    def page(path: str, **methods: Callable) -> None:
+        def make(handler: Callable) -> Callable:
+            async def method(self: View, request: Request, **kwargs: str) -> Response:
+                return await api.handle(
+                    self, request, path, lambda: handler(self, request, **kwargs)
+                )
+
+            return method
+
+        view = type(
+            f"api{path.replace('/', '_')}",
+            (View,),
+            {name: make(handler) for name, handler in methods.items()},
+        )
+        app.page(path)(view)
+
+    page("/product-recommendations", get=api.recommendations)
+    page("/best-promotion", get=api.best_promotion)
+    page("/predictors", post=api.start_job)
+    page("/predictors/{job}", get=api.job_status)
+    page("/events", post=api.events)
+    page("/openapi.json", get=openapi)
+
+    @app.on_before_shutdown.connect
+    async def stop_jobs(app: faust.App, **kwargs: object) -> None:
+        api.trainer.stop()
+
+    return api

@@ -1,0 +1,1013 @@
+"""Customer order sequences from UCI Online Retail files, and the one encoding the model reads.
+
+Loading (`load_orders`) accepts any file of the Online Retail family: csv, csv.gz or xlsx (every
+sheet is read, so the two-year "Online Retail II" workbook works), with either column naming
+(``InvoiceNo, UnitPrice, CustomerID`` or ``Invoice, Price, Customer ID``), matched ignoring case,
+spaces, ``_`` and ``-`` (``Customer Id``, ``customer_id``, ``Invoice-No`` all work). The price
+column is optional. In a workbook, a sheet with none of these columns (a notes sheet) is skipped,
+and a sheet with some but not all the required ones is an error naming the sheet.
+
+Dates: ISO dates with a UTC offset (``2010-12-01T08:26:00Z``, ``... 08:26:00+01:00``) are
+converted to UTC, dates without one are read as UTC. Slash dates are month first
+(``12/1/2010 8:26``, the UCI export) unless the file shows day first. Evidence is counted over
+the file's distinct slash-date strings: day first where only that reading is valid (first field
+13-31, second at most 12: ``13/12/2010``), month first where only that one is (``12/13/2010``).
+A reading with evidence and at least 10 times the other's is used for every slash date of the
+file (``01/12/2010`` is 1 December when day first dominates), and the dates that contradict it
+(a typo) are bad dates on their own. With no evidence at all, month first. When neither reading
+dominates, the file cannot be read without guessing: all its slash dates are bad dates.
+
+Row handling, in the order the checks run (a row is counted under the first rule it meets, see
+`LoadReport`):
+
+* bad rows: an unparseable ``InvoiceDate``, an empty ``StockCode`` or an unparseable
+  ``Quantity`` are skipped and counted, never fatal.
+* guest lines (no customer id) are dropped: they cannot be linked into a sequence.
+* bad prices: a customer's line with a negative ``UnitPrice`` is skipped and counted
+  (``bad_price``). Prices are read leniently: currency symbols, letters and spaces are ignored
+  (``£2.55``); with both ``,`` and ``.`` the comma separates thousands (``1,234.5``), with only a
+  comma it is the decimal mark (``2,55``). The price is not used, so an unparseable price (or
+  none, or no price column) does not drop the line. A zero price is kept: a free item is still a
+  purchase. Guest lines are counted as guests whatever their price (the UCI file's only negative
+  prices are two guest "adjust bad debt" lines).
+* cancellations (invoice number starting with ``C``) are dropped, and the original order stays
+  in the sequence: the customer did choose those items, most cancellation lines have no matching
+  original in the file, and the live worker records orders as they are placed.
+  Adjustments (invoice starting with ``A``, "adjust bad debt") and any other line with a
+  quantity <= 0 are dropped as well: they are not purchases.
+* non-product codes are dropped. A product's stock code starts with five digits (``85123A``)
+  or with ``DCGS`` (gift sets sold on the shop's marketplaces); everything else is postage
+  (POST, DOT, C2), fees (AMAZONFEE, BANK CHARGES, CRUK), manual lines and discounts (M, D, S, B),
+  PADS, samples, tests, and gift vouchers (``gift_0001_20``). A rule on the code's shape rather
+  than a list of names keeps working on files with codes nobody listed.
+* stock codes are stripped and upper-cased (``85123a`` and ``85123A`` are one product); customer
+  ids lose a spreadsheet's ``.0``.
+
+A row repeated exactly is kept twice (the UCI file has 5,268 such rows; nothing tells a line
+entered twice from the same item scanned twice): `load_transactions` returns both lines, so
+their quantities add up where units are counted, and the order lists the product once.
+
+Kept lines are grouped into orders by (customer, invoice). An order is ``(epoch seconds of its
+first line, [distinct product ids in line order])`` and a customer's orders are in time order:
+exactly the shape the streaming worker keeps (the last 50 orders per customer). `encode_history`
+turns such a list into model input; the training and evaluation sets are built by calling it on
+each prefix of the sequences loaded here, so training and serving share one code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain, repeat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pandas.tseries.api import guess_datetime_format
+
+from streams.state.products import (
+    MAX_HISTORY_PRODUCTS,
+    MAX_ORDER_PRODUCTS,
+    MAX_ORDERS,
+    PRODUCT_CODE,
+    normalize_product,
+    order_products,
+    orders_to_keep,
+)
+from streams.state.products import is_product as is_product  # noqa: PLC0414 - serving uses it from here
+
+Order = tuple[float, list[str]]
+"""(epoch seconds, [product_id, ...]), the worker's per-order state."""
+
+_COLUMNS = {
+    "invoiceno": "invoice",
+    "invoice": "invoice",
+    "stockcode": "stock_code",
+    "quantity": "quantity",
+    "invoicedate": "invoice_date",
+    "unitprice": "price",
+    "price": "price",
+    "customerid": "customer",
+}
+"""Column name, lower case without spaces, ``_`` or ``-`` -> the loader's field."""
+_REQUIRED = ("invoice", "stock_code", "quantity", "invoice_date", "customer")
+_DOMINANCE = 10
+"""A slash-date reading is used when it has this many times the other's evidence."""
+_SLASH_DATE = r"^\s*(\d{1,2})/(\d{1,2})/\d"
+"""A date written ``first/second/year...``: month/day or day/month."""
+RECENT_DAYS = 30
+WEEK_DAYS = 7
+SMOOTHING = 10  # pseudo-trials pulling an item's repeat rate towards the catalogue's
+_DAY = 86400.0
+
+
+@dataclass
+class LoadReport:
+    """Row counts per rule; every row of the file lands in exactly one field."""
+
+    rows: int = 0
+    bad_date: int = 0
+    missing_stock_code: int = 0
+    bad_quantity: int = 0
+    guest: int = 0
+    bad_price: int = 0
+    cancellation: int = 0
+    non_positive: int = 0
+    non_product: int = 0
+    kept: int = 0
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _field_names(columns: pd.Index, path: Path) -> dict[str, str]:
+    """File column -> loader field, names matched ignoring case, spaces, ``_`` and ``-``."""
+    column_of: dict[str, str] = {}
+    for column in columns:
+        name = _COLUMNS.get(re.sub(r"[\s_-]", "", str(column)).lower())
+        if name in column_of:
+            raise ValueError(
+                f"{path}: columns {column_of[name]!r} and {column!r} both read as {name}"
+            )
+        if name is not None:
+            column_of[name] = column
+    return {column: name for name, column in column_of.items()}
+
+
+WORKBOOK_SUFFIXES = (".xlsx", ".xls")
+
+
+def read_sheets(path: Path) -> dict[str, pd.DataFrame]:
+    """Every sheet of a workbook, in order, cells as text (empty cells NaN).
+
+    Read with calamine (Rust): on a 1.08-million-row workbook shaped like Online Retail II it
+    takes 15 s where openpyxl took 58 s, with the same lines loaded (BENCHMARKS.md).
+    """
+    return pd.read_excel(path, sheet_name=None, dtype=str, engine="calamine")
+
+
+def _read_raw(path: Path) -> pd.DataFrame:
+    """The file's rows with columns renamed to loader fields; every sheet of a workbook."""
+    if path.suffix.lower() in WORKBOOK_SUFFIXES:
+        frames = []
+        for sheet_name, sheet in read_sheets(path).items():
+            names = _field_names(sheet.columns, path)
+            if not names:
+                continue  # no column of the family at all: a notes or summary sheet
+            missing = [c for c in _REQUIRED if c not in names.values()]
+            if missing:
+                raise ValueError(f"{path}: sheet {sheet_name!r} is missing columns {missing}")
+            frames.append(sheet.rename(columns=names))
+        raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    else:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        raw = raw.rename(columns=_field_names(raw.columns, path))
+    missing = [c for c in _REQUIRED if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{path}: not an Online Retail file, missing columns {missing}")
+    return raw
+
+
+def _parse_dates(text: pd.Series) -> pd.Series:
+    """Naive UTC times of date strings, NaT where unparseable (see the module docstring)."""
+    dates = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+    rest = dates.isna() & text.notna()
+    if rest.any():  # not ISO (slash dates, or a file mixing formats): each distinct one once
+        other = text[rest]
+        distinct = pd.Series(other.unique())
+        dates[rest] = _parse_non_iso(distinct).iloc[pd.Index(distinct).get_indexer(other)].array
+    return dates.dt.tz_convert(None)
+
+
+def _parse_non_iso(text: pd.Series) -> pd.Series:
+    """`_parse_dates` of distinct non-ISO strings: slash dates month or day first, by the file."""
+    fields = text.str.extract(_SLASH_DATE).apply(pd.to_numeric)
+    first, second = fields[0], fields[1]
+    slash = first.notna()
+    day_only = int((first.between(13, 31) & second.le(12)).sum())  # only readable day first
+    month_only = int((second.between(13, 31) & first.le(12)).sum())  # ... or month first
+    dates = _parse_like_first(text.where(~slash), day_first=False)
+    if day_only and day_only >= _DOMINANCE * month_only:
+        day_first = True
+    elif not day_only or month_only >= _DOMINANCE * day_only:
+        day_first = False
+    else:  # neither reading dominates: all slash dates stay NaT
+        return dates
+    month = second if day_first else first
+    readable = slash & month.le(12)  # a month over 12 contradicts the reading: stays NaT
+    dates[readable] = _parse_like_first(text[readable], day_first=day_first)
+    return dates
+
+
+def _parse_like_first(text: pd.Series, day_first: bool) -> pd.Series:
+    """UTC times of date strings: in the format of the first one (fast), and those not in it
+    one by one."""
+    dates = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
+    known = text.dropna()
+    layout = guess_datetime_format(known.iat[0], dayfirst=day_first) if len(known) else None
+    if layout is not None:
+        dates[:] = pd.to_datetime(text, errors="coerce", format=layout, utc=True)
+    retry = dates.isna() & text.notna()
+    if retry.any():
+        dates[retry] = pd.to_datetime(
+            text[retry], errors="coerce", format="mixed", dayfirst=day_first, utc=True
+        )
+    return dates
+
+
+def _parse_prices(text: pd.Series) -> pd.Series:
+    """Lenient prices (see the module docstring), NaN where unparseable."""
+    digits = text.fillna("").astype(str).str.replace(r"[^\d,.+-]", "", regex=True)
+    thousands = digits.str.contains(",", regex=False) & digits.str.contains(".", regex=False)
+    digits = digits.where(~thousands, digits.str.replace(",", "", regex=False))
+    return pd.to_numeric(digits.str.replace(",", ".", regex=False), errors="coerce")
+
+
+def load_transactions(
+    path: str | Path, product_pattern: str | None = None
+) -> tuple[pd.DataFrame, LoadReport]:
+    """Kept purchase lines: customer, invoice, product, quantity, seconds (epoch, times as UTC).
+
+    ``product_pattern``: a merchant's own product rule (`streams.state.products.product_rule`) in
+    place of the UCI stock-code rule.
+    """
+    raw = _read_raw(Path(path))
+    report = LoadReport(rows=len(raw))
+    invoice = raw["invoice"].fillna("").astype(str).str.strip()
+    code = raw["stock_code"].fillna("").astype(str).map(normalize_product)
+    customer = (
+        raw["customer"].fillna("").astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
+    )
+    quantity = pd.to_numeric(raw["quantity"], errors="coerce")
+    negative_price = pd.Series(False, index=raw.index)
+    if "price" in raw.columns:
+        negative_price = _parse_prices(raw["price"]) < 0  # NaN (unparseable): not negative
+    time = _parse_dates(raw["invoice_date"])
+
+    rules = [
+        ("bad_date", time.isna()),
+        ("missing_stock_code", code.eq("") | code.eq("NAN")),
+        ("bad_quantity", quantity.isna()),
+        ("guest", customer.eq("") | customer.str.lower().eq("nan")),
+        ("bad_price", negative_price),
+        ("cancellation", invoice.str.upper().str.startswith("C")),
+        ("non_positive", invoice.str.upper().str.startswith("A") | (quantity <= 0)),
+        ("non_product", ~code.str.match(product_pattern or PRODUCT_CODE, case=False)),
+    ]
+    keep = pd.Series(True, index=raw.index)
+    for name, hit in rules:
+        hit = hit.fillna(True) & keep
+        setattr(report, name, int(hit.sum()))
+        keep &= ~hit
+    report.kept = int(keep.sum())
+    lines = pd.DataFrame(
+        {
+            "customer": customer[keep],
+            "invoice": invoice[keep],
+            "product": code[keep],
+            "quantity": quantity[keep],
+            "seconds": time[keep].astype("datetime64[ns]").astype("int64") / 1e9,
+        }
+    )
+    return lines.reset_index(drop=True), report
+
+
+def orders_from_lines(lines: pd.DataFrame) -> dict[str, list[Order]]:
+    """Group kept lines into per-customer, time-ordered orders (ties broken by invoice)."""
+    frame = lines.assign(row=np.arange(len(lines)))
+    first = frame.groupby(["customer", "invoice"], sort=False)["seconds"].transform("min")
+    frame = frame.assign(seconds=first).sort_values(["customer", "seconds", "invoice", "row"])
+    orders: dict[str, list[Order]] = {}
+    for (cust, _inv), group in frame.groupby(["customer", "invoice"], sort=False):
+        products = list(dict.fromkeys(group["product"].tolist()))
+        orders.setdefault(str(cust), []).append((float(group["seconds"].iat[0]), products))
+    for seq in orders.values():
+        seq.sort(key=lambda order: order[0])  # stable: same-second invoices keep invoice order
+    return orders
+
+
+def load_orders(
+    path: str | Path, product_pattern: str | None = None
+) -> tuple[dict[str, list[Order]], LoadReport]:
+    lines, report = load_transactions(path, product_pattern)
+    return orders_from_lines(lines), report
+
+
+def epoch_seconds(date: str) -> float:
+    """``2011-10-01`` (or any ISO date-time, read as UTC, like the file's times) in epoch s."""
+    stamp = pd.Timestamp(date)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert(None)
+    return stamp.value / 1e9
+
+
+def split_at(orders: dict[str, list[Order]], cutoff: float) -> tuple[dict, dict]:
+    """Per customer: orders strictly before ``cutoff`` (epoch s), and those at or after it."""
+    before: dict[str, list[Order]] = {}
+    after: dict[str, list[Order]] = {}
+    for cust, seq in orders.items():
+        pre = [o for o in seq if o[0] < cutoff]
+        post = [o for o in seq if o[0] >= cutoff]
+        if pre:
+            before[cust] = pre
+        if post:
+            after[cust] = post
+    return before, after
+
+
+CATALOGUE_FEATURES = 5
+
+
+@dataclass(eq=False)
+class ItemStats:
+    """Catalogue statistics as of one moment, from the orders of the whole days before it.
+
+    Per item: ``popularity``, orders holding it; ``recent`` and ``week``, the same over the last
+    `RECENT_DAYS` and `WEEK_DAYS` days; ``repeat_rate``, how often a customer who had bought it
+    bought it again in a later order (smoothed towards the catalogue-wide rate).
+    """
+
+    popularity: np.ndarray
+    recent: np.ndarray
+    week: np.ndarray
+    repeat_rate: np.ndarray
+    _features: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def features(self) -> np.ndarray:
+        """(n_items, CATALOGUE_FEATURES): what the model reads about every item at this moment."""
+        if self._features is None:
+            self._features = np.stack(
+                [
+                    np.log1p(self.popularity) / 10.0,
+                    np.log1p(self.recent) / 5.0,
+                    np.log1p(self.week) / 3.0,
+                    np.log((self.week + 1.0) / (self.recent * WEEK_DAYS / RECENT_DAYS + 1.0)),
+                    np.log(self.repeat_rate),
+                ],
+                axis=1,
+            ).astype(np.float32)
+        return self._features
+
+
+class ItemTimeline:
+    """Day-by-day item statistics of a set of orders: `at` gives `ItemStats` for any moment.
+
+    Training examples each get the statistics of the moment their target order was placed, so
+    "trending now" and "often re-bought" never include the future they are trained to predict.
+    """
+
+    def __init__(self, orders: dict[str, list[Order]], index: dict[str, int]) -> None:
+        n_items = len(index) + 1
+        self.first_day = int(min(t for seq in orders.values() for t, _ in seq) // _DAY)
+        days = int(max(t for seq in orders.values() for t, _ in seq) // _DAY) - self.first_day + 1
+        self.last_day = self.first_day + days - 1
+        holding = np.zeros((days + 1, n_items), np.float32)  # row d + 1: orders on day d
+        trials = np.zeros_like(holding)  # orders by customers who had bought the item before
+        repeats = np.zeros_like(holding)  # ... that hold it again
+        for seq in orders.values():
+            seen = np.zeros(n_items, bool)
+            for t, products in seq:
+                row = int(t // _DAY) - self.first_day + 1
+                ids = np.array([index[p] for p in products if p in index], dtype=np.int64)
+                holding[row, ids] += 1
+                trials[row, seen] += 1
+                repeats[row, ids[seen[ids]]] += 1
+                seen[ids] = True
+        self._cum = [np.cumsum(a, axis=0) for a in (holding, trials, repeats)]
+        self._cache: dict[int, ItemStats] = {}
+
+    def at(self, now: float) -> ItemStats:
+        """Statistics from the orders of the days before ``now``'s day (clamped to the data)."""
+        day = min(max(int(now // _DAY) - self.first_day, 0), self.last_day - self.first_day + 1)
+        if day not in self._cache:
+            holding, trials, repeats = self._cum
+
+            def window(days: int) -> np.ndarray:
+                return holding[day] - holding[max(day - days, 0)]
+
+            prior = repeats[day].sum() / max(trials[day].sum(), 1.0)
+            rate = (repeats[day] + SMOOTHING * prior) / (trials[day] + SMOOTHING)
+            rate[0] = max(prior, 1e-6)
+            self._cache[day] = ItemStats(
+                holding[day].copy(), window(RECENT_DAYS), window(WEEK_DAYS), np.maximum(rate, 1e-6)
+            )
+        return self._cache[day]
+
+    def final(self) -> ItemStats:
+        """The statistics right after the last day: what serving sees, at any later time."""
+        return self.at((self.last_day + 1) * _DAY)
+
+
+@dataclass
+class Vocab:
+    """The catalogue the model scores: products seen in training, most popular first.
+
+    Index 0 is reserved for padding. ``popularity``, ``recent``, ``week`` and ``repeat_rate`` are
+    the `ItemStats` at the end of the training orders (see `ItemTimeline.final`).
+    """
+
+    items: list[str]
+    popularity: list[int]
+    recent: list[int]
+    repeat_rate: list[float]
+    week: list[int] | None = None  # None: all zero
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
+    stats: ItemStats = field(init=False, repr=False, compare=False)
+    _clean: dict[str | None, dict[str, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.index = {item: i for i, item in enumerate(self.items)}
+        self._clean = {}
+        week = self.week if self.week is not None else [0] * len(self.items)
+        self.stats = ItemStats(
+            *(np.asarray(a, np.float32) for a in (self.popularity, self.recent, week)),
+            np.asarray(self.repeat_rate, np.float32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, product_id: str) -> int | None:
+        return self.index.get(normalize_product(product_id))
+
+    def clean_index(self, product_pattern: str | None = None) -> dict[str, int]:
+        """The items an order can hold as they are: ids that are normalised products by the
+        rule of ``product_pattern`` (`streams.state.products.product_rule`), not the padding."""
+        if product_pattern not in self._clean:
+            self._clean[product_pattern] = {
+                item: i
+                for i, item in enumerate(self.items)
+                if i and normalize_product(item) == item and is_product(item, product_pattern)
+            }
+        return self._clean[product_pattern]
+
+    def timeline(self, orders: dict[str, list[Order]]) -> ItemTimeline:
+        return ItemTimeline(orders, {p: i for i, p in enumerate(self.items) if i})
+
+    @classmethod
+    def build(cls, orders: dict[str, list[Order]]) -> Vocab:
+        counts: dict[str, int] = {}
+        for seq in orders.values():
+            for _, products in seq:
+                for p in set(products):
+                    counts[p] = counts.get(p, 0) + 1
+        ranked = sorted(counts, key=lambda p: (-counts[p], p))
+        end = ItemTimeline(orders, {p: i for i, p in enumerate(ranked, 1)}).final()
+        return cls(
+            ["<pad>", *ranked],
+            [0, *(counts[p] for p in ranked)],
+            [int(x) for x in end.recent],
+            [float(x) for x in end.repeat_rate],
+            [int(x) for x in end.week],
+        )
+
+
+@dataclass
+class EncoderConfig:
+    max_orders: int = 50  # the worker keeps the last 50 orders per customer
+    product_pattern: str | None = None  # the merchant's product rule; None: UCI stock codes
+
+
+ORDER_FEATURES = 4
+REPEAT_FEATURES = 16
+
+
+@dataclass
+class EncodedHistory:
+    """Model input for one customer. Empty (``n_orders == 0``) means cold start.
+
+    order_items / order_lengths: known item ids per order, flattened (orders with no known item
+    are left out); order_feats: (n_orders, ORDER_FEATURES); repeat_items: distinct known items;
+    repeat_feats: (len(repeat_items), REPEAT_FEATURES); catalogue: (n_items, CATALOGUE_FEATURES),
+    the `ItemStats.features` of the scoring moment (shared, not copied, between histories).
+    """
+
+    order_items: np.ndarray
+    order_lengths: np.ndarray
+    order_feats: np.ndarray
+    repeat_items: np.ndarray
+    repeat_feats: np.ndarray
+    catalogue: np.ndarray
+
+    @property
+    def n_orders(self) -> int:
+        return len(self.order_lengths)
+
+
+def encode_history(
+    orders: list[Order],
+    vocab: Vocab,
+    config: EncoderConfig,
+    now: float | None = None,
+    stats: ItemStats | None = None,
+) -> EncodedHistory:
+    """Encode a customer's time-ordered orders (the worker's state shape) for the model.
+
+    ``now`` is the scoring time in epoch seconds: the cart event's time when serving, the
+    cutoff in evaluation, the target order's time in training. ``None`` (or a time before the
+    last order) means the time of the last order. ``stats`` are the catalogue statistics of
+    that moment; serving leaves them to the vocabulary's (the end of the training data).
+
+    Only the last ``config.max_orders`` orders count; unknown products are ignored. Per order:
+    log days since the previous order, log days before now, log basket size, share of the
+    order's products the vocabulary knows. Per distinct item: how often and how recently
+    (orders; days before now) the customer bought it, its buying interval and how overdue it
+    is, the days since the customer's last order, and the item's catalogue statistics:
+    the repeat-purchase features the baselines live on, and more.
+    """
+    stats = stats if stats is not None else vocab.stats
+    rule = config.product_pattern
+    orders = [(seconds, order_products(products, rule)) for seconds, products in orders]
+    orders = orders[len(orders) - orders_to_keep([len(products) for _, products in orders]) :]
+    kept = []
+    for seconds, products in orders[-config.max_orders :]:
+        ids = [vocab.get(p) for p in products]
+        known = list(dict.fromkeys(i for i in ids if i is not None))
+        if known:
+            kept.append((float(seconds), known, len(known) / max(len(products), 1)))
+    if not kept:
+        empty_i = np.zeros(0, dtype=np.int64)
+        return EncodedHistory(
+            empty_i,
+            empty_i,
+            np.zeros((0, ORDER_FEATURES), np.float32),
+            empty_i,
+            np.zeros((0, REPEAT_FEATURES), np.float32),
+            stats.features(),
+        )
+
+    last_t = kept[-1][0]
+    now = last_t if now is None else max(float(now), last_t)
+    n = len(kept)
+    order_feats = np.zeros((n, ORDER_FEATURES), np.float32)
+    seen_at: dict[int, list[int]] = {}
+    for j, (t, ids, known_share) in enumerate(kept):
+        gap = (t - kept[j - 1][0]) / _DAY if j else 0.0
+        order_feats[j] = (
+            math.log1p(max(gap, 0.0)),
+            math.log1p((now - t) / _DAY),
+            math.log1p(len(ids)),
+            known_share,
+        )
+        for i in ids:
+            seen_at.setdefault(i, []).append(j)
+
+    items = np.fromiter(seen_at, dtype=np.int64, count=len(seen_at))
+    repeat_feats = np.zeros((len(items), REPEAT_FEATURES), np.float32)
+    log_n = math.log1p(n)
+    idle = math.log1p((now - last_t) / _DAY)
+    catalogue = stats.features()
+    for r, i in enumerate(items.tolist()):
+        js = seen_at[i]
+        count = len(js)
+        last_j = js[-1]
+        days_since = (now - kept[last_j][0]) / _DAY
+        days_first = (now - kept[js[0]][0]) / _DAY
+        interval = (kept[last_j][0] - kept[js[0]][0]) / _DAY / (count - 1) if count > 1 else 0.0
+        repeat_feats[r, :11] = (
+            math.log1p(count),
+            count / n,
+            float(last_j == n - 1),
+            math.log1p(n - 1 - last_j),
+            math.log1p(days_since),
+            math.log1p(days_first),
+            math.log1p(interval),
+            float(count > 1) * min(max((days_since - interval) / (interval + 7.0), -3.0), 3.0),
+            log_n,
+            idle,
+            count / (n - js[0]),  # share of the orders since the customer first bought it
+        )
+        repeat_feats[r, 11:] = catalogue[i]
+    flat = np.fromiter((i for _, ids, _ in kept for i in ids), dtype=np.int64)
+    lengths = np.array([len(ids) for _, ids, _ in kept], dtype=np.int64)
+    return EncodedHistory(flat, lengths, order_feats, items, repeat_feats, catalogue)
+
+
+_LOG1P_COUNTS = np.array([math.log1p(i) for i in range(MAX_ORDER_PRODUCTS + 1)])
+"""``math.log1p`` of 0 ... 250, exactly as `encode_history` computes it for counts."""
+
+
+@dataclass
+class EncodedBatch:
+    """`encode_history` of many customers at once, concatenated (what `encode_batch` returns).
+
+    Rows with ``n_orders == 0`` are cold starts. Per kept order, over all rows in turn:
+    ``order_lengths``, ``order_feats``, and the flat ``order_items``; per repeat candidate:
+    ``repeat_row`` (the row it belongs to), ``repeat_items`` and ``repeat_feats``. All rows are
+    scored at the catalogue statistics ``catalogue``.
+    """
+
+    n_orders: np.ndarray
+    order_items: np.ndarray
+    order_lengths: np.ndarray
+    order_feats: np.ndarray
+    repeat_row: np.ndarray
+    repeat_items: np.ndarray
+    repeat_feats: np.ndarray
+    catalogue: np.ndarray
+
+    def history(self, row: int) -> EncodedHistory:
+        """Row ``row`` as `encode_history` returns it."""
+        orders = np.concatenate([[0], np.cumsum(self.n_orders)])
+        first, last = orders[row], orders[row + 1]
+        items = np.concatenate([[0], np.cumsum(self.order_lengths)])
+        repeat = self.repeat_row == row
+        return EncodedHistory(
+            self.order_items[items[first] : items[last]],
+            self.order_lengths[first:last],
+            self.order_feats[first:last],
+            self.repeat_items[repeat],
+            self.repeat_feats[repeat],
+            self.catalogue,
+        )
+
+
+def _known_orders(
+    orders: list[Order], clean_index: dict[str, int], config: EncoderConfig
+) -> tuple[list[float], list[list[int]], list[float]]:
+    """`encode_history`'s kept orders of one history: times, known ids and known shares.
+
+    An order that holds only distinct ids of ``clean_index`` (`Vocab.clean_index`: always the
+    case for the worker's state on the model's own catalogue) is read as it is; any other goes
+    through `order_products` first, exactly as `encode_history` does with every order.
+    """
+    get = clean_index.get
+    cleaned = []
+    for seconds, products in orders:
+        known = list(map(get, products))
+        distinct = set(known)
+        if None in distinct or len(distinct) != len(known) or len(known) > MAX_ORDER_PRODUCTS:
+            products = order_products(products, config.product_pattern)
+            known = [i for i in map(get, products) if i is not None]  # distinct, as products
+        cleaned.append((seconds, products, known))
+    cleaned = cleaned[len(cleaned) - orders_to_keep([len(p) for _, p, _ in cleaned]) :]
+    times, ids, shares = [], [], []
+    for seconds, products, known in cleaned[-config.max_orders :]:
+        if known:
+            times.append(float(seconds))
+            ids.append(known)
+            shares.append(len(known) / max(len(products), 1))
+    return times, ids, shares
+
+
+BATCH_LOOKUP = 32
+"""`encode_batch` looks the ids of this many histories or more up all at once."""
+
+
+@dataclass
+class _KeptOrders:
+    """`_known_orders` of many histories, flat: per kept order, all rows in turn."""
+
+    n_orders: np.ndarray  # per history
+    seconds: np.ndarray
+    lengths: np.ndarray
+    shares: np.ndarray
+    items: np.ndarray  # the known ids of every kept order, one order after the other
+
+
+def _known_orders_batch(
+    histories: Sequence[list[Order]], clean_index: dict[str, int], config: EncoderConfig
+) -> _KeptOrders:
+    """`_known_orders` of every history, its per-order work done for the whole batch.
+
+    Every product id is looked up once, as it is; a history whose orders all hold distinct
+    ids of ``clean_index`` only, at most ``MAX_ORDER_PRODUCTS`` of them (the worker's state),
+    keeps its orders by `orders_to_keep` and ``config.max_orders`` with numpy, every id
+    known. Any other history goes through `_known_orders`, and so do all of a batch of fewer
+    than `BATCH_LOOKUP` histories (numpy's per-call cost is more than the loop's there).
+    """
+    if len(histories) < BATCH_LOOKUP:
+        return _known_orders_each(histories, clean_index, config)
+    orders = [order for history in histories for order in history]
+    per_history = np.fromiter(map(len, histories), np.int64, len(histories))
+    sizes = np.fromiter((len(products) for _, products in orders), np.int64, len(orders))
+    products = chain.from_iterable(products for _, products in orders)
+    ids = np.fromiter(map(clean_index.get, products, repeat(0)), np.int64, int(sizes.sum()))
+    seconds = np.fromiter((float(t) for t, _ in orders), np.float64, len(orders))
+    history_of = np.repeat(np.arange(len(histories)), per_history)
+    order_of = np.repeat(np.arange(len(orders)), sizes)
+    bad = sizes > MAX_ORDER_PRODUCTS
+    bad[order_of[ids == 0]] = True  # 0: not in clean_index (the padding item never is)
+    span = max(clean_index.values(), default=0) + 1
+    pairs = np.sort(order_of * span + ids)
+    bad[pairs[1:][pairs[1:] == pairs[:-1]] // span] = True  # an id twice in one order
+    slow = np.zeros(len(histories), bool)
+    slow[history_of[bad]] = True
+
+    end = np.cumsum(per_history)[history_of]  # one past the history's last order
+    rank = end - 1 - np.arange(len(orders))  # 0: the history's last order
+    total = np.cumsum(sizes)
+    products_from = total[end - 1] - total + sizes  # ids in this order and the later ones
+    keep = (rank < min(MAX_ORDERS, config.max_orders)) & (sizes > 0) & ~slow[history_of]
+    keep &= (rank == 0) | (products_from <= MAX_HISTORY_PRODUCTS)
+    kept = _KeptOrders(
+        np.bincount(history_of[keep], minlength=len(histories)),
+        seconds[keep],
+        sizes[keep],
+        np.ones(int(keep.sum())),
+        ids[keep[order_of]],
+    )
+    if slow.any():
+        kept = _with_slow_histories(kept, histories, np.flatnonzero(slow), clean_index, config)
+    return kept
+
+
+def _known_orders_each(
+    histories: Sequence[list[Order]], clean_index: dict[str, int], config: EncoderConfig
+) -> _KeptOrders:
+    """`_known_orders` of each history in turn."""
+    n_orders, seconds, lengths, shares, items = [], [], [], [], []
+    for history in histories:
+        t, ids, share = _known_orders(history, clean_index, config)
+        n_orders.append(len(t))
+        seconds += t
+        lengths += map(len, ids)
+        shares += share
+        items += chain.from_iterable(ids)
+    return _KeptOrders(
+        np.array(n_orders, np.int64),
+        np.array(seconds, np.float64),
+        np.array(lengths, np.int64),
+        np.array(shares, np.float64),
+        np.array(items, np.int64),
+    )
+
+
+def _with_slow_histories(
+    kept: _KeptOrders,
+    histories: Sequence[list[Order]],
+    slow: np.ndarray,
+    clean_index: dict[str, int],
+    config: EncoderConfig,
+) -> _KeptOrders:
+    """``kept`` with the histories ``slow`` (none of their orders are in it) from
+    `_known_orders`, each in its place."""
+    more = _known_orders_each([histories[row] for row in slow.tolist()], clean_index, config)
+    n_orders = kept.n_orders.copy()
+    n_orders[slow] = more.n_orders
+    history = np.concatenate(
+        [np.repeat(np.arange(len(n_orders)), kept.n_orders), np.repeat(slow, more.n_orders)]
+    )
+    order = np.argsort(history, kind="stable")  # by history, each one's orders in turn
+    lengths = np.concatenate([kept.lengths, more.lengths])
+    start = np.cumsum(lengths) - lengths
+    item_at = np.repeat(start[order] - (np.cumsum(lengths[order]) - lengths[order]), lengths[order])
+    return _KeptOrders(
+        n_orders,
+        np.concatenate([kept.seconds, more.seconds])[order],
+        lengths[order],
+        np.concatenate([kept.shares, more.shares])[order],
+        np.concatenate([kept.items, more.items])[item_at + np.arange(len(item_at))],
+    )
+
+
+def _by_row_and_item(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """The stable sort order of (row, item) pairs; two radix sorts when both fit 16 bits."""
+    if n_items <= 1 << 16 and len(rows) and rows[-1] < 1 << 16:
+        by_item = np.argsort(items.astype(np.uint16), kind="stable")
+        return by_item[np.argsort(rows[by_item].astype(np.uint16), kind="stable")]
+    return np.argsort(rows * n_items + items, kind="stable")
+
+
+def encode_batch(
+    histories: Sequence[list[Order]],
+    vocab: Vocab,
+    config: EncoderConfig,
+    now: Sequence[float | None] | None = None,
+) -> EncodedBatch:
+    """``[encode_history(h, vocab, config, now=t) for h, t in zip(histories, now)]``, bit for
+    bit (tested), as one `EncodedBatch`, at the vocabulary's catalogue statistics (serving's).
+
+    The serving fast path: product ids that are already normalised products of the vocabulary
+    (the worker's state) are not normalised again, and the per-order and per-item features are
+    computed for the whole batch with numpy instead of item by item. The logarithms are still
+    ``math.log1p``'s (numpy's SIMD one can differ in the last bit): per order, where every
+    per-item time feature comes from, and per repeat interval.
+    """
+    catalogue = vocab.stats.features()
+    return _encode_flat(histories, vocab, config, now, catalogue, lambda _, items: catalogue[items])
+
+
+def _encode_flat(
+    histories: Sequence[list[Order]],
+    vocab: Vocab,
+    config: EncoderConfig,
+    now: Sequence[float | None] | None,
+    catalogue: np.ndarray,
+    catalogue_rows: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> EncodedBatch:
+    """`encode_batch`'s work; ``catalogue_rows(rows, items)`` gives the catalogue features of
+    each repeat candidate (its history's row, its item), ``catalogue`` is the batch's."""
+    times = list(now) if now is not None else [None] * len(histories)
+    kept = _known_orders_batch(histories, vocab.clean_index(config.product_pattern), config)
+    n_orders = kept.n_orders
+    if not len(kept.items):
+        empty_i = np.zeros(0, np.int64)
+        return EncodedBatch(
+            n_orders,
+            empty_i,
+            empty_i,
+            np.zeros((0, ORDER_FEATURES), np.float32),
+            empty_i,
+            empty_i,
+            np.zeros((0, REPEAT_FEATURES), np.float32),
+            catalogue,
+        )
+    t, lengths, items = kept.seconds, kept.lengths, kept.items
+    rows = np.repeat(np.arange(len(histories)), n_orders)
+    starts = np.concatenate([[0], np.cumsum(n_orders)[:-1]])  # each row's first kept order
+    j = np.arange(len(t)) - starts[rows]  # each order's place in its row
+    n = n_orders[rows]
+    last_t = t[(starts + n_orders - 1)[n_orders > 0]]  # each warm row's last kept order
+    at_row = np.array(
+        [
+            last if time is None else max(float(time), last)
+            for last, time in zip(
+                last_t.tolist(), (times[r] for r in np.flatnonzero(n_orders)), strict=True
+            )
+        ]
+    )
+    at = np.repeat(at_row, n_orders[n_orders > 0])
+    ago = (at - t) / _DAY
+    log_ago = np.array(list(map(math.log1p, ago.tolist())))
+    gap = np.maximum(np.diff(t, prepend=0.0) / _DAY, 0.0)
+    gap[j == 0] = 0.0
+    order_feats = np.stack(
+        [
+            np.array(list(map(math.log1p, gap.tolist()))),
+            log_ago,
+            _LOG1P_COUNTS[lengths],
+            kept.shares,
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+    # repeat candidates: one per (row, item), in order of first appearance within the row
+    occ_order = np.repeat(np.arange(len(t)), lengths)
+    occ_row = rows[occ_order]
+    perm = _by_row_and_item(occ_row, items, len(vocab.items))
+    key = occ_row[perm] * len(vocab.items) + items[perm]
+    bounds = np.flatnonzero(np.diff(key)) + 1
+    group_start = np.concatenate([[0], bounds])
+    group_end = np.concatenate([bounds, [len(key)]])
+    first = perm[group_start]
+    last = perm[group_end - 1]
+    by_appearance = np.argsort(first, kind="stable")
+    first, last = first[by_appearance], last[by_appearance]
+    count = (group_end - group_start)[by_appearance]
+    first_o, last_o = occ_order[first], occ_order[last]  # global order index
+    n_r = n[first_o]
+    first_j, last_j = j[first_o], j[last_o]
+    repeat_items = items[first]
+    days_since = ago[last_o]
+    interval = np.where(count > 1, (t[last_o] - t[first_o]) / _DAY / np.maximum(count - 1, 1), 0.0)
+    log_interval = np.zeros(len(count))
+    again = np.flatnonzero(count > 1)
+    log_interval[again] = list(map(math.log1p, interval[again].tolist()))
+    overdue = np.clip((days_since - interval) / (interval + 7.0), -3.0, 3.0)
+    repeat_row = rows[first_o]
+    last_of_row = (starts + n_orders - 1)[repeat_row]
+    repeat_feats = np.empty((len(count), REPEAT_FEATURES), np.float32)
+    repeat_feats[:, :11] = np.array(
+        [
+            _LOG1P_COUNTS[count],
+            count / n_r,
+            (last_j == n_r - 1).astype(np.float64),
+            _LOG1P_COUNTS[n_r - 1 - last_j],
+            log_ago[last_o],
+            log_ago[first_o],
+            log_interval,
+            (count > 1) * overdue,
+            _LOG1P_COUNTS[n_r],
+            log_ago[last_of_row],
+            count / (n_r - first_j),
+        ]
+    ).T
+    repeat_feats[:, 11:] = catalogue_rows(repeat_row, repeat_items)
+    return EncodedBatch(
+        n_orders,
+        items,
+        lengths,
+        order_feats,
+        repeat_row,
+        repeat_items,
+        repeat_feats,
+        catalogue,
+    )
+
+
+EXAMPLE_CHUNK = 4096
+"""`encode_examples` encodes this many prefixes at a time (memory; `_by_row_and_item`'s 16 bits)."""
+
+
+def encode_examples(
+    histories: Sequence[list[Order]],
+    vocab: Vocab,
+    config: EncoderConfig,
+    now: Sequence[float | None],
+    stats: Sequence[ItemStats],
+) -> list[EncodedHistory]:
+    """``[encode_history(h, vocab, config, now=t, stats=s) for h, t, s in ...]``, bit for bit
+    (tested), computed the way `encode_batch` is: what makes building an epoch's examples
+    cheap. Histories scored at the same moment share that moment's catalogue features."""
+    out: list[EncodedHistory] = []
+    for start in range(0, len(histories), EXAMPLE_CHUNK):
+        chunk = slice(start, start + EXAMPLE_CHUNK)
+        moments = {id(s): s.features() for s in stats[chunk]}
+        place = {key: at for at, key in enumerate(moments)}
+        features = list(moments.values())
+        moment = np.array([place[id(s)] for s in stats[chunk]], np.int64)
+        table = np.stack(features)  # (moments, n_items, CATALOGUE_FEATURES)
+        at_moment = partial(_catalogue_at, table, moment)
+        encoded = _encode_flat(histories[chunk], vocab, config, now[chunk], features[0], at_moment)
+        out += _split_rows(encoded, [features[m] for m in moment.tolist()])
+    return out
+
+
+def _catalogue_at(
+    table: np.ndarray, moment: np.ndarray, rows: np.ndarray, items: np.ndarray
+) -> np.ndarray:
+    """The catalogue features of ``items`` at the moment of their ``rows``."""
+    return table[moment[rows], items]
+
+
+def _split_rows(encoded: EncodedBatch, catalogues: list[np.ndarray]) -> list[EncodedHistory]:
+    """Every row of ``encoded`` as an `EncodedHistory` (views), with its own catalogue."""
+    order_end = np.cumsum(encoded.n_orders)
+    order_start = order_end - encoded.n_orders
+    item_at = np.concatenate([[0], np.cumsum(encoded.order_lengths)])
+    repeat_end = np.cumsum(np.bincount(encoded.repeat_row, minlength=len(catalogues)))
+    repeat_start = np.concatenate([[0], repeat_end[:-1]])
+    return [
+        EncodedHistory(
+            encoded.order_items[item_at[a] : item_at[b]],
+            encoded.order_lengths[a:b],
+            encoded.order_feats[a:b],
+            encoded.repeat_items[c:d],
+            encoded.repeat_feats[c:d],
+            catalogue,
+        )
+        for a, b, c, d, catalogue in zip(
+            order_start.tolist(),
+            order_end.tolist(),
+            repeat_start.tolist(),
+            repeat_end.tolist(),
+            catalogues,
+            strict=True,
+        )
+    ]
+
+
+@dataclass
+class Example:
+    history: EncodedHistory
+    target: np.ndarray  # known item ids of the next order
+    customer: str
+    seconds: float  # when the target order was placed
+
+
+def build_examples(
+    orders: dict[str, list[Order]],
+    vocab: Vocab,
+    config: EncoderConfig,
+    rng: np.random.Generator | None = None,
+    timeline: ItemTimeline | None = None,
+) -> list[Example]:
+    """One example per order that has an earlier order: predict it from what came before.
+
+    The input is `encode_history` of the worker-shaped prefix, scored at a moment ``now`` with
+    the catalogue statistics of that moment. Without ``rng``, ``now`` is when the order was
+    placed: what serving sees at a cart event. With ``rng``, ``now`` is drawn uniformly between
+    the previous order and this one: what the evaluation asks at a cutoff, "what will the next
+    order hold", not knowing when it comes. Targets with no known product are skipped.
+    """
+    timeline = timeline if timeline is not None else vocab.timeline(orders)
+    prefixes, moments, targets, keys = [], [], [], []
+    for cust, seq in orders.items():
+        for t in range(1, len(seq)):
+            target = [i for i in (vocab.get(p) for p in seq[t][1]) if i is not None]
+            if not target:
+                continue
+            now = seq[t][0]
+            if rng is not None:
+                now = seq[t - 1][0] + rng.random() * (now - seq[t - 1][0])
+            prefixes.append(seq[max(0, t - config.max_orders) : t])
+            moments.append(now)
+            targets.append(np.array(sorted(set(target))))
+            keys.append((cust, seq[t][0]))
+    stats = [timeline.at(now) for now in moments]
+    histories = encode_examples(prefixes, vocab, config, moments, stats)
+    return [
+        Example(history, target, cust, seconds)
+        for history, target, (cust, seconds) in zip(histories, targets, keys, strict=True)
+        if history.n_orders
+    ]

@@ -1,0 +1,123 @@
+"""Cart decisions: which offer, if any, to make for a cart change.
+
+Agents only see the ``Policy`` protocol: a batch of ``DecisionContext`` in, one ``Offer`` or
+``None`` per context out. The threshold-rules policy here is the first implementation; the
+next-purchase and promotion models plug in as other policies (or wrap this one) without any
+change to the agents. Batches let model-backed policies run inference once per micro-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from streams.merchants.catalog import Merchant, Promotion
+
+
+@dataclass(frozen=True)
+class DecisionContext:
+    merchant: Merchant
+    customer_key: str
+    state: dict
+    cart_value: float
+    currency: str
+    ts: float
+    cart_event_id: str
+
+
+@dataclass(frozen=True)
+class Offer:
+    offer_type: str  # "free_shipping" | "percent_off" | "threshold_nudge" | "product_coupon"
+    promotion_id: str
+    message: str
+    reason: str
+    percent_off: float | None = None
+    amount_to_next_tier: float | None = None
+    recommendations: tuple[str, ...] = field(default_factory=tuple)
+    max_discount: float | None = None  # the most the discount may be (promotion policy)
+    product_id: str | None = None  # a product coupon's product (promotion policy)
+
+    @property
+    def key(self) -> str:
+        """Identity of the offer for one cart: the same key is never emitted twice per cart."""
+        return f"{self.offer_type}:{self.promotion_id}"
+
+
+class Policy(Protocol):
+    name: str
+
+    def decide_batch(self, contexts: Sequence[DecisionContext]) -> list[Offer | None]: ...
+
+
+def customer_value(promotion: Promotion, cart_value: float, merchant: Merchant) -> float:
+    """What the promotion is worth to the customer on a cart of ``cart_value``."""
+    if promotion.type == "free_shipping":
+        return merchant.shipping_cost
+    return cart_value * promotion.percent / 100.0
+
+
+def describe(promotion: Promotion) -> str:
+    if promotion.title:
+        return promotion.title.lower() if promotion.type == "free_shipping" else promotion.title
+    if promotion.type == "free_shipping":
+        return "free shipping"
+    return f"{promotion.percent:g}% off"
+
+
+def money(amount: float, currency: str) -> str:
+    symbol = {"GBP": "£", "EUR": "€", "USD": "$"}.get(currency)
+    return f"{symbol}{amount:,.2f}" if symbol else f"{amount:,.2f} {currency}"
+
+
+def threshold_offer(
+    merchant: Merchant, cart_value: float, currency: str, ts: float
+) -> Offer | None:
+    """The best tier the cart has reached, or a nudge towards a better one within reach.
+
+    A nudge wins when a better tier is at most ``merchant.nudge_max_gap`` away: it lifts the
+    basket, and the shop pays only if the customer actually adds the amount.
+    """
+    if cart_value <= 0 or currency != merchant.currency:
+        return None
+    active = [p for p in merchant.promotions if p.active(ts)]
+    reached = [p for p in active if p.min_spend <= cart_value]
+    best = max(reached, key=lambda p: customer_value(p, cart_value, merchant), default=None)
+    best_value = customer_value(best, cart_value, merchant) if best else 0.0
+    within_reach = [
+        p
+        for p in active
+        if 0 < p.min_spend - cart_value <= merchant.nudge_max_gap
+        and customer_value(p, p.min_spend, merchant) > best_value
+    ]
+    if within_reach:
+        target = min(within_reach, key=lambda p: p.min_spend)
+        gap = round(target.min_spend - cart_value, 2)
+        return Offer(
+            offer_type="threshold_nudge",
+            promotion_id=target.id,
+            message=f"Add {money(gap, currency)} more for {describe(target)}",
+            reason=f"cart {money(cart_value, currency)} is {money(gap, currency)} below the "
+            f"{money(target.min_spend, currency)} threshold of {target.id}",
+            percent_off=target.percent or None,
+            amount_to_next_tier=gap,
+        )
+    if best is None:
+        return None
+    return Offer(
+        offer_type=best.type,
+        promotion_id=best.id,
+        message=f"You've unlocked {describe(best)}",
+        reason=f"cart {money(cart_value, currency)} reached the "
+        f"{money(best.min_spend, currency)} minimum spend of {best.id}",
+        percent_off=best.percent or None,
+    )
+
+
+class ThresholdRulesPolicy:
+    """The merchant's catalog rules: best tier reached, or a nudge to the next one."""
+
+    name = "threshold-rules/1"
+
+    def decide_batch(self, contexts: Sequence[DecisionContext]) -> list[Offer | None]:
+        return [threshold_offer(c.merchant, c.cart_value, c.currency, c.ts) for c in contexts]

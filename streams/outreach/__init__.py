@@ -1,0 +1,1 @@
+"""Messages to customers: the delivery rules every message goes through, and journeys."""

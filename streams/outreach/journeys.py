@@ -1,0 +1,276 @@
+"""Journeys as event-time timers kept in the customer's own state (no cron, no scheduler).
+
+Three journeys, configured per merchant (``journeys:`` in the catalog, `streams.merchants.options`):
+
+- **abandoned cart**: a cart change arms a timer ``after_minutes`` later; a later cart change
+  re-arms it, checkout / clear / an order cancels it. When it fires and the cart still holds
+  lines, one reminder goes out (the agent adds the policy's offer for that cart, if any); the
+  same cart is never reminded twice.
+- **replenishment**: after each order of a customer with ``min_orders`` orders, a reminder is
+  due ``lead_days`` before the typical (median) interval between their orders has passed since
+  the last one (intervals shorter than ``min_interval_days`` are not reminded); a new order
+  re-arms it.
+- **follow-up** (multi-step): on the trigger order, an e-mail; if it is opened (offer feedback
+  ``offer_opened`` naming the e-mail's notification id), a push at once; if it is not opened
+  within ``wait_days``, an SMS instead.
+
+State: ``state["journeys"]`` maps a journey name to its one running instance, ``{"id", "step",
+"due", ...}``; ``due`` is the event time the next step fires (None: waiting for nothing).
+Everything here is pure: `on_event` arms and cancels, `due_steps` says what is due at ``now``,
+`settle` records what the delivery rules did with a step (sent, held until, suppressed).
+The only side effect: a pending step that ends without firing is counted in
+``nextbest_journey_steps_total{outcome="cancelled"}`` with what ended it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+
+from agents.runtime import metrics
+from streams.merchants.catalog import Merchant
+from streams.merchants.options import Journeys
+from streams.outreach.delivery import Delivery, Held, Message, Suppressed
+
+ABANDONED_CART = "abandoned_cart"
+REPLENISHMENT = "replenishment"
+FOLLOW_UP = "follow_up"
+NO_REMINDER_CART_EVENTS = ("checkout", "cart_clear")
+REPLENISH_PRODUCTS = 3
+
+
+@dataclass(frozen=True)
+class Step:
+    """One message a journey wants to send now."""
+
+    journey: str
+    step: str  # "remind" | "first" | "opened" | "not_opened"
+    instance: str
+    channel: str | None  # None: the customer's preferred channel
+    body: str
+    dedupe_key: str
+    cart_event_id: str | None = None  # abandoned cart: the cart the policy is asked about
+    products: tuple[str, ...] = ()
+    held: bool = False  # the rules held this step for quiet hours before (it fires again now)
+
+    @property
+    def message(self) -> Message:
+        return Message(self.journey, self.dedupe_key, self.channel)
+
+
+def is_customer(customer_key: str) -> bool:
+    return ":c:" in customer_key
+
+
+def journeys_of(state: dict) -> dict:
+    return state.setdefault("journeys", {})
+
+
+def step_key(merchant_id: str, customer_key: str, journey: str, instance: str, step: str) -> str:
+    """The notification's dedupe key: one per journey instance and step, however often fired."""
+    raw = f"{merchant_id}|{customer_key}|{journey}|{instance}|{step}".encode()
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def cancel(running: dict, journey: str, merchant_id: str, reason: str) -> bool:
+    """End ``journey``'s running instance; True when there was one. A pending step (one with a
+    due time) is counted as cancelled for ``reason``."""
+    instance = running.pop(journey, None)
+    if instance is None:
+        return False
+    if instance.get("due") is not None:
+        metrics.JOURNEY_STEPS.labels(
+            merchant_id, journey, instance["step"], "cancelled", reason
+        ).inc()
+    return True
+
+
+def typical_interval(order_times: list[float]) -> float | None:
+    """Median gap between consecutive orders (None with fewer than two gaps)."""
+    times = sorted(order_times)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
+    return statistics.median(gaps) if len(gaps) >= 2 else None
+
+
+def _on_cart(state: dict, merchant: Merchant, data: dict) -> bool:
+    running = journeys_of(state)
+    config = merchant.options.journeys.abandoned_cart
+    current = running.get(ABANDONED_CART)
+    cart = state["cart"]
+    if data["event_type"] in NO_REMINDER_CART_EVENTS:
+        return cancel(running, ABANDONED_CART, merchant.id, data["event_type"])
+    if config is None or not cart["lines"]:
+        reason = "journey_off" if config is None else "cart_emptied"
+        return cancel(running, ABANDONED_CART, merchant.id, reason)
+    generation = cart["generation"]
+    if current is not None and current["gen"] == generation and current["step"] == "done":
+        return False  # this cart was already reminded once
+    running[ABANDONED_CART] = {
+        "id": f"cart-{generation}",
+        "step": "remind",
+        "due": data["_ts"] + config.after_s,
+        "gen": generation,
+        "event": data["event_id"],
+    }
+    return True
+
+
+def _on_order(state: dict, merchant: Merchant, data: dict) -> bool:
+    running = journeys_of(state)
+    changed = cancel(running, ABANDONED_CART, merchant.id, "order")  # bought: nothing to remind
+    journeys = merchant.options.journeys
+    refill = journeys.replenishment
+    if refill is not None:
+        orders = state["orders"]
+        interval = typical_interval([order[0] for order in orders])
+        due = None
+        if len(orders) >= refill.min_orders and interval and interval >= refill.min_interval_s:
+            due = orders[-1][0] + interval - refill.lead_s
+        if due is not None and due > data["_ts"]:
+            counts = Counter(p for order in orders for p in order[3])
+            running[REPLENISHMENT] = {
+                "id": data["order_id"],
+                "step": "remind",
+                "due": due,
+                "products": [p for p, _ in counts.most_common(REPLENISH_PRODUCTS)],
+            }
+            changed = True
+        else:
+            changed |= cancel(running, REPLENISHMENT, merchant.id, "no_interval")
+    follow = journeys.follow_up
+    if follow is not None and (
+        follow.trigger == "order" or (state["rfm"]["frequency"] == 1 and FOLLOW_UP not in running)
+    ):
+        running[FOLLOW_UP] = {"id": data["order_id"], "step": "first", "due": data["_ts"]}
+        changed = True
+    return changed
+
+
+def _on_opened(state: dict, data: dict) -> bool:
+    instance = journeys_of(state).get(FOLLOW_UP)
+    if instance is None or instance["step"] != "await_open":
+        return False
+    if instance["sent"] not in (data.get("notification_id"), data.get("offer_id")):
+        return False
+    instance.update(step="opened", due=data["_ts"])
+    return True
+
+
+def on_event(state: dict, merchant: Merchant, customer_key: str, kind: str, data: dict) -> bool:
+    """Arm, re-arm, advance or cancel journeys after an input event was applied to ``state``.
+
+    True when a journey changed (the caller then updates the customer's entry in the due-time
+    index with `next_due`). Anonymous sessions have no journeys: they cannot be messaged.
+    """
+    if not is_customer(customer_key):
+        return False
+    if kind == "profiles":
+        running = state.get("journeys")
+        if data.get("opted_out") and running:
+            for name in list(running):  # opt-out drops every scheduled message at once
+                cancel(running, name, merchant.id, "opted_out")
+            return True
+        return False
+    if kind == "cart":
+        return _on_cart(state, merchant, data)
+    if kind == "orders" and data["event_type"] == "order":
+        return _on_order(state, merchant, data)
+    if kind == "feedback" and data["event_type"] == "offer_opened":
+        return _on_opened(state, data)
+    return False
+
+
+def next_due(state: dict) -> float | None:
+    """Event time of the customer's earliest pending step (None: no timer)."""
+    dues = [i["due"] for i in state.get("journeys", {}).values() if i.get("due") is not None]
+    return min(dues, default=None)
+
+
+def _step(
+    state: dict, config: Journeys, name: str, instance: dict
+) -> tuple[str, str | None, str, dict] | None:
+    """(step, channel, body, extra Step fields) of a due instance, or None to drop it."""
+    if name == ABANDONED_CART and config.abandoned_cart is not None:
+        lines = state["cart"]["lines"]
+        if not lines or state["cart"]["generation"] != instance["gen"]:
+            return None
+        count = sum(line[1] for line in lines)
+        body = config.abandoned_cart.message.format(items=f"{count} item{'s' * (count != 1)}")
+        return "remind", None, body, {"cart_event_id": instance["event"]}
+    if name == REPLENISHMENT and config.replenishment is not None:
+        products = tuple(instance["products"])
+        return "remind", None, config.replenishment.message, {"products": products}
+    follow = config.follow_up
+    if name == FOLLOW_UP and follow is not None:
+        if instance["step"] == "first":
+            return "first", follow.first, follow.first_message, {}
+        if instance["step"] == "opened":
+            return "opened", follow.if_opened, follow.opened_message, {}
+        if instance["step"] == "await_open":  # not opened in time
+            return "not_opened", follow.if_not_opened, follow.not_opened_message, {}
+    return None
+
+
+def due_steps(state: dict, merchant: Merchant, customer_key: str, now: float) -> list[Step]:
+    """The steps due at event time ``now``. Instances whose journey or cart is gone are dropped."""
+    running = state.get("journeys") or {}
+    config = merchant.options.journeys
+    steps = []
+    for name, instance in list(running.items()):
+        if instance.get("due") is None or instance["due"] > now:
+            continue
+        made = _step(state, config, name, instance)
+        if made is None:  # the cart is gone, or the merchant switched the journey off
+            switched_off = getattr(config, name, None) is None
+            cancel(running, name, merchant.id, "journey_off" if switched_off else "cart_gone")
+            continue
+        step, channel, body, extra = made
+        key = step_key(merchant.id, customer_key, name, instance["id"], step)
+        held = instance.get("held", False)
+        steps.append(Step(name, step, instance["id"], channel, body, key, held=held, **extra))
+    return steps
+
+
+def settle(
+    state: dict,
+    merchant: Merchant,
+    step: Step,
+    result: Delivery | Held | Suppressed,
+    now: float,
+) -> None:
+    """Move the journey on after the delivery rules decided about ``step`` at ``now``.
+
+    Held: the same step fires again at ``until`` (marked held). Opted out: every journey ends
+    (the others' pending steps count as cancelled). Sent (or
+    already sent: a replay): the next step, or the end. Otherwise suppressed: the step is
+    dropped; a follow-up whose first message was not sent ends (nothing can be opened).
+    """
+    running = journeys_of(state)
+    instance = running.get(step.journey)
+    if instance is None or instance["id"] != step.instance:
+        return
+    if isinstance(result, Held):
+        instance.update(due=result.until, held=True)
+        return
+    instance.pop("held", None)
+    if isinstance(result, Suppressed) and result.reason == "opted_out":
+        del running[step.journey]
+        for name in list(running):
+            cancel(running, name, merchant.id, "opted_out")
+        return
+    sent = isinstance(result, Delivery) or result.reason == "duplicate"
+    if step.journey == ABANDONED_CART:
+        running[step.journey] = {
+            "id": instance["id"],
+            "step": "done",
+            "due": None,
+            "gen": instance["gen"],
+        }
+    elif step.journey == FOLLOW_UP and step.step == "first" and sent:
+        follow = merchant.options.journeys.follow_up
+        wait = follow.wait_s if follow is not None else 0.0
+        instance.update(step="await_open", due=now + wait, sent=step.dedupe_key)
+    else:
+        del running[step.journey]

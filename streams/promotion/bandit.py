@@ -1,0 +1,443 @@
+"""Thompson sampling over offers, with logged propensities, and the other policy variants.
+
+Response model (`LinearThompson`, one per merchant): a Bayesian linear uplift model of
+P(buy within the attribution window) on the context features (``streams.promotion.features``)
+plus an intercept::
+
+    P(buy | x, none) = x' beta
+    P(buy | x, a)    = x' beta + x' gamma_a          (gamma_a: the uplift of offer a)
+
+An offer never lowers the purchase probability of the cart it is made on (its later cost is
+the objective's future term): a negative ``x' gamma_a`` counts as 0. ``beta`` is learned from
+every decision, so the offers share what the base rate needs and only their uplift has to be
+learned per offer; the priors are ``N(0, s2 / prior_precision)`` for
+``beta`` and a tighter ``N(0, s2 / uplift_precision)`` for each ``gamma_a`` (offers move
+purchase probabilities by a little, not by 0.5). The posterior is Gaussian; its sufficient
+statistics are, per action ("arm", e.g. ``percent_off:ten-off``), the Gram matrix and
+``sum y x`` of the decisions that played it, plus counts of purchases and of purchases that
+redeemed the offer (``rho``, Beta(1, 1) prior; a nudged customer may buy without topping up).
+
+Choice (`LinearThompson.choose`): ``draws`` joint posterior draws of all weights (refreshed
+when the model changes or after ``refresh`` decisions) are scored by the objective
+(``streams.promotion.objective``); each draw votes for its best allowed action, and the policy
+plays the
+vote of one draw picked uniformly -- or, with probability ``explore``, a random allowed
+action, drawn with weights ``w(a) = 1 / (1 + depth(a) / explore_depth_scale)`` (normalised:
+``e(a)``) so that exploration is spent mostly on cheap offers: with the default scale of 0.02,
+20% off is explored an eleventh as often as no offer, 5% off two sevenths as often. Given the
+draws, the probability of playing action ``a`` is exactly::
+
+    propensity(a) = (1 - explore) * votes(a) / draws + explore * e(a)
+
+which is what the decision log records (the Monte Carlo estimate of the Thompson-sampling
+probability, made exact by playing one of the draws). Every action keeps at least
+``explore * e(a) > 0``, so off-policy evaluation of any candidate policy stays possible.
+
+Learning: `LinearThompson.update` with a reward (features, arm, purchased, redeemed) of an
+applied action; a bounded memory of decision ids makes a replayed reward a no-op. The whole
+state is plain JSON (`to_dict` / `from_dict`) for a Faust table or a checkpoint. The
+statistics are additive: models that learned disjoint sets of rewards sum (`add`, `merged`)
+to the one model that learned them all -- how the workers share one bandit
+(``streams.promotion.policy.PartitionedLearning``, ``agents.promotion``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
+
+from streams.decisions import DecisionContext, threshold_offer
+from streams.merchants.catalog import Merchant
+from streams.promotion.actions import NONE, Action
+from streams.promotion.features import FEATURE_NAMES, FEATURE_SET
+from streams.promotion.objective import DeepDiscount, Economics, ObjectiveConfig, incremental_profit
+
+FORMAT = 2
+P_MIN, P_MAX = 1e-3, 1.0 - 1e-3
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    draws: int = 256
+    explore: float = 0.02
+    prior_precision: float = 1.0
+    uplift_precision: float = 1000.0  # prior sd of an offer's uplift in P(buy): ~0.035
+    noise_var: float = 0.25  # a Bernoulli outcome's largest variance
+    refresh: int = 1000  # decisions between fresh posterior draws (and at every model change)
+    remember: int = 4096  # decision ids kept to ignore replayed rewards
+    #: Exploration favours cheap offers: an action's share of it is proportional to
+    #: ``1 / (1 + depth / explore_depth_scale)`` (None: uniform over the allowed actions).
+    explore_depth_scale: float | None = 0.02
+
+    def __post_init__(self) -> None:
+        if self.draws < 1 or not 0.0 <= self.explore <= 1.0 or self.refresh < 1:
+            raise ValueError("draws and refresh must be >= 1 and explore in [0, 1]")
+        if self.explore_depth_scale is not None and self.explore_depth_scale <= 0:
+            raise ValueError("explore_depth_scale must be > 0 (None: uniform exploration)")
+        if min(self.prior_precision, self.uplift_precision, self.noise_var) <= 0:
+            raise ValueError("prior_precision, uplift_precision and noise_var must be > 0")
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int  # into the allowed actions
+    propensity: float  # probability with which this action was chosen
+    probabilities: tuple[float, ...]  # of every allowed action
+    version: str
+
+
+@dataclass
+class ChoiceInput:
+    """One cart, as the choosers see it (actions already filtered by the guard rails)."""
+
+    context: DecisionContext | None  # None when re-scoring a logged decision
+    merchant: Merchant
+    features: np.ndarray
+    actions: list[Action]
+    horizon: float  # the customer's horizon margin (``streams.promotion.objective.horizon_margin``)
+    repurchase: float = 0.0  # P(another order within the horizon), ``streams.promotion.objective``
+
+
+class Chooser(Protocol):
+    name: str
+
+    def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice: ...
+
+
+@dataclass
+class _Arm:
+    gram: np.ndarray  # sum of x x' over the decisions that played this action
+    target: np.ndarray  # sum of y x
+    n: int = 0
+    bought: int = 0
+    redeemed: int = 0
+
+    @property
+    def redeem_share(self) -> float:
+        return (self.redeemed + 1.0) / (self.bought + 2.0)
+
+
+class LinearThompson:
+    """Bayesian linear uplift model and Thompson choice for one merchant."""
+
+    def __init__(
+        self, config: BanditConfig | None = None, objective: ObjectiveConfig | None = None
+    ):
+        self.config = config or BanditConfig()
+        self.objective = objective or ObjectiveConfig()
+        self.dim = len(FEATURE_NAMES) + 1
+        self.arms: dict[str, _Arm] = {NONE: self._new_arm()}
+        self.updates = 0
+        self._seen: dict[str, None] = {}
+        self._posterior: tuple | None = None  # (offer arm ids, mean, cholesky factor)
+        self._draws: np.ndarray | None = None  # (draws, 1 + offers, dim)
+        self._used = 0
+
+    @property
+    def version(self) -> str:
+        return f"linear-ts/{FORMAT}:{self.updates}"
+
+    def _new_arm(self) -> _Arm:
+        return _Arm(gram=np.zeros((self.dim, self.dim)), target=np.zeros(self.dim))
+
+    def _arm(self, arm_id: str) -> _Arm:
+        arm = self.arms.get(arm_id)
+        if arm is None:
+            arm = self.arms[arm_id] = self._new_arm()
+            self._posterior = self._draws = None
+        return arm
+
+    def _design(self, features: np.ndarray) -> np.ndarray:
+        return np.concatenate(([1.0], np.asarray(features, dtype=np.float64)))
+
+    def posterior(self) -> tuple[list[str], np.ndarray, tuple]:
+        """Offer arm ids (block order), posterior mean (1 + offers, dim), Cholesky factor of
+        the precision."""
+        if self._posterior is None:
+            offers = sorted(a for a in self.arms if a != NONE)
+            d, k = self.dim, len(offers)
+            precision = np.zeros(((1 + k) * d, (1 + k) * d))
+            target = np.zeros((1 + k) * d)
+            precision[:d, :d] = np.eye(d) * self.config.prior_precision
+            for arm in self.arms.values():
+                precision[:d, :d] += arm.gram
+                target[:d] += arm.target
+            for j, arm_id in enumerate(offers, start=1):
+                arm, block = self.arms[arm_id], slice(j * d, (j + 1) * d)
+                precision[:d, block] = precision[block, :d] = arm.gram
+                precision[block, block] = np.eye(d) * self.config.uplift_precision + arm.gram
+                target[block] = arm.target
+            factor = cho_factor(precision, lower=True)
+            mean = cho_solve(factor, target).reshape(1 + k, d)
+            self._posterior = (offers, mean, factor)
+        return self._posterior
+
+    def _sample(self, rng: np.random.Generator) -> np.ndarray:
+        offers, mean, (lower, _) = self.posterior()
+        if self._draws is None or self._used >= self.config.refresh:
+            z = rng.standard_normal((lower.shape[0], self.config.draws))
+            noise = solve_triangular(lower, z, lower=True, trans="T")  # precision^-1/2 z
+            noise *= np.sqrt(self.config.noise_var)
+            self._draws = mean[None, :, :] + noise.T.reshape(self.config.draws, *mean.shape)
+            self._used = 0
+        self._used += 1
+        return self._draws
+
+    def _columns(self, actions: Sequence[Action]) -> list[int]:
+        for action in actions:
+            self._arm(action.id)
+        offers = self.posterior()[0]
+        return [0 if a.id == NONE else 1 + offers.index(a.id) for a in actions]
+
+    def _objective(self, row: ChoiceInput, p: np.ndarray) -> np.ndarray:
+        share = np.array(
+            [1.0 if a.id == NONE else self.arms[a.id].redeem_share for a in row.actions]
+        )
+        economics = Economics.of(row.actions)
+        return incremental_profit(
+            p,
+            share,
+            economics,
+            row.merchant.margin_rate,
+            row.horizon,
+            self.objective,
+            row.repurchase,
+            DeepDiscount(row.merchant.deep_discount_depth, row.merchant.deep_discount_cost),
+        )
+
+    def purchase_probability(self, features: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
+        """Posterior-mean P(buy) of each action."""
+        columns = self._columns(actions)
+        x = self._design(features)
+        per_block = self.posterior()[1] @ x
+        uplift = np.where(np.array(columns) == 0, 0.0, np.maximum(per_block[columns], 0.0))
+        return np.clip(per_block[0] + uplift, P_MIN, P_MAX)
+
+    def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice:
+        k = len(row.actions)
+        if k == 1:
+            return Choice(0, 1.0, (1.0,), self.version)
+        columns = np.array(self._columns(row.actions))
+        draws = self._sample(rng) @ self._design(row.features)  # (draws, 1 + offers)
+        uplift = np.where(columns == 0, 0.0, np.maximum(draws[:, columns], 0.0))
+        p = np.clip(draws[:, :1] + uplift, P_MIN, P_MAX)
+        winners = np.argmax(self._objective(row, p), axis=1)
+        votes = np.bincount(winners, minlength=k) / len(winners)
+        explore = self.config.explore
+        spread = self._exploration(row.actions)
+        probabilities = (1.0 - explore) * votes + explore * spread
+        if rng.random() < explore:
+            index = int(rng.choice(k, p=spread))
+        else:
+            index = int(winners[rng.integers(len(winners))])
+        return Choice(
+            index, float(probabilities[index]), tuple(map(float, probabilities)), self.version
+        )
+
+    def _exploration(self, actions: Sequence[Action]) -> np.ndarray:
+        """How exploration spreads over the allowed actions (sums to 1)."""
+        scale = self.config.explore_depth_scale
+        if scale is None:
+            return np.full(len(actions), 1.0 / len(actions))
+        weights = 1.0 / (1.0 + np.array([a.depth for a in actions]) / scale)
+        return weights / weights.sum()
+
+    def greedy(self, row: ChoiceInput) -> int:
+        """The action with the best objective at the posterior mean (no exploration)."""
+        p = self.purchase_probability(row.features, row.actions)
+        return int(np.argmax(self._objective(row, p[None, :])[0]))
+
+    def update(
+        self,
+        decision_id: str,
+        features: Sequence[float],
+        arm_id: str,
+        purchased: bool,
+        redeemed: bool,
+    ) -> bool:
+        """Learn from one reward; False (no change) for a decision id already learned."""
+        if decision_id in self._seen:
+            return False
+        self._seen[decision_id] = None
+        while len(self._seen) > self.config.remember:
+            del self._seen[next(iter(self._seen))]
+        x = self._design(np.asarray(features, dtype=np.float64))
+        arm = self._arm(arm_id)
+        arm.gram += np.outer(x, x)
+        arm.target += float(purchased) * x
+        arm.n += 1
+        arm.bought += int(purchased)
+        arm.redeemed += int(purchased and redeemed)
+        self._posterior = self._draws = None
+        self.updates += 1
+        return True
+
+    def add(self, other: LinearThompson) -> None:
+        """Add the statistics another model learned to this one's.
+
+        The posterior is the prior plus sums over the rewards learned (Gram matrices,
+        ``sum y x``, counts), so models that learned disjoint sets of rewards add up to the one
+        model that learned them all. Their decision-id memories are not merged: each part
+        dedupes its own rewards."""
+        for arm_id, arm in other.arms.items():
+            mine = self._arm(arm_id)
+            mine.gram += arm.gram
+            mine.target += arm.target
+            mine.n += arm.n
+            mine.bought += arm.bought
+            mine.redeemed += arm.redeemed
+        self.updates += other.updates
+        self._posterior = self._draws = None
+
+    @classmethod
+    def merged(
+        cls,
+        parts: Iterable[LinearThompson],
+        config: BanditConfig | None = None,
+        objective: ObjectiveConfig | None = None,
+    ) -> LinearThompson:
+        """The prior plus every part's statistics (`add`)."""
+        model = cls(config, objective)
+        for part in parts:
+            model.add(part)
+        return model
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "feature_set": FEATURE_SET,
+            "updates": self.updates,
+            "arms": {
+                arm_id: {
+                    "gram": arm.gram.tolist(),
+                    "target": arm.target.tolist(),
+                    "n": arm.n,
+                    "bought": arm.bought,
+                    "redeemed": arm.redeemed,
+                }
+                for arm_id, arm in self.arms.items()
+            },
+            "seen": list(self._seen),
+        }
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: dict,
+        config: BanditConfig | None = None,
+        objective: ObjectiveConfig | None = None,
+    ) -> LinearThompson:
+        if data.get("format") != FORMAT or data.get("feature_set") != FEATURE_SET:
+            raise ValueError(
+                f"bandit state format {data.get('format')}/{data.get('feature_set')} is not "
+                f"{FORMAT}/{FEATURE_SET}"
+            )
+        bandit = cls(config, objective)
+        bandit.updates = int(data["updates"])
+        for arm_id, arm in data["arms"].items():
+            bandit.arms[arm_id] = _Arm(
+                gram=np.array(arm["gram"], dtype=np.float64),
+                target=np.array(arm["target"], dtype=np.float64),
+                n=int(arm["n"]),
+                bought=int(arm["bought"]),
+                redeemed=int(arm["redeemed"]),
+            )
+        bandit._seen = dict.fromkeys(data.get("seen", []))
+        return bandit
+
+
+class BanditChooser:
+    """The learned variant: one `LinearThompson` per merchant."""
+
+    def __init__(
+        self,
+        config: BanditConfig | None = None,
+        objective: ObjectiveConfig | None = None,
+        start: Mapping[str, LinearThompson] | None = None,
+    ):
+        self.name = "linear-ts"
+        self.config = config or BanditConfig()
+        self.objective = objective or ObjectiveConfig()
+        self.models: dict[str, LinearThompson] = {}
+        #: per merchant, statistics every model of it starts from (e.g. `nextbest promo-retrain`)
+        self.start = dict(start or {})
+
+    def model(self, merchant_id: str) -> LinearThompson:
+        model = self.models.get(merchant_id)
+        if model is None:
+            model = self.models[merchant_id] = self._merged(merchant_id, ())
+        return model
+
+    def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice:
+        return self.model(row.merchant.id).choose(row, rng)
+
+    def learn(self, reward: dict) -> bool:
+        """Update from a learnable reward dict (``streams.promotion.rewards.learnable``)."""
+        return self.model(reward["merchant_id"]).update(
+            reward["decision_id"],
+            reward["features"],
+            reward["action"],
+            reward["purchased"],
+            reward["redeemed"],
+        )
+
+    def state_dict(self) -> dict:
+        return {merchant: model.to_dict() for merchant, model in self.models.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.models = {
+            merchant: LinearThompson.from_dict(data, self.config, self.objective)
+            for merchant, data in state.items()
+        }
+
+    def learner(self) -> LinearThompson:
+        """A fresh model of this variant's configuration (e.g. one partition's statistics)."""
+        return LinearThompson(self.config, self.objective)
+
+    def set_merged(self, merchant_id: str, parts: Iterable[LinearThompson]) -> None:
+        """The merchant's model becomes the prior plus its start's and the parts' statistics."""
+        self.models[merchant_id] = self._merged(merchant_id, parts)
+
+    def _merged(self, merchant_id: str, parts: Iterable[LinearThompson]) -> LinearThompson:
+        start = self.start.get(merchant_id)
+        starts = [start] if start is not None else []
+        return LinearThompson.merged([*starts, *parts], self.config, self.objective)
+
+
+def _certain(index: int, k: int, version: str) -> Choice:
+    probabilities = tuple(1.0 if i == index else 0.0 for i in range(k))
+    return Choice(index, 1.0, probabilities, version)
+
+
+class StaticChooser:
+    """Always the same action when it is allowed (by id, e.g. ``percent_off:ten-off``, or by
+    kind, e.g. ``threshold_nudge``), else no offer. Deterministic: propensity 1."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.name = f"static:{target}"
+
+    def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice:
+        for i, action in enumerate(row.actions):
+            if self.target in (action.id, action.kind):
+                return _certain(i, len(row.actions), self.name)
+        return _certain(0, len(row.actions), self.name)
+
+
+class RulesChooser:
+    """The threshold-rules policy (``streams.decisions.threshold_offer``) as a variant."""
+
+    name = "threshold-rules/1"
+
+    def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice:
+        ctx = row.context
+        offer = ctx and threshold_offer(row.merchant, ctx.cart_value, ctx.currency, ctx.ts)
+        if offer is not None:
+            for i, action in enumerate(row.actions):
+                if action.id == offer.key:
+                    return _certain(i, len(row.actions), self.name)
+        return _certain(0, len(row.actions), self.name)

@@ -1,0 +1,446 @@
+"""The promotion policy behind the agents' `Policy` protocol: experiments, guard rails, the
+learned bandit and the decision log.
+
+Per cart (``decide``), in batch order:
+
+1. the customer's arm (``streams.promotion.experiments``: holdout or an A/B arm, by a stable hash)
+and
+   that arm's variant (``bandit``, ``rules``, ``static:<action>``; the holdout computes what
+   ``default_variant`` would do);
+2. the actions the catalog allows (``streams.promotion.actions``), minus those the guard rails
+block now
+   (``streams.promotion.guardrails``: margin, per-customer limits, stacking, budget);
+3. the context features (``streams.promotion.features``, next-purchase signals optional) and the
+   variant's choice with its propensity;
+4. unless the customer is in the holdout: the offer is issued (budget reserved, offer recorded
+   for the customer's limits) and returned to the agent; the decision's attribution window is
+   opened (``streams.promotion.rewards``) for every decision, holdout and no-offer included;
+5. a decision record (``DecisionRecord`` in ``schemas/events.py``) for the decisions topic.
+
+One randomised decision per cart: while the cart (its generation) and the actions the catalog
+allows stay the same, a later cart change repeats the decision (the agent then suppresses the
+unchanged offer) and logs nothing new; a change of the allowed actions (a tier reached, a nudge
+target changed) makes a new decision.
+
+``decide_batch`` (the `Policy` protocol) returns the offers only and keeps the records for
+``drain_records``; ``decide`` returns both. The policy mutates ``context.state`` (its
+``"promo"`` part) and the ``ledgers`` mapping, as the agent's tables expect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.events import SCHEMA_VERSION
+from streams.decisions import DecisionContext, Offer
+from streams.promotion import guardrails, rewards
+from streams.promotion.actions import (
+    Action,
+    CouponCandidate,
+    candidate_actions,
+    no_offer,
+    offer_for,
+)
+from streams.promotion.bandit import (
+    BanditChooser,
+    ChoiceInput,
+    Chooser,
+    LinearThompson,
+    RulesChooser,
+    StaticChooser,
+)
+from streams.promotion.experiments import HOLDOUT, Experiment, assign, variant_of
+from streams.promotion.features import FEATURE_SET, NextPurchaseSignals, context_features
+from streams.promotion.objective import ObjectiveConfig, horizon_margin, repurchase_probability
+from streams.promotion.rewards import iso
+
+SignalsProvider = Callable[[Sequence[DecisionContext]], Sequence[NextPurchaseSignals | None] | None]
+MAX_KEPT_RECORDS = 10_000
+
+
+def decision_identity(customer_key: str, cart_event_id: str) -> str:
+    return hashlib.blake2b(
+        f"{customer_key}|{cart_event_id}|decision".encode(), digest_size=12
+    ).hexdigest()
+
+
+def offer_identity(customer_key: str, cart_event_id: str, offer_key: str) -> str:
+    """The agent's ``offer_id`` of an offer (``agents.pipeline``: the same formula)."""
+    raw = f"{customer_key}|{cart_event_id}|{offer_key}".encode()
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def variant(name: str) -> Chooser:
+    """A chooser by variant name: ``bandit``, ``rules`` or ``static:<action id or kind>``."""
+    if name == "bandit":
+        return BanditChooser()
+    if name == "rules":
+        return RulesChooser()
+    if name.startswith("static:"):
+        return StaticChooser(name.removeprefix("static:"))
+    raise ValueError(f"unknown policy variant {name!r} (bandit, rules, static:<action>)")
+
+
+@dataclass
+class PolicyDecision:
+    offer: Offer | None  # what the agent emits (None: nothing)
+    record: dict | None  # the DecisionRecord (None: a repeat of this cart's decision)
+    rewards: list[dict]  # rewards forced out by this decision (rare: too many open windows)
+    action: Action | None = None  # the action decided (None: a repeat)
+    options: list[Action] | None = None  # the allowed actions (None: a repeat)
+
+
+def _coupon(signals: NextPurchaseSignals | None) -> CouponCandidate | None:
+    product = getattr(signals, "coupon_product_id", None) if signals is not None else None
+    if not product:
+        return None
+    return CouponCandidate(
+        product_id=product,
+        probability=float(getattr(signals, "coupon_probability", None) or 0.0),
+        price=getattr(signals, "coupon_price", None),
+    )
+
+
+class PromotionPolicy:
+    """Experiments + guard rails + variants (bandit, rules, static) + decision records."""
+
+    def __init__(
+        self,
+        experiment: Experiment | None = None,
+        variants: dict[str, Chooser] | None = None,
+        default_variant: str = "bandit",
+        objective: ObjectiveConfig | None = None,
+        ledgers: MutableMapping[str, dict] | None = None,
+        partitions: int = 1,
+        partition_of: Callable[[str], int] | None = None,
+        signals: SignalsProvider | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.experiment = experiment or Experiment()
+        wanted = {arm.variant for arm in self.experiment.arms} | {default_variant}
+        self.variants = dict(variants or {})
+        for name in wanted - set(self.variants):
+            self.variants[name] = variant(name)
+        self.default_variant = default_variant
+        self.objective = objective or ObjectiveConfig()
+        self.ledgers = ledgers if ledgers is not None else {}
+        self.partitions = partitions
+        self.partition_of = partition_of or (lambda key: 0)
+        self.signals = signals
+        self.seed = seed
+        self.name = f"promotion/{self.experiment.id}"
+        self.records: deque[dict] = deque(maxlen=MAX_KEPT_RECORDS)
+        self.evicted: deque[dict] = deque(maxlen=MAX_KEPT_RECORDS)
+        self.blocked: dict[str, int] = dict.fromkeys(guardrails.REASONS, 0)
+
+    # -- the Policy protocol ----------------------------------------------------------------
+
+    def decide_batch(self, contexts: Sequence[DecisionContext]) -> list[Offer | None]:
+        decisions = self.decide(contexts)
+        for d in decisions:
+            if d.record is not None:
+                self.records.append(d.record)
+            self.evicted.extend(d.rewards)
+        return [d.offer for d in decisions]
+
+    def drain_blocked(self) -> dict[str, int]:
+        """Actions blocked by each guard rail since the last call (for the metrics)."""
+        blocked = dict(self.blocked)
+        self.blocked = dict.fromkeys(guardrails.REASONS, 0)
+        return blocked
+
+    def drain_records(self) -> tuple[list[dict], list[dict]]:
+        """Decision records, and rewards forced out of full windows, made by ``decide_batch``
+        since the last call."""
+        records, evicted = list(self.records), list(self.evicted)
+        self.records.clear()
+        self.evicted.clear()
+        return records, evicted
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def decide(self, contexts: Sequence[DecisionContext]) -> list[PolicyDecision]:
+        signals = self.signals(contexts) if self.signals is not None and contexts else None
+        seed_text = "|".join(c.cart_event_id for c in contexts) + f"|{self.seed}"
+        seed = int.from_bytes(hashlib.blake2b(seed_text.encode(), digest_size=8).digest(), "big")
+        rng = np.random.default_rng(seed)
+        return [
+            self._decide_one(ctx, signals[i] if signals is not None else None, rng)
+            for i, ctx in enumerate(contexts)
+        ]
+
+    def _ledger(self, action: Action, customer_key: str) -> tuple[str | None, dict | None]:
+        promotion = action.promotion
+        if promotion is None or promotion.budget is None:
+            return None, None
+        merchant_id = customer_key.partition(":")[0]
+        partition = self.partition_of(customer_key)
+        key = guardrails.ledger_key(merchant_id, promotion.id, partition)
+        share = guardrails.partition_budget(promotion.budget, self.partitions)
+        ledger = guardrails.ensure_ledger(self.ledgers, key, share)
+        return key, ledger
+
+    def _allowed(self, ctx: DecisionContext, promo: dict, actions: list[Action]) -> list[Action]:
+        allowed = []
+        for action in actions:
+            key, ledger = self._ledger(action, ctx.customer_key)
+            reason = guardrails.blocked_reason(action, ctx.merchant, promo, ledger, ctx.ts)
+            if reason == "budget" and ledger is not None and guardrails.expire(ledger, ctx.ts):
+                self.ledgers[key] = ledger  # expired reservations gave budget back: look again
+                reason = guardrails.blocked_reason(action, ctx.merchant, promo, ledger, ctx.ts)
+            if reason is None:
+                allowed.append(action)
+            else:
+                self.blocked[reason] += 1
+        return allowed
+
+    def _decide_one(
+        self,
+        ctx: DecisionContext,
+        signals: NextPurchaseSignals | None,
+        rng: np.random.Generator,
+    ) -> PolicyDecision:
+        merchant = ctx.merchant
+        promo = guardrails.promo_state(ctx.state)
+        guardrails.expire_customer(promo, ctx.ts)
+        arm = assign(self.experiment, ctx.customer_key)
+        variant_name = variant_of(self.experiment, arm, self.default_variant)
+        cart_lines = (ctx.state.get("cart") or {}).get("lines") or []
+        actions = candidate_actions(
+            merchant,
+            ctx.cart_value,
+            ctx.currency,
+            ctx.ts,
+            _coupon(signals),
+            frozenset(line[0] for line in cart_lines),
+        )
+        generation = (ctx.state.get("cart") or {}).get("generation", 0)
+        candidates = [a.id for a in actions]
+        sticky = promo.get("cart")
+        if (
+            sticky is not None
+            and sticky["generation"] == generation
+            and sticky["candidates"] == candidates
+            and sticky["arm"] == arm
+        ):
+            repeat = next((a for a in actions if a.id == sticky["action"]), None)
+            offer = offer_for(repeat, ctx.currency) if repeat and sticky["sent"] else None
+            return PolicyDecision(offer, None, [])
+
+        allowed = self._allowed(ctx, promo, actions)
+        features = np.array(context_features(ctx.state, ctx.cart_value, ctx.ts, signals))
+        horizon = horizon_margin(
+            ctx.state, ctx.cart_value, ctx.ts, merchant.margin_rate, self.objective
+        )
+        repurchase = repurchase_probability(ctx.state, ctx.ts, self.objective)
+        chooser = self.variants[variant_name]
+        row = ChoiceInput(ctx, merchant, features, allowed, horizon, repurchase)
+        choice = chooser.choose(row, rng)
+        action = allowed[choice.index]
+        propensity = choice.propensity
+        decision_id = decision_identity(ctx.customer_key, ctx.cart_event_id)
+        expires = ctx.ts + merchant.offer_ttl_hours * 3600.0
+        sent = arm != HOLDOUT and action.promotion is not None
+        guard = None
+        if sent:
+            key, _ = self._ledger(action, ctx.customer_key)
+            guard = guardrails.issue(promo, self.ledgers, key, decision_id, action, expires)
+            if guard == "over_budget":
+                sent, action, propensity = False, no_offer(ctx.cart_value), 1.0
+        offer = offer_for(action, ctx.currency) if sent else None
+        offer_id = offer_identity(ctx.customer_key, ctx.cart_event_id, offer.key) if offer else None
+        promo["cart"] = {
+            "generation": generation,
+            "candidates": candidates,
+            "arm": arm,
+            "action": action.id,
+            "sent": sent,
+        }
+        record = {
+            "record": "decision",
+            "schema_version": SCHEMA_VERSION,
+            "decision_id": decision_id,
+            "merchant_id": merchant.id,
+            "customer_key": ctx.customer_key,
+            "cart_event_id": ctx.cart_event_id,
+            "cart_generation": generation,
+            "event_time": iso(ctx.ts),
+            "cart_value": ctx.cart_value,
+            "currency": ctx.currency,
+            "experiment": self.experiment.id,
+            "arm": arm,
+            "policy": chooser.name,
+            "model_version": choice.version,
+            "action": action.id,
+            "action_kind": action.kind,
+            "promotion_id": action.promotion.id if action.promotion else None,
+            "product_id": action.product_id,
+            "propensity": round(propensity, 6),
+            "sent": sent,
+            "offer_id": offer_id,
+            "max_discount": action.discount if sent else None,
+            "margin_rate": merchant.margin_rate,
+            "deep_discount_depth": merchant.deep_discount_depth,
+            "deep_discount_cost": merchant.deep_discount_cost,
+            "horizon_margin": round(horizon, 4),
+            "repurchase_probability": round(repurchase, 6),
+            "options": [
+                {
+                    "action": a.id,
+                    "action_kind": a.kind,
+                    "probability": round(p, 6),
+                    "basket": a.basket,
+                    "discount": a.discount,
+                }
+                for a, p in zip(allowed, choice.probabilities, strict=True)
+            ],
+            "feature_set": FEATURE_SET,
+            "features": [round(float(v), 6) for v in features],
+            "guard": guard if guard in ("over_budget", "duplicate") else None,
+        }
+        terms = {
+            "tier_type": action.promotion.type if action.promotion else None,
+            "percent": action.promotion.percent if action.promotion else 0.0,
+            "shipping_cost": merchant.shipping_cost,
+            "margin_rate": merchant.margin_rate,
+            "ledger_key": self._ledger(action, ctx.customer_key)[0] if sent else None,
+        }
+        window = merchant.offer_ttl_hours * 3600.0
+        evicted = rewards.open_decision(ctx.state, record, ctx.ts, window, terms)
+        return PolicyDecision(offer, record, evicted, action, allowed)
+
+    # -- learning -----------------------------------------------------------------------------
+
+    def learn(self, reward_records: Sequence[dict]) -> int:
+        """Update every learning variant from rewards; returns how many were learned."""
+        learned = 0
+        for reward in reward_records:
+            if not rewards.learnable(reward):
+                continue
+            for chooser in self.variants.values():
+                if isinstance(chooser, BanditChooser) and chooser.name == reward["policy"]:
+                    learned += chooser.learn(reward)
+        return learned
+
+    def state_dict(self) -> dict:
+        return {
+            name: chooser.state_dict()
+            for name, chooser in self.variants.items()
+            if isinstance(chooser, BanditChooser)
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, data in state.items():
+            chooser = self.variants.get(name)
+            if isinstance(chooser, BanditChooser):
+                chooser.load_state_dict(data)
+
+
+def learning_key(merchant_id: str, partition: int) -> str:
+    """The key of one merchant's statistics learned on one input partition."""
+    return f"{merchant_id}:{partition}"
+
+
+def _merchant_of(key: str) -> str:
+    return key.rsplit(":", 1)[0]
+
+
+class PartitionedLearning:
+    """The bandit variants' statistics kept apart per merchant and input partition; the
+    policy's bandits sample from the prior plus their sum (``LinearThompson.merged``).
+
+    A reward is learned into the part of the partition its customer is on, so each part has a
+    single writer (the worker that owns the partition) and remembers the decision ids it
+    learned (a replayed reward is a no-op). Parts learned elsewhere come in with `load`. A part
+    is plain JSON (`entry`): ``{variant name: LinearThompson.to_dict()}``.
+    """
+
+    def __init__(self, policy: PromotionPolicy) -> None:
+        self.policy = policy
+        self.parts: dict[str, dict[str, LinearThompson]] = {}
+
+    def _bandits(self) -> dict[str, BanditChooser]:
+        return {
+            name: chooser
+            for name, chooser in self.policy.variants.items()
+            if isinstance(chooser, BanditChooser)
+        }
+
+    def learn(self, reward_records: Sequence[dict], partition_of: Callable[[str], int]) -> set[str]:
+        """Learn every learnable reward into its partition's part; returns the keys of the
+        parts that changed (their merchants' bandits are rebuilt)."""
+        bandits = self._bandits()
+        changed = set()
+        for reward in reward_records:
+            if not rewards.learnable(reward):
+                continue
+            key = learning_key(reward["merchant_id"], partition_of(reward["customer_key"]))
+            for name, chooser in bandits.items():
+                if chooser.name != reward["policy"]:
+                    continue
+                part = self.parts.setdefault(key, {})
+                model = part.get(name) or part.setdefault(name, chooser.learner())
+                learned = model.update(
+                    reward["decision_id"],
+                    reward["features"],
+                    reward["action"],
+                    reward["purchased"],
+                    reward["redeemed"],
+                )
+                if learned:
+                    changed.add(key)
+        self.merge(changed)
+        return changed
+
+    def entry(self, key: str) -> dict:
+        return {name: model.to_dict() for name, model in self.parts.get(key, {}).items()}
+
+    def load(self, entries: Mapping[str, dict]) -> list[str]:
+        """Replace parts by these entries (e.g. as read from the table) and rebuild their
+        merchants' bandits; returns the keys of unusable entries (left out)."""
+        bandits = self._bandits()
+        unusable = []
+        for key, entry in entries.items():
+            try:
+                self.parts[key] = {
+                    name: LinearThompson.from_dict(
+                        data, bandits[name].config, bandits[name].objective
+                    )
+                    for name, data in entry.items()
+                    if name in bandits
+                }
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self.parts.pop(key, None)
+                unusable.append(key)
+        self.merge(entries)
+        return unusable
+
+    def merge(self, keys: Iterable[str]) -> None:
+        """Rebuild the bandits of the merchants of these parts from all their parts."""
+        merchants = {_merchant_of(key) for key in keys}
+        for merchant in sorted(merchants):
+            for name, chooser in self._bandits().items():
+                parts = [
+                    part[name]
+                    for key, part in self.parts.items()
+                    if _merchant_of(key) == merchant and name in part
+                ]
+                chooser.set_merged(merchant, parts)
+
+    def summary(self) -> dict:
+        """Updates learned per variant and merchant, in all and per part (a read-only view)."""
+        view: dict = {}
+        for name, chooser in self._bandits().items():
+            for merchant, model in sorted(chooser.models.items()):
+                parts = {
+                    key: part[name].updates
+                    for key, part in sorted(self.parts.items())
+                    if _merchant_of(key) == merchant and name in part
+                }
+                view.setdefault(name, {})[merchant] = {"updates": model.updates, "parts": parts}
+        return view

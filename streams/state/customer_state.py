@@ -1,0 +1,242 @@
+"""Per-customer rolling state: plain dicts, updated by pure functions, stored as JSON in RocksDB.
+
+One record per customer (or anonymous session), keyed ``<merchant>:c:<customer_id>`` or
+``<merchant>:s:<session_id>``. Every list is bounded, so a record stays small whatever the
+customer does (see ``docs/architecture.md`` for measured bytes per customer):
+
+- ``seen``: ids of the last ``SEEN_IDS`` events applied — a replayed event is recognised and
+  skipped (at-least-once delivery, idempotent effect);
+- ``views``: last ``MAX_VIEWS`` viewed products ``[product_id, ts]``;
+- ``cart``: current cart ``{lines: [[product_id, qty, unit_price]], value, currency, ts,
+  generation}``: the last ``MAX_CART_LINES`` lines, ``value`` from the event's cart_value,
+  ``generation`` counting carts. Only cart-topic events (checkout, clear) move it on: Kafka
+  orders events per key within one topic, not across topics, so decisions that depend on it
+  stay the same however the topics interleave (an order only empties the lines);
+- ``session``: current session ``{id, start, last, events}``; ``sessions`` counts them
+  (a session ends after ``SESSION_GAP_S`` of inactivity, in event time);
+- ``orders``: the most recent orders ``[ts, order_id, total, [product_id, ...]]``, time-ordered,
+  products as ``streams.state.products`` keeps them (at most ``MAX_ORDERS`` orders and
+  ``MAX_HISTORY_PRODUCTS`` product ids; the same rule the next-purchase model trains on).
+  Which lines are products is the merchant's rule (``product_pattern``, default the UCI
+  stock codes), passed to `apply_event` as ``products``;
+- ``rfm``: ``{first, last, frequency, monetary, cancellations}`` over the whole history;
+- ``offers``: ``{received, delivered, opened, clicked, redeemed, dismissed, last}``;
+- ``last_offer``: ``[cart generation, offer key]`` of the last offer, so an unchanged offer
+  is not emitted again for the same cart;
+- ``sent``: last ``MAX_SENT`` notifications ``[ts, channel, dedupe_key]`` (frequency cap and
+  dedupe); ``last_message``: time of the last message per channel;
+- ``profile``: consent and preferences, or None; ``claimed``: anonymous sessions merged in.
+"""
+
+from __future__ import annotations
+
+import re
+
+from streams.state.products import MAX_ORDERS as MAX_ORDERS  # noqa: PLC0414 - part of the state API
+from streams.state.products import order_products, orders_to_keep, product_rule
+
+SESSION_GAP_S = 30 * 60
+SEEN_IDS = 64
+MAX_VIEWS = 20
+MAX_SENT = 20
+MAX_CLAIMED = 8
+MAX_CART_LINES = 200
+FEEDBACK_COUNTERS = {
+    "offer_delivered": "delivered",
+    "offer_opened": "opened",
+    "offer_clicked": "clicked",
+    "offer_redeemed": "redeemed",
+    "offer_dismissed": "dismissed",
+}
+
+
+def new_state() -> dict:
+    return {
+        "v": 1,
+        "seen": [],
+        "views": [],
+        "cart": {"lines": [], "value": 0.0, "currency": None, "ts": None, "generation": 0},
+        "session": None,
+        "sessions": 0,
+        "orders": [],
+        "rfm": {"first": None, "last": None, "frequency": 0, "monetary": 0.0, "cancellations": 0},
+        "offers": {"received": 0, **dict.fromkeys(FEEDBACK_COUNTERS.values(), 0), "last": None},
+        "last_offer": None,
+        "sent": [],
+        "last_message": {},
+        "profile": None,
+        "claimed": [],
+    }
+
+
+def _push(items: list, item: object, limit: int) -> None:
+    items.append(item)
+    if len(items) > limit:
+        del items[: len(items) - limit]
+
+
+def mark_seen(state: dict, event_id: str) -> bool:
+    """Record ``event_id``; False when it was already applied (a duplicate to skip)."""
+    seen = state["seen"]
+    if event_id in seen:
+        return False
+    _push(seen, event_id, SEEN_IDS)
+    return True
+
+
+def touch_session(state: dict, session_id: str | None, ts: float) -> None:
+    session = state["session"]
+    if (
+        session is None
+        or ts - session["last"] > SESSION_GAP_S
+        or (session_id is not None and session["id"] not in (None, session_id))
+    ):
+        state["session"] = {"id": session_id, "start": ts, "last": ts, "events": 1}
+        state["sessions"] += 1
+        return
+    session["last"] = max(session["last"], ts)
+    session["events"] += 1
+    if session["id"] is None:
+        session["id"] = session_id
+
+
+def _reset_cart(state: dict, ts: float) -> None:
+    cart = state["cart"]
+    cart.update(lines=[], value=0.0, ts=ts, generation=cart["generation"] + 1)
+
+
+def apply_click(state: dict, event: dict) -> None:
+    product_id = event.get("product_id")
+    if event["event_type"] == "product_view" and product_id:
+        _push(state["views"], [product_id, event["_ts"]], MAX_VIEWS)
+
+
+def apply_cart(state: dict, event: dict) -> None:
+    ts = event["_ts"]
+    event_type = event["event_type"]
+    if event_type in ("checkout", "cart_clear"):
+        _reset_cart(state, ts)
+        return
+    cart = state["cart"]
+    lines = {line[0]: line for line in cart["lines"]}
+    for changed in event["lines"]:
+        product_id, quantity = changed["product_id"], changed["quantity"]
+        current = lines.get(product_id)
+        if event_type == "cart_add":
+            new_quantity = quantity + (current[1] if current else 0)
+        elif event_type == "cart_remove":
+            new_quantity = (current[1] if current else 0) - quantity
+        else:
+            new_quantity = quantity
+        lines.pop(product_id, None)
+        if new_quantity > 0:
+            lines[product_id] = [product_id, new_quantity, changed["unit_price"]]
+    cart["lines"] = list(lines.values())[-MAX_CART_LINES:]
+    cart["value"] = float(event["cart_value"])
+    cart["currency"] = event["currency"]
+    cart["ts"] = ts
+
+
+def apply_order(state: dict, event: dict, products: re.Pattern[str] | None = None) -> None:
+    """An order or cancellation; ``products``: the merchant's product rule (default UCI)."""
+    ts = event["_ts"]
+    rfm = state["rfm"]
+    if event["event_type"] == "order_cancel":
+        rfm["cancellations"] += 1
+        rfm["monetary"] = round(rfm["monetary"] + event["total"], 2)
+        return
+    rule = products if products is not None else product_rule()
+    kept = order_products((line["product_id"] for line in event["lines"]), rule)
+    if kept:  # an order of postage or fees only tells nothing about what the customer buys
+        orders = state["orders"]
+        orders.append([ts, event["order_id"], event["total"], kept])
+        orders.sort(key=lambda order: order[0])
+        del orders[: len(orders) - orders_to_keep([len(order[3]) for order in orders])]
+    rfm["first"] = ts if rfm["first"] is None else min(rfm["first"], ts)
+    rfm["last"] = ts if rfm["last"] is None else max(rfm["last"], ts)
+    rfm["frequency"] += 1
+    rfm["monetary"] = round(rfm["monetary"] + event["total"], 2)
+    state["cart"].update(lines=[], value=0.0, ts=ts)
+
+
+def apply_profile(state: dict, event: dict) -> None:
+    state["profile"] = {
+        "channels": event["channels"],
+        "preferred": event.get("preferred_channel"),
+        "time_zone": event.get("time_zone"),
+        "opted_out": bool(event.get("opted_out", False)),
+    }
+
+
+def apply_feedback(state: dict, event: dict) -> None:
+    offers = state["offers"]
+    offers[FEEDBACK_COUNTERS[event["event_type"]]] += 1
+
+
+APPLY = {
+    "clickstream": apply_click,
+    "cart": apply_cart,
+    "orders": apply_order,
+    "profiles": apply_profile,
+    "feedback": apply_feedback,
+}
+
+
+def apply_event(
+    state: dict, topic_kind: str, event: dict, products: re.Pattern[str] | None = None
+) -> bool:
+    """Apply one validated input event; False (and no change) if it was seen before.
+
+    ``products`` is the merchant's product rule (``merchant.options.products``); None: the UCI
+    stock-code rule.
+    """
+    if not mark_seen(state, event["event_id"]):
+        return False
+    if topic_kind != "profiles":
+        touch_session(state, event.get("session_id"), event["_ts"])
+    if topic_kind == "orders":
+        apply_order(state, event, products)
+    else:
+        APPLY[topic_kind](state, event)
+    return True
+
+
+def record_offer(state: dict, generation: int, offer_key: str, offer_id: str, ts: float) -> bool:
+    """Remember the offer for cart ``generation``; False when that cart already had this offer."""
+    current = [generation, offer_key]
+    if state["last_offer"] == current:
+        return False
+    state["last_offer"] = current
+    offers = state["offers"]
+    offers["received"] += 1
+    offers["last"] = {"offer_id": offer_id, "key": offer_key, "ts": ts}
+    return True
+
+
+def record_message(state: dict, channel: str, dedupe_key: str, ts: float) -> None:
+    _push(state["sent"], [ts, channel, dedupe_key], MAX_SENT)
+    state["last_message"][channel] = ts
+
+
+def claim_session(state: dict, session_id: str) -> bool:
+    """True when this anonymous session has not yet been claimed by the customer."""
+    if session_id in state["claimed"]:
+        return False
+    _push(state["claimed"], session_id, MAX_CLAIMED)
+    return True
+
+
+def merge_anonymous(customer: dict, anonymous: dict) -> None:
+    """Fold an anonymous session's state into the customer's, which wins on conflicts."""
+    for event_id in anonymous["seen"]:
+        if event_id not in customer["seen"]:
+            _push(customer["seen"], event_id, SEEN_IDS)
+    views = sorted(customer["views"] + anonymous["views"], key=lambda view: view[1])
+    customer["views"] = views[-MAX_VIEWS:]
+    if not customer["cart"]["lines"] and anonymous["cart"]["lines"]:
+        generation = customer["cart"]["generation"]
+        customer["cart"] = {**anonymous["cart"], "generation": generation}
+    customer["sessions"] += anonymous["sessions"]
+    for key, value in anonymous["offers"].items():
+        if key != "last":
+            customer["offers"][key] += value
