@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from streams.merchants.catalog import DEFAULT_MERCHANTS
 from streams.promotion.experiments import Experiment
@@ -13,22 +14,58 @@ from streams.promotion.experiments import Experiment
 POLICIES = ("rules", "promotion")
 
 
+def env_name(setting: str) -> str:
+    """The environment variable a `Settings` field is read from: ``NEXTBEST_<FIELD>``."""
+    return f"NEXTBEST_{setting.upper()}"
+
+
+def topic_env_name(topic: str) -> str:
+    """The environment variable that renames a `Topics` field: ``NEXTBEST_TOPIC_<NAME>``."""
+    return f"NEXTBEST_TOPIC_{topic.upper()}"
+
+
+def _setting(default: Any, doc: str, secret: bool = False) -> Any:
+    """A settings field with its one-line description (docs/configuration.md is rendered from
+    these; a secret's default is never shown)."""
+    return field(default=default, metadata={"doc": doc, "secret": secret})
+
+
 @dataclass(frozen=True)
 class Topics:
     """Kafka topic names. Inputs are keyed by ``merchant_id:customer_or_session_id``."""
 
-    clickstream: str = "nextbest.clickstream"
-    cart: str = "nextbest.cart"
-    orders: str = "nextbest.orders"
-    profiles: str = "nextbest.profiles"
-    feedback: str = "nextbest.offer-feedback"
-    promotions: str = "nextbest.promotions"
-    notifications: str = "nextbest.notifications"
-    dead_letters: str = "nextbest.dead-letters"
-    catalog: str = "nextbest.promotion-catalog"
-    merges: str = "nextbest.session-merges"
-    decisions: str = "nextbest.decisions"  # promotion policy: one DecisionRecord per decision
-    rewards: str = "nextbest.rewards"  # promotion policy: one RewardRecord per closed decision
+    clickstream: str = _setting(
+        "nextbest.clickstream", "in: page, product and category views, searches"
+    )
+    cart: str = _setting("nextbest.cart", "in: cart changes and checkouts")
+    orders: str = _setting("nextbest.orders", "in: orders, cancellations")
+    profiles: str = _setting(
+        "nextbest.profiles", "in: consent, addresses, preferred channel, time zone, opt-out"
+    )
+    feedback: str = _setting(
+        "nextbest.offer-feedback", "in: offers delivered, opened, clicked, redeemed, dismissed"
+    )
+    promotions: str = _setting("nextbest.promotions", "out: the offer for a cart change")
+    notifications: str = _setting(
+        "nextbest.notifications", "out: messages to deliver on a channel, with a dedupe key"
+    )
+    dead_letters: str = _setting(
+        "nextbest.dead-letters", "out: every unusable input, whole, with its reason"
+    )
+    catalog: str = _setting(
+        "nextbest.promotion-catalog",
+        "in, compacted: a merchant's configuration, keyed by merchant id",
+    )
+    merges: str = _setting(
+        "nextbest.session-merges",
+        "internal: anonymous-session merges and the journeys' wake-up ticks",
+    )
+    decisions: str = _setting(
+        "nextbest.decisions", "out, promotion policy: one decision record per decision"
+    )
+    rewards: str = _setting(
+        "nextbest.rewards", "out, promotion policy: one reward record per closed decision"
+    )
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -54,61 +91,118 @@ def merchant_models_present(models_dir: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
-    broker_url: str = "kafka://127.0.0.1:9092"
-    embedded_broker: bool = False
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = ""
-    sasl_username: str = ""
-    sasl_password: str = ""
-    ssl_cafile: str = ""
-    app_id: str = "nextbest"
-    state_dir: Path = Path("var/state")
-    partitions: int = 8
-    replication_factor: int = 1
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    merchants_path: Path = DEFAULT_MERCHANTS
-    max_event_bytes: int = 65536
-    #: Inputs whose event_time is further ahead of this machine's clock are dead-lettered
-    #: (0: no limit)
-    max_future_s: float = 86400.0
-    batch_size: int = 500
-    batch_window_s: float = 0.05
-    #: Records reach the streams without a task per record (agents/runtime/transport.py); 0: Faust's
-    #: own delivery loop
-    lean_delivery: bool = True
-    log_level: str = "warn"
-    model_path: str = ""  # next-purchase artifact root (or version dir); empty: rules only
-    model_reload_s: float = 10.0
-    model_threads: int = 1
-    model_top_k: int = 5
-    #: REST API bearer tokens, ``merchant=token,merchant2=token2`` (a token sees its merchant only)
-    api_tokens: str = ""
-    api_admin_token: str = ""  # every merchant, plus the admin endpoints
-    api_max_body_bytes: int = 1048576
-    api_max_events: int = 500  # events per POST /events
-    models_dir: Path = Path("var/models")  # POST /predictors: <models_dir>/<merchant>/next_purchase
-    train_args: str = ""  # extra `nextbest train` options for POST /predictors jobs
-    journey_tick_s: float = 5.0  # wake-up ticks for idle partitions (journey timers)
-    journey_lateness_s: float = 60.0  # journey clocks trail the newest event time by this
-    #: Cart decisions: "rules" (the catalog's threshold rules) or "promotion" (the promotion
-    #: policy: experiments, guard rails, bandit, decision and reward topics)
-    policy: str = "rules"
-    #: The promotion policy's experiment, JSON ``{"id", "holdout", "arms": [{"name", "weight",
-    #: "variant"}]}`` (variants: bandit, rules, static:<action>); empty: ``promo-1``, a 10%
-    #: holdout and the bandit for everyone else
-    promo_experiment: str = ""
-    #: The promotion objective's horizon in weeks: a customer's expected margin without offers
-    #: and a discount's dependency cost are counted over it (`streams.promotion.objective`)
-    promo_horizon_weeks: float = 10.0
-    #: Future margin lost per unit of discount depth, as a share of the horizon's margin (the
-    #: discount-dependency term of `streams.promotion.objective`)
-    promo_dependency_cost: float = 0.5
-    #: A ``nextbest promo-retrain`` output the bandit starts from instead of the bare prior, per
-    #: merchant in it (for a new deployment or a fresh bandit table: rewards in it that the
-    #: worker learns again count twice); empty: the prior
-    promo_bandit_start: str = ""
-    topics: Topics = field(default_factory=Topics)
+    broker_url: str = _setting(
+        "kafka://127.0.0.1:9092",
+        "Kafka brokers, `kafka://host:port`; several separated by `;` (quote the value in a shell)",
+    )
+    embedded_broker: bool = _setting(
+        False,
+        "The broker is the embedded Tansu broker (`nextbest broker`): applies its workarounds "
+        "(`tansu://` transport, 6 s sessions)",
+    )
+    security_protocol: str = _setting(
+        "PLAINTEXT", "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`"
+    )
+    sasl_mechanism: str = _setting(
+        "", "SASL mechanism, e.g. `SCRAM-SHA-512`; empty with a `SASL_*` protocol: `PLAIN`"
+    )
+    sasl_username: str = _setting("", "SASL user name")
+    sasl_password: str = _setting("", "SASL password", secret=True)
+    ssl_cafile: str = _setting(
+        "", "CA bundle (PEM) for TLS (`SSL`, `SASL_SSL`); empty: the system's CAs"
+    )
+    app_id: str = _setting("nextbest", "Consumer group id and prefix of the changelog topics")
+    state_dir: Path = _setting(
+        Path("var/state"), "RocksDB state of the tables (an empty one is rebuilt from changelogs)"
+    )
+    partitions: int = _setting(
+        8, "Partitions of every input and co-partitioned topic (caps the useful workers)"
+    )
+    replication_factor: int = _setting(1, "Replication factor of the topics nextbest creates")
+    web_host: str = _setting("127.0.0.1", "Address of the worker's web server (REST API, /metrics)")
+    web_port: int = _setting(6066, "Port of the worker's web server (REST API, /metrics)")
+    merchants_path: Path = _setting(
+        DEFAULT_MERCHANTS, "Merchants file: promotion catalogs, product rule, delivery, journeys"
+    )
+    max_event_bytes: int = _setting(
+        65536, "Larger input records are dead-lettered (`oversize_payload`)"
+    )
+    max_future_s: float = _setting(
+        86400.0,
+        "Inputs whose event_time is further ahead of this machine's clock are dead-lettered "
+        "(`schema_violation`); 0: no limit",
+    )
+    batch_size: int = _setting(500, "Most events per micro-batch")
+    batch_window_s: float = _setting(0.05, "Longest wait, in seconds, to fill a micro-batch")
+    lean_delivery: bool = _setting(
+        True,
+        "Records reach the streams without a task per record (agents/runtime/transport.py); "
+        "0: Faust's own delivery loop",
+    )
+    log_level: str = _setting("warn", "Worker log level (`debug`, `info`, `warn`, `error`)")
+    model_path: str = _setting(
+        "",
+        "Shared next-purchase artifact root (or one version directory); empty: merchant models "
+        "only, or rules only",
+    )
+    model_reload_s: float = _setting(
+        10.0, "Seconds between checks of the models' `latest` pointers (hot reload)"
+    )
+    model_threads: int = _setting(1, "Torch threads for inference on the event loop's thread")
+    model_top_k: int = _setting(5, "Predicted next products an offer carries (`recommendations`)")
+    api_tokens: str = _setting(
+        "",
+        "REST API bearer tokens, `merchant=token,merchant2=token2` (a token sees its merchant "
+        "only; at least 16 characters)",
+        secret=True,
+    )
+    api_admin_token: str = _setting(
+        "", "REST API bearer token that sees every merchant (at least 16 characters)", secret=True
+    )
+    api_max_body_bytes: int = _setting(1048576, "Largest REST request body (larger: 413)")
+    api_max_events: int = _setting(500, "Most events per `POST /events` (more: 413)")
+    models_dir: Path = _setting(
+        Path("var/models"),
+        "Merchant models: `POST /predictors` writes, and the worker serves, "
+        "`<models_dir>/<merchant>/next_purchase`",
+    )
+    train_args: str = _setting("", "Extra `nextbest train` options for `POST /predictors` jobs")
+    journey_tick_s: float = _setting(
+        5.0, "Seconds between the wake-up ticks for idle partitions (journey timers)"
+    )
+    journey_lateness_s: float = _setting(
+        60.0,
+        "Journey clocks and promotion attribution windows trail the newest event time by this "
+        "many seconds",
+    )
+    policy: str = _setting(
+        "rules",
+        "Cart decisions: `rules` (the catalog's threshold rules) or `promotion` (the promotion "
+        "policy: experiments, guard rails, bandit, decision and reward topics)",
+    )
+    promo_experiment: str = _setting(
+        "",
+        'The promotion policy\'s experiment, JSON `{"id", "holdout", "arms": [{"name", "weight", '
+        '"variant"}]}` (variants: bandit, rules, static:<action>); empty: `promo-1`, a 10% '
+        "holdout and the bandit for everyone else",
+    )
+    promo_horizon_weeks: float = _setting(
+        10.0,
+        "The promotion objective's horizon in weeks: a customer's expected margin without offers "
+        "and a discount's dependency cost are counted over it (streams/promotion/objective.py)",
+    )
+    promo_dependency_cost: float = _setting(
+        0.5,
+        "Future margin lost per unit of discount depth, as a share of the horizon's margin (the "
+        "discount-dependency term of streams/promotion/objective.py)",
+    )
+    promo_bandit_start: str = _setting(
+        "",
+        "A `nextbest promo-retrain` output the bandit starts from instead of the bare prior, per "
+        "merchant in it (for a new deployment or a fresh bandit table: rewards in it that the "
+        "worker learns again count twice); empty: the prior",
+    )
+    topics: Topics = field(default_factory=Topics, metadata={"doc": "Kafka topic names"})
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -118,14 +212,14 @@ class Settings:
         for f in fields(cls):
             if f.name == "topics":
                 continue
-            raw = env.get(f"NEXTBEST_{f.name.upper()}")
+            raw = env.get(env_name(f.name))
             if raw is None:
                 continue
             values[f.name] = _parse(f.name, raw, f.type)
         topic_values = {
-            t.name: env[f"NEXTBEST_TOPIC_{t.name.upper()}"]
+            t.name: env[topic_env_name(t.name)]
             for t in fields(Topics)
-            if f"NEXTBEST_TOPIC_{t.name.upper()}" in env
+            if topic_env_name(t.name) in env
         }
         settings = cls(**values, topics=Topics(**topic_values))  # type: ignore[arg-type]
         settings.validate()
@@ -138,9 +232,9 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "topics":
                 for t in fields(Topics):
-                    env[f"NEXTBEST_TOPIC_{t.name.upper()}"] = getattr(value, t.name)
+                    env[topic_env_name(t.name)] = getattr(value, t.name)
             elif value is not None:
-                env[f"NEXTBEST_{f.name.upper()}"] = (
+                env[env_name(f.name)] = (
                     ("1" if value else "0") if isinstance(value, bool) else str(value)
                 )
         return env
@@ -236,5 +330,5 @@ def _parse(name: str, raw: str, type_: object) -> object:
         if type_name == "Path":
             return Path(raw)
     except ValueError as exc:
-        raise ValueError(f"NEXTBEST_{name.upper()}={raw!r} is not a valid {type_name}") from exc
+        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {type_name}") from exc
     return raw

@@ -115,6 +115,17 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_doc(args: argparse.Namespace) -> int:
+    from agents.tools.config_doc import CONFIG_DOC, is_current, write
+
+    if args.check:
+        current = is_current()
+        print(f"{CONFIG_DOC.name} up to date" if current else f"stale: {CONFIG_DOC}")
+        return 0 if current else 1
+    print(write())
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from agents.tools.bench import BenchConfig, run_bench
 
@@ -236,6 +247,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schemas", help="write (or --check) the JSON Schema files")
     p.add_argument("--check", action="store_true")
     p.set_defaults(run=cmd_schemas)
+
+    p = sub.add_parser(
+        "config-doc", help="write (or --check) docs/configuration.md from the settings"
+    )
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(run=cmd_config_doc)
 
     p = sub.add_parser("bench", help="throughput and latency benchmark on the embedded broker")
     p.add_argument("--events", type=int, default=60000)

@@ -18,7 +18,7 @@ Each invoice becomes a shopping session that ends at the invoice time:
   that ended in a purchase; abandoned carts are what the journeys (reminders) are for;
 - each known customer gets a ``profile`` event before their first event. The UCI data has no
   contact data, so consent, channels and opt-out are SYNTHETIC, derived from a hash of the
-  customer id (documented in the README): a stand-in for the shop's real profile feed.
+  customer id (docs/events-and-topics.md): a stand-in for the shop's real profile feed.
 
 Events come out in event-time order (a bounded heap: sessions reach at most an hour back).
 """
