@@ -352,18 +352,6 @@ def save_bandit(policy: PromotionPolicy, path: Path) -> None:
     os.replace(partial, path)
 
 
-def load_bandit(policy: PromotionPolicy, path: Path) -> bool:
-    """Load a checkpoint into the policy; False (logged) when there is none or it is unusable."""
-    if not path.exists():
-        return False
-    try:
-        policy.load_state_dict(orjson.loads(path.read_bytes()))
-    except (OSError, ValueError, KeyError, TypeError):
-        log.exception("bandit checkpoint %s is unusable; starting from the prior", path)
-        return False
-    return True
-
-
 def bandit_start(path: str, objective: ObjectiveConfig) -> dict[str, LinearThompson]:
     """Per merchant, the bandit of a ``nextbest promo-retrain`` file (``path`` empty: none).
     A file that cannot be read or is of another format stops the worker at start."""

@@ -15,7 +15,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
-from agents.tools.demo import scrape, start_worker, stop_worker
+from agents.tools.processes import PROCESSED, scrape, start_worker, stop_worker
 from agents.tools.replay import producer_config
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -151,14 +151,7 @@ class Cluster:
         total = 0.0
         for _, port in self.workers.values():
             totals = scrape(port)
-            total += sum(
-                totals.get(name, 0)
-                for name in (
-                    "nextbest_events_total",
-                    "nextbest_dead_letters_total",
-                    "nextbest_duplicate_events_total",
-                )
-            )
+            total += sum(totals.get(name, 0) for name in PROCESSED)
         return total
 
     def wait_processed(self, count: float, timeout: float = 60) -> None:

@@ -10,7 +10,8 @@ import asyncio
 from types import SimpleNamespace
 
 from agents.runtime.metrics import REGISTRY
-from agents.web.api import Api, ApiError
+from agents.web.api import Api
+from agents.web.errors import ApiError
 
 ROUTE = "/predictors/{job}"
 

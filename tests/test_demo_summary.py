@@ -5,7 +5,8 @@ import math
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.tools.demo import histogram_quantile, journey_outcomes
+from agents.tools.demo import journey_outcomes
+from agents.tools.processes import histogram_quantile
 
 BOUNDS = (0.01, 0.05, 0.1, 0.5, 1.0)
 

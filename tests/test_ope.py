@@ -91,7 +91,7 @@ def synthetic_log(
     return decisions, rewards
 
 
-def true_value(rows: list[ope.Row], candidate: ope.Candidate) -> float:
+def true_value(rows: list[ope.LoggedDecision], candidate: ope.Candidate) -> float:
     return float(
         np.mean([candidate(r) @ [mean_reward(r.features, a) for a in range(3)] for r in rows])
     )
@@ -160,7 +160,7 @@ def test_an_action_the_logging_policy_never_takes_gets_an_infinite_interval():
         assert e.low == -math.inf and e.high == math.inf, e
 
 
-def oracle(rows: list[ope.Row], shift: float = 0.0) -> ope.RewardModel:
+def oracle(rows: list[ope.LoggedDecision], shift: float = 0.0) -> ope.RewardModel:
     """The true mean rewards (plus ``shift``) and the noise variance, 25."""
     return ope.RewardModel(
         {
@@ -203,7 +203,7 @@ def test_dr_interval_does_not_move_with_the_reward_level(log):
 def test_a_targeted_candidate_and_the_logging_policy(log):
     rows, model = log
 
-    def targeted(row: ope.Row) -> np.ndarray:
+    def targeted(row: ope.LoggedDecision) -> np.ndarray:
         return np.array([0.0, 1.0, 0.0]) if row.features[0] > 0.5 else np.array([0.0, 0.0, 1.0])
 
     truth = true_value(rows, targeted)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from agents.web.api import Job, Trainer
+from agents.web.training import Job, Trainer
 from models.next_purchase import artifact
 from streams.merchants.catalog import CatalogError, MerchantRegistry, parse_merchant
 from tests.test_train_interactions import interactions_file

@@ -1,5 +1,5 @@
 """The promotion policy's stream plumbing that needs no broker: the ledger table view and the
-bandit checkpoint (agents/promotion.py)."""
+bandit export (agents/promotion.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import orjson
 import pytest
 
 from agents import promotion
-from agents.promotion import LedgerTable, load_bandit, save_bandit
+from agents.promotion import LedgerTable, save_bandit
 from agents.runtime.app import create_app
 from agents.runtime.settings import Settings
 from models.promotion import log as promo_log
 from streams.promotion.features import FEATURE_NAMES
+from streams.promotion.objective import ObjectiveConfig
 from streams.promotion.policy import PromotionPolicy
 from tests.test_ope import synthetic_log
 
@@ -50,7 +51,7 @@ def test_ledger_of_a_partition_without_an_event_in_the_batch_is_refused():
         ledgers.get("shop:ten-off:3")
 
 
-def test_bandit_checkpoint_round_trip(tmp_path):
+def test_the_bandit_export_reads_back_as_a_bandit_start(tmp_path):
     policy = PromotionPolicy()
     reward = {
         "merchant_id": "shop",
@@ -63,19 +64,11 @@ def test_bandit_checkpoint_round_trip(tmp_path):
     assert policy.variants["bandit"].learn(reward)
     path = tmp_path / "state" / "promo-bandit.json"
     save_bandit(policy, path)
-    restored = PromotionPolicy()
-    assert load_bandit(restored, path)
-    assert restored.state_dict() == policy.state_dict()
-    assert restored.state_dict()["bandit"]["shop"]["updates"] == 1
-
-
-def test_unusable_checkpoint_leaves_the_prior(tmp_path):
-    policy = PromotionPolicy()
-    assert not load_bandit(policy, tmp_path / "missing.json")
-    bad = tmp_path / "promo-bandit.json"
-    bad.write_text('{"bandit": {"shop": {"format": "other"}}}')
-    assert not load_bandit(policy, bad)
-    assert policy.state_dict() == {"bandit": {}}
+    restored = promotion.bandit_start(str(path), ObjectiveConfig())  # how a worker reads it
+    assert {merchant: model.to_dict() for merchant, model in restored.items()} == (
+        policy.state_dict()["bandit"]
+    )
+    assert restored["shop"].updates == 1
 
 
 def test_the_worker_decides_with_the_objective_of_its_settings(tmp_path):

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from agents.tools.demo import scrape
+from agents.tools.processes import scrape
 from tests.harness import Cluster, cart_add, event, order_placed
 
 pytestmark = pytest.mark.integration

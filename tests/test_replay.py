@@ -20,9 +20,9 @@ from agents.tools.replay import (
     DEFAULT_MERCHANT,
     MAX_SESSION_S,
     EventBuilder,
+    InvoiceLine,
     ReadStats,
     ReplayEvent,
-    Row,
     invoices,
     is_product,
     read_rows,
@@ -77,8 +77,8 @@ def row(
     moment: datetime = datetime(2010, 12, 1, 8, 26),
     description: str = "ITEM",
     country: str = "United Kingdom",
-) -> Row:
-    return Row(invoice, stock_code, description, quantity, moment, price, customer, country)
+) -> InvoiceLine:
+    return InvoiceLine(invoice, stock_code, description, quantity, moment, price, customer, country)
 
 
 def check(events: list[ReplayEvent]) -> None:
@@ -100,12 +100,12 @@ def test_read_rows_both_namings_csv_and_gz(tmp_path, header, suffix):
     rows = list(read_rows(path, stats))
     assert (stats.rows, stats.skipped) == (len(GOOD_ROWS) + len(BAD_ROWS), len(BAD_ROWS))
     assert rows == [
-        Row("536365", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 6,
+        InvoiceLine("536365", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 6,
             datetime(2010, 12, 1, 8, 26), 2.55, "17850", "United Kingdom"),
-        Row("536365", "71053", "WHITE METAL LANTERN", 6, datetime(2010, 12, 1, 8, 26), 3.39,
+        InvoiceLine("536365", "71053", "WHITE METAL LANTERN", 6, datetime(2010, 12, 1, 8, 26), 3.39,
             "17850", "United Kingdom"),
-        Row("536366", "22633", "HAND WARMER UNION JACK", 6, datetime(2010, 12, 1, 8, 28), 1.85,
-            None, "United Kingdom"),
+        InvoiceLine("536366", "22633", "HAND WARMER UNION JACK", 6,
+            datetime(2010, 12, 1, 8, 28), 1.85, None, "United Kingdom"),
     ]  # fmt: skip
 
 
@@ -150,11 +150,11 @@ def test_read_rows_xlsx_every_sheet_but_notes(tmp_path):
     rows = list(read_rows(path, stats))
     assert (stats.rows, stats.skipped) == (5, 1)
     assert rows == [
-        Row("536365", "85123A", "HEART", 6, moment, 2.55, "17850", "United Kingdom"),
-        Row("536365", "POST", "", 1, moment, 18.0, "17850", "United Kingdom"),
-        Row("C536379", "D", "Discount", -1, moment + timedelta(hours=1), 27.5, None,
+        InvoiceLine("536365", "85123A", "HEART", 6, moment, 2.55, "17850", "United Kingdom"),
+        InvoiceLine("536365", "POST", "", 1, moment, 18.0, "17850", "United Kingdom"),
+        InvoiceLine("C536379", "D", "Discount", -1, moment + timedelta(hours=1), 27.5, None,
             "United Kingdom"),
-        Row("536371", "22727", "CLOCK", 2, moment, 4.25, "12583", "France"),
+        InvoiceLine("536371", "22727", "CLOCK", 2, moment, 4.25, "12583", "France"),
     ]  # fmt: skip
 
     # each sheet its own column naming; a sheet missing a column is named in the error

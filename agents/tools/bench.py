@@ -35,14 +35,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
-from agents.tools.demo import scrape, start_worker, stop_worker, worker_env
+from agents.tools.processes import PROCESSED, scrape, start_worker, stop_worker, worker_env
 from agents.tools.replay import replay_events, send
-
-PROCESSED = (
-    "nextbest_events_total",
-    "nextbest_dead_letters_total",
-    "nextbest_duplicate_events_total",
-)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,13 @@ from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.bench import _offer_latencies
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
-from agents.tools.demo import histogram_quantile, scrape, scrape_buckets, start_worker, stop_worker
+from agents.tools.processes import (
+    histogram_quantile,
+    scrape,
+    scrape_buckets,
+    start_worker,
+    stop_worker,
+)
 from agents.tools.replay import ReplayEvent, replay_events, send
 from models.next_purchase import artifact
 from models.next_purchase.model import Batch, NextPurchaseLSTM, Recommender, Scored, collate

@@ -14,6 +14,27 @@ from pathlib import Path
 
 DATA_FILE = Path("../shared/data/online_retail.csv.gz")
 
+#: subcommands whose own argparse takes every option after the name: (module, help)
+DELEGATED: dict[str, tuple[str, str]] = {
+    "train": ("models.next_purchase.train", "train the next-purchase model"),
+    "evaluate": (
+        "models.next_purchase.evaluate",
+        "evaluate the next-purchase model against baselines",
+    ),
+    "uplift-validate": ("models.promotion.hillstrom", "validate the uplift model on Hillstrom"),
+    "report": ("models.promotion.report", "promotion results per experiment arm (table + PNG)"),
+    "ope": ("models.promotion.ope", "off-policy evaluation of a promotion policy from the log"),
+    "simulate": ("models.promotion.simulation", "promotion policies vs simulated customers"),
+    "bench-promo": ("agents.tools.promo_kafka_loop", "the simulator's loop through the worker"),
+    "promo-retrain": ("models.promotion.log", "rebuild the promotion bandit from the log"),
+    "segment": ("agents.tools.segments", "export customers predicted to buy a product next"),
+    "import-endpoints": ("agents.tools.pinpoint", "Pinpoint endpoint file -> customer profiles"),
+    "import-interactions": (
+        "models.next_purchase.interactions",
+        "load a Personalize interactions CSV",
+    ),
+}
+
 
 def _settings():  # noqa: ANN202 - imported lazily so `nextbest --help` stays fast
     from agents.runtime.settings import Settings
@@ -160,13 +181,6 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     )
 
 
-def _delegate(module: str) -> callable:
-    def run(args: argparse.Namespace) -> int:
-        return importlib.import_module(module).main(args.rest)
-
-    return run
-
-
 def _day(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
@@ -284,57 +298,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=cmd_bench_model)
 
-    for name, module, text in (
-        ("train", "models.next_purchase.train", "train the next-purchase model"),
-        (
-            "evaluate",
-            "models.next_purchase.evaluate",
-            "evaluate the next-purchase model against baselines",
-        ),
-        ("uplift-validate", "models.promotion.hillstrom", "validate the uplift model on Hillstrom"),
-        ("report", "models.promotion.report", "promotion results per experiment arm (table + PNG)"),
-        ("ope", "models.promotion.ope", "off-policy evaluation of a promotion policy from the log"),
-        ("simulate", "models.promotion.simulation", "promotion policies vs simulated customers"),
-        ("bench-promo", "agents.tools.promo_kafka_loop", "the simulator's loop through the worker"),
-        ("promo-retrain", "models.promotion.log", "rebuild the promotion bandit from the log"),
-        ("segment", "agents.tools.segments", "export customers predicted to buy a product next"),
-        (
-            "import-endpoints",
-            "agents.tools.pinpoint",
-            "Pinpoint endpoint file -> customer profiles",
-        ),
-        (
-            "import-interactions",
-            "models.next_purchase.interactions",
-            "load a Personalize interactions CSV",
-        ),
-    ):
+    for name, (_, text) in DELEGATED.items():  # main() runs them before argparse parses
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(run=_delegate(module))
     return root
-
-
-DELEGATED = {
-    "train": "models.next_purchase.train",
-    "evaluate": "models.next_purchase.evaluate",
-    "uplift-validate": "models.promotion.hillstrom",
-    "segment": "agents.tools.segments",
-    "import-endpoints": "agents.tools.pinpoint",
-    "import-interactions": "models.next_purchase.interactions",
-    "report": "models.promotion.report",
-    "ope": "models.promotion.ope",
-    "simulate": "models.promotion.simulation",
-    "promo-retrain": "models.promotion.log",
-    "bench-promo": "agents.tools.promo_kafka_loop",
-}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATED:  # their own argparse takes every option after the name
-        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = parser().parse_args(argv)
     return args.run(args)
 

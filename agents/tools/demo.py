@@ -3,15 +3,10 @@ live tail of offers, notifications and dead letters, then a summary. Cleans up a
 
 from __future__ import annotations
 
-import math
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -20,13 +15,20 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer
-from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
 from agents.tools.demo_model import model_line
+from agents.tools.processes import (
+    histogram_quantile,
+    scrape,
+    scrape_buckets,
+    scrape_samples,
+    start_worker,
+    stop_worker,
+)
 from agents.tools.replay import ReplayEvent, replay_events, send
 from schemas.events import SCHEMA_VERSION
 from streams.promotion.rewards import iso
@@ -78,59 +80,8 @@ class DemoConfig:
     model: Path | None = Path("var/models/next_purchase")  # None: threshold rules only
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    """Environment for a worker subprocess that uses ``settings``."""
-    return {**os.environ, **settings.to_env()}
-
-
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
-    return subprocess.Popen(
-        [sys.executable, "-m", "agents.tools.cli", "worker"],
-        env=worker_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def scrape(port: int, names: tuple[str, ...] = ()) -> dict[str, float]:
-    """Sum of each sample name on a worker's /metrics (labels summed away); only ``names``
-    when given (a cheaper answer for frequent polls)."""
-    query = "?" + "&".join(f"name[]={name}" for name in names) if names else ""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=5) as response:
-        text = response.read().decode()
-    totals: Counter[str] = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] += sample.value
-    return dict(totals)
-
-
 DECISION_LATENCY_METRIC = "nextbest_decision_latency_seconds"
 JOURNEY_STEPS_METRIC = "nextbest_journey_steps_total"
-
-
-def scrape_samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample of metric ``name`` on a worker's /metrics, with its labels."""
-    url = f"http://127.0.0.1:{port}/metrics?name[]={name}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return [
-        (dict(sample.labels), sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    ]
 
 
 def journey_outcomes(samples: list[tuple[dict[str, str], float]]) -> str:
@@ -154,32 +105,6 @@ def journey_outcomes(samples: list[tuple[dict[str, str], float]]) -> str:
             shown.append(f"{outcome} {n:,}" + (f" ({detail})" if detail else ""))
         parts.append(f"{journey}: " + ", ".join(shown))
     return "; ".join(parts) or "none"
-
-
-def scrape_buckets(port: int, histogram: str) -> list[tuple[float, float]]:
-    """``[(upper bound, cumulative count), ...]`` of a histogram on /metrics, labels summed."""
-    buckets: Counter[float] = Counter()
-    for labels, value in scrape_samples(port, f"{histogram}_bucket"):
-        buckets[float(labels["le"])] += value
-    return sorted(buckets.items())
-
-
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
-    """The q-quantile by linear interpolation within buckets, as Prometheus computes it."""
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    rank = q * buckets[-1][1]
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return lower_bound
-            if count == lower_count:
-                return bound
-            share = (rank - lower_count) / (count - lower_count)
-            return lower_bound + (bound - lower_bound) * share
-        lower_bound, lower_count = bound, count
-    return lower_bound
 
 
 def journey_label(notification: dict) -> str:

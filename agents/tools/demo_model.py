@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.runtime.settings import Settings
+from agents.tools.processes import scrape
 from agents.tools.replay import ReplayEvent, replay_events, send
 
 QUICK_EPOCHS = 4
@@ -73,8 +74,6 @@ def send_order_history(settings: Settings, file: Path, window: list[ReplayEvent]
             PRODUCT_NAMES.setdefault(line["product_id"], line.get("description") or "")
     send(history, settings)
     deadline = time.monotonic() + 180
-    from agents.tools.demo import scrape
-
     while time.monotonic() < deadline:
         totals = scrape(port)
         if totals.get("nextbest_events_total", 0) + totals.get(

@@ -56,7 +56,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
-from agents.tools.demo import scrape, stop_worker, worker_env
+from agents.tools.processes import PROCESSED, scrape, start_worker, stop_worker
 from agents.tools.replay import producer_config
 from models.promotion import ope
 from models.promotion.simulation import (
@@ -85,11 +85,6 @@ from streams.promotion.actions import Action, CouponCandidate, candidate_actions
 from streams.promotion.rewards import iso
 
 MERCHANT_ID = "sim-shop"
-PROCESSED = (
-    "nextbest_events_total",
-    "nextbest_dead_letters_total",
-    "nextbest_duplicate_events_total",
-)
 LEARNED = "learned"
 NONE = "none"
 
@@ -205,18 +200,10 @@ class WorkerLoop:
         self.process: subprocess.Popen[bytes] | None = None
         try:
             ensure_topics(self.settings)
-            log = open(self.dir / "worker.log", "ab")  # noqa: SIM115 - owned by the child
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agents.tools.promo_kafka_loop",
-                    "worker",
-                    str(signals_path),
-                ],
-                env=worker_env(self.settings),
-                stdout=log,
-                stderr=subprocess.STDOUT,
+            self.process = start_worker(
+                self.settings,
+                self.dir / "worker.log",
+                ("agents.tools.promo_kafka_loop", "worker", str(signals_path)),
             )
             wait_for_port("127.0.0.1", self.port, 90)
         except BaseException:

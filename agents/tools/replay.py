@@ -71,7 +71,9 @@ COUNTRY_TIME_ZONES = {
 
 
 @dataclass(frozen=True)
-class Row:
+class InvoiceLine:
+    """One row of a UCI Online Retail file: a product line of an invoice."""
+
     invoice: str
     stock_code: str
     description: str
@@ -130,7 +132,7 @@ def _columns(header: Iterable[str]) -> dict[str, str]:
     return found
 
 
-def read_rows(path: Path, stats: ReadStats | None = None) -> Iterator[Row]:
+def read_rows(path: Path, stats: ReadStats | None = None) -> Iterator[InvoiceLine]:
     """Rows of a UCI Online Retail file (csv, csv.gz or xlsx; either column naming).
 
     Rows without an invoice, stock code or parseable date, quantity or price are skipped and
@@ -146,7 +148,7 @@ def read_rows(path: Path, stats: ReadStats | None = None) -> Iterator[Row]:
             customer = str(raw[columns["customer_id"]] or "").strip()
             if customer.endswith(".0"):
                 customer = customer[:-2]
-            row = Row(
+            row = InvoiceLine(
                 invoice=str(raw[columns["invoice"]]).strip(),
                 stock_code=str(raw[columns["stock_code"]]).strip(),
                 description=str(raw[columns["description"]] or "").strip(),
@@ -169,7 +171,7 @@ INVOICE_OPEN_S = 3600.0  # an invoice's lines may be interrupted by others for t
 MAX_OPEN_INVOICES = 1000
 
 
-def invoices(rows: Iterable[Row]) -> Iterator[list[Row]]:
+def invoices(rows: Iterable[InvoiceLine]) -> Iterator[list[InvoiceLine]]:
     """The rows of each invoice, one list per invoice, in order of first appearance.
 
     The files keep an invoice's lines together, almost: another invoice can interrupt one (in
@@ -177,7 +179,7 @@ def invoices(rows: Iterable[Row]) -> Iterator[list[Row]]:
     file has moved ``INVOICE_OPEN_S`` past its first line (or ``MAX_OPEN_INVOICES`` newer
     invoices are open): the same grouping by invoice as the training loader's.
     """
-    open_invoices: dict[str, list[Row]] = {}
+    open_invoices: dict[str, list[InvoiceLine]] = {}
     for row in rows:
         group = open_invoices.get(row.invoice)
         if group is not None:
@@ -251,7 +253,7 @@ class EventBuilder:
         ts = moment.replace(tzinfo=UTC).timestamp()  # the file's times are UTC (UK shop)
         return ReplayEvent(ts, kind, f"{self.merchant_id}:{key_id}", value)
 
-    def invoice_events(self, rows: list[Row]) -> list[ReplayEvent]:
+    def invoice_events(self, rows: list[InvoiceLine]) -> list[ReplayEvent]:
         first = rows[0]
         invoice, customer, end = first.invoice, first.customer_id, first.time
         session = f"web-{invoice}"
@@ -270,7 +272,7 @@ class EventBuilder:
                 )
             )
 
-        def line(r: Row, quantity: int) -> dict:
+        def line(r: InvoiceLine, quantity: int) -> dict:
             return {
                 "product_id": r.stock_code,
                 "quantity": quantity,

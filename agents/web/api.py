@@ -5,13 +5,13 @@
 - ``GET /best-promotion?merchant=&customer=`` (or ``&session=``) what the policy would offer
   now for the current cart, with its reason (``&at=`` an ISO time to ask about another moment);
 - ``POST /predictors {"merchant"}`` starts a background ``nextbest train`` job for the
-  merchant; ``GET /predictors/{job}`` its status and metrics;
+  merchant (`agents.web.training`); ``GET /predictors/{job}`` its status and metrics;
 - ``POST /events`` a batch of input events, validated exactly like the Kafka path
   (`schemas.validation.parse_event`), produced to the input topics keyed by customer (Faust's
   producer partitions with murmur2, like Kafka's Java clients); 202 with per-event errors;
 - ``GET /openapi.json`` the OpenAPI document (no token needed).
 
-Every other endpoint needs ``Authorization: Bearer <token>``: a merchant token
+Every other endpoint needs ``Authorization: Bearer <token>`` (`agents.web.auth`): a merchant token
 (``NEXTBEST_API_TOKENS``) sees only its own merchant; the admin token
 (``NEXTBEST_API_ADMIN_TOKEN``) sees every merchant. Customer-keyed requests (and the jobs of a
 merchant) are forwarded to the worker that owns the key's partition, body included. Logs name
@@ -25,16 +25,11 @@ Metrics: ``nextbest_api_requests_total{route, method, status}`` and the
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import secrets
-import shlex
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -45,9 +40,11 @@ from yarl import URL
 
 from agents.runtime import metrics
 from agents.runtime.app import NextbestApp
-from agents.runtime.settings import merchant_model_root
 from agents.runtime.topics import key_partition
+from agents.web.auth import Auth
+from agents.web.errors import ApiError
 from agents.web.openapi import OPENAPI
+from agents.web.training import Trainer
 from schemas.events import INPUT_EVENTS
 from schemas.spec import ID_MAX_LENGTH
 from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
@@ -59,7 +56,6 @@ SERVED_BY = "X-Nextbest-Worker"  # response header: the worker that answered
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=30)
 PASSED_HEADERS = (SERVED_BY, "Location", "WWW-Authenticate")  # kept from a forwarded answer
 MAX_RECOMMENDATIONS = 100
-MAX_JOBS_KEPT = 100
 
 
 class ServingModel(Protocol):
@@ -70,12 +66,6 @@ class ServingModel(Protocol):
 
 
 ModelLookup = Callable[[str], ServingModel | None]  # merchant id -> its model, if loaded
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, **extra: object) -> None:
-        super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
 
 
 def iso(ts: float) -> str:
@@ -97,179 +87,6 @@ def _id_param(request: Request, name: str, required: bool = True) -> str | None:
     if len(value) > ID_MAX_LENGTH:
         raise ApiError(400, f"{name}: at most {ID_MAX_LENGTH} characters")
     return value
-
-
-class Auth:
-    """Bearer tokens: merchant tokens see their merchant, the admin token sees all."""
-
-    def __init__(self, merchant_tokens: dict[str, str], admin_token: str) -> None:
-        self.merchant_tokens = merchant_tokens
-        self.admin_token = admin_token
-
-    def caller(self, request: Request) -> str:
-        """``"admin"`` or the merchant id the request's token belongs to; 401 otherwise."""
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
-        if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
-            return "admin"
-        for known, merchant in self.merchant_tokens.items():
-            if hmac.compare_digest(token.encode(), known.encode()):
-                return merchant
-        raise ApiError(401, "invalid bearer token")
-
-    def require(self, request: Request, merchant: str) -> str:
-        caller = self.caller(request)
-        if caller not in ("admin", merchant):
-            raise ApiError(403, f"this token cannot access merchant {merchant!r}")
-        return caller
-
-
-# -- background training jobs ---------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    job: str
-    merchant: str
-    status: str  # queued | running | succeeded | failed
-    created_at: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    artifact: str | None = None
-    metrics: dict | None = None
-    error: str | None = None
-
-
-class Trainer:
-    """Runs ``nextbest train`` for a merchant in a subprocess, one job at a time per worker.
-
-    Job records are JSON files under ``<state_dir>/predictor-jobs`` so a restarted worker still
-    answers for them (a job that was running when its worker stopped is reported as failed).
-    """
-
-    def __init__(self, nb: NextbestApp) -> None:
-        self.nb = nb
-        self.folder = Path(nb.settings.state_dir) / "predictor-jobs"
-        self.jobs: dict[str, Job] = {}
-        self._slot = asyncio.Semaphore(1)
-        self._tasks: set[asyncio.Task] = set()
-        self._processes: set[asyncio.subprocess.Process] = set()
-
-    def stop(self) -> None:
-        """Terminate running jobs (the worker is stopping): they are reported as failed."""
-        for process in list(self._processes):
-            if process.returncode is None:
-                process.terminate()
-
-    def _save(self, job: Job) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"{job.job}.json").write_bytes(orjson.dumps(asdict(job)))
-
-    def get(self, job_id: str) -> Job | None:
-        job = self.jobs.get(job_id)
-        path = self.folder / f"{job_id}.json"
-        if job is None and path.is_file():
-            job = Job(**orjson.loads(path.read_bytes()))
-            if job.status in ("queued", "running"):  # its worker stopped before it finished
-                job.status, job.error = "failed", "interrupted: the worker stopped"
-        return job
-
-    def start(self, merchant_id: str) -> Job:
-        merchant = self.nb.registry.get(merchant_id)
-        data = merchant.options.training.data if merchant else ""
-        if not data:
-            raise ApiError(
-                422,
-                f"merchant {merchant_id!r} has no training data configured "
-                "(training.data in the merchants file)",
-            )
-        if not Path(data).is_file():
-            raise ApiError(422, f"training data for {merchant_id!r} not found on this worker")
-        running = [
-            j
-            for j in self.jobs.values()
-            if j.merchant == merchant_id and j.status in ("queued", "running")
-        ]
-        if running:
-            raise ApiError(409, "a job for this merchant is already running", job=running[0].job)
-        job = Job(f"{merchant_id}.{secrets.token_hex(6)}", merchant_id, "queued", iso(time.time()))
-        self.jobs[job.job] = job
-        self._save(job)
-        task = asyncio.ensure_future(self._run(job, data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        for old in list(self.jobs)[:-MAX_JOBS_KEPT]:  # the files keep the history
-            self.jobs.pop(old)
-        return job
-
-    def command(self, job: Job, data: str) -> list[str]:
-        """``nextbest train`` on the merchant's training file, format and product rule."""
-        out = merchant_model_root(self.nb.settings.models_dir, job.merchant)
-        extra = shlex.split(self.nb.settings.train_args)
-        options = self.nb.registry.get(job.merchant).options
-        source = "--interactions" if options.training.format == "interactions" else "--data"
-        rule = ["--product-pattern", options.product_pattern] if options.product_pattern else []
-        return [
-            sys.executable,
-            "-m",
-            "agents.tools.cli",
-            "train",
-            source,
-            data,
-            *rule,
-            "--out",
-            str(out),
-            *extra,
-        ]
-
-    async def _run(self, job: Job, data: str) -> None:
-        async with self._slot:
-            job.status, job.started_at = "running", iso(time.time())
-            self._save(job)
-            log_path = self.folder / f"{job.job}.log"
-            try:
-                with log_path.open("wb") as log_file:
-                    process = await asyncio.create_subprocess_exec(
-                        *self.command(job, data), stdout=asyncio.subprocess.PIPE, stderr=log_file
-                    )
-                    self._processes.add(process)
-                    try:
-                        stdout, _ = await process.communicate()
-                    finally:
-                        self._processes.discard(process)
-                log_file_tail = log_path.read_text(errors="replace")[-500:]
-                result = self._result(stdout)
-                if process.returncode != 0 or result is None:
-                    job.status = "failed"
-                    job.error = f"exit code {process.returncode}: {log_file_tail.strip()}"
-                else:
-                    job.status, job.artifact, job.metrics = "succeeded", *result
-            except Exception as exc:  # the job fails, the worker does not
-                log.exception("predictor job %s failed to run", job.job)
-                job.status, job.error = "failed", repr(exc)
-            job.finished_at = iso(time.time())
-            self._save(job)
-            log.warning("predictor job %s for %s: %s", job.job, job.merchant, job.status)
-
-    @staticmethod
-    def _result(stdout: bytes) -> tuple[str, dict] | None:
-        """(artifact path, metrics summary) from train's last output line and metrics.json."""
-        lines = [line for line in stdout.decode(errors="replace").splitlines() if line.strip()]
-        try:
-            artifact = orjson.loads(lines[-1])["artifact"]
-            metrics = orjson.loads((Path(artifact) / "metrics.json").read_bytes())
-        except (IndexError, KeyError, TypeError, OSError, orjson.JSONDecodeError):
-            return None
-        summary = {
-            k: metrics.get(k)
-            for k in ("examples_train", "examples_val", "best_epoch", "epochs_run", "seconds")
-        }
-        validation = metrics.get("validation") or {}
-        summary["validation"] = {k: v for k, v in validation.items() if k != "epoch"}
-        return artifact, summary
 
 
 # -- the API --------------------------------------------------------------------------------

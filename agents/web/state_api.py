@@ -2,7 +2,7 @@
 
 ``GET /customers/{key}/`` with ``key`` = ``<merchant>:c:<customer_id>`` (or ``:s:<session>``),
 for operators and tests. The state holds contact addresses, so the view needs a bearer token
-like the REST API (``agents.web.api``): the admin token, or the token of the key's merchant.
+like the REST API (``agents.web.auth``): the admin token, or the token of the key's merchant.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import orjson
 
 from agents.runtime.app import NextbestApp
-from agents.web.api import ApiError, Auth
+from agents.web.auth import Auth
+from agents.web.errors import ApiError
 
 
 def register(nb: NextbestApp) -> None:

@@ -51,7 +51,9 @@ Z95 = 1.959964
 
 
 @dataclass
-class Row:
+class LoggedDecision:
+    """A logged decision joined to its learnable reward: what the estimators weigh."""
+
     decision_id: str
     merchant_id: str
     options: list[str]  # allowed action ids, "none" first
@@ -70,7 +72,7 @@ class Row:
     probabilities: np.ndarray  # the logging policy's, over options
 
 
-Candidate = Callable[[Row], np.ndarray]
+Candidate = Callable[[LoggedDecision], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class Estimate:
 
 def load_rows(
     decisions: Sequence[dict], reward_records: Sequence[dict], arm: str | None = None
-) -> list[Row]:
+) -> list[LoggedDecision]:
     """Learnable rewards joined to their decisions (optionally of one arm), in decision order."""
     by_id = {r["decision_id"]: r for r in reward_records if learnable(r)}
     rows = []
@@ -96,7 +98,7 @@ def load_rows(
         options = d["options"]
         ids = [o["action"] for o in options]
         rows.append(
-            Row(
+            LoggedDecision(
                 decision_id=d["decision_id"],
                 merchant_id=d["merchant_id"],
                 options=ids,
@@ -127,7 +129,7 @@ def load_rows(
 def static(target: str) -> Candidate:
     """Always the action with id or kind ``target`` when allowed, else no offer."""
 
-    def probabilities(row: Row) -> np.ndarray:
+    def probabilities(row: LoggedDecision) -> np.ndarray:
         p = np.zeros(len(row.options))
         hit = next(
             (
@@ -148,7 +150,7 @@ def logged() -> Candidate:
     return lambda row: row.probabilities
 
 
-def _actions(row: Row) -> list[Action]:
+def _actions(row: LoggedDecision) -> list[Action]:
     return [
         Action(id=a, kind=k, cart_value=row.cart_value, basket=float(b), discount=float(d))
         for a, k, b, d in zip(row.options, row.kinds, row.basket, row.discount, strict=True)
@@ -158,7 +160,7 @@ def _actions(row: Row) -> list[Action]:
 def greedy(model: LinearThompson | dict[str, LinearThompson]) -> Candidate:
     """The bandit's choice at its posterior mean (per merchant when given a dict)."""
 
-    def probabilities(row: Row) -> np.ndarray:
+    def probabilities(row: LoggedDecision) -> np.ndarray:
         bandit = model if isinstance(model, LinearThompson) else model[row.merchant_id]
         depth, cost = row.deep_discount
         merchant = Merchant(
@@ -183,7 +185,7 @@ def greedy(model: LinearThompson | dict[str, LinearThompson]) -> Candidate:
 # --- reward model and estimators -------------------------------------------------------------
 
 
-def _design(row: Row) -> np.ndarray:
+def _design(row: LoggedDecision) -> np.ndarray:
     """One row per allowed action: context features, then the action's economics and kind."""
     k = len(row.options)
     depth = np.divide(row.discount, row.basket, out=np.zeros(k), where=row.basket > 0)
@@ -211,7 +213,11 @@ times cannot have a leaf of its own."""
 
 
 def _cross_fit(
-    rows: Sequence[Row], designs: list[np.ndarray], target: np.ndarray, folds: int, seed: int
+    rows: Sequence[LoggedDecision],
+    designs: list[np.ndarray],
+    target: np.ndarray,
+    folds: int,
+    seed: int,
 ) -> dict[str, np.ndarray]:
     """Predictions of ``target`` for every row and allowed action, each row's by a LightGBM model
     fitted on the other folds (the logged actions' rows)."""
@@ -260,7 +266,7 @@ class RewardModel:
     residual_squares: dict[str, np.ndarray]
 
     @classmethod
-    def fit(cls, rows: Sequence[Row], folds: int = 2, seed: int = 0) -> RewardModel:
+    def fit(cls, rows: Sequence[LoggedDecision], folds: int = 2, seed: int = 0) -> RewardModel:
         designs = [_design(r) for r in rows]
         q = _cross_fit(rows, designs, np.array([r.reward for r in rows]), folds, seed)
         squared = np.array([(r.reward - q[r.decision_id][r.logged]) ** 2 for r in rows])
@@ -282,12 +288,12 @@ class RewardModel:
         return cls(q, residual_squares)
 
 
-def _weights(rows: Sequence[Row], probabilities: Sequence[np.ndarray]) -> np.ndarray:
+def _weights(rows: Sequence[LoggedDecision], probabilities: Sequence[np.ndarray]) -> np.ndarray:
     """Importance weights ``pi(a_i | x_i) / p_i`` of the logged actions."""
     return np.array([p[r.logged] / r.propensity for r, p in zip(rows, probabilities, strict=True)])
 
 
-def _spread(row: Row, p: np.ndarray) -> np.ndarray:
+def _spread(row: LoggedDecision, p: np.ndarray) -> np.ndarray:
     """``pi(a)^2 / mu(a)`` per allowed action (``mu`` the logging policy's probability), so that
     ``E[w^2 f(a)] = spread @ f`` over the logging policy's choice; infinite where the candidate
     takes an action the logging policy never takes (no support)."""
@@ -299,7 +305,7 @@ def _spread(row: Row, p: np.ndarray) -> np.ndarray:
 
 
 def _modelled_variances(
-    rows: Sequence[Row],
+    rows: Sequence[LoggedDecision],
     probabilities: Sequence[np.ndarray],
     model: RewardModel,
     values: tuple[float, float, float],
@@ -340,7 +346,7 @@ def _estimate(method: str, value: float, se: float, modelled: float, n: int) -> 
     return Estimate(method, value, se, value - Z95 * se, value + Z95 * se, n)
 
 
-def effective_rows(rows: Sequence[Row], probabilities: Sequence[np.ndarray]) -> float:
+def effective_rows(rows: Sequence[LoggedDecision], probabilities: Sequence[np.ndarray]) -> float:
     """Kish's effective sample size of the importance weights, ``(sum w)^2 / sum w^2``: about
     how many logged decisions carry the candidate's estimate (few: expect a wide interval)."""
     weight = _weights(rows, probabilities)
@@ -355,7 +361,9 @@ def _sample_se(terms: np.ndarray) -> float:
 
 
 def evaluate(
-    rows: Sequence[Row], probabilities: Sequence[np.ndarray], model: RewardModel | None = None
+    rows: Sequence[LoggedDecision],
+    probabilities: Sequence[np.ndarray],
+    model: RewardModel | None = None,
 ) -> list[Estimate]:
     """IPS, SNIPS and (with a reward model) DR estimates of the candidate's value.
 
