@@ -12,6 +12,8 @@ from models.next_purchase import artifact
 from streams.merchants.catalog import CatalogError, MerchantRegistry, parse_merchant
 from tests.test_train_interactions import interactions_file
 
+TRAIN = "models.next_purchase.train"
+
 
 def trainer(tmp_path, **merchants: dict) -> Trainer:
     registry = MerchantRegistry(
@@ -35,10 +37,10 @@ def test_the_command_follows_the_merchants_training_format_and_product_rule(tmp_
         },
     )
     retail = jobs.command(Job("retail.1", "retail", "queued", "now"), "/data/retail.csv")
-    assert retail[retail.index("train") + 1 :][:2] == ["--data", "/data/retail.csv"]
+    assert retail[retail.index(TRAIN) + 1 :][:2] == ["--data", "/data/retail.csv"]
     assert "--product-pattern" not in retail
     own = jobs.command(Job("personalize.1", "personalize", "queued", "now"), "/d/i.csv")
-    assert own[own.index("train") + 1 :][:4] == [
+    assert own[own.index(TRAIN) + 1 :][:4] == [
         "--interactions",
         "/d/i.csv",
         "--product-pattern",

@@ -99,7 +99,8 @@ class Trainer:
         return job
 
     def command(self, job: Job, data: str) -> list[str]:
-        """``nextbest train`` on the merchant's training file, format and product rule."""
+        """``nextbest train`` on the merchant's training file, format and product rule, run as
+        its module (the web layer calls no tool)."""
         out = merchant_model_root(self.nb.settings.models_dir, job.merchant)
         extra = shlex.split(self.nb.settings.train_args)
         options = self.nb.registry.get(job.merchant).options
@@ -108,8 +109,7 @@ class Trainer:
         return [
             sys.executable,
             "-m",
-            "agents.tools.cli",
-            "train",
+            "models.next_purchase.train",
             source,
             data,
             *rule,
