@@ -43,9 +43,10 @@ from agents.pipeline import Batch, Decision, Pipeline
 from agents.runtime import metrics
 from agents.runtime.settings import Settings, merchant_model_root
 from models.next_purchase import artifact
+from models.next_purchase.encoding import Order
 from models.next_purchase.model import Recommender, Scored
-from models.next_purchase.sequences import Order, is_product, normalize_product
 from streams.decisions import DecisionContext, Offer, Policy
+from streams.state.products import is_product, normalize_product
 
 log = logging.getLogger(__name__)
 CACHE_CUSTOMERS = 4096  # per-customer prediction cache (a few KB each)
@@ -81,7 +82,7 @@ def served_history(
     catalogue: Mapping[str, int] | None = None,
     product_pattern: str | None = None,
 ) -> list[Order]:
-    """`order_history` for `models.next_purchase.sequences.encode_batch`: the same encoding
+    """`order_history` for `models.next_purchase.encoding.encode_batch`: the same encoding
     (tested), cheaper.
 
     The state's product lists go as they are: the worker stored them normalised, with the

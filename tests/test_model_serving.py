@@ -28,20 +28,14 @@ from agents.runtime import metrics
 from agents.runtime.settings import Settings, merchant_model_root
 from agents.tools.replay import read_rows, replay_events
 from models.next_purchase import artifact
+from models.next_purchase.encoding import EncoderConfig, Order, Vocab, encode_batch, encode_history
+from models.next_purchase.loading import load_orders
 from models.next_purchase.model import ModelConfig, NextPurchaseLSTM
-from models.next_purchase.sequences import (
-    EncoderConfig,
-    Order,
-    Vocab,
-    encode_batch,
-    encode_history,
-    is_product,
-    load_orders,
-)
 from schemas.validation import InvalidEvent, parse_event
 from streams.decisions import DecisionContext, ThresholdRulesPolicy
 from streams.merchants.catalog import DEFAULT_MERCHANTS, load_merchants
 from streams.state import customer_state
+from streams.state.products import is_product
 from tests.harness import DATA_FILE
 
 SLICE_ROWS = 80_000  # the file is in time order: December 2010 to mid-January 2011

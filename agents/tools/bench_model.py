@@ -56,17 +56,15 @@ from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
 from agents.tools.demo import histogram_quantile, scrape, scrape_buckets, start_worker, stop_worker
 from agents.tools.replay import ReplayEvent, replay_events, send
 from models.next_purchase import artifact
-from models.next_purchase.model import Batch, NextPurchaseLSTM, Recommender, Scored, collate
-from models.next_purchase.sequences import (
+from models.next_purchase.encoding import (
     EncodedBatch,
     EncodedHistory,
     Order,
     encode_batch,
     encode_history,
-    epoch_seconds,
-    load_orders,
-    split_at,
 )
+from models.next_purchase.loading import epoch_seconds, load_orders, split_at
+from models.next_purchase.model import Batch, NextPurchaseLSTM, Recommender, Scored, collate
 from streams.state.products import order_products, orders_to_keep
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)

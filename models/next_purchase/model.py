@@ -10,11 +10,11 @@ probability that the item is in the customer's next order:
                                     + w . f_i)             and its linear part
 
 ``c_i`` are the item's catalogue statistics at the scoring moment (popularity all time, in the
-last 30 and 7 days, trend, repeat rate: `models.next_purchase.sequences.ItemStats`). ``h`` is the
+last 30 and 7 days, trend, repeat rate: `models.next_purchase.encoding.ItemStats`). ``h`` is the
 LSTM state
 after the customer's last order. Each LSTM step reads one order: the mean
 embedding of its items (order boundaries are the steps) plus its time-gap features. ``f_i`` are
-the per-item repeat features from `models.next_purchase.sequences.encode_history` (how often, how
+the per-item repeat features from `models.next_purchase.encoding.encode_history` (how often, how
 recently),
 ``r_i`` a small learned vector per item, and ``g(h)`` lets the sequence decide how this
 customer repeats. ``w`` starts as personal frequency (the weight of log(1 + times bought) at
@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.next_purchase.sequences import (
+from models.next_purchase.encoding import (
     CATALOGUE_FEATURES,
     ORDER_FEATURES,
     REPEAT_FEATURES,
