@@ -64,7 +64,7 @@ from models.next_purchase.encoding import (
     encode_history,
 )
 from models.next_purchase.loading import epoch_seconds, load_orders, split_at
-from models.next_purchase.model import Batch, NextPurchaseLSTM, Recommender, Scored, collate
+from models.next_purchase.model import NextPurchaseLSTM, PaddedBatch, Recommender, Scored, collate
 from streams.state.products import order_products, orders_to_keep
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -155,28 +155,30 @@ def previous_serving(source: Path, model: Path) -> PreviousServing:
 
 
 class _Positional(torch.nn.Module):
-    """The model with the Batch fields as positional tensors, for tracing."""
+    """The model with the PaddedBatch fields as positional tensors, for tracing."""
 
     def __init__(self, model: NextPurchaseLSTM) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(Batch(*tensors))
+        return self.model(PaddedBatch(*tensors))
 
 
-def _tensors(batch: Batch) -> tuple[torch.Tensor, ...]:
-    return tuple(getattr(batch, f.name) for f in fields(Batch))
+def _tensors(batch: PaddedBatch) -> tuple[torch.Tensor, ...]:
+    return tuple(getattr(batch, f.name) for f in fields(PaddedBatch))
 
 
-def torchscript(model: NextPurchaseLSTM, example: Batch) -> Callable[[Batch], torch.Tensor]:
+def torchscript(
+    model: NextPurchaseLSTM, example: PaddedBatch
+) -> Callable[[PaddedBatch], torch.Tensor]:
     with torch.no_grad():
         traced = torch.jit.trace(_Positional(model).eval(), _tensors(example), check_trace=False)
     frozen = torch.jit.freeze(traced)
     return lambda batch: frozen(*_tensors(batch))
 
 
-def _top(forward: Callable[[Batch], torch.Tensor]) -> Callable[[list], object]:
+def _top(forward: Callable[[PaddedBatch], torch.Tensor]) -> Callable[[list], object]:
     def run(encoded: list[EncodedHistory]) -> object:
         with torch.no_grad():
             return torch.softmax(forward(collate(encoded)), dim=-1).topk(TOP_K)
