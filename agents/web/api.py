@@ -45,9 +45,9 @@ from yarl import URL
 
 from agents.runtime import metrics
 from agents.runtime.app import NextbestApp
-from agents.runtime.settings import merchant_model_root
 from agents.runtime.topics import key_partition
 from agents.web.openapi import OPENAPI
+from models.next_purchase.paths import merchant_model_root
 from schemas.events import INPUT_EVENTS
 from schemas.spec import ID_MAX_LENGTH
 from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
@@ -63,7 +63,7 @@ MAX_JOBS_KEPT = 100
 
 
 class ServingModel(Protocol):
-    """A loaded next-purchase model (``agents.model_serving.LoadedModel``)."""
+    """A loaded next-purchase model (``models.next_purchase.serving.LoadedModel``)."""
 
     version: str
     recommender: Any  # has score_batch(histories, k) -> [Scored(items, scores, cold_start)]
@@ -410,7 +410,7 @@ class Api:
                 "this merchant (set NEXTBEST_MODEL_PATH)",
                 merchant=merchant,
             )
-        from agents.model_serving import order_history  # torch is loaded when a model is
+        from models.next_purchase.serving import order_history  # torch is loaded when a model is
 
         state = self.state(key)
         rule = model.recommender.encoder.product_pattern
