@@ -270,6 +270,7 @@ class Pipeline:
             promotion["max_discount"] = offer.max_discount
         if offer.product_id is not None:
             promotion["coupon_product_id"] = offer.product_id
+        promotion.update(offer.event_fields())
         key = ctx.customer_key.encode()
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
         metrics.OFFERS.labels(merchant_id, offer.offer_type).inc()

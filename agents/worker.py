@@ -20,7 +20,6 @@ from streams.promotion.policy import SignalsProvider
 def build(
     settings: Settings,
     policy: Policy | None = None,
-    pipeline: type[Pipeline] = Pipeline,
     models: api.ModelLookup | None = None,
     signals: SignalsProvider | None = None,
 ) -> NextbestApp:
@@ -34,7 +33,7 @@ def build(
         hooks = promotion.register(nb, signals)
         policy = hooks.policy
     policy = policy or rules
-    customer_events.register(nb, pipeline(nb, policy, outreach.register(nb, policy), hooks))
+    customer_events.register(nb, Pipeline(nb, policy, outreach.register(nb, policy), hooks))
     monitoring.register(nb)
     state_api.register(nb)
     api.register(nb, rules if hooks is not None else policy, models)
@@ -59,16 +58,10 @@ def run_worker(settings: Settings) -> None:
     model_store = None
     if settings.model_path or merchant_models_present(settings.models_dir):
         # torch is imported only when a model is configured
-        from agents.model_serving import ModelPipeline, serving_policy
+        from agents.model_serving import serving_policy
 
         policy, model_store = serving_policy(settings, ThresholdRulesPolicy())
-        nb = build(
-            settings,
-            policy,
-            ModelPipeline,
-            models=model_store.for_merchant,
-            signals=policy.scorer.signals,
-        )
+        nb = build(settings, policy, models=model_store.for_merchant, signals=policy.scorer.signals)
         # torch brings ~160k long-lived objects that every full collection scanned (pauses of
         # 200-260 ms mid-stream; 15-40 ms with them frozen): keep start-up objects out of it
         gc.freeze()

@@ -43,6 +43,11 @@ class Offer:
         """Identity of the offer for one cart: the same key is never emitted twice per cart."""
         return f"{self.offer_type}:{self.promotion_id}"
 
+    def event_fields(self) -> dict:
+        """Fields this offer adds to its promotion event beyond the common ones (a subclass's
+        extra signals, e.g. the next-purchase model's): none."""
+        return {}
+
 
 class Policy(Protocol):
     name: str

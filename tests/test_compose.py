@@ -51,7 +51,7 @@ DOCUMENTED_METRICS = {
 EXTRA_METRICS = {
     "nextbest_duplicate_events_total": "counter",
     "nextbest_rerouted_events_total": "counter",
-    # next-purchase model serving (agents/model_serving.py)
+    # next-purchase model serving (agents/runtime/model_metrics.py)
     "nextbest_model_info": "gauge",
     "nextbest_model_reloads_total": "counter",
     "nextbest_model_load_errors_total": "counter",

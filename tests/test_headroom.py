@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
+from models.next_purchase.encoding import EncoderConfig, Vocab, encode_history
 from models.next_purchase.headroom import QUANTITY_FEATURES, quantities, rows, units_by_order
-from models.next_purchase.sequences import EncoderConfig, Vocab, encode_history
 
 
 def _lines() -> pd.DataFrame:

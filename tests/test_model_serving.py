@@ -14,39 +14,37 @@ import orjson
 import pytest
 import torch
 
-from agents.model_serving import (
+from agents.runtime import metrics
+from agents.runtime.model_metrics import PrometheusServingObserver
+from agents.runtime.settings import Settings
+from agents.tools.replay import read_rows, replay_events
+from models.next_purchase import artifact
+from models.next_purchase.encoding import EncoderConfig, Order, Vocab, encode_batch, encode_history
+from models.next_purchase.loading import load_orders
+from models.next_purchase.model import ModelConfig, NextPurchaseLSTM
+from models.next_purchase.paths import merchant_model_root
+from models.next_purchase.serving import (
     CACHE_TTL_S,
     MerchantModels,
     ModelOffer,
+    ModelSignals,
     ModelStore,
     NextPurchasePolicy,
     NextPurchaseScorer,
     order_history,
     served_history,
 )
-from agents.runtime import metrics
-from agents.runtime.settings import Settings, merchant_model_root
-from agents.tools.replay import read_rows, replay_events
-from models.next_purchase import artifact
-from models.next_purchase.model import ModelConfig, NextPurchaseLSTM
-from models.next_purchase.sequences import (
-    EncoderConfig,
-    Order,
-    Vocab,
-    encode_batch,
-    encode_history,
-    is_product,
-    load_orders,
-)
 from schemas.validation import InvalidEvent, parse_event
-from streams.decisions import DecisionContext, ThresholdRulesPolicy
+from streams.decisions import DecisionContext, Offer, ThresholdRulesPolicy
 from streams.merchants.catalog import DEFAULT_MERCHANTS, load_merchants
 from streams.state import customer_state
+from streams.state.products import is_product
 from tests.harness import DATA_FILE
 
 SLICE_ROWS = 80_000  # the file is in time order: December 2010 to mid-January 2011
 MERCHANT = "uci-gift-shop"
 MAX_EVENT_BYTES = Settings().max_event_bytes
+PROMETHEUS = PrometheusServingObserver()  # what a worker passes; `counter` reads its metrics
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +249,7 @@ def test_order_history_applies_the_loaders_product_rule(replayed_states):
 
 def test_store_loads_latest_version_and_serves_it(model_root):
     reloads = counter("nextbest_model_reloads_total")
-    store = ModelStore(model_root)
+    store = ModelStore(model_root, observer=PROMETHEUS)
     assert store.refresh() is True
     version = (model_root / "latest").read_text().strip()
     assert store.current.version == version
@@ -286,7 +284,7 @@ def _publish_broken(root: Path, name: str) -> None:
 
 
 def test_broken_version_keeps_the_old_model(model_root, training_orders):
-    store = ModelStore(model_root)
+    store = ModelStore(model_root, observer=PROMETHEUS)
     store.refresh()
     good = store.current
     errors = counter("nextbest_model_load_errors_total")
@@ -363,6 +361,22 @@ def test_offers_carry_recommendations_coupon_and_propensity(shop, model_root):
     assert offers[1].recommendations == tuple(p for p in vocab.items[1:6] if p != top[0])
 
 
+def test_an_offer_adds_its_signals_fields_to_the_promotion_event():
+    """`agents.pipeline.Pipeline` writes `Offer.event_fields` onto the promotion event."""
+    rule = Offer("free_shipping", "ship", "Free shipping", "threshold")
+    assert rule.event_fields() == {}
+    assert ModelOffer(**asdict(rule)).event_fields() == {}  # no signals: rules only
+    signals = ModelSignals("v1", ("A", "B"), (0.25, 0.125), cold_start=False)
+    fields = ModelOffer(**asdict(rule), signals=signals).event_fields()
+    assert fields == signals.event_fields()
+    assert list(fields.items()) == [
+        ("coupon_product_id", "A"),
+        ("coupon_probability", 0.25),
+        ("purchase_propensity", 0.375),
+        ("model_version", "v1"),
+    ]
+
+
 def test_a_checkout_later_in_the_batch_does_not_leak_into_the_decision(shop, model_root):
     """Decisions see the state the whole micro-batch left: an order placed after the cart
     change is neither history for it nor a reason to recommend what was in that cart."""
@@ -387,7 +401,7 @@ def test_repeat_carts_of_a_customer_use_the_cache_until_an_order(shop, model_roo
     store = ModelStore(model_root)
     store.refresh()
     vocab = store.current.recommender.vocab
-    scorer = NextPurchaseScorer(store, top_k=3)
+    scorer = NextPurchaseScorer(store, top_k=3, observer=PROMETHEUS)
     state = customer([(0.0, [vocab.items[7]])], cart=[])
     ctx = context(shop, "uci-gift-shop:c:7", state, 70.0, "e1")
     from_model = counter("nextbest_model_predictions_total", source="model")
@@ -420,7 +434,9 @@ def test_failures_fall_back_to_rules_only(shop, model_root, tmp_path):
     store = ModelStore(model_root)
     store.refresh()
     errors = counter("nextbest_model_fallbacks_total", reason="error")
-    offers = NextPurchasePolicy(rules, NextPurchaseScorer(store)).decide_batch(contexts)
+    offers = NextPurchasePolicy(rules, NextPurchaseScorer(store, observer=PROMETHEUS)).decide_batch(
+        contexts
+    )
     assert offers == expected and not any(isinstance(o, ModelOffer) for o in offers)
     assert counter("nextbest_model_fallbacks_total", reason="error") == errors + 2
 
@@ -428,7 +444,9 @@ def test_failures_fall_back_to_rules_only(shop, model_root, tmp_path):
     missing = ModelStore(model_root)  # a worker that starts on a broken artifact: rules only
     assert missing.refresh() is False and missing.current is None
     unavailable = counter("nextbest_model_fallbacks_total", reason="unavailable")
-    offers = NextPurchasePolicy(rules, NextPurchaseScorer(missing)).decide_batch(contexts[:1])
+    offers = NextPurchasePolicy(
+        rules, NextPurchaseScorer(missing, observer=PROMETHEUS)
+    ).decide_batch(contexts[:1])
     assert offers == expected[:1]
     assert counter("nextbest_model_fallbacks_total", reason="unavailable") == unavailable + 1
     assert ModelStore(tmp_path / "nothing-here").refresh() is False
@@ -459,7 +477,7 @@ def test_each_merchant_is_scored_by_its_own_model_or_the_shared_default(shop, mo
         context(shop_b, "shop-b:c:1", state, 70.0, "e2"),
     ]
     unavailable = counter("nextbest_model_fallbacks_total", reason="unavailable")
-    signals = NextPurchaseScorer(store).signals(contexts)
+    signals = NextPurchaseScorer(store, observer=PROMETHEUS).signals(contexts)
     assert signals[0] is None and signals[1].model_version == own.version
     assert counter("nextbest_model_fallbacks_total", reason="unavailable") == unavailable + 1
     offers = NextPurchasePolicy(ThresholdRulesPolicy(), NextPurchaseScorer(store)).decide_batch(

@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from agents.runtime.settings import merchant_model_root
 from models.next_purchase import artifact
-from models.next_purchase.sequences import load_orders
+from models.next_purchase.loading import load_orders
+from models.next_purchase.paths import merchant_model_root
 from tests.harness import Cluster, cart_add, event
 from tests.test_model_serving import retail_slice, save_tiny_model  # noqa: F401 - fixture
 

@@ -10,18 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.next_purchase.sequences import (
+from models.next_purchase.encoding import (
     EncodedHistory,
     EncoderConfig,
     ItemTimeline,
     Vocab,
-    build_examples,
     encode_batch,
     encode_history,
-    is_product,
-    load_orders,
-    load_transactions,
 )
+from models.next_purchase.examples import build_examples
+from models.next_purchase.loading import load_orders, load_transactions
+from streams.state.products import is_product
 
 OLD = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice"]
 OLD += ["CustomerID", "Country"]

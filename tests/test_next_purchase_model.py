@@ -10,21 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from models.next_purchase import artifact, evaluate, sequences, train
+from models.next_purchase import artifact, encoding, evaluate, loading, train
 from models.next_purchase import model as next_purchase
+from models.next_purchase.encoding import EncoderConfig, Vocab, encode_batch, encode_history
+from models.next_purchase.loading import file_sha256
 from models.next_purchase.model import (
     ModelConfig,
     NextPurchaseLSTM,
     Recommender,
     ServeBatch,
     collate,
-)
-from models.next_purchase.sequences import (
-    EncoderConfig,
-    Vocab,
-    encode_batch,
-    encode_history,
-    file_sha256,
 )
 
 COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice"]
@@ -172,7 +167,7 @@ def test_encode_batch_equals_encode_history_on_awkward_histories(seed):
             history[j] = (history[j][0], awkward[(h // 3) % len(awkward)](history[j][1]))
         histories.append(history)
     times = [None if rng.random() < 0.3 else 300 * day * rng.random() for _ in histories]
-    assert len(histories) > sequences.BATCH_LOOKUP
+    assert len(histories) > encoding.BATCH_LOOKUP
     for config, size in (
         (EncoderConfig(), 60),
         (EncoderConfig(max_orders=7), 60),
@@ -200,7 +195,7 @@ def test_encode_examples_equals_encode_history_at_each_moment(seed, monkeypatch)
     items = ["<pad>", *(f"{20000 + i}" for i in range(300))]
     vocab = Vocab(items, [0, *range(300, 0, -1)], [0] * 301, [0.2] * 301, [1] * 301)
     moments = [
-        sequences.ItemStats(*(rng.integers(0, 50, 301).astype(np.float32) for _ in range(3)),
+        encoding.ItemStats(*(rng.integers(0, 50, 301).astype(np.float32) for _ in range(3)),
             rng.uniform(0.05, 0.9, 301))
         for _ in range(3)
     ]  # fmt: skip
@@ -217,9 +212,9 @@ def test_encode_examples_equals_encode_history_at_each_moment(seed, monkeypatch)
         histories.append(history)
         times.append(None if h % 7 == 0 else (2 * n + rng.random()) * day)
         stats.append(moments[h % 3])
-    monkeypatch.setattr(sequences, "EXAMPLE_CHUNK", 40)  # 40 histories in numpy, 10 one by one
-    assert 10 < sequences.BATCH_LOOKUP <= 40
-    got = sequences.encode_examples(histories, vocab, EncoderConfig(), times, stats)
+    monkeypatch.setattr(encoding, "EXAMPLE_CHUNK", 40)  # 40 histories in numpy, 10 one by one
+    assert 10 < encoding.BATCH_LOOKUP <= 40
+    got = encoding.encode_examples(histories, vocab, EncoderConfig(), times, stats)
     assert len(got) == len(histories)
     for history, t, s, g in zip(histories, times, stats, got, strict=True):
         want = encode_history(history, vocab, EncoderConfig(), now=t, stats=s)
@@ -501,9 +496,7 @@ def test_evaluate_names_the_file_dates_when_the_cutoff_is_outside(tmp_path, caps
     said = capsys.readouterr().out
     assert "its orders run from 2011-01-03 to 2011-02-17" in said
     suggested = said.split("--cutoff ")[-1].split()[0]
-    before, after = sequences.split_at(
-        sequences.load_orders(data)[0], sequences.epoch_seconds(suggested)
-    )
+    before, after = loading.split_at(loading.load_orders(data)[0], loading.epoch_seconds(suggested))
     assert set(before) & set(after)
     assert not (tmp_path / "e").exists()
     one_day = {"1": [(0.0, ["A"]), (3600.0, ["B"])], "2": [(7200.0, ["A"])]}

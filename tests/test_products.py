@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.next_purchase.sequences import EncoderConfig, Vocab, encode_history, load_orders
+from models.next_purchase.encoding import EncoderConfig, Vocab, encode_history
+from models.next_purchase.loading import load_orders
 from streams.merchants.catalog import (
     DEFAULT_MERCHANTS,
     CatalogError,

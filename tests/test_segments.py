@@ -15,14 +15,10 @@ from agents.tools import segments
 from agents.tools.pinpoint import EndpointFileError, profile_events, read_endpoints
 from agents.tools.replay import synthetic_profile
 from models.next_purchase import artifact, train
+from models.next_purchase.encoding import EncoderConfig, Vocab
+from models.next_purchase.examples import build_examples
 from models.next_purchase.interactions import load_interactions
-from models.next_purchase.sequences import (
-    EncoderConfig,
-    Vocab,
-    build_examples,
-    load_orders,
-    load_transactions,
-)
+from models.next_purchase.loading import load_orders, load_transactions
 from schemas.validation import parse_event
 from tests.harness import DATA_FILE
 

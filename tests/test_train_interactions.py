@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from models.next_purchase import artifact, train
+from models.next_purchase.encoding import EncoderConfig
 from models.next_purchase.interactions import EVERY_ITEM, load_interactions
 from models.next_purchase.interactions import main as interactions_main
-from models.next_purchase.sequences import EncoderConfig, file_sha256
+from models.next_purchase.loading import file_sha256
 
 ITEMS = [f"sku-{i}" for i in range(30)]  # not UCI stock codes: the product rule matters
 DAY = 86400.0

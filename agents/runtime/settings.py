@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from models.next_purchase.paths import merchant_model_root
 from streams.merchants.catalog import DEFAULT_MERCHANTS
 from streams.promotion.experiments import Experiment
 
@@ -75,12 +76,6 @@ class Topics:
     def partitioned(self) -> tuple[str, ...]:
         """Topics that share the input partition count (co-partitioned with state)."""
         return (*self.inputs, self.merges, self.promotions, self.notifications)
-
-
-def merchant_model_root(models_dir: str | Path, merchant_id: str) -> Path:
-    """Where ``POST /predictors`` writes a merchant's next-purchase model, and where the worker
-    serves that merchant's carts from."""
-    return Path(models_dir) / merchant_id / "next_purchase"
 
 
 def merchant_models_present(models_dir: str | Path) -> bool:

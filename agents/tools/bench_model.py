@@ -43,12 +43,12 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.model_serving import order_history, served_history
 from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.bench import _offer_latencies
@@ -62,17 +62,16 @@ from agents.tools.processes import (
 )
 from agents.tools.replay import ReplayEvent, replay_events, send
 from models.next_purchase import artifact
-from models.next_purchase.model import Batch, NextPurchaseLSTM, Recommender, Scored, collate
-from models.next_purchase.sequences import (
+from models.next_purchase.encoding import (
     EncodedBatch,
     EncodedHistory,
     Order,
     encode_batch,
     encode_history,
-    epoch_seconds,
-    load_orders,
-    split_at,
 )
+from models.next_purchase.loading import epoch_seconds, load_orders, split_at
+from models.next_purchase.model import NextPurchaseLSTM, PaddedBatch, Recommender, Scored, collate
+from models.next_purchase.serving import order_history, served_history
 from streams.state.products import order_products, orders_to_keep
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -132,6 +131,17 @@ def score_before(rec: Recommender, histories: list[list[Order]], now: list[float
 
 
 _PACKAGES = ("models", "streams", "schemas", "agents")
+SERVING_LAYOUTS = (
+    (
+        "models.next_purchase.artifact",
+        "models.next_purchase.encoding",
+        "models.next_purchase.serving",
+    ),
+    ("models.next_purchase.artifact", "models.next_purchase.sequences", "agents.model_serving"),
+    ("models.artifact", "models.sequences", "streams.model_policy"),
+)
+"""Where a version keeps its artifact loader, `encode_batch` and `served_history`: this one's,
+then earlier layouts (the first layered one, the flat one before it)."""
 
 
 @dataclass(frozen=True)
@@ -145,16 +155,15 @@ class PreviousServing:
 
 def previous_serving(source: Path, model: Path) -> PreviousServing:
     """Import the serving modules of the version whose source is in ``source`` under their
-    own names while this version's are set aside, and load ``model`` with them."""
+    own names (the first of `SERVING_LAYOUTS` it has) while this version's are set aside, and
+    load ``model`` with them."""
     own = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] in _PACKAGES}
     for name in own:
         del sys.modules[name]
     sys.path.insert(0, str(source))
     try:
-        loader = importlib.import_module("models.next_purchase.artifact")
-        sequences = importlib.import_module("models.next_purchase.sequences")
-        policy = importlib.import_module("agents.model_serving")
-        return PreviousServing(loader.load(model), sequences.encode_batch, policy.served_history)
+        loader, encoding, serving = _import_layout(source)
+        return PreviousServing(loader.load(model), encoding.encode_batch, serving.served_history)
     finally:
         sys.path.remove(str(source))
         for name in [n for n in sys.modules if n.split(".")[0] in _PACKAGES]:
@@ -162,29 +171,43 @@ def previous_serving(source: Path, model: Path) -> PreviousServing:
         sys.modules.update(own)
 
 
+def _import_layout(source: Path) -> tuple[ModuleType, ...]:
+    """The modules of the first of `SERVING_LAYOUTS` that the source tree has."""
+    for layout in SERVING_LAYOUTS:
+        try:
+            return tuple(importlib.import_module(name) for name in layout)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if not any(name == missing or name.startswith(f"{missing}.") for name in layout):
+                raise  # a module of the layout is there, something it imports is not
+    raise ModuleNotFoundError(f"{source} has none of the serving layouts {SERVING_LAYOUTS}")
+
+
 class _Positional(torch.nn.Module):
-    """The model with the Batch fields as positional tensors, for tracing."""
+    """The model with the PaddedBatch fields as positional tensors, for tracing."""
 
     def __init__(self, model: NextPurchaseLSTM) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(Batch(*tensors))
+        return self.model(PaddedBatch(*tensors))
 
 
-def _tensors(batch: Batch) -> tuple[torch.Tensor, ...]:
-    return tuple(getattr(batch, f.name) for f in fields(Batch))
+def _tensors(batch: PaddedBatch) -> tuple[torch.Tensor, ...]:
+    return tuple(getattr(batch, f.name) for f in fields(PaddedBatch))
 
 
-def torchscript(model: NextPurchaseLSTM, example: Batch) -> Callable[[Batch], torch.Tensor]:
+def torchscript(
+    model: NextPurchaseLSTM, example: PaddedBatch
+) -> Callable[[PaddedBatch], torch.Tensor]:
     with torch.no_grad():
         traced = torch.jit.trace(_Positional(model).eval(), _tensors(example), check_trace=False)
     frozen = torch.jit.freeze(traced)
     return lambda batch: frozen(*_tensors(batch))
 
 
-def _top(forward: Callable[[Batch], torch.Tensor]) -> Callable[[list], object]:
+def _top(forward: Callable[[PaddedBatch], torch.Tensor]) -> Callable[[list], object]:
     def run(encoded: list[EncodedHistory]) -> object:
         with torch.no_grad():
             return torch.softmax(forward(collate(encoded)), dim=-1).topk(TOP_K)

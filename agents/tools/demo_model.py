@@ -22,9 +22,10 @@ def loads(root: Path) -> str | None:
     """The version the worker would serve from ``root``, or None if it has none that loads."""
     import logging
 
-    from agents.model_serving import ModelStore
+    from models.next_purchase.serving import ModelStore
 
-    logging.getLogger("agents.model_serving").setLevel(logging.CRITICAL)  # said below instead
+    # a version that fails to load is said below instead
+    logging.getLogger("models.next_purchase.serving").setLevel(logging.CRITICAL)
     store = ModelStore(root)
     store.refresh()
     return store.current.version if store.current else None

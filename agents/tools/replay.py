@@ -103,7 +103,7 @@ def _open_rows(path: Path) -> Iterator[dict[str, str]]:
     renamed to the first spelling of `COLUMN_NAMES` (sheets may spell them differently), except
     a sheet with none of the family's columns (a notes sheet)."""
     if path.suffix.lower() in (".xlsx", ".xls"):
-        from models.next_purchase.sequences import read_sheets  # pandas: workbooks only
+        from models.next_purchase.loading import read_sheets  # pandas: workbooks only
 
         spellings = {s for names in COLUMN_NAMES.values() for s in names}
         for name, sheet in read_sheets(path).items():

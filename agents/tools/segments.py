@@ -4,7 +4,7 @@ category's products) next, exported as a Pinpoint-compatible endpoint file (``ne
     nextbest segment --model var/models/next_purchase --product 85123A --synthetic-profiles \\
         --format csv --out segment.csv
 
-Histories come from an Online Retail file (`models.next_purchase.sequences.load_orders`),
+Histories come from an Online Retail file (`models.next_purchase.loading.load_orders`),
 optionally cut at
 ``--as-of``; each customer's top ``--top-k`` predictions come from
 ``artifact.load(model).score_batch(histories, k)``. A customer is in the segment when the
@@ -35,13 +35,9 @@ from typing import Protocol
 import orjson
 
 from agents.tools.pinpoint import write_endpoints
-from models.next_purchase.sequences import (
-    Order,
-    epoch_seconds,
-    load_orders,
-    normalize_product,
-    split_at,
-)
+from models.next_purchase.encoding import Order
+from models.next_purchase.loading import epoch_seconds, load_orders, split_at
+from streams.state.products import normalize_product
 
 CHANNEL_TYPES = {"email": "EMAIL", "sms": "SMS"}
 

@@ -59,7 +59,7 @@ MAX_RECOMMENDATIONS = 100
 
 
 class ServingModel(Protocol):
-    """A loaded next-purchase model (``agents.model_serving.LoadedModel``)."""
+    """A loaded next-purchase model (``models.next_purchase.serving.LoadedModel``)."""
 
     version: str
     recommender: Any  # has score_batch(histories, k) -> [Scored(items, scores, cold_start)]
@@ -227,7 +227,7 @@ class Api:
                 "this merchant (set NEXTBEST_MODEL_PATH)",
                 merchant=merchant,
             )
-        from agents.model_serving import order_history  # torch is loaded when a model is
+        from models.next_purchase.serving import order_history  # torch is loaded when a model is
 
         state = self.state(key)
         rule = model.recommender.encoder.product_pattern

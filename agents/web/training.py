@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from agents.runtime.app import NextbestApp
-from agents.runtime.settings import merchant_model_root
+from models.next_purchase.paths import merchant_model_root
 from agents.web.errors import ApiError
 from streams.promotion.rewards import iso
 

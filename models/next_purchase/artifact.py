@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from models.next_purchase.encoding import EncoderConfig, Vocab
 from models.next_purchase.model import ModelConfig, NextPurchaseLSTM, Recommender
-from models.next_purchase.sequences import EncoderConfig, Vocab
 
 FORMAT = 3  # 2: scoring time (``now``) and catalogue statistics as model input; 3: + repeat_linear
 READS = (2, 3)  # a format-2 artifact loads as a model without the linear repeat term

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from models.next_purchase.sequences import Order, Vocab
+from models.next_purchase.encoding import Order, Vocab
 
 
 def _popularity(vocab: Vocab) -> torch.Tensor:

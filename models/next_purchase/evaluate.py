@@ -47,17 +47,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models.next_purchase import artifact, baselines
-from models.next_purchase.model import ModelConfig, Recommender  # noqa: E402
-from models.next_purchase.sequences import (  # noqa: E402
-    Order,
-    Vocab,
-    encode_history,
+from models.next_purchase.encoding import Order, Vocab, encode_history  # noqa: E402
+from models.next_purchase.loading import (  # noqa: E402
     epoch_seconds,
     file_sha256,
     load_transactions,
     orders_from_lines,
     split_at,
 )
+from models.next_purchase.model import ModelConfig, Recommender  # noqa: E402
 from models.next_purchase.train import (  # noqa: E402
     DEFAULT_DATA,
     KS,

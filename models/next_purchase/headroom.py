@@ -3,7 +3,7 @@ models.next_purchase.headroom``)
 
 A check on the issue's bar, not a product: gradient-boosted trees (LightGBM) rank each scored
 customer's previously bought items with exactly the repeat-purchase features the model reads
-(`models.next_purchase.sequences.encode_history`: counts, recency, intervals, the days since the
+(`models.next_purchase.encoding.encode_history`: counts, recency, intervals, the days since the
 last
 order, and the items' popularity, trend and repeat rate at the scoring time), trained on the
 orders before the cutoff like the model. Items never bought before follow in popularity order.
@@ -35,15 +35,16 @@ import pandas as pd
 import torch
 
 from models.next_purchase import baselines
-from models.next_purchase.evaluate import SMALL
-from models.next_purchase.sequences import (
+from models.next_purchase.encoding import (
     REPEAT_FEATURES,
     EncodedHistory,
     EncoderConfig,
-    Example,
     Vocab,
-    build_examples,
     encode_history,
+)
+from models.next_purchase.evaluate import SMALL
+from models.next_purchase.examples import Example, build_examples
+from models.next_purchase.loading import (
     epoch_seconds,
     load_transactions,
     orders_from_lines,

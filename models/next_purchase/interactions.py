@@ -2,7 +2,7 @@
 
 A Personalize interactions dataset is a CSV with ``USER_ID``, ``ITEM_ID``, ``TIMESTAMP`` (Unix
 epoch seconds) and usually ``EVENT_TYPE`` (plus optional columns, ignored here). `load_interactions`
-turns it into the same per-customer order histories as `models.next_purchase.sequences.load_orders`:
+turns it into the same per-customer order histories as `models.next_purchase.loading.load_orders`:
 ``{customer: [(epoch seconds, [product_id, ...]), ...]}`` in time order, product ids normalized
 the same way, so `Vocab.build`, `build_examples` and `models.next_purchase.train.fit` take it
 unchanged.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.next_purchase.sequences import Order, normalize_product
-from streams.state.products import product_rule
+from models.next_purchase.encoding import Order
+from streams.state.products import normalize_product, product_rule
 
 REQUIRED = ("USER_ID", "ITEM_ID", "TIMESTAMP")
 EVERY_ITEM = "."  # the product rule under which every (non-empty) item id is a product

@@ -10,11 +10,11 @@ probability that the item is in the customer's next order:
                                     + w . f_i)             and its linear part
 
 ``c_i`` are the item's catalogue statistics at the scoring moment (popularity all time, in the
-last 30 and 7 days, trend, repeat rate: `models.next_purchase.sequences.ItemStats`). ``h`` is the
+last 30 and 7 days, trend, repeat rate: `models.next_purchase.encoding.ItemStats`). ``h`` is the
 LSTM state
 after the customer's last order. Each LSTM step reads one order: the mean
 embedding of its items (order boundaries are the steps) plus its time-gap features. ``f_i`` are
-the per-item repeat features from `models.next_purchase.sequences.encode_history` (how often, how
+the per-item repeat features from `models.next_purchase.encoding.encode_history` (how often, how
 recently),
 ``r_i`` a small learned vector per item, and ``g(h)`` lets the sequence decide how this
 customer repeats. ``w`` starts as personal frequency (the weight of log(1 + times bought) at
@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.next_purchase.sequences import (
+from models.next_purchase.encoding import (
     CATALOGUE_FEATURES,
     ORDER_FEATURES,
     REPEAT_FEATURES,
@@ -70,7 +70,10 @@ they bought them, like personal frequency."""
 
 
 @dataclass
-class Batch:
+class PaddedBatch:
+    """Histories as tensors, padded to the longest one (`collate`): the input of
+    `NextPurchaseLSTM.forward` (training, evaluation); serving uses `ServeBatch`."""
+
     items: torch.Tensor  # flat item ids of every order in the batch
     offsets: torch.Tensor  # start of each (customer, order step) bag in ``items``
     order_feats: torch.Tensor  # (B, T, ORDER_FEATURES)
@@ -81,11 +84,11 @@ class Batch:
     catalogue: torch.Tensor  # (U, n_items, CATALOGUE_FEATURES): the distinct moments' statistics
     catalogue_row: torch.Tensor  # (B,) which of them each customer is scored at
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+    def to(self, device: torch.device | str) -> PaddedBatch:
+        return PaddedBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-def collate(histories: list[EncodedHistory]) -> Batch:
+def collate(histories: list[EncodedHistory]) -> PaddedBatch:
     """Pad a list of non-empty histories to T = the longest one (padding bags are empty)."""
     b, t = len(histories), max(h.n_orders for h in histories)
     bag_sizes = np.zeros((b, t), np.int64)
@@ -96,7 +99,7 @@ def collate(histories: list[EncodedHistory]) -> Batch:
     offsets = np.concatenate([[0], np.cumsum(bag_sizes.ravel())[:-1]])
     moments = {id(h.catalogue): h.catalogue for h in histories}  # usually one, when serving
     moment_row = {key: row for row, key in enumerate(moments)}
-    return Batch(
+    return PaddedBatch(
         items=torch.from_numpy(np.concatenate([h.order_items for h in histories])),
         offsets=torch.from_numpy(offsets),
         order_feats=torch.from_numpy(order_feats),
@@ -154,7 +157,7 @@ class NextPurchaseLSTM(nn.Module):
             scores = scores + self.repeat_linear(repeat_in[0]).squeeze(-1)
         return scores
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: PaddedBatch) -> torch.Tensor:
         """Logits (B, n_items) over the whole catalogue; the padding item is -inf."""
         b = batch.n_orders.shape[0]
         trend = self.trend(batch.catalogue).squeeze(-1)  # (U, n_items)

@@ -4,7 +4,7 @@
     nextbest train --interactions interactions.csv   # an Amazon Personalize interactions file
 
 Every order that has an earlier order is one example
-(`models.next_purchase.sequences.build_examples`),
+(`models.next_purchase.examples.build_examples`),
 scored at a moment ``now`` drawn between the previous order and this one, fresh every epoch:
 like the evaluation's cutoff, it falls somewhere in the customer's gap between orders, and the
 model learns what the time since the last order says. A random 10% of customers is held out;
@@ -39,19 +39,11 @@ import torch
 from tqdm import tqdm
 
 from models.next_purchase import artifact
+from models.next_purchase.encoding import EncoderConfig, Order, Vocab
+from models.next_purchase.examples import Example, build_examples
 from models.next_purchase.interactions import EVERY_ITEM, load_interactions
+from models.next_purchase.loading import epoch_seconds, file_sha256, load_orders, split_at
 from models.next_purchase.model import ModelConfig, NextPurchaseLSTM, collate
-from models.next_purchase.sequences import (
-    EncoderConfig,
-    Example,
-    Order,
-    Vocab,
-    build_examples,
-    epoch_seconds,
-    file_sha256,
-    load_orders,
-    split_at,
-)
 from streams.state.products import product_rule
 
 DEFAULT_DATA = "../shared/data/online_retail.csv.gz"

@@ -6,8 +6,9 @@ fixed transform (log1p scaled to roughly [0, 1], rates, indicators), so no scale
 fitted and stored. A customer with no history gets zeros plus ``has_orders = 0``.
 
 Next-purchase model outputs are optional inputs: anything with the attributes
-``purchase_propensity`` and ``coupon_probability`` (e.g. ``agents.model_serving.ModelSignals``);
-without them the two features are 0 and ``has_signals`` is 0.
+``purchase_propensity`` and ``coupon_probability``
+(e.g. ``models.next_purchase.serving.ModelSignals``); without them the two features are 0 and
+``has_signals`` is 0.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ _LOG_YEAR = math.log1p(365.0)
 
 
 class NextPurchaseSignals(Protocol):
-    """What the next-purchase model provides per cart (``agents.model_serving.ModelSignals``)."""
+    """What the next-purchase model provides per cart
+    (``models.next_purchase.serving.ModelSignals``)."""
 
     @property
     def purchase_propensity(self) -> float | None: ...
