@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 
 from agents.runtime.app import NextbestApp
-from models.next_purchase.paths import merchant_model_root
 from agents.web.errors import ApiError
+from models.next_purchase.paths import merchant_model_root
 from streams.promotion.rewards import iso
 
 log = logging.getLogger(__name__)
