@@ -28,8 +28,8 @@ from agents.runtime.topics import ensure_topics
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
 from agents.tools.demo_model import model_line
 from agents.tools.replay import ReplayEvent, replay_events, send
-from schemas.events import SCHEMA_VERSION
-from streams.promotion.rewards import iso
+from schemas.keys import iso
+from schemas.records import SCHEMA_VERSION
 
 BAD_INPUTS = [  # shown in the demo: each lands in the dead-letter topic with its reason
     ("cart", b"uci-gift-shop:c:1", b"{not json"),

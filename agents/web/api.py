@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +49,7 @@ from agents.runtime.settings import merchant_model_root
 from agents.runtime.topics import key_partition
 from agents.web.openapi import OPENAPI
 from schemas.events import INPUT_EVENTS
+from schemas.keys import iso, state_key
 from schemas.spec import ID_MAX_LENGTH
 from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
@@ -76,16 +77,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, **extra: object) -> None:
         super().__init__(message)
         self.status, self.message, self.extra = status, message, extra
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def customer_key(merchant: str, customer: str | None, session: str | None) -> str:
-    if customer:
-        return f"{merchant}:c:{customer}"
-    return f"{merchant}:s:{session}"
 
 
 def _id_param(request: Request, name: str, required: bool = True) -> str | None:
@@ -398,7 +389,7 @@ class Api:
         raw_n = request.query.get("n", "10")
         if not raw_n.isdigit() or not 1 <= int(raw_n) <= MAX_RECOMMENDATIONS:
             raise ApiError(400, f"n must be a whole number from 1 to {MAX_RECOMMENDATIONS}")
-        key = customer_key(merchant, customer, None)
+        key = state_key(merchant, customer, None)
         forwarded = await self.forward(view, request, key.encode())
         if forwarded is not None:
             return forwarded
@@ -445,7 +436,7 @@ class Api:
             if moment.tzinfo is None:
                 raise ApiError(400, "at: needs a UTC offset, e.g. 2011-11-14T10:00:00Z")
             at = moment.timestamp()
-        key = customer_key(merchant_id, customer, session)
+        key = state_key(merchant_id, customer, session)
         forwarded = await self.forward(view, request, key.encode())
         if forwarded is not None:
             return forwarded
@@ -551,7 +542,7 @@ class Api:
             )
         if merchant not in self.nb.registry:
             raise InvalidEvent("unknown_merchant", f"merchant_id {merchant!r} is not configured")
-        key = customer_key(merchant, data.get("customer_id"), data.get("session_id"))
+        key = state_key(merchant, data.get("customer_id"), data.get("session_id"))
         return kind, key.encode(), raw
 
 
