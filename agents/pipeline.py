@@ -9,52 +9,29 @@ changes are flushed, and a redelivered event is recognised by its ``event_id`` i
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import time
-import weakref
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import faust
 import orjson
-from faust.streams import _current_event
 
 from agents.outreach import Outreach
 from agents.promotion import PromotionHooks
 from agents.runtime import metrics
 from agents.runtime.app import NextbestApp
-from schemas.events import SCHEMA_VERSION
+from agents.runtime.batch import CustomerEntry, pin
+from schemas.keys import offer_id_for, state_key
+from schemas.records import dead_letter_record, notification_record, promotion_record
 from schemas.validation import InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
 from streams.merchants.catalog import Merchant
-from streams.outreach.delivery import Delivery, plan_delivery
+from streams.outreach.delivery import Send, plan_delivery
 from streams.state import customer_state
 
 log = logging.getLogger(__name__)
 NO_OFFER_CART_EVENTS = ("checkout", "cart_clear")
-
-
-def state_key(merchant_id: str, customer_id: str | None, session_id: str | None) -> str:
-    """Record key of inputs and state: ``<merchant>:c:<customer>`` or ``<merchant>:s:<session>``."""
-    if customer_id is not None:
-        return f"{merchant_id}:c:{customer_id}"
-    return f"{merchant_id}:s:{session_id}"
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-@dataclass
-class Entry:
-    """A customer's state while a batch is processed."""
-
-    state: dict | None
-    event: faust.EventT  # an event of this key's partition: table I/O is routed by it
-    dirty: bool = False
 
 
 @dataclass
@@ -66,7 +43,7 @@ class Decision:
 
 @dataclass
 class Batch:
-    entries: dict[str, Entry] = field(default_factory=dict)
+    entries: dict[str, CustomerEntry] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
     outputs: list[tuple[faust.TopicT, bytes | None, bytes]] = field(default_factory=list)
     counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # merchant, kind, type
@@ -90,12 +67,12 @@ class Pipeline:
 
     # -- table access, routed to the partition of the event that carried the key --------
 
-    def _load(self, batch: Batch, key: str, event: faust.EventT) -> Entry:
+    def _load(self, batch: Batch, key: str, event: faust.EventT) -> CustomerEntry:
         entry = batch.entries.get(key)
         if entry is None:
-            _current_event.set(weakref.ref(event))
+            pin(event)
             raw = self.nb.customers.get(key.encode())
-            entry = Entry(state=orjson.loads(raw) if raw is not None else None, event=event)
+            entry = CustomerEntry(state=orjson.loads(raw) if raw is not None else None, event=event)
             batch.entries[key] = entry
         return entry
 
@@ -104,7 +81,7 @@ class Pipeline:
         for key, entry in batch.entries.items():
             if not entry.dirty:
                 continue
-            _current_event.set(weakref.ref(entry.event))
+            pin(entry.event)
             if entry.state is None:
                 table.pop(key.encode(), None)
             else:
@@ -237,39 +214,34 @@ class Pipeline:
 
     def _emit_offer(self, batch: Batch, decision: Decision, offer: Offer, now: float) -> None:
         ctx = decision.context
-        raw_id = f"{ctx.customer_key}|{ctx.cart_event_id}|{offer.key}".encode()
-        offer_id = hashlib.blake2b(raw_id, digest_size=12).hexdigest()
+        offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer.key)
         if not customer_state.record_offer(
             ctx.state, decision.generation, offer.key, offer_id, ctx.ts
         ):
             return
         merchant_id, _, rest = ctx.customer_key.partition(":")
         is_customer = rest.startswith("c:")
-        promotion = {
-            "schema_version": SCHEMA_VERSION,
-            "offer_id": offer_id,
-            "dedupe_key": offer_id,
-            "merchant_id": merchant_id,
-            "customer_id": rest[2:] if is_customer else None,
-            "session_id": None if is_customer else rest[2:],
-            "cart_event_id": ctx.cart_event_id,
-            "event_time": iso(ctx.ts),
-            "decided_at": iso(now),
-            "offer_type": offer.offer_type,
-            "promotion_id": offer.promotion_id,
-            "message": offer.message,
-            "cart_value": ctx.cart_value,
-            "currency": ctx.currency,
-            "policy": self.policy.name,
-            "reason": offer.reason,
-            "percent_off": offer.percent_off,
-            "amount_to_next_tier": offer.amount_to_next_tier,
-            "recommendations": list(offer.recommendations),
-        }
-        if offer.max_discount is not None:
-            promotion["max_discount"] = offer.max_discount
-        if offer.product_id is not None:
-            promotion["coupon_product_id"] = offer.product_id
+        promotion = promotion_record(
+            offer_id=offer_id,
+            merchant_id=merchant_id,
+            customer_id=rest[2:] if is_customer else None,
+            session_id=None if is_customer else rest[2:],
+            cart_event_id=ctx.cart_event_id,
+            event_time=ctx.ts,
+            decided_at=now,
+            offer_type=offer.offer_type,
+            promotion_id=offer.promotion_id,
+            message=offer.message,
+            cart_value=ctx.cart_value,
+            currency=ctx.currency,
+            policy=self.policy.name,
+            reason=offer.reason,
+            percent_off=offer.percent_off,
+            amount_to_next_tier=offer.amount_to_next_tier,
+            recommendations=list(offer.recommendations),
+            max_discount=offer.max_discount,
+            coupon_product_id=offer.product_id,
+        )
         promotion.update(offer.event_fields())
         key = ctx.customer_key.encode()
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
@@ -281,45 +253,37 @@ class Pipeline:
         plan = plan_delivery(
             ctx.state, ctx.merchant, ctx.customer_key, offer, ctx.cart_event_id, ctx.ts
         )
-        if not isinstance(plan, Delivery):
+        if not isinstance(plan, Send):
             metrics.SUPPRESSED.labels(merchant_id, plan.reason).inc()
             return
         customer_state.record_message(ctx.state, plan.channel, plan.dedupe_key, ctx.ts)
-        notification = {
-            "schema_version": SCHEMA_VERSION,
-            "notification_id": plan.dedupe_key,
-            "dedupe_key": plan.dedupe_key,
-            "merchant_id": merchant_id,
-            "customer_id": promotion["customer_id"],
-            "channel": plan.channel,
-            "address": plan.address,
-            "title": ctx.merchant.name,
-            "body": offer.message,
-            "offer_id": offer_id,
-            "promotion_id": offer.promotion_id,
-            "created_at": iso(now),
-        }
+        notification = notification_record(
+            dedupe_key=plan.dedupe_key,
+            merchant_id=merchant_id,
+            customer_id=promotion["customer_id"],
+            channel=plan.channel,
+            address=plan.address,
+            title=ctx.merchant.name,
+            body=offer.message,
+            offer_id=offer_id,
+            promotion_id=offer.promotion_id,
+            created_at=now,
+        )
         batch.outputs.append((self.nb.notifications, key, orjson.dumps(notification)))
         metrics.NOTIFICATIONS.labels(merchant_id, plan.channel).inc()
 
     def _dead_letter(self, batch: Batch, event: faust.EventT, reason: str, error: str) -> None:
         message = event.message
-        payload = message.value or b""
-        try:
-            text, encoding = payload.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text, encoding = base64.b64encode(payload).decode(), "base64"
-        letter = {
-            "reason": reason,
-            "error": error,
-            "source_topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "key": message.key.decode("utf-8", "replace") if message.key else None,
-            "received_at": iso(time.time()),
-            "payload": text,
-            "payload_encoding": encoding,
-        }
+        letter = dead_letter_record(
+            reason=reason,
+            error=error,
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            received_at=time.time(),
+            payload=message.value,
+        )
         batch.outputs.append((self.nb.dead_letters, message.key, orjson.dumps(letter)))
         metrics.DEAD_LETTERS.labels(reason).inc()
 

@@ -20,10 +20,10 @@ index (when each customer's next window ends) and the clocks live in the ``rewar
 (customer key -> ``{"due", "p"}``, one clock per partition; changelogged, co-partitioned with the
 customers, like the journeys' ``journey-timers``): a key is written only when its time changes,
 a clock at most once a second, and a partition's index is read back from the table when the
-partition is first seen after it was assigned (``streams.promotion.rewards.DueWindows``). So a
-window
-whose customer never comes back closes once other customers' events move its partition's clock
-past it, after a restart or a rebalance too, on the same or an empty state directory.
+partition is first seen after it was assigned (``streams.promotion.rewards.reward_windows``, a
+``streams.timers.PartitionTimers``). So a window whose customer never comes back closes once
+other customers' events move its partition's clock past it, after a restart or a rebalance too,
+on the same or an empty state directory.
 
 Ledgers live in the ``promo-ledgers`` table, one per ``merchant:promotion:partition``, read and
 written while an event of that partition is pinned, so each changelog record lands on the
@@ -60,17 +60,16 @@ import logging
 import math
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 import faust
 import orjson
-from faust.streams import _current_event
 
-from agents.outreach import timer_table
 from agents.runtime import promotion_metrics as promo_metrics
 from agents.runtime.app import NextbestApp
+from agents.runtime.batch import LoadEntry, pin
+from agents.runtime.timer_table import timer_table
 from agents.runtime.topics import key_partition
 from streams.promotion import rewards
 from streams.promotion.bandit import BanditChooser, BanditConfig, LinearThompson
@@ -81,12 +80,12 @@ from streams.promotion.policy import (
     SignalsProvider,
     learning_key,
 )
+from streams.timers import PartitionTimers
 
 log = logging.getLogger(__name__)
 CHECKPOINT_S = 30.0
 REFRESH_S = 2.0
 WRITE_S = 1.0
-Load = Callable[[object, str, faust.EventT], object]  # the pipeline's (batch, key, event) -> Entry
 
 
 class LedgerTable(MutableMapping[str, dict]):
@@ -113,7 +112,7 @@ class LedgerTable(MutableMapping[str, dict]):
         if event is None:
             # not a KeyError: a missing ledger must never read as a new, empty one
             raise RuntimeError(f"ledger {key}: no event of partition {partition} in this batch")
-        _current_event.set(weakref.ref(event))
+        pin(event)
 
     def __getitem__(self, key: str) -> dict:
         if key not in self._cache:
@@ -148,10 +147,6 @@ class LedgerTable(MutableMapping[str, dict]):
             written[key] = ledger
         self._dirty.clear()
         return written
-
-
-def _pin(event: faust.EventT) -> None:
-    _current_event.set(weakref.ref(event))
 
 
 class BanditTable:
@@ -228,7 +223,7 @@ class BanditTable:
             if event is None or now - self.written_at.get(key, -math.inf) < self.write_s:
                 continue
             raw = orjson.dumps(self.learning.entry(key))
-            _pin(event)
+            pin(event)
             self.table[key.encode()] = raw
             self.raw[key] = raw
             self.written_at[key] = now
@@ -254,7 +249,7 @@ class PromotionHooks:
         policy: PromotionPolicy,
         ledgers: LedgerTable,
         bandit: BanditTable,
-        windows: rewards.DueWindows,
+        windows: PartitionTimers,
     ) -> None:
         self.nb = nb
         self.policy = policy
@@ -293,7 +288,7 @@ class PromotionHooks:
         gone = {str(p) for p in partitions}
         self.budgets = {k: v for k, v in self.budgets.items() if k.rsplit(":", 1)[1] not in gone}
 
-    def finish(self, batch: object, load: Load) -> None:
+    def finish(self, batch: object, load: LoadEntry) -> None:
         """Emit records and rewards, learn, write ledgers; outputs go to ``batch.outputs``."""
         records, closed = self.policy.drain_records()
         blocked = self.policy.drain_blocked()
@@ -317,7 +312,7 @@ class PromotionHooks:
             promo_metrics.observe_budgets(self.budgets)
         self._batch = None
 
-    def _close_due(self, batch: object, load: Load, records: Sequence[dict]) -> list[dict]:
+    def _close_due(self, batch: object, load: LoadEntry, records: Sequence[dict]) -> list[dict]:
         """Close the windows that ended: of customers with events or decisions in the batch,
         and of those the sweep finds due; then index each one's next window end."""
         keys = self._touched | {record["customer_key"] for record in records}
@@ -393,7 +388,7 @@ def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> Promoti
         signals=signals,
     )
     bandit = BanditTable(nb.bandit, PartitionedLearning(policy))
-    windows = rewards.DueWindows(
+    windows = rewards.reward_windows(
         timer_table(
             nb,
             "reward-due",

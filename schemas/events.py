@@ -15,8 +15,6 @@ from typing import Literal
 
 import faust
 
-SCHEMA_VERSION = 1
-
 ClickType = Literal["page_view", "product_view", "category_view", "search"]
 CartType = Literal["cart_add", "cart_remove", "cart_quantity", "cart_clear", "checkout"]
 OrderType = Literal["order", "order_cancel"]

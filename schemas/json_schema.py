@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas.events import INPUT_EVENTS, OUTPUT_EVENTS, REQUIRED_BY_TYPE, SCHEMA_VERSION
+from schemas.events import INPUT_EVENTS, OUTPUT_EVENTS, REQUIRED_BY_TYPE
+from schemas.records import SCHEMA_VERSION
 from schemas.spec import ID_MAX_LENGTH, FieldSpec, RecordSpec, record_spec
 
 JSON_DIR = Path(__file__).with_name("json")

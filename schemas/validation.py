@@ -15,7 +15,8 @@ from datetime import datetime
 
 import orjson
 
-from schemas.events import INPUT_EVENTS, REQUIRED_BY_TYPE, SCHEMA_VERSION
+from schemas.events import INPUT_EVENTS, REQUIRED_BY_TYPE
+from schemas.records import SCHEMA_VERSION
 from schemas.spec import ID_MAX_LENGTH, FieldSpec, RecordSpec, record_spec
 
 Check = Callable[[object, str], None]

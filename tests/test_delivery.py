@@ -18,9 +18,9 @@ from streams.merchants.catalog import (
 )
 from streams.merchants.options import QuietHours
 from streams.outreach.delivery import (
-    Delivery,
     Held,
     Message,
+    Send,
     Suppressed,
     decide,
     plan_delivery,
@@ -84,7 +84,7 @@ def push(key: str = "k1", channel: str | None = None, source: str = "abandoned_c
 def test_quiet_hours_in_the_customers_time_zone(shop, zone, now, expected_until):
     result = decide(customer(zone), shop, push(), utc(now))
     if expected_until is None:
-        assert result == Delivery("push", "tok-1", "k1")
+        assert result == Send("push", "tok-1", "k1")
     else:
         assert result == Held(utc(expected_until))
 
@@ -94,7 +94,7 @@ def test_quiet_hours_apply_to_email_and_sms_but_never_to_in_app(shop):
     for channel in ("email", "sms", "push"):
         assert isinstance(decide(customer("Europe/London", channel), shop, push(), night), Held)
     in_app = decide(customer("Europe/London", "in_app"), shop, push(), night)
-    assert in_app == Delivery("in_app", "in-app", "k1")
+    assert in_app == Send("in_app", "in-app", "k1")
 
 
 def test_unknown_or_invalid_zone_waits_for_a_window_safe_in_every_merchant_zone(shop):
@@ -106,9 +106,7 @@ def test_unknown_or_invalid_zone_waits_for_a_window_safe_in_every_merchant_zone(
             utc("2011-11-14T13:00:00")
         )
         # 20:30 UTC: 20:30 in London and 15:30 in New York, safe in both.
-        assert isinstance(
-            decide(state, transatlantic, push(), utc("2011-11-14T20:30:00")), Delivery
-        )
+        assert isinstance(decide(state, transatlantic, push(), utc("2011-11-14T20:30:00")), Send)
         # 21:30 UTC: quiet in London until 08:00 UTC, then still 03:00 in New York.
         assert decide(state, transatlantic, push(), utc("2011-11-14T21:30:00")) == Held(
             utc("2011-11-15T13:00:00")
@@ -149,10 +147,10 @@ def test_one_frequency_cap_across_all_sources(shop):
     state = customer("Europe/London")
     noon = utc("2011-11-14T12:00:00")
     offer = plan_delivery(state, shop, "uci-gift-shop:c:1", OFFER, "cart-1", noon)
-    assert isinstance(offer, Delivery)
+    assert isinstance(offer, Send)
     customer_state.record_message(state, offer.channel, offer.dedupe_key, noon)
     reminder = decide(state, shop, push("cart-reminder", source="abandoned_cart"), noon + 60)
-    assert isinstance(reminder, Delivery)
+    assert isinstance(reminder, Send)
     customer_state.record_message(state, reminder.channel, reminder.dedupe_key, noon + 60)
     # The merchant allows two messages a day, whatever sent them.
     assert decide(state, shop, push("refill", source="replenishment"), noon + 120) == Suppressed(
@@ -165,7 +163,7 @@ def test_one_frequency_cap_across_all_sources(shop):
         Suppressed("frequency_cap")
     )
     later = decide(state, shop, push("refill", source="replenishment"), noon + 86400)
-    assert isinstance(later, Delivery)
+    assert isinstance(later, Send)
 
 
 def test_opt_out_and_consent_are_hard_for_every_source(shop):
@@ -178,7 +176,7 @@ def test_opt_out_and_consent_are_hard_for_every_source(shop):
     # A journey step that names its channel needs consent for that channel...
     assert decide(no_sms, shop, push("k", "sms"), noon) == Suppressed("no_consent")
     # ... and gets it even when the customer prefers another channel.
-    assert decide(no_sms, shop, push("k", "push"), noon) == Delivery("push", "tok-1", "k")
+    assert decide(no_sms, shop, push("k", "push"), noon) == Send("push", "tok-1", "k")
     assert decide(customer_state.new_state(), shop, push(), noon) == Suppressed("no_consent")
 
 
@@ -197,7 +195,7 @@ def test_cart_offer_in_quiet_hours_is_dropped_not_held(shop):
         "quiet_hours"
     )
     in_app = customer("Europe/London", "in_app")
-    assert isinstance(plan_delivery(in_app, shop, "uci-gift-shop:c:1", OFFER, "c", night), Delivery)
+    assert isinstance(plan_delivery(in_app, shop, "uci-gift-shop:c:1", OFFER, "c", night), Send)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,8 @@ import pytest
 
 from agents.outreach import Outreach
 from agents.runtime import metrics
+from agents.runtime.batch import CustomerEntry
+from schemas.keys import iso
 from schemas.validation import parse_event
 from streams.decisions import ThresholdRulesPolicy
 from streams.merchants.catalog import (
@@ -39,10 +41,6 @@ def utc(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 T0 = utc("2011-11-14T10:00:00")  # a Monday morning in London
 
 
@@ -52,13 +50,6 @@ def shop() -> Merchant:
 
 
 # -- a small stand-in for the pipeline ------------------------------------------------------
-
-
-@dataclass
-class Entry:
-    state: dict | None
-    event: object
-    dirty: bool = False
 
 
 @dataclass
@@ -106,10 +97,10 @@ class Driver:
         )
         self.sent: list[dict] = []
 
-    def load(self, batch: Batch, key: str, event) -> Entry:
+    def load(self, batch: Batch, key: str, event) -> CustomerEntry:
         entry = batch.entries.get(key)
         if entry is None:
-            entry = batch.entries[key] = Entry(self.states.get(key), event)
+            entry = batch.entries[key] = CustomerEntry(self.states.get(key), event)
         return entry
 
     def batch(self, *events: tuple[str, dict], tick: bool = False, partition: int = 0) -> list:
@@ -341,6 +332,20 @@ def test_anonymous_sessions_have_no_journeys(shop):
     data = {"event_type": "cart_add", "_ts": T0, "event_id": "e"}
     state["cart"]["lines"] = [["P", 1, 1.0]]
     assert not journeys.on_event(state, shop, "uci-gift-shop:s:web-1", "cart", data)
+
+
+def test_journeys_return_the_pending_steps_they_cancel(shop):
+    """The domain reports cancellations (the agent counts them); it counts nothing itself."""
+    key = "uci-gift-shop:c:c1"
+    state = customer_state.new_state()
+    state["cart"]["lines"] = [["P", 1, 1.0]]
+    armed = {"event_type": "cart_add", "_ts": T0, "event_id": "e1"}
+    assert journeys.on_event(state, shop, key, "cart", armed) == journeys.JourneyChange()
+    checkout = {"event_type": "checkout", "_ts": T0 + 1, "event_id": "e2"}
+    assert journeys.on_event(state, shop, key, "cart", checkout) == journeys.JourneyChange(
+        (journeys.Cancelled("abandoned_cart", "remind", "checkout"),)
+    )
+    assert journeys.on_event(state, shop, key, "cart", checkout) is None  # nothing left to end
 
 
 # -- the multi-step follow-up ---------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from streams.decisions import Offer
 from streams.merchants.catalog import DEFAULT_MERCHANTS, FrequencyCap, Merchant, load_merchants
 from streams.outreach.delivery import (
-    Delivery,
+    Send,
     Suppressed,
     choose_channel,
     consented_channels,
@@ -77,7 +77,7 @@ def test_consented_channels():
 
 def test_preferred_channel_is_used_when_consented(shop):
     result = plan(state_with(ALL_CHANNELS, preferred="sms"), shop)
-    assert isinstance(result, Delivery)
+    assert isinstance(result, Send)
     assert (result.channel, result.address) == ("sms", "+447700900123")
 
 
@@ -114,13 +114,13 @@ def test_frequency_cap_within_the_period_and_not_after(shop):
     first = plan(state, shop, "cart-1", T0)
     customer_state.record_message(state, first.channel, first.dedupe_key, T0)
     second = plan(state, shop, "cart-2", T0 + 60)
-    assert isinstance(second, Delivery)
+    assert isinstance(second, Send)
     customer_state.record_message(state, second.channel, second.dedupe_key, T0 + 60)
     assert plan(state, shop, "cart-3", T0 + 120) == Suppressed("frequency_cap")
     assert plan(state, shop, "cart-3", T0 + DAY - 1) == Suppressed("frequency_cap")
     # Exactly one period after the first message it no longer counts: one slot is free.
-    assert isinstance(plan(state, shop, "cart-3", T0 + DAY), Delivery)
-    assert isinstance(plan(state, shop, "cart-3", T0 + DAY + 61), Delivery)
+    assert isinstance(plan(state, shop, "cart-3", T0 + DAY), Send)
+    assert isinstance(plan(state, shop, "cart-3", T0 + DAY + 61), Send)
 
 
 def test_frequency_cap_of_one_message_per_hour(shop):
@@ -128,7 +128,7 @@ def test_frequency_cap_of_one_message_per_hour(shop):
     state = state_with(ALL_CHANNELS)
     customer_state.record_message(state, "email", "k", T0)
     assert plan(state, hourly, ts=T0 + 3599) == Suppressed("frequency_cap")
-    assert isinstance(plan(state, hourly, ts=T0 + 3600), Delivery)
+    assert isinstance(plan(state, hourly, ts=T0 + 3600), Send)
 
 
 def test_dedupe_key_is_stable_and_distinguishes_its_inputs():
@@ -152,9 +152,7 @@ def test_dedupe_key_is_stable_and_distinguishes_its_inputs():
 
 def test_delivery_carries_the_dedupe_key(shop):
     result = plan(state_with(ALL_CHANNELS, "email"), shop)
-    assert result == Delivery(
-        "email", "a@example.com", dedupe_key(shop.id, CUSTOMER, OFFER, "cart-1")
-    )
+    assert result == Send("email", "a@example.com", dedupe_key(shop.id, CUSTOMER, OFFER, "cart-1"))
 
 
 def test_replayed_cart_event_is_a_duplicate(shop):

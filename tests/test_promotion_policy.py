@@ -10,10 +10,11 @@ from jsonschema import Draft202012Validator
 
 from schemas.events import DecisionRecord, RewardRecord
 from schemas.json_schema import build_schemas
+from schemas.keys import decision_id_for, offer_id_for
 from streams.decisions import Policy
 from streams.promotion import rewards
 from streams.promotion.experiments import HOLDOUT, Arm, Experiment, assign
-from streams.promotion.policy import PromotionPolicy, decision_identity, offer_identity
+from streams.promotion.policy import PromotionPolicy
 from tests.promo_fixtures import HOUR, T0, cart_state, context, shop
 
 SCHEMAS = build_schemas()
@@ -41,7 +42,7 @@ def test_is_a_policy_and_logs_every_decision():
     for ctx, offer, record in zip(contexts, offers, records, strict=True):
         validate("decisions.v1.json", record)
         DecisionRecord.from_data(record)
-        assert record["decision_id"] == decision_identity(ctx.customer_key, ctx.cart_event_id)
+        assert record["decision_id"] == decision_id_for(ctx.customer_key, ctx.cart_event_id)
         assert record["arm"] == assign(policy.experiment, ctx.customer_key)
         options = {o["action"]: o["probability"] for o in record["options"]}
         assert sum(options.values()) == pytest.approx(1.0, abs=1e-5)
@@ -51,7 +52,7 @@ def test_is_a_policy_and_logs_every_decision():
             assert offer is None and not record["sent"] and record["offer_id"] is None
         else:
             assert record["sent"] and offer.key == record["action"]
-            assert record["offer_id"] == offer_identity(
+            assert record["offer_id"] == offer_id_for(
                 ctx.customer_key, ctx.cart_event_id, offer.key
             )
             assert record["max_discount"] > 0

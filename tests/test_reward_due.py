@@ -1,15 +1,15 @@
-"""The reward sweep's index kept in a table (`streams.promotion.rewards.DueWindows`): written only
-when a
-customer's next window end changes, read back after a restart or a rebalance, clocks stored."""
+"""The reward sweep's index kept in a table (`streams.promotion.rewards.reward_windows`): written
+only when a customer's next window end changes, read back after a restart or a rebalance, clocks
+stored."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import orjson
 
 from agents.promotion import LedgerTable, PromotionHooks
+from agents.runtime.batch import CustomerEntry
 from streams.promotion import rewards
 from streams.state.customer_state import new_state
 from streams.timers import PartitionClock
@@ -20,7 +20,7 @@ LATENESS = 60.0
 
 
 class MemoryStore:
-    """The ``reward-due`` table as a dict (it outlives `DueWindows`, like the real table)."""
+    """The ``reward-due`` table as a dict (it outlives `reward_windows`, like the real table)."""
 
     def __init__(self) -> None:
         self.due: dict[str, tuple[int, float]] = {}
@@ -49,11 +49,11 @@ def fake_event(partition: int) -> SimpleNamespace:
 
 
 class Worker:
-    """`DueWindows` driven the way ``agents.promotion`` drives it, with a wall clock to move."""
+    """`reward_windows` driven the way ``agents.promotion`` drives it, with a wall clock to move."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.wall = 1_700_000_000.0
-        self.windows = rewards.DueWindows(store, LATENESS, wall=lambda: self.wall)
+        self.windows = rewards.reward_windows(store, LATENESS, wall=lambda: self.wall)
 
     def batch(self, partition: int, event_time: float, states: dict[str, dict | None]) -> list:
         """An input event at ``event_time`` on ``partition``; the customers in ``states`` are
@@ -155,7 +155,7 @@ def test_the_clock_is_stored_at_most_once_a_second_and_does_not_move_back_after_
     windows.sweep(0, fake_event(0))
     assert store.clocks[0]["event_time"] == T0 + 10
 
-    restarted = rewards.DueWindows(store, LATENESS)
+    restarted = rewards.reward_windows(store, LATENESS)
     restarted.observe(0, T0 - HOUR)  # a replay of older events
     assert restarted.now(0) == T0 + 10 - LATENESS
     assert restarted.now(3) is None  # no event seen on it yet
@@ -183,13 +183,6 @@ class FakeEvent:
         self.message = SimpleNamespace(partition=partition)
 
 
-@dataclass
-class Entry:
-    state: dict | None
-    event: object
-    dirty: bool = False
-
-
 class FakeBandit:
     def refresh_if_due(self) -> None: ...
 
@@ -210,12 +203,12 @@ def drive(store: MemoryStore, table: dict):
         settings=SimpleNamespace(partitions=4), decisions="decisions", rewards="rewards"
     )
     hooks = PromotionHooks(
-        nb, policy, LedgerTable({}), FakeBandit(), rewards.DueWindows(store, LATENESS)
+        nb, policy, LedgerTable({}), FakeBandit(), rewards.reward_windows(store, LATENESS)
     )
 
     def load(batch, key, event):
         if key not in batch.entries:
-            batch.entries[key] = Entry(table.get(key), event)
+            batch.entries[key] = CustomerEntry(table.get(key), event)
         return batch.entries[key]
 
     def run(event_time: float, decide: tuple[str, ...] = ()) -> list:

@@ -30,8 +30,8 @@ from agents.tools.processes import (
     stop_worker,
 )
 from agents.tools.replay import ReplayEvent, replay_events, send
-from schemas.events import SCHEMA_VERSION
-from streams.promotion.rewards import iso
+from schemas.keys import iso
+from schemas.records import SCHEMA_VERSION
 
 BAD_INPUTS = [  # shown in the demo: each lands in the dead-letter topic with its reason
     ("cart", b"uci-gift-shop:c:1", b"{not json"),

@@ -33,7 +33,7 @@ from pathlib import Path
 import orjson
 
 from agents.runtime.settings import Settings
-from schemas.events import SCHEMA_VERSION
+from schemas.records import SCHEMA_VERSION
 from schemas.validation import InvalidEvent, parse_event
 from streams.merchants.options import time_zone
 

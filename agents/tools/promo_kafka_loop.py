@@ -80,9 +80,9 @@ from models.promotion.simulator import (
     calibrate,
     sim_merchant,
 )
+from schemas.keys import iso
 from streams.merchants.catalog import Merchant
 from streams.promotion.actions import Action, CouponCandidate, candidate_actions, no_offer
-from streams.promotion.rewards import iso
 
 MERCHANT_ID = "sim-shop"
 LEARNED = "learned"

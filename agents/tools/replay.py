@@ -39,7 +39,7 @@ import orjson
 from confluent_kafka import Producer
 
 from agents.runtime.settings import Settings
-from schemas.events import SCHEMA_VERSION
+from schemas.records import SCHEMA_VERSION
 from streams.state.products import is_product
 
 DEFAULT_MERCHANT = "uci-gift-shop"

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -46,6 +46,7 @@ from agents.web.errors import ApiError
 from agents.web.openapi import OPENAPI
 from agents.web.training import Trainer
 from schemas.events import INPUT_EVENTS
+from schemas.keys import iso, state_key
 from schemas.spec import ID_MAX_LENGTH
 from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
@@ -66,16 +67,6 @@ class ServingModel(Protocol):
 
 
 ModelLookup = Callable[[str], ServingModel | None]  # merchant id -> its model, if loaded
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def customer_key(merchant: str, customer: str | None, session: str | None) -> str:
-    if customer:
-        return f"{merchant}:c:{customer}"
-    return f"{merchant}:s:{session}"
 
 
 def _id_param(request: Request, name: str, required: bool = True) -> str | None:
@@ -215,7 +206,7 @@ class Api:
         raw_n = request.query.get("n", "10")
         if not raw_n.isdigit() or not 1 <= int(raw_n) <= MAX_RECOMMENDATIONS:
             raise ApiError(400, f"n must be a whole number from 1 to {MAX_RECOMMENDATIONS}")
-        key = customer_key(merchant, customer, None)
+        key = state_key(merchant, customer, None)
         forwarded = await self.forward(view, request, key.encode())
         if forwarded is not None:
             return forwarded
@@ -262,7 +253,7 @@ class Api:
             if moment.tzinfo is None:
                 raise ApiError(400, "at: needs a UTC offset, e.g. 2011-11-14T10:00:00Z")
             at = moment.timestamp()
-        key = customer_key(merchant_id, customer, session)
+        key = state_key(merchant_id, customer, session)
         forwarded = await self.forward(view, request, key.encode())
         if forwarded is not None:
             return forwarded
@@ -368,7 +359,7 @@ class Api:
             )
         if merchant not in self.nb.registry:
             raise InvalidEvent("unknown_merchant", f"merchant_id {merchant!r} is not configured")
-        key = customer_key(merchant, data.get("customer_id"), data.get("session_id"))
+        key = state_key(merchant, data.get("customer_id"), data.get("session_id"))
         return kind, key.encode(), raw
 
 

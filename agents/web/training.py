@@ -17,7 +17,7 @@ import orjson
 from agents.runtime.app import NextbestApp
 from agents.web.errors import ApiError
 from models.next_purchase.paths import merchant_model_root
-from streams.promotion.rewards import iso
+from schemas.keys import iso
 
 log = logging.getLogger(__name__)
 MAX_JOBS_KEPT = 100

@@ -59,7 +59,9 @@ class QuietHours:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class DeliveryOptions:
+    """Quiet hours and the time zones a customer of unknown zone may live in."""
+
     quiet_hours: QuietHours = field(default_factory=QuietHours)
     time_zones: tuple[str, ...] = ("UTC",)
 
@@ -110,7 +112,7 @@ class Training:
 
 @dataclass(frozen=True)
 class MerchantOptions:
-    delivery: Delivery = field(default_factory=Delivery)
+    delivery: DeliveryOptions = field(default_factory=DeliveryOptions)
     journeys: Journeys = field(default_factory=Journeys)
     training: Training = field(default_factory=Training)
     product_pattern: str | None = None  # None: the UCI stock-code rule
@@ -181,9 +183,9 @@ def time_zone(name: object) -> ZoneInfo | None:
         return None
 
 
-def parse_delivery(config: dict | None, where: str) -> Delivery:
+def parse_delivery(config: dict | None, where: str) -> DeliveryOptions:
     if config is None:
-        return Delivery()
+        return DeliveryOptions()
     quiet = _section(config, "quiet_hours", where)
     quiet_hours = QuietHours()
     if quiet is not None:
@@ -197,13 +199,13 @@ def parse_delivery(config: dict | None, where: str) -> Delivery:
             end=_local_time(quiet.get("end", "08:00"), f"{where}.quiet_hours.end"),
             channels=tuple(channels),
         )
-    zones = config.get("time_zones", list(Delivery.time_zones))
+    zones = config.get("time_zones", list(DeliveryOptions.time_zones))
     if not isinstance(zones, list | tuple) or not zones:
         raise MerchantConfigError(f"{where}.time_zones: expected a non-empty list of IANA zones")
     for zone in zones:
         if time_zone(zone) is None:
             raise MerchantConfigError(f"{where}.time_zones: unknown time zone {zone!r}")
-    return Delivery(quiet_hours=quiet_hours, time_zones=tuple(zones))
+    return DeliveryOptions(quiet_hours=quiet_hours, time_zones=tuple(zones))
 
 
 def parse_journeys(config: dict | None, where: str) -> Journeys:

@@ -31,12 +31,12 @@ is the later touch). Journeys reschedule a held step at ``until`` and ask again 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import time as local_time
 from zoneinfo import ZoneInfo
 
+from schemas.keys import id_digest
 from streams.decisions import Offer
 from streams.merchants.catalog import Merchant
 from streams.merchants.options import QuietHours, time_zone
@@ -45,7 +45,9 @@ SAFE_WINDOW_HORIZON_S = 2 * 86400.0
 
 
 @dataclass(frozen=True)
-class Delivery:
+class Send:
+    """Send the message now, on ``channel`` to ``address``."""
+
     channel: str
     address: str
     dedupe_key: str
@@ -73,8 +75,7 @@ class Message:
 
 def dedupe_key(merchant_id: str, customer_key: str, offer: Offer, cart_event_id: str) -> str:
     """Same cart event + same offer -> same key, however often the event is replayed."""
-    raw = f"{merchant_id}|{customer_key}|{offer.key}|{cart_event_id}".encode()
-    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+    return id_digest(merchant_id, customer_key, offer.key, cart_event_id)
 
 
 def consented_channels(profile: dict) -> dict[str, str]:
@@ -135,7 +136,7 @@ def customer_zones(profile: dict, merchant: Merchant) -> tuple[ZoneInfo, ...]:
 
 def decide(
     state: dict, merchant: Merchant, message: Message, now: float
-) -> Delivery | Held | Suppressed:
+) -> Send | Held | Suppressed:
     """Apply the delivery rules (module docstring) to one message at event time ``now``."""
     profile = state.get("profile")
     if profile is None:
@@ -163,12 +164,12 @@ def decide(
     recent = sum(1 for entry in sent if now - cap.period_s < entry[0] <= now)
     if recent >= cap.max_messages:
         return Suppressed("frequency_cap")
-    return Delivery(channel=chosen[0], address=chosen[1], dedupe_key=message.dedupe_key)
+    return Send(channel=chosen[0], address=chosen[1], dedupe_key=message.dedupe_key)
 
 
 def plan_delivery(
     state: dict, merchant: Merchant, customer_key: str, offer: Offer, cart_event_id: str, ts: float
-) -> Delivery | Suppressed:
+) -> Send | Suppressed:
     """A cart offer's notification: now or never (a held offer is ``quiet_hours``)."""
     key = dedupe_key(merchant.id, customer_key, offer, cart_event_id)
     result = decide(state, merchant, Message("offer", key), ts)

@@ -18,21 +18,24 @@ State: ``state["journeys"]`` maps a journey name to its one running instance, ``
 "due", ...}``; ``due`` is the event time the next step fires (None: waiting for nothing).
 Everything here is pure: `on_event` arms and cancels, `due_steps` says what is due at ``now``,
 `settle` records what the delivery rules did with a step (sent, held until, suppressed).
-The only side effect: a pending step that ends without firing is counted in
-``nextbest_journey_steps_total{outcome="cancelled"}`` with what ended it.
+Each of them returns the pending steps that ended without firing (`Cancelled`, with what
+ended them); the agent counts them (``nextbest_journey_steps_total{outcome="cancelled"}``).
+`journey_timers` is the due-time index the agent keeps of `next_due`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import statistics
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from agents.runtime import metrics
+from schemas.keys import id_digest
 from streams.merchants.catalog import Merchant
 from streams.merchants.options import Journeys
-from streams.outreach.delivery import Delivery, Held, Message, Suppressed
+from streams.outreach.delivery import Held, Message, Send, Suppressed
+from streams.timers import PartitionTimers, TimerStore
 
 ABANDONED_CART = "abandoned_cart"
 REPLENISHMENT = "replenishment"
@@ -60,6 +63,23 @@ class Step:
         return Message(self.journey, self.dedupe_key, self.channel)
 
 
+@dataclass(frozen=True)
+class Cancelled:
+    """A pending step that ended without firing, and what ended it (``reason``)."""
+
+    journey: str
+    step: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class JourneyChange:
+    """An input event changed the customer's journeys (the caller then updates the customer's
+    entry in the due-time index); ``cancelled``: the pending steps it ended."""
+
+    cancelled: tuple[Cancelled, ...] = ()
+
+
 def is_customer(customer_key: str) -> bool:
     return ":c:" in customer_key
 
@@ -70,20 +90,17 @@ def journeys_of(state: dict) -> dict:
 
 def step_key(merchant_id: str, customer_key: str, journey: str, instance: str, step: str) -> str:
     """The notification's dedupe key: one per journey instance and step, however often fired."""
-    raw = f"{merchant_id}|{customer_key}|{journey}|{instance}|{step}".encode()
-    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+    return id_digest(merchant_id, customer_key, journey, instance, step)
 
 
-def cancel(running: dict, journey: str, merchant_id: str, reason: str) -> bool:
+def cancel(running: dict, journey: str, reason: str, cancelled: list[Cancelled]) -> bool:
     """End ``journey``'s running instance; True when there was one. A pending step (one with a
-    due time) is counted as cancelled for ``reason``."""
+    due time) is added to ``cancelled`` with ``reason``."""
     instance = running.pop(journey, None)
     if instance is None:
         return False
     if instance.get("due") is not None:
-        metrics.JOURNEY_STEPS.labels(
-            merchant_id, journey, instance["step"], "cancelled", reason
-        ).inc()
+        cancelled.append(Cancelled(journey, instance["step"], reason))
     return True
 
 
@@ -94,16 +111,16 @@ def typical_interval(order_times: list[float]) -> float | None:
     return statistics.median(gaps) if len(gaps) >= 2 else None
 
 
-def _on_cart(state: dict, merchant: Merchant, data: dict) -> bool:
+def _on_cart(state: dict, merchant: Merchant, data: dict, cancelled: list[Cancelled]) -> bool:
     running = journeys_of(state)
     config = merchant.options.journeys.abandoned_cart
     current = running.get(ABANDONED_CART)
     cart = state["cart"]
     if data["event_type"] in NO_REMINDER_CART_EVENTS:
-        return cancel(running, ABANDONED_CART, merchant.id, data["event_type"])
+        return cancel(running, ABANDONED_CART, data["event_type"], cancelled)
     if config is None or not cart["lines"]:
         reason = "journey_off" if config is None else "cart_emptied"
-        return cancel(running, ABANDONED_CART, merchant.id, reason)
+        return cancel(running, ABANDONED_CART, reason, cancelled)
     generation = cart["generation"]
     if current is not None and current["gen"] == generation and current["step"] == "done":
         return False  # this cart was already reminded once
@@ -117,9 +134,9 @@ def _on_cart(state: dict, merchant: Merchant, data: dict) -> bool:
     return True
 
 
-def _on_order(state: dict, merchant: Merchant, data: dict) -> bool:
+def _on_order(state: dict, merchant: Merchant, data: dict, cancelled: list[Cancelled]) -> bool:
     running = journeys_of(state)
-    changed = cancel(running, ABANDONED_CART, merchant.id, "order")  # bought: nothing to remind
+    changed = cancel(running, ABANDONED_CART, "order", cancelled)  # bought: nothing to remind
     journeys = merchant.options.journeys
     refill = journeys.replenishment
     if refill is not None:
@@ -138,7 +155,7 @@ def _on_order(state: dict, merchant: Merchant, data: dict) -> bool:
             }
             changed = True
         else:
-            changed |= cancel(running, REPLENISHMENT, merchant.id, "no_interval")
+            changed |= cancel(running, REPLENISHMENT, "no_interval", cancelled)
     follow = journeys.follow_up
     if follow is not None and (
         follow.trigger == "order" or (state["rfm"]["frequency"] == 1 and FOLLOW_UP not in running)
@@ -158,34 +175,49 @@ def _on_opened(state: dict, data: dict) -> bool:
     return True
 
 
-def on_event(state: dict, merchant: Merchant, customer_key: str, kind: str, data: dict) -> bool:
+def on_event(
+    state: dict, merchant: Merchant, customer_key: str, kind: str, data: dict
+) -> JourneyChange | None:
     """Arm, re-arm, advance or cancel journeys after an input event was applied to ``state``.
 
-    True when a journey changed (the caller then updates the customer's entry in the due-time
-    index with `next_due`). Anonymous sessions have no journeys: they cannot be messaged.
+    None when no journey changed. Anonymous sessions have no journeys: they cannot be messaged.
     """
     if not is_customer(customer_key):
-        return False
+        return None
+    cancelled: list[Cancelled] = []
+    changed = False
     if kind == "profiles":
         running = state.get("journeys")
         if data.get("opted_out") and running:
             for name in list(running):  # opt-out drops every scheduled message at once
-                cancel(running, name, merchant.id, "opted_out")
-            return True
-        return False
-    if kind == "cart":
-        return _on_cart(state, merchant, data)
-    if kind == "orders" and data["event_type"] == "order":
-        return _on_order(state, merchant, data)
-    if kind == "feedback" and data["event_type"] == "offer_opened":
-        return _on_opened(state, data)
-    return False
+                cancel(running, name, "opted_out", cancelled)
+            changed = True
+    elif kind == "cart":
+        changed = _on_cart(state, merchant, data, cancelled)
+    elif kind == "orders" and data["event_type"] == "order":
+        changed = _on_order(state, merchant, data, cancelled)
+    elif kind == "feedback" and data["event_type"] == "offer_opened":
+        changed = _on_opened(state, data)
+    return JourneyChange(tuple(cancelled)) if changed else None
 
 
 def next_due(state: dict) -> float | None:
     """Event time of the customer's earliest pending step (None: no timer)."""
     dues = [i["due"] for i in state.get("journeys", {}).values() if i.get("due") is not None]
     return min(dues, default=None)
+
+
+def journey_timers(
+    store: TimerStore, lateness_s: float, wall: Callable[[], float] = time.time
+) -> PartitionTimers:
+    """The due-time index of `next_due` per partition (the ``journey-timers`` table): the clock
+    runs on at wall-clock speed while a partition is quiet (a reminder is due an hour after the
+    last cart change, whatever else happens), and a customer's time is stored only when it comes
+    earlier than the stored one (a re-armed or cancelled timer costs no write; its early
+    wake-up stores the real time)."""
+    return PartitionTimers(
+        store, next_due, lateness_s, idle_advance=True, earlier_only=True, wall=wall
+    )
 
 
 def _step(
@@ -213,54 +245,59 @@ def _step(
     return None
 
 
-def due_steps(state: dict, merchant: Merchant, customer_key: str, now: float) -> list[Step]:
-    """The steps due at event time ``now``. Instances whose journey or cart is gone are dropped."""
+def due_steps(
+    state: dict, merchant: Merchant, customer_key: str, now: float
+) -> tuple[list[Step], list[Cancelled]]:
+    """The steps due at event time ``now``, and the pending steps cancelled instead: instances
+    whose journey or cart is gone are dropped."""
     running = state.get("journeys") or {}
     config = merchant.options.journeys
-    steps = []
+    steps: list[Step] = []
+    cancelled: list[Cancelled] = []
     for name, instance in list(running.items()):
         if instance.get("due") is None or instance["due"] > now:
             continue
         made = _step(state, config, name, instance)
         if made is None:  # the cart is gone, or the merchant switched the journey off
             switched_off = getattr(config, name, None) is None
-            cancel(running, name, merchant.id, "journey_off" if switched_off else "cart_gone")
+            cancel(running, name, "journey_off" if switched_off else "cart_gone", cancelled)
             continue
         step, channel, body, extra = made
         key = step_key(merchant.id, customer_key, name, instance["id"], step)
         held = instance.get("held", False)
         steps.append(Step(name, step, instance["id"], channel, body, key, held=held, **extra))
-    return steps
+    return steps, cancelled
 
 
 def settle(
     state: dict,
     merchant: Merchant,
     step: Step,
-    result: Delivery | Held | Suppressed,
+    result: Send | Held | Suppressed,
     now: float,
-) -> None:
+) -> list[Cancelled]:
     """Move the journey on after the delivery rules decided about ``step`` at ``now``.
 
     Held: the same step fires again at ``until`` (marked held). Opted out: every journey ends
-    (the others' pending steps count as cancelled). Sent (or
+    (the others' pending steps are returned as cancelled). Sent (or
     already sent: a replay): the next step, or the end. Otherwise suppressed: the step is
     dropped; a follow-up whose first message was not sent ends (nothing can be opened).
     """
+    cancelled: list[Cancelled] = []
     running = journeys_of(state)
     instance = running.get(step.journey)
     if instance is None or instance["id"] != step.instance:
-        return
+        return cancelled
     if isinstance(result, Held):
         instance.update(due=result.until, held=True)
-        return
+        return cancelled
     instance.pop("held", None)
     if isinstance(result, Suppressed) and result.reason == "opted_out":
         del running[step.journey]
         for name in list(running):
-            cancel(running, name, merchant.id, "opted_out")
-        return
-    sent = isinstance(result, Delivery) or result.reason == "duplicate"
+            cancel(running, name, "opted_out", cancelled)
+        return cancelled
+    sent = isinstance(result, Send) or result.reason == "duplicate"
     if step.journey == ABANDONED_CART:
         running[step.journey] = {
             "id": instance["id"],
@@ -274,3 +311,4 @@ def settle(
         instance.update(step="await_open", due=now + wait, sent=step.dedupe_key)
     else:
         del running[step.journey]
+    return cancelled

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.events import SCHEMA_VERSION
+from schemas.keys import decision_id_for, iso, offer_id_for
+from schemas.records import SCHEMA_VERSION
 from streams.decisions import DecisionContext, Offer
 from streams.promotion import guardrails, rewards
 from streams.promotion.actions import (
@@ -57,22 +58,9 @@ from streams.promotion.bandit import (
 from streams.promotion.experiments import HOLDOUT, Experiment, assign, variant_of
 from streams.promotion.features import FEATURE_SET, NextPurchaseSignals, context_features
 from streams.promotion.objective import ObjectiveConfig, horizon_margin, repurchase_probability
-from streams.promotion.rewards import iso
 
 SignalsProvider = Callable[[Sequence[DecisionContext]], Sequence[NextPurchaseSignals | None] | None]
 MAX_KEPT_RECORDS = 10_000
-
-
-def decision_identity(customer_key: str, cart_event_id: str) -> str:
-    return hashlib.blake2b(
-        f"{customer_key}|{cart_event_id}|decision".encode(), digest_size=12
-    ).hexdigest()
-
-
-def offer_identity(customer_key: str, cart_event_id: str, offer_key: str) -> str:
-    """The agent's ``offer_id`` of an offer (``agents.pipeline``: the same formula)."""
-    raw = f"{customer_key}|{cart_event_id}|{offer_key}".encode()
-    return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
 
 def variant(name: str) -> Chooser:
@@ -243,7 +231,7 @@ class PromotionPolicy:
         choice = chooser.choose(row, rng)
         action = allowed[choice.index]
         propensity = choice.propensity
-        decision_id = decision_identity(ctx.customer_key, ctx.cart_event_id)
+        decision_id = decision_id_for(ctx.customer_key, ctx.cart_event_id)
         expires = ctx.ts + merchant.offer_ttl_hours * 3600.0
         sent = arm != HOLDOUT and action.promotion is not None
         guard = None
@@ -253,7 +241,7 @@ class PromotionPolicy:
             if guard == "over_budget":
                 sent, action, propensity = False, no_offer(ctx.cart_value), 1.0
         offer = offer_for(action, ctx.currency) if sent else None
-        offer_id = offer_identity(ctx.customer_key, ctx.cart_event_id, offer.key) if offer else None
+        offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer.key) if offer else None
         promo["cart"] = {
             "generation": generation,
             "candidates": candidates,

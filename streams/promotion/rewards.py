@@ -18,9 +18,9 @@ The agent calls, for the customer of each event (all on the customer's partition
 * `close_due` -- with the current event time: every decision whose window has ended becomes a
   reward (`RewardRecord` in ``schemas/events.py``). A decision id becomes a reward at most once.
 
-`DueWindows` finds the customers whose windows ended without an event of theirs (a customer who
-never comes back still gets a reward): per partition, who is due when, kept in a table so that
-it survives restarts and rebalances.
+`reward_windows` finds the customers whose windows ended without an event of theirs (a customer
+who never comes back still gets a reward): per partition, who is due when, kept in a table so
+that it survives restarts and rebalances.
 
 Attribution: an order placed in a decision's window ``[decided, decided + window)`` belongs to
 the decision whose offer it redeemed, else to the latest decision made before it; each order
@@ -41,26 +41,19 @@ Profit of an attributed order (``total`` is what the customer paid for the goods
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterable, MutableMapping
-from datetime import UTC, datetime
+from collections.abc import Callable, MutableMapping
 
-from schemas.events import SCHEMA_VERSION
+from schemas.keys import iso
+from schemas.records import SCHEMA_VERSION
 from streams.promotion import guardrails
-from streams.timers import DueIndex, PartitionClock, TimerStore
+from streams.timers import PartitionTimers, TimerStore
 
 MAX_PENDING = 16
 MAX_ORDERS = 16
 MAX_CLOSED = 64
-#: A partition's clock is stored at most this often (wall seconds).
-CLOCK_SAVE_S = 1.0
 FLAGS = ("delivered", "opened", "clicked", "redeemed", "dismissed")
 FEEDBACK_FLAGS = {f"offer_{flag}": flag for flag in FLAGS}
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _promo(state: dict) -> dict:
@@ -262,91 +255,15 @@ def learnable(reward: dict) -> bool:
     return reward["reason"] == "window_closed" and applied and reward["arm"] != "holdout"
 
 
-class DueWindows:
-    """Per input partition: its event clock and when each customer's next window ends.
-
-    A `streams.timers.DueIndex` mirrored to a `TimerStore`: a customer's time is written only
-    when it changes (`update`: a first window opened, the earliest one closed) and deleted when
-    no window is open. A partition's index and clock are read back from the store the first
-    time the partition is seen after it was assigned (`forget` on revocation), so windows still
-    close by the sweep after a restart or a rebalance, on another worker too.
-
-    The clock is the newest event time seen on the partition minus ``lateness_s`` (event time
-    only: an idle partition's windows wait for its next event). It is stored at most every
-    ``clock_save_s`` wall seconds, so after a restart it may trail the events it saw by that
-    long: windows then close a little later, never earlier, and a replay of older events after
-    a restart does not move it back.
-    """
-
-    def __init__(
-        self,
-        store: TimerStore,
-        lateness_s: float,
-        clock_save_s: float = CLOCK_SAVE_S,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.lateness_s = lateness_s
-        self.clock_save_s = clock_save_s
-        self.wall = wall
-        self.index = DueIndex()
-        self.clocks: dict[int, PartitionClock] = {}
-        self._saved: dict[int, tuple[float | None, float]] = {}  # event time, wall of last write
-        self._swept: dict[int, set[str]] = {}  # left the index, still in the store
-
-    def _ensure(self, partition: int) -> PartitionClock:
-        if not self.index.loaded(partition):
-            clock, entries = self.store.read_partition(partition)
-            self.index.load(partition, entries)
-            self.clocks[partition] = clock
-            self._saved[partition] = (clock.event_time, -math.inf)
-        return self.clocks[partition]
-
-    def observe(self, partition: int, event_time: float) -> None:
-        """An input event of ``partition`` at ``event_time``."""
-        self._ensure(partition).observe(event_time, self.wall())
-
-    def now(self, partition: int) -> float | None:
-        """The partition's event time for closing windows (None before its first event)."""
-        clock = self._ensure(partition)
-        return None if clock.event_time is None else clock.event_time - self.lateness_s
-
-    def sweep(self, partition: int, event: object) -> list[str]:
-        """Customer keys of ``partition`` with a window ended by `now`; each must then be given
-        to `update`. Stores the clock when it moved (``event``: one of the partition's, for
-        routing the write)."""
-        clock = self._ensure(partition)
-        wall = self.wall()
-        saved_time, saved_at = self._saved[partition]
-        if clock.event_time != saved_time and wall - saved_at >= self.clock_save_s:
-            self.store.write_clock(partition, clock, event)
-            self._saved[partition] = (clock.event_time, wall)
-        now = self.now(partition)
-        if now is None:
-            return []
-        keys = self.index.pop_due(partition, now)
-        self._swept.setdefault(partition, set()).update(keys)
-        return keys
-
-    def update(self, partition: int, key: str, state: dict | None, event: object) -> None:
-        """Index (and store, when it changed) when the customer's next window ends, after their
-        due windows were closed; ``state`` None: the customer is gone."""
-        self._ensure(partition)
-        when = next_due(state) if state is not None else None
-        swept = self._swept.get(partition, set())
-        if key in swept or when != self.index.get(partition, key):
-            swept.discard(key)
-            self.index.set(partition, key, when)
-            self.store.write_due(key, partition, when, event)
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Partitions revoked from this worker: read back from the store if they return."""
-        partitions = list(partitions)
-        self.index.forget(partitions)
-        for partition in partitions:
-            self.clocks.pop(partition, None)
-            self._saved.pop(partition, None)
-            self._swept.pop(partition, None)
-
-    def pending(self, partition: int) -> int:
-        return self.index.pending(partition)
+def reward_windows(
+    store: TimerStore, lateness_s: float, wall: Callable[[], float] = time.time
+) -> PartitionTimers:
+    """The sweep's index of when each customer's next window ends (`next_due`), per partition,
+    kept in ``store`` (the ``reward-due`` table) so that windows still close by the sweep after
+    a restart or a rebalance, on another worker too. A customer's time is stored whenever it
+    changes (a first window opened, the earliest one closed) and deleted when no window is
+    open. The clock moves with event time only: an idle partition's windows wait for its next
+    event."""
+    return PartitionTimers(
+        store, next_due, lateness_s, idle_advance=False, earlier_only=False, wall=wall
+    )
