@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
-from agents.runtime.settings import DEFAULT_MERCHANTS, Settings, Topics
+from agents.runtime.settings import (
+    DEFAULT_MERCHANTS,
+    LOG_LEVELS,
+    Settings,
+    SettingsError,
+    Topics,
+    env_name,
+)
 from streams.promotion.experiments import Arm, Experiment
 
 
@@ -158,7 +168,7 @@ def test_invalid_values_name_the_variable(name, raw, type_name):
         ({"NEXTBEST_PROMO_EXPERIMENT": "[1]"}, "NEXTBEST_PROMO_EXPERIMENT: expected a JSON"),
         ({"NEXTBEST_PROMO_EXPERIMENT": '{"holdout": 2}'}, "NEXTBEST_PROMO_EXPERIMENT: .*holdout"),
         ({"NEXTBEST_PROMO_HORIZON_WEEKS": "0"}, "NEXTBEST_PROMO_HORIZON_WEEKS must be > 0"),
-        ({"NEXTBEST_PROMO_DEPENDENCY_COST": "-1"}, "NEXTBEST_PROMO_DEPENDENCY_COST >= 0"),
+        ({"NEXTBEST_PROMO_DEPENDENCY_COST": "-1"}, "NEXTBEST_PROMO_DEPENDENCY_COST must be >= 0"),
     ],
 )
 def test_invalid_settings_name_the_variable(env, message):
@@ -270,3 +280,121 @@ def test_to_env_round_trips_every_field():
         topics=Topics(cart="shop.cart"),
     )
     assert Settings.from_env(settings.to_env()) == settings
+
+
+BAD_VALUES = [
+    ("NEXTBEST_BATCH_SIZE", "abc", "NEXTBEST_BATCH_SIZE='abc' is not a valid int"),
+    ("NEXTBEST_BATCH_SIZE", "-5", "NEXTBEST_BATCH_SIZE must be >= 1, got -5"),
+    ("NEXTBEST_BATCH_WINDOW_S", "-0.1", "NEXTBEST_BATCH_WINDOW_S must be >= 0, got -0.1"),
+    ("NEXTBEST_BATCH_WINDOW_S", "nan", "NEXTBEST_BATCH_WINDOW_S='nan' is not a valid float"),
+    ("NEXTBEST_MAX_FUTURE_S", "inf", "NEXTBEST_MAX_FUTURE_S='inf' is not a valid float"),
+    ("NEXTBEST_WEB_PORT", "70000", "NEXTBEST_WEB_PORT must be <= 65535, got 70000"),
+    ("NEXTBEST_JOURNEY_TICK_S", "0", "NEXTBEST_JOURNEY_TICK_S must be > 0, got 0.0"),
+    ("NEXTBEST_REPLICATION_FACTOR", "0", "NEXTBEST_REPLICATION_FACTOR must be >= 1, got 0"),
+    ("NEXTBEST_POLICY", "bogus", "NEXTBEST_POLICY must be one of rules, promotion, got 'bogus'"),
+    ("NEXTBEST_LOG_LEVEL", "loud", "NEXTBEST_LOG_LEVEL must be one of debug, info, warn, "),
+    ("NEXTBEST_BROKER_URL", "localhost:9092", "NEXTBEST_BROKER_URL must look like kafka://"),
+    ("NEXTBEST_SECURITY_PROTOCOL", "TLS", "unknown NEXTBEST_SECURITY_PROTOCOL 'TLS'"),
+    ("NEXTBEST_PROMO_EXPERIMENT", "[1]", "NEXTBEST_PROMO_EXPERIMENT: expected a JSON object"),
+    ("NEXTBEST_API_TOKENS", "shop-a=short", "NEXTBEST_API_TOKENS must look like"),
+    ("NEXTBEST_API_ADMIN_TOKEN", "admin", "NEXTBEST_API_ADMIN_TOKEN must be at least 16"),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "message"), BAD_VALUES)
+def test_a_bad_variable_raises_a_settings_error_naming_it(name, raw, message):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: raw})
+    assert info.value.variable == name and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def bounded_fields() -> list[tuple[str, dict]]:
+    return [
+        (f.name, f.metadata["bounds"])
+        for f in fields(Settings)
+        if any(v is not None for v in f.metadata.get("bounds", {}).values())
+    ]
+
+
+@pytest.mark.parametrize(("name", "bounds"), bounded_fields())
+def test_every_bound_is_enforced_at_its_edge(name, bounds):
+    """Each bound: its edge value is accepted, the first value past it refused."""
+    variable = env_name(name)
+    edges = []  # (accepted, refused)
+    if bounds["minimum"] is not None:
+        edges.append((bounds["minimum"], bounds["minimum"] - 1))
+    if bounds["above"] is not None:
+        edges.append((bounds["above"] + 1, bounds["above"]))
+    if bounds["maximum"] is not None:
+        edges.append((bounds["maximum"], bounds["maximum"] + 1))
+    for accepted, refused in edges:
+        assert getattr(Settings.from_env({variable: str(accepted)}), name) == accepted
+        with pytest.raises(SettingsError, match=f"^{variable} must be ") as info:
+            Settings.from_env({variable: str(refused)})
+        assert info.value.variable == variable
+
+
+def test_the_sizes_and_durations_are_bounded():
+    names = {name for name, _ in bounded_fields()}
+    assert {"batch_size", "batch_window_s", "max_event_bytes", "partitions", "web_port"} <= names
+    assert {"journey_lateness_s", "model_top_k", "promo_horizon_weeks"} <= names
+
+
+@pytest.mark.parametrize("level", [*LOG_LEVELS, "INFO", "Warn"])
+def test_log_levels_accepted(level):
+    assert Settings.from_env({"NEXTBEST_LOG_LEVEL": level}).log_level == level
+
+
+def test_secrets_stay_out_of_the_repr():
+    settings = Settings(
+        sasl_username="worker",
+        sasl_password="s3cret-sasl",
+        api_tokens="shop-a=aaaaaaaaaaaaaaaa1",
+        api_admin_token="admin-token-0123456789",
+    )
+    text = repr(settings)
+    for secret in ("s3cret-sasl", "aaaaaaaaaaaaaaaa1", "admin-token-0123456789"):
+        assert secret not in text and secret not in str(settings)
+    assert "sasl_password='***'" in text and "api_admin_token='***'" in text
+    assert "sasl_username='worker'" in text and "batch_size=500" in text
+    assert "api_tokens=''" in repr(Settings())  # an unset secret shows as unset
+    secret_fields = {f.name for f in fields(Settings) if f.metadata.get("secret")}
+    assert secret_fields == {"sasl_password", "api_tokens", "api_admin_token"}
+
+
+def test_repr_lists_every_field_like_the_dataclass_repr():
+    text = repr(Settings())
+    assert text.startswith("Settings(broker_url='kafka://127.0.0.1:9092', ")
+    assert all(f"{f.name}=" in text for f in fields(Settings))
+    assert text.endswith(f"topics={Topics()!r})")
+
+
+def nextbest(args: list[str], **variables: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST_")}
+    script = Path(sys.executable).with_name("nextbest")
+    return subprocess.run(
+        [str(script), *args],
+        env={**env, **variables},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "variable", "raw"),
+    [
+        (["worker"], "NEXTBEST_BATCH_SIZE", "abc"),
+        (["worker"], "NEXTBEST_POLICY", "bogus"),
+        (["topics"], "NEXTBEST_PARTITIONS", "-3"),
+        (["import-endpoints", "missing.csv", "--merchant", "m", "--out", "/nonexistent/x.jsonl"],
+         "NEXTBEST_MAX_EVENT_BYTES", "0"),
+    ],
+)  # fmt: skip
+def test_the_cli_exits_2_with_one_line_on_a_bad_variable(args, variable, raw):
+    done = nextbest(args, **{variable: raw})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"nextbest: {variable}")
+    assert "Traceback" not in done.stderr and done.stdout == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -13,6 +14,15 @@ from streams.merchants.catalog import DEFAULT_MERCHANTS
 from streams.promotion.experiments import Experiment
 
 POLICIES = ("rules", "promotion")
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names ``variable``, the variable to fix."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(message)
+        self.variable = variable
 
 
 def env_name(setting: str) -> str:
@@ -25,10 +35,32 @@ def topic_env_name(topic: str) -> str:
     return f"NEXTBEST_TOPIC_{topic.upper()}"
 
 
-def _setting(default: Any, doc: str, secret: bool = False) -> Any:
+def _setting(
+    default: Any,
+    doc: str,
+    *,
+    secret: bool = False,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+) -> Any:
     """A settings field with its one-line description (docs/configuration.md is rendered from
-    these; a secret's default is never shown)."""
-    return field(default=default, metadata={"doc": doc, "secret": secret})
+    these; a secret's default is never shown, nor its value in the repr) and, for a number, the
+    bounds `Settings.validate` holds it to: ``>= minimum``, ``> above``, ``<= maximum``."""
+    bounds = {"minimum": minimum, "above": above, "maximum": maximum}
+    return field(default=default, metadata={"doc": doc, "secret": secret, "bounds": bounds})
+
+
+def _broken_bound(value: float, bounds: dict[str, float | None]) -> str | None:
+    """The bound ``value`` breaks, e.g. ``">= 1"``, or None (bounds as `_setting` keeps them)."""
+    low, strictly_low, high = bounds["minimum"], bounds["above"], bounds["maximum"]
+    if low is not None and value < low:
+        return f">= {low}"
+    if strictly_low is not None and value <= strictly_low:
+        return f"> {strictly_low}"
+    if high is not None and value > high:
+        return f"<= {high}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -111,24 +143,31 @@ class Settings:
         Path("var/state"), "RocksDB state of the tables (an empty one is rebuilt from changelogs)"
     )
     partitions: int = _setting(
-        8, "Partitions of every input and co-partitioned topic (caps the useful workers)"
+        8, "Partitions of every input and co-partitioned topic (caps the useful workers)", minimum=1
     )
-    replication_factor: int = _setting(1, "Replication factor of the topics nextbest creates")
+    replication_factor: int = _setting(
+        1, "Replication factor of the topics nextbest creates", minimum=1
+    )
     web_host: str = _setting("127.0.0.1", "Address of the worker's web server (REST API, /metrics)")
-    web_port: int = _setting(6066, "Port of the worker's web server (REST API, /metrics)")
+    web_port: int = _setting(
+        6066, "Port of the worker's web server (REST API, /metrics)", minimum=0, maximum=65535
+    )
     merchants_path: Path = _setting(
         DEFAULT_MERCHANTS, "Merchants file: promotion catalogs, product rule, delivery, journeys"
     )
     max_event_bytes: int = _setting(
-        65536, "Larger input records are dead-lettered (`oversize_payload`)"
+        65536, "Larger input records are dead-lettered (`oversize_payload`)", minimum=1
     )
     max_future_s: float = _setting(
         86400.0,
         "Inputs whose event_time is further ahead of this machine's clock are dead-lettered "
         "(`schema_violation`); 0: no limit",
+        minimum=0,
     )
-    batch_size: int = _setting(500, "Most events per micro-batch")
-    batch_window_s: float = _setting(0.05, "Longest wait, in seconds, to fill a micro-batch")
+    batch_size: int = _setting(500, "Most events per micro-batch", minimum=1)
+    batch_window_s: float = _setting(
+        0.05, "Longest wait, in seconds, to fill a micro-batch", minimum=0
+    )
     lean_delivery: bool = _setting(
         True,
         "Records reach the streams without a task per record (agents/runtime/transport.py); "
@@ -141,10 +180,14 @@ class Settings:
         "only, or rules only",
     )
     model_reload_s: float = _setting(
-        10.0, "Seconds between checks of the models' `latest` pointers (hot reload)"
+        10.0, "Seconds between checks of the models' `latest` pointers (hot reload)", above=0
     )
-    model_threads: int = _setting(1, "Torch threads for inference on the event loop's thread")
-    model_top_k: int = _setting(5, "Predicted next products an offer carries (`recommendations`)")
+    model_threads: int = _setting(
+        1, "Torch threads for inference on the event loop's thread", minimum=1
+    )
+    model_top_k: int = _setting(
+        5, "Predicted next products an offer carries (`recommendations`)", minimum=1
+    )
     api_tokens: str = _setting(
         "",
         "REST API bearer tokens, `merchant=token,merchant2=token2` (a token sees its merchant "
@@ -154,8 +197,10 @@ class Settings:
     api_admin_token: str = _setting(
         "", "REST API bearer token that sees every merchant (at least 16 characters)", secret=True
     )
-    api_max_body_bytes: int = _setting(1048576, "Largest REST request body (larger: 413)")
-    api_max_events: int = _setting(500, "Most events per `POST /events` (more: 413)")
+    api_max_body_bytes: int = _setting(
+        1048576, "Largest REST request body (larger: 413)", minimum=1
+    )
+    api_max_events: int = _setting(500, "Most events per `POST /events` (more: 413)", minimum=1)
     models_dir: Path = _setting(
         Path("var/models"),
         "Merchant models: `POST /predictors` writes, and the worker serves, "
@@ -163,12 +208,13 @@ class Settings:
     )
     train_args: str = _setting("", "Extra `nextbest train` options for `POST /predictors` jobs")
     journey_tick_s: float = _setting(
-        5.0, "Seconds between the wake-up ticks for idle partitions (journey timers)"
+        5.0, "Seconds between the wake-up ticks for idle partitions (journey timers)", above=0
     )
     journey_lateness_s: float = _setting(
         60.0,
         "Journey clocks and promotion attribution windows trail the newest event time by this "
         "many seconds",
+        minimum=0,
     )
     policy: str = _setting(
         "rules",
@@ -185,11 +231,13 @@ class Settings:
         10.0,
         "The promotion objective's horizon in weeks: a customer's expected margin without offers "
         "and a discount's dependency cost are counted over it (streams/promotion/objective.py)",
+        above=0,
     )
     promo_dependency_cost: float = _setting(
         0.5,
         "Future margin lost per unit of discount depth, as a share of the horizon's margin (the "
         "discount-dependency term of streams/promotion/objective.py)",
+        minimum=0,
     )
     promo_bandit_start: str = _setting(
         "",
@@ -199,9 +247,21 @@ class Settings:
     )
     topics: Topics = field(default_factory=Topics, metadata={"doc": "Kafka topic names"})
 
+    def __repr__(self) -> str:
+        """The dataclass repr, with every secret that is set shown as ``'***'``."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            text = "'***'" if f.metadata.get("secret") and value else repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"Settings({', '.join(shown)})"
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Build settings from ``NEXTBEST_<FIELD>`` and ``NEXTBEST_TOPIC_<NAME>`` variables."""
+        """Build settings from ``NEXTBEST_<FIELD>`` and ``NEXTBEST_TOPIC_<NAME>`` variables.
+
+        Raises `SettingsError` on a value that does not parse or that `validate` refuses.
+        """
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
         for f in fields(cls):
@@ -235,36 +295,41 @@ class Settings:
         return env
 
     def validate(self) -> None:
+        """Raise `SettingsError`, naming the variable, on the first setting that is unusable."""
         if not self.broker_url.startswith("kafka://"):
-            raise ValueError(
-                f"NEXTBEST_BROKER_URL must look like kafka://host:port, got {self.broker_url!r}"
+            raise SettingsError(
+                "NEXTBEST_BROKER_URL",
+                f"NEXTBEST_BROKER_URL must look like kafka://host:port, got {self.broker_url!r}",
             )
-        if self.partitions < 1:
-            raise ValueError("NEXTBEST_PARTITIONS must be >= 1")
+        for f in fields(self):
+            bounds = f.metadata.get("bounds")
+            value = getattr(self, f.name)
+            if bounds and (bound := _broken_bound(value, bounds)):
+                name = env_name(f.name)
+                raise SettingsError(name, f"{name} must be {bound}, got {value}")
         if self.security_protocol not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
-            raise ValueError(f"unknown NEXTBEST_SECURITY_PROTOCOL {self.security_protocol!r}")
-        if self.model_reload_s <= 0 or self.model_threads < 1 or self.model_top_k < 1:
-            raise ValueError(
-                "NEXTBEST_MODEL_RELOAD_S must be > 0, NEXTBEST_MODEL_THREADS and "
-                "NEXTBEST_MODEL_TOP_K >= 1"
+            raise SettingsError(
+                "NEXTBEST_SECURITY_PROTOCOL",
+                f"unknown NEXTBEST_SECURITY_PROTOCOL {self.security_protocol!r}",
+            )
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise SettingsError(
+                "NEXTBEST_LOG_LEVEL",
+                f"NEXTBEST_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                f"got {self.log_level!r}",
             )
         if self.policy not in POLICIES:
-            raise ValueError(
-                f"NEXTBEST_POLICY must be one of {', '.join(POLICIES)}, got {self.policy!r}"
+            raise SettingsError(
+                "NEXTBEST_POLICY",
+                f"NEXTBEST_POLICY must be one of {', '.join(POLICIES)}, got {self.policy!r}",
             )
         if self.promo_experiment:
             self.experiment()
-        if self.promo_horizon_weeks <= 0 or self.promo_dependency_cost < 0:
-            raise ValueError(
-                "NEXTBEST_PROMO_HORIZON_WEEKS must be > 0 and NEXTBEST_PROMO_DEPENDENCY_COST >= 0"
-            )
         self.merchant_tokens()  # raises on a malformed NEXTBEST_API_TOKENS
         if self.api_admin_token and len(self.api_admin_token) < 16:
-            raise ValueError("NEXTBEST_API_ADMIN_TOKEN must be at least 16 characters")
-        if self.api_max_body_bytes < 1 or self.api_max_events < 1 or self.journey_tick_s <= 0:
-            raise ValueError(
-                "NEXTBEST_API_MAX_BODY_BYTES, NEXTBEST_API_MAX_EVENTS and "
-                "NEXTBEST_JOURNEY_TICK_S must be > 0"
+            raise SettingsError(
+                "NEXTBEST_API_ADMIN_TOKEN",
+                "NEXTBEST_API_ADMIN_TOKEN must be at least 16 characters",
             )
 
     def experiment(self) -> Experiment:
@@ -277,7 +342,9 @@ class Settings:
                 raise ValueError("expected a JSON object")
             return Experiment.from_config(config)
         except ValueError as exc:
-            raise ValueError(f"NEXTBEST_PROMO_EXPERIMENT: {exc}") from None
+            raise SettingsError(
+                "NEXTBEST_PROMO_EXPERIMENT", f"NEXTBEST_PROMO_EXPERIMENT: {exc}"
+            ) from None
 
     def merchant_tokens(self) -> dict[str, str]:
         """Bearer token -> merchant id, from ``NEXTBEST_API_TOKENS``."""
@@ -285,9 +352,10 @@ class Settings:
         for pair in filter(None, (part.strip() for part in self.api_tokens.split(","))):
             merchant, sep, token = pair.partition("=")
             if not sep or not merchant.strip() or len(token.strip()) < 16:
-                raise ValueError(
+                raise SettingsError(
+                    "NEXTBEST_API_TOKENS",
                     "NEXTBEST_API_TOKENS must look like merchant=token,... with tokens of at "
-                    "least 16 characters"
+                    "least 16 characters",
                 )
             tokens[token.strip()] = merchant.strip()
         return tokens
@@ -312,6 +380,7 @@ class Settings:
 
 
 def _parse(name: str, raw: str, type_: object) -> object:
+    """The value of field ``name`` from its variable's text; NaN and infinities are no floats."""
     type_name = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
     try:
         if type_name == "bool":
@@ -321,9 +390,13 @@ def _parse(name: str, raw: str, type_: object) -> object:
         if type_name == "int":
             return int(raw)
         if type_name == "float":
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
         if type_name == "Path":
             return Path(raw)
-    except ValueError as exc:
-        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {type_name}") from exc
+    except ValueError:
+        variable = env_name(name)
+        raise SettingsError(variable, f"{variable}={raw!r} is not a valid {type_name}") from None
     return raw

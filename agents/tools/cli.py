@@ -307,10 +307,18 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DELEGATED:  # their own argparse takes every option after the name
-        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
-    args = parser().parse_args(argv)
-    return args.run(args)
+    try:
+        if argv and argv[0] in DELEGATED:  # their own argparse takes every option after the name
+            return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        args = parser().parse_args(argv)
+        return args.run(args)
+    except ValueError as exc:
+        from agents.runtime.settings import SettingsError  # loaded by now if it raised one
+
+        if not isinstance(exc, SettingsError):
+            raise
+        print(f"nextbest: {exc}", file=sys.stderr)  # one line naming the variable, no traceback
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ transformation) among them.
 
 Metrics per treatment arm against the control, on held-out rows of those two arms:
 
-* Qini coefficient and AUUC: ``sklift.metrics.qini_auc_score`` / ``uplift_auc_score``
-  (normalised by the perfect curve; binary outcomes only, so not given for spend).
-* uplift@k: ``sklift.metrics.uplift_at_k(strategy="overall")``; for spend, the same estimator
-  computed by :func:`incremental_per_email` (sklift refuses non-binary outcomes).
+* Qini coefficient and AUUC: :func:`~models.promotion.uplift_metrics.qini_auc_score` /
+  :func:`~models.promotion.uplift_metrics.uplift_auc_score` (normalised by the perfect curve;
+  binary outcomes only, so not given for spend).
+* uplift@k: :func:`~models.promotion.uplift_metrics.uplift_at_k` with ``strategy="overall"``;
+  for spend, the same estimator computed by :func:`incremental_per_email` (uplift_at_k takes
+  binary outcomes only).
 
 Policy comparison, in incremental outcome per e-mail sent. A policy e-mails a set S of
 customers. On held-out data S is applied to both randomised groups: treated rows in S are the
@@ -36,7 +38,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,9 +48,15 @@ import numpy as np
 import pandas as pd
 import sklearn
 from sklearn.model_selection import train_test_split
-from sklift.metrics import qini_auc_score, qini_curve, uplift_at_k, uplift_auc_score
 
 from models.promotion.uplift import LEARNERS, UpliftModel
+from models.promotion.uplift_metrics import (
+    descending_order,
+    qini_auc_score,
+    qini_curve,
+    uplift_at_k,
+    uplift_auc_score,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
@@ -126,9 +133,9 @@ def features(df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
 def incremental_per_email(y: np.ndarray, score: np.ndarray, treated: np.ndarray, k: float) -> float:
     """Treated minus control mean outcome among the top ``k`` rows by ``score`` (see module doc).
 
-    Ordering matches ``sklift.metrics.uplift_at_k`` so the two agree on binary outcomes.
+    Ranked as by ``uplift_at_k(strategy="overall")``, so the two agree on binary outcomes.
     """
-    order = np.argsort(score, kind="mergesort")[::-1][: int(len(y) * k)]
+    order = descending_order(score)[: int(len(y) * k)]
     top_y, top_t = y[order], treated[order]
     return float(top_y[top_t].mean() - top_y[~top_t].mean())
 
@@ -148,11 +155,9 @@ def evaluate_arm(
         ]
     )
     return {
-        "qini": float(qini_auc_score(y, score, t)) if binary else None,
-        "auuc": float(uplift_auc_score(y, score, t)) if binary else None,
-        "uplift_at_k": float(uplift_at_k(y, score, t, strategy="overall", k=cfg.k))
-        if binary
-        else model,
+        "qini": qini_auc_score(y, score, t) if binary else None,
+        "auuc": uplift_auc_score(y, score, t) if binary else None,
+        "uplift_at_k": uplift_at_k(y, score, t, strategy="overall", k=cfg.k) if binary else model,
         "policy_model": model,
         "policy_everyone": everyone,
         "policy_random": float(random.mean()),
@@ -176,7 +181,7 @@ def best_email_policy(
     """
     choice = np.asarray(arms)[uplift.argmax(axis=1)]
     top = np.zeros(len(y), dtype=bool)
-    top[np.argsort(uplift.max(axis=1), kind="mergesort")[::-1][: int(len(y) * k)]] = True
+    top[descending_order(uplift.max(axis=1))[: int(len(y) * k)]] = True
 
     def value(sent: np.ndarray, chosen: np.ndarray) -> float:
         total, n = 0.0, 0
@@ -296,11 +301,7 @@ def _summary(per_seed: list[dict], arms: list[str]) -> dict:
 
 
 def _plot(curves: dict[str, list[dict]], path: Path, k: float) -> None:
-    """Qini curves (selected learner, every seed) per binary target and treatment arm.
-
-    Drawn from ``sklift.metrics.qini_curve``: ``sklift.viz`` 0.5.1 does not import with
-    scikit-learn >= 1.5 (maks-sh/scikit-uplift#217), and no fixed release exists.
-    """
+    """Qini curves (selected learner, every seed) per binary target and treatment arm."""
     targets = [t for t in curves if curves[t]]
     arms = sorted(curves[targets[0]][0])
     fig, axes = plt.subplots(
@@ -387,13 +388,6 @@ def _table(summary: dict, arms: list[str], k: float) -> str:
 
 def run(cfg: Config) -> dict:
     """Validate every target over all seeds; write JSON, Qini PNG and (optionally) a model."""
-    with warnings.catch_warnings():
-        # sklift 0.5.1 calls sklearn's deprecated stable_cumsum; the numbers are unaffected.
-        warnings.filterwarnings("ignore", message=".*stable_cumsum.*", category=FutureWarning)
-        return _run(cfg)
-
-
-def _run(cfg: Config) -> dict:
     df = load_hillstrom(cfg.data)
     x, names = features(df)
     arm = df["arm"].to_numpy().astype(str)

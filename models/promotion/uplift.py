@@ -11,10 +11,10 @@ with logged propensities), as exploration needs a posterior to sample from.
 
 Learners (each fitted one treatment arm against the control):
 
-* ``class_transformation`` -- Jaskowski & Jaroszewicz (2012), the approach of
-  ``sklift.models.ClassTransformation``: with ``Z = 1[Y == T]`` and ``P(T=1) = 1/2``,
-  ``uplift(x) = 2 P(Z=1 | x) - 1``. Arms of unequal size are reweighted to equal total weight,
-  which makes the identity hold for any assignment share. Binary outcomes only.
+* ``class_transformation`` -- Jaskowski & Jaroszewicz (2012): with ``Z = 1[Y == T]`` and
+  ``P(T=1) = 1/2``, ``uplift(x) = 2 P(Z=1 | x) - 1``. Arms of unequal size are reweighted to
+  equal total weight, which makes the identity hold for any assignment share. Binary outcomes
+  only.
 * ``t_learner`` -- one outcome model per arm; uplift = difference of predictions.
 * ``x_learner`` -- Kuenzel et al. (2019): the T-learner's models impute individual effects,
   which are regressed per arm and blended with the (constant, randomised) assignment share.
