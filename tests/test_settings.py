@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from agents.runtime.settings import (
     SettingsError,
     Topics,
     env_name,
+    warn_unknown_variables,
 )
 from streams.promotion.experiments import Arm, Experiment
 
@@ -32,6 +34,16 @@ def test_defaults_without_any_variable():
 def test_unrelated_variables_are_ignored():
     env = {"HOME": "/root", "NEXTBEST_NOT_A_SETTING": "x", "NEXTBEST_TOPIC_NOPE": "y"}
     assert Settings.from_env(env) == Settings()
+
+
+def test_a_misspelled_variable_is_named_with_the_setting_it_resembles(caplog):
+    env = {"HOME": "/root", "NEXTBEST_BATCH_SIZ": "10", "NEXTBEST_BATCH_SIZE": "20"}
+    with caplog.at_level(logging.WARNING, logger="agents.runtime.settings"):
+        settings = Settings.from_env(env)
+    assert settings.batch_size == 20
+    assert warn_unknown_variables(env) == ["NEXTBEST_BATCH_SIZ"]
+    assert "NEXTBEST_BATCH_SIZ is not a nextbest setting" in caplog.text
+    assert "did you mean NEXTBEST_BATCH_SIZE?" in caplog.text
 
 
 def test_every_field_type_is_parsed():

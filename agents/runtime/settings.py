@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -12,6 +14,8 @@ from typing import Any
 from models.next_purchase.paths import merchant_model_root
 from streams.merchants.catalog import DEFAULT_MERCHANTS
 from streams.promotion.experiments import Experiment
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("rules", "promotion")
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
@@ -278,6 +282,7 @@ class Settings:
         }
         settings = cls(**values, topics=Topics(**topic_values))  # type: ignore[arg-type]
         settings.validate()
+        warn_unknown_variables(env)
         return settings
 
     def to_env(self) -> dict[str, str]:
@@ -400,3 +405,21 @@ def _parse(name: str, raw: str, type_: object) -> object:
         variable = env_name(name)
         raise SettingsError(variable, f"{variable}={raw!r} is not a valid {type_name}") from None
     return raw
+
+
+def known_variables() -> list[str]:
+    """Every ``NEXTBEST_*`` variable `Settings.from_env` reads."""
+    names = [env_name(f.name) for f in fields(Settings) if f.name != "topics"]
+    return names + [topic_env_name(t.name) for t in fields(Topics)]
+
+
+def warn_unknown_variables(env: dict[str, str]) -> list[str]:
+    """Log each ``NEXTBEST_*`` variable that is no setting (a typo changes nothing silently),
+    with the closest setting's name; returns the unknown names."""
+    known = known_variables()
+    unknown = sorted(name for name in env if name.startswith("NEXTBEST_") and name not in known)
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        log.warning("%s is not a nextbest setting and is ignored%s", name, hint)
+    return unknown
