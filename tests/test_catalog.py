@@ -28,7 +28,7 @@ def ts(*args: int) -> float:
 
 VALID = {
     "name": "Test shop",
-    "currency": "eur",
+    "currency": "EUR",
     "shipping_cost": 4.5,
     "nudge_max_gap": 10,
     "frequency_cap": {"max_messages": 3, "period_hours": 12},
@@ -137,21 +137,22 @@ def test_json_merchants_file_and_yaml_datetimes(tmp_path):
         (config(currency="GB"), "merchants.m.currency: expected a 3-letter currency code"),
         (config(currency="POUND"), "currency: expected a 3-letter currency code"),
         (config(currency=826), "currency: expected a 3-letter currency code"),
-        ({"promotions": []}, "currency: expected a 3-letter currency code"),
+        ({"promotions": []}, "merchants.m.currency: required"),
+        (config(currency="eur"), "currency: expected a 3-letter currency code"),  # upper case
         (["GBP"], "merchants.m: expected a mapping"),
         (config(promotions={"id": "x"}), "merchants.m.promotions: expected a list"),
         (config(promotions=["fs"]), "merchants.m.promotions[0]: expected a mapping"),
         (promo(type="bogo"), "merchants.m.promotions[0].type: must be one of"),
         (promo(type=None), "promotions[0].type: must be one of"),
-        (promo(id=""), "merchants.m.promotions[0].id: required string"),
-        (promo(id=None), "promotions[0].id: required string"),
+        (promo(id=""), "merchants.m.promotions[0].id: expected a non-empty string"),
+        (promo(id=None), "promotions[0].id: expected a string, got None"),
         (promo(percent=0), "promotions[0].percent: must be between 0 and 100 for percent_off"),
         (promo(percent=100), "must be between 0 and 100"),
-        (promo(percent=150), "must be between 0 and 100"),
+        (promo(percent=150), "promotions[0].percent: expected a number <= 100, got 150"),
         (promo(percent=-5), "promotions[0].percent: expected a number >= 0, got -5"),
-        (promo(percent="5"), "percent: expected a number >= 0, got '5'"),
+        (promo(percent="5"), "percent: expected a number, got '5'"),
         (promo(min_spend=-1), "promotions[0].min_spend: expected a number >= 0, got -1"),
-        (promo(min_spend=True), "min_spend: expected a number >= 0, got True"),
+        (promo(min_spend=True), "min_spend: expected a number, got True"),
         (
             promo(valid_from="2011-12-01T00:00:00Z", valid_to="2011-11-01T00:00:00Z"),
             "merchants.m.promotions[0]: valid_to must be after valid_from",
@@ -166,9 +167,9 @@ def test_json_merchants_file_and_yaml_datetimes(tmp_path):
             config(promotions=[{"id": "a", "type": "free_shipping"}] * 2),
             "merchants.m.promotions: duplicate promotion ids",
         ),
-        (config(channel_order=["email", "fax"]), "channel_order: unknown channel(s) ['fax']"),
+        (config(channel_order=["email", "fax"]), "channel_order[1]: must be one of"),
         (config(shipping_cost=-1), "merchants.m.shipping_cost: expected a number >= 0"),
-        (config(nudge_max_gap="10"), "merchants.m.nudge_max_gap: expected a number >= 0"),
+        (config(nudge_max_gap="10"), "merchants.m.nudge_max_gap: expected a number, got '10'"),
         (
             config(frequency_cap={"max_messages": -1}),
             "merchants.m.frequency_cap.max_messages: expected a number >= 0",
@@ -245,7 +246,7 @@ def test_apply_update_adds_replaces_and_removes(registry):
     registry.apply_update("new-shop", config())
     assert registry.ids() == ["new-shop", "uci-gift-shop"]
     assert registry.get("new-shop").currency == "EUR"
-    registry.apply_update("new-shop", config(currency="usd", promotions=[]))
+    registry.apply_update("new-shop", config(currency="USD", promotions=[]))
     assert registry.get("new-shop").currency == "USD"
     assert registry.get("new-shop").promotions == ()
     registry.apply_update("new-shop", None)
@@ -370,26 +371,26 @@ def test_product_coupons_share_the_id_space_of_promotions():
 @pytest.mark.parametrize(
     ("merchant_config", "message"),
     [
-        (config(margin_rate=0), "merchants.m.margin_rate: must be between 0 and 1, got 0"),
-        (config(margin_rate=1.5), "merchants.m.margin_rate: must be between 0 and 1, got 1.5"),
-        (config(margin_rate="30%"), "merchants.m.margin_rate: expected a number >= 0"),
+        (config(margin_rate=0), "merchants.m.margin_rate: expected a number > 0, got 0"),
+        (config(margin_rate=1.5), "merchants.m.margin_rate: expected a number <= 1, got 1.5"),
+        (config(margin_rate="30%"), "merchants.m.margin_rate: expected a number, got '30%'"),
         (
             config(margin_rate=0.3, min_margin_rate=0.5),
             "merchants.m.min_margin_rate: must be between 0 and 0.3, got 0.5",
         ),
         (config(offer_ttl_hours=0), "merchants.m.offer_ttl_hours: expected a number > 0"),
-        (config(deep_discount_depth=0), "deep_discount_depth: must be > 0"),
-        (config(deep_discount_cost=2), "deep_discount_cost: must be between 0 and 1, got 2"),
+        (config(deep_discount_depth=0), "deep_discount_depth: expected a number > 0, got 0"),
+        (config(deep_discount_cost=2), "deep_discount_cost: expected a number <= 1, got 2"),
         (
             config(promotions=[{"id": "c", "type": "product_coupon"}]),
             "promotions[0].percent: must be between 0 and 100 for product_coupon",
         ),
         (promo(budget=-1), "merchants.m.promotions[0].budget: expected a number >= 0, got -1"),
-        (promo(budget="lots"), "promotions[0].budget: expected a number >= 0, got 'lots'"),
+        (promo(budget="lots"), "promotions[0].budget: expected a number, got 'lots'"),
         (promo(max_discount=0), "promotions[0].max_discount: expected a number > 0, got 0"),
-        (promo(max_per_customer=0), "promotions[0].max_per_customer: expected an integer >= 1"),
-        (promo(max_per_customer=1.5), "max_per_customer: expected an integer >= 1, got 1.5"),
-        (promo(max_per_customer=True), "max_per_customer: expected an integer >= 1, got True"),
+        (promo(max_per_customer=0), "promotions[0].max_per_customer: expected a number >= 1"),
+        (promo(max_per_customer=1.5), "max_per_customer: expected an integer, got 1.5"),
+        (promo(max_per_customer=True), "max_per_customer: expected an integer, got True"),
         (promo(per_customer_days=0), "promotions[0].per_customer_days: expected a number > 0"),
         (promo(exclusive="yes"), "promotions[0].exclusive: expected true or false, got 'yes'"),
         (promo(group=3), "promotions[0].group: expected a string, got 3"),

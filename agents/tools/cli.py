@@ -33,6 +33,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "models.next_purchase.interactions",
         "load a Personalize interactions CSV",
     ),
+    "catalog": (
+        "agents.tools.catalog",
+        "validate merchant configs, push them to the catalog topic",
+    ),
 }
 
 
@@ -121,6 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
+    from agents.tools.catalog import stale_catalog_schema, write_catalog_schema
     from schemas.json_schema import JSON_DIR, build_schemas, render, write_schemas
 
     if args.check:
@@ -128,10 +133,10 @@ def cmd_schemas(args: argparse.Namespace) -> int:
             name
             for name, doc in build_schemas().items()
             if not (JSON_DIR / name).exists() or (JSON_DIR / name).read_text() != render(doc)
-        ]
+        ] + stale_catalog_schema()
         print("JSON Schemas up to date" if not stale else f"stale: {', '.join(stale)}")
         return 1 if stale else 0
-    for path in write_schemas():
+    for path in [*write_schemas(), write_catalog_schema()]:
         print(path)
     return 0
 

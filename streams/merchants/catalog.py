@@ -1,25 +1,50 @@
 """Merchants and their promotion catalogs: parsed from a YAML/JSON file at start and updated at
 run time from the compacted ``promotion-catalog`` topic (key: merchant id, value: one merchant's
-config as JSON, or null to remove the merchant)."""
+config as JSON, or null to remove the merchant).
+
+`MerchantConfig` (pydantic, strict, unknown keys rejected) validates one merchant's config and
+builds the frozen `Merchant` the domain reads; its JSON Schema is ``schemas/json/catalog.v1.json``.
+"""
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import (
+    AwareDatetime,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from streams.merchants.options import MerchantConfigError, MerchantOptions, parse_options
+from streams.merchants.options import MerchantOptions, MerchantOptionsConfig
+from streams.merchants.strict import Channel, ConfigModel, Positive, config_errors
+from streams.state.customer_state import MAX_SENT
 
 DEFAULT_MERCHANTS = Path(__file__).with_name("merchants.yaml")
-PROMOTION_TYPES = ("free_shipping", "percent_off", "product_coupon")
-CHANNELS = ("push", "email", "sms", "in_app")
 
 
 class CatalogError(ValueError):
-    """A merchant config that cannot be used; the message says which field and why."""
+    """A merchant config that cannot be used: ``errors`` has one ``<field path>: <why>`` line per
+    problem."""
+
+    def __init__(self, *errors: str) -> None:
+        super().__init__(*errors)
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "; ".join(self.errors)
 
 
 @dataclass(frozen=True)
@@ -84,176 +109,244 @@ class Merchant:
     options: MerchantOptions = field(default_factory=MerchantOptions)  # delivery, journeys
 
 
-def _time(value: object, where: str) -> float:
+def _instant(value: object) -> object:
+    """An ISO 8601 time (YAML may already have read it as a datetime); the offset is checked by
+    ``AwareDatetime``."""
     if isinstance(value, datetime):
-        moment = value
-    else:
+        return value
+    if isinstance(value, str):
         try:
-            moment = datetime.fromisoformat(str(value))
+            return datetime.fromisoformat(value)
         except ValueError:
-            raise CatalogError(f"{where}: not an ISO 8601 time: {value!r}") from None
-    if moment.tzinfo is None:
-        raise CatalogError(f"{where}: needs a UTC offset, e.g. 2011-01-01T00:00:00Z")
-    return moment.timestamp()
+            pass
+    raise ValueError(f"not an ISO 8601 time: {value!r}")
 
 
-def _number(config: dict, key: str, where: str, default: float | None = None) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise CatalogError(f"{where}.{key}: expected a number >= 0, got {value!r}")
-    return float(value)
+Instant = Annotated[AwareDatetime, BeforeValidator(_instant)]
+Money = Annotated[float, Field(ge=0)]
+Rate = Annotated[float, Field(ge=0, le=1)]
+CURRENCY_PATTERN = "^[A-Z]{3}$"
 
 
-def parse_promotion(config: dict, where: str) -> Promotion:
-    if not isinstance(config, dict):
-        raise CatalogError(f"{where}: expected a mapping")
-    promo_id = config.get("id")
-    if not isinstance(promo_id, str) or not promo_id:
-        raise CatalogError(f"{where}.id: required string")
-    promo_type = config.get("type")
-    if promo_type not in PROMOTION_TYPES:
-        raise CatalogError(f"{where}.type: must be one of {PROMOTION_TYPES}, got {promo_type!r}")
-    percent = _number(config, "percent", where, 0.0)
-    if promo_type in ("percent_off", "product_coupon") and not 0 < percent < 100:
-        raise CatalogError(f"{where}.percent: must be between 0 and 100 for {promo_type}")
-    valid_from = (
-        _time(config["valid_from"], f"{where}.valid_from")
-        if "valid_from" in config
-        else float("-inf")
-    )
-    valid_to = (
-        _time(config["valid_to"], f"{where}.valid_to") if "valid_to" in config else float("inf")
-    )
-    if valid_to <= valid_from:
-        raise CatalogError(f"{where}: valid_to must be after valid_from")
-    return Promotion(
-        id=promo_id,
-        type=promo_type,
-        min_spend=_number(config, "min_spend", where, 0.0),
-        percent=percent,
-        valid_from=valid_from,
-        valid_to=valid_to,
-        title=str(config.get("title", "")),
-        **_promotion_limits(config, where),
-    )
+def _currency(value: object) -> object:
+    if isinstance(value, str) and re.fullmatch(CURRENCY_PATTERN, value):
+        return value
+    raise ValueError(f"expected a 3-letter currency code (ISO 4217, upper case), got {value!r}")
 
 
-def _optional_number(config: dict, key: str, where: str, positive: bool = False) -> float | None:
-    if config.get(key) is None:
-        return None
-    value = _number(config, key, where)
-    if positive and value <= 0:
-        raise CatalogError(f"{where}.{key}: expected a number > 0, got {config[key]!r}")
-    return value
+Currency = Annotated[
+    str,
+    BeforeValidator(_currency),
+    WithJsonSchema({"type": "string", "pattern": CURRENCY_PATTERN}),
+]
 
 
-def _promotion_limits(config: dict, where: str) -> dict:
-    """The promotion policy's optional limits of one promotion (see `Promotion`)."""
-    per_customer = config.get("max_per_customer")
-    if per_customer is not None and (
-        isinstance(per_customer, bool) or not isinstance(per_customer, int) or per_customer < 1
-    ):
-        raise CatalogError(
-            f"{where}.max_per_customer: expected an integer >= 1, got {per_customer!r}"
+class PromotionConfig(ConfigModel):
+    """A promotion of the catalog (see `Promotion` for the policy's limits)."""
+
+    id: Annotated[str, Field(min_length=1)]
+    type: Literal["free_shipping", "percent_off", "product_coupon"]
+    """``product_coupon``: ``percent`` off the customer's predicted next product."""
+    min_spend: Money = 0.0
+    """The cart value from which the promotion applies."""
+    percent: Annotated[float, Field(ge=0, le=100, validate_default=True)] = 0.0
+    """The discount of ``percent_off`` and ``product_coupon`` (above 0, below 100)."""
+    valid_from: Instant | None = None
+    """ISO 8601 with a UTC offset; absent: since ever."""
+    valid_to: Instant | None = None
+    """ISO 8601 with a UTC offset, excluded; absent: for ever."""
+    title: str = ""
+    budget: Money | None = None
+    """Total discount money the promotion may ever cost (absent: no cap)."""
+    max_discount: Positive | None = None
+    """One offer's discount at most."""
+    max_per_customer: Annotated[int, Field(ge=1)] | None = None
+    """A customer's redemptions at most (in ``per_customer_days``; absent: for ever)."""
+    per_customer_days: Positive | None = None
+    exclusive: bool = False
+    """Never offered beside another open offer of the customer."""
+    group: str = ""
+    """At most one open offer per non-empty group (e.g. all %-off tiers)."""
+
+    @field_validator("percent")
+    @classmethod
+    def _discount(cls, percent: float, info: ValidationInfo) -> float:
+        kind = info.data.get("type")
+        if kind in ("percent_off", "product_coupon") and not 0 < percent < 100:
+            raise ValueError(f"must be between 0 and 100 for {kind}, got {percent:g}")
+        return percent
+
+    @model_validator(mode="after")
+    def _window(self) -> PromotionConfig:
+        if None not in (self.valid_from, self.valid_to) and self.valid_to <= self.valid_from:
+            raise ValueError("valid_to must be after valid_from")
+        return self
+
+    def build(self) -> Promotion:
+        return Promotion(
+            id=self.id,
+            type=self.type,
+            min_spend=self.min_spend,
+            percent=self.percent,
+            valid_from=self.valid_from.timestamp() if self.valid_from else float("-inf"),
+            valid_to=self.valid_to.timestamp() if self.valid_to else float("inf"),
+            title=self.title,
+            budget=self.budget,
+            max_discount=self.max_discount,
+            max_per_customer=self.max_per_customer,
+            per_customer_days=self.per_customer_days,
+            exclusive=self.exclusive,
+            group=self.group,
         )
-    exclusive = config.get("exclusive", False)
-    if not isinstance(exclusive, bool):
-        raise CatalogError(f"{where}.exclusive: expected true or false, got {exclusive!r}")
-    group = config.get("group", "")
-    if not isinstance(group, str):
-        raise CatalogError(f"{where}.group: expected a string, got {group!r}")
-    return {
-        "budget": _optional_number(config, "budget", where),
-        "max_discount": _optional_number(config, "max_discount", where, positive=True),
-        "max_per_customer": per_customer,
-        "per_customer_days": _optional_number(config, "per_customer_days", where, positive=True),
-        "exclusive": exclusive,
-        "group": group,
-    }
 
 
-def _rate(config: dict, key: str, where: str, default: float, low: float, high: float) -> float:
-    value = _number(config, key, where, default)
-    if not low <= value <= high:
-        raise CatalogError(f"{where}.{key}: must be between {low:g} and {high:g}, got {value:g}")
-    return value
+class FrequencyCapConfig(ConfigModel):
+    """At most ``max_messages`` messages to a customer in ``period_hours``."""
 
-
-def parse_merchant(merchant_id: str, config: dict, base: Path | None = None) -> Merchant:
-    """One merchant's config; ``base`` (the merchants file's folder) resolves relative paths."""
-    where = f"merchants.{merchant_id}"
-    if not isinstance(config, dict):
-        raise CatalogError(f"{where}: expected a mapping")
-    currency = config.get("currency")
-    if not isinstance(currency, str) or len(currency) != 3:
-        raise CatalogError(f"{where}.currency: expected a 3-letter currency code")
-    promotions = config.get("promotions", [])
-    if not isinstance(promotions, list):
-        raise CatalogError(f"{where}.promotions: expected a list")
-    parsed = tuple(parse_promotion(p, f"{where}.promotions[{i}]") for i, p in enumerate(promotions))
-    ids = [p.id for p in parsed]
-    if len(set(ids)) != len(ids):
-        raise CatalogError(f"{where}.promotions: duplicate promotion ids")
-    margin_rate = _rate(config, "margin_rate", where, Merchant.margin_rate, 0.0, 1.0)
-    if margin_rate == 0:
-        raise CatalogError(f"{where}.margin_rate: must be between 0 and 1, got 0")
-    min_margin_rate = _rate(config, "min_margin_rate", where, 0.0, 0.0, margin_rate)
-    offer_ttl_hours = _number(config, "offer_ttl_hours", where, Merchant.offer_ttl_hours)
-    deep_discount_depth = _rate(
-        config, "deep_discount_depth", where, Merchant.deep_discount_depth, 0.0, 1.0
+    max_messages: Annotated[int, Field(ge=0, json_schema_extra={"maximum": MAX_SENT})] = (
+        FrequencyCap.max_messages
     )
-    if deep_discount_depth == 0:
-        raise CatalogError(f"{where}.deep_discount_depth: must be > 0")
-    if offer_ttl_hours <= 0:
-        raise CatalogError(f"{where}.offer_ttl_hours: expected a number > 0")
-    cap = config.get("frequency_cap", {})
-    if not isinstance(cap, dict):
-        raise CatalogError(f"{where}.frequency_cap: expected a mapping")
-    channel_order = config.get("channel_order", Merchant.channel_order)
-    if not isinstance(channel_order, list | tuple):
-        raise CatalogError(f"{where}.channel_order: expected a list of channels")
-    channel_order = tuple(channel_order)
-    unknown = set(channel_order) - set(CHANNELS)
-    if unknown:
-        raise CatalogError(f"{where}.channel_order: unknown channel(s) {sorted(unknown)}")
+    """At most 20: the cap counts the messages kept per customer."""
+    period_hours: Money = FrequencyCap.period_s / 3600.0
+
+    @field_validator("max_messages")
+    @classmethod
+    def _kept(cls, limit: int) -> int:
+        if limit > MAX_SENT:
+            raise ValueError(f"at most {MAX_SENT} (messages kept per customer), got {limit}")
+        return limit
+
+    def build(self) -> FrequencyCap:
+        return FrequencyCap(max_messages=self.max_messages, period_s=self.period_hours * 3600.0)
+
+
+class MerchantConfig(MerchantOptionsConfig):
+    """One merchant's config: an entry of the merchants file, and the value of a record of the
+    promotion-catalog topic (key: the merchant id; a null value removes the merchant). Money is
+    in the merchant's currency."""
+
+    model_config = ConfigDict(title="Merchant")
+
+    currency: Currency
+    """ISO 4217, upper case (GBP, EUR, USD...)."""
+    name: str = ""
+    """Shown as the title of notifications (default: the merchant id)."""
+    shipping_cost: Money = 0.0
+    """What the shop pays when it gives free shipping."""
+    nudge_max_gap: Money = 0.0
+    """Nudge ("add 10 more for ...") when a better tier is at most this far above the cart."""
+    frequency_cap: FrequencyCapConfig = FrequencyCapConfig()
+    channel_order: list[Channel] = list(Merchant.channel_order)
+    margin_rate: Annotated[float, Field(gt=0, le=1)] = Merchant.margin_rate
+    """The share of a basket's value the shop keeps as gross margin."""
+    min_margin_rate: Rate = Merchant.min_margin_rate
+    """No offer may leave less than this share of the basket as margin (at most margin_rate)."""
+    offer_ttl_hours: Positive = Merchant.offer_ttl_hours
+    deep_discount_depth: Annotated[float, Field(gt=0, le=1)] = Merchant.deep_discount_depth
+    deep_discount_cost: Rate = Merchant.deep_discount_cost
+    promotions: list[PromotionConfig] = []
+    """Cart tiers (free_shipping, percent_off) and product coupons; ids unique."""
+
+    @field_validator("min_margin_rate")
+    @classmethod
+    def _margin_left(cls, rate: float, info: ValidationInfo) -> float:
+        margin = info.data.get("margin_rate")
+        if margin is not None and rate > margin:
+            raise ValueError(
+                f"must be between 0 and {margin:g}, got {rate:g} (at most margin_rate)"
+            )
+        return rate
+
+    @field_validator("promotions")
+    @classmethod
+    def _unique_ids(cls, promotions: list[PromotionConfig]) -> list[PromotionConfig]:
+        ids = [p.id for p in promotions]
+        if twice := sorted({i for i in ids if ids.count(i) > 1}):
+            raise ValueError(f"duplicate promotion ids {twice}")
+        return promotions
+
+    def build(self, merchant_id: str, base: Path | None = None) -> Merchant:
+        promotions = [p.build() for p in self.promotions]
+        return Merchant(
+            id=merchant_id,
+            name=self.name or merchant_id,
+            currency=self.currency,
+            shipping_cost=self.shipping_cost,
+            promotions=tuple(p for p in promotions if p.type != "product_coupon"),
+            product_coupons=tuple(p for p in promotions if p.type == "product_coupon"),
+            nudge_max_gap=self.nudge_max_gap,
+            frequency_cap=self.frequency_cap.build(),
+            channel_order=tuple(self.channel_order),
+            margin_rate=self.margin_rate,
+            min_margin_rate=self.min_margin_rate,
+            offer_ttl_hours=self.offer_ttl_hours,
+            deep_discount_depth=self.deep_discount_depth,
+            deep_discount_cost=self.deep_discount_cost,
+            options=self.build_options(base),
+        )
+
+
+def validate_merchant(merchant_id: str, config: object) -> MerchantConfig:
+    """The validated config of one merchant; raises CatalogError naming every bad field."""
     try:
-        options = parse_options(config, where, base)
-    except MerchantConfigError as exc:
-        raise CatalogError(str(exc)) from None
-    return Merchant(
-        id=merchant_id,
-        name=str(config.get("name", merchant_id)),
-        currency=currency.upper(),
-        shipping_cost=_number(config, "shipping_cost", where, 0.0),
-        promotions=tuple(p for p in parsed if p.type != "product_coupon"),
-        product_coupons=tuple(p for p in parsed if p.type == "product_coupon"),
-        margin_rate=margin_rate,
-        min_margin_rate=min_margin_rate,
-        offer_ttl_hours=offer_ttl_hours,
-        deep_discount_depth=deep_discount_depth,
-        deep_discount_cost=_rate(
-            config, "deep_discount_cost", where, Merchant.deep_discount_cost, 0.0, 1.0
-        ),
-        nudge_max_gap=_number(config, "nudge_max_gap", where, 0.0),
-        frequency_cap=FrequencyCap(
-            max_messages=int(_number(cap, "max_messages", f"{where}.frequency_cap", 2)),
-            period_s=_number(cap, "period_hours", f"{where}.frequency_cap", 24) * 3600.0,
-        ),
-        channel_order=channel_order,
-        options=options,
-    )
+        return MerchantConfig.model_validate(config)
+    except ValidationError as exc:
+        raise CatalogError(
+            *config_errors(exc, MerchantConfig, f"merchants.{merchant_id}")
+        ) from None
+
+
+def parse_merchant(merchant_id: str, config: object, base: Path | None = None) -> Merchant:
+    """One merchant's config; ``base`` (the merchants file's folder) resolves relative paths."""
+    return validate_merchant(merchant_id, config).build(merchant_id, base)
+
+
+def read_document(path: Path) -> object:
+    """A YAML or JSON file's content."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CatalogError(f"cannot read merchants file {path}: {exc}") from exc
+
+
+def merchant_configs(document: object, source: Path) -> dict[str, object]:
+    """The ``merchants`` mapping of a merchants file's ``document`` (``{merchants: {<id>:
+    <config>}}``), ids as strings, configs not validated yet."""
+    if not isinstance(document, dict) or not isinstance(document.get("merchants"), dict):
+        raise CatalogError(f"{source}: expected a top-level 'merchants' mapping")
+    if unknown := sorted(str(key) for key in document if key != "merchants"):
+        raise CatalogError(
+            *(f"{key}: unknown field (the only key is 'merchants')" for key in unknown)
+        )
+    return {str(mid): config for mid, config in document["merchants"].items()}
+
+
+def validate_merchants(configs: dict[str, object]) -> dict[str, MerchantConfig]:
+    """Every merchant's validated config; one CatalogError names every bad field of all."""
+    valid, errors = {}, []
+    for merchant_id, config in configs.items():
+        try:
+            valid[merchant_id] = validate_merchant(merchant_id, config)
+        except CatalogError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise CatalogError(*errors)
+    return valid
 
 
 def load_merchants(path: Path) -> dict[str, Merchant]:
-    """Read a merchants file (YAML or JSON: ``{merchants: {<id>: <config>}}``)."""
-    try:
-        document = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise CatalogError(f"cannot read merchants file {path}: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("merchants"), dict):
-        raise CatalogError(f"{path}: expected a top-level 'merchants' mapping")
-    merchants = document["merchants"].items()
-    return {str(mid): parse_merchant(str(mid), cfg, path.parent) for mid, cfg in merchants}
+    """Read a merchants file (YAML or JSON); relative paths in it are relative to its folder."""
+    configs = merchant_configs(read_document(path), path)
+    return {mid: m.build(mid, path.parent) for mid, m in validate_merchants(configs).items()}
+
+
+def catalog_record_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of a promotion-catalog record: one merchant's config."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://nextbest.dev/schemas/catalog.v1.json",
+        **MerchantConfig.model_json_schema(),
+    }
 
 
 class MerchantRegistry:

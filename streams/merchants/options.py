@@ -22,8 +22,9 @@ history the next-purchase model reads) and in training for that merchant: a regu
 expression matched at the start of the stripped, upper-cased id, ignoring case
 (`streams.state.products.product_rule`). Without it, the UCI Online Retail stock-code rule.
 
-Parsing raises `MerchantConfigError` naming the field; `streams.merchants.catalog` turns it into a
-`CatalogError`, so a bad section rejects the whole merchant update and changes nothing.
+The pydantic models below validate these sections (unknown keys are errors) and build the
+frozen dataclasses the domain reads; `streams.merchants.catalog.parse_merchant` raises a
+`CatalogError` naming the field, so a bad section rejects the whole merchant and changes nothing.
 """
 
 from __future__ import annotations
@@ -31,19 +32,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from streams.state.customer_state import MAX_SENT
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from streams.merchants.strict import Channel, ConfigModel, Positive
 from streams.state.products import product_rule
 
-CHANNELS = ("push", "email", "sms", "in_app")
-FOLLOW_UP_TRIGGERS = ("first_order", "order")
 MINUTE = 60.0
 DAY = 86400.0
-
-
-class MerchantConfigError(ValueError):
-    """A delivery, journeys or training section that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -101,9 +106,6 @@ class Journeys:
     follow_up: FollowUp | None = None
 
 
-TRAINING_FORMATS = ("online_retail", "interactions")
-
-
 @dataclass(frozen=True)
 class Training:
     data: str = ""  # the training file for `POST /predictors`; "" = not configured
@@ -119,60 +121,6 @@ class MerchantOptions:
     products: re.Pattern[str] = field(default_factory=product_rule)  # the compiled rule
 
 
-def parse_product_pattern(value: object, where: str) -> str | None:
-    """A merchant's ``product_pattern`` (None when absent); a bad regex is a config error."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise MerchantConfigError(f"{where}: expected a regular expression (a string)")
-    try:
-        product_rule(value)
-    except ValueError as exc:
-        raise MerchantConfigError(f"{where}: {exc}") from None
-    return value
-
-
-def _section(config: dict, key: str, where: str) -> dict | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise MerchantConfigError(f"{where}.{key}: expected a mapping")
-    return value
-
-
-def _positive(config: dict, key: str, where: str, default: float) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise MerchantConfigError(f"{where}.{key}: expected a number > 0, got {value!r}")
-    return float(value)
-
-
-def _text(config: dict, key: str, where: str, default: str) -> str:
-    value = config.get(key, default)
-    if not isinstance(value, str) or not value.strip():
-        raise MerchantConfigError(f"{where}.{key}: expected a non-empty string")
-    return value
-
-
-def _channel(config: dict, key: str, where: str, default: str) -> str:
-    value = config.get(key, default)
-    if value not in CHANNELS:
-        raise MerchantConfigError(f"{where}.{key}: must be one of {CHANNELS}, got {value!r}")
-    return value
-
-
-def _local_time(value: object, where: str) -> int:
-    """``"21:00"`` to minutes after midnight (YAML reads an unquoted 21:00 as 1260: accepted)."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
-        return value
-    if isinstance(value, str):
-        hours, _, minutes = value.partition(":")
-        if hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60:
-            return int(hours) * 60 + int(minutes)
-    raise MerchantConfigError(f'{where}: expected a local time such as "21:00", got {value!r}')
-
-
 def time_zone(name: object) -> ZoneInfo | None:
     """The IANA zone called ``name``, or None when it is missing or unknown."""
     if not isinstance(name, str) or not name:
@@ -183,112 +131,202 @@ def time_zone(name: object) -> ZoneInfo | None:
         return None
 
 
-def parse_delivery(config: dict | None, where: str) -> DeliveryOptions:
-    if config is None:
-        return DeliveryOptions()
-    quiet = _section(config, "quiet_hours", where)
-    quiet_hours = QuietHours()
-    if quiet is not None:
-        channels = quiet.get("channels", list(QuietHours.channels))
-        if not isinstance(channels, list | tuple) or set(channels) - set(CHANNELS):
-            raise MerchantConfigError(
-                f"{where}.quiet_hours.channels: expected a list of {CHANNELS}"
-            )
-        quiet_hours = QuietHours(
-            start=_local_time(quiet.get("start", "21:00"), f"{where}.quiet_hours.start"),
-            end=_local_time(quiet.get("end", "08:00"), f"{where}.quiet_hours.end"),
-            channels=tuple(channels),
+def _local_time(value: object) -> object:
+    """``"21:00"`` to minutes after midnight (YAML reads an unquoted 21:00 as 1260: accepted)."""
+    if isinstance(value, str):
+        hours, _, minutes = value.partition(":")
+        if hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60:
+            return int(hours) * 60 + int(minutes)
+    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+        return value
+    raise ValueError(f'expected a local time such as "21:00", got {value!r}')
+
+
+LocalTime = Annotated[
+    int,
+    BeforeValidator(_local_time),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": "^([01]?[0-9]|2[0-3]):[0-5][0-9]$"},
+                {"type": "integer", "minimum": 0, "maximum": 24 * 60 - 1},
+            ],
+            "description": 'a local time, "HH:MM" (or minutes after midnight)',
+        }
+    ),
+]
+
+
+def _known_zone(name: str) -> str:
+    if time_zone(name) is None:
+        raise ValueError(f"unknown time zone {name!r}")
+    return name
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a non-empty string")
+    return text
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
+Text = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+
+
+class QuietHoursConfig(ConfigModel):
+    """Local times between which the listed channels stay silent (start after end wraps
+    midnight; start equal to end: no quiet hours)."""
+
+    start: LocalTime = QuietHours.start
+    end: LocalTime = QuietHours.end
+    channels: list[Channel] = list(QuietHours.channels)
+
+    def build(self) -> QuietHours:
+        return QuietHours(start=self.start, end=self.end, channels=tuple(self.channels))
+
+
+class DeliveryConfig(ConfigModel):
+    """Delivery rules for every message of the merchant (see streams/outreach/delivery.py)."""
+
+    quiet_hours: QuietHoursConfig = QuietHoursConfig()
+    time_zones: Annotated[list[TimeZoneName], Field(min_length=1)] = list(
+        DeliveryOptions.time_zones
+    )
+    """IANA zones a customer without a (valid) time zone may live in."""
+
+    def build(self) -> DeliveryOptions:
+        return DeliveryOptions(
+            quiet_hours=self.quiet_hours.build(), time_zones=tuple(self.time_zones)
         )
-    zones = config.get("time_zones", list(DeliveryOptions.time_zones))
-    if not isinstance(zones, list | tuple) or not zones:
-        raise MerchantConfigError(f"{where}.time_zones: expected a non-empty list of IANA zones")
-    for zone in zones:
-        if time_zone(zone) is None:
-            raise MerchantConfigError(f"{where}.time_zones: unknown time zone {zone!r}")
-    return DeliveryOptions(quiet_hours=quiet_hours, time_zones=tuple(zones))
 
 
-def parse_journeys(config: dict | None, where: str) -> Journeys:
-    if config is None:
-        return Journeys()
-    known = {"abandoned_cart", "replenishment", "follow_up"}
-    unknown = set(config) - known
-    if unknown:
-        raise MerchantConfigError(f"{where}: unknown journey(s) {sorted(unknown)}")
-    cart = _section(config, "abandoned_cart", where)
-    refill = _section(config, "replenishment", where)
-    follow = _section(config, "follow_up", where)
-    abandoned = replenishment = follow_up = None
-    if cart is not None:
-        w = f"{where}.abandoned_cart"
-        message = _text(cart, "message", w, AbandonedCart.message)
+class AbandonedCartConfig(ConfigModel):
+    """One reminder for a cart left this long without checkout."""
+
+    after_minutes: Positive = AbandonedCart.after_s / MINUTE
+    message: Text = AbandonedCart.message
+    """The reminder's text; ``{items}`` is the only placeholder."""
+
+    @field_validator("message")
+    @classmethod
+    def _placeholders(cls, message: str) -> str:
         try:
             message.format(items="2 items")
         except (KeyError, IndexError, ValueError):
-            raise MerchantConfigError(
-                f"{w}.message: the only placeholder is {{items}}, got {message!r}"
-            ) from None
-        abandoned = AbandonedCart(
-            after_s=_positive(cart, "after_minutes", w, 60) * MINUTE, message=message
-        )
-    if refill is not None:
-        w = f"{where}.replenishment"
-        min_orders = _positive(refill, "min_orders", w, 3)
-        if min_orders < 3 or min_orders != int(min_orders):
-            raise MerchantConfigError(f"{w}.min_orders: expected a whole number >= 3")
-        replenishment = Replenishment(
-            min_orders=int(min_orders),
-            lead_s=_positive(refill, "lead_days", w, 2) * DAY,
-            min_interval_s=_positive(refill, "min_interval_days", w, 7) * DAY,
-            message=_text(refill, "message", w, Replenishment.message),
-        )
-    if follow is not None:
-        w = f"{where}.follow_up"
-        trigger = follow.get("trigger", FollowUp.trigger)
-        if trigger not in FOLLOW_UP_TRIGGERS:
-            raise MerchantConfigError(f"{w}.trigger: must be one of {FOLLOW_UP_TRIGGERS}")
-        follow_up = FollowUp(
-            trigger=trigger,
-            first=_channel(follow, "first", w, FollowUp.first),
-            if_opened=_channel(follow, "if_opened", w, FollowUp.if_opened),
-            if_not_opened=_channel(follow, "if_not_opened", w, FollowUp.if_not_opened),
-            wait_s=_positive(follow, "wait_days", w, 3) * DAY,
-            first_message=_text(follow, "first_message", w, FollowUp.first_message),
-            opened_message=_text(follow, "opened_message", w, FollowUp.opened_message),
-            not_opened_message=_text(follow, "not_opened_message", w, FollowUp.not_opened_message),
-        )
-    return Journeys(abandoned_cart=abandoned, replenishment=replenishment, follow_up=follow_up)
+            raise ValueError(f"the only placeholder is {{items}}, got {message!r}") from None
+        return message
+
+    def build(self) -> AbandonedCart:
+        return AbandonedCart(after_s=self.after_minutes * MINUTE, message=self.message)
 
 
-def parse_training(config: dict | None, where: str, base: Path | None) -> Training:
-    if config is None:
-        return Training()
-    data = config.get("data", "")
-    if not isinstance(data, str):
-        raise MerchantConfigError(f"{where}.data: expected a file path")
-    if data and base is not None and not Path(data).is_absolute():
-        data = str((base / data).resolve())
-    data_format = config.get("format", Training.format)
-    if data_format not in TRAINING_FORMATS:
-        raise MerchantConfigError(
-            f"{where}.format: must be one of {TRAINING_FORMATS}, got {data_format!r}"
+class ReplenishmentConfig(ConfigModel):
+    """A reminder shortly before a regular customer's typical interval between orders is up."""
+
+    min_orders: Annotated[int, Field(ge=3)] = Replenishment.min_orders
+    lead_days: Positive = Replenishment.lead_s / DAY
+    min_interval_days: Positive = Replenishment.min_interval_s / DAY
+    message: Text = Replenishment.message
+
+    def build(self) -> Replenishment:
+        return Replenishment(
+            min_orders=self.min_orders,
+            lead_s=self.lead_days * DAY,
+            min_interval_s=self.min_interval_days * DAY,
+            message=self.message,
         )
-    return Training(data=data, format=data_format)
 
 
-def parse_options(config: dict, where: str, base: Path | None = None) -> MerchantOptions:
-    """The optional sections of one merchant's config; ``base`` resolves relative paths."""
-    cap = config.get("frequency_cap")
-    limit = cap.get("max_messages") if isinstance(cap, dict) else None
-    if isinstance(limit, int | float) and limit > MAX_SENT:  # the cap counts the kept messages
-        raise MerchantConfigError(
-            f"{where}.frequency_cap.max_messages: at most {MAX_SENT} (messages kept per customer)"
+class FollowUpConfig(ConfigModel):
+    """A first message; if opened, a second at once; if not opened within ``wait_days``, a
+    third."""
+
+    trigger: Literal["first_order", "order"] = "first_order"
+    first: Channel = "email"
+    if_opened: Channel = "push"
+    if_not_opened: Channel = "sms"
+    wait_days: Positive = FollowUp.wait_s / DAY
+    first_message: Text = FollowUp.first_message
+    opened_message: Text = FollowUp.opened_message
+    not_opened_message: Text = FollowUp.not_opened_message
+
+    def build(self) -> FollowUp:
+        return FollowUp(
+            trigger=self.trigger,
+            first=self.first,
+            if_opened=self.if_opened,
+            if_not_opened=self.if_not_opened,
+            wait_s=self.wait_days * DAY,
+            first_message=self.first_message,
+            opened_message=self.opened_message,
+            not_opened_message=self.not_opened_message,
         )
-    pattern = parse_product_pattern(config.get("product_pattern"), f"{where}.product_pattern")
-    return MerchantOptions(
-        delivery=parse_delivery(_section(config, "delivery", where), f"{where}.delivery"),
-        journeys=parse_journeys(_section(config, "journeys", where), f"{where}.journeys"),
-        training=parse_training(_section(config, "training", where), f"{where}.training", base),
-        product_pattern=pattern,
-        products=product_rule(pattern),
-    )
+
+
+class JourneysConfig(ConfigModel):
+    """The journeys the merchant runs (see docs/journeys.md); an absent one does not run."""
+
+    abandoned_cart: AbandonedCartConfig | None = None
+    replenishment: ReplenishmentConfig | None = None
+    follow_up: FollowUpConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_journeys(cls, data: object) -> object:
+        if isinstance(data, dict) and (unknown := sorted(set(data) - set(cls.model_fields))):
+            raise ValueError(f"unknown journey(s) {unknown}, expected {list(cls.model_fields)}")
+        return data
+
+    def build(self) -> Journeys:
+        return Journeys(
+            abandoned_cart=self.abandoned_cart and self.abandoned_cart.build(),
+            replenishment=self.replenishment and self.replenishment.build(),
+            follow_up=self.follow_up and self.follow_up.build(),
+        )
+
+
+class TrainingConfig(ConfigModel):
+    """Training data for ``POST /predictors``."""
+
+    data: str = Training.data
+    """The training file; relative to the merchants file's folder ("": none)."""
+    format: Literal["online_retail", "interactions"] = "online_retail"
+    """``online_retail`` (UCI Online Retail) or ``interactions`` (Amazon Personalize CSV)."""
+
+    def build(self, base: Path | None) -> Training:
+        data = self.data
+        if data and base is not None and not Path(data).is_absolute():
+            data = str((base / data).resolve())
+        return Training(data=data, format=self.format)
+
+
+def _product_pattern(value: object) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expected a regular expression (a string)")
+    product_rule(value)  # a ValueError that says what is wrong
+    return value
+
+
+class MerchantOptionsConfig(ConfigModel):
+    """The optional sections of a merchant's config (`streams.merchants.catalog.MerchantConfig`
+    adds the rest)."""
+
+    delivery: DeliveryConfig = DeliveryConfig()
+    journeys: JourneysConfig = JourneysConfig()
+    training: TrainingConfig = TrainingConfig()
+    product_pattern: Annotated[str | None, BeforeValidator(_product_pattern)] = None
+    """What counts as a product: a regular expression matched at the start of the id, ignoring
+    case (default: UCI Online Retail stock codes)."""
+
+    def build_options(self, base: Path | None = None) -> MerchantOptions:
+        """The domain's options; ``base`` (the merchants file's folder) resolves relative
+        paths."""
+        return MerchantOptions(
+            delivery=self.delivery.build(),
+            journeys=self.journeys.build(),
+            training=self.training.build(base),
+            product_pattern=self.product_pattern,
+            products=product_rule(self.product_pattern),
+        )
