@@ -13,6 +13,15 @@ from streams.merchants.catalog import DEFAULT_MERCHANTS
 from streams.promotion.experiments import Experiment
 
 POLICIES = ("rules", "promotion")
+#: REST API scopes: ``ingest`` (POST /events), ``read`` (recommendations, promotions, customer
+#: state), ``train`` (POST /predictors, job status); the token settings that grant them.
+API_SCOPES = ("ingest", "read", "train")
+TOKEN_SCOPES = {
+    "api_tokens": frozenset(API_SCOPES),
+    "api_ingest_tokens": frozenset({"ingest"}),
+    "api_read_tokens": frozenset({"read"}),
+    "api_train_tokens": frozenset({"train"}),
+}
 
 
 def env_name(setting: str) -> str:
@@ -147,8 +156,27 @@ class Settings:
     model_top_k: int = _setting(5, "Predicted next products an offer carries (`recommendations`)")
     api_tokens: str = _setting(
         "",
-        "REST API bearer tokens, `merchant=token,merchant2=token2` (a token sees its merchant "
-        "only; at least 16 characters)",
+        "REST API bearer tokens with every scope (ingest, read, train), "
+        "`merchant=token,merchant2=token2` (a token sees its merchant only; at least 16 "
+        "characters)",
+        secret=True,
+    )
+    api_ingest_tokens: str = _setting(
+        "",
+        "REST API tokens that can only send their merchant's events (`POST /events`; safe in a "
+        "browser), `merchant=token,...`",
+        secret=True,
+    )
+    api_read_tokens: str = _setting(
+        "",
+        "REST API tokens that can only read their merchant's recommendations, promotions and "
+        "customer state, `merchant=token,...`",
+        secret=True,
+    )
+    api_train_tokens: str = _setting(
+        "",
+        "REST API tokens that can only start and follow their merchant's training jobs, "
+        "`merchant=token,...`",
         secret=True,
     )
     api_admin_token: str = _setting(
@@ -156,6 +184,13 @@ class Settings:
     )
     api_max_body_bytes: int = _setting(1048576, "Largest REST request body (larger: 413)")
     api_max_events: int = _setting(500, "Most events per `POST /events` (more: 413)")
+    api_rate: float = _setting(
+        50.0,
+        "Requests per second each REST API token may make on one worker (more: 429); 0: no limit",
+    )
+    api_burst: int = _setting(
+        100, "Requests a REST API token may make at once, above `NEXTBEST_API_RATE`"
+    )
     models_dir: Path = _setting(
         Path("var/models"),
         "Merchant models: `POST /predictors` writes, and the worker serves, "
@@ -258,7 +293,9 @@ class Settings:
             raise ValueError(
                 "NEXTBEST_PROMO_HORIZON_WEEKS must be > 0 and NEXTBEST_PROMO_DEPENDENCY_COST >= 0"
             )
-        self.merchant_tokens()  # raises on a malformed NEXTBEST_API_TOKENS
+        self.merchant_tokens()  # raises on a malformed NEXTBEST_API_*TOKENS
+        if self.api_rate < 0 or self.api_burst < 1:
+            raise ValueError("NEXTBEST_API_RATE must be >= 0 and NEXTBEST_API_BURST >= 1")
         if self.api_admin_token and len(self.api_admin_token) < 16:
             raise ValueError("NEXTBEST_API_ADMIN_TOKEN must be at least 16 characters")
         if self.api_max_body_bytes < 1 or self.api_max_events < 1 or self.journey_tick_s <= 0:
@@ -279,17 +316,21 @@ class Settings:
         except ValueError as exc:
             raise ValueError(f"NEXTBEST_PROMO_EXPERIMENT: {exc}") from None
 
-    def merchant_tokens(self) -> dict[str, str]:
-        """Bearer token -> merchant id, from ``NEXTBEST_API_TOKENS``."""
-        tokens: dict[str, str] = {}
-        for pair in filter(None, (part.strip() for part in self.api_tokens.split(","))):
-            merchant, sep, token = pair.partition("=")
-            if not sep or not merchant.strip() or len(token.strip()) < 16:
-                raise ValueError(
-                    "NEXTBEST_API_TOKENS must look like merchant=token,... with tokens of at "
-                    "least 16 characters"
-                )
-            tokens[token.strip()] = merchant.strip()
+    def merchant_tokens(self) -> dict[str, tuple[str, frozenset[str]]]:
+        """Bearer token -> (merchant id, scopes), from ``NEXTBEST_API_TOKENS`` (every scope) and
+        ``NEXTBEST_API_{INGEST,READ,TRAIN}_TOKENS``; a token may be listed only once."""
+        tokens: dict[str, tuple[str, frozenset[str]]] = {}
+        for name, scopes in TOKEN_SCOPES.items():
+            for pair in filter(None, (part.strip() for part in getattr(self, name).split(","))):
+                merchant, sep, token = pair.partition("=")
+                if not sep or not merchant.strip() or len(token.strip()) < 16:
+                    raise ValueError(
+                        f"{env_name(name)} must look like merchant=token,... with tokens of at "
+                        "least 16 characters"
+                    )
+                if token.strip() in tokens or token.strip() == self.api_admin_token:
+                    raise ValueError(f"{env_name(name)}: a token is listed more than once")
+                tokens[token.strip()] = (merchant.strip(), scopes)
         return tokens
 
     @property
