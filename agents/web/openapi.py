@@ -7,7 +7,9 @@ Every route, its parameters with their bounds, its body and every status it answ
 from __future__ import annotations
 
 from agents.web.params import AT_RANGE, MAX_RECOMMENDATIONS
-from schemas.spec import ID_MAX_LENGTH
+from schemas.events import INPUT_EVENTS
+from schemas.json_schema import build_schemas
+from schemas.spec import ID_MAX_LENGTH, record_spec
 
 _ID = {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH}
 _NULLABLE_STRING = {"type": ["string", "null"]}
@@ -67,6 +69,19 @@ def _errors(*statuses: int, **others: dict) -> dict:
 
 _MERCHANT = _query("merchant", "merchant id", _ID)
 
+
+def _input_event_schemas() -> dict[str, dict]:
+    """The input topics' JSON Schemas (schemas/json/*.v1.json) by title, e.g. ``CartEvent``."""
+    titles = {record_spec(record).name for record in INPUT_EVENTS.values()}
+    return {
+        document["title"]: {k: v for k, v in document.items() if k not in ("$schema", "$id")}
+        for document in build_schemas().values()
+        if document["title"] in titles
+    }
+
+
+_EVENTS = _input_event_schemas()
+
 OPENAPI: dict = {
     "openapi": "3.1.0",
     "info": {
@@ -112,10 +127,14 @@ OPENAPI: dict = {
                     "error": _NULLABLE_STRING,
                 },
             },
+            **_EVENTS,
             "Event": {
-                "type": "object",
                 "description": "one input event: the contract of its event_type "
-                "(schemas/json/*.v1.json); an invalid one is answered in `errors`",
+                "(schemas/json/*.v1.json); any other object is answered in `errors`",
+                "anyOf": [
+                    *({"$ref": f"#/components/schemas/{title}"} for title in _EVENTS),
+                    {"type": "object"},
+                ],
             },
         },
     },
