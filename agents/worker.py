@@ -12,7 +12,7 @@ from agents.pipeline import Pipeline
 from agents.runtime.app import NextbestApp, create_app
 from agents.runtime.settings import Settings, merchant_models_present
 from agents.runtime.topics import ensure_topics
-from agents.web import api, state_api
+from agents.web import api
 from streams.decisions import Policy, ThresholdRulesPolicy
 from streams.promotion.policy import SignalsProvider
 
@@ -35,7 +35,6 @@ def build(
     policy = policy or rules
     customer_events.register(nb, Pipeline(nb, policy, outreach.register(nb, policy), hooks))
     monitoring.register(nb)
-    state_api.register(nb)
     api.register(nb, rules if hooks is not None else policy, models)
     return nb
 

@@ -72,6 +72,11 @@ def test_every_field_type_is_parsed():
         "NEXTBEST_API_ADMIN_TOKEN": "admin-token-0123456789",
         "NEXTBEST_API_MAX_BODY_BYTES": "2048",
         "NEXTBEST_API_MAX_EVENTS": "10",
+        "NEXTBEST_API_INGEST_TOKENS": "shop-a=iiiiiiiiiiiiiiii1",
+        "NEXTBEST_API_READ_TOKENS": "shop-a=rrrrrrrrrrrrrrrr1",
+        "NEXTBEST_API_TRAIN_TOKENS": "shop-b=tttttttttttttttt2",
+        "NEXTBEST_API_RATE": "7.5",
+        "NEXTBEST_API_BURST": "20",
         "NEXTBEST_MODELS_DIR": "/data/models",
         "NEXTBEST_TRAIN_ARGS": "--max-epochs 5",
         "NEXTBEST_JOURNEY_TICK_S": "2.5",
@@ -116,6 +121,11 @@ def test_every_field_type_is_parsed():
         api_admin_token="admin-token-0123456789",
         api_max_body_bytes=2048,
         api_max_events=10,
+        api_ingest_tokens="shop-a=iiiiiiiiiiiiiiii1",
+        api_read_tokens="shop-a=rrrrrrrrrrrrrrrr1",
+        api_train_tokens="shop-b=tttttttttttttttt2",
+        api_rate=7.5,
+        api_burst=20,
         models_dir=Path("/data/models"),
         train_args="--max-epochs 5",
         journey_tick_s=2.5,
@@ -130,9 +140,13 @@ def test_every_field_type_is_parsed():
         promo_dependency_cost=0.25,
         promo_bandit_start="/data/promo/retrained.json",
     )
+    every_scope = frozenset({"ingest", "read", "train"})
     assert settings.merchant_tokens() == {
-        "aaaaaaaaaaaaaaaa1": "shop-a",
-        "bbbbbbbbbbbbbbbb2": "shop-b",
+        "aaaaaaaaaaaaaaaa1": ("shop-a", every_scope),
+        "bbbbbbbbbbbbbbbb2": ("shop-b", every_scope),
+        "iiiiiiiiiiiiiiii1": ("shop-a", frozenset({"ingest"})),
+        "rrrrrrrrrrrrrrrr1": ("shop-a", frozenset({"read"})),
+        "tttttttttttttttt2": ("shop-b", frozenset({"train"})),
     }
     assert settings.experiment() == Experiment("ab-1", 0.2, (Arm("rules", 1.0, "rules"),))
     assert isinstance(settings.state_dir, Path) and isinstance(settings.batch_window_s, float)
@@ -363,16 +377,27 @@ def test_secrets_stay_out_of_the_repr():
         sasl_username="worker",
         sasl_password="s3cret-sasl",
         api_tokens="shop-a=aaaaaaaaaaaaaaaa1",
+        api_ingest_tokens="shop-a=iiiiiiiiiiiiiiii1",
+        api_read_tokens="shop-a=rrrrrrrrrrrrrrrr1",
+        api_train_tokens="shop-a=tttttttttttttttt1",
         api_admin_token="admin-token-0123456789",
     )
     text = repr(settings)
-    for secret in ("s3cret-sasl", "aaaaaaaaaaaaaaaa1", "admin-token-0123456789"):
+    secrets = ("s3cret-sasl", "aaaaaaaaaaaaaaaa1", "admin-token-0123456789")
+    for secret in (*secrets, "iiiiiiiiiiiiiiii1", "rrrrrrrrrrrrrrrr1", "tttttttttttttttt1"):
         assert secret not in text and secret not in str(settings)
     assert "sasl_password='***'" in text and "api_admin_token='***'" in text
     assert "sasl_username='worker'" in text and "batch_size=500" in text
     assert "api_tokens=''" in repr(Settings())  # an unset secret shows as unset
     secret_fields = {f.name for f in fields(Settings) if f.metadata.get("secret")}
-    assert secret_fields == {"sasl_password", "api_tokens", "api_admin_token"}
+    assert secret_fields == {
+        "sasl_password",
+        "api_tokens",
+        "api_ingest_tokens",
+        "api_read_tokens",
+        "api_train_tokens",
+        "api_admin_token",
+    }
 
 
 def test_repr_lists_every_field_like_the_dataclass_repr():

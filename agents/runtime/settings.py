@@ -29,6 +29,17 @@ class SettingsError(ValueError):
         self.variable = variable
 
 
+#: REST API scopes: ``ingest`` (POST /events), ``read`` (recommendations, promotions, customer
+#: state), ``train`` (POST /predictors, job status); the token settings that grant them.
+API_SCOPES = ("ingest", "read", "train")
+TOKEN_SCOPES = {
+    "api_tokens": frozenset(API_SCOPES),
+    "api_ingest_tokens": frozenset({"ingest"}),
+    "api_read_tokens": frozenset({"read"}),
+    "api_train_tokens": frozenset({"train"}),
+}
+
+
 def env_name(setting: str) -> str:
     """The environment variable a `Settings` field is read from: ``NEXTBEST_<FIELD>``."""
     return f"NEXTBEST_{setting.upper()}"
@@ -194,8 +205,27 @@ class Settings:
     )
     api_tokens: str = _setting(
         "",
-        "REST API bearer tokens, `merchant=token,merchant2=token2` (a token sees its merchant "
-        "only; at least 16 characters)",
+        "REST API bearer tokens with every scope (ingest, read, train), "
+        "`merchant=token,merchant2=token2` (a token sees its merchant only; at least 16 "
+        "characters)",
+        secret=True,
+    )
+    api_ingest_tokens: str = _setting(
+        "",
+        "REST API tokens that can only send their merchant's events (`POST /events`; safe in a "
+        "browser), `merchant=token,...`",
+        secret=True,
+    )
+    api_read_tokens: str = _setting(
+        "",
+        "REST API tokens that can only read their merchant's recommendations, promotions and "
+        "customer state, `merchant=token,...`",
+        secret=True,
+    )
+    api_train_tokens: str = _setting(
+        "",
+        "REST API tokens that can only start and follow their merchant's training jobs, "
+        "`merchant=token,...`",
         secret=True,
     )
     api_admin_token: str = _setting(
@@ -205,6 +235,14 @@ class Settings:
         1048576, "Largest REST request body (larger: 413)", minimum=1
     )
     api_max_events: int = _setting(500, "Most events per `POST /events` (more: 413)", minimum=1)
+    api_rate: float = _setting(
+        50.0,
+        "Requests per second each REST API token may make on one worker (more: 429); 0: no limit",
+        minimum=0,
+    )
+    api_burst: int = _setting(
+        100, "Requests a REST API token may make at once, above `NEXTBEST_API_RATE`", minimum=1
+    )
     models_dir: Path = _setting(
         Path("var/models"),
         "Merchant models: `POST /predictors` writes, and the worker serves, "
@@ -330,7 +368,7 @@ class Settings:
             )
         if self.promo_experiment:
             self.experiment()
-        self.merchant_tokens()  # raises on a malformed NEXTBEST_API_TOKENS
+        self.merchant_tokens()  # raises on a malformed NEXTBEST_API_*TOKENS
         if self.api_admin_token and len(self.api_admin_token) < 16:
             raise SettingsError(
                 "NEXTBEST_API_ADMIN_TOKEN",
@@ -351,18 +389,24 @@ class Settings:
                 "NEXTBEST_PROMO_EXPERIMENT", f"NEXTBEST_PROMO_EXPERIMENT: {exc}"
             ) from None
 
-    def merchant_tokens(self) -> dict[str, str]:
-        """Bearer token -> merchant id, from ``NEXTBEST_API_TOKENS``."""
-        tokens: dict[str, str] = {}
-        for pair in filter(None, (part.strip() for part in self.api_tokens.split(","))):
-            merchant, sep, token = pair.partition("=")
-            if not sep or not merchant.strip() or len(token.strip()) < 16:
-                raise SettingsError(
-                    "NEXTBEST_API_TOKENS",
-                    "NEXTBEST_API_TOKENS must look like merchant=token,... with tokens of at "
-                    "least 16 characters",
-                )
-            tokens[token.strip()] = merchant.strip()
+    def merchant_tokens(self) -> dict[str, tuple[str, frozenset[str]]]:
+        """Bearer token -> (merchant id, scopes), from ``NEXTBEST_API_TOKENS`` (every scope) and
+        ``NEXTBEST_API_{INGEST,READ,TRAIN}_TOKENS``; a token may be listed only once."""
+        tokens: dict[str, tuple[str, frozenset[str]]] = {}
+        for name, scopes in TOKEN_SCOPES.items():
+            for pair in filter(None, (part.strip() for part in getattr(self, name).split(","))):
+                merchant, sep, token = pair.partition("=")
+                if not sep or not merchant.strip() or len(token.strip()) < 16:
+                    raise SettingsError(
+                        env_name(name),
+                        f"{env_name(name)} must look like merchant=token,... with tokens of at "
+                        "least 16 characters",
+                    )
+                if token.strip() in tokens or token.strip() == self.api_admin_token:
+                    raise SettingsError(
+                        env_name(name), f"{env_name(name)}: a token is listed more than once"
+                    )
+                tokens[token.strip()] = (merchant.strip(), scopes)
         return tokens
 
     @property

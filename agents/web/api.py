@@ -9,13 +9,18 @@
 - ``POST /events`` a batch of input events, validated exactly like the Kafka path
   (`schemas.validation.parse_event`), produced to the input topics keyed by customer (Faust's
   producer partitions with murmur2, like Kafka's Java clients); 202 with per-event errors;
+- ``GET /customers/{key}/`` one customer's state record (``<merchant>:c:<customer_id>`` or
+  ``:s:<session>``), for operators and tests; it holds contact addresses, hence scope ``read``;
 - ``GET /openapi.json`` the OpenAPI document (no token needed).
 
-Every other endpoint needs ``Authorization: Bearer <token>`` (`agents.web.auth`): a merchant token
-(``NEXTBEST_API_TOKENS``) sees only its own merchant; the admin token
-(``NEXTBEST_API_ADMIN_TOKEN``) sees every merchant. Customer-keyed requests (and the jobs of a
-merchant) are forwarded to the worker that owns the key's partition, body included. Logs name
-merchants, endpoints and counts only: never request bodies, addresses or tokens.
+Every other endpoint needs ``Authorization: Bearer <token>`` with its scope (`agents.web.auth`):
+``ingest`` for ``POST /events``, ``read`` for recommendations, promotions and customer state,
+``train`` for the predictors; a merchant token sees only its own
+merchant, the admin token every merchant; each token has a rate limit (429). Customer-keyed
+requests (and the jobs of a merchant) are forwarded to the worker that owns the key's partition,
+body included. No input answers 500: parameters, bodies and events are checked and answered 4xx
+(503 while the partition assignment is not known). Logs name merchants, endpoints and counts
+only: never request bodies, addresses or tokens.
 
 Metrics: ``nextbest_api_requests_total{route, method, status}`` and the
 ``nextbest_api_request_duration_seconds`` histogram, labelled by the route template
@@ -29,7 +34,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -42,12 +46,12 @@ from agents.runtime import metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.topics import key_partition
 from agents.web.auth import Auth
-from agents.web.errors import ApiError
+from agents.web.errors import ApiError, retry_later
 from agents.web.openapi import OPENAPI
-from agents.web.training import Trainer
+from agents.web.params import check_id, count_param, id_param, time_param
+from agents.web.training import JOB_SUFFIX, Trainer
 from schemas.events import INPUT_EVENTS
 from schemas.keys import iso, state_key
-from schemas.spec import ID_MAX_LENGTH
 from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
 
@@ -55,8 +59,9 @@ log = logging.getLogger(__name__)
 FORWARDED = "X-Nextbest-Forwarded"
 SERVED_BY = "X-Nextbest-Worker"  # response header: the worker that answered
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=30)
-PASSED_HEADERS = (SERVED_BY, "Location", "WWW-Authenticate")  # kept from a forwarded answer
-MAX_RECOMMENDATIONS = 100
+PASSED_HEADERS = (SERVED_BY, "Location", "WWW-Authenticate", "Retry-After")  # kept when forwarded
+#: A validator error other than InvalidEvent (a bug in it): the event is rejected all the same.
+VALIDATOR_ERRORS = (TypeError, KeyError, ValueError, AttributeError, ArithmeticError)
 
 
 class ServingModel(Protocol):
@@ -67,17 +72,6 @@ class ServingModel(Protocol):
 
 
 ModelLookup = Callable[[str], ServingModel | None]  # merchant id -> its model, if loaded
-
-
-def _id_param(request: Request, name: str, required: bool = True) -> str | None:
-    value = request.query.get(name)
-    if value is None or value == "":
-        if required:
-            raise ApiError(400, f"query parameter {name!r} is required")
-        return None
-    if len(value) > ID_MAX_LENGTH:
-        raise ApiError(400, f"{name}: at most {ID_MAX_LENGTH} characters")
-    return value
 
 
 # -- the API --------------------------------------------------------------------------------
@@ -94,7 +88,7 @@ class Api:
         self.policy = policy
         self.models = models or (lambda merchant: None)
         settings = nb.settings
-        self.auth = Auth(settings.merchant_tokens(), settings.api_admin_token)
+        self.auth = Auth(settings)
         self.trainer = Trainer(nb)
         self.topics = {
             kind: nb.app.topic(
@@ -121,9 +115,8 @@ class Api:
         try:
             response = await handler()
         except ApiError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             response = view.json(
-                {"error": exc.message, **exc.extra}, status=exc.status, headers=headers
+                {"error": exc.message, **exc.extra}, status=exc.status, headers=exc.headers
             )
         except Exception:
             log.exception("API %s %s failed", request.method, request.path)
@@ -133,10 +126,12 @@ class Api:
         metrics.API_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
         return response
 
-    def merchant(self, request: Request, name: str | None) -> str:
+    def merchant(self, request: Request, name: str | None, scope: str) -> str:
+        """``name`` if the request's token has ``scope`` on it and it is configured."""
         if not name:
             raise ApiError(400, "merchant is required")
-        self.auth.require(request, name)
+        check_id("merchant", name)
+        self.auth.require(request, name, scope)
         if name not in self.nb.registry:
             raise ApiError(404, f"unknown merchant {name!r}")
         return name
@@ -163,7 +158,7 @@ class Api:
         app = self.nb.app
         dest = self.owner(key)
         if dest is None:
-            raise ApiError(503, "partition assignment not known yet; retry shortly")
+            raise retry_later(503, "partition assignment not known yet; retry shortly")
         here = URL(str(app.conf.canonical_url))
         if (dest.host, dest.port) == (here.host, here.port):
             return None
@@ -178,7 +173,7 @@ class Api:
                 passed = {k: response.headers[k] for k in PASSED_HEADERS if k in response.headers}
                 status, content_type = response.status, response.content_type
         except (aiohttp.ClientError, TimeoutError):
-            raise ApiError(503, "the worker that owns this key is unreachable; retry") from None
+            raise retry_later(503, "the worker that owns this key is unreachable; retry") from None
         passed.setdefault(SERVED_BY, str(dest))
         return view.bytes(payload, content_type=content_type, status=status, headers=passed)
 
@@ -201,11 +196,9 @@ class Api:
     # -- endpoints -----------------------------------------------------------------------
 
     async def recommendations(self, view: View, request: Request) -> Response:
-        merchant = self.merchant(request, request.query.get("merchant"))
-        customer = _id_param(request, "customer")
-        raw_n = request.query.get("n", "10")
-        if not raw_n.isdigit() or not 1 <= int(raw_n) <= MAX_RECOMMENDATIONS:
-            raise ApiError(400, f"n must be a whole number from 1 to {MAX_RECOMMENDATIONS}")
+        merchant = self.merchant(request, request.query.get("merchant"), "read")
+        customer = id_param(request, "customer")
+        n = count_param(request)
         key = state_key(merchant, customer, None)
         forwarded = await self.forward(view, request, key.encode())
         if forwarded is not None:
@@ -223,7 +216,7 @@ class Api:
         state = self.state(key)
         rule = model.recommender.encoder.product_pattern
         history = order_history(state, product_pattern=rule) if state is not None else []
-        [scored] = model.recommender.score_batch([history], k=int(raw_n))
+        [scored] = model.recommender.score_batch([history], k=n)
         return view.json(
             {
                 "merchant": merchant,
@@ -239,20 +232,12 @@ class Api:
         )
 
     async def best_promotion(self, view: View, request: Request) -> Response:
-        merchant_id = self.merchant(request, request.query.get("merchant"))
-        customer = _id_param(request, "customer", required=False)
-        session = _id_param(request, "session", required=False)
+        merchant_id = self.merchant(request, request.query.get("merchant"), "read")
+        customer = id_param(request, "customer", required=False)
+        session = id_param(request, "session", required=False)
         if (customer is None) == (session is None):
             raise ApiError(400, "give exactly one of customer= or session=")
-        at = time.time()
-        if request.query.get("at"):
-            try:
-                moment = datetime.fromisoformat(request.query["at"])
-            except ValueError:
-                raise ApiError(400, "at: expected an ISO 8601 time with a UTC offset") from None
-            if moment.tzinfo is None:
-                raise ApiError(400, "at: needs a UTC offset, e.g. 2011-11-14T10:00:00Z")
-            at = moment.timestamp()
+        at = time_param(request)
         key = state_key(merchant_id, customer, session)
         forwarded = await self.forward(view, request, key.encode())
         if forwarded is not None:
@@ -293,7 +278,7 @@ class Api:
             raise ApiError(400, 'expected a JSON body {"merchant": "<id>"}') from None
         if not isinstance(request_json, dict) or not isinstance(request_json.get("merchant"), str):
             raise ApiError(400, 'expected a JSON body {"merchant": "<id>"}')
-        merchant = self.merchant(request, request_json["merchant"])
+        merchant = self.merchant(request, request_json["merchant"], "train")
         forwarded = await self.forward(view, request, merchant.encode(), body)
         if forwarded is not None:
             return forwarded
@@ -301,10 +286,12 @@ class Api:
         return view.json(asdict(job), status=202, headers={"Location": f"/predictors/{job.job}"})
 
     async def job_status(self, view: View, request: Request, job: str) -> Response:
-        merchant = job.rpartition(".")[0]
-        if not merchant:
+        merchant, _, suffix = job.rpartition(".")
+        if not merchant or not JOB_SUFFIX.fullmatch(suffix):
             raise ApiError(404, "unknown job")
-        self.auth.require(request, merchant)
+        self.auth.require(request, merchant, "train")
+        if merchant not in self.nb.registry:  # nor a file name to look for
+            raise ApiError(404, "unknown job")
         forwarded = await self.forward(view, request, merchant.encode())
         if forwarded is not None:
             return forwarded
@@ -314,7 +301,7 @@ class Api:
         return view.json(asdict(found))
 
     async def events(self, view: View, request: Request) -> Response:
-        caller = self.auth.caller(request)
+        caller = self.auth.caller(request, "ingest")
         body = await self.body(request)
         try:
             document = orjson.loads(body)
@@ -326,22 +313,59 @@ class Api:
         limit = self.nb.settings.api_max_events
         if len(events) > limit:
             raise ApiError(413, f"{len(events)} events in one request; at most {limit}")
+        foreign = [
+            index
+            for index, event in enumerate(events)
+            if isinstance(event, dict)
+            and isinstance(event.get("merchant_id"), str)
+            and not caller.may_access(event["merchant_id"])
+        ]
+        if foreign:  # the whole request: a client that mixes merchants is misconfigured
+            raise ApiError(
+                403, "this token cannot send events for another merchant", indices=foreign
+            )
         errors, sends = [], []
         for index, event in enumerate(events):
             try:
-                kind, key, raw = self.check_event(caller, event)
+                kind, key, raw = self.check_event(event)
             except InvalidEvent as exc:
                 errors.append({"index": index, "reason": exc.reason, "error": str(exc)})
+                continue
+            except VALIDATOR_ERRORS as exc:
+                log.warning("POST /events: the validator raised %s", type(exc).__name__)
+                error = f"the event does not fit its contract ({type(exc).__name__}: {exc})"
+                errors.append({"index": index, "reason": "schema_violation", "error": error})
                 continue
             sends.append(await self.topics[kind].send(key=key, value=raw))
         if sends:
             await asyncio.gather(*sends)
-        log.info("POST /events from %s: %d accepted, %d rejected", caller, len(sends), len(errors))
+        log.info(
+            "POST /events from %s: %d accepted, %d rejected",
+            caller.merchant,
+            len(sends),
+            len(errors),
+        )
         return view.json(
             {"accepted": len(sends), "rejected": len(errors), "errors": errors}, status=202
         )
 
-    def check_event(self, caller: str, event: object) -> tuple[str, bytes, bytes]:
+    async def customer_state(self, view: View, request: Request, key: str) -> Response:
+        merchant, who, customer = key.split(":", 2) if key.count(":") >= 2 else ("", "", "")
+        if who not in ("c", "s") or not customer:
+            raise ApiError(
+                400, "key: expected <merchant>:c:<customer_id> or <merchant>:s:<session>"
+            )
+        check_id("key", customer)
+        self.merchant(request, merchant, "read")
+        forwarded = await self.forward(view, request, key.encode())
+        if forwarded is not None:
+            return forwarded
+        raw = self.nb.customers.get(key.encode())
+        if raw is None:
+            raise ApiError(404, f"no state for {key!r}")
+        return view.bytes(orjson.dumps(orjson.loads(raw)), content_type="application/json")
+
+    def check_event(self, event: object) -> tuple[str, bytes, bytes]:
         """(topic kind, record key, record value) of a valid event; InvalidEvent otherwise."""
         if not isinstance(event, dict):
             raise InvalidEvent("malformed_json", "an event must be a JSON object")
@@ -349,14 +373,13 @@ class Api:
         kind = ALL_EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
         if kind is None:
             raise InvalidEvent("unknown_event_type", f"unknown event_type {event_type!r}")
-        raw = orjson.dumps(event)
+        try:
+            raw = orjson.dumps(event)
+        except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes, for one
+            raise InvalidEvent("malformed_json", f"cannot be written back as JSON: {exc}") from None
         settings = self.nb.settings
         data = parse_event(raw, kind, settings.max_event_bytes, settings.max_future_s or None)
         merchant = data["merchant_id"]
-        if caller not in ("admin", merchant):
-            raise InvalidEvent(
-                "forbidden_merchant", f"this token cannot send events for merchant {merchant!r}"
-            )
         if merchant not in self.nb.registry:
             raise InvalidEvent("unknown_merchant", f"merchant_id {merchant!r} is not configured")
         key = state_key(merchant, data.get("customer_id"), data.get("session_id"))
@@ -404,6 +427,7 @@ def register(nb: NextbestApp, policy: Policy, models: ModelLookup | None = None)
     page("/predictors", post=api.start_job)
     page("/predictors/{job}", get=api.job_status)
     page("/events", post=api.events)
+    page("/customers/{key}/", get=api.customer_state)
     page("/openapi.json", get=openapi)
 
     @app.on_before_shutdown.connect

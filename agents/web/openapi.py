@@ -1,31 +1,96 @@
-"""The OpenAPI 3.1 document of the REST API (`agents.web.api`), served at ``/openapi.json``."""
+"""The OpenAPI 3.1 document of the REST API (`agents.web.api`), served at ``/openapi.json``.
+
+Every route, its parameters with their bounds, its body and every status it answers with
+(tests/test_api_fuzz.py fuzzes the live API from this document and checks the answers against it).
+"""
 
 from __future__ import annotations
 
+from agents.web.params import AT_RANGE, MAX_RECOMMENDATIONS
+from schemas.events import INPUT_EVENTS
+from schemas.json_schema import build_schemas
+from schemas.spec import ID_MAX_LENGTH, record_spec
 
-def _query(name: str, description: str, required: bool = True, **schema: object) -> dict:
+_ID = {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+
+
+def _query(name: str, description: str, schema: dict, required: bool = True) -> dict:
     return {
         "name": name,
         "in": "query",
         "required": required,
         "description": description,
-        "schema": {"type": "string", **schema},
+        "schema": schema,
     }
 
 
-_ERROR = {
-    "description": "error",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str, retry_after: bool = False) -> dict:
+    answer = _json({"$ref": "#/components/schemas/Error"}, description)
+    if retry_after:
+        answer["headers"] = {
+            "Retry-After": {
+                "description": "seconds to wait before retrying",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        }
+    return answer
+
+
+_UNAUTHORIZED = {
+    **_error("no bearer token, or an unknown one"),
+    "headers": {"WWW-Authenticate": {"required": True, "schema": {"const": "Bearer"}}},
 }
-_ERRORS = {str(code): _ERROR for code in (400, 401, 403, 404)}
+_FORBIDDEN = _error("the token lacks this route's scope, or belongs to another merchant")
+_TOO_MANY = _error("the token's rate limit (NEXTBEST_API_RATE, NEXTBEST_API_BURST)", True)
+_BAD = _error("a parameter or body is missing or out of bounds (the message names it)")
+_UNKNOWN_MERCHANT = _error("unknown merchant")
+_NOT_ASSIGNED = _error(
+    "the worker does not know the partition assignment yet, or the owner is unreachable", True
+)
+
+
+def _errors(*statuses: int, **others: dict) -> dict:
+    common = {
+        400: _BAD,
+        401: _UNAUTHORIZED,
+        403: _FORBIDDEN,
+        404: _UNKNOWN_MERCHANT,
+        429: _TOO_MANY,
+        503: _NOT_ASSIGNED,
+    }
+    return {**{str(status): common[status] for status in statuses}, **others}
+
+
+_MERCHANT = _query("merchant", "merchant id", _ID)
+
+
+def _input_event_schemas() -> dict[str, dict]:
+    """The input topics' JSON Schemas (schemas/json/*.v1.json) by title, e.g. ``CartEvent``."""
+    titles = {record_spec(record).name for record in INPUT_EVENTS.values()}
+    return {
+        document["title"]: {k: v for k, v in document.items() if k not in ("$schema", "$id")}
+        for document in build_schemas().values()
+        if document["title"] in titles
+    }
+
+
+_EVENTS = _input_event_schemas()
 
 OPENAPI: dict = {
     "openapi": "3.1.0",
     "info": {
         "title": "nextbest REST API",
         "version": "1",
-        "description": "Recommendations, promotions, model training and event ingestion. "
-        "Bearer tokens: a merchant token sees its own merchant, the admin token every merchant.",
+        "description": "Recommendations, promotions, customer state, model training and event "
+        "ingestion. Bearer tokens have scopes: `ingest` (POST /events), `read` (recommendations, "
+        "promotions, customer state), `train` (predictors); a merchant token sees its own "
+        "merchant, the admin token every merchant. Each token is rate limited (429).",
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -37,6 +102,7 @@ OPENAPI: dict = {
             },
             "Offer": {
                 "type": "object",
+                "required": ["offer_type", "promotion_id", "message", "recommendations"],
                 "properties": {
                     "offer_type": {"enum": ["free_shipping", "percent_off", "threshold_nudge"]},
                     "promotion_id": {"type": "string"},
@@ -54,12 +120,21 @@ OPENAPI: dict = {
                     "merchant": {"type": "string"},
                     "status": {"enum": ["queued", "running", "succeeded", "failed"]},
                     "created_at": {"type": "string"},
-                    "started_at": {"type": ["string", "null"]},
-                    "finished_at": {"type": ["string", "null"]},
-                    "artifact": {"type": ["string", "null"]},
+                    "started_at": _NULLABLE_STRING,
+                    "finished_at": _NULLABLE_STRING,
+                    "artifact": _NULLABLE_STRING,
                     "metrics": {"type": ["object", "null"]},
-                    "error": {"type": ["string", "null"]},
+                    "error": _NULLABLE_STRING,
                 },
+            },
+            **_EVENTS,
+            "Event": {
+                "description": "one input event: the contract of its event_type "
+                "(schemas/json/*.v1.json); any other object is answered in `errors`",
+                "anyOf": [
+                    *({"$ref": f"#/components/schemas/{title}"} for title in _EVENTS),
+                    {"type": "object"},
+                ],
             },
         },
     },
@@ -68,78 +143,145 @@ OPENAPI: dict = {
         "/product-recommendations": {
             "get": {
                 "summary": "The customer's most likely next purchases (next-purchase model)",
+                "description": "Scope `read`.",
                 "parameters": [
-                    _query("merchant", "merchant id"),
-                    _query("customer", "customer id"),
-                    _query("n", "how many (1-100, default 10)", False, pattern="^[0-9]+$"),
+                    _MERCHANT,
+                    _query("customer", "customer id", _ID),
+                    _query(
+                        "n",
+                        "how many",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_RECOMMENDATIONS,
+                            "default": 10,
+                        },
+                        required=False,
+                    ),
                 ],
                 "responses": {
-                    "200": {
-                        "description": "ranked products",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "model_version": {"type": "string"},
-                                        "cold_start": {"type": "boolean"},
-                                        "recommendations": {
-                                            "type": "array",
-                                            "items": {
-                                                "type": "object",
-                                                "properties": {
-                                                    "product_id": {"type": "string"},
-                                                    "score": {"type": "number"},
-                                                },
-                                            },
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": [
+                                "merchant",
+                                "customer",
+                                "model_version",
+                                "cold_start",
+                                "known_customer",
+                                "recommendations",
+                            ],
+                            "properties": {
+                                "merchant": {"type": "string"},
+                                "customer": {"type": "string"},
+                                "model_version": {"type": "string"},
+                                "cold_start": {"type": "boolean"},
+                                "known_customer": {"type": "boolean"},
+                                "recommendations": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["product_id", "score"],
+                                        "properties": {
+                                            "product_id": {"type": "string"},
+                                            "score": {"type": "number"},
                                         },
                                     },
-                                }
-                            }
+                                },
+                            },
                         },
-                    },
-                    "503": {**_ERROR, "description": "model not configured"},
-                    **_ERRORS,
+                        "ranked products",
+                    ),
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        404,
+                        429,
+                        **{
+                            "503": _error(
+                                "no model loaded for the merchant (model not configured), or "
+                                "the partition assignment is not known yet (with Retry-After)"
+                            )
+                        },
+                    ),
                 },
             }
         },
         "/best-promotion": {
             "get": {
                 "summary": "What the promotion policy would offer now for the current cart",
+                "description": "Scope `read`. Give exactly one of customer and session.",
                 "parameters": [
-                    _query("merchant", "merchant id"),
-                    _query("customer", "customer id (or session)", False),
-                    _query("session", "anonymous session id (or customer)", False),
-                    _query("at", "ISO 8601 time with offset (default: now)", False),
+                    _MERCHANT,
+                    _query("customer", "customer id (or session)", _ID, required=False),
+                    _query("session", "anonymous session id (or customer)", _ID, required=False),
+                    _query(
+                        "at",
+                        f"the moment to ask about, ISO 8601 with a UTC offset, from {AT_RANGE[0]}"
+                        f" to before {AT_RANGE[1]} (default: now)",
+                        {"type": "string", "format": "date-time"},
+                        required=False,
+                    ),
                 ],
                 "responses": {
-                    "200": {
-                        "description": "the offer (or null) and its reason",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "offer": {
-                                            "oneOf": [
-                                                {"$ref": "#/components/schemas/Offer"},
-                                                {"type": "null"},
-                                            ]
-                                        },
-                                        "reason": {"type": "string"},
-                                        "policy": {"type": "string"},
-                                    },
-                                }
-                            }
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["merchant", "policy", "at", "offer", "reason"],
+                            "properties": {
+                                "merchant": {"type": "string"},
+                                "customer": _NULLABLE_STRING,
+                                "session": _NULLABLE_STRING,
+                                "policy": {"type": "string"},
+                                "at": {"type": "string"},
+                                "offer": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Offer"},
+                                        {"type": "null"},
+                                    ]
+                                },
+                                "reason": {"type": "string"},
+                                "cart_value": {"type": "number"},
+                                "currency": {"type": "string"},
+                            },
                         },
-                    },
-                    **_ERRORS,
+                        "the offer (or null) and its reason",
+                    ),
+                    **_errors(400, 401, 403, 404, 429, 503),
+                },
+            }
+        },
+        "/customers/{key}/": {
+            "get": {
+                "summary": "One customer's state record (operators, debugging)",
+                "description": "Scope `read`; the record holds contact addresses.",
+                "parameters": [
+                    {
+                        "name": "key",
+                        "in": "path",
+                        "required": True,
+                        "description": "`<merchant>:c:<customer_id>` or `<merchant>:s:<session>`",
+                        "schema": {"type": "string", "minLength": 1},
+                    }
+                ],
+                "responses": {
+                    "200": _json({"type": "object"}, "the state record"),
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        429,
+                        503,
+                        **{"404": _error("unknown merchant, or no state for this key")},
+                    ),
                 },
             }
         },
         "/predictors": {
             "post": {
                 "summary": "Train or retrain the merchant's next-purchase model (background job)",
+                "description": "Scope `train`.",
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -147,47 +289,60 @@ OPENAPI: dict = {
                             "schema": {
                                 "type": "object",
                                 "required": ["merchant"],
-                                "properties": {"merchant": {"type": "string"}},
+                                "properties": {"merchant": _ID},
                             }
                         }
                     },
                 },
                 "responses": {
                     "202": {
-                        "description": "job started",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Job"}}
-                        },
+                        **_json({"$ref": "#/components/schemas/Job"}, "job started"),
+                        "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
                     },
-                    "409": {**_ERROR, "description": "a job for the merchant is already running"},
-                    "413": {**_ERROR, "description": "body too large"},
-                    "422": {**_ERROR, "description": "no training data configured"},
-                    **_ERRORS,
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        404,
+                        429,
+                        503,
+                        **{
+                            "409": _error("a job for the merchant is already running"),
+                            "413": _error("body over NEXTBEST_API_MAX_BODY_BYTES"),
+                            "422": _error("no training data configured for the merchant"),
+                        },
+                    ),
                 },
             }
         },
         "/predictors/{job}": {
             "get": {
                 "summary": "Status and metrics of a training job",
+                "description": "Scope `train`.",
                 "parameters": [
-                    {"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}
+                    {
+                        "name": "job",
+                        "in": "path",
+                        "required": True,
+                        "description": "`<merchant>.<12 hex digits>`, as POST /predictors gave",
+                        "schema": {"type": "string", "minLength": 1},
+                    }
                 ],
                 "responses": {
-                    "200": {
-                        "description": "the job",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Job"}}
-                        },
-                    },
-                    **_ERRORS,
+                    "200": _json({"$ref": "#/components/schemas/Job"}, "the job"),
+                    **_errors(
+                        401, 403, 429, 503, **{"404": _error("unknown job (or its merchant)")}
+                    ),
                 },
             }
         },
         "/events": {
             "post": {
                 "summary": "Ingest a batch of input events (the Kafka topics' contracts)",
-                "description": "Each event is validated like the Kafka path (schemas/json/*.v1.json"
-                ") and produced to its topic; errors are reported per event.",
+                "description": "Scope `ingest`. Each event is validated like the Kafka path "
+                "(schemas/json/*.v1.json) and produced to its topic; errors are reported per "
+                "event. An event for a merchant other than the token's makes the whole request "
+                "a 403 (nothing is produced).",
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -198,43 +353,60 @@ OPENAPI: dict = {
                                         "type": "object",
                                         "required": ["events"],
                                         "properties": {
-                                            "events": {"type": "array", "items": {"type": "object"}}
+                                            "events": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Event"},
+                                            }
                                         },
                                     },
-                                    {"type": "array", "items": {"type": "object"}},
+                                    {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Event"},
+                                    },
                                 ]
                             }
                         }
                     },
                 },
                 "responses": {
-                    "202": {
-                        "description": "accepted events produced; per-event errors",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "accepted": {"type": "integer"},
-                                        "rejected": {"type": "integer"},
-                                        "errors": {
-                                            "type": "array",
-                                            "items": {
-                                                "type": "object",
-                                                "properties": {
-                                                    "index": {"type": "integer"},
-                                                    "reason": {"type": "string"},
-                                                    "error": {"type": "string"},
-                                                },
-                                            },
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "required": ["accepted", "rejected", "errors"],
+                            "properties": {
+                                "accepted": {"type": "integer", "minimum": 0},
+                                "rejected": {"type": "integer", "minimum": 0},
+                                "errors": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["index", "reason", "error"],
+                                        "properties": {
+                                            "index": {"type": "integer", "minimum": 0},
+                                            "reason": {"type": "string"},
+                                            "error": {"type": "string"},
                                         },
                                     },
-                                }
-                            }
+                                },
+                            },
                         },
-                    },
-                    "413": {**_ERROR, "description": "body or batch too large"},
-                    **_ERRORS,
+                        "the valid events were produced; the others are listed with reasons",
+                    ),
+                    **_errors(
+                        400,
+                        401,
+                        429,
+                        **{
+                            "403": _error(
+                                "the token lacks the ingest scope, or an event names another "
+                                "merchant (`indices` lists them)"
+                            ),
+                            "413": _error(
+                                "body over NEXTBEST_API_MAX_BODY_BYTES or more events than "
+                                "NEXTBEST_API_MAX_EVENTS"
+                            ),
+                        },
+                    ),
                 },
             }
         },
@@ -242,7 +414,7 @@ OPENAPI: dict = {
             "get": {
                 "summary": "This document",
                 "security": [],
-                "responses": {"200": {"description": "OpenAPI 3.1"}},
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
             }
         },
     },

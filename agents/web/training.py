@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import shlex
 import sys
@@ -21,6 +22,7 @@ from schemas.keys import iso
 
 log = logging.getLogger(__name__)
 MAX_JOBS_KEPT = 100
+JOB_SUFFIX = re.compile(r"[0-9a-f]{12}")  # a job id is "<merchant>.<12 hex digits>"
 
 
 @dataclass
