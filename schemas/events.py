@@ -17,8 +17,7 @@ from typing import Annotated, Literal
 
 import faust
 
-from schemas.records import SCHEMA_VERSION
-from schemas.spec import (
+from schemas.limits import (
     ADDRESS_MAX_LENGTH,
     EVENT_TIME_PATTERN,
     ID_MAX_LENGTH,
@@ -30,10 +29,11 @@ from schemas.spec import (
     TEXT_MAX_LENGTH,
     TIME_ZONE_MAX_LENGTH,
     URL_MAX_LENGTH,
-    Bounds,
 )
+from schemas.records import SCHEMA_VERSION
+from schemas.spec import Bounds
 
-# Bounded value types of the input contract (``schemas.spec`` has the limits).
+# Bounded value types of the input contract (``schemas.limits`` has the limits).
 Id = Annotated[str, Bounds(min_length=1, max_length=ID_MAX_LENGTH)]
 ProductId = Annotated[str, Bounds(min_length=1, max_length=PRODUCT_ID_MAX_LENGTH)]
 EventTime = Annotated[

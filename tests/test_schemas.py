@@ -13,8 +13,9 @@ from jsonschema import Draft202012Validator
 
 from schemas.events import INPUT_EVENTS, OUTPUT_EVENTS
 from schemas.json_schema import JSON_DIR, build_schemas, render
+from schemas.limits import ID_MAX_LENGTH
 from schemas.records import SCHEMA_VERSION
-from schemas.spec import ID_MAX_LENGTH, FieldSpec
+from schemas.spec import FieldSpec
 from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, _compile, parse_event, parse_time
 from tests.probes import (
     BASE,
