@@ -1,8 +1,10 @@
 """Event contracts, version 1: the Faust Records every producer and consumer agrees on.
 
-These classes are the single source of truth. ``schemas.validation`` compiles a fast
-validator from them for the hot path and ``schemas.jsonschema`` generates the JSON Schema
-files in ``schemas/json/`` for producers that are not written in Python.
+These classes, with the bounds on their annotations and the per-event-type rules at the end, are
+the single source of truth. ``schemas.contract`` reads them into plain specs, from which
+``schemas.validation`` compiles a fast validator for the hot path and ``schemas.json_schema``
+generates the JSON Schema files in ``schemas/json/`` for producers that are not written in
+Python: both enforce the same rules.
 
 Every input event carries ``merchant_id``, a ``customer_id`` and/or ``session_id`` (anonymous
 visitor), an ``event_id`` (unique per merchant; reused on retries so replays deduplicate) and an
@@ -11,9 +13,51 @@ visitor), an ``event_id`` (unique per merchant; reused on retries so replays ded
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import faust
+
+from schemas.limits import (
+    ADDRESS_MAX_LENGTH,
+    EVENT_TIME_PATTERN,
+    ID_MAX_LENGTH,
+    MAX_AMOUNT,
+    MAX_LINES,
+    MAX_QUANTITY,
+    NAME_MAX_LENGTH,
+    PRODUCT_ID_MAX_LENGTH,
+    TEXT_MAX_LENGTH,
+    TIME_ZONE_MAX_LENGTH,
+    URL_MAX_LENGTH,
+)
+from schemas.records import SCHEMA_VERSION
+from schemas.spec import Bounds
+
+# Bounded value types of the input contract (``schemas.limits`` has the limits).
+Id = Annotated[str, Bounds(min_length=1, max_length=ID_MAX_LENGTH)]
+ProductId = Annotated[str, Bounds(min_length=1, max_length=PRODUCT_ID_MAX_LENGTH)]
+EventTime = Annotated[
+    str,
+    Bounds(
+        pattern=EVENT_TIME_PATTERN,
+        pattern_doc="an RFC 3339 date-time with an offset, years 2000..2099 "
+        "(e.g. 2011-12-09T12:50:00Z or 2011-12-09T13:50:00+01:00)",
+        format="date-time",
+    ),
+]
+Text = Annotated[str, Bounds(max_length=TEXT_MAX_LENGTH)]
+Url = Annotated[str, Bounds(max_length=URL_MAX_LENGTH)]
+Name = Annotated[str, Bounds(max_length=NAME_MAX_LENGTH)]
+Address = Annotated[str, Bounds(max_length=ADDRESS_MAX_LENGTH)]
+TimeZone = Annotated[str, Bounds(max_length=TIME_ZONE_MAX_LENGTH)]
+Currency = Annotated[
+    str,
+    Bounds(min_length=3, max_length=3, pattern="^[A-Za-z]{3}$", pattern_doc="3 letters (ISO 4217)"),
+]
+Version = Annotated[int, Bounds(minimum=SCHEMA_VERSION, maximum=SCHEMA_VERSION)]
+Quantity = Annotated[int, Bounds(minimum=-MAX_QUANTITY, maximum=MAX_QUANTITY)]
+Price = Annotated[float, Bounds(minimum=0, maximum=MAX_AMOUNT)]
+Amount = Annotated[float, Bounds(minimum=-MAX_AMOUNT, maximum=MAX_AMOUNT)]
 
 ClickType = Literal["page_view", "product_view", "category_view", "search"]
 CartType = Literal["cart_add", "cart_remove", "cart_quantity", "cart_clear", "checkout"]
@@ -30,31 +74,34 @@ ActionKind = Literal["none", "free_shipping", "percent_off", "threshold_nudge", 
 class Line(faust.Record, serializer="json"):
     """One product line of a cart or an order."""
 
-    product_id: str
-    quantity: int
-    unit_price: float
-    description: str | None = None
+    product_id: ProductId
+    quantity: Quantity
+    unit_price: Price
+    description: Text | None = None
+
+
+Lines = Annotated[list[Line], Bounds(max_items=MAX_LINES)]
 
 
 class Event(faust.Record, abstract=True, serializer="json"):
     """Fields shared by every input event."""
 
-    schema_version: int
-    event_id: str
-    merchant_id: str
-    event_time: str
-    customer_id: str | None = None
-    session_id: str | None = None
+    schema_version: Version
+    event_id: Id
+    merchant_id: Id
+    event_time: EventTime
+    customer_id: Id | None = None
+    session_id: Id | None = None
 
 
 class ClickEvent(Event, serializer="json"):
     """A page, product, category or search view (topic ``clickstream``)."""
 
     event_type: ClickType
-    page: str | None = None
-    product_id: str | None = None
-    category: str | None = None
-    query: str | None = None
+    page: Url | None = None
+    product_id: ProductId | None = None
+    category: Name | None = None
+    query: Text | None = None
 
 
 class CartEvent(Event, serializer="json"):
@@ -66,27 +113,27 @@ class CartEvent(Event, serializer="json"):
     """
 
     event_type: CartType
-    lines: list[Line]
-    cart_value: float
-    currency: str
+    lines: Lines
+    cart_value: Price
+    currency: Currency
 
 
 class OrderEvent(Event, serializer="json"):
     """A placed order, or a cancellation of (part of) one (topic ``orders``)."""
 
     event_type: OrderType
-    order_id: str
-    lines: list[Line]
-    total: float
-    currency: str
+    order_id: Id
+    lines: Lines
+    total: Amount
+    currency: Currency
 
 
 class ChannelConsent(faust.Record, serializer="json"):
     """Addresses the customer consented to be messaged on; absent means no consent."""
 
-    email: str | None = None
-    sms: str | None = None
-    push: str | None = None
+    email: Address | None = None
+    sms: Address | None = None
+    push: Address | None = None
     in_app: bool = False
 
 
@@ -96,7 +143,7 @@ class ProfileEvent(Event, serializer="json"):
     event_type: ProfileType
     channels: ChannelConsent
     preferred_channel: Channel | None = None
-    time_zone: str | None = None
+    time_zone: TimeZone | None = None
     opted_out: bool = False
 
 
@@ -104,8 +151,8 @@ class FeedbackEvent(Event, serializer="json"):
     """What happened to an offer we sent (topic ``offer-feedback``)."""
 
     event_type: FeedbackType
-    offer_id: str
-    notification_id: str | None = None
+    offer_id: Id
+    notification_id: Id | None = None
 
 
 class PromotionEvent(faust.Record, serializer="json"):
@@ -114,7 +161,7 @@ class PromotionEvent(faust.Record, serializer="json"):
     schema_version: int
     offer_id: str
     dedupe_key: str
-    merchant_id: str
+    merchant_id: Id
     cart_event_id: str
     event_time: str
     decided_at: str
@@ -125,8 +172,8 @@ class PromotionEvent(faust.Record, serializer="json"):
     currency: str
     policy: str
     reason: str
-    customer_id: str | None = None
-    session_id: str | None = None
+    customer_id: Id | None = None
+    session_id: Id | None = None
     percent_off: float | None = None
     amount_to_next_tier: float | None = None
     recommendations: list[str] | None = None
@@ -147,8 +194,8 @@ class NotificationEvent(faust.Record, serializer="json"):
     schema_version: int
     notification_id: str
     dedupe_key: str
-    merchant_id: str
-    customer_id: str
+    merchant_id: Id
+    customer_id: Id
     channel: Channel
     address: str
     title: str
@@ -197,7 +244,7 @@ class DecisionRecord(faust.Record, serializer="json"):
 
     schema_version: int
     decision_id: str
-    merchant_id: str
+    merchant_id: Id
     customer_key: str
     cart_event_id: str
     cart_generation: int
@@ -238,7 +285,7 @@ class RewardRecord(faust.Record, serializer="json"):
 
     schema_version: int
     decision_id: str
-    merchant_id: str
+    merchant_id: Id
     customer_key: str
     experiment: str
     arm: str
@@ -286,9 +333,22 @@ OUTPUT_EVENTS: dict[str, type[faust.Record]] = {
     "rewards": RewardRecord,
 }
 
-#: Fields a given event type needs beyond its record's required fields.
+#: Fields a given event type needs beyond its record's required fields (present, not null, not
+#: empty).
 REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
     "product_view": ("product_id",),
     "category_view": ("category",),
     "search": ("query",),
+}
+
+#: Line quantities (lowest, highest) per event type: cart_quantity sets a line's new quantity
+#: (0 removes it), order_cancel takes units back; every other change moves at least one unit.
+LINE_QUANTITY_BY_TYPE: dict[str, tuple[int, int]] = {
+    "cart_add": (1, MAX_QUANTITY),
+    "cart_remove": (1, MAX_QUANTITY),
+    "cart_quantity": (0, MAX_QUANTITY),
+    "cart_clear": (1, MAX_QUANTITY),
+    "checkout": (1, MAX_QUANTITY),
+    "order": (1, MAX_QUANTITY),
+    "order_cancel": (-MAX_QUANTITY, -1),
 }

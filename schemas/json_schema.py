@@ -1,5 +1,7 @@
 """Generate JSON Schema (draft 2020-12) files from the event Records.
 
+Input topics' schemas come from ``schemas.contract``, like the worker's validator, and carry
+every rule it enforces (bounds, patterns, per-event-type rules as ``if``/``then``).
 ``nextbest schemas`` writes them to ``schemas/json/``; a test fails when the committed files
 drift from what the Records generate.
 """
@@ -9,26 +11,37 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas.events import INPUT_EVENTS, OUTPUT_EVENTS, REQUIRED_BY_TYPE
+from schemas.contract import input_contracts
+from schemas.events import OUTPUT_EVENTS
 from schemas.records import SCHEMA_VERSION
-from schemas.spec import ID_MAX_LENGTH, FieldSpec, RecordSpec, record_spec
+from schemas.spec import FieldSpec, RecordSpec, record_spec
 
 JSON_DIR = Path(__file__).with_name("json")
-_ID_FIELDS = {"event_id", "merchant_id", "customer_id", "session_id"}
 _TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
+_BOUND_KEYWORDS = {  # schemas.spec.Bounds field -> JSON Schema keyword
+    "min_length": "minLength",
+    "max_length": "maxLength",
+    "pattern": "pattern",
+    "format": "format",
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "max_items": "maxItems",
+}
 
 
-def _field_schema(name: str, spec: FieldSpec) -> dict:
+def _field_schema(spec: FieldSpec) -> dict:
     if spec.kind in _TYPES:
         schema: dict = {"type": _TYPES[spec.kind]}
-        if spec.kind == "str" and name in _ID_FIELDS:
-            schema.update(minLength=1, maxLength=ID_MAX_LENGTH)
     elif spec.kind == "enum":
         schema = {"type": "string", "enum": list(spec.choices)}
     elif spec.kind == "list":
-        schema = {"type": "array", "items": _field_schema("", spec.item)}  # type: ignore[arg-type]
+        schema = {"type": "array", "items": _field_schema(spec.item)}  # type: ignore[arg-type]
     else:
         schema = _record_schema(spec.record)  # type: ignore[arg-type]
+    for name, keyword in _BOUND_KEYWORDS.items():
+        value = getattr(spec.bounds, name)
+        if value is not None and not (name == "min_length" and value == 0):
+            schema[keyword] = value
     if spec.nullable:
         schema = {"anyOf": [schema, {"type": "null"}]}
     return schema
@@ -37,7 +50,7 @@ def _field_schema(name: str, spec: FieldSpec) -> dict:
 def _record_schema(spec: RecordSpec) -> dict:
     properties = {}
     for name, field in spec.fields.items():
-        prop = _field_schema(name, field)
+        prop = _field_schema(field)
         if name in spec.defaults:
             prop["default"] = spec.defaults[name]
         properties[name] = prop
@@ -50,33 +63,53 @@ def _record_schema(spec: RecordSpec) -> dict:
     }
 
 
+def _tightening(base: dict, tight: dict) -> dict:
+    """What ``tight`` adds to ``base``: its keywords that differ, recursing into objects. Both
+    schemas hold in the end (``allOf``), so the keywords ``tight`` drops need not be undone."""
+    added = {}
+    for key, value in tight.items():
+        old = base.get(key)
+        if value == old:
+            continue
+        added[key] = _tightening(old, value) if type(old) is type(value) is dict else value
+    return added
+
+
+def _type_rules(topic: RecordSpec, by_type: dict[str, RecordSpec]) -> list[dict]:
+    """One ``if event_type == t then ...`` per event type with rules of its own."""
+    base = _record_schema(topic)
+    rules = []
+    for event_type, spec in by_type.items():
+        then = _tightening(base, _record_schema(spec))
+        if then:
+            rules.append(
+                {"if": {"properties": {"event_type": {"const": event_type}}}, "then": then}
+            )
+    return rules
+
+
+def _input_schema(spec: RecordSpec, by_type: dict[str, RecordSpec]) -> dict:
+    """Like ``parse_event``: the topic's record and other topics' fields, the schema version,
+    a customer id or a session id that is not null, and each event type's rules. Not here: the
+    worker's ``max_future_s`` (an event_time that far ahead of its clock), a runtime setting."""
+    schema = _record_schema(spec)
+    schema["properties"]["schema_version"]["const"] = SCHEMA_VERSION
+    schema["anyOf"] = [
+        {"required": [name], "properties": {name: {"type": "string"}}}
+        for name in ("customer_id", "session_id")
+    ]
+    rules = _type_rules(spec, by_type)
+    if rules:
+        schema["allOf"] = rules
+    return schema
+
+
 def build_schemas() -> dict[str, dict]:
     """File name -> JSON Schema document, for every input and output topic."""
+    schemas = {kind: _input_schema(c.spec, c.by_type) for kind, c in input_contracts().items()}
+    schemas |= {kind: _record_schema(record_spec(r)) for kind, r in OUTPUT_EVENTS.items()}
     documents = {}
-    for topic_kind, record in {**INPUT_EVENTS, **OUTPUT_EVENTS}.items():
-        spec = record_spec(record)
-        schema = _record_schema(spec)
-        if topic_kind in INPUT_EVENTS:
-            schema["properties"]["schema_version"]["const"] = SCHEMA_VERSION
-            # like parse_event: a customer id or a session id that is not null, and the fields
-            # an event type needs present, not null and not empty
-            schema["anyOf"] = [
-                {"required": [name], "properties": {name: {"type": "string"}}}
-                for name in ("customer_id", "session_id")
-            ]
-            conditions = [
-                {
-                    "if": {"properties": {"event_type": {"const": t}}},
-                    "then": {
-                        "required": list(needs),
-                        "properties": {n: {"type": "string", "minLength": 1} for n in needs},
-                    },
-                }
-                for t, needs in REQUIRED_BY_TYPE.items()
-                if t in spec.fields["event_type"].choices
-            ]
-            if conditions:
-                schema["allOf"] = conditions
+    for topic_kind, schema in schemas.items():
         name = f"{topic_kind.replace('_', '-')}.v{SCHEMA_VERSION}.json"
         documents[name] = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -9,10 +9,19 @@ import uuid
 import orjson
 import pytest
 
+from schemas.limits import (
+    ADDRESS_MAX_LENGTH,
+    ID_MAX_LENGTH,
+    MAX_AMOUNT,
+    MAX_QUANTITY,
+    PRODUCT_ID_MAX_LENGTH,
+    TIME_ZONE_MAX_LENGTH,
+)
 from streams.state import customer_state as cs
 from streams.state.products import MAX_HISTORY_PRODUCTS, MAX_ORDER_PRODUCTS, orders_to_keep
 
-RECORD_BOUND = 24 * 1024  # documented in docs/architecture.md (State size)
+RECORD_BOUND = 24 * 1024  # documented in docs/architecture.md (State size): realistic ids
+WORST_RECORD_BOUND = 160 * 1024  # the same, every value at the bound the door sets
 
 T0 = 1_291_193_160.0  # 2010-12-01 08:46:00 UTC
 _ids = itertools.count()
@@ -442,3 +451,83 @@ def test_merge_keeps_the_customers_cart_and_bounds_views_and_seen():
     assert len(customer["seen"]) == cs.SEEN_IDS
     assert customer["seen"].count("shared") <= 1
     assert customer["seen"][-1] == f"a{cs.SEEN_IDS - 1}"
+
+
+def widest_state() -> dict:
+    """Every bounded list full and every value the door lets in at its widest: ids of
+    ID_MAX_LENGTH, product ids of PRODUCT_ID_MAX_LENGTH, the longest addresses and time zone,
+    the longest float reprs, the largest quantities (schemas/limits.py)."""
+    state = cs.new_state()
+    n = itertools.count()
+    price = -5.0000000000000004e-300  # a 23-character float repr (the door bounds the value)
+
+    def wide(prefix: str, size: int = ID_MAX_LENGTH) -> str:
+        return f"{prefix}{next(n)}".ljust(size, "x")
+
+    def ev(event_type: str, ts: float, **fields) -> dict:
+        return event(event_type, ts, event_id=wide("e"), session_id=wide("s"), **fields)
+
+    channels = {name: "a" * ADDRESS_MAX_LENGTH for name in ("email", "sms", "push")}
+    apply(
+        state,
+        "profiles",
+        ev(
+            "profile",
+            T0,
+            channels={**channels, "in_app": True},
+            preferred_channel="email",
+            time_zone="z" * TIME_ZONE_MAX_LENGTH,
+        ),
+    )
+    ts = T0 + 0.123456
+    per_order = MAX_HISTORY_PRODUCTS // cs.MAX_ORDERS
+    for _ in range(cs.MAX_ORDERS):
+        ts += 100
+        products = [
+            f"{85123 + next(n)}".ljust(PRODUCT_ID_MAX_LENGTH, "A") for _ in range(per_order)
+        ]
+        placed = order(wide("o"), -MAX_AMOUNT + 0.01, products, ts=ts)
+        placed.update(event_id=wide("e"), session_id=wide("s"))
+        apply(state, "orders", placed)
+    for _ in range(cs.MAX_CART_LINES):
+        ts += 1
+        lines = [line(wide("9", PRODUCT_ID_MAX_LENGTH), MAX_QUANTITY, price)]
+        apply(state, "cart", ev("cart_add", ts, lines=lines, cart_value=price, currency="GBP"))
+    for _ in range(cs.MAX_VIEWS):
+        ts += 1
+        apply(
+            state,
+            "clickstream",
+            ev("product_view", ts, product_id=wide("9", PRODUCT_ID_MAX_LENGTH)),
+        )
+    for k in range(cs.MAX_SENT):
+        cs.record_message(state, "in_app", f"{k:024x}", ts + k)
+    cs.record_offer(state, 2**62, "threshold_nudge:" + "p" * ID_MAX_LENGTH, "f" * 24, ts)
+    for _ in range(cs.MAX_CLAIMED):
+        cs.claim_session(state, wide("s"))
+    return state
+
+
+def test_worst_case_bytes_per_customer_with_everything_at_its_bound():
+    state = widest_state()
+    assert len(state["seen"]) == cs.SEEN_IDS and len(state["cart"]["lines"]) == cs.MAX_CART_LINES
+    assert sum(len(o[3]) for o in state["orders"]) == MAX_HISTORY_PRODUCTS
+    size = len(orjson.dumps(state))
+    print(f"bytes per customer, worst case: {size}")
+    assert size < WORST_RECORD_BOUND
+
+
+def test_a_cart_line_quantity_is_capped_like_one_line_of_an_event():
+    """cart_add sums quantities: the sum stays within the door's bound, whatever the count."""
+    state = cs.new_state()
+    for k in range(3):
+        apply(state, "cart", cart("cart_add", [line("85123A", MAX_QUANTITY)], 1.0, T0 + k))
+    assert state["cart"]["lines"] == [["85123A", MAX_QUANTITY, 2.5]]
+
+
+def test_a_profile_keeps_only_the_contract_channel_fields():
+    """Unknown fields inside ``channels`` pass the door (tolerated) but are not stored."""
+    state = cs.new_state()
+    channels = {"email": "a@example.com", "in_app": True, "fax": "f" * 60_000}
+    apply(state, "profiles", event("profile", channels=channels))
+    assert state["profile"]["channels"] == {"email": "a@example.com", "in_app": True}

@@ -151,7 +151,7 @@ def test_segment_round_trips_through_the_pinpoint_import(shop):
             str(out),
         ]
     )
-    events, report = profile_events(read_endpoints(out), "uci-gift-shop", now=0.0)
+    events, report = profile_events(read_endpoints(out), "uci-gift-shop", now=1_323_435_000.0)
     assert report.profiles == len(events) > 0 and not report.invalid
     for event in events:
         source = synthetic_profile(event["customer_id"], "")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 
+from schemas.limits import MAX_QUANTITY
 from streams.state.products import MAX_ORDERS as MAX_ORDERS  # noqa: PLC0414 - part of the state API
 from streams.state.products import order_products, orders_to_keep, product_rule
 
@@ -41,6 +42,7 @@ MAX_VIEWS = 20
 MAX_SENT = 20
 MAX_CLAIMED = 8
 MAX_CART_LINES = 200
+CHANNEL_FIELDS = ("email", "sms", "push", "in_app")
 FEEDBACK_COUNTERS = {
     "offer_delivered": "delivered",
     "offer_opened": "opened",
@@ -122,8 +124,8 @@ def apply_cart(state: dict, event: dict) -> None:
     for changed in event["lines"]:
         product_id, quantity = changed["product_id"], changed["quantity"]
         current = lines.get(product_id)
-        if event_type == "cart_add":
-            new_quantity = quantity + (current[1] if current else 0)
+        if event_type == "cart_add":  # a running sum: capped like one line's quantity
+            new_quantity = min(quantity + (current[1] if current else 0), MAX_QUANTITY)
         elif event_type == "cart_remove":
             new_quantity = (current[1] if current else 0) - quantity
         else:
@@ -160,8 +162,9 @@ def apply_order(state: dict, event: dict, products: re.Pattern[str] | None = Non
 
 
 def apply_profile(state: dict, event: dict) -> None:
+    channels = event["channels"]  # the contract's fields only: unknown ones pass the door
     state["profile"] = {
-        "channels": event["channels"],
+        "channels": {name: channels[name] for name in CHANNEL_FIELDS if name in channels},
         "preferred": event.get("preferred_channel"),
         "time_zone": event.get("time_zone"),
         "opted_out": bool(event.get("opted_out", False)),
