@@ -12,36 +12,11 @@ from agents.promotion import LedgerTable, PromotionHooks
 from agents.runtime.batch import CustomerEntry
 from streams.promotion import rewards
 from streams.state.customer_state import new_state
-from streams.timers import PartitionClock
 from tests.promo_fixtures import HOUR, T0
 from tests.test_rewards import TERMS, WINDOW, decision
+from tests.test_timers import MemoryStore
 
 LATENESS = 60.0
-
-
-class MemoryStore:
-    """The ``reward-due`` table as a dict (it outlives `reward_windows`, like the real table)."""
-
-    def __init__(self) -> None:
-        self.due: dict[str, tuple[int, float]] = {}
-        self.clocks: dict[int, dict] = {}
-        self.writes: list[tuple[str, float | None]] = []
-
-    def read_partition(self, partition):
-        entries = [(k, due) for k, (p, due) in self.due.items() if p == partition]
-        return PartitionClock.from_json(self.clocks.get(partition)), entries
-
-    def write_due(self, key, partition, due, event):
-        assert event.message.partition == partition  # routed to the customer's partition
-        self.writes.append((key, due))
-        if due is None:
-            self.due.pop(key, None)
-        else:
-            self.due[key] = (partition, due)
-
-    def write_clock(self, partition, clock, event):
-        assert event.message.partition == partition
-        self.clocks[partition] = clock.to_json()
 
 
 def fake_event(partition: int) -> SimpleNamespace:

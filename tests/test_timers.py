@@ -11,6 +11,9 @@ T0 = 1_000_000.0
 
 
 class MemoryStore:
+    """A timer table as a dict (it outlives the `PartitionTimers`, like the real table); writes
+    must be routed to the key's partition."""
+
     def __init__(self) -> None:
         self.due: dict[str, tuple[int, float]] = {}
         self.clocks: dict[int, dict] = {}
@@ -22,6 +25,7 @@ class MemoryStore:
         return PartitionClock.from_json(self.clocks.get(partition)), entries
 
     def write_due(self, key, partition, due, event):
+        assert event.message.partition == partition  # routed to the customer's partition
         self.writes.append((key, due))
         if due is None:
             self.due.pop(key, None)
@@ -29,6 +33,7 @@ class MemoryStore:
             self.due[key] = (partition, due)
 
     def write_clock(self, partition, clock, event):
+        assert event.message.partition == partition
         self.clock_writes += 1
         self.clocks[partition] = clock.to_json()
 
