@@ -127,6 +127,12 @@ class Settings:
         "Inputs whose event_time is further ahead of this machine's clock are dead-lettered "
         "(`schema_violation`); 0: no limit",
     )
+    max_state_bytes: int = _setting(
+        262144,
+        "Largest customer state record (JSON) written to the table and its changelog; an event "
+        "that would make one larger is dead-lettered (`state_too_large`) and the record keeps "
+        "its value",
+    )
     batch_size: int = _setting(500, "Most events per micro-batch")
     batch_window_s: float = _setting(0.05, "Longest wait, in seconds, to fill a micro-batch")
     lean_delivery: bool = _setting(
@@ -261,6 +267,8 @@ class Settings:
         self.merchant_tokens()  # raises on a malformed NEXTBEST_API_TOKENS
         if self.api_admin_token and len(self.api_admin_token) < 16:
             raise ValueError("NEXTBEST_API_ADMIN_TOKEN must be at least 16 characters")
+        if self.max_state_bytes < 1:
+            raise ValueError("NEXTBEST_MAX_STATE_BYTES must be > 0")
         if self.api_max_body_bytes < 1 or self.api_max_events < 1 or self.journey_tick_s <= 0:
             raise ValueError(
                 "NEXTBEST_API_MAX_BODY_BYTES, NEXTBEST_API_MAX_EVENTS and "
