@@ -6,11 +6,11 @@ writes); cart decisions go to the policy as one batch; outputs are produced with
 Delivery is at-least-once: offsets are committed only after the batch's outputs and state
 changes are flushed, and a redelivered event is recognised by its ``event_id`` in state.
 
-Failure isolation (docs/architecture.md, "Failure isolation"): nothing of a batch is sent or
-written before all of it was computed, serialised and checked against the size limits
-(`Pipeline._prepare`); if anything raises on the way, the batch is discarded and its events
-are run again one at a time, and the single event that still fails is dead-lettered
-(``processing_error``, or the `EventFailed` reason) while the others go on.
+Failure isolation (docs/architecture.md, "Failure isolation"): no output of a batch is sent
+and no customer state written before all of it was computed, serialised and checked against
+the size limits (`Pipeline._prepare`); if anything raises on the way, the batch is discarded
+and its events are run again one at a time, and the single event that still fails is
+dead-lettered (``processing_error``, or the `EventFailed` reason) while the others go on.
 """
 
 from __future__ import annotations
