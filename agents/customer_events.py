@@ -1,9 +1,23 @@
-"""The stream agent: every input topic (plus session merges) in micro-batches."""
+"""The stream agent: every input topic (plus session merges) in micro-batches.
+
+`Pipeline.process` dead-letters whatever input makes a batch fail, so nothing from input
+reaches Faust's supervisor. It raises only if committing a batch fails (the producer's buffer
+or the state store). The agent must not return to Faust then: ``take_events`` acknowledges a
+batch's events when the agent leaves it, even on an exception, and the supervisor's restart
+would go on past events that were neither processed nor dead-lettered. The worker exits at
+once instead, without committing: its events are read again after the restart.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+
 from agents.pipeline import Pipeline
 from agents.runtime.app import NextbestApp
+
+log = logging.getLogger(__name__)
+EXIT_UNCOMMITTED = 70  # EX_SOFTWARE
 
 
 def register(nb: NextbestApp, pipeline: Pipeline) -> None:
@@ -12,4 +26,12 @@ def register(nb: NextbestApp, pipeline: Pipeline) -> None:
     @nb.app.agent(nb.inputs, name="customer-events")
     async def customer_events(stream):  # noqa: ANN001 - a faust Stream
         async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            await pipeline.process(events)
+            try:
+                await pipeline.process(events)
+            except Exception:
+                log.critical(
+                    "committing a batch failed: exiting before its offsets are committed",
+                    exc_info=True,
+                )
+                logging.shutdown()
+                os._exit(EXIT_UNCOMMITTED)

@@ -115,6 +115,12 @@ class Outreach:
         self.timers.forget(partitions)
         self._count_pending()
 
+    def abort(self, partitions: Iterable[int]) -> None:
+        """The pipeline discarded a batch: drop what it touched and read these partitions'
+        timers back from the table (the steps the batch fired fire again)."""
+        self._touched = {}
+        self.forget(partitions)
+
     def finish(self, batch: object, load: LoadEntry) -> None:
         """Advance clocks, fire due steps and deliver them; outputs go to ``batch.outputs``."""
         if not self._touched:

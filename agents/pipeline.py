@@ -5,6 +5,12 @@ Per batch, each customer's state is read from the table once and written once (c
 writes); cart decisions go to the policy as one batch; outputs are produced with dedupe keys.
 Delivery is at-least-once: offsets are committed only after the batch's outputs and state
 changes are flushed, and a redelivered event is recognised by its ``event_id`` in state.
+
+Failure isolation (docs/architecture.md, "Failure isolation"): no output of a batch is sent
+and no customer state written before all of it was computed, serialised and checked against
+the size limits (`Pipeline._prepare`); if anything raises on the way, the batch is discarded
+and its events are run again one at a time, and the single event that still fails is
+dead-lettered (``processing_error``, or the `EventFailed` reason) while the others go on.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import faust
 import orjson
+from prometheus_client import Counter as Metric
 
 from agents.outreach import Outreach
 from agents.promotion import PromotionHooks
@@ -23,7 +31,12 @@ from agents.runtime import metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.batch import CustomerEntry, pin
 from schemas.keys import offer_id_for, state_key
-from schemas.records import dead_letter_record, notification_record, promotion_record
+from schemas.records import (
+    EXCERPT_BYTES,
+    dead_letter_record,
+    notification_record,
+    promotion_record,
+)
 from schemas.validation import InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
 from streams.merchants.catalog import Merchant
@@ -32,6 +45,18 @@ from streams.state import customer_state
 
 log = logging.getLogger(__name__)
 NO_OFFER_CART_EVENTS = ("checkout", "cart_clear")
+#: What a Kafka record adds to its key and value when the producer sizes it (record batch
+#: header and record framing: aiokafka counts 61 + at most 21 bytes)
+RECORD_OVERHEAD = 128
+
+
+class EventFailed(Exception):
+    """The batch cannot be committed as it is because of what its events did; ``reason`` is the
+    dead-letter reason of the event found to cause it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -46,7 +71,20 @@ class Batch:
     entries: dict[str, CustomerEntry] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
     outputs: list[tuple[faust.TopicT, bytes | None, bytes]] = field(default_factory=list)
-    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # merchant, kind, type
+    #: counter increments, applied once the batch is committed: (counter, labels) -> amount
+    tally: Counter[tuple[Metric, tuple[str, ...]]] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # DECISION_LATENCY observations
+
+    def count(self, metric: Metric, *labels: str) -> None:
+        self.tally[(metric, labels)] += 1
+
+
+@dataclass
+class Prepared:
+    """A batch ready to commit: its state records serialised and every record checked."""
+
+    batch: Batch
+    writes: list[tuple[faust.EventT, bytes, bytes | None]]  # (routing event, key, value or None)
 
 
 class Pipeline:
@@ -63,6 +101,9 @@ class Pipeline:
         self.promotion = promotion  # promotion policy: decision log, rewards, budget ledgers
         self.max_bytes = nb.settings.max_event_bytes
         self.max_future_s = nb.settings.max_future_s or None
+        self.max_state_bytes = nb.settings.max_state_bytes
+        #: the largest record the producer sends (Faust's ``producer_max_request_size``)
+        self.max_record_bytes = nb.app.conf.producer_max_request_size
         self._topics: dict[str, faust.TopicT] = {}
 
     # -- table access, routed to the partition of the event that carried the key --------
@@ -76,22 +117,41 @@ class Pipeline:
             batch.entries[key] = entry
         return entry
 
-    def _save(self, batch: Batch) -> None:
-        table = self.nb.customers
-        for key, entry in batch.entries.items():
-            if not entry.dirty:
-                continue
-            pin(entry.event)
-            if entry.state is None:
-                table.pop(key.encode(), None)
-            else:
-                table[key.encode()] = orjson.dumps(entry.state)
-
     # -- the batch ----------------------------------------------------------------------
 
     async def process(self, events: list[faust.EventT]) -> None:
-        batch = Batch()
+        """Process a batch; an event that makes it fail is dead-lettered, the others go on.
+        Raises only if committing fails (the producer's buffer or the store), never on input."""
         metrics.BATCH_EVENTS.observe(len(events))
+        try:
+            prepared = self._run(events)
+        except Exception as exc:
+            self._abort(events)
+            if len(events) == 1:
+                prepared = self._failed(events[0], exc)
+            else:
+                log.warning(
+                    "a batch of %d events failed (%s): running them one at a time",
+                    len(events),
+                    _describe(exc),
+                )
+                for event in events:
+                    self._commit(self._run_alone(event))
+                return
+        self._commit(prepared)
+
+    def _run_alone(self, event: faust.EventT) -> Prepared:
+        """One event as a batch of its own (state read back from the table); dead-lettered if
+        it fails."""
+        try:
+            return self._run([event])
+        except Exception as exc:
+            self._abort([event])
+            return self._failed(event, exc)
+
+    def _run(self, events: Sequence[faust.EventT]) -> Prepared:
+        """Every stage of a batch, up to the commit: nothing is sent or written here."""
+        batch = Batch()
         kinds = self.nb.topic_kinds
         if self.promotion is not None:
             self.promotion.begin(batch, events)
@@ -104,23 +164,74 @@ class Pipeline:
                     self._input(batch, kind, event)
             except InvalidEvent as exc:
                 self._dead_letter(batch, event, exc.reason, str(exc))
-            except Exception as exc:  # a bug must not stop the stream: keep the input
-                log.exception("processing failed for %s", event.message.tp)
-                self._dead_letter(batch, event, "processing_error", repr(exc))
         if batch.decisions:
             self._decide(batch)
         if self.outreach is not None:
             self.outreach.finish(batch, self._load)
         if self.promotion is not None:
-            try:
-                self.promotion.finish(batch, self._load)
-            except Exception:  # a bug must not stop the stream
-                log.exception("promotion policy bookkeeping failed on a batch")
+            self.promotion.finish(batch, self._load)
+        return self._prepare(batch)
+
+    def _prepare(self, batch: Batch) -> Prepared:
+        """Serialise every changed state and check every record against its limit; raises
+        `EventFailed` (or what serialising raised) before anything was sent or written."""
+        writes = []
+        for key, entry in batch.entries.items():
+            if not entry.dirty:
+                continue
+            value = None if entry.state is None else orjson.dumps(entry.state)
+            if value is not None and len(value) > self.max_state_bytes:
+                raise EventFailed(
+                    "state_too_large",
+                    f"the state of {key[:200]} would be {len(value)} bytes, over "
+                    f"NEXTBEST_MAX_STATE_BYTES={self.max_state_bytes}",
+                )
+            writes.append((entry.event, key.encode(), value))
+        for topic, key, value in batch.outputs:
+            size = len(key or b"") + len(value) + RECORD_OVERHEAD
+            if size > self.max_record_bytes:
+                raise EventFailed(
+                    "output_too_large",
+                    f"a record for {topic.get_topic_name()} would be {size} bytes, over the "
+                    f"producer's limit of {self.max_record_bytes}",
+                )
+        return Prepared(batch, writes)
+
+    def _commit(self, prepared: Prepared) -> None:
+        """Send the outputs, write the states, count: a prepared batch raises nothing here."""
+        batch = prepared.batch
         for topic, key, value in batch.outputs:
             topic.send_soon(key=key, value=value)
-        self._save(batch)
-        for labels, count in batch.counts.items():
-            metrics.EVENTS.labels(*labels).inc(count)
+        table = self.nb.customers
+        for event, key, value in prepared.writes:
+            pin(event)
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        for (metric, labels), amount in batch.tally.items():
+            (metric.labels(*labels) if labels else metric).inc(amount)
+        for latency in batch.latencies:
+            metrics.DECISION_LATENCY.observe(latency)
+
+    def _abort(self, events: Sequence[faust.EventT]) -> None:
+        """A batch was discarded: the hooks forget what it did in memory."""
+        partitions = sorted({event.message.partition for event in events})
+        if self.outreach is not None:
+            self.outreach.abort(partitions)
+        if self.promotion is not None:
+            self.promotion.abort(partitions)
+
+    def _failed(self, event: faust.EventT, exc: Exception) -> Prepared:
+        """The batch of one event that failed: its dead letter, nothing else."""
+        batch = Batch()
+        if isinstance(exc, EventFailed):
+            log.warning("event %s dead-lettered: %s", event.message.tp, exc)
+            self._dead_letter(batch, event, exc.reason, str(exc))
+        else:
+            log.error("processing failed for %s", event.message.tp, exc_info=exc)
+            self._dead_letter(batch, event, "processing_error", _describe(exc))
+        return Prepared(batch, [])
 
     def _input(self, batch: Batch, kind: str, event: faust.EventT) -> None:
         message = event.message
@@ -132,15 +243,15 @@ class Pipeline:
         key = state_key(merchant_id, data.get("customer_id"), data.get("session_id"))
         if message.key != key.encode():
             # Keyed wrongly by the producer: re-key so the event meets its customer's state.
-            metrics.REROUTED.inc()
+            batch.count(metrics.REROUTED)
             batch.outputs.append((self._topic(message.topic), key.encode(), message.value))
             return
-        batch.counts[(merchant_id, kind, data["event_type"])] += 1
+        batch.count(metrics.EVENTS, merchant_id, kind, data["event_type"])
         entry = self._load(batch, key, event)
         if entry.state is None:
             entry.state = customer_state.new_state()
         if not customer_state.apply_event(entry.state, kind, data, merchant.options.products):
-            metrics.DUPLICATES.inc()
+            batch.count(metrics.DUPLICATES)
             return
         entry.dirty = True
         if self.outreach is not None:
@@ -198,15 +309,7 @@ class Pipeline:
 
     def _decide(self, batch: Batch) -> None:
         contexts = [d.context for d in batch.decisions]
-        try:
-            offers = self.policy.decide_batch(contexts)
-        except Exception as exc:  # keep the cart events: they can be replayed from the DLQ
-            log.exception(
-                "policy %s failed on a batch of %d carts", self.policy.name, len(contexts)
-            )
-            for decision in batch.decisions:
-                self._dead_letter(batch, decision.event, "processing_error", f"policy: {exc!r}")
-            return
+        offers = self.policy.decide_batch(contexts)
         now = time.time()
         for decision, offer in zip(batch.decisions, offers, strict=True):
             if offer is not None:
@@ -245,16 +348,16 @@ class Pipeline:
         promotion.update(offer.event_fields())
         key = ctx.customer_key.encode()
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
-        metrics.OFFERS.labels(merchant_id, offer.offer_type).inc()
-        metrics.DECISION_LATENCY.observe(max(0.0, now - decision.event.message.timestamp))
+        batch.count(metrics.OFFERS, merchant_id, offer.offer_type)
+        batch.latencies.append(max(0.0, now - decision.event.message.timestamp))
         if not is_customer:
-            metrics.SUPPRESSED.labels(merchant_id, "no_consent").inc()
+            batch.count(metrics.SUPPRESSED, merchant_id, "no_consent")
             return
         plan = plan_delivery(
             ctx.state, ctx.merchant, ctx.customer_key, offer, ctx.cart_event_id, ctx.ts
         )
         if not isinstance(plan, Send):
-            metrics.SUPPRESSED.labels(merchant_id, plan.reason).inc()
+            batch.count(metrics.SUPPRESSED, merchant_id, plan.reason)
             return
         customer_state.record_message(ctx.state, plan.channel, plan.dedupe_key, ctx.ts)
         notification = notification_record(
@@ -270,9 +373,11 @@ class Pipeline:
             created_at=now,
         )
         batch.outputs.append((self.nb.notifications, key, orjson.dumps(notification)))
-        metrics.NOTIFICATIONS.labels(merchant_id, plan.channel).inc()
+        batch.count(metrics.NOTIFICATIONS, merchant_id, plan.channel)
 
     def _dead_letter(self, batch: Batch, event: faust.EventT, reason: str, error: str) -> None:
+        """The event to the dead-letter topic; a letter that would not fit the producer's
+        limit keeps an excerpt of the payload, its length and hash (`dead_letter_record`)."""
         message = event.message
         letter = dead_letter_record(
             reason=reason,
@@ -283,9 +388,11 @@ class Pipeline:
             key=message.key,
             received_at=time.time(),
             payload=message.value,
+            max_bytes=self.max_record_bytes - RECORD_OVERHEAD - EXCERPT_BYTES,
         )
-        batch.outputs.append((self.nb.dead_letters, message.key, orjson.dumps(letter)))
-        metrics.DEAD_LETTERS.labels(reason).inc()
+        key = message.key[:EXCERPT_BYTES] if message.key is not None else None
+        batch.outputs.append((self.nb.dead_letters, key, orjson.dumps(letter)))
+        batch.count(metrics.DEAD_LETTERS, reason)
 
     def _topic(self, name: str) -> faust.TopicT:
         topic = self._topics.get(name)
@@ -298,3 +405,8 @@ class Pipeline:
                 value_serializer="raw",
             )
         return topic
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as a dead letter's ``error``: its type and text."""
+    return f"{type(exc).__name__}: {exc}"

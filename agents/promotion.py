@@ -288,6 +288,15 @@ class PromotionHooks:
         gone = {str(p) for p in partitions}
         self.budgets = {k: v for k, v in self.budgets.items() if k.rsplit(":", 1)[1] not in gone}
 
+    def abort(self, partitions: Sequence[int]) -> None:
+        """The pipeline discarded a batch (it runs the events again): drop the decision records
+        it made, read these partitions' reward windows back from the table. (Ledgers and the
+        bandit key everything by decision id: what the batch wrote is not counted twice.)"""
+        self.policy.drain_records()
+        self.policy.drain_blocked()
+        self.windows.forget(partitions)
+        self._batch = None
+
     def finish(self, batch: object, load: LoadEntry) -> None:
         """Emit records and rewards, learn, write ledgers; outputs go to ``batch.outputs``."""
         records, closed = self.policy.drain_records()

@@ -211,7 +211,9 @@ class NotificationEvent(faust.Record, serializer="json"):
 
 
 class DeadLetter(faust.Record, serializer="json"):
-    """Output (topic ``dead-letters``): an input we could not use, kept whole with its origin."""
+    """Output (topic ``dead-letters``): an input we could not use, kept whole with its origin,
+    its length in bytes and SHA-256 (hex). One too large for the broker keeps the first 4 KiB
+    of the payload, key and error instead, with ``payload_truncated``."""
 
     reason: str
     error: str
@@ -222,6 +224,9 @@ class DeadLetter(faust.Record, serializer="json"):
     payload: str
     payload_encoding: Literal["utf-8", "base64"]
     key: str | None = None
+    payload_bytes: int | None = None
+    payload_sha256: str | None = None
+    payload_truncated: bool = False
 
 
 class ActionOption(faust.Record, serializer="json"):

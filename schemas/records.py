@@ -8,10 +8,15 @@ builds it; times are epoch seconds, written with `schemas.keys.iso`.
 from __future__ import annotations
 
 import base64
+import hashlib
+
+import orjson
 
 from schemas.keys import iso
 
 SCHEMA_VERSION = 1
+#: How much of a payload (and of its key and error) a dead letter too large to send keeps
+EXCERPT_BYTES = 4096
 
 
 def promotion_record(
@@ -114,15 +119,15 @@ def dead_letter_record(
     key: bytes | None,
     received_at: float,
     payload: bytes | None,
+    max_bytes: int | None = None,
 ) -> dict:
     """A ``DeadLetter`` (topic ``dead-letters``): the input kept whole, as UTF-8 text when it
-    is, else base64."""
+    is, else base64, with its length and SHA-256. A letter whose JSON would be over
+    ``max_bytes`` keeps the first `EXCERPT_BYTES` of the payload (and of the key and error)
+    instead, with ``payload_truncated``."""
     raw = payload or b""
-    try:
-        text, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(raw).decode(), "base64"
-    return {
+    text, encoding = _payload_text(raw)
+    letter = {
         "reason": reason,
         "error": error,
         "source_topic": source_topic,
@@ -132,4 +137,26 @@ def dead_letter_record(
         "received_at": iso(received_at),
         "payload": text,
         "payload_encoding": encoding,
+        "payload_bytes": len(raw),
+        "payload_sha256": hashlib.sha256(raw).hexdigest(),
+        "payload_truncated": False,
     }
+    if max_bytes is not None and len(orjson.dumps(letter)) > max_bytes:
+        letter.update(
+            error=error[:EXCERPT_BYTES],
+            key=key[:EXCERPT_BYTES].decode("utf-8", "replace") if key else None,
+            payload=_payload_text(raw, EXCERPT_BYTES)[0],
+            payload_truncated=True,
+        )
+    return letter
+
+
+def _payload_text(raw: bytes, limit: int | None = None) -> tuple[str, str]:
+    """(text, encoding) of the payload's first ``limit`` bytes (all: None): UTF-8 when the
+    whole payload is (an excerpt that ends inside a character leaves it out), else base64."""
+    kept = raw if limit is None else raw[:limit]
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(kept).decode(), "base64"
+    return kept.decode("utf-8", "ignore"), "utf-8"

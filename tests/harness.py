@@ -19,6 +19,8 @@ from agents.tools.processes import PROCESSED, scrape, start_worker, stop_worker
 from agents.tools.replay import producer_config
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+#: what Faust writes to a worker's log when a service crashes and when its supervisor restarts it
+CRASH_MARKERS = ("Crashed reason=", "Restarting dead")
 DATA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail.csv.gz"
 
 
@@ -136,6 +138,22 @@ class Cluster:
 
     def log(self, name: str) -> str:
         return (self.tmp / f"worker-{name}.log").read_text(errors="replace")
+
+    def crashes(self, name: str) -> list[str]:
+        """Worker ``name``'s log lines that report a crash or a restart (none: its agents ran
+        uninterrupted), plus a line if its process is gone."""
+        process, _ = self.workers[name]
+        lines = [
+            line for line in self.log(name).splitlines() if any(m in line for m in CRASH_MARKERS)
+        ]
+        if process.poll() is not None:
+            lines.append(f"worker {name} exited with {process.returncode}")
+        return lines
+
+    def metric(self, name: str, sample: str) -> float:
+        """A sample's total (labels summed) on worker ``name``'s /metrics."""
+        _, port = self.workers[name]
+        return scrape(port, (sample,)).get(sample, 0.0)
 
     def send(self, topic_kind: str, value: dict | bytes, key: bytes | None = None) -> None:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)

@@ -18,6 +18,13 @@ DEAD_LETTERS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+OUTPUT_ERRORS = Counter(
+    "nextbest_output_errors",
+    "Records the producer or the broker refused (too large), by topic: logged and dropped, "
+    "the worker goes on",
+    ["topic"],
+    registry=REGISTRY,
+)
 DUPLICATES = Counter(
     "nextbest_duplicate_events",
     "Input events skipped because their event_id was already applied",

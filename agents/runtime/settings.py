@@ -183,6 +183,13 @@ class Settings:
     batch_window_s: float = _setting(
         0.05, "Longest wait, in seconds, to fill a micro-batch", minimum=0
     )
+    max_state_bytes: int = _setting(
+        262144,
+        "Largest customer state record (JSON) written to the table and its changelog; an event "
+        "that would make one larger is dead-lettered (`state_too_large`) and the record keeps "
+        "its value",
+        minimum=1,
+    )
     lean_delivery: bool = _setting(
         True,
         "Records reach the streams without a task per record (agents/runtime/transport.py); "

@@ -20,6 +20,13 @@ Every broker: the ``nbkafka://`` scheme (`faust_broker_url` maps ``kafka://`` to
    are read again once the rebalance is over, from where each stream stands, and a gap is
    read again once before it is accepted as one.
 
+Every broker, too: `RefusalTolerantProducer`. A record the producer refuses as too large
+(``MessageSizeTooLargeError`` from ``send``) used to raise in Faust's producer buffer task,
+which crashes the app; the restarted worker read the same batch and crashed again. It is
+logged and counted (``nextbest_output_errors_total{topic}``) instead, as is a record the broker
+refuses after it was sent (Faust only logs those). The pipeline checks sizes before it sends
+(docs/architecture.md, "Failure isolation"): this is the net under that check.
+
 The embedded broker: the ``tansu://`` scheme, registered here. Against a real Kafka nothing of
 points 1 and 2 applies.
 
@@ -40,16 +47,24 @@ points 1 and 2 applies.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import aiokafka
+from aiokafka.errors import MessageSizeTooLargeError
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from faust.exceptions import ProducerSendError
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import RecordMetadata
 from mode import ServiceT
+
+from agents.runtime import metrics
+
+log = logging.getLogger(__name__)
 
 SCHEME = "tansu"
 KAFKA_SCHEME = "nbkafka"
@@ -183,8 +198,44 @@ class LeanDeliveryConsumer(faust_aiokafka.Consumer):
             unset_flag(FETCHING)
 
 
+class RefusalTolerantProducer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer; a record refused as too large fails its own future (logged,
+    counted) instead of raising in the producer buffer's task, which would crash the app."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        try:
+            sent = await super().send(
+                topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+            )
+        except ProducerSendError as exc:
+            if not isinstance(exc.__cause__, MessageSizeTooLargeError):
+                raise
+            sent = asyncio.get_running_loop().create_future()
+            sent.set_exception(exc)
+        sent.add_done_callback(lambda done: _count_refusal(topic, done))
+        return sent
+
+
+def _count_refusal(topic: str, sent: asyncio.Future) -> None:
+    if sent.cancelled() or sent.exception() is None:
+        return
+    metrics.OUTPUT_ERRORS.labels(topic).inc()
+    log.error("a record for %s was refused and dropped: %s", topic, sent.exception())
+
+
 class LeanKafkaTransport(faust_aiokafka.Transport):
     Consumer = LeanDeliveryConsumer
+    Producer = RefusalTolerantProducer
 
 
 class TansuConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -211,6 +262,7 @@ class TansuConsumer(LeanDeliveryConsumer):
 
 class TansuTransport(faust_aiokafka.Transport):
     Consumer = TansuConsumer
+    Producer = RefusalTolerantProducer
 
 
 class StockDeliveryTansuConsumer(faust_aiokafka.Consumer):
@@ -220,6 +272,7 @@ class StockDeliveryTansuConsumer(faust_aiokafka.Consumer):
 
 class StockDeliveryTansuTransport(faust_aiokafka.Transport):
     Consumer = StockDeliveryTansuConsumer
+    Producer = RefusalTolerantProducer
 
 
 drivers.TRANSPORTS.aliases.setdefault(SCHEME, f"{__name__}:TansuTransport")
