@@ -182,6 +182,8 @@ def _rate(config: dict, key: str, where: str, default: float, low: float, high: 
 def parse_merchant(merchant_id: str, config: dict, base: Path | None = None) -> Merchant:
     """One merchant's config; ``base`` (the merchants file's folder) resolves relative paths."""
     where = f"merchants.{merchant_id}"
+    if not merchant_id or ":" in merchant_id:
+        raise CatalogError(f"{where}: a merchant id is not empty and holds no ':' (record keys)")
     if not isinstance(config, dict):
         raise CatalogError(f"{where}: expected a mapping")
     currency = config.get("currency")
