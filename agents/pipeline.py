@@ -4,7 +4,9 @@ The agent in ``agents.customer_events`` hands each batch from ``stream.take_even
 Per batch, each customer's state is read from the table once and written once (coalesced
 writes); cart decisions go to the policy as one batch; outputs are produced with dedupe keys.
 Delivery is at-least-once: offsets are committed only after the batch's outputs and state
-changes are flushed, and a redelivered event is recognised by its ``event_id`` in state.
+changes are flushed; a redelivered input is recognised by its offset (each customer's state
+keeps the last offset applied per topic, written with the input's effects), the same event sent
+twice by its ``event_id`` (see "Delivery guarantees" in docs/operations.md).
 """
 
 from __future__ import annotations
@@ -139,8 +141,14 @@ class Pipeline:
         entry = self._load(batch, key, event)
         if entry.state is None:
             entry.state = customer_state.new_state()
-        if not customer_state.apply_event(entry.state, kind, data, merchant.options.products):
+        fresh = customer_state.mark_offset(
+            entry.state, message.topic, message.partition, message.offset
+        )
+        if not fresh or not customer_state.apply_event(
+            entry.state, kind, data, merchant.options.products
+        ):
             metrics.DUPLICATES.inc()
+            entry.dirty = entry.dirty or fresh  # an event sent twice: its offset is kept
             return
         entry.dirty = True
         if self.outreach is not None:
@@ -185,7 +193,7 @@ class Pipeline:
         if request["kind"] == "claim":
             if entry.state is None:
                 return
-            absorb = {"kind": "absorb", "state": entry.state}
+            absorb = {"kind": "absorb", "session": key, "state": entry.state}
             batch.outputs.append(
                 (self.nb.merges, request["customer_key"].encode(), orjson.dumps(absorb))
             )
@@ -193,6 +201,14 @@ class Pipeline:
         elif request["kind"] == "absorb":
             if entry.state is None:
                 entry.state = customer_state.new_state()
+            fresh = customer_state.mark_offset(
+                entry.state, message.topic, message.partition, message.offset
+            )
+            session = request.get("session")  # absent from absorbs sent before it existed
+            if not fresh or (session and not customer_state.mark_absorbed(entry.state, session)):
+                metrics.DUPLICATES.inc()
+                entry.dirty = entry.dirty or fresh
+                return
             customer_state.merge_anonymous(entry.state, request["state"])
             entry.dirty = True
 
