@@ -24,7 +24,7 @@ from agents.promotion import PromotionHooks
 from agents.runtime import metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.batch import CustomerEntry, pin
-from schemas.keys import offer_id_for, state_key
+from schemas.keys import offer_id_for, parse_state_key, state_key
 from schemas.records import dead_letter_record, notification_record, promotion_record
 from schemas.validation import InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
@@ -39,7 +39,6 @@ NO_OFFER_CART_EVENTS = ("checkout", "cart_clear")
 @dataclass
 class Decision:
     context: DecisionContext
-    generation: int
     event: faust.EventT
 
 
@@ -178,8 +177,9 @@ class Pipeline:
             currency=data["currency"],
             ts=data["_ts"],
             cart_event_id=data["event_id"],
+            generation=state["cart"]["generation"],
         )
-        return Decision(context, state["cart"]["generation"], event)
+        return Decision(context, event)
 
     def _merge(self, batch: Batch, event: faust.EventT) -> None:
         message = event.message
@@ -231,17 +231,14 @@ class Pipeline:
     def _emit_offer(self, batch: Batch, decision: Decision, offer: Offer, now: float) -> None:
         ctx = decision.context
         offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer.key)
-        if not customer_state.record_offer(
-            ctx.state, decision.generation, offer.key, offer_id, ctx.ts
-        ):
+        if not customer_state.record_offer(ctx.state, ctx.generation, offer.key, offer_id, ctx.ts):
             return
-        merchant_id, _, rest = ctx.customer_key.partition(":")
-        is_customer = rest.startswith("c:")
+        merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)
         promotion = promotion_record(
             offer_id=offer_id,
             merchant_id=merchant_id,
-            customer_id=rest[2:] if is_customer else None,
-            session_id=None if is_customer else rest[2:],
+            customer_id=customer_id,
+            session_id=session_id,
             cart_event_id=ctx.cart_event_id,
             event_time=ctx.ts,
             decided_at=now,
@@ -263,7 +260,7 @@ class Pipeline:
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
         metrics.OFFERS.labels(merchant_id, offer.offer_type).inc()
         metrics.DECISION_LATENCY.observe(max(0.0, now - decision.event.message.timestamp))
-        if not is_customer:
+        if customer_id is None:
             metrics.SUPPRESSED.labels(merchant_id, "no_consent").inc()
             return
         plan = plan_delivery(
