@@ -460,7 +460,8 @@ def test_a_redelivery_longer_than_the_event_id_window_is_skipped_by_offset():
         assert apply(state, "orders", ev)
     before = copy.deepcopy(state)
     for offset, ev in enumerate(orders):  # the whole run again, at the same offsets
-        assert not cs.mark_offset(state, "orders", 3, 100 + offset)
+        if cs.mark_offset(state, "orders", 3, 100 + offset):  # as the pipeline does
+            apply(state, "orders", ev)
     assert state == before
     assert state["rfm"]["frequency"] == len(orders)
     assert state["offsets"] == {"orders": [3, 100 + len(orders) - 1]}
