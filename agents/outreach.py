@@ -40,7 +40,7 @@ from agents.runtime import metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.batch import CustomerEntry, LoadEntry
 from agents.runtime.timer_table import timer_table
-from schemas.keys import offer_id_for
+from schemas.keys import offer_id_for, parse_state_key
 from schemas.records import notification_record
 from streams.decisions import DecisionContext, Offer, Policy
 from streams.merchants.catalog import Merchant
@@ -232,7 +232,7 @@ class Outreach:
         return notification_record(
             dedupe_key=send.dedupe_key,
             merchant_id=f.merchant.id,
-            customer_id=f.key.split(":c:", 1)[1],
+            customer_id=parse_state_key(f.key)[1],
             channel=send.channel,
             address=send.address,
             title=f.merchant.name,

@@ -4,7 +4,9 @@ The agent in ``agents.customer_events`` hands each batch from ``stream.take_even
 Per batch, each customer's state is read from the table once and written once (coalesced
 writes); cart decisions go to the policy as one batch; outputs are produced with dedupe keys.
 Delivery is at-least-once: offsets are committed only after the batch's outputs and state
-changes are flushed, and a redelivered event is recognised by its ``event_id`` in state.
+changes are flushed; a redelivered input is recognised by its offset (each customer's state
+keeps the last offset applied per topic, written with the input's effects), the same event sent
+twice by its ``event_id`` (see "Delivery guarantees" in docs/operations.md).
 
 Failure isolation (docs/architecture.md, "Failure isolation"): no output of a batch is sent
 and no customer state written before all of it was computed, serialised and checked against
@@ -30,7 +32,7 @@ from agents.promotion import PromotionHooks
 from agents.runtime import metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.batch import CustomerEntry, pin
-from schemas.keys import offer_id_for, state_key
+from schemas.keys import offer_id_for, parse_state_key, state_key
 from schemas.records import (
     EXCERPT_BYTES,
     dead_letter_record,
@@ -62,7 +64,6 @@ class EventFailed(Exception):
 @dataclass
 class Decision:
     context: DecisionContext
-    generation: int
     event: faust.EventT
 
 
@@ -250,8 +251,14 @@ class Pipeline:
         entry = self._load(batch, key, event)
         if entry.state is None:
             entry.state = customer_state.new_state()
-        if not customer_state.apply_event(entry.state, kind, data, merchant.options.products):
+        fresh = customer_state.mark_offset(
+            entry.state, message.topic, message.partition, message.offset
+        )
+        if not fresh or not customer_state.apply_event(
+            entry.state, kind, data, merchant.options.products
+        ):
             batch.count(metrics.DUPLICATES)
+            entry.dirty = entry.dirty or fresh  # an event sent twice: its offset is kept
             return
         entry.dirty = True
         if self.outreach is not None:
@@ -281,8 +288,9 @@ class Pipeline:
             currency=data["currency"],
             ts=data["_ts"],
             cart_event_id=data["event_id"],
+            generation=state["cart"]["generation"],
         )
-        return Decision(context, state["cart"]["generation"], event)
+        return Decision(context, event)
 
     def _merge(self, batch: Batch, event: faust.EventT) -> None:
         message = event.message
@@ -296,7 +304,7 @@ class Pipeline:
         if request["kind"] == "claim":
             if entry.state is None:
                 return
-            absorb = {"kind": "absorb", "state": entry.state}
+            absorb = {"kind": "absorb", "session": key, "state": entry.state}
             batch.outputs.append(
                 (self.nb.merges, request["customer_key"].encode(), orjson.dumps(absorb))
             )
@@ -304,6 +312,14 @@ class Pipeline:
         elif request["kind"] == "absorb":
             if entry.state is None:
                 entry.state = customer_state.new_state()
+            fresh = customer_state.mark_offset(
+                entry.state, message.topic, message.partition, message.offset
+            )
+            session = request.get("session")  # absent from absorbs sent before it existed
+            if not fresh or (session and not customer_state.mark_absorbed(entry.state, session)):
+                metrics.DUPLICATES.inc()
+                entry.dirty = entry.dirty or fresh
+                return
             customer_state.merge_anonymous(entry.state, request["state"])
             entry.dirty = True
 
@@ -318,17 +334,14 @@ class Pipeline:
     def _emit_offer(self, batch: Batch, decision: Decision, offer: Offer, now: float) -> None:
         ctx = decision.context
         offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer.key)
-        if not customer_state.record_offer(
-            ctx.state, decision.generation, offer.key, offer_id, ctx.ts
-        ):
+        if not customer_state.record_offer(ctx.state, ctx.generation, offer.key, offer_id, ctx.ts):
             return
-        merchant_id, _, rest = ctx.customer_key.partition(":")
-        is_customer = rest.startswith("c:")
+        merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)
         promotion = promotion_record(
             offer_id=offer_id,
             merchant_id=merchant_id,
-            customer_id=rest[2:] if is_customer else None,
-            session_id=None if is_customer else rest[2:],
+            customer_id=customer_id,
+            session_id=session_id,
             cart_event_id=ctx.cart_event_id,
             event_time=ctx.ts,
             decided_at=now,
@@ -350,7 +363,7 @@ class Pipeline:
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
         batch.count(metrics.OFFERS, merchant_id, offer.offer_type)
         batch.latencies.append(max(0.0, now - decision.event.message.timestamp))
-        if not is_customer:
+        if customer_id is None:
             batch.count(metrics.SUPPRESSED, merchant_id, "no_consent")
             return
         plan = plan_delivery(

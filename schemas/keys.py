@@ -1,6 +1,7 @@
 """Keys, ids and the time format every output record shares (plain Python, no Faust).
 
-- `state_key`: the record key of a customer's inputs and state (and of every output about them);
+- `state_key`: the record key of a customer's inputs and state (and of every output about them),
+  `parse_state_key` its inverse;
 - `id_digest`: the deterministic ids (offer, decision, notification dedupe keys): the same inputs
   give the same id on every worker and every replay, so outputs deduplicate;
 - `iso`: event and output timestamps, ISO 8601 in UTC with a ``Z``.
@@ -17,6 +18,24 @@ def state_key(merchant_id: str, customer_id: str | None, session_id: str | None)
     if customer_id is not None:
         return f"{merchant_id}:c:{customer_id}"
     return f"{merchant_id}:s:{session_id}"
+
+
+def parse_state_key(key: str) -> tuple[str, str | None, str | None]:
+    """``(merchant_id, customer_id, session_id)`` of a `state_key` (one of the two ids is None).
+
+    The kind is the part after the merchant id, which holds no ``:`` (the merchants file
+    refuses one): ``shop:s:guest:c:17850`` is the anonymous session ``guest:c:17850``.
+    """
+    merchant_id, _, rest = key.partition(":")
+    kind, _, who = rest.partition(":")
+    if not merchant_id or kind not in ("c", "s") or not who:
+        raise ValueError(f"not a customer or session key: {key!r}")
+    return (merchant_id, who, None) if kind == "c" else (merchant_id, None, who)
+
+
+def is_customer_key(key: str) -> bool:
+    """True for a known customer's key (``<merchant>:c:<customer>``), False for a session's."""
+    return parse_state_key(key)[1] is not None
 
 
 def id_digest(*parts: str) -> str:

@@ -24,6 +24,9 @@ class DecisionContext:
     currency: str
     ts: float
     cart_event_id: str
+    # The cart generation the cart event left, when the caller emits the offer only if this cart
+    # did not get the same offer before (``customer_state.record_offer``); None: no such rule.
+    generation: int | None = None
 
 
 @dataclass(frozen=True)

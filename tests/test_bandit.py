@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from streams.promotion.actions import candidate_actions
+from streams.promotion.actions import CouponCandidate, candidate_actions
 from streams.promotion.bandit import (
     BanditChooser,
     BanditConfig,
@@ -82,7 +82,7 @@ def test_a_deep_discount_must_beat_the_other_offers_by_its_premium():
 
 def test_logged_propensity_matches_the_frequency_of_choices():
     """Given the posterior draws, the choice frequencies are the logged probabilities."""
-    bandit = LinearThompson(BanditConfig(explore=0.2, refresh=10**9))
+    bandit = LinearThompson(BanditConfig(explore=0.2))
     rng = np.random.default_rng(1)
     r = row(value=400.0)
     first = bandit.choose(r, rng)
@@ -92,6 +92,29 @@ def test_logged_propensity_matches_the_frequency_of_choices():
         assert choice.probabilities == first.probabilities  # same draws, same distribution
         counts[choice.index] += 1
     assert counts / counts.sum() == pytest.approx(np.array(first.probabilities), abs=0.012)
+
+
+def test_the_draws_are_a_function_of_the_statistics():
+    """A replay on a restarted worker (the model rebuilt from JSON, knowing other actions too)
+    sees the same posterior draws: the same probabilities for the same row."""
+    x = np.full(D, 0.3)
+    learned = LinearThompson(BanditConfig())
+    rng = np.random.default_rng(5)
+    for i in range(200):
+        arm = ["none", "percent_off:p10", "free_shipping:fs"][i % 3]
+        learned.update(f"d{i}", x * rng.random(), arm, rng.random() < 0.4, True)
+    r = row(value=400.0)
+    first = learned.choose(r, np.random.default_rng(0))
+    restored = LinearThompson.from_dict(json.loads(json.dumps(learned.to_dict())))
+    coupon = CouponCandidate("SKU9", 0.4, 20.0)
+    wider = candidate_actions(shop(), 400.0, "GBP", T0, coupon)  # one more action heard of
+    assert len(wider) > len(r.actions)
+    restored.choose(replace(r, actions=wider), np.random.default_rng(1))
+    again = restored.choose(r, np.random.default_rng(0))
+    assert again.probabilities == pytest.approx(first.probabilities, abs=1e-9)
+    assert (again.index, again.version) == (first.index, first.version)
+    learned.update("one-more", x, "none", True, False)  # new statistics: new draws
+    assert learned.choose(r, np.random.default_rng(0)).probabilities != first.probabilities
 
 
 def _learn(bandit: LinearThompson, n: int, seed: int = 0) -> None:

@@ -213,6 +213,12 @@ def test_bad_merchants_files(tmp_path, content, message):
         load_merchants(path)
 
 
+@pytest.mark.parametrize("merchant_id", ["shop:eu", ""])
+def test_a_merchant_id_is_not_empty_and_holds_no_colon(merchant_id):
+    with pytest.raises(CatalogError, match="holds no ':'"):
+        parse_merchant(merchant_id, {"currency": "GBP"})
+
+
 def test_unreadable_merchants_file(tmp_path):
     with pytest.raises(CatalogError, match="cannot read merchants file"):
         load_merchants(tmp_path / "missing.yaml")

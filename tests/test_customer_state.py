@@ -227,6 +227,9 @@ def full_state() -> dict:
     cs.record_offer(state, 3, "threshold_nudge:holiday-twenty-off-1000", "f" * 32, ts)
     for k in range(cs.MAX_CLAIMED):
         cs.claim_session(state, f"web-{536365 + k}")
+        cs.mark_absorbed(state, f"uci-gift-shop:s:web-{536365 + k}")
+    for topic in ("clickstream", "cart", "orders", "profiles", "feedback", "session-merges"):
+        cs.mark_offset(state, f"nextbest.{topic}", 11, 9_876_543_210)
     return state
 
 
@@ -238,7 +241,7 @@ def test_bytes_per_customer_with_full_bounded_lists():
     assert sum(len(o[3]) for o in state["orders"]) == MAX_HISTORY_PRODUCTS
     assert len(state["cart"]["lines"]) == cs.MAX_CART_LINES
     assert len(state["sent"]) == cs.MAX_SENT
-    assert len(state["claimed"]) == cs.MAX_CLAIMED
+    assert len(state["claimed"]) == len(state["absorbed"]) == cs.MAX_CLAIMED
     size = len(orjson.dumps(state))
     print(f"bytes per customer (all bounded lists full): {size}")
     assert size < RECORD_BOUND
@@ -505,6 +508,11 @@ def widest_state() -> dict:
     cs.record_offer(state, 2**62, "threshold_nudge:" + "p" * ID_MAX_LENGTH, "f" * 24, ts)
     for _ in range(cs.MAX_CLAIMED):
         cs.claim_session(state, wide("s"))
+        cs.mark_absorbed(state, f"{'m' * ID_MAX_LENGTH}:s:{wide('s')}")
+    for topic in ("nextbest.clickstream", "nextbest.cart", "nextbest.orders", "nextbest.profiles"):
+        cs.mark_offset(state, topic, 2**31 - 1, 2**63 - 1)
+    for topic in ("nextbest.offer-feedback", "nextbest.session-merges"):
+        cs.mark_offset(state, topic, 2**31 - 1, 2**63 - 1)
     return state
 
 
@@ -531,3 +539,56 @@ def test_a_profile_keeps_only_the_contract_channel_fields():
     channels = {"email": "a@example.com", "in_app": True, "fax": "f" * 60_000}
     apply(state, "profiles", event("profile", channels=channels))
     assert state["profile"]["channels"] == {"email": "a@example.com", "in_app": True}
+
+
+# --- redelivery by offset -------------------------------------------------------------------
+
+
+def test_a_redelivery_longer_than_the_event_id_window_is_skipped_by_offset():
+    """A crash re-reads from the last committed offset: more than SEEN_IDS events of one
+    customer may come again; none of them is applied twice."""
+    state = cs.new_state()
+    orders = [order(f"o{i}", 10.0, ts=T0 + 60 * i) for i in range(cs.SEEN_IDS + 16)]
+    for offset, ev in enumerate(orders):
+        assert cs.mark_offset(state, "orders", 3, 100 + offset)
+        assert apply(state, "orders", ev)
+    before = copy.deepcopy(state)
+    for offset, ev in enumerate(orders):  # the whole run again, at the same offsets
+        if cs.mark_offset(state, "orders", 3, 100 + offset):  # as the pipeline does
+            apply(state, "orders", ev)
+    assert state == before
+    assert state["rfm"]["frequency"] == len(orders)
+    assert state["offsets"] == {"orders": [3, 100 + len(orders) - 1]}
+    # the first of those events at its offset: beyond the window, only the offset knew it
+    assert orders[0]["event_id"] not in state["seen"]
+
+
+def test_offsets_are_kept_per_topic_and_another_partition_is_no_evidence():
+    state = cs.new_state()
+    assert cs.mark_offset(state, "cart", 0, 50) and cs.mark_offset(state, "orders", 0, 7)
+    assert cs.mark_offset(state, "cart", 0, 51) and not cs.mark_offset(state, "cart", 0, 51)
+    assert cs.mark_offset(state, "orders", 0, 8)  # each topic has its own offsets
+    # the topic's partition count changed and the key moved: no dedupe by offset (ids only)
+    assert cs.mark_offset(state, "cart", 5, 3)
+    assert state["offsets"] == {"cart": [5, 3], "orders": [0, 8]}
+
+
+def test_a_record_written_before_offsets_existed_gets_them():
+    state = cs.new_state()
+    del state["offsets"], state["absorbed"]
+    assert cs.mark_offset(state, "cart", 1, 9) and not cs.mark_offset(state, "cart", 1, 9)
+    assert cs.mark_absorbed(state, "shop:s:web-1")
+
+
+def test_an_absorbed_session_is_merged_once_and_its_offsets_stay_its_own():
+    customer, anonymous = cs.new_state(), cs.new_state()
+    cs.mark_offset(customer, "clickstream", 2, 40)
+    cs.mark_offset(anonymous, "clickstream", 0, 900)
+    apply(anonymous, "clickstream", event("product_view", T0, "a1", product_id="A"))
+    assert cs.mark_absorbed(customer, "shop:s:web-1")
+    cs.merge_anonymous(customer, anonymous)
+    assert customer["offsets"] == {"clickstream": [2, 40]}  # positions on the session's partition
+    assert not cs.mark_absorbed(customer, "shop:s:web-1")  # an absorb sent again
+    for i in range(cs.MAX_CLAIMED + 1):
+        cs.mark_absorbed(customer, f"shop:s:other-{i}")
+    assert len(customer["absorbed"]) == cs.MAX_CLAIMED

@@ -166,6 +166,21 @@ def test_one_frequency_cap_across_all_sources(shop):
     assert isinstance(later, Send)
 
 
+def test_the_cap_counts_a_message_recorded_at_a_later_event_time(shop):
+    # a push at 13:00 and an e-mail at 13:13 (a journey step, recorded on its partition's
+    # clock) are in the sent list before a cart offer of 13:01 is processed
+    state = customer("Europe/London")
+    one_pm = utc("2011-11-14T13:00:00")
+    customer_state.record_message(state, "push", "offer-1", one_pm)
+    customer_state.record_message(state, "email", "step-1", one_pm + 13 * 60)
+    assert plan_delivery(state, shop, "uci-gift-shop:c:1", OFFER, "cart-2", one_pm + 60) == (
+        Suppressed("frequency_cap")
+    )
+    # a day after the first, one of the two is out of the window
+    later = plan_delivery(state, shop, "uci-gift-shop:c:1", OFFER, "cart-3", one_pm + 86400)
+    assert isinstance(later, Send)
+
+
 def test_opt_out_and_consent_are_hard_for_every_source(shop):
     state = customer("Europe/London")
     state["profile"]["opted_out"] = True

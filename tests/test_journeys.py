@@ -332,6 +332,9 @@ def test_anonymous_sessions_have_no_journeys(shop):
     data = {"event_type": "cart_add", "_ts": T0, "event_id": "e"}
     state["cart"]["lines"] = [["P", 1, 1.0]]
     assert not journeys.on_event(state, shop, "uci-gift-shop:s:web-1", "cart", data)
+    # a session id holding ":c:" is still a session
+    assert not journeys.on_event(state, shop, "uci-gift-shop:s:guest:c:17850", "cart", data)
+    assert "journeys" not in state
 
 
 def test_journeys_return_the_pending_steps_they_cancel(shop):

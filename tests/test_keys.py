@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from schemas.keys import decision_id_for, id_digest, iso, offer_id_for, state_key
+import pytest
+
+from schemas.keys import (
+    decision_id_for,
+    id_digest,
+    is_customer_key,
+    iso,
+    offer_id_for,
+    parse_state_key,
+    state_key,
+)
 from streams.decisions import Offer
 from streams.outreach.delivery import dedupe_key
 from streams.outreach.journeys import step_key
@@ -11,6 +21,27 @@ from streams.outreach.journeys import step_key
 def test_state_key_names_the_customer_else_the_session():
     assert state_key("shop", "c1", "s1") == "shop:c:c1"
     assert state_key("shop", None, "s1") == "shop:s:s1"
+
+
+@pytest.mark.parametrize(
+    ("customer", "session"),
+    [("c1", None), (None, "s1"), (None, "guest:c:17850"), ("17850:s:x", None), (None, "a:b:c")],
+)
+def test_parse_state_key_is_the_inverse_of_state_key(customer, session):
+    key = state_key("shop", customer, session)
+    assert parse_state_key(key) == ("shop", customer, session)
+    assert is_customer_key(key) is (customer is not None)
+
+
+def test_a_session_id_holding_c_is_a_session():
+    assert not is_customer_key("shop:s:guest:c:17850")
+    assert parse_state_key("shop:s:guest:c:17850") == ("shop", None, "guest:c:17850")
+
+
+@pytest.mark.parametrize("key", ["shop", "shop:x:1", "shop:c:", ":c:1", "shop:c"])
+def test_parse_state_key_refuses_other_keys(key):
+    with pytest.raises(ValueError, match="not a customer or session key"):
+        parse_state_key(key)
 
 
 def test_offer_and_decision_ids_are_the_ones_written_before_they_were_shared():

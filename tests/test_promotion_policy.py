@@ -11,11 +11,12 @@ from jsonschema import Draft202012Validator
 from schemas.events import DecisionRecord, RewardRecord
 from schemas.json_schema import build_schemas
 from schemas.keys import decision_id_for, offer_id_for
-from streams.decisions import Policy
+from streams.decisions import DecisionContext, Policy
 from streams.promotion import rewards
 from streams.promotion.experiments import HOLDOUT, Arm, Experiment, assign
 from streams.promotion.policy import PromotionPolicy
-from tests.promo_fixtures import HOUR, T0, cart_state, context, shop
+from streams.state import customer_state
+from tests.promo_fixtures import HOUR, SHOP, T0, cart_state, context, shop
 
 SCHEMAS = build_schemas()
 
@@ -142,3 +143,99 @@ def test_rewards_teach_the_bandit_and_validate_against_the_contract():
 def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="unknown policy variant"):
         PromotionPolicy(Experiment(id="x", arms=(Arm("a", 1.0, "magic"),)))
+
+
+# -- replays: one decision per decision id, the same draws in any batch ----------------------
+
+
+def bandit_contexts(merchant, count: int) -> list:
+    return [context(merchant, 160.0, customer=str(i), event_id=f"e{i}") for i in range(count)]
+
+
+def test_a_decisions_draws_do_not_depend_on_the_batch_it_comes_in():
+    """A crash replays a cart in another batch: the decision draws the same (its own random
+    stream, seeded by its decision id), so it decides the same on the same statistics."""
+    merchant = shop()
+    one_batch = PromotionPolicy(Experiment(id="t", holdout=0.0)).decide(
+        bandit_contexts(merchant, 40)
+    )
+    alone = []
+    policy = PromotionPolicy(Experiment(id="t", holdout=0.0))
+    for ctx in reversed(bandit_contexts(merchant, 40)):
+        alone.extend(policy.decide([ctx]))
+    alone.reverse()
+    first = [(d.record["action"], d.record["propensity"]) for d in one_batch]
+    assert first == [(d.record["action"], d.record["propensity"]) for d in alone]
+    assert len({action for action, _ in first}) > 1  # the draws do matter
+    other_seed = PromotionPolicy(Experiment(id="t", holdout=0.0), seed=1).decide(
+        bandit_contexts(merchant, 40)
+    )
+    assert first != [(d.record["action"], d.record["propensity"]) for d in other_seed]
+
+
+def test_a_decision_id_is_decided_once_a_reminder_gets_its_offer():
+    """The abandoned-cart journey asks again for the cart event's offer, later (other
+    candidates): the decision is not made again, nothing more is logged."""
+    experiment = Experiment(id="t", holdout=0.0, arms=(Arm("all", 1.0, "static:percent_off"),))
+    policy = PromotionPolicy(experiment, default_variant="static:percent_off")
+    merchant = shop()
+    ctx = context(merchant, 100.0, event_id="e1")
+    (first,) = policy.decide([ctx])
+    assert first.record["sent"] and first.offer.key == "percent_off:p10"
+    later = type(ctx)(merchant, ctx.customer_key, ctx.state, 100.0, "GBP", T0 + HOUR, "e1")
+    signals = PromotionPolicy(
+        experiment, default_variant="static:percent_off", signals=lambda c: [Signals()] * len(c)
+    )
+    signals.ledgers = policy.ledgers
+    (again,) = signals.decide([later])  # a coupon candidate now: other candidates
+    assert again.record is None and again.offer == first.offer
+    none = Experiment(id="n", holdout=0.0, arms=(Arm("all", 1.0, "static:none"),))
+    quiet = PromotionPolicy(none, default_variant="static:none")
+    other = context(merchant, 100.0, customer="2", event_id="e2")
+    (nothing,) = quiet.decide([other])
+    assert nothing.record["action"] == "none"
+    (still,) = policy.decide(
+        [type(other)(merchant, other.customer_key, other.state, 100.0, "GBP", T0 + HOUR, "e2")]
+    )
+    assert still.record is None and still.offer is None  # decided `none`: stays so
+
+
+def budgeted_shop():
+    promotions = [{**p, "budget": 1000} if p["id"] == "p10" else p for p in SHOP["promotions"]]
+    return shop(promotions=promotions)
+
+
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_an_offer_the_cart_already_got_reserves_nothing(one_batch):
+    """A new decision (other candidates) for the same cart that picks the offer the cart got:
+    the agent would not emit it again, so the ledger must not reserve it again."""
+    experiment = Experiment(id="t", holdout=0.0, arms=(Arm("all", 1.0, "static:percent_off"),))
+    policy = PromotionPolicy(experiment, default_variant="static:percent_off")
+    merchant = budgeted_shop()
+    state = cart_state(100.0, T0, "e1")
+    generation = state["cart"]["generation"]
+    first = DecisionContext(merchant, "shop:c:1", state, 100.0, "GBP", T0, "e1", generation)
+    second = DecisionContext(merchant, "shop:c:1", state, 170.0, "GBP", T0 + 60, "e3", generation)
+    if one_batch:
+        decisions = policy.decide([first, second])
+    else:
+        decisions = policy.decide([first])
+        customer_state.record_offer(state, generation, decisions[0].offer.key, "o1", T0)
+        decisions += policy.decide([second])
+    sent, repeated = decisions
+    assert sent.record["sent"] and sent.offer.key == "percent_off:p10"
+    assert repeated.record is not None and repeated.record["options"] != sent.record["options"]
+    assert repeated.record["action"] == "percent_off:p10"
+    assert not repeated.record["sent"] and repeated.record["guard"] == "repeated"
+    assert repeated.offer is None and repeated.record["offer_id"] is None
+    [ledger] = policy.ledgers.values()
+    assert set(ledger["open"]) == {sent.record["decision_id"]}
+    assert ledger["reserved"] == pytest.approx(sent.record["max_discount"])
+    validate("decisions.v1.json", repeated.record)
+    # a new cart (generation) may get the same offer again: reserved again
+    state["cart"]["generation"] += 1
+    third = DecisionContext(
+        merchant, "shop:c:1", state, 100.0, "GBP", T0 + 120, "e4", generation + 1
+    )
+    (new_cart,) = policy.decide([third])
+    assert new_cart.record["sent"] and len(ledger["open"]) == 2

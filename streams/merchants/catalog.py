@@ -288,6 +288,10 @@ class MerchantConfig(MerchantOptionsConfig):
 
 def validate_merchant(merchant_id: str, config: object) -> MerchantConfig:
     """The validated config of one merchant; raises CatalogError naming every bad field."""
+    if not merchant_id or ":" in merchant_id:
+        raise CatalogError(
+            f"merchants.{merchant_id}: a merchant id is not empty and holds no ':' (record keys)"
+        )
     try:
         return MerchantConfig.model_validate(config)
     except ValidationError as exc:

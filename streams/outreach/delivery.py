@@ -22,7 +22,10 @@ finds its dedupe key already sent. The rules, in order:
    ``Suppressed("no_safe_window")``). DST is handled by the zone database. In-app messages are
    only seen in the app and are never held.
 5. **One global frequency cap** per customer: at most ``frequency_cap.max_messages`` messages
-   from all sources together within ``period``; ``Suppressed("frequency_cap")``.
+   from all sources together within ``period``; ``Suppressed("frequency_cap")``. Every message
+   recorded after ``now - period`` counts, one recorded at a later event time too (a journey
+   step fires on its partition's clock, a cart offer on its event's time; either may be
+   processed first).
 
 Cart offers are real-time: `plan_delivery` turns a ``Held`` offer into
 ``Suppressed("quiet_hours")`` (the offer would be stale by morning; the abandoned-cart journey
@@ -161,7 +164,9 @@ def decide(
         if until > now:
             return Held(until)
     cap = merchant.frequency_cap
-    recent = sum(1 for entry in sent if now - cap.period_s < entry[0] <= now)
+    # every recorded message counts, a later one too: a journey step recorded at its own (later)
+    # clock time is no less a message to this customer than one sent before ``now``
+    recent = sum(1 for entry in sent if entry[0] > now - cap.period_s)
     if recent >= cap.max_messages:
         return Suppressed("frequency_cap")
     return Send(channel=chosen[0], address=chosen[1], dedupe_key=message.dedupe_key)

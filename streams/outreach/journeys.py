@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from schemas.keys import id_digest
+from schemas.keys import id_digest, is_customer_key
 from streams.merchants.catalog import Merchant
 from streams.merchants.options import Journeys
 from streams.outreach.delivery import Held, Message, Send, Suppressed
@@ -78,10 +78,6 @@ class JourneyChange:
     entry in the due-time index); ``cancelled``: the pending steps it ended."""
 
     cancelled: tuple[Cancelled, ...] = ()
-
-
-def is_customer(customer_key: str) -> bool:
-    return ":c:" in customer_key
 
 
 def journeys_of(state: dict) -> dict:
@@ -182,7 +178,7 @@ def on_event(
 
     None when no journey changed. Anonymous sessions have no journeys: they cannot be messaged.
     """
-    if not is_customer(customer_key):
+    if not is_customer_key(customer_key):
         return None
     cancelled: list[Cancelled] = []
     changed = False

@@ -17,8 +17,8 @@ statistics are, per action ("arm", e.g. ``percent_off:ten-off``), the Gram matri
 ``sum y x`` of the decisions that played it, plus counts of purchases and of purchases that
 redeemed the offer (``rho``, Beta(1, 1) prior; a nudged customer may buy without topping up).
 
-Choice (`LinearThompson.choose`): ``draws`` joint posterior draws of all weights (refreshed
-when the model changes or after ``refresh`` decisions) are scored by the objective
+Choice (`LinearThompson.choose`): ``draws`` joint posterior draws of all weights (drawn again
+when the model changes) are scored by the objective
 (``streams.promotion.objective``); each draw votes for its best allowed action, and the policy
 plays the
 vote of one draw picked uniformly -- or, with probability ``explore``, a random allowed
@@ -33,6 +33,13 @@ which is what the decision log records (the Monte Carlo estimate of the Thompson
 probability, made exact by playing one of the draws). Every action keeps at least
 ``explore * e(a) > 0``, so off-policy evaluation of any candidate policy stays possible.
 
+Replays decide the same: the posterior draws are a function of the statistics (each action's
+block of standard normals is seeded by the action id and the model's update count; an action
+with no statistics is independent of the others, so actions the model merely heard of change
+no other draw), and the choice among them takes the caller's generator (the promotion policy
+seeds one per decision id). Same statistics, same features, same decision id: same choice,
+on any worker, in any batch.
+
 Learning: `LinearThompson.update` with a reward (features, arm, purchased, redeemed) of an
 applied action; a bounded memory of decision ids makes a replayed reward a no-op. The whole
 state is plain JSON (`to_dict` / `from_dict`) for a Faust table or a checkpoint. The
@@ -43,6 +50,7 @@ to the one model that learned them all -- how the workers share one bandit
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,15 +75,14 @@ class BanditConfig:
     prior_precision: float = 1.0
     uplift_precision: float = 1000.0  # prior sd of an offer's uplift in P(buy): ~0.035
     noise_var: float = 0.25  # a Bernoulli outcome's largest variance
-    refresh: int = 1000  # decisions between fresh posterior draws (and at every model change)
     remember: int = 4096  # decision ids kept to ignore replayed rewards
     #: Exploration favours cheap offers: an action's share of it is proportional to
     #: ``1 / (1 + depth / explore_depth_scale)`` (None: uniform over the allowed actions).
     explore_depth_scale: float | None = 0.02
 
     def __post_init__(self) -> None:
-        if self.draws < 1 or not 0.0 <= self.explore <= 1.0 or self.refresh < 1:
-            raise ValueError("draws and refresh must be >= 1 and explore in [0, 1]")
+        if self.draws < 1 or not 0.0 <= self.explore <= 1.0:
+            raise ValueError("draws must be >= 1 and explore in [0, 1]")
         if self.explore_depth_scale is not None and self.explore_depth_scale <= 0:
             raise ValueError("explore_depth_scale must be > 0 (None: uniform exploration)")
         if min(self.prior_precision, self.uplift_precision, self.noise_var) <= 0:
@@ -135,7 +142,6 @@ class LinearThompson:
         self._seen: dict[str, None] = {}
         self._posterior: tuple | None = None  # (offer arm ids, mean, cholesky factor)
         self._draws: np.ndarray | None = None  # (draws, 1 + offers, dim)
-        self._used = 0
 
     @property
     def version(self) -> str:
@@ -176,16 +182,21 @@ class LinearThompson:
             self._posterior = (offers, mean, factor)
         return self._posterior
 
-    def _sample(self, rng: np.random.Generator) -> np.ndarray:
-        offers, mean, (lower, _) = self.posterior()
-        if self._draws is None or self._used >= self.config.refresh:
-            z = rng.standard_normal((lower.shape[0], self.config.draws))
+    def _sample(self) -> np.ndarray:
+        """The posterior draws, a function of the statistics (module docstring)."""
+        if self._draws is None:
+            offers, mean, (lower, _) = self.posterior()
+            z = np.concatenate([self._normals(arm_id) for arm_id in (NONE, *offers)])
             noise = solve_triangular(lower, z, lower=True, trans="T")  # precision^-1/2 z
             noise *= np.sqrt(self.config.noise_var)
             self._draws = mean[None, :, :] + noise.T.reshape(self.config.draws, *mean.shape)
-            self._used = 0
-        self._used += 1
         return self._draws
+
+    def _normals(self, arm_id: str) -> np.ndarray:
+        """One action's block of standard normals (dim, draws) for the current statistics."""
+        seed = hashlib.blake2b(f"{arm_id}|{self.updates}".encode(), digest_size=8).digest()
+        rng = np.random.default_rng(int.from_bytes(seed, "big"))
+        return rng.standard_normal((self.dim, self.config.draws))
 
     def _columns(self, actions: Sequence[Action]) -> list[int]:
         for action in actions:
@@ -222,7 +233,7 @@ class LinearThompson:
         if k == 1:
             return Choice(0, 1.0, (1.0,), self.version)
         columns = np.array(self._columns(row.actions))
-        draws = self._sample(rng) @ self._design(row.features)  # (draws, 1 + offers)
+        draws = self._sample() @ self._design(row.features)  # (draws, 1 + offers)
         uplift = np.where(columns == 0, 0.0, np.maximum(draws[:, columns], 0.0))
         p = np.clip(draws[:, :1] + uplift, P_MIN, P_MAX)
         winners = np.argmax(self._objective(row, p), axis=1)

@@ -20,7 +20,16 @@ block now
 One randomised decision per cart: while the cart (its generation) and the actions the catalog
 allows stay the same, a later cart change repeats the decision (the agent then suppresses the
 unchanged offer) and logs nothing new; a change of the allowed actions (a tier reached, a nudge
-target changed) makes a new decision.
+target changed) makes a new decision. A new decision that picks the offer this cart already
+got (the agent would not emit it again) reserves nothing and is logged ``sent: false``,
+``guard: "repeated"``: the ledgers hold reservations of emitted offers only.
+
+One record per decision id: a decision id already made for the customer (its attribution
+window open or closed; e.g. an abandoned-cart reminder asking for the cart's offer again) is
+not decided again; its offer, if it sent one, is returned and nothing is logged. A decision
+whose state write was lost in a crash is made again when its cart is redelivered; its random
+draws come from its own stream, seeded by the decision id (`PromotionPolicy.rng`), so it
+chooses the same while the bandit's statistics and the customer's state are the same.
 
 ``decide_batch`` (the `Policy` protocol) returns the offers only and keeps the records for
 ``drain_records``; ``decide`` returns both. The policy mutates ``context.state`` (its
@@ -58,6 +67,7 @@ from streams.promotion.bandit import (
 from streams.promotion.experiments import HOLDOUT, Experiment, assign, variant_of
 from streams.promotion.features import FEATURE_SET, NextPurchaseSignals, context_features
 from streams.promotion.objective import ObjectiveConfig, horizon_margin, repurchase_probability
+from streams.state import customer_state
 
 SignalsProvider = Callable[[Sequence[DecisionContext]], Sequence[NextPurchaseSignals | None] | None]
 MAX_KEPT_RECORDS = 10_000
@@ -154,13 +164,22 @@ class PromotionPolicy:
 
     def decide(self, contexts: Sequence[DecisionContext]) -> list[PolicyDecision]:
         signals = self.signals(contexts) if self.signals is not None and contexts else None
-        seed_text = "|".join(c.cart_event_id for c in contexts) + f"|{self.seed}"
-        seed = int.from_bytes(hashlib.blake2b(seed_text.encode(), digest_size=8).digest(), "big")
-        rng = np.random.default_rng(seed)
-        return [
-            self._decide_one(ctx, signals[i] if signals is not None else None, rng)
-            for i, ctx in enumerate(contexts)
-        ]
+        # customer key -> [generation, offer key] of the last offer returned in this call: the
+        # caller records them (``customer_state.record_offer``) only after the whole call
+        offered: dict[str, list] = {}
+        decisions = []
+        for i, ctx in enumerate(contexts):
+            decision = self._decide_one(ctx, signals[i] if signals is not None else None, offered)
+            if decision.offer is not None and ctx.generation is not None:
+                offered[ctx.customer_key] = [ctx.generation, decision.offer.key]
+            decisions.append(decision)
+        return decisions
+
+    def rng(self, decision_id: str) -> np.random.Generator:
+        """The decision's own random stream (Thompson draws, exploration), from its id and the
+        policy's seed: a replayed decision draws the same, whatever batch it comes in."""
+        digest = hashlib.blake2b(f"{decision_id}|{self.seed}".encode(), digest_size=8).digest()
+        return np.random.default_rng(int.from_bytes(digest, "big"))
 
     def _ledger(self, action: Action, customer_key: str) -> tuple[str | None, dict | None]:
         promotion = action.promotion
@@ -191,7 +210,7 @@ class PromotionPolicy:
         self,
         ctx: DecisionContext,
         signals: NextPurchaseSignals | None,
-        rng: np.random.Generator,
+        offered: Mapping[str, list],
     ) -> PolicyDecision:
         merchant = ctx.merchant
         promo = guardrails.promo_state(ctx.state)
@@ -207,8 +226,16 @@ class PromotionPolicy:
             _coupon(signals),
             frozenset(line[0] for line in cart_lines),
         )
-        generation = (ctx.state.get("cart") or {}).get("generation", 0)
+        generation = ctx.generation
+        if generation is None:
+            generation = (ctx.state.get("cart") or {}).get("generation", 0)
         candidates = [a.id for a in actions]
+        decision_id = decision_id_for(ctx.customer_key, ctx.cart_event_id)
+        made = rewards.decision_made(ctx.state, decision_id)
+        if made is not None:  # decided before (a journey's reminder of this cart): not again
+            repeat = next((a for a in actions if a.id == made["action"]), None)
+            offer = offer_for(repeat, ctx.currency) if repeat and made["sent"] else None
+            return PolicyDecision(offer, None, [])
         sticky = promo.get("cart")
         if (
             sticky is not None
@@ -228,13 +255,17 @@ class PromotionPolicy:
         repurchase = repurchase_probability(ctx.state, ctx.ts, self.objective)
         chooser = self.variants[variant_name]
         row = ChoiceInput(ctx, merchant, features, allowed, horizon, repurchase)
-        choice = chooser.choose(row, rng)
+        choice = chooser.choose(row, self.rng(decision_id))
         action = allowed[choice.index]
         propensity = choice.propensity
-        decision_id = decision_id_for(ctx.customer_key, ctx.cart_event_id)
         expires = ctx.ts + merchant.offer_ttl_hours * 3600.0
         sent = arm != HOLDOUT and action.promotion is not None
         guard = None
+        if sent and ctx.generation is not None:
+            # the caller would not emit the offer this cart got last: reserve nothing for it
+            last = offered.get(ctx.customer_key, ctx.state.get("last_offer"))
+            if customer_state.repeats_offer(last, generation, offer_for(action, ctx.currency).key):
+                sent, guard = False, "repeated"
         if sent:
             key, _ = self._ledger(action, ctx.customer_key)
             guard = guardrails.issue(promo, self.ledgers, key, decision_id, action, expires)
@@ -289,7 +320,7 @@ class PromotionPolicy:
             ],
             "feature_set": FEATURE_SET,
             "features": [round(float(v), 6) for v in features],
-            "guard": guard if guard in ("over_budget", "duplicate") else None,
+            "guard": guard if guard in ("over_budget", "duplicate", "repeated") else None,
         }
         terms = {
             "tier_type": action.promotion.type if action.promotion else None,

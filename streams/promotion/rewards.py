@@ -95,6 +95,18 @@ def open_decision(state: dict, record: dict, ts: float, window_s: float, terms: 
     return evicted
 
 
+def decision_made(state: dict, decision_id: str) -> dict | None:
+    """The decision's carried fields (`_CARRIED`: ``action``, ``sent``...) if the customer's state
+    remembers it (window open; a closed one as a no-offer), else None."""
+    promo = state.get("promo") or {}
+    pending = next((p for p in promo.get("pending", ()) if p["decision_id"] == decision_id), None)
+    if pending is not None:
+        return pending["record"]
+    if decision_id in promo.get("closed", ()):
+        return {"action": None, "sent": False}
+    return None
+
+
 #: Decision fields a reward repeats, so the learner needs the reward only.
 _CARRIED = (
     "merchant_id",

@@ -4,8 +4,11 @@ One record per customer (or anonymous session), keyed ``<merchant>:c:<customer_i
 ``<merchant>:s:<session_id>``. Every list is bounded, so a record stays small whatever the
 customer does (see ``docs/architecture.md`` for measured bytes per customer):
 
-- ``seen``: ids of the last ``SEEN_IDS`` events applied — a replayed event is recognised and
-  skipped (at-least-once delivery, idempotent effect);
+- ``offsets``: per input topic, ``[partition, offset]`` of the last input applied (`mark_offset`):
+  a redelivered input (at or below it) is skipped however many inputs the redelivery re-reads;
+  written in the same state write as the input's effects;
+- ``seen``: ids of the last ``SEEN_IDS`` events applied — the same event sent twice (another
+  offset) is recognised and skipped (at-least-once delivery, idempotent effect);
 - ``views``: last ``MAX_VIEWS`` viewed products ``[product_id, ts]``;
 - ``cart``: current cart ``{lines: [[product_id, qty, unit_price]], value, currency, ts,
   generation}``: the last ``MAX_CART_LINES`` lines, ``value`` from the event's cart_value,
@@ -25,7 +28,8 @@ customer does (see ``docs/architecture.md`` for measured bytes per customer):
   is not emitted again for the same cart;
 - ``sent``: last ``MAX_SENT`` notifications ``[ts, channel, dedupe_key]`` (frequency cap and
   dedupe); ``last_message``: time of the last message per channel;
-- ``profile``: consent and preferences, or None; ``claimed``: anonymous sessions merged in.
+- ``profile``: consent and preferences, or None; ``claimed``: anonymous sessions claimed;
+  ``absorbed``: the session keys whose state was merged in (a re-sent absorb is skipped).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ FEEDBACK_COUNTERS = {
 def new_state() -> dict:
     return {
         "v": 1,
+        "offsets": {},
         "seen": [],
         "views": [],
         "cart": {"lines": [], "value": 0.0, "currency": None, "ts": None, "generation": 0},
@@ -68,6 +73,7 @@ def new_state() -> dict:
         "last_message": {},
         "profile": None,
         "claimed": [],
+        "absorbed": [],
     }
 
 
@@ -75,6 +81,22 @@ def _push(items: list, item: object, limit: int) -> None:
     items.append(item)
     if len(items) > limit:
         del items[: len(items) - limit]
+
+
+def mark_offset(state: dict, topic: str, partition: int, offset: int) -> bool:
+    """Record the input at ``offset`` of ``topic``'s ``partition``; False when an input at or
+    above it was applied already (a redelivery to skip).
+
+    A key's records of one topic all land on one partition, in offset order, so one offset per
+    topic suffices. An offset of another partition (the topic's partition count changed) is no
+    evidence: the new one replaces it and the event-id window (`mark_seen`) alone dedupes.
+    """
+    offsets = state.setdefault("offsets", {})
+    last = offsets.get(topic)
+    if last is not None and last[0] == partition and offset <= last[1]:
+        return False
+    offsets[topic] = [partition, offset]
+    return True
 
 
 def mark_seen(state: dict, event_id: str) -> bool:
@@ -204,12 +226,16 @@ def apply_event(
     return True
 
 
+def repeats_offer(last_offer: list | None, generation: int, offer_key: str) -> bool:
+    """Whether an offer is the one cart ``generation`` got last (``last_offer``): not emitted."""
+    return last_offer == [generation, offer_key]
+
+
 def record_offer(state: dict, generation: int, offer_key: str, offer_id: str, ts: float) -> bool:
     """Remember the offer for cart ``generation``; False when that cart already had this offer."""
-    current = [generation, offer_key]
-    if state["last_offer"] == current:
+    if repeats_offer(state["last_offer"], generation, offer_key):
         return False
-    state["last_offer"] = current
+    state["last_offer"] = [generation, offer_key]
     offers = state["offers"]
     offers["received"] += 1
     offers["last"] = {"offer_id": offer_id, "key": offer_key, "ts": ts}
@@ -229,8 +255,22 @@ def claim_session(state: dict, session_id: str) -> bool:
     return True
 
 
+def mark_absorbed(state: dict, session_key: str) -> bool:
+    """Record that ``session_key``'s state was merged in; False when it was before (an absorb
+    sent again: the session's deletion was lost in a crash and its claim redelivered)."""
+    absorbed = state.setdefault("absorbed", [])
+    if session_key in absorbed:
+        return False
+    _push(absorbed, session_key, MAX_CLAIMED)
+    return True
+
+
 def merge_anonymous(customer: dict, anonymous: dict) -> None:
-    """Fold an anonymous session's state into the customer's, which wins on conflicts."""
+    """Fold an anonymous session's state into the customer's, which wins on conflicts.
+
+    The session's ``offsets`` are not merged: they are positions on the session key's
+    partitions, not on the customer's.
+    """
     for event_id in anonymous["seen"]:
         if event_id not in customer["seen"]:
             _push(customer["seen"], event_id, SEEN_IDS)
