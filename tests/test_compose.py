@@ -38,6 +38,7 @@ SERVICES = {"kafka", "topics", "worker", "prometheus", "grafana"}
 DOCUMENTED_METRICS = {
     "nextbest_events_total": "counter",
     "nextbest_dead_letters_total": "counter",
+    "nextbest_output_errors_total": "counter",
     "nextbest_offers_total": "counter",
     "nextbest_notifications_total": "counter",
     "nextbest_messages_suppressed_total": "counter",
