@@ -23,8 +23,9 @@ Latency, per configuration: a fresh broker and worker, whose state first gets th
 and profiles of the replayed customers (as the demo's), then replayed events offered at a fixed
 rate. For each cart change that the policy decides on (every cart event but checkout and clear),
 the time from the cart record's send to the timestamp of its decision record (promotion policy:
-one per cart, holdout and no-offer included) and of its offer record, when it gets one. The rules
-policy writes no decision records: cart -> offer only.
+one per cart, holdout and no-offer included; the carts without one are counted) and of its
+offer record, when it gets one. The rules policy writes no decision records: cart -> offer
+only.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ WORKER_CONFIGS = {
     c.name: c
     for c in (
         WorkerConfig("rules", "rules", False, "threshold rules, no model"),
-        WorkerConfig("rules+model", "rules", True, "threshold rules + next-purchase model"),
+        WorkerConfig("rules+model", "rules", True, "threshold rules + model"),
         WorkerConfig("promotion", "promotion", False, "promotion policy, no model"),
         WorkerConfig("promotion+model", "promotion", True, "promotion policy + model"),
     )
@@ -370,7 +371,7 @@ def _percentiles(latencies: dict[str, float] | None) -> str:
 
 def print_latency(config: BenchConfig, runs: dict[str, LatencyRun], customers: int) -> None:
     print(
-        f"\nlatency at {config.rate:g} events/s offered for {config.latency_seconds:g} s, one "
+        f"\nlatency at {config.rate:,g} events/s offered for {config.latency_seconds:g} s, one "
         f"worker per configuration on a fresh broker, its state first given the earlier orders "
         f"of the replay's {customers:,} customers;\nms from a cart record's send to its decision "
         "record and to its offer record (cart changes but checkout and clear; the rules policy "
@@ -393,7 +394,7 @@ def print_latency(config: BenchConfig, runs: dict[str, LatencyRun], customers: i
             print(
                 f"  bar: {name} cart -> {output} p{q} <= {most:g} ms: {value:.1f} ms "
                 + ("met" if value <= most else "NOT met")
-                + ("" if config.rate == 1000 else f" (offered {config.rate:g}/s, not 1,000)")
+                + ("" if config.rate == 1000 else f" (offered {config.rate:,g}/s, not 1,000)")
             )
 
 
