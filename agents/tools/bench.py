@@ -3,8 +3,12 @@
 Throughput: the same replayed real events are produced once into the input topics, then each
 consumer reads all of them from the start with its own group: (a) raw confluent-kafka
 consume -> produce passthrough, (b) a bare Faust agent that only iterates, (c) the naive Faust
-pattern (one table update + one awaited send per event), (d) the nextbest worker. Rates count
-from the first event consumed to the last, so start-up and group joins are excluded.
+pattern (one table update + one awaited send per event), then the nextbest worker in each of
+its production configurations (`WORKER_CONFIGS`, ``--configs``): the threshold rules (d), the
+rules with the next-purchase model, the promotion policy, and the promotion policy with the
+model (what a shop runs). Every consumer runs once per round, interleaved. Rates count from the
+first event consumed to the last, so start-up and group joins are excluded. Each worker run has
+its own session-merges topic, so that no run reads the merges of an earlier one.
 
 The references run on Faust as shipped (its own per-record delivery loop, plus the embedded
 broker's two adaptations: agents/runtime/transport.py); the nextbest worker on its lean delivery
@@ -12,8 +16,16 @@ loop.
 (c+) is the naive agent on the lean loop too, printed so that the ratio's source shows: the
 loop, the agent's batching, or both.
 
-Latency: a fresh broker and worker, replayed events offered at a fixed rate; for each offer,
-the time from the cart record's send to the offer record's timestamp.
+The model is the demo's (`agents.tools.demo_model.prepare_model`): the artifact under
+``--model`` if one loads, else a quick one trained there on the orders before the replay.
+
+Latency, per configuration: a fresh broker and worker, whose state first gets the earlier orders
+and profiles of the replayed customers (as the demo's), then replayed events offered at a fixed
+rate. For each cart change that the policy decides on (every cart event but checkout and clear),
+the time from the cart record's send to the timestamp of its decision record (promotion policy:
+one per cart, holdout and no-offer included; the carts without one are counted) and of its
+offer record, when it gets one. The rules policy writes no decision records: cart -> offer
+only.
 """
 
 from __future__ import annotations
@@ -29,14 +41,46 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from agents.pipeline import NO_OFFER_CART_EVENTS
 from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
+from agents.tools.demo_model import prepare_model, send_order_history
 from agents.tools.processes import PROCESSED, scrape, start_worker, stop_worker, worker_env
-from agents.tools.replay import replay_events, send
+from agents.tools.replay import ReplayEvent, replay_events, send
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """A production configuration of the nextbest worker."""
+
+    name: str
+    policy: str  # NEXTBEST_POLICY
+    model: bool  # NEXTBEST_MODEL_PATH: the bench's model, or none
+    title: str
+
+
+WORKER_CONFIGS = {
+    c.name: c
+    for c in (
+        WorkerConfig("rules", "rules", False, "threshold rules, no model"),
+        WorkerConfig("rules+model", "rules", True, "threshold rules + model"),
+        WorkerConfig("promotion", "promotion", False, "promotion policy, no model"),
+        WorkerConfig("promotion+model", "promotion", True, "promotion policy + model"),
+    )
+}
+#: (numerator, denominator, the least ratio of the medians): the issues' throughput bars
+THROUGHPUT_BARS = (("rules", "b", 0.40), ("rules", "c", 3.00), ("promotion+model", "rules", 0.80))
+#: (configuration, output, percentile, the most ms): the latency bars at 1,000 events/s offered
+LATENCY_BARS = (
+    ("promotion+model", "decision", 50, 20.0),
+    ("promotion+model", "decision", 99, 60.0),
+    ("rules", "offer", 50, 15.0),
+)
 
 
 @dataclass(frozen=True)
@@ -47,11 +91,22 @@ class BenchConfig:
     latency_seconds: float = 20.0
     rounds: int = 3
     start: datetime = datetime(2011, 10, 1)
+    configs: tuple[str, ...] = tuple(WORKER_CONFIGS)
+    model: Path = Path("var/models/next_purchase")
 
 
-def _events(config: BenchConfig, limit: int) -> list:
+def _events(config: BenchConfig, limit: int) -> list[ReplayEvent]:
     stream = replay_events(config.file, start=config.start)
     return [e for _, e in zip(range(limit), stream, strict=False)]
+
+
+def _slug(name: str) -> str:
+    """A configuration's name as it may appear in an app id, a topic or a file name."""
+    return name.replace("+", "-")
+
+
+def worker_settings(settings: Settings, config: WorkerConfig, model: str) -> Settings:
+    return replace(settings, policy=config.policy, model_path=model if config.model else "")
 
 
 def passthrough(settings: Settings, n: int, run: str) -> float:
@@ -117,18 +172,23 @@ def faust_reference(settings: Settings, mode: str, n: int, workdir: Path, run: s
         stop_worker(process)
 
 
+POLL_S = 0.1
+
+
 def pipeline(settings: Settings, n: int, workdir: Path, run: str) -> float:
-    """(d) the nextbest worker, events/s (its three input counters on /metrics, every 100 ms)."""
+    """The nextbest worker with ``settings``, events/s (its three input counters on /metrics,
+    every `POLL_S`)."""
     port = free_port()
-    worker = start_worker(
-        replace(
-            settings,
-            state_dir=workdir / f"state-nextbest-{run}",
-            web_port=port,
-            app_id=f"bench-nextbest-{run}",
-        ),
-        workdir / "nextbest.log",
+    app_id = f"bench-nextbest-{run}"
+    settings = replace(
+        settings,
+        state_dir=workdir / f"state-nextbest-{run}",
+        web_port=port,
+        app_id=app_id,
+        topics=replace(settings.topics, merges=f"{app_id}.merges"),
     )
+    ensure_topics(settings)
+    worker = start_worker(settings, workdir / f"nextbest-{run}.log")
     try:
         wait_for_port("127.0.0.1", port, 60)
         first = end = 0.0
@@ -142,85 +202,33 @@ def pipeline(settings: Settings, n: int, workdir: Path, run: str) -> float:
             if done >= n:
                 end = now
                 break
-            time.sleep(0.1)
+            time.sleep(POLL_S)
         if not end:
-            raise RuntimeError("the nextbest worker did not finish in time")
-        return n / (end - first)
+            raise RuntimeError(f"the nextbest worker did not finish; see nextbest-{run}.log")
+        return n / max(end - first, POLL_S)  # a run within one poll: one poll long
     finally:
         stop_worker(worker)
 
 
-def latency(config: BenchConfig, workdir: Path) -> dict[str, float]:
-    """Cart record sent -> offer record written, at a fixed offered rate."""
-    n = int(config.rate * config.latency_seconds)
-    events = _events(config, n)
-    with EmbeddedBroker(log_path=workdir / "broker-latency.log") as broker:
-        settings = replace(
-            Settings.from_env(), broker_url=broker.url, embedded_broker=True, app_id="bench-latency"
-        )
-        ensure_topics(settings)
-        port = free_port()
-        worker = start_worker(
-            replace(settings, state_dir=workdir / "state-latency", web_port=port),
-            workdir / "latency.log",
-        )
-        try:
-            wait_for_port("127.0.0.1", port, 60)
-            time.sleep(8)  # let the worker join its group before offering load
-            sent_at: dict[str, float] = {}
-
-            def stamp(event) -> None:  # noqa: ANN001
-                if event.topic_kind == "cart":
-                    sent_at[event.value["event_id"]] = time.time()
-
-            send(events, settings, rate=config.rate, on_sent=stamp)
-            time.sleep(3)
-            samples = _offer_latencies(settings, sent_at)
-        finally:
-            stop_worker(worker)
-    samples.sort()
-    if not samples:
-        raise RuntimeError("no offers were emitted during the latency run")
-
-    def pct(q: float) -> float:
-        return samples[min(len(samples) - 1, int(q * len(samples)))] * 1000
-
-    return {"offers": len(samples), "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
-
-
-def _offer_latencies(settings: Settings, sent_at: dict[str, float]) -> list[float]:
-    topic = settings.topics.promotions
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": "bench-latency-reader"})
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    samples = []
-    quiet = time.monotonic()
-    while time.monotonic() - quiet < 2:
-        batch = [m for m in consumer.consume(1000, 0.3) if not m.error()]
-        if batch:
-            quiet = time.monotonic()
-        for message in batch:
-            offer = orjson.loads(message.value())
-            sent = sent_at.get(offer["cart_event_id"])
-            if sent is not None:
-                samples.append(message.timestamp()[1] / 1000 - sent)
-    consumer.close()
-    return samples
-
-
-NAMES = {
+REFERENCES = {
     "a": "confluent-kafka passthrough",
     "b": "faust bare iteration",
     "c": "faust naive (table update + send per event)",
     "c+": "faust naive on nextbest's lean delivery loop",
-    "d": "nextbest pipeline",
 }
 
 
-def throughput(settings: Settings, n: int, workdir: Path, rounds: int) -> dict[str, list[float]]:
-    """Each consumer once per round, interleaved (a, b, c, d, a, b, ...), so that a noisy
-    neighbour slows every consumer alike; each run has its own consumer group."""
-    rates: dict[str, list[float]] = {key: [] for key in NAMES}
+def _label(key: str) -> str:
+    return f"({key})" if key in REFERENCES else key
+
+
+def throughput(
+    settings: Settings, n: int, workdir: Path, rounds: int, workers: dict[str, Settings]
+) -> dict[str, list[float]]:
+    """Each consumer once per round, interleaved (a, b, c, c+, then every worker configuration,
+    a, b, ...), so that a noisy neighbour slows every consumer alike; each run has its own
+    consumer group."""
+    rates: dict[str, list[float]] = {key: [] for key in (*REFERENCES, *workers)}
     stock = replace(settings, lean_delivery=False)
     for r in range(1, rounds + 1):
         run = str(r)
@@ -228,21 +236,184 @@ def throughput(settings: Settings, n: int, workdir: Path, rounds: int) -> dict[s
         rates["b"].append(faust_reference(stock, "bare", n, workdir, run))
         rates["c"].append(faust_reference(stock, "naive", n, workdir, run))
         rates["c+"].append(faust_reference(settings, "naive", n, workdir, f"{run}-lean"))
-        rates["d"].append(pipeline(settings, n, workdir, run))
+        for name, worker in workers.items():
+            rates[name].append(pipeline(worker, n, workdir, f"{_slug(name)}-{run}"))
         print(
-            f"  round {r}: "
-            + "  ".join(f"({k}) {v[-1]:,.0f}" for k, v in rates.items())
-            + f"   d/b {rates['d'][-1] / rates['b'][-1]:.2f}"
-            + f"   d/c {rates['d'][-1] / rates['c'][-1]:.2f}",
+            f"  round {r}: " + "  ".join(f"{_label(k)} {v[-1]:,.0f}" for k, v in rates.items()),
             flush=True,
         )
     return rates
 
 
+def print_throughput(rates: dict[str, list[float]], rounds: int) -> None:
+    """The medians, each round's figure, the ratios of the medians (with their spread over the
+    rounds) and the bars."""
+    median = {key: statistics.median(values) for key, values in rates.items()}
+    print(f"\nthroughput, median of {rounds} round(s) (events/s, one worker process each)")
+    for key, rate in median.items():
+        title = REFERENCES.get(key) or f"nextbest worker: {WORKER_CONFIGS[key].title}"
+        each = " / ".join(f"{v:,.0f}" for v in rates[key])
+        print(f"  {_label(key):<16} {title:<45} {rate:>10,.0f}   rounds {each}")
+
+    def ratio(num: str, den: str) -> str:
+        per_round = [x / y for x, y in zip(rates[num], rates[den], strict=True)]
+        return f"{median[num] / median[den]:.2f} ({min(per_round):.2f}..{max(per_round):.2f})"
+
+    workers = [key for key in rates if key not in REFERENCES]
+    dens = [d for d in ("rules", "b", "c", "c+") if d in rates]
+    print(
+        "ratios of the medians (range over the rounds)\n  "
+        + f"{'':<16}"
+        + "".join(f"{'vs ' + _label(d):<18}" for d in dens).rstrip()
+    )
+    for num in workers:
+        cells = [ratio(num, d) if d != num else "" for d in dens]
+        print((f"  {num:<16}" + "".join(f"{c:<18}" for c in cells)).rstrip())
+    for num, den, least in THROUGHPUT_BARS:
+        if num in rates and den in rates:
+            value = median[num] / median[den]
+            print(
+                f"  bar: {num} / {_label(den)} >= {least:.2f}: {value:.2f} "
+                + ("met" if value >= least else "NOT met")
+            )
+
+
+@dataclass
+class LatencyRun:
+    """One configuration's latency run: cart event id -> seconds from the cart record's send to
+    the timestamp of its first decision record (None: the policy writes none) and offer record."""
+
+    carts: int
+    decisions: dict[str, float] | None
+    offers: dict[str, float]
+
+
+def latency(
+    config: BenchConfig, worker: Settings, name: str, events: list[ReplayEvent], workdir: Path
+) -> LatencyRun:
+    """A fresh broker and a worker with ``worker``'s policy and model; the replayed customers'
+    order history first, then ``events`` offered at ``config.rate``."""
+    tag = _slug(name)
+    with EmbeddedBroker(log_path=workdir / f"broker-latency-{tag}.log") as broker:
+        settings = replace(
+            worker,
+            broker_url=broker.url,
+            embedded_broker=True,
+            app_id=f"bench-latency-{tag}",
+            state_dir=workdir / f"state-latency-{tag}",
+            web_port=free_port(),
+        )
+        ensure_topics(settings)
+        process = start_worker(settings, workdir / f"latency-{tag}.log")
+        try:
+            wait_for_port("127.0.0.1", settings.web_port, 60)
+            time.sleep(8)  # let the worker join its group before offering load
+            send_order_history(settings, config.file, events, settings.web_port)
+            time.sleep(3)  # let the worker flush the history's state writes
+            sent_at: dict[str, float] = {}
+
+            def stamp(event: ReplayEvent) -> None:
+                if (
+                    event.topic_kind == "cart"
+                    and event.value["event_type"] not in NO_OFFER_CART_EVENTS
+                ):
+                    sent_at[event.value["event_id"]] = time.time()
+
+            send(events, settings, rate=config.rate, on_sent=stamp)
+            time.sleep(3)
+            offers = output_latencies(settings, settings.topics.promotions, sent_at)
+            decisions = (
+                output_latencies(settings, settings.topics.decisions, sent_at)
+                if settings.policy == "promotion"
+                else None
+            )
+        finally:
+            stop_worker(process)
+    return LatencyRun(len(sent_at), decisions, offers)
+
+
+def output_latencies(settings: Settings, topic: str, sent_at: dict[str, float]) -> dict[str, float]:
+    """Cart event id -> seconds from its send (``sent_at``) to the timestamp of the first record
+    on ``topic`` for it (records joined on ``cart_event_id``), read until 2 s pass without one."""
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"bench-reader-{topic}"})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    latencies: dict[str, float] = {}
+    quiet = time.monotonic()
+    while time.monotonic() - quiet < 2:
+        batch = [m for m in consumer.consume(1000, 0.3) if not m.error()]
+        if batch:
+            quiet = time.monotonic()
+        for message in batch:
+            cart_event_id = orjson.loads(message.value())["cart_event_id"]
+            sent = sent_at.get(cart_event_id)
+            if sent is not None:
+                seconds = message.timestamp()[1] / 1000 - sent
+                latencies[cart_event_id] = min(seconds, latencies.get(cart_event_id, seconds))
+    consumer.close()
+    return latencies
+
+
+def _offer_latencies(settings: Settings, sent_at: dict[str, float]) -> list[float]:
+    """Seconds from each cart's send to its offer record (`agents.tools.bench_model`'s)."""
+    return list(output_latencies(settings, settings.topics.promotions, sent_at).values())
+
+
+def _percentiles(latencies: dict[str, float] | None) -> str:
+    """``count p50 p95 p99`` (ms) as table cells; dashes where there is nothing to measure."""
+    if latencies is None:
+        return f"{'-':>10}{'-':>8}{'-':>8}{'-':>8}"
+    if not latencies:
+        return f"{0:>10,}{'-':>8}{'-':>8}{'-':>8}"
+    p50, p95, p99 = np.percentile(np.fromiter(latencies.values(), float) * 1000, [50, 95, 99])
+    return f"{len(latencies):>10,}{p50:>8.1f}{p95:>8.1f}{p99:>8.1f}"
+
+
+def print_latency(config: BenchConfig, runs: dict[str, LatencyRun], customers: int) -> None:
+    print(
+        f"\nlatency at {config.rate:,g} events/s offered for {config.latency_seconds:g} s, one "
+        f"worker per configuration on a fresh broker, its state first given the earlier orders "
+        f"of the replay's {customers:,} customers;\nms from a cart record's send to its decision "
+        "record and to its offer record (cart changes but checkout and clear; the rules policy "
+        "writes no decision records: cart -> offer only)"
+    )
+    print(
+        f"  {'':<16}{'carts':>8}{'decisions':>10}{'p50':>8}{'p95':>8}{'p99':>8}"
+        f"{'offers':>10}{'p50':>8}{'p95':>8}{'p99':>8}"
+    )
+    for name, run in runs.items():
+        print(f"  {name:<16}{run.carts:>8,}{_percentiles(run.decisions)}{_percentiles(run.offers)}")
+    for name, run in runs.items():
+        if run.decisions is not None and len(run.decisions) < run.carts:
+            print(f"  {name}: {run.carts - len(run.decisions):,} carts without a decision record")
+    for name, output, q, most in LATENCY_BARS:
+        run = runs.get(name)
+        latencies = run and (run.decisions if output == "decision" else run.offers)
+        if latencies:
+            value = float(np.percentile(np.fromiter(latencies.values(), float), q)) * 1000
+            print(
+                f"  bar: {name} cart -> {output} p{q} <= {most:g} ms: {value:.1f} ms "
+                + ("met" if value <= most else "NOT met")
+                + ("" if config.rate == 1000 else f" (offered {config.rate:,g}/s, not 1,000)")
+            )
+
+
 def run_bench(config: BenchConfig) -> int:
+    unknown = [name for name in config.configs if name not in WORKER_CONFIGS]
+    if unknown or not config.configs:
+        print(f"unknown configuration(s) {unknown}: choose from {', '.join(WORKER_CONFIGS)}")
+        return 2
     if not config.file.exists():
         print(f"data file not found: {config.file}")
         return 2
+    chosen = [WORKER_CONFIGS[name] for name in config.configs]
+    model = ""
+    if any(c.model for c in chosen):
+        root = prepare_model(config.model, config.file, config.start)
+        if root is None:
+            print("no next-purchase model: run the configurations without one (--configs)")
+            return 2
+        model = str(root)
     workdir = Path(tempfile.mkdtemp(prefix="nextbest-bench-"))
     try:
         events = _events(config, config.events)
@@ -254,28 +425,21 @@ def run_bench(config: BenchConfig) -> int:
             print(
                 f"loaded {n:,} replayed real events (UCI Online Retail from "
                 f"{config.start:%Y-%m-%d}) in {loaded.seconds:.1f}s; cpu count "
-                f"{os.cpu_count()}; {config.rounds} interleaved rounds",
+                f"{os.cpu_count()}; {config.rounds} interleaved round(s); worker "
+                f"configurations: {', '.join(config.configs)}",
                 flush=True,
             )
-            rates = throughput(settings, n, workdir, config.rounds)
-        median = {key: statistics.median(values) for key, values in rates.items()}
-        print(f"\nthroughput, median of {config.rounds} rounds (events/s, one worker process each)")
-        for key, rate in median.items():
-            print(f"  ({key}) {NAMES[key]:<45} {rate:>10,.0f}")
-        for ref, bar in (("b", 0.40), ("c", 3.00), ("c+", None)):
-            per_round = [d / x for d, x in zip(rates["d"], rates[ref], strict=True)]
-            print(
-                f"  ratio d/{ref:<2} = {median['d'] / median[ref]:.2f}   ("
-                + (f"bar: >= {bar:.2f}; " if bar else "information; ")
-                + f"per round {min(per_round):.2f}..{max(per_round):.2f})"
-            )
-        figures = latency(config, workdir)
-        print(
-            f"\ncart -> offer latency at {config.rate:g} events/s offered for "
-            f"{config.latency_seconds:g}s: {figures['offers']:,} offers, "
-            f"p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms, "
-            f"p99 {figures['p99_ms']:.1f} ms"
-        )
+            workers = {c.name: worker_settings(settings, c, model) for c in chosen}
+            rates = throughput(settings, n, workdir, config.rounds, workers)
+        print_throughput(rates, config.rounds)
+        load = _events(config, int(config.rate * config.latency_seconds))
+        customers = len({e.value["customer_id"] for e in load if e.value.get("customer_id")})
+        base = Settings.from_env()
+        runs = {
+            c.name: latency(config, worker_settings(base, c, model), c.name, load, workdir)
+            for c in chosen
+        }
+        print_latency(config, runs, customers)
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -162,6 +162,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             file=args.file,
             latency_seconds=args.latency_seconds,
             rounds=args.rounds,
+            configs=tuple(name.strip() for name in args.configs.split(",")),
+            model=args.model,
         )
     )
 
@@ -279,6 +281,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     p.add_argument("--file", type=Path, default=DATA_FILE)
+    p.add_argument(
+        "--configs",
+        default="rules,rules+model,promotion,promotion+model",
+        help="worker configurations, comma-separated",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=Path("var/models/next_purchase"),
+        help="next-purchase model for the +model configurations (trained quickly if none loads)",
+    )
     p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser(
