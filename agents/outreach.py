@@ -181,16 +181,9 @@ class Outreach:
             return
         contexts = []
         for f in asking:
-            cart = f.entry.state["cart"]
             contexts.append(
-                DecisionContext(
-                    merchant=f.merchant,
-                    customer_key=f.key,
-                    state=f.entry.state,
-                    cart_value=cart["value"],
-                    currency=cart["currency"] or f.merchant.currency,
-                    ts=f.now,
-                    cart_event_id=f.step.cart_event_id,
+                DecisionContext.of_stored_cart(
+                    f.merchant, f.key, f.entry.state, f.now, f.step.cart_event_id
                 )
             )
         try:

@@ -28,6 +28,23 @@ class DecisionContext:
     # did not get the same offer before (``customer_state.record_offer``); None: no such rule.
     generation: int | None = None
 
+    @classmethod
+    def of_stored_cart(
+        cls, merchant: Merchant, customer_key: str, state: dict, ts: float, cart_event_id: str
+    ) -> DecisionContext:
+        """The decision for the cart kept in ``state`` (an abandoned-cart reminder, the API's
+        ``/best-promotion``), as of ``ts``; no repeated-offer rule."""
+        cart = state["cart"]
+        return cls(
+            merchant=merchant,
+            customer_key=customer_key,
+            state=state,
+            cart_value=cart["value"],
+            currency=cart["currency"] or merchant.currency,
+            ts=ts,
+            cart_event_id=cart_event_id,
+        )
+
 
 @dataclass(frozen=True)
 class Offer:

@@ -254,15 +254,7 @@ class Api:
         if cart is None or not cart["lines"] or cart["value"] <= 0:
             return view.json({**answer, "offer": None, "reason": "the cart is empty"})
         merchant = self.nb.registry.get(merchant_id)
-        context = DecisionContext(
-            merchant=merchant,
-            customer_key=key,
-            state=state,
-            cart_value=cart["value"],
-            currency=cart["currency"] or merchant.currency,
-            ts=at,
-            cart_event_id="api",
-        )
+        context = DecisionContext.of_stored_cart(merchant, key, state, at, "api")
         [offer] = self.policy.decide_batch([context])
         answer.update(cart_value=cart["value"], currency=context.currency)
         if offer is None:
