@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -102,3 +103,57 @@ def test_journey_outcomes_by_journey_outcome_and_reason():
         "abandoned_cart: sent 3, suppressed 6 (frequency_cap 5, no_consent 1)"
     )
     assert journey_outcomes([]) == "none"
+
+
+def test_promotion_summary_has_every_section():
+    from collections import Counter
+
+    from agents.tools.demo_promotion import Budget, Learned, summary_lines
+    from agents.tools.demo_responses import Counterfactual
+
+    def record(i: int, arm: str, action: str, purchased: bool, profit: float) -> tuple[dict, dict]:
+        common = {"decision_id": f"d{i}", "arm": arm, "customer_key": f"m:c:{i}"}
+        decision = {**common, "action": action, "sent": action != "none" and arm != "holdout"}
+        reward = {
+            **common,
+            "purchased": purchased,
+            "revenue": 100.0 * purchased,
+            "discount_cost": 5.0 * (purchased and decision["sent"]),
+            "profit": profit,
+            "promotion_id": None,
+            "event_time": f"2011-11-14T{9 + i % 8:02d}:00:00Z",
+        }
+        return decision, reward
+
+    pairs = [record(i, "holdout", "none", i % 2 == 0, 30.0 * (i % 2 == 0)) for i in range(6)]
+    pairs += [
+        record(10 + i, "learned", "percent_off:p10", i % 3 != 0, 25.0 * (i % 3 != 0))
+        for i in range(9)
+    ]
+    decisions = [d for d, _ in pairs] + [
+        {"decision_id": "open", "arm": "learned", "action": "none", "sent": False}
+    ]
+    rewards = [r for _, r in pairs]
+    lines, figures = summary_lines(
+        decisions,
+        rewards,
+        [Budget("p10", 500.0, 30.0, 8.0)],
+        [
+            Learned("none", 6, 0.5, None, 0.5, 0.0),
+            Learned("percent_off:p10", 9, 0.67, 1.0, 0.6, 0.1),
+        ],
+        {"learned": Counterfactual(6, 150.0, 120.0, 140.0)},
+        Counter({"redeemed": 6, "ignored": 3}),
+    )
+    text = "\n".join(lines)
+    assert "16, 15 with their attribution window closed (1 still open)" in text
+    assert "learned          percent_off:p10 9, none 1" in text
+    assert "simulated" in text and "redeemed 6" in text
+    assert "holdout          6 customers, conversion 0.500 [" in text
+    assert "learned          9 customers, conversion 0.667 [" in text and "vs holdout £" in text
+    assert "p10 £30.00 of £500.00 (+ £8.00 held for open offers)" in text
+    assert "percent_off:p10" in text and "(+0.100)" in text
+    assert "£150.00 as decided vs £120.00 with the threshold rules, £140.00 with no offer" in text
+    assert figures["decisions_by_action"]["holdout"] == {"none": 6}
+    assert figures["conversion_per_customer"]["learned"]["value"] == pytest.approx(6 / 9)
+    assert [arm["arm"] for arm in figures["arms"]] == ["holdout", "learned"]

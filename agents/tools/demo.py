@@ -1,5 +1,9 @@
-"""``nextbest demo``: embedded broker, a worker process and a replay of real shop data, with a
-live tail of offers, notifications and dead letters, then a summary. Cleans up after itself."""
+"""``nextbest demo``: embedded broker, a worker process running the promotion policy (learned
+bandit, next-purchase model, holdout) and a replay of real shop data, with a live tail of
+decisions, offers, notifications and dead letters, then a summary. The customers' responses to
+offers are simulated (`agents.tools.demo_responses`), as the e-mail opens are; the orders are
+the data's. Cleans up after itself; the summary (JSON), a PNG of the profit over time per arm
+and the decision log stay in ``DemoConfig.out`` (var/demo/)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.request
 import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -21,6 +26,18 @@ from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
 from agents.tools.demo_model import model_line
+from agents.tools.demo_promotion import (
+    DEMO_MERCHANT,
+    BanditMirror,
+    budgets,
+    decision_line,
+    learned_per_action,
+    money,
+    plot_profit,
+    summary_lines,
+    write_merchants,
+)
+from agents.tools.demo_responses import Responses, counterfactual, plan
 from agents.tools.processes import (
     histogram_quantile,
     scrape,
@@ -29,9 +46,12 @@ from agents.tools.processes import (
     start_worker,
     stop_worker,
 )
-from agents.tools.replay import ReplayEvent, replay_events, send
+from agents.tools.replay import EventBuilder, ReplayEvent, replay_events, send
+from models.promotion.simulator import conversion_lift
 from schemas.keys import iso
 from schemas.records import SCHEMA_VERSION
+from streams.merchants.catalog import Merchant, load_merchants
+from streams.promotion.objective import ObjectiveConfig
 
 BAD_INPUTS = [  # shown in the demo: each lands in the dead-letter topic with its reason
     ("cart", b"uci-gift-shop:c:1", b"{not json"),
@@ -77,9 +97,14 @@ class DemoConfig:
     start: datetime = datetime(2011, 11, 14)
     abandon_share: float = 0.1  # customers' visits replayed as abandoned carts (journeys)
     open_share: float = 0.5  # follow-up e-mails the simulated customers open
-    model: Path | None = Path("var/models/next_purchase")  # None: threshold rules only
+    model: Path | None = Path("var/models/next_purchase")  # None: no next-purchase model
+    out: Path = Path("var/demo")  # summary.json, profit.png, promotion-log.jsonl
+    budget: float = 500.0  # discount budget of each promotion of the demo's shop
+    offer_ttl_hours: float = 12.0  # offers' validity: the attribution window
+    seed: int = 0  # of the simulated customers' responses
 
 
+ECHO_EVERY_S = 1.0
 DECISION_LATENCY_METRIC = "nextbest_decision_latency_seconds"
 JOURNEY_STEPS_METRIC = "nextbest_journey_steps_total"
 
@@ -162,15 +187,29 @@ class EmailOpens:
 
 
 class Tail(threading.Thread):
-    """Reads the output topics and prints a readable line per offer / notification / DLQ."""
+    """Reads the output topics and prints a readable line per decision / offer / notification /
+    DLQ; keeps the decision and reward records and feeds the simulated customers."""
 
     def __init__(
-        self, settings: Settings, echo: bool = True, opens: EmailOpens | None = None
+        self,
+        settings: Settings,
+        echo: bool = True,
+        opens: EmailOpens | None = None,
+        responses: Responses | None = None,
+        bandit: BanditMirror | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.opens = opens
+        self.responses = responses
+        self.bandit = bandit
         t = settings.topics
-        self.names = {t.promotions: "offer", t.notifications: "notify", t.dead_letters: "DLQ"}
+        self.names = {
+            t.promotions: "offer",
+            t.notifications: "notify",
+            t.dead_letters: "DLQ",
+            t.decisions: "decide",
+            t.rewards: "reward",
+        }
         self.consumer = Consumer(
             {
                 **settings.kafka_client_config(),
@@ -181,8 +220,13 @@ class Tail(threading.Thread):
         )
         self.consumer.subscribe(list(self.names))
         self.echo = echo
-        self.echo_limit = 40  # lines per output kind, so the tail stays readable
+        #: lines per output kind (default 40); decisions: the first few, then one every
+        #: `ECHO_EVERY_S` (the bandit's estimates change as it learns)
+        self.echo_limit = {"offer": 5}
+        self.echoed = 0.0  # time.monotonic() of the last decision line
         self.counts: Counter[str] = Counter()
+        self.decisions: dict[str, dict] = {}  # by decision id (the topics are at-least-once)
+        self.rewards: dict[str, dict] = {}
         self.last_message = time.monotonic()
         self.stopping = threading.Event()
 
@@ -194,6 +238,9 @@ class Tail(threading.Thread):
                 self.last_message = time.monotonic()
                 kind = self.names[message.topic()]
                 value = orjson.loads(message.value())
+                if kind in ("decide", "reward"):
+                    self._promotion(kind, value)
+                    continue
                 self.counts[self._count_key(kind, value)] += 1
                 if self.echo and self._echo(kind, value):
                     tqdm.write(self._line(kind, value))
@@ -203,7 +250,25 @@ class Tail(threading.Thread):
                     self.counts[f"source:{journey_label(value)}"] += 1
                     if self.opens is not None:
                         self.opens.on_notification(value)
+            if self.responses is not None:
+                self.responses.settle()
         self.consumer.close()
+
+    def _promotion(self, kind: str, value: dict) -> None:
+        if kind == "reward":
+            self.rewards[value["decision_id"]] = value
+            if self.bandit is not None:
+                self.bandit.learn(value)
+            return
+        self.decisions[value["decision_id"]] = value
+        if self.responses is not None:
+            self.responses.on_decision(value)
+        now = time.monotonic()
+        first = self.counts[kind] < 3
+        if self.echo and self.bandit is not None and (first or now - self.echoed >= ECHO_EVERY_S):
+            self.echoed = now
+            tqdm.write(decision_line(value, self.bandit.expected_incremental(value)))
+        self.counts[kind] += 1
 
     def _echo(self, kind: str, value: dict) -> bool:
         """The first lines of each kind, and the first few of every journey step."""
@@ -211,7 +276,7 @@ class Tail(threading.Thread):
             label = f"echo:{journey_label(value)}"
             self.counts[label] += 1
             return self.counts[label] <= 3
-        return self.counts[kind] < self.echo_limit
+        return self.counts[kind] < self.echo_limit.get(kind, 40)
 
     @staticmethod
     def _count_key(kind: str, value: dict) -> str:  # noqa: D102
@@ -245,6 +310,9 @@ def run_demo(config: DemoConfig) -> int:
         model_path = str(prepare_model(config.model, config.file, config.start) or "")
     workdir = Path(tempfile.mkdtemp(prefix="nextbest-demo-"))
     broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+    merchants = write_merchants(
+        workdir / "merchants.yaml", config.file, config.budget, config.offer_ttl_hours
+    )
     settings = replace(
         Settings.from_env(),
         broker_url=broker.url,
@@ -253,7 +321,10 @@ def run_demo(config: DemoConfig) -> int:
         web_port=free_port(),
         app_id="nextbest-demo",
         model_path=model_path,
+        policy="promotion",  # the learned policy, whatever NEXTBEST_POLICY says
+        merchants_path=merchants,
     )
+    merchant = load_merchants(merchants)[DEMO_MERCHANT]
     worker = None
     tail = None
     try:
@@ -261,15 +332,21 @@ def run_demo(config: DemoConfig) -> int:
         print(f"broker: Tansu on {broker.bootstrap}; worker log: {workdir / 'worker.log'}")
         worker = start_worker(settings, workdir / "worker.log")
         wait_for_port("127.0.0.1", settings.web_port, 60)
-        opens = EmailOpens(settings, config.open_share)
-        tail = Tail(settings, opens=opens)
-        tail.start()
         end = config.start + timedelta(days=config.days)
-        events: list[ReplayEvent] = list(
-            replay_events(
-                config.file, start=config.start, end=end, abandon_share=config.abandon_share
-            )
+        events, sessions, cart_invoice = plan(
+            replay_events(config.file, start=config.start, end=end),
+            EventBuilder(DEMO_MERCHANT, abandon_share=config.abandon_share),
         )
+        opens = EmailOpens(settings, config.open_share)
+        responses = Responses(
+            settings, merchant, sessions, cart_invoice, conversion_lift(), config.seed
+        )
+        objective = ObjectiveConfig(
+            horizon_weeks=settings.promo_horizon_weeks,
+            dependency_cost=settings.promo_dependency_cost,
+        )
+        tail = Tail(settings, opens=opens, responses=responses, bandit=BanditMirror(objective))
+        tail.start()
         history = 0
         if model_path:  # the state gets the order histories the model scores
             from agents.tools.demo_model import send_order_history
@@ -279,7 +356,11 @@ def run_demo(config: DemoConfig) -> int:
             f"replaying {len(events):,} events of {config.start:%Y-%m-%d} + {config.days:g} "
             f"day(s) at {config.speedup:g}x, plus {len(BAD_INPUTS)} bad inputs; "
             f"{config.abandon_share:.0%} of customers' visits end with an abandoned cart, "
-            f"{config.open_share:.0%} of follow-up e-mails get opened"
+            f"{config.open_share:.0%} of follow-up e-mails get opened.\n"
+            f"Promotion policy: {settings.experiment().holdout:.0%} holdout, the learned bandit "
+            f"for the rest; offers valid {config.offer_ttl_hours:g} h (the attribution window), "
+            f"a {money(config.budget)} budget per promotion. Customers' responses to offers are "
+            "SIMULATED (customer-response simulator); the orders are the data's."
         )
         _send_bad_inputs(settings)
         started = time.monotonic()
@@ -288,13 +369,19 @@ def run_demo(config: DemoConfig) -> int:
             def sent(event: ReplayEvent) -> None:
                 bar.update()
                 opens.replay_time = event.ts
+                responses.on_sent(event)
 
             send(events, settings, speedup=config.speedup, on_sent=sent)
+        replayed = history + len(events) + len(BAD_INPUTS)
+        _wait_processed(settings.web_port, replayed + opens.opened, timeout=120)
+        _wait_quiet(tail, 1.5)  # the last decisions have reached the tail
+        responses.settle(everything=True)
+        responses.close()
         opens.close()
-        expected = history + len(events) + len(BAD_INPUTS) + opens.opened
+        expected = replayed + opens.opened + responses.sent
         processed = _wait_processed(settings.web_port, expected, timeout=120) - history
         elapsed = time.monotonic() - started
-        time.sleep(1.0)
+        _wait_quiet(tail, 1.5)
         latency = {
             q: histogram_quantile(q, scrape_buckets(settings.web_port, DECISION_LATENCY_METRIC))
             for q in (0.5, 0.95, 0.99)
@@ -312,6 +399,7 @@ def run_demo(config: DemoConfig) -> int:
 
             offers = sum(v for k, v in tail.counts.items() if k.startswith("offer:"))
             model_summary(scrape(settings.web_port), offers, tail.counts["model"])
+        promotion_summary(config.out, merchant, tail, responses, worker_updates(settings.web_port))
         return 0
     finally:
         if tail:
@@ -321,6 +409,59 @@ def run_demo(config: DemoConfig) -> int:
             stop_worker(worker)
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def worker_updates(port: int) -> int:
+    """Rewards the worker's bandit learned, from ``/promo/bandit/``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/promo/bandit/", timeout=5) as response:
+        view = orjson.loads(response.read())
+    return sum(m["updates"] for merchants in view.values() for m in merchants.values())
+
+
+def promotion_summary(
+    out: Path,
+    merchant: Merchant,
+    tail: Tail,
+    responses: Responses,
+    updates: int,
+) -> None:
+    """The summary's promotion part; writes summary.json, profit.png and the decision log
+    (`nextbest report --log`, `nextbest ope`) to ``out``."""
+    decisions, rewards = list(tail.decisions.values()), list(tail.rewards.values())
+    promotions = {p.id: p.budget for p in (*merchant.promotions, *merchant.product_coupons)}
+    lines, figures = summary_lines(
+        decisions,
+        rewards,
+        budgets(promotions, decisions, rewards),
+        learned_per_action(tail.bandit.model),
+        counterfactual(responses.answered, responses.sessions, merchant, responses.customer),
+        responses.outcomes,
+    )
+    print("\n".join(lines))
+    print(
+        f"  (bandit: the demo's copy learned {tail.bandit.model.updates:,} rewards, the "
+        f"worker's {updates:,}; counterfactuals are expectations under the simulated responses,"
+        " guard rails and budgets not applied)"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_bytes(
+        orjson.dumps(figures, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    with open(out / "promotion-log.jsonl", "wb") as log:
+        for record in (*decisions, *rewards):
+            log.write(orjson.dumps(record) + b"\n")
+    plot_profit(rewards, out / "profit.png")
+    print(
+        f"  wrote {out / 'profit.png'} (profit over time per arm), {out / 'summary.json'}, "
+        f"{out / 'promotion-log.jsonl'} (`nextbest report --log` it)"
+    )
+
+
+def _wait_quiet(tail: Tail, quiet_s: float, timeout: float = 30.0) -> None:
+    """Until the tail has read nothing for ``quiet_s`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and time.monotonic() - tail.last_message < quiet_s:
+        time.sleep(0.2)
 
 
 def _send_bad_inputs(settings: Settings) -> None:

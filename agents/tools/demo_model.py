@@ -103,8 +103,9 @@ def model_summary(totals: dict[str, float], offers: int, with_model: int) -> Non
     mean_ms = totals.get("nextbest_model_inference_seconds_sum", 0) / max(batches, 1) * 1000
     predictions = totals.get("nextbest_model_predictions_total", 0)
     fallbacks = totals.get("nextbest_model_fallbacks_total", 0)
+    served = f"recommendations on {with_model:,} of {offers:,} offers; " if with_model else ""
     print(
-        f"  next-purchase      recommendations on {with_model:,} of {offers:,} offers; "
-        f"{predictions:,.0f} predictions, {batches:,.0f} batched inferences "
-        f"(mean {mean_ms:.1f} ms); {fallbacks:,.0f} rules-only fallbacks"
+        f"  next-purchase      {served}{predictions:,.0f} predictions (the promotion policy's "
+        f"signals), {batches:,.0f} batched inferences (mean {mean_ms:.1f} ms); "
+        f"{fallbacks:,.0f} rules-only fallbacks"
     )

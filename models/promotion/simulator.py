@@ -177,9 +177,7 @@ def calibrate(online_retail: Path = ONLINE_RETAIL, hillstrom: Path = HILLSTROM) 
     treated = rates[True].to_numpy().reshape(4, 3)
     # Purchases respond more than visits: scale the cells' visit lift (conversions per cell are
     # too few to read) so that its overall value is the e-mail's overall conversion lift.
-    overall = h.groupby("treated")[["visit", "conversion"]].mean()
-    visit_lift = _logit(overall.visit[True]) - _logit(overall.visit[False])
-    conversion_lift = _logit(overall.conversion[True]) - _logit(overall.conversion[False])
+    visit_lift, conversion_lift = _email_lifts(h)
     return Calibration(
         orders_per_year=customers["size"].to_numpy(dtype=float) * WEEKS_PER_YEAR / weeks,
         mean_basket=customers["mean"].to_numpy(dtype=float),
@@ -194,6 +192,30 @@ def calibrate(online_retail: Path = ONLINE_RETAIL, hillstrom: Path = HILLSTROM) 
             "hillstrom_rows": len(h),
         },
     )
+
+
+def _email_lifts(hillstrom: pd.DataFrame) -> tuple[float, float]:
+    """The Hillstrom e-mail's overall log-odds lift on visits and on conversions."""
+    overall = hillstrom.groupby(hillstrom.segment != "No E-Mail")[["visit", "conversion"]].mean()
+    visit = _logit(overall.visit[True]) - _logit(overall.visit[False])
+    return float(visit), float(_logit(overall.conversion[True]) - _logit(overall.conversion[False]))
+
+
+def conversion_lift(hillstrom: Path = HILLSTROM) -> float:
+    """The e-mail's overall log-odds lift on conversions (0.63): the discount sensitivity of the
+    average customer, per 10% of the basket (see the module doc)."""
+    return _email_lifts(pd.read_csv(hillstrom, usecols=["segment", "visit", "conversion"]))[1]
+
+
+def offer_take_up(base_logit: float, sensitivity: float, depth: float) -> float:
+    """P(a cart that is not bought without an offer is bought with an offer worth ``depth`` of
+    its basket), in the response model above: with no offer the cart is bought when a uniform
+    ``u < p(0)``, with the offer when ``u < p(depth)``, ``logit p(g) = base_logit + sensitivity *
+    g / 0.10``; so of the carts not bought without it, the share ``(p(g) - p(0)) / (1 - p(0))``
+    is bought with it (0 for no discount)."""
+    p0 = float(_sigmoid(base_logit))
+    p = float(_sigmoid(base_logit + sensitivity * max(depth, 0.0) / REFERENCE_DEPTH))
+    return (p - p0) / (1.0 - p0) if p0 < 1.0 else 0.0
 
 
 @dataclass(frozen=True)
