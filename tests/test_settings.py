@@ -194,7 +194,7 @@ def test_invalid_values_name_the_variable(name, raw, type_name):
         ({"NEXTBEST_API_TOKENS": "shop-a=short"}, "at least 16 characters"),
         ({"NEXTBEST_API_ADMIN_TOKEN": "admin"}, "NEXTBEST_API_ADMIN_TOKEN must be at least"),
         ({"NEXTBEST_API_MAX_EVENTS": "0"}, "NEXTBEST_API_MAX_EVENTS"),
-        ({"NEXTBEST_MAX_STATE_BYTES": "0"}, "NEXTBEST_MAX_STATE_BYTES must be > 0"),
+        ({"NEXTBEST_MAX_STATE_BYTES": "0"}, "NEXTBEST_MAX_STATE_BYTES must be >= 1"),
         ({"NEXTBEST_POLICY": "bandit"}, "NEXTBEST_POLICY must be one of rules, promotion"),
         ({"NEXTBEST_PROMO_EXPERIMENT": "[1]"}, "NEXTBEST_PROMO_EXPERIMENT: expected a JSON"),
         ({"NEXTBEST_PROMO_EXPERIMENT": '{"holdout": 2}'}, "NEXTBEST_PROMO_EXPERIMENT: .*holdout"),
