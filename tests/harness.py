@@ -6,6 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
-from agents.tools.processes import PROCESSED, scrape, start_worker, stop_worker
+from agents.tools.processes import PROCESSED, WORKER_COMMAND, scrape, start_worker, stop_worker
 from agents.tools.replay import producer_config
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -122,12 +123,15 @@ class Cluster:
         )
         ensure_topics(self.settings)
 
-    def start_worker(self, name: str, state_dir: str | None = None) -> int:
+    def start_worker(
+        self, name: str, state_dir: str | None = None, command: Sequence[str] = WORKER_COMMAND
+    ) -> int:
+        """Worker ``name`` (``python -m <command>``, default the real worker); its web port."""
         port = free_port()
         settings = replace(
             self.settings, web_port=port, state_dir=self.tmp / (state_dir or f"state-{name}")
         )
-        process = start_worker(settings, self.tmp / f"worker-{name}.log")
+        process = start_worker(settings, self.tmp / f"worker-{name}.log", command)
         wait_for_port("127.0.0.1", port, 60)
         self.workers[name] = (process, port)
         return port

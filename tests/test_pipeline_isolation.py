@@ -3,7 +3,10 @@ the rest of the batch goes on; no state record or output exceeds its limit.
 
 The unit tests drive `agents.pipeline.Pipeline` over in-memory topics and tables (the real
 validation, state rules, policy, journeys and delivery rules); the integration tests run a real
-worker on the embedded broker."""
+worker on the embedded broker. Every input here passes validation: no valid input breaks a
+stage after it today, so the re-run tests bring a failing collaborator (a policy, a journey
+hook) through the pipeline's and the worker's real parameters, and the size tests set small
+limits (`NEXTBEST_MAX_STATE_BYTES`, `NEXTBEST_PRODUCER_MAX_REQUEST_BYTES`)."""
 
 from __future__ import annotations
 
@@ -11,26 +14,36 @@ import asyncio
 import base64
 import hashlib
 import itertools
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from types import SimpleNamespace
 
+import faust
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agents.outreach import Outreach
 from agents.pipeline import RECORD_OVERHEAD, Pipeline
-from agents.runtime.app import NextbestApp
+from agents.runtime.app import NextbestApp, faust_config
+from agents.runtime.batch import CustomerEntry
 from agents.runtime.settings import Settings
+from schemas.limits import PRODUCT_ID_MAX_LENGTH
 from schemas.records import EXCERPT_BYTES
-from streams.decisions import ThresholdRulesPolicy
+from streams.decisions import DecisionContext, Offer, Policy, ThresholdRulesPolicy
 from streams.merchants.catalog import MerchantRegistry
-from tests.harness import Cluster, cart_add, key_of
+from tests.harness import Cluster, cart_add, event, key_of
+from tests.poison_worker import POISON_KEY, PoisonedPolicy
+from tests.test_contract_properties import any_valid_event
 from tests.test_integration import profile
 from tests.test_journeys import MemoryStore
 from tests.test_records import valid
 
 KINDS = ("clickstream", "cart", "orders", "profiles", "feedback", "merges")
 MiB = 1 << 20
+POISON = POISON_KEY.rpartition(":")[2]  # the customer id
 
 
 class Topic:
@@ -58,39 +71,52 @@ class Event:
 
 
 class Stream:
-    """A `Pipeline` over in-memory topics and a dict as the customers table."""
+    """A `Pipeline` over in-memory topics and a dict as the customers table, with ``policy``
+    (default the catalog rules), journeys by ``outreach`` and ``settings`` (overrides of the
+    defaults, held to their bounds); the producer's limit is the one the Faust app gets."""
 
-    def __init__(self, max_state_bytes: int = 262144, max_request_bytes: int = MiB) -> None:
-        settings = replace(Settings.from_env({}), max_state_bytes=max_state_bytes)
-        topics = {kind: Topic(f"nextbest.{kind}") for kind in (*KINDS, "out")}
-        app = SimpleNamespace(conf=SimpleNamespace(producer_max_request_size=max_request_bytes))
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        outreach: type[Outreach] = Outreach,
+        **settings: object,
+    ) -> None:
+        nb_settings = replace(Settings.from_env({}), **settings)
+        nb_settings.validate()
+        self.topics = {kind: Topic(f"nextbest.{kind}") for kind in KINDS}
+        by_name = {topic.name: topic for topic in self.topics.values()}
+        app = SimpleNamespace(  # the topics by name: the pipeline re-sends a misrouted input
+            conf=SimpleNamespace(**faust_config(nb_settings)), topic=lambda name, **_: by_name[name]
+        )
         self.table: dict[bytes, bytes] = {}
         self.promotions = Topic("nextbest.promotions")
         self.notifications = Topic("nextbest.notifications")
         self.dead_letters = Topic("nextbest.dead-letters")
         nb = NextbestApp(
-            settings=settings,
+            settings=nb_settings,
             app=app,
-            registry=MerchantRegistry.from_file(settings.merchants_path),
+            registry=MerchantRegistry.from_file(nb_settings.merchants_path),
             inputs=None,
-            topic_kinds={topics[kind].name: kind for kind in KINDS},
+            topic_kinds={topic.name: kind for kind, topic in self.topics.items()},
             promotions=self.promotions,
             notifications=self.notifications,
             dead_letters=self.dead_letters,
-            merges=topics["merges"],
+            merges=self.topics["merges"],
             customers=self.table,
         )
-        policy = ThresholdRulesPolicy()
-        self.pipeline = Pipeline(nb, policy, Outreach(nb, policy, MemoryStore()))
+        policy = policy or ThresholdRulesPolicy()
+        self.pipeline = Pipeline(nb, policy, outreach(nb, policy, MemoryStore()))
         self.offsets = itertools.count()
 
-    def message(self, kind: str, value: dict | bytes) -> Event:
+    def message(self, kind: str, value: dict | bytes, key: bytes | None = None) -> Event:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        if key is None:
+            key = key_of(value) if isinstance(value, dict) else b"uci-gift-shop:c:raw"
         message = SimpleNamespace(
             topic=f"nextbest.{kind}",
             partition=0,
             offset=next(self.offsets),
-            key=key_of(value) if isinstance(value, dict) else b"uci-gift-shop:c:raw",
+            key=key,
             value=raw,
             timestamp=1.0,
         )
@@ -98,7 +124,11 @@ class Stream:
         return Event(message)
 
     def process(self, *events: tuple[str, dict | bytes]) -> None:
-        asyncio.run(self.pipeline.process([self.message(kind, value) for kind, value in events]))
+        """One batch of (topic kind, value) inputs, each keyed as its producer should."""
+        self.process_messages(*(self.message(kind, value) for kind, value in events))
+
+    def process_messages(self, *messages: Event) -> None:
+        asyncio.run(self.pipeline.process(list(messages)))
 
     def state(self, key: str) -> dict | None:
         raw = self.table.get(key.encode())
@@ -109,80 +139,208 @@ def good_carts(n: int) -> list[tuple[str, dict]]:
     return [("cart", cart_add(f"good-{i}", 70.0, customer=f"g{i}")) for i in range(n)]
 
 
-def test_an_event_that_breaks_the_offer_is_dead_lettered_and_the_batch_goes_on():
-    """A year-1 cart of a customer with consent overflows in the delivery rules (quiet hours),
-    after parsing and the state update: only that event is lost to the dead letters."""
-    stream = Stream()
-    stream.process(("profiles", profile("p1")))
-    poison = cart_add("year-1", 70.0, customer="p1", time="0001-01-01T00:00:00Z")
-    before = stream.state("uci-gift-shop:c:p1")
+def wide_lines(count: int, tag: str) -> list[dict]:
+    """``count`` lines of one unit at 1.0 whose product ids are as long as the contract allows
+    (and products by the UCI rule: five digits first)."""
+    return [
+        {
+            "product_id": f"{10000 + i}-{tag}-".ljust(PRODUCT_ID_MAX_LENGTH, "x"),
+            "quantity": 1,
+            "unit_price": 1.0,
+        }
+        for i in range(count)
+    ]
+
+
+# -- failing collaborators ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoredOffer(Offer):
+    """An offer whose extra field orjson cannot write (a `Decimal` where a float belongs)."""
+
+    def event_fields(self) -> dict:
+        return {"score": Decimal("0.5")}
+
+
+class UnwritableOfferPolicy(ThresholdRulesPolicy):
+    """The catalog rules; the offers for the poison customer's carts are `ScoredOffer`s."""
+
+    def decide_batch(self, contexts: Sequence[DecisionContext]) -> list[Offer | None]:
+        offers = super().decide_batch(contexts)
+        return [
+            ScoredOffer(**vars(offer)) if offer and c.customer_key == POISON_KEY else offer
+            for c, offer in zip(contexts, offers, strict=True)
+        ]
+
+
+class StateSpoilingPolicy(ThresholdRulesPolicy):
+    """The catalog rules; deciding the cart event ``event_id``, it leaves a `Decimal` in the
+    customer's state, which orjson then cannot write."""
+
+    def __init__(self, event_id: str) -> None:
+        self.event_id = event_id
+
+    def decide_batch(self, contexts: Sequence[DecisionContext]) -> list[Offer | None]:
+        for context in contexts:
+            if context.cart_event_id == self.event_id:
+                context.state["score"] = Decimal("0.5")
+        return super().decide_batch(contexts)
+
+
+class FailingJourneys(Outreach):
+    """The journeys; a cart change of the poison customer raises in their input hook."""
+
+    def on_input(
+        self, key: str, entry: CustomerEntry, kind: str, data: dict, event: faust.EventT
+    ) -> None:
+        if kind == "cart" and key == POISON_KEY:
+            raise KeyError(f"no journey state for {key}")
+        super().on_input(key, entry, kind, data, event)
+
+
+# -- the batch re-run: one event at a time, the failing one dead-lettered ------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "outreach", "error"),
+    [
+        (PoisonedPolicy(), Outreach, "PolicyFailure: no decision for uci-gift-shop:c:poison"),
+        (
+            UnwritableOfferPolicy(),
+            Outreach,
+            "TypeError: Type is not JSON serializable: decimal.Decimal",
+        ),
+        (ThresholdRulesPolicy(), FailingJourneys, "KeyError: 'no journey state for "),
+    ],
+    ids=["the policy raises", "the offer cannot be written", "a journey hook raises"],
+)
+def test_an_event_whose_later_stage_fails_is_dead_lettered_and_the_batch_goes_on(
+    policy, outreach, error
+):
+    """A valid cart of a customer with consent, among six others, on which a later stage (the
+    policy, the offer's record, the journeys) raises: the batch is re-run one event at a time
+    and only that event is lost, to the dead letters; its state change is discarded."""
+    stream = Stream(policy, outreach)
+    stream.process(("profiles", profile(POISON)))
+    poison = cart_add("poison-1", 70.0, customer=POISON)
+    before = stream.state(POISON_KEY)
     stream.process(*good_carts(2), ("cart", poison), *good_carts(4)[2:])
 
     offers = stream.promotions.records()
-    assert sorted(o["customer_id"] for o in offers) == ["g0", "g1", "g2", "g3"]
+    assert sorted(o["customer_id"] for o in offers) == ["g0", "g1", "g2", "g3"]  # each once
     [letter] = stream.dead_letters.records()
-    assert letter["reason"] == "processing_error" and "OverflowError" in letter["error"]
+    assert letter["reason"] == "processing_error" and letter["error"].startswith(error)
     assert (letter["source_topic"], letter["partition"]) == ("nextbest.cart", 0)
+    assert letter["key"] == POISON_KEY
     assert orjson.loads(letter["payload"]) == poison
-    assert stream.state("uci-gift-shop:c:p1") == before  # its state change was discarded
+    assert stream.state(POISON_KEY) == before  # its state change was discarded
     assert stream.state("uci-gift-shop:c:g3")["cart"]["value"] == 70.0
 
 
 def test_an_event_whose_state_cannot_be_serialised_is_dead_lettered():
-    """Two lines of 2**63 sum past 64 bits: the state cannot be written as JSON."""
-    stream = Stream()
-    huge = {"product_id": "85123A", "quantity": 2**63, "unit_price": 1.0}
-    first = {**cart_add("q-1", 1.0, customer="q"), "lines": [huge]}
-    second = {**cart_add("q-2", 1.0, customer="q"), "lines": [huge]}
+    """A policy leaves a value in the customer's state that orjson cannot write, on the second
+    of two carts: serialising the state fails before anything is sent, and that cart is
+    dead-lettered instead of the worker crashing; the first cart's state is kept."""
+    stream = Stream(StateSpoilingPolicy("q-2"))
+    first = cart_add("q-1", 70.0, customer="q")
+    second = cart_add("q-2", 80.0, customer="q")
     stream.process(*good_carts(3), ("cart", first), ("cart", second))
 
-    assert sorted(o["customer_id"] for o in stream.promotions.records()) == ["g0", "g1", "g2"]
+    assert sorted(o["cart_event_id"] for o in stream.promotions.records()) == [
+        "good-0",
+        "good-1",
+        "good-2",
+        "q-1",
+    ]
     [letter] = stream.dead_letters.records()
     assert letter["reason"] == "processing_error"
-    assert letter["error"] == "TypeError: Integer exceeds 64-bit range"
-    assert orjson.loads(letter["payload"])["event_id"] == "q-2"
-    assert stream.state("uci-gift-shop:c:q")["cart"]["lines"] == [["85123A", 2**63, 1.0]]
+    assert letter["error"] == "TypeError: Type is not JSON serializable: decimal.Decimal"
+    assert orjson.loads(letter["payload"]) == second
+    state = stream.state("uci-gift-shop:c:q")
+    assert state["cart"]["lines"] == [["P-q-1", 1, 1.0]] and "score" not in state
+
+
+@given(st.lists(any_valid_event(foreign=False), min_size=1, max_size=12), st.booleans())
+def test_no_valid_event_breaks_a_stage_after_validation(events, consent):
+    """Valid events of every type (any time from 2000 to 2099: no limit on the future) for one
+    customer, with consent or without: none is dead-lettered after validation, which is why
+    the tests above bring failing collaborators of their own."""
+    stream = Stream(max_future_s=0)
+    if consent:
+        stream.process(("profiles", profile("h")))
+    batch = []
+    for kind, valid_event in events:
+        valid_event["merchant_id"] = "uci-gift-shop"
+        if valid_event.get("customer_id") is not None:
+            valid_event["customer_id"] = "h"
+        batch.append((kind, valid_event))
+    stream.process(*batch)
+    assert [d["error"] for d in stream.dead_letters.records()] == []
+
+
+# -- size limits --------------------------------------------------------------------------------
 
 
 def test_a_state_record_never_grows_past_the_limit():
-    """Each cart change adds a 2 KB product id: the change that would take the customer's
-    record past ``NEXTBEST_MAX_STATE_BYTES`` is dead-lettered, the ones before it are kept."""
-    stream = Stream(max_state_bytes=8192)
+    """With ``NEXTBEST_MAX_STATE_BYTES`` at 4 KiB, each valid cart change adds eight lines with
+    64-character product ids: the change that would take the customer's record past the limit
+    is dead-lettered (``state_too_large``), and so is each one after it; those before it are
+    kept."""
+    stream = Stream(max_state_bytes=4096)
     adds = [
-        ("cart", cart_add(f"big-{i}", 1.0 + i, customer="big", product=f"{i}" + "x" * 2000))
-        for i in range(6)
+        ("cart", {**cart_add(f"big-{i}", 1.0 + i, customer="big"), "lines": wide_lines(8, f"{i}")})
+        for i in range(8)
     ]
     stream.process(*good_carts(1), *adds)
 
     letters = stream.dead_letters.records()
     assert letters and all(d["reason"] == "state_too_large" for d in letters)
+    assert all("NEXTBEST_MAX_STATE_BYTES=4096" in d["error"] for d in letters)
     kept = len(adds) - len(letters)
     assert kept >= 2
     assert [orjson.loads(d["payload"])["event_id"] for d in letters] == [
         f"big-{i}" for i in range(kept, len(adds))
     ]
     state = stream.state("uci-gift-shop:c:big")
-    assert len(orjson.dumps(state)) <= 8192
+    assert len(orjson.dumps(state)) <= 4096
     assert state["cart"]["value"] == float(kept)  # the last change that fitted
+    assert len(state["cart"]["lines"]) == 8 * kept
     assert stream.state("uci-gift-shop:c:g0") is not None
-    assert all(len(value) <= 8192 for value in stream.table.values())
+    assert all(len(value) <= 4096 for value in stream.table.values())
+
+
+def test_the_producer_limit_is_the_faust_apps():
+    settings = replace(Settings.from_env({}), producer_max_request_bytes=65536)
+    app = faust.App("nextbest-test", **faust_config(settings))
+    assert app.conf.producer_max_request_size == 65536
+    assert Settings.from_env({}).producer_max_request_bytes == 1_000_000  # Faust's default
 
 
 def test_an_output_over_the_producers_limit_is_never_sent():
-    """A 39.6 KB address makes the cart's notification larger than a 40 KB producer limit: the
-    cart event is dead-lettered (``output_too_large``) and nothing of its batch is sent twice."""
-    stream = Stream(max_request_bytes=40_000)
-    wide = profile("wide")
-    wide["channels"]["email"] = "x" * 39_600 + "@example.com"
-    stream.process(("profiles", wide))
-    stream.process(*good_carts(2), ("cart", cart_add("wide-cart", 70.0, customer="wide")))
+    """A valid cart of 1,000 lines (about 100 KB, under a ``NEXTBEST_MAX_EVENT_BYTES`` of
+    128 KiB) keyed by another customer must be sent again under its own key; with a 64 KiB
+    ``NEXTBEST_PRODUCER_MAX_REQUEST_BYTES`` it cannot be: the cart is dead-lettered
+    (``output_too_large``, an excerpt of it), the rest of its batch goes on and nothing is
+    sent twice or over the limit."""
+    stream = Stream(max_event_bytes=131072, producer_max_request_bytes=65536)
+    wide = {**cart_add("wide-cart", 70.0, customer="wide"), "lines": wide_lines(1000, "w")}
+    raw = orjson.dumps(wide)
+    assert 65536 < len(raw) <= 131072
+    misrouted = stream.message("cart", raw, key=b"uci-gift-shop:c:someone-else")
+    stream.process_messages(*(stream.message(*cart) for cart in good_carts(2)), misrouted)
 
     [letter] = stream.dead_letters.records()
     assert letter["reason"] == "output_too_large"
-    assert orjson.loads(letter["payload"])["event_id"] == "wide-cart"
+    assert "a record for nextbest.cart would be" in letter["error"]
+    assert letter["key"] == "uci-gift-shop:c:someone-else"
+    assert letter["payload_truncated"] and letter["payload_bytes"] == len(raw)
+    assert letter["payload_sha256"] == hashlib.sha256(raw).hexdigest()
     assert sorted(o["customer_id"] for o in stream.promotions.records()) == ["g0", "g1"]
+    assert len(stream.notifications.sent) == 0  # g0 and g1 have no profile: no consent
     for topic in (stream.promotions, stream.notifications, stream.dead_letters):
-        assert all(len(k or b"") + len(v) + RECORD_OVERHEAD <= 40_000 for k, v in topic.sent)
+        assert all(len(k or b"") + len(v) + RECORD_OVERHEAD <= 65536 for k, v in topic.sent)
+    assert stream.state("uci-gift-shop:c:wide") is None  # re-sent to its key: never applied
 
 
 @pytest.mark.parametrize(
@@ -233,14 +391,15 @@ def cluster(tmp_path):
 
 @pytest.mark.integration
 def test_a_poison_event_is_dead_lettered_with_its_origin_and_the_agent_goes_on(cluster):
-    """A year-1 cart (it passes validation and breaks the delivery rules) among four good ones:
-    the good ones produce their offers, the poison one is dead-lettered with its origin, no
-    offset moves past an event that was neither, and the agent never restarts."""
-    cluster.start_worker("a")
-    cluster.send("profiles", profile("p1"))
+    """A worker whose policy fails on one customer's carts (`tests.poison_worker`): a valid cart
+    of that customer among four good ones. The good ones produce their offers, the poison one
+    is dead-lettered (``processing_error``) with its origin, no offset moves past an event that
+    was neither, and the agent never restarts."""
+    cluster.start_worker("a", command=("tests.poison_worker",))
+    cluster.send("profiles", profile(POISON))
     cluster.flush()
     cluster.wait_processed(1)
-    poison = cart_add("year-1", 70.0, customer="p1", time="0001-01-01T00:00:00Z")
+    poison = cart_add("poison-1", 70.0, customer=POISON)
     for i in range(4):
         cluster.send("cart", cart_add(f"good-{i}", 70.0, customer=f"g{i}"))
         if i == 1:
@@ -260,11 +419,11 @@ def test_a_poison_event_is_dead_lettered_with_its_origin_and_the_agent_goes_on(c
         "later",
     ]
     [letter] = cluster.read("dead_letters", min_count=1)
-    # (bounds on event_time at validation may turn this into a schema_violation: still a letter)
-    assert letter["reason"] in ("processing_error", "schema_violation")
+    assert letter["reason"] == "processing_error"
+    assert letter["error"] == f"PolicyFailure: no decision for {POISON_KEY}"
     assert letter["source_topic"] == cluster.settings.topics.cart
     assert letter["partition"] >= 0 and letter["offset"] >= 0
-    assert letter["key"] == "uci-gift-shop:c:p1"
+    assert letter["key"] == POISON_KEY
     assert orjson.loads(letter["payload"]) == poison
     assert cluster.metric("a", "nextbest_events_total") == 1 + 4 + 1
     assert cluster.crashes("a") == []
@@ -272,23 +431,38 @@ def test_a_poison_event_is_dead_lettered_with_its_origin_and_the_agent_goes_on(c
 
 @pytest.mark.integration
 def test_a_record_the_producer_refuses_is_counted_and_the_worker_goes_on(cluster):
-    """With a state limit above the producer's (a misconfiguration), 25 cart changes with 60 KB
-    product ids grow one customer's record past 1 MiB: its changelog record is refused. The
-    worker logs and counts it instead of crashing, and keeps processing (before: it exited,
-    and every restart exited again on the same customer)."""
-    cluster.settings = replace(cluster.settings, max_state_bytes=4 * MiB)
-    cluster.start_worker("a")
-    for i in range(25):
-        product = f"{i:02d}" + "x" * 60_000
-        cluster.send("cart", cart_add(f"wide-{i}", 1.0 + i, customer="wide", product=product))
+    """With a 64 KiB ``NEXTBEST_PRODUCER_MAX_REQUEST_BYTES`` and the default 256 KiB state limit
+    (a misconfiguration), four valid orders of 250 products with 64-character ids grow one
+    customer's record to about 68 KB: its changelog record is refused. The worker logs and
+    counts it instead of crashing, and keeps processing (without `RefusalTolerantProducer` it
+    exited, and every restart exited again on the same customer)."""
+    cluster.settings = replace(cluster.settings, producer_max_request_bytes=65536)
+    port = cluster.start_worker("a")
+    for i in range(4):
+        order = event(
+            "order",
+            f"order-{i}",
+            customer="wide",
+            time=f"2011-11-1{i}T10:00:00Z",
+            order_id=f"o-{i}",
+            lines=wide_lines(250, f"o{i}"),
+            total=250.0,
+            currency="GBP",
+        )
+        cluster.send("orders", order)
+    cluster.send("cart", cart_add("wide-cart", 100.0, customer="wide"))
     cluster.flush()
-    cluster.wait_processed(25, timeout=120)
+    cluster.wait_processed(5, timeout=120)
     cluster.send("cart", cart_add("after", 70.0, customer="wide"))
     cluster.send("cart", cart_add("other", 70.0, customer="other"))
     cluster.flush()
-    cluster.wait_processed(27, timeout=90)
+    cluster.wait_processed(7, timeout=90)
 
     assert cluster.metric("a", "nextbest_output_errors_total") >= 1
+    assert cluster.metric("a", "nextbest_events_total") == 7
+    assert cluster.metric("a", "nextbest_dead_letters_total") == 0  # every input was valid
     offers = cluster.read("promotions", min_count=2)
-    assert {"after", "other"} <= {o["cart_event_id"] for o in offers}
+    assert {o["cart_event_id"] for o in offers} == {"wide-cart", "other"}  # "after": same offer
+    state = cluster.state(port, "uci-gift-shop:c:wide")
+    assert state["cart"]["value"] == 70.0 and len(state["orders"]) == 4
     assert cluster.crashes("a") == []

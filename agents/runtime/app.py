@@ -76,6 +76,7 @@ def faust_config(settings: Settings) -> dict:
         "consumer_auto_offset_reset": "earliest",
         "producer_linger_ms": 5,
         "producer_max_batch_size": 262144,
+        "producer_max_request_size": settings.producer_max_request_bytes,
         "stream_buffer_maxsize": 16384,
     }
     if settings.embedded_broker:

@@ -190,6 +190,15 @@ class Settings:
         "its value",
         minimum=1,
     )
+    producer_max_request_bytes: int = _setting(
+        1_000_000,
+        "Largest record the worker produces, key and value (Faust's `producer_max_request_size`; "
+        "at most the broker's `message.max.bytes`): an output that would be larger is "
+        "dead-lettered with its input (`output_too_large`), a larger state record is refused "
+        "and counted (`nextbest_output_errors_total`), so keep `NEXTBEST_MAX_STATE_BYTES` below "
+        "it; at least 64 KiB, room for a dead letter's 4 KiB excerpts",
+        minimum=65536,
+    )
     lean_delivery: bool = _setting(
         True,
         "Records reach the streams without a task per record (agents/runtime/transport.py); "
