@@ -1,7 +1,6 @@
 """One bandit for all workers: statistics learned per merchant:partition add up to the bandit
 that learned every reward (streams.promotion.bandit, streams.promotion.policy.PartitionedLearning),
-and
-the table view that writes and reloads them (agents.promotion.BanditTable), without a broker."""
+and the table view that writes and reloads them (agents.promotion.BanditTable), without a broker."""
 
 from __future__ import annotations
 

@@ -12,8 +12,7 @@ its own session-merges topic, so that no run reads the merges of an earlier one.
 
 The references run on Faust as shipped (its own per-record delivery loop, plus the embedded
 broker's two adaptations: agents/runtime/transport.py); the nextbest worker on its lean delivery
-loop.
-(c+) is the naive agent on the lean loop too, printed so that the ratio's source shows: the
+loop. (c+) is the naive agent on the lean loop too, printed so that the ratio's source shows: the
 loop, the agent's batching, or both.
 
 The model is the demo's (`agents.tools.demo_model.prepare_model`): the artifact under

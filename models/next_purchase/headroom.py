@@ -4,8 +4,7 @@ models.next_purchase.headroom``)
 A check on the issue's bar, not a product: gradient-boosted trees (LightGBM) rank each scored
 customer's previously bought items with exactly the repeat-purchase features the model reads
 (`models.next_purchase.encoding.encode_history`: counts, recency, intervals, the days since the
-last
-order, and the items' popularity, trend and repeat rate at the scoring time), trained on the
+last order, and the items' popularity, trend and repeat rate at the scoring time), trained on the
 orders before the cutoff like the model. Items never bought before follow in popularity order.
 Hit@1 and Hit@10 under the `models.next_purchase.evaluate` protocol, next to personal frequency.
 

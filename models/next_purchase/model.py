@@ -9,18 +9,16 @@ probability that the item is in the customer's next order:
              + [i bought before] * (repeat(f_i, r_i, g(h))  learned repeat score
                                     + w . f_i)             and its linear part
 
-``c_i`` are the item's catalogue statistics at the scoring moment (popularity all time, in the
-last 30 and 7 days, trend, repeat rate: `models.next_purchase.encoding.ItemStats`). ``h`` is the
-LSTM state
-after the customer's last order. Each LSTM step reads one order: the mean
-embedding of its items (order boundaries are the steps) plus its time-gap features. ``f_i`` are
-the per-item repeat features from `models.next_purchase.encoding.encode_history` (how often, how
-recently),
-``r_i`` a small learned vector per item, and ``g(h)`` lets the sequence decide how this
-customer repeats. ``w`` starts as personal frequency (the weight of log(1 + times bought) at
-`FREQUENCY_START`, the others zero), so training starts from the strongest simple baseline
-and a small shop's model stays near it. ``use_lstm=False`` drops both LSTM terms: that
-ablation is a learned repeat-purchase + popularity model.
+``c_i`` are the item's catalogue statistics at the scoring moment (popularity all time, in the last
+30 and 7 days, trend, repeat rate: `models.next_purchase.encoding.ItemStats`). ``h`` is the LSTM
+state after the customer's last order. Each LSTM step reads one order: the mean embedding of its
+items (order boundaries are the steps) plus its time-gap features. ``f_i`` are the per-item repeat
+features from `models.next_purchase.encoding.encode_history` (how often, how recently), ``r_i`` a
+small learned vector per item, and ``g(h)`` lets the sequence decide how this customer repeats.
+``w`` starts as personal frequency (the weight of log(1 + times bought) at `FREQUENCY_START`, the
+others zero), so training starts from the strongest simple baseline and a small shop's model stays
+near it. ``use_lstm=False`` drops both LSTM terms: that ablation is a learned repeat-purchase +
+popularity model.
 
 `Recommender.score_batch` is the serving API: worker-shaped histories in, top-k ids and
 probabilities out; customers with no known item in their history get the popularity ranking.

@@ -108,8 +108,7 @@ def served_history(
 
     The state's product lists go as they are: the worker stored them normalised, with the
     product rule applied (`streams.state.customer_state.apply_order`), and `encode_batch` applies
-    the
-    rule again to any order that does not hold only products of the model's ``catalogue``
+    the rule again to any order that does not hold only products of the model's ``catalogue``
     (``vocab.clean_index(product_pattern)``). What is left to do here is `order_history`'s
     dropping of an order with no product at all (by the model's rule, ``product_pattern``),
     checked with the rule only for an order without a catalogue item.

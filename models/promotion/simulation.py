@@ -1,21 +1,19 @@
 """``nextbest simulate``: the promotion policy against simulated customers, offline (no Kafka).
 
 For each seed one population (``models.promotion.simulator``) lives ``weeks`` weeks under each
-policy, with
-the same common random numbers: no offer, every single static offer of the simulated catalog
-(free shipping, 5/10/15/20% off, the threshold nudge, the product coupon) and the learned
-bandit (``streams.promotion.policy``, Thompson sampling, learning weekly from the rewards the
-reward join produces). Every policy runs through the same code an agent would: customer state
-from events, the `PromotionPolicy` with its guard rails and decision records, offer feedback
-and orders fed to ``streams.promotion.rewards``.
+policy, with the same common random numbers: no offer, every single static offer of the simulated
+catalog (free shipping, 5/10/15/20% off, the threshold nudge, the product coupon) and the learned
+bandit (``streams.promotion.policy``, Thompson sampling, learning weekly from the rewards the reward
+join produces). Every policy runs through the same code an agent would: customer state from events,
+the `PromotionPolicy` with its guard rails and decision records, offer feedback and orders fed to
+``streams.promotion.rewards``.
 
 Figures: 10-week incremental profit per customer over no offer (the simulator's realised
 profit, common random numbers), customers given a deep discount (depth >= 15% of the basket),
 and the bars of the issue: learned >= 1.2 x the best static offer, >= 1.5 x "always 20% off",
 and fewer deep-discounted customers than the best static offer. Then off-policy evaluation
 (``models.promotion.ope``) from the learned run's decision log, for every static policy, no offer
-and the
-final greedy bandit, against the simulator's true value of each on the logged carts.
+and the final greedy bandit, against the simulator's true value of each on the logged carts.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 Separate from the policy code: policies see only what a worker sees (customer state dicts built
 by ``streams.state.customer_state`` from simulated events, carts, next-purchase signals, feedback
-and
-order events); the simulator alone knows each customer's hidden parameters, so it can say what
+and order events); the simulator alone knows each customer's hidden parameters, so it can say what
 any action at any cart is worth (`Simulator.expected_profit`).
 
 Customers (`Population.draw`), drawn to match real data (`calibrate`):
@@ -17,8 +16,7 @@ Customers (`Population.draw`), drawn to match real data (`calibrate`):
   7 in 10 carts are abandoned) plus the Hillstrom control visit rate's log-odds deviation of the
   customer's cell (recency bin x spend tercile, matched by the customer's own recency and
   yearly spend) plus individual noise (sd ``conversion_spread``, unobserved). A customer has a
-  cart in a week with probability ``n / 52 / base``, so without offers they buy at their real
-  rate.
+  cart in a week with probability ``n / 52 / base``, so without offers they buy at their real rate.
 * Discount sensitivity: an offer worth a share ``g`` of the basket adds ``s * g / 0.10`` to the
   purchase log-odds, where ``s`` is the Hillstrom e-mail's log-odds lift in the customer's
   cell -- the cells' lift on visits, scaled so that its overall value is the e-mail's overall

@@ -1,20 +1,17 @@
 """Multi-arm uplift (treatment-effect) model on LightGBM.
 
-One arm is the control; every other arm is a treatment. For a batch of numeric feature rows
-the model returns, per treatment arm, the estimated uplift ``E[Y | x, arm] - E[Y | x, control]``
-and, per arm, the expected response ``E[Y | x, arm]``. It is validated offline on the Hillstrom
-experiment (`models.promotion.hillstrom`, ``nextbest uplift-validate``); the streaming policy
-learns its
-per-offer purchase model online instead (`streams.promotion.bandit.LinearThompson`, Thompson
-sampling
-with logged propensities), as exploration needs a posterior to sample from.
+One arm is the control; every other arm is a treatment. For a batch of numeric feature rows the
+model returns, per treatment arm, the estimated uplift ``E[Y | x, arm] - E[Y | x, control]`` and,
+per arm, the expected response ``E[Y | x, arm]``. It is validated offline on the Hillstrom
+experiment (`models.promotion.hillstrom`, ``nextbest uplift-validate``); the streaming policy learns
+its per-offer purchase model online instead (`streams.promotion.bandit.LinearThompson`, Thompson
+sampling with logged propensities), as exploration needs a posterior to sample from.
 
 Learners (each fitted one treatment arm against the control):
 
 * ``class_transformation`` -- Jaskowski & Jaroszewicz (2012): with ``Z = 1[Y == T]`` and
   ``P(T=1) = 1/2``, ``uplift(x) = 2 P(Z=1 | x) - 1``. Arms of unequal size are reweighted to
-  equal total weight, which makes the identity hold for any assignment share. Binary outcomes
-  only.
+  equal total weight, which makes the identity hold for any assignment share. Binary outcomes only.
 * ``t_learner`` -- one outcome model per arm; uplift = difference of predictions.
 * ``x_learner`` -- Kuenzel et al. (2019): the T-learner's models impute individual effects,
   which are regressed per arm and blended with the (constant, randomised) assignment share.
