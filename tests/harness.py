@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
@@ -186,26 +186,40 @@ class Cluster:
     def read(
         self, topic_kind: str, min_count: int = 0, timeout: float = 20, settle: float = 1.5
     ) -> list[dict]:
-        """All records of an output topic: at least ``min_count``, then until quiet."""
+        """All records of an output topic: at least ``min_count``, then until every partition is
+        read to its end (partition EOF, from the fetch responses) and nothing came for
+        ``settle`` seconds."""
         topic = getattr(self.settings.topics, topic_kind)
         consumer = Consumer(
             {
                 **self.settings.kafka_client_config(),
                 "group.id": "test-reader",
                 "enable.auto.commit": False,
+                "enable.partition.eof": True,
             }
         )
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         records: list[dict] = []
+        at_end: set[int] = set()
         deadline = time.monotonic() + timeout
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            batch = [m for m in consumer.consume(500, 0.2) if not m.error()]
+            batch = []
+            for m in consumer.consume(500, 0.2):
+                if m.error() is None:
+                    batch.append(m)
+                    at_end.discard(m.partition())
+                elif m.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(m.partition())
             records.extend(orjson.loads(m.value()) for m in batch)
             if batch:
                 quiet_since = time.monotonic()
-            elif len(records) >= min_count and time.monotonic() - quiet_since > settle:
+            elif (
+                len(records) >= min_count
+                and len(at_end) == len(partitions)
+                and time.monotonic() - quiet_since > settle
+            ):
                 break
         consumer.close()
         return records

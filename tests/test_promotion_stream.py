@@ -3,12 +3,13 @@ rewards, budgets and caps through replays and a restart, on the real embedded br
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections import Counter
 
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from agents.runtime.topics import key_partition
 from tests.harness import Cluster, cart_add, event, order_placed
@@ -68,22 +69,36 @@ def order(i: int, total: float) -> dict:
     )
 
 
-def read_topic(cluster: Cluster, topic: str) -> list[tuple[bytes, bytes | None]]:
+def read_topic(
+    cluster: Cluster, topic: str, timeout: float = 90
+) -> list[tuple[bytes, bytes | None]]:
+    """Every record of ``topic``, up to each partition's end as the broker's fetch responses
+    report it (partition EOF: Tansu's ListOffsets under-reports, and a pause between records
+    says nothing on a loaded machine)."""
     consumer = Consumer(
         {
             **cluster.settings.kafka_client_config(),
             "group.id": "test-ledgers",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
         }
     )
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    records, empty = [], 0
-    while empty < 8:
-        batch = [m for m in consumer.consume(500, 0.25) if not m.error()]
-        records.extend((m.key(), m.value()) for m in batch)
-        empty = 0 if batch else empty + 1
-    consumer.close()
+    records, at_end = [], set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(at_end) < len(partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: partitions {set(partitions) - at_end} not read")
+            for m in consumer.consume(500, 0.25):
+                if m.error() is None:
+                    records.append((m.key(), m.value()))
+                    at_end.discard(m.partition())
+                elif m.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(m.partition())
+    finally:
+        consumer.close()
     return records
 
 
