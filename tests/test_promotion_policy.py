@@ -75,12 +75,49 @@ def test_one_decision_per_cart_until_the_allowed_actions_change():
     (again,) = policy.decide(
         [type(ctx)(merchant, ctx.customer_key, state, 120.0, "GBP", T0 + 60, "e2")]
     )
-    assert again.record is None and again.offer.key == "percent_off:p10"  # a repeat
+    assert again.offer.key == "percent_off:p10" and again.action is None  # a repeat...
+    repeat = again.record  # ...with a record of its own that opens no window
+    validate("decisions.v1.json", repeat)
+    assert repeat["decision_id"] == decision_id_for(ctx.customer_key, "e2")
+    assert repeat["repeat_of"] == first.record["decision_id"] and first.record["repeat_of"] is None
+    assert repeat["cart_event_id"] == "e2" and repeat["cart_value"] == 120.0
+    for field in ("arm", "policy", "model_version", "action", "action_kind", "promotion_id"):
+        assert repeat[field] == first.record[field]
+    assert repeat["propensity"] == first.record["propensity"]
+    assert not repeat["sent"] and repeat["offer_id"] is None and repeat["max_discount"] is None
+    assert repeat["options"] == repeat["features"] == []
+    assert [p["decision_id"] for p in state["promo"]["pending"]] == [first.record["decision_id"]]
+    # the reminder of the cart asks about its latest event: the repeat, logged already
+    reminder = type(ctx)(merchant, ctx.customer_key, state, 120.0, "GBP", T0 + HOUR, "e2")
+    (reminded,) = policy.decide([reminder])
+    assert reminded.record is None and reminded.offer == again.offer
     state = cart_state(170.0, T0 + 120, "e3", state)  # now within reach of the 15% tier
     (new,) = policy.decide(
         [type(ctx)(merchant, ctx.customer_key, state, 170.0, "GBP", T0 + 120, "e3")]
     )
     assert new.record is not None and new.record["decision_id"] != first.record["decision_id"]
+    assert new.record["repeat_of"] is None and new.action is not None
+    assert len(state["promo"]["pending"]) == 2
+
+
+def test_a_sticky_decision_kept_before_repeats_were_logged_is_decided_again():
+    """A cart's sticky decision stored by an older worker has no decision id for a repeat to
+    name: the next cart change makes a new decision (a new record, its own window)."""
+    experiment = Experiment(id="t", holdout=0.0, arms=(Arm("all", 1.0, "static:percent_off"),))
+    policy = PromotionPolicy(experiment, default_variant="static:percent_off")
+    merchant = shop()
+    ctx = context(merchant, 100.0, event_id="e1")
+    policy.decide([ctx])
+    sticky = ctx.state["promo"]["cart"]
+    ctx.state["promo"]["cart"] = {k: sticky[k] for k in ("generation", "candidates", "arm")} | {
+        "action": sticky["action"],
+        "sent": sticky["sent"],
+    }
+    state = cart_state(120.0, T0 + 60, "e2", ctx.state)
+    (again,) = policy.decide(
+        [type(ctx)(merchant, ctx.customer_key, state, 120.0, "GBP", T0 + 60, "e2")]
+    )
+    assert again.action is not None and again.record["repeat_of"] is None
     assert len(state["promo"]["pending"]) == 2
 
 
