@@ -234,7 +234,7 @@ def cluster(tmp_path):
 @pytest.mark.integration
 def test_a_poison_event_is_dead_lettered_with_its_origin_and_the_agent_goes_on(cluster):
     """A year-1 cart (it passes validation and breaks the delivery rules) among four good ones:
-    the good ones produce their offers, the poison one is dead-lettered with its origin, no
+    the good ones get their decisions, the poison one is dead-lettered with its origin, no
     offset moves past an event that was neither, and the agent never restarts."""
     cluster.start_worker("a")
     cluster.send("profiles", profile("p1"))
@@ -251,8 +251,8 @@ def test_a_poison_event_is_dead_lettered_with_its_origin_and_the_agent_goes_on(c
     cluster.flush()
     cluster.wait_processed(1 + 5 + 1, timeout=90)
 
-    offers = cluster.read("promotions", min_count=5)
-    assert sorted(o["cart_event_id"] for o in offers) == [
+    decisions = cluster.read("decisions", min_count=5)  # one per cart (the default policy)
+    assert sorted(d["cart_event_id"] for d in decisions) == [
         "good-0",
         "good-1",
         "good-2",
@@ -289,6 +289,6 @@ def test_a_record_the_producer_refuses_is_counted_and_the_worker_goes_on(cluster
     cluster.wait_processed(27, timeout=90)
 
     assert cluster.metric("a", "nextbest_output_errors_total") >= 1
-    offers = cluster.read("promotions", min_count=2)
-    assert {"after", "other"} <= {o["cart_event_id"] for o in offers}
+    decisions = cluster.read("decisions", min_count=2)  # one per cart (the default policy)
+    assert {"after", "other"} <= {d["cart_event_id"] for d in decisions}
     assert cluster.crashes("a") == []

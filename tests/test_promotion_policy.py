@@ -276,3 +276,43 @@ def test_an_offer_the_cart_already_got_reserves_nothing(one_batch):
     )
     (new_cart,) = policy.decide([third])
     assert new_cart.record["sent"] and len(ledger["open"]) == 2
+
+
+def test_a_merchant_with_no_promotions_gets_a_logged_none_decision_for_every_cart():
+    """The default policy (no settings: the default experiment, its holdout, the bandit's
+    prior) on a merchant whose catalog is empty: nothing to offer, every cart logged."""
+    policy = PromotionPolicy()
+    merchant = shop(promotions=[])
+    contexts = [context(merchant, 80.0, customer=str(i), event_id=f"e{i}") for i in range(40)]
+    offers = policy.decide_batch(contexts)
+    records, _ = policy.drain_records()
+    assert offers == [None] * 40 and len(records) == 40
+    assert {r["cart_event_id"] for r in records} == {f"e{i}" for i in range(40)}
+    assert {r["arm"] for r in records} == {"learned", HOLDOUT}  # the default 10% holdout
+    for record in records:
+        validate("decisions.v1.json", record)
+        assert record["action"] == "none" and record["propensity"] == 1.0
+        assert not record["sent"] and record["repeat_of"] is None
+
+
+def test_a_new_customer_without_a_model_gets_the_priors_decision_logged():
+    """A first event of a customer with no history, no model signals and no rewards learned
+    yet: the bandit's prior chooses among the catalog's actions and the decision is logged."""
+    policy = PromotionPolicy()  # no signals: no model
+    merchant = shop()
+    contexts = [context(merchant, 160.0, customer=str(i), event_id=f"e{i}") for i in range(60)]
+    assert all(not ctx.state["orders"] for ctx in contexts)
+    offers = policy.decide_batch(contexts)
+    records, _ = policy.drain_records()
+    assert len(records) == 60
+    learned = [r for r in records if r["arm"] == "learned"]
+    assert learned and all(r["model_version"].endswith(":0") for r in learned)  # the prior
+    for ctx, offer, record in zip(contexts, offers, records, strict=True):
+        validate("decisions.v1.json", record)
+        assert record["cart_event_id"] == ctx.cart_event_id
+        kinds = {o["action_kind"] for o in record["options"]}
+        assert {"none", "free_shipping", "percent_off"} <= kinds
+        assert "product_coupon" not in kinds  # a coupon needs the model's candidate
+        assert 0 < record["propensity"] <= 1
+        assert (offer is not None) == record["sent"]
+    assert any(r["sent"] for r in learned)  # the prior explores offers from the first cart
