@@ -245,7 +245,11 @@ class DecisionRecord(faust.Record, serializer="json"):
     no-offer decisions included. ``action`` was chosen with probability ``propensity`` by
     ``policy`` at ``model_version``; ``sent`` is false in the holdout (logged, nothing sent).
     ``features`` are the values of ``feature_set`` (``streams.promotion.features.FEATURE_NAMES``);
-    ``options`` every allowed action. Key: the customer key; deduplicate on ``decision_id``."""
+    ``options`` every allowed action. Every cart event gets one: a cart change that repeats its
+    cart's decision has a record of its own with ``repeat_of`` that decision's id, its action
+    and propensity, ``sent`` false and no options or features (not a decision to learn from or
+    evaluate: it gets no reward); ``repeat_of`` is null otherwise. Key: the customer key;
+    deduplicate on ``decision_id``."""
 
     schema_version: int
     decision_id: str
@@ -277,6 +281,7 @@ class DecisionRecord(faust.Record, serializer="json"):
     guard: str | None = None
     deep_discount_depth: float | None = None  # the merchant's deep-discount premium, as used
     deep_discount_cost: float | None = None  # (None in logs written before it existed)
+    repeat_of: str | None = None  # the decision id this record repeats (absent in older logs)
     record: Literal["decision"] = "decision"
 
 

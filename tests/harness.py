@@ -94,7 +94,9 @@ def key_of(value: dict) -> bytes:
 class Cluster:
     """One embedded broker plus the worker processes of one consumer group."""
 
-    def __init__(self, tmp: Path, partitions: int = 4) -> None:
+    def __init__(self, tmp: Path, partitions: int = 4, policy: str | None = None) -> None:
+        """``policy``: ``NEXTBEST_POLICY`` of the workers (None: the default, the promotion
+        policy; ``"rules"`` for tests of the threshold rules)."""
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.broker = EmbeddedBroker(log_path=tmp / "broker.log").start()
@@ -107,6 +109,8 @@ class Cluster:
             log_level="info",
             api_admin_token=ADMIN_TOKEN,
         )
+        if policy is not None:
+            self.settings = replace(self.settings, policy=policy)
         ensure_topics(self.settings)
         self.workers: dict[str, tuple] = {}
         self.producer = Producer(producer_config(self.settings))

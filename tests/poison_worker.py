@@ -6,6 +6,7 @@ bring their own failing collaborator, through the worker's real ``policy`` param
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import mode.loop
 
@@ -34,7 +35,7 @@ class PoisonedPolicy(ThresholdRulesPolicy):
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    settings = replace(Settings.from_env(), policy="rules")  # the poisoned policy decides carts
     mode.loop.use("uvloop")
     ensure_topics(settings)
     nb = build(settings, policy=PoisonedPolicy())

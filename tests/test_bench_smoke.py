@@ -72,11 +72,6 @@ def test_a_latency_row_for_every_configuration(output: str) -> None:
     assert carts > 0 and 0 < decisions <= carts and p50 > 0 and offers <= decisions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16: a cart change that repeats the sticky decision of its cart writes no "
-    "decision record yet (streams/promotion/policy.py `_decide_one`)",
-)
 def test_every_cart_gets_a_decision_record(output: str) -> None:
     carts, decisions, _, _ = _latency(output, "promotion")
     assert decisions == carts

@@ -23,6 +23,14 @@ def cluster(tmp_path):
     cluster.close()
 
 
+@pytest.fixture
+def rules_cluster(tmp_path):
+    """Workers with the threshold rules (``NEXTBEST_POLICY=rules``): offers known in advance."""
+    cluster = Cluster(tmp_path, policy="rules")
+    yield cluster
+    cluster.close()
+
+
 def profile(customer: str, *, opted_out: bool = False) -> dict:
     return event(
         "profile",
@@ -62,7 +70,8 @@ BAD_INPUTS = [  # (topic kind, raw value, expected dead-letter reason)
 ]
 
 
-def test_events_in_offers_notifications_and_dead_letters_out(cluster):
+def test_events_in_offers_notifications_and_dead_letters_out(rules_cluster):
+    cluster = rules_cluster
     port = cluster.start_worker("a")
     cluster.send("profiles", profile("c1"))
     cluster.send("profiles", profile("c2", opted_out=True))
@@ -167,10 +176,12 @@ def outputs(cluster: Cluster, offers: int) -> tuple[list[str], list[str]]:
 
 
 def test_restart_two_workers_and_one_worker_agree(tmp_path):
-    """SIGTERM mid-stream + restart on empty local state, and two workers, match one worker."""
+    """SIGTERM mid-stream + restart on empty local state, and two workers, match one worker.
+    The threshold rules: many offers, each a pure function of the cart events (the promotion
+    policy's restarts are tests/test_kill_loop.py's and tests/test_promotion_stream.py's)."""
     events = real_events(3000)
 
-    reference = Cluster(tmp_path / "one")
+    reference = Cluster(tmp_path / "one", policy="rules")
     try:
         reference.start_worker("a")
         send_all(reference, events)
@@ -182,7 +193,7 @@ def test_restart_two_workers_and_one_worker_agree(tmp_path):
     assert len(set(offer_ids)) == len(offer_ids)
     assert len(set(dedupe_keys)) == len(dedupe_keys)
 
-    restarted = Cluster(tmp_path / "restart")
+    restarted = Cluster(tmp_path / "restart", policy="rules")
     try:
         restarted.start_worker("a")
         half = len(events) // 2
@@ -200,7 +211,7 @@ def test_restart_two_workers_and_one_worker_agree(tmp_path):
     assert sorted(offers_after) == sorted(offer_ids)  # nothing lost, nothing emitted twice
     assert len(set(keys_after)) == len(keys_after)  # no customer messaged twice
 
-    pair = Cluster(tmp_path / "two")
+    pair = Cluster(tmp_path / "two", policy="rules")
     try:
         pair.start_worker("a")
         pair.start_worker("b")

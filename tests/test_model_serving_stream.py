@@ -12,6 +12,7 @@ import pytest
 from models.next_purchase import artifact
 from models.next_purchase.loading import load_orders
 from models.next_purchase.paths import merchant_model_root
+from streams.promotion.features import FEATURE_NAMES
 from tests.harness import Cluster, cart_add, event
 from tests.test_model_serving import retail_slice, save_tiny_model  # noqa: F401 - fixture
 
@@ -36,7 +37,7 @@ def test_worker_serves_model_and_reloads_it(tmp_path, retail_slice, monkeypatch,
     first = save_tiny_model(root, orders, seed=1)
     products = artifact.load(root).vocab.items[1:4]
     monkeypatch.setenv("NEXTBEST_MODEL_RELOAD_S", "0.5")
-    cluster = Cluster(tmp_path / "cluster")
+    cluster = Cluster(tmp_path / "cluster", policy="rules")  # the model's fields on the offers
     try:
         cluster.settings = replace(
             cluster.settings,
@@ -91,6 +92,31 @@ def test_worker_serves_model_and_reloads_it(tmp_path, retail_slice, monkeypatch,
         assert "nextbest_model_reloads_total 2.0" in text
         assert "nextbest_model_load_errors_total 0.0" in text
         assert "nextbest_model_inference_seconds_count" in text
+        assert "Traceback" not in cluster.log("a")
+    finally:
+        cluster.close()
+
+
+def test_the_default_policy_uses_a_merchant_model_when_one_is_present(tmp_path, retail_slice):  # noqa: F811
+    """No ``NEXTBEST_POLICY``: the promotion policy decides, with the merchant model's signals
+    in its features (``has_signals``, ``propensity``) on every decision record."""
+    orders = load_orders(retail_slice)[0]
+    models_dir = tmp_path / "merchant-models"
+    save_tiny_model(merchant_model_root(models_dir, "uci-gift-shop"), orders, seed=1)
+    cluster = Cluster(tmp_path / "cluster")
+    try:
+        assert cluster.settings.policy == "promotion"
+        cluster.settings = replace(cluster.settings, models_dir=models_dir)
+        cluster.start_worker("a")
+        for i in range(3):
+            cluster.send("cart", cart_add(f"c{i}-add-1", 70.0, customer=f"c{i}"))
+        cluster.flush()
+        cluster.wait_processed(3)
+        decisions = cluster.read("decisions", min_count=3, timeout=40)
+        assert sorted(d["cart_event_id"] for d in decisions) == ["c0-add-1", "c1-add-1", "c2-add-1"]
+        for decision in decisions:
+            features = dict(zip(FEATURE_NAMES, decision["features"], strict=True))
+            assert features["has_signals"] == 1.0 and 0 < features["propensity"] <= 1
         assert "Traceback" not in cluster.log("a")
     finally:
         cluster.close()

@@ -219,7 +219,8 @@ def test_load_rows_keeps_learnable_rewards_of_an_arm():
     rewards[0]["reason"] = "superseded"
     rewards[1]["arm"] = "holdout"
     decisions[2]["arm"] = "other"
-    rows = ope.load_rows(decisions, rewards[:-1], arm="learned")
+    repeat = {**decisions[5], "repeat_of": "d5"}  # even with a reward of its id: not a row
+    rows = ope.load_rows([*decisions, repeat], rewards[:-1], arm="learned")
     assert [r.decision_id for r in rows] == [f"d{i}" for i in range(3, 19)]
     assert rows[0].probabilities.sum() == pytest.approx(1.0)
 
@@ -227,10 +228,13 @@ def test_load_rows_keeps_learnable_rewards_of_an_arm():
 def test_log_file_round_trip_retrain_and_greedy_candidate(tmp_path):
     decisions, rewards = synthetic_log(300)
     path = tmp_path / "log.jsonl"
-    lines = [json.dumps(r) for r in decisions + rewards] + ["", json.dumps(rewards[0])]
+    repeat = {**decisions[0], "decision_id": "r0", "repeat_of": "d0", "sent": False}
+    repeat |= {"options": [], "features": []}  # a cart change that repeated decision d0
+    lines = [json.dumps(r) for r in [*decisions, repeat, *rewards]] + ["", json.dumps(rewards[0])]
     path.write_text("\n".join(lines) + "\n")
     read_decisions, read_rewards = read_log([path])
     assert len(read_decisions) == len(read_rewards) == 300  # the repeated reward is dropped
+    assert "r0" not in {d["decision_id"] for d in read_decisions}  # and the repeat
     chooser = retrain(read_rewards)
     model = chooser.model("shop")
     assert model.updates == 300

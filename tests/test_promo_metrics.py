@@ -27,10 +27,9 @@ def reward(arm: str, profit: float, purchased: bool = True) -> dict:
 def test_decisions_rewards_and_incremental_profit_per_arm():
     decision = {"merchant": "m-metrics", "arm": "learned", "action_kind": "none", "sent": "false"}
     before = value("nextbest_promo_decisions_total", **decision)
-    promo_metrics.observe_decisions(
-        [{"merchant_id": "m-metrics", "arm": "learned", "action_kind": "none", "sent": False}] * 3,
-        {"budget": 2, "group": 0},
-    )
+    record = {"merchant_id": "m-metrics", "arm": "learned", "action_kind": "none", "sent": False}
+    repeat = {**record, "repeat_of": "d1"}  # a repeat of a decision counts no decision
+    promo_metrics.observe_decisions([record] * 3 + [repeat], {"budget": 2, "group": 0})
     assert value("nextbest_promo_decisions_total", **decision) == before + 3
     assert value("nextbest_promo_blocked_actions_total", reason="budget") >= 2
     promo_metrics.observe_rewards(

@@ -75,12 +75,49 @@ def test_one_decision_per_cart_until_the_allowed_actions_change():
     (again,) = policy.decide(
         [type(ctx)(merchant, ctx.customer_key, state, 120.0, "GBP", T0 + 60, "e2")]
     )
-    assert again.record is None and again.offer.key == "percent_off:p10"  # a repeat
+    assert again.offer.key == "percent_off:p10" and again.action is None  # a repeat...
+    repeat = again.record  # ...with a record of its own that opens no window
+    validate("decisions.v1.json", repeat)
+    assert repeat["decision_id"] == decision_id_for(ctx.customer_key, "e2")
+    assert repeat["repeat_of"] == first.record["decision_id"] and first.record["repeat_of"] is None
+    assert repeat["cart_event_id"] == "e2" and repeat["cart_value"] == 120.0
+    for field in ("arm", "policy", "model_version", "action", "action_kind", "promotion_id"):
+        assert repeat[field] == first.record[field]
+    assert repeat["propensity"] == first.record["propensity"]
+    assert not repeat["sent"] and repeat["offer_id"] is None and repeat["max_discount"] is None
+    assert repeat["options"] == repeat["features"] == []
+    assert [p["decision_id"] for p in state["promo"]["pending"]] == [first.record["decision_id"]]
+    # the reminder of the cart asks about its latest event: the repeat, logged already
+    reminder = type(ctx)(merchant, ctx.customer_key, state, 120.0, "GBP", T0 + HOUR, "e2")
+    (reminded,) = policy.decide([reminder])
+    assert reminded.record is None and reminded.offer == again.offer
     state = cart_state(170.0, T0 + 120, "e3", state)  # now within reach of the 15% tier
     (new,) = policy.decide(
         [type(ctx)(merchant, ctx.customer_key, state, 170.0, "GBP", T0 + 120, "e3")]
     )
     assert new.record is not None and new.record["decision_id"] != first.record["decision_id"]
+    assert new.record["repeat_of"] is None and new.action is not None
+    assert len(state["promo"]["pending"]) == 2
+
+
+def test_a_sticky_decision_kept_before_repeats_were_logged_is_decided_again():
+    """A cart's sticky decision stored by an older worker has no decision id for a repeat to
+    name: the next cart change makes a new decision (a new record, its own window)."""
+    experiment = Experiment(id="t", holdout=0.0, arms=(Arm("all", 1.0, "static:percent_off"),))
+    policy = PromotionPolicy(experiment, default_variant="static:percent_off")
+    merchant = shop()
+    ctx = context(merchant, 100.0, event_id="e1")
+    policy.decide([ctx])
+    sticky = ctx.state["promo"]["cart"]
+    ctx.state["promo"]["cart"] = {k: sticky[k] for k in ("generation", "candidates", "arm")} | {
+        "action": sticky["action"],
+        "sent": sticky["sent"],
+    }
+    state = cart_state(120.0, T0 + 60, "e2", ctx.state)
+    (again,) = policy.decide(
+        [type(ctx)(merchant, ctx.customer_key, state, 120.0, "GBP", T0 + 60, "e2")]
+    )
+    assert again.action is not None and again.record["repeat_of"] is None
     assert len(state["promo"]["pending"]) == 2
 
 
@@ -239,3 +276,43 @@ def test_an_offer_the_cart_already_got_reserves_nothing(one_batch):
     )
     (new_cart,) = policy.decide([third])
     assert new_cart.record["sent"] and len(ledger["open"]) == 2
+
+
+def test_a_merchant_with_no_promotions_gets_a_logged_none_decision_for_every_cart():
+    """The default policy (no settings: the default experiment, its holdout, the bandit's
+    prior) on a merchant whose catalog is empty: nothing to offer, every cart logged."""
+    policy = PromotionPolicy()
+    merchant = shop(promotions=[])
+    contexts = [context(merchant, 80.0, customer=str(i), event_id=f"e{i}") for i in range(40)]
+    offers = policy.decide_batch(contexts)
+    records, _ = policy.drain_records()
+    assert offers == [None] * 40 and len(records) == 40
+    assert {r["cart_event_id"] for r in records} == {f"e{i}" for i in range(40)}
+    assert {r["arm"] for r in records} == {"learned", HOLDOUT}  # the default 10% holdout
+    for record in records:
+        validate("decisions.v1.json", record)
+        assert record["action"] == "none" and record["propensity"] == 1.0
+        assert not record["sent"] and record["repeat_of"] is None
+
+
+def test_a_new_customer_without_a_model_gets_the_priors_decision_logged():
+    """A first event of a customer with no history, no model signals and no rewards learned
+    yet: the bandit's prior chooses among the catalog's actions and the decision is logged."""
+    policy = PromotionPolicy()  # no signals: no model
+    merchant = shop()
+    contexts = [context(merchant, 160.0, customer=str(i), event_id=f"e{i}") for i in range(60)]
+    assert all(not ctx.state["orders"] for ctx in contexts)
+    offers = policy.decide_batch(contexts)
+    records, _ = policy.drain_records()
+    assert len(records) == 60
+    learned = [r for r in records if r["arm"] == "learned"]
+    assert learned and all(r["model_version"].endswith(":0") for r in learned)  # the prior
+    for ctx, offer, record in zip(contexts, offers, records, strict=True):
+        validate("decisions.v1.json", record)
+        assert record["cart_event_id"] == ctx.cart_event_id
+        kinds = {o["action_kind"] for o in record["options"]}
+        assert {"none", "free_shipping", "percent_off"} <= kinds
+        assert "product_coupon" not in kinds  # a coupon needs the model's candidate
+        assert 0 < record["propensity"] <= 1
+        assert (offer is not None) == record["sent"]
+    assert any(r["sent"] for r in learned)  # the prior explores offers from the first cart

@@ -23,6 +23,8 @@ _sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])  # p
 
 def observe_decisions(records: Iterable[dict], blocked: Mapping[str, int] | None = None) -> None:
     for record in records:
+        if record.get("repeat_of"):  # a cart change that repeated a decision: not a decision
+            continue
         metrics.PROMO_DECISIONS.labels(
             record["merchant_id"],
             record["arm"],

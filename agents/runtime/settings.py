@@ -275,9 +275,10 @@ class Settings:
         minimum=0,
     )
     policy: str = _setting(
-        "rules",
-        "Cart decisions: `rules` (the catalog's threshold rules) or `promotion` (the promotion "
-        "policy: experiments, guard rails, bandit, decision and reward topics)",
+        "promotion",
+        "Cart decisions: `promotion` (the learned promotion policy: experiments with a holdout, "
+        "guard rails, the bandit from its prior, the next-purchase model's signals when a model "
+        "is present, decision and reward topics) or `rules` (the catalog's threshold rules)",
     )
     promo_experiment: str = _setting(
         "",

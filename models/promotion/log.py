@@ -5,7 +5,10 @@ JSON Lines, one record per line, each a ``DecisionRecord`` or a ``RewardRecord``
 the decisions and rewards topics (``schemas/json/decisions.v1.json``, ``rewards.v1.json``); the
 ``record`` field (``"decision"`` / ``"reward"``) tells them apart. A dump of each topic as JSON
 Lines of record values works as is, several files can be given, and blank lines are skipped.
-Records are deduplicated by ``decision_id`` (the topics are at-least-once).
+Records are deduplicated by ``decision_id`` (the topics are at-least-once). Decision records
+of repeats (``repeat_of`` set: a cart change that repeated its cart's decision; no reward, no
+options) are left out: the report counts decisions, OPE and retraining weigh decisions joined to
+their rewards, and a repeat is none of them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ class LogError(ValueError):
 
 
 def read_log(paths: Iterable[Path]) -> tuple[list[dict], list[dict]]:
-    """Decision and reward records of the files, deduplicated by decision id, in file order."""
+    """Decision and reward records of the files, deduplicated by decision id, in file order;
+    repeats (``repeat_of``) left out."""
     decisions: dict[str, dict] = {}
     rewards: dict[str, dict] = {}
     for path in paths:
@@ -41,7 +45,8 @@ def read_log(paths: Iterable[Path]) -> tuple[list[dict], list[dict]]:
                         f"{path}:{number}: not a decision or reward record: {exc}"
                     ) from None
                 if kind == "decision":
-                    decisions.setdefault(decision_id, record)
+                    if not record.get("repeat_of"):
+                        decisions.setdefault(decision_id, record)
                 elif kind == "reward":
                     rewards.setdefault(decision_id, record)
                 else:

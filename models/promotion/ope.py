@@ -18,7 +18,8 @@ logged probabilities of every allowed action and the reward model's second momen
 still counts an action the log shows only a handful of times (`evaluate`); the command also
 prints each candidate's effective number of decisions (`effective_rows`). Rows: rewards that
 are learnable (``streams.promotion.rewards.learnable``: applied actions, not the holdout, not
-superseded) joined to their decisions; an arm can be chosen with ``--arm``. The value is
+superseded) joined to their decisions (repeats, ``repeat_of``, have none: left out); an arm can
+be chosen with ``--arm``. The value is
 profit per decision.
 
 The estimates assume what the log records is true: every allowed action had a positive
@@ -94,6 +95,8 @@ def load_rows(
     for d in decisions:
         reward = by_id.get(d["decision_id"])
         if reward is None or (arm is not None and d["arm"] != arm) or d.get("guard"):
+            continue
+        if d.get("repeat_of"):  # a repeat names its decision's reward: never a row of its own
             continue
         options = d["options"]
         ids = [o["action"] for o in options]

@@ -19,14 +19,19 @@ block now
 
 One randomised decision per cart: while the cart (its generation) and the actions the catalog
 allows stay the same, a later cart change repeats the decision (the agent then suppresses the
-unchanged offer) and logs nothing new; a change of the allowed actions (a tier reached, a nudge
-target changed) makes a new decision. A new decision that picks the offer this cart already
-got (the agent would not emit it again) reserves nothing and is logged ``sent: false``,
-``guard: "repeated"``: the ledgers hold reservations of emitted offers only.
+unchanged offer); a change of the allowed actions (a tier reached, a nudge target changed)
+makes a new decision. Every cart event gets one record: a repeat's has its own decision id
+(from its cart event), ``repeat_of`` the decision it repeats, that decision's action and
+propensity, ``sent: false``, no options or features, and opens no attribution window (the
+decision's reward is learned once; ``repeat_of`` is null on every other record). A new
+decision that picks the offer this cart already got (the agent would not emit it again)
+reserves nothing and is logged ``sent: false``, ``guard: "repeated"``: the ledgers hold
+reservations of emitted offers only.
 
 One record per decision id: a decision id already made for the customer (its attribution
-window open or closed; e.g. an abandoned-cart reminder asking for the cart's offer again) is
-not decided again; its offer, if it sent one, is returned and nothing is logged. A decision
+window open or closed, or the latest repeat logged; e.g. an abandoned-cart reminder asking for
+the cart's offer again) is not decided again; its offer, if it sent one, is returned and
+nothing is logged. A decision
 whose state write was lost in a crash is made again when its cart is redelivered; its random
 draws come from its own stream, seeded by the decision id (`PromotionPolicy.rng`), so it
 chooses the same while the bandit's statistics and the customer's state are the same.
@@ -87,10 +92,10 @@ def variant(name: str) -> Chooser:
 @dataclass
 class PolicyDecision:
     offer: Offer | None  # what the agent emits (None: nothing)
-    record: dict | None  # the DecisionRecord (None: a repeat of this cart's decision)
+    record: dict | None  # the DecisionRecord (None: a cart event already logged, asked again)
     rewards: list[dict]  # rewards forced out by this decision (rare: too many open windows)
-    action: Action | None = None  # the action decided (None: a repeat)
-    options: list[Action] | None = None  # the allowed actions (None: a repeat)
+    action: Action | None = None  # the action decided (None: no new decision, a repeat)
+    options: list[Action] | None = None  # the allowed actions (None: no new decision)
 
 
 def _coupon(signals: NextPurchaseSignals | None) -> CouponCandidate | None:
@@ -102,6 +107,45 @@ def _coupon(signals: NextPurchaseSignals | None) -> CouponCandidate | None:
         probability=float(getattr(signals, "coupon_probability", None) or 0.0),
         price=getattr(signals, "coupon_price", None),
     )
+
+
+#: The fields of a decision that the records of its repeats carry (kept in the cart's sticky
+#: decision, ``state["promo"]["cart"]``).
+_REPEATED = (
+    "arm",
+    "policy",
+    "model_version",
+    "action",
+    "action_kind",
+    "promotion_id",
+    "product_id",
+    "propensity",
+    "sent",
+    "horizon_margin",
+    "repurchase_probability",
+)
+
+
+def _cart_fields(ctx: DecisionContext, generation: int, decision_id: str, experiment: str) -> dict:
+    """The fields of a decision record that come from its cart event and merchant."""
+    merchant = ctx.merchant
+    return {
+        "record": "decision",
+        "schema_version": SCHEMA_VERSION,
+        "decision_id": decision_id,
+        "merchant_id": merchant.id,
+        "customer_key": ctx.customer_key,
+        "cart_event_id": ctx.cart_event_id,
+        "cart_generation": generation,
+        "event_time": iso(ctx.ts),
+        "cart_value": ctx.cart_value,
+        "currency": ctx.currency,
+        "experiment": experiment,
+        "margin_rate": merchant.margin_rate,
+        "deep_discount_depth": merchant.deep_discount_depth,
+        "deep_discount_cost": merchant.deep_discount_cost,
+        "feature_set": FEATURE_SET,
+    }
 
 
 class PromotionPolicy:
@@ -239,13 +283,12 @@ class PromotionPolicy:
         sticky = promo.get("cart")
         if (
             sticky is not None
+            and "decision_id" in sticky  # (a sticky kept before repeats were logged: decide)
             and sticky["generation"] == generation
             and sticky["candidates"] == candidates
             and sticky["arm"] == arm
         ):
-            repeat = next((a for a in actions if a.id == sticky["action"]), None)
-            offer = offer_for(repeat, ctx.currency) if repeat and sticky["sent"] else None
-            return PolicyDecision(offer, None, [])
+            return self._repeat(ctx, generation, decision_id, sticky, actions)
 
         allowed = self._allowed(ctx, promo, actions)
         features = np.array(context_features(ctx.state, ctx.cart_value, ctx.ts, signals))
@@ -273,25 +316,8 @@ class PromotionPolicy:
                 sent, action, propensity = False, no_offer(ctx.cart_value), 1.0
         offer = offer_for(action, ctx.currency) if sent else None
         offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer.key) if offer else None
-        promo["cart"] = {
-            "generation": generation,
-            "candidates": candidates,
-            "arm": arm,
-            "action": action.id,
-            "sent": sent,
-        }
         record = {
-            "record": "decision",
-            "schema_version": SCHEMA_VERSION,
-            "decision_id": decision_id,
-            "merchant_id": merchant.id,
-            "customer_key": ctx.customer_key,
-            "cart_event_id": ctx.cart_event_id,
-            "cart_generation": generation,
-            "event_time": iso(ctx.ts),
-            "cart_value": ctx.cart_value,
-            "currency": ctx.currency,
-            "experiment": self.experiment.id,
+            **_cart_fields(ctx, generation, decision_id, self.experiment.id),
             "arm": arm,
             "policy": chooser.name,
             "model_version": choice.version,
@@ -303,9 +329,6 @@ class PromotionPolicy:
             "sent": sent,
             "offer_id": offer_id,
             "max_discount": action.discount if sent else None,
-            "margin_rate": merchant.margin_rate,
-            "deep_discount_depth": merchant.deep_discount_depth,
-            "deep_discount_cost": merchant.deep_discount_cost,
             "horizon_margin": round(horizon, 4),
             "repurchase_probability": round(repurchase, 6),
             "options": [
@@ -318,9 +341,17 @@ class PromotionPolicy:
                 }
                 for a, p in zip(allowed, choice.probabilities, strict=True)
             ],
-            "feature_set": FEATURE_SET,
             "features": [round(float(v), 6) for v in features],
             "guard": guard if guard in ("over_budget", "duplicate", "repeated") else None,
+            "repeat_of": None,
+        }
+        promo["cart"] = {
+            "generation": generation,
+            "candidates": candidates,
+            "arm": arm,
+            "decision_id": decision_id,
+            "last": decision_id,  # the latest cart event logged for this decision
+            **{field: record[field] for field in _REPEATED},
         }
         terms = {
             "tier_type": action.promotion.type if action.promotion else None,
@@ -332,6 +363,36 @@ class PromotionPolicy:
         window = merchant.offer_ttl_hours * 3600.0
         evicted = rewards.open_decision(ctx.state, record, ctx.ts, window, terms)
         return PolicyDecision(offer, record, evicted, action, allowed)
+
+    def _repeat(
+        self,
+        ctx: DecisionContext,
+        generation: int,
+        decision_id: str,
+        sticky: dict,
+        actions: list[Action],
+    ) -> PolicyDecision:
+        """A cart event that repeats its cart's decision (``sticky``): that decision's offer
+        again (the agent suppresses it) and a record of its own, ``repeat_of`` that decision,
+        ``sent: false``, which opens no attribution window (nothing to learn twice). A call for
+        the latest cart event logged (an abandoned-cart reminder) logs nothing."""
+        repeat = next((a for a in actions if a.id == sticky["action"]), None)
+        offer = offer_for(repeat, ctx.currency) if repeat and sticky["sent"] else None
+        if sticky["last"] == decision_id:
+            return PolicyDecision(offer, None, [])
+        sticky["last"] = decision_id
+        record = {
+            **_cart_fields(ctx, generation, decision_id, self.experiment.id),
+            **{field: sticky[field] for field in _REPEATED},
+            "sent": False,
+            "offer_id": None,
+            "max_discount": None,
+            "options": [],
+            "features": [],
+            "guard": None,
+            "repeat_of": sticky["decision_id"],
+        }
+        return PolicyDecision(offer, record, [])
 
     # -- learning -----------------------------------------------------------------------------
 
