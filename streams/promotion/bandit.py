@@ -128,6 +128,26 @@ class _Arm:
         return (self.redeemed + 1.0) / (self.bought + 2.0)
 
 
+class _Draws:
+    """The posterior draws of one model's statistics: each action's block of weights (dim,
+    draws) (block 0, ``none``: the base rate), side by side in ``weights``."""
+
+    def __init__(self, arm_ids: Sequence[str], blocks: Sequence[np.ndarray], draws: int) -> None:
+        self.column = {arm_id: j for j, arm_id in enumerate(arm_ids)}
+        self.draws = draws
+        self.weights = np.concatenate(blocks, axis=1)  # (dim, blocks * draws)
+
+    def add(self, arm_id: str, block: np.ndarray) -> int:
+        """Another action's block; returns its column."""
+        self.column[arm_id] = len(self.column)
+        self.weights = np.concatenate((self.weights, block), axis=1)
+        return self.column[arm_id]
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """``x' w`` of every draw of every block: (draws, blocks)."""
+        return (x @ self.weights).reshape(-1, self.draws).T
+
+
 class LinearThompson:
     """Bayesian linear uplift model and Thompson choice for one merchant."""
 
@@ -140,8 +160,8 @@ class LinearThompson:
         self.arms: dict[str, _Arm] = {NONE: self._new_arm()}
         self.updates = 0
         self._seen: dict[str, None] = {}
-        self._posterior: tuple | None = None  # (offer arm ids, mean, cholesky factor)
-        self._draws: np.ndarray | None = None  # (draws, 1 + offers, dim)
+        self._posterior: tuple | None = None  # (learned offer arm ids, mean, cholesky factor)
+        self._draws: _Draws | None = None  # of the current statistics
 
     @property
     def version(self) -> str:
@@ -152,19 +172,22 @@ class LinearThompson:
 
     def _arm(self, arm_id: str) -> _Arm:
         arm = self.arms.get(arm_id)
-        if arm is None:
+        if arm is None:  # no statistics yet: the posterior does not change
             arm = self.arms[arm_id] = self._new_arm()
-            self._posterior = self._draws = None
         return arm
 
     def _design(self, features: np.ndarray) -> np.ndarray:
         return np.concatenate(([1.0], np.asarray(features, dtype=np.float64)))
 
     def posterior(self) -> tuple[list[str], np.ndarray, tuple]:
-        """Offer arm ids (block order), posterior mean (1 + offers, dim), Cholesky factor of
-        the precision."""
+        """Learned offer arm ids (block order), posterior mean (1 + learned offers, dim),
+        Cholesky factor of the precision.
+
+        Only offers with statistics take part: an offer without is independent of everything
+        else, its uplift's posterior its prior (mean 0, ``precision^-1/2 =
+        uplift_precision^-1/2``; `_draws`)."""
         if self._posterior is None:
-            offers = sorted(a for a in self.arms if a != NONE)
+            offers = sorted(a for a, arm in self.arms.items() if a != NONE and arm.gram.any())
             d, k = self.dim, len(offers)
             precision = np.zeros(((1 + k) * d, (1 + k) * d))
             target = np.zeros((1 + k) * d)
@@ -182,14 +205,17 @@ class LinearThompson:
             self._posterior = (offers, mean, factor)
         return self._posterior
 
-    def _sample(self) -> np.ndarray:
-        """The posterior draws, a function of the statistics (module docstring)."""
+    def _sample(self) -> _Draws:
+        """The posterior draws, a function of the statistics (module docstring); drawn once per
+        change of the statistics, an unlearned action's when it is first scored."""
         if self._draws is None:
             offers, mean, (lower, _) = self.posterior()
             z = np.concatenate([self._normals(arm_id) for arm_id in (NONE, *offers)])
             noise = solve_triangular(lower, z, lower=True, trans="T")  # precision^-1/2 z
             noise *= np.sqrt(self.config.noise_var)
-            self._draws = mean[None, :, :] + noise.T.reshape(self.config.draws, *mean.shape)
+            d = self.dim
+            blocks = [mean[j][:, None] + noise[j * d : (j + 1) * d] for j in range(1 + len(offers))]
+            self._draws = _Draws((NONE, *offers), blocks, self.config.draws)
         return self._draws
 
     def _normals(self, arm_id: str) -> np.ndarray:
@@ -198,11 +224,22 @@ class LinearThompson:
         rng = np.random.default_rng(int.from_bytes(seed, "big"))
         return rng.standard_normal((self.dim, self.config.draws))
 
+    def _prior_draws(self, arm_id: str) -> np.ndarray:
+        """An unlearned offer's uplift draws (dim, draws): its prior's."""
+        noise = self._normals(arm_id) / np.sqrt(self.config.uplift_precision)
+        return noise * np.sqrt(self.config.noise_var)
+
     def _columns(self, actions: Sequence[Action]) -> list[int]:
+        """Each action's block in the draws (``none``: 0, the base rate)."""
+        draws = self._sample()
+        columns = []
         for action in actions:
-            self._arm(action.id)
-        offers = self.posterior()[0]
-        return [0 if a.id == NONE else 1 + offers.index(a.id) for a in actions]
+            column = draws.column.get(action.id)
+            if column is None:
+                self._arm(action.id)
+                column = draws.add(action.id, self._prior_draws(action.id))
+            columns.append(column)
+        return columns
 
     def _objective(self, row: ChoiceInput, p: np.ndarray) -> np.ndarray:
         share = np.array(
@@ -222,10 +259,14 @@ class LinearThompson:
 
     def purchase_probability(self, features: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
         """Posterior-mean P(buy) of each action."""
-        columns = self._columns(actions)
-        x = self._design(features)
-        per_block = self.posterior()[1] @ x
-        uplift = np.where(np.array(columns) == 0, 0.0, np.maximum(per_block[columns], 0.0))
+        for action in actions:
+            self._arm(action.id)
+        offers, mean, _ = self.posterior()
+        per_block = mean @ self._design(features)
+        learned = {arm_id: j for j, arm_id in enumerate(offers, start=1)}
+        uplift = np.array(
+            [max(per_block[learned[a.id]], 0.0) if a.id in learned else 0.0 for a in actions]
+        )
         return np.clip(per_block[0] + uplift, P_MIN, P_MAX)
 
     def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice:
@@ -233,7 +274,7 @@ class LinearThompson:
         if k == 1:
             return Choice(0, 1.0, (1.0,), self.version)
         columns = np.array(self._columns(row.actions))
-        draws = self._sample() @ self._design(row.features)  # (draws, 1 + offers)
+        draws = self._sample().score(self._design(row.features))  # (draws, blocks)
         uplift = np.where(columns == 0, 0.0, np.maximum(draws[:, columns], 0.0))
         p = np.clip(draws[:, :1] + uplift, P_MIN, P_MAX)
         winners = np.argmax(self._objective(row, p), axis=1)
