@@ -132,7 +132,8 @@ class _Draws:
     """The posterior draws of one model's statistics: each action's block of weights (dim,
     draws) (block 0, ``none``: the base rate), side by side in ``weights``."""
 
-    def __init__(self, arm_ids: Sequence[str], blocks: Sequence[np.ndarray], draws: int) -> None:
+    def __init__(self, arm_ids: Sequence[str], blocks: np.ndarray, draws: int) -> None:
+        """``blocks``: (len(arm_ids), dim, draws)."""
         self.column = {arm_id: j for j, arm_id in enumerate(arm_ids)}
         self.draws = draws
         self.weights = np.concatenate(blocks, axis=1)  # (dim, blocks * draws)
@@ -213,8 +214,7 @@ class LinearThompson:
             z = np.concatenate([self._normals(arm_id) for arm_id in (NONE, *offers)])
             noise = solve_triangular(lower, z, lower=True, trans="T")  # precision^-1/2 z
             noise *= np.sqrt(self.config.noise_var)
-            d = self.dim
-            blocks = [mean[j][:, None] + noise[j * d : (j + 1) * d] for j in range(1 + len(offers))]
+            blocks = mean[:, :, None] + noise.reshape(len(mean), self.dim, self.config.draws)
             self._draws = _Draws((NONE, *offers), blocks, self.config.draws)
         return self._draws
 
@@ -276,19 +276,17 @@ class LinearThompson:
         columns = np.array(self._columns(row.actions))
         draws = self._sample().score(self._design(row.features))  # (draws, blocks)
         uplift = np.where(columns == 0, 0.0, np.maximum(draws[:, columns], 0.0))
-        p = np.clip(draws[:, :1] + uplift, P_MIN, P_MAX)
-        winners = np.argmax(self._objective(row, p), axis=1)
+        p = np.minimum(np.maximum(draws[:, :1] + uplift, P_MIN), P_MAX)
+        winners = self._objective(row, p).argmax(axis=1)
         votes = np.bincount(winners, minlength=k) / len(winners)
         explore = self.config.explore
         spread = self._exploration(row.actions)
-        probabilities = (1.0 - explore) * votes + explore * spread
+        probabilities = ((1.0 - explore) * votes + explore * spread).tolist()
         if rng.random() < explore:
             index = int(rng.choice(k, p=spread))
         else:
             index = int(winners[rng.integers(len(winners))])
-        return Choice(
-            index, float(probabilities[index]), tuple(map(float, probabilities)), self.version
-        )
+        return Choice(index, probabilities[index], tuple(probabilities), self.version)
 
     def _exploration(self, actions: Sequence[Action]) -> np.ndarray:
         """How exploration spreads over the allowed actions (sums to 1)."""
