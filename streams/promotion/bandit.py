@@ -40,6 +40,13 @@ no other draw), and the choice among them takes the caller's generator (the prom
 seeds one per decision id). Same statistics, same features, same decision id: same choice,
 on any worker, in any batch.
 
+Cost: the draws are made once per change of the statistics (a model refresh): the Cholesky
+factor covers the base rate and the offers with statistics only, and an offer without any
+draws from its prior (closed form, the same numbers) when it is first scored, so a new action
+never refactors the posterior. A decision is then one matrix-vector product of its features
+with every draw and the objective over its allowed actions
+(``tests/test_promotion_seeded_replay.py``: a seeded replay decides as before this was so).
+
 Learning: `LinearThompson.update` with a reward (features, arm, purchased, redeemed) of an
 applied action; a bounded memory of decision ids makes a replayed reward a no-op. The whole
 state is plain JSON (`to_dict` / `from_dict`) for a Faust table or a checkpoint. The
