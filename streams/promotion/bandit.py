@@ -137,19 +137,28 @@ class _Arm:
 
 class _Draws:
     """The posterior draws of one model's statistics: each action's block of weights (dim,
-    draws) (block 0, ``none``: the base rate), side by side in ``weights``."""
+    draws) (block 0, ``none``: the base rate), side by side in ``weights``; room is kept for as
+    many actions again (unlearned ones, added when first scored)."""
 
     def __init__(self, arm_ids: Sequence[str], blocks: np.ndarray, draws: int) -> None:
         """``blocks``: (len(arm_ids), dim, draws)."""
         self.column = {arm_id: j for j, arm_id in enumerate(arm_ids)}
         self.draws = draws
-        self.weights = np.concatenate(blocks, axis=1)  # (dim, blocks * draws)
+        used = len(arm_ids) * draws
+        self._room = np.empty((blocks.shape[1], 2 * used))
+        self._room[:, :used] = np.concatenate(blocks, axis=1)
+        self.weights = self._room[:, :used]  # (dim, blocks * draws)
 
     def add(self, arm_id: str, block: np.ndarray) -> int:
         """Another action's block; returns its column."""
-        self.column[arm_id] = len(self.column)
-        self.weights = np.concatenate((self.weights, block), axis=1)
-        return self.column[arm_id]
+        column = len(self.column)
+        used = (column + 1) * self.draws
+        if used > self._room.shape[1]:
+            self._room = np.concatenate((self._room, np.empty_like(self._room)), axis=1)
+        self._room[:, used - self.draws : used] = block
+        self.column[arm_id] = column
+        self.weights = self._room[:, :used]
+        return column
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """``x' w`` of every draw of every block: (draws, blocks)."""
