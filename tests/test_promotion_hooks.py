@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
+from threadpoolctl import threadpool_info
 
 from agents import promotion
 from agents.promotion import LedgerTable, save_bandit
@@ -81,6 +82,12 @@ def test_the_worker_decides_with_the_objective_of_its_settings(tmp_path):
     hooks = promotion.register(create_app(settings))
     for objective in (hooks.policy.objective, hooks.policy.variants["bandit"].objective):
         assert (objective.horizon_weeks, objective.dependency_cost) == (4.0, 0.25)
+
+
+def test_the_worker_runs_the_bandits_linear_algebra_on_one_blas_thread(tmp_path):
+    promotion.register(create_app(Settings(policy="promotion", state_dir=tmp_path)))
+    openblas = [i for i in threadpool_info() if i["prefix"] == "libscipy_openblas"]
+    assert openblas and all(i["num_threads"] == 1 for i in openblas)
 
 
 def test_the_bandit_starts_from_a_retrained_file_and_keeps_learning_on_top(tmp_path):

@@ -40,6 +40,13 @@ no other draw), and the choice among them takes the caller's generator (the prom
 seeds one per decision id). Same statistics, same features, same decision id: same choice,
 on any worker, in any batch.
 
+Cost: the draws are made once per change of the statistics (a model refresh): the Cholesky
+factor covers the base rate and the offers with statistics only, and an offer without any
+draws from its prior (closed form, the same numbers) when it is first scored, so a new action
+never refactors the posterior. A decision is then one matrix-vector product of its features
+with every draw and the objective over its allowed actions
+(``tests/test_promotion_seeded_replay.py``: a seeded replay decides as before this was so).
+
 Learning: `LinearThompson.update` with a reward (features, arm, purchased, redeemed) of an
 applied action; a bounded memory of decision ids makes a replayed reward a no-op. The whole
 state is plain JSON (`to_dict` / `from_dict`) for a Faust table or a checkpoint. The
@@ -128,6 +135,36 @@ class _Arm:
         return (self.redeemed + 1.0) / (self.bought + 2.0)
 
 
+class _Draws:
+    """The posterior draws of one model's statistics: each action's block of weights (dim,
+    draws) (block 0, ``none``: the base rate), side by side in ``weights``; room is kept for as
+    many actions again (unlearned ones, added when first scored)."""
+
+    def __init__(self, arm_ids: Sequence[str], blocks: np.ndarray, draws: int) -> None:
+        """``blocks``: (len(arm_ids), dim, draws)."""
+        self.column = {arm_id: j for j, arm_id in enumerate(arm_ids)}
+        self.draws = draws
+        used = len(arm_ids) * draws
+        self._room = np.empty((blocks.shape[1], 2 * used))
+        self._room[:, :used] = np.concatenate(blocks, axis=1)
+        self.weights = self._room[:, :used]  # (dim, blocks * draws)
+
+    def add(self, arm_id: str, block: np.ndarray) -> int:
+        """Another action's block; returns its column."""
+        column = len(self.column)
+        used = (column + 1) * self.draws
+        if used > self._room.shape[1]:
+            self._room = np.concatenate((self._room, np.empty_like(self._room)), axis=1)
+        self._room[:, used - self.draws : used] = block
+        self.column[arm_id] = column
+        self.weights = self._room[:, :used]
+        return column
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """``x' w`` of every draw of every block: (draws, blocks)."""
+        return (x @ self.weights).reshape(-1, self.draws).T
+
+
 class LinearThompson:
     """Bayesian linear uplift model and Thompson choice for one merchant."""
 
@@ -140,8 +177,8 @@ class LinearThompson:
         self.arms: dict[str, _Arm] = {NONE: self._new_arm()}
         self.updates = 0
         self._seen: dict[str, None] = {}
-        self._posterior: tuple | None = None  # (offer arm ids, mean, cholesky factor)
-        self._draws: np.ndarray | None = None  # (draws, 1 + offers, dim)
+        self._posterior: tuple | None = None  # (learned offer arm ids, mean, cholesky factor)
+        self._draws: _Draws | None = None  # of the current statistics
 
     @property
     def version(self) -> str:
@@ -152,19 +189,22 @@ class LinearThompson:
 
     def _arm(self, arm_id: str) -> _Arm:
         arm = self.arms.get(arm_id)
-        if arm is None:
+        if arm is None:  # no statistics yet: the posterior does not change
             arm = self.arms[arm_id] = self._new_arm()
-            self._posterior = self._draws = None
         return arm
 
     def _design(self, features: np.ndarray) -> np.ndarray:
         return np.concatenate(([1.0], np.asarray(features, dtype=np.float64)))
 
     def posterior(self) -> tuple[list[str], np.ndarray, tuple]:
-        """Offer arm ids (block order), posterior mean (1 + offers, dim), Cholesky factor of
-        the precision."""
+        """Learned offer arm ids (block order), posterior mean (1 + learned offers, dim),
+        Cholesky factor of the precision.
+
+        Only offers with statistics take part: an offer without is independent of everything
+        else, its uplift's posterior its prior (mean 0, ``precision^-1/2 =
+        uplift_precision^-1/2``; `_draws`)."""
         if self._posterior is None:
-            offers = sorted(a for a in self.arms if a != NONE)
+            offers = sorted(a for a, arm in self.arms.items() if a != NONE and arm.gram.any())
             d, k = self.dim, len(offers)
             precision = np.zeros(((1 + k) * d, (1 + k) * d))
             target = np.zeros((1 + k) * d)
@@ -182,14 +222,16 @@ class LinearThompson:
             self._posterior = (offers, mean, factor)
         return self._posterior
 
-    def _sample(self) -> np.ndarray:
-        """The posterior draws, a function of the statistics (module docstring)."""
+    def _sample(self) -> _Draws:
+        """The posterior draws, a function of the statistics (module docstring); drawn once per
+        change of the statistics, an unlearned action's when it is first scored."""
         if self._draws is None:
             offers, mean, (lower, _) = self.posterior()
             z = np.concatenate([self._normals(arm_id) for arm_id in (NONE, *offers)])
             noise = solve_triangular(lower, z, lower=True, trans="T")  # precision^-1/2 z
             noise *= np.sqrt(self.config.noise_var)
-            self._draws = mean[None, :, :] + noise.T.reshape(self.config.draws, *mean.shape)
+            blocks = mean[:, :, None] + noise.reshape(len(mean), self.dim, self.config.draws)
+            self._draws = _Draws((NONE, *offers), blocks, self.config.draws)
         return self._draws
 
     def _normals(self, arm_id: str) -> np.ndarray:
@@ -198,11 +240,22 @@ class LinearThompson:
         rng = np.random.default_rng(int.from_bytes(seed, "big"))
         return rng.standard_normal((self.dim, self.config.draws))
 
+    def _prior_draws(self, arm_id: str) -> np.ndarray:
+        """An unlearned offer's uplift draws (dim, draws): its prior's."""
+        noise = self._normals(arm_id) / np.sqrt(self.config.uplift_precision)
+        return noise * np.sqrt(self.config.noise_var)
+
     def _columns(self, actions: Sequence[Action]) -> list[int]:
+        """Each action's block in the draws (``none``: 0, the base rate)."""
+        draws = self._sample()
+        columns = []
         for action in actions:
-            self._arm(action.id)
-        offers = self.posterior()[0]
-        return [0 if a.id == NONE else 1 + offers.index(a.id) for a in actions]
+            column = draws.column.get(action.id)
+            if column is None:
+                self._arm(action.id)
+                column = draws.add(action.id, self._prior_draws(action.id))
+            columns.append(column)
+        return columns
 
     def _objective(self, row: ChoiceInput, p: np.ndarray) -> np.ndarray:
         share = np.array(
@@ -222,10 +275,14 @@ class LinearThompson:
 
     def purchase_probability(self, features: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
         """Posterior-mean P(buy) of each action."""
-        columns = self._columns(actions)
-        x = self._design(features)
-        per_block = self.posterior()[1] @ x
-        uplift = np.where(np.array(columns) == 0, 0.0, np.maximum(per_block[columns], 0.0))
+        for action in actions:
+            self._arm(action.id)
+        offers, mean, _ = self.posterior()
+        per_block = mean @ self._design(features)
+        learned = {arm_id: j for j, arm_id in enumerate(offers, start=1)}
+        uplift = np.array(
+            [max(per_block[learned[a.id]], 0.0) if a.id in learned else 0.0 for a in actions]
+        )
         return np.clip(per_block[0] + uplift, P_MIN, P_MAX)
 
     def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice:
@@ -233,21 +290,19 @@ class LinearThompson:
         if k == 1:
             return Choice(0, 1.0, (1.0,), self.version)
         columns = np.array(self._columns(row.actions))
-        draws = self._sample() @ self._design(row.features)  # (draws, 1 + offers)
+        draws = self._sample().score(self._design(row.features))  # (draws, blocks)
         uplift = np.where(columns == 0, 0.0, np.maximum(draws[:, columns], 0.0))
-        p = np.clip(draws[:, :1] + uplift, P_MIN, P_MAX)
-        winners = np.argmax(self._objective(row, p), axis=1)
+        p = np.minimum(np.maximum(draws[:, :1] + uplift, P_MIN), P_MAX)
+        winners = self._objective(row, p).argmax(axis=1)
         votes = np.bincount(winners, minlength=k) / len(winners)
         explore = self.config.explore
         spread = self._exploration(row.actions)
-        probabilities = (1.0 - explore) * votes + explore * spread
+        probabilities = ((1.0 - explore) * votes + explore * spread).tolist()
         if rng.random() < explore:
             index = int(rng.choice(k, p=spread))
         else:
             index = int(winners[rng.integers(len(winners))])
-        return Choice(
-            index, float(probabilities[index]), tuple(map(float, probabilities)), self.version
-        )
+        return Choice(index, probabilities[index], tuple(probabilities), self.version)
 
     def _exploration(self, actions: Sequence[Action]) -> np.ndarray:
         """How exploration spreads over the allowed actions (sums to 1)."""

@@ -148,6 +148,10 @@ def _cart_fields(ctx: DecisionContext, generation: int, decision_id: str, experi
     }
 
 
+def _cart_products(state: dict) -> frozenset[str]:
+    return frozenset(line[0] for line in (state.get("cart") or {}).get("lines") or [])
+
+
 class PromotionPolicy:
     """Experiments + guard rails + variants (bandit, rules, static) + decision records."""
 
@@ -261,14 +265,14 @@ class PromotionPolicy:
         guardrails.expire_customer(promo, ctx.ts)
         arm = assign(self.experiment, ctx.customer_key)
         variant_name = variant_of(self.experiment, arm, self.default_variant)
-        cart_lines = (ctx.state.get("cart") or {}).get("lines") or []
+        coupon = _coupon(signals)
         actions = candidate_actions(
             merchant,
             ctx.cart_value,
             ctx.currency,
             ctx.ts,
-            _coupon(signals),
-            frozenset(line[0] for line in cart_lines),
+            coupon,
+            _cart_products(ctx.state) if coupon and merchant.product_coupons else frozenset(),
         )
         generation = ctx.generation
         if generation is None:
