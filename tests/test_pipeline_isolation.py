@@ -410,8 +410,8 @@ def test_a_poison_event_is_dead_lettered_with_its_origin_and_the_agent_goes_on(c
     cluster.flush()
     cluster.wait_processed(1 + 5 + 1, timeout=90)
 
-    decisions = cluster.read("decisions", min_count=5)  # one per cart (the default policy)
-    assert sorted(d["cart_event_id"] for d in decisions) == [
+    offers = cluster.read("promotions", min_count=5)  # the poisoned policy is the rules
+    assert sorted(o["cart_event_id"] for o in offers) == [
         "good-0",
         "good-1",
         "good-2",
