@@ -149,6 +149,20 @@ def test_stopping_the_stream_acknowledges_nothing_and_restores_it():
     run(scenario)
 
 
+def test_stopping_while_a_batch_fills_hands_nothing_over():
+    async def scenario(h: Harness) -> None:
+        await h.send(0)
+        batches = take_ready(h.stream, 10, linger_s=HOUR)
+        waiting = asyncio.ensure_future(anext(batches))
+        await turns()
+        await h.stream.stop()
+        with pytest.raises(StopAsyncIteration):
+            await waiting
+        assert h.acked == []
+
+    run(scenario)
+
+
 def test_a_linger_waits_for_the_batch_to_fill():
     async def scenario(h: Harness) -> None:
         await h.send(0, 1, 2)

@@ -97,10 +97,8 @@ async def _take_ready(
     stream._enable_passive(aiter(stream.channel))
     try:
         while not stream.should_stop:
-            if not ready.is_set():
-                await stream.wait_for_stopped(ready)
-            if not events:  # the stream stopped
-                continue
+            if not ready.is_set() and await stream.wait_for_stopped(ready):
+                break  # stopping: the buffer's events are read again after the restart
             handing = loop.create_future()
             try:
                 yield list(events)
@@ -115,5 +113,7 @@ async def _take_ready(
                 notify(handing)
                 handed.set()
     finally:
+        if timer is not None:
+            timer.cancel()
         stream.enable_acks = stream_enable_acks
         stream._processors.remove(add_to_buffer)
