@@ -1,6 +1,6 @@
 """One micro-batch of input events: parse, update state, decide, emit.
 
-The agent in ``agents.customer_events`` hands each batch from ``stream.take_events`` here.
+The agent in ``agents.customer_events`` hands each batch from `take_ready` here.
 Per batch, each customer's state is read from the table once and written once (coalesced
 writes); cart decisions go to the policy as one batch; outputs are produced with dedupe keys.
 Delivery is at-least-once: offsets are committed only after the batch's outputs and state

@@ -181,7 +181,11 @@ class Settings:
     )
     batch_size: int = _setting(500, "Most events per micro-batch", minimum=1)
     batch_window_s: float = _setting(
-        0.05, "Longest wait, in seconds, to fill a micro-batch", minimum=0
+        0.0,
+        "Longest wait, in seconds, for a micro-batch to fill after its first event; 0: a batch "
+        "takes the events that have arrived (up to `batch_size`) and goes at once "
+        "(agents/runtime/microbatch.py)",
+        minimum=0,
     )
     max_state_bytes: int = _setting(
         262144,
