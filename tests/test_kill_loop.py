@@ -166,7 +166,7 @@ def kill(cluster: Cluster, name: str) -> None:
 
 @pytest.mark.xfail(
     reason="known gap (docs/known-limits.md): under repeated SIGKILLs of two workers, about one "
-    "run in two ends with one customer of ~130 missing one input's effect (e.g. a checkout: "
+    "run in two ends with one customer missing one input's effect (e.g. a checkout: "
     "cart generation 1 instead of 2); not yet found",
     strict=False,
 )
