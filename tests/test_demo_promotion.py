@@ -288,3 +288,29 @@ def test_decision_line_shows_arm_action_propensity_value_and_sent():
     assert record["arm"] in line and record["action"] in line
     assert f"p={record['propensity']:.2f}" in line and "E[Δprofit] £" in line
     assert ("not sent" in line) != record["sent"]
+
+
+def test_the_tail_keeps_decisions_and_passes_over_repeats_of_them():
+    """A cart event that repeats its cart's decision has its own record (``repeat_of``, no
+    options or features): the tail neither counts it as a decision nor prices it (it crashed
+    the tail's thread on the empty features)."""
+    from agents.runtime.settings import Settings
+    from agents.tools.demo import Tail
+
+    tail = Tail(Settings(), echo=True, bandit=BanditMirror(ObjectiveConfig()))
+    try:
+        first = decision(120.0)
+        repeat = {
+            **first,
+            "decision_id": "r-1",
+            "repeat_of": first["decision_id"],
+            "options": [],
+            "features": [],
+            "sent": False,
+        }
+        tail._promotion("decide", first)
+        tail._promotion("decide", repeat)
+    finally:
+        tail.consumer.close()
+    assert list(tail.decisions) == [first["decision_id"]]
+    assert tail.counts["repeat"] == 1

@@ -260,6 +260,9 @@ class Tail(threading.Thread):
             if self.bandit is not None:
                 self.bandit.learn(value)
             return
+        if value.get("repeat_of") is not None:  # a cart event repeating its cart's decision
+            self.counts["repeat"] += 1
+            return
         self.decisions[value["decision_id"]] = value
         if self.responses is not None:
             self.responses.on_decision(value)
