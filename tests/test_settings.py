@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import fields, replace
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.runtime.app import faust_config
 from agents.runtime.settings import (
     DEFAULT_MERCHANTS,
     LOG_LEVELS,
@@ -61,6 +63,8 @@ def test_every_field_type_is_parsed():
         "NEXTBEST_REPLICATION_FACTOR": "3",
         "NEXTBEST_WEB_HOST": "0.0.0.0",
         "NEXTBEST_WEB_PORT": "7070",
+        "NEXTBEST_WEB_ADVERTISED_URL": "http://nextbest-1.nextbest:7070",
+        "NEXTBEST_STANDBY_REPLICAS": "2",
         "NEXTBEST_MERCHANTS_PATH": "/etc/nextbest/merchants.yaml",
         "NEXTBEST_MAX_EVENT_BYTES": "1024",
         "NEXTBEST_MAX_FUTURE_S": "3600",
@@ -112,6 +116,8 @@ def test_every_field_type_is_parsed():
         replication_factor=3,
         web_host="0.0.0.0",
         web_port=7070,
+        web_advertised_url="http://nextbest-1.nextbest:7070",
+        standby_replicas=2,
         merchants_path=Path("/etc/nextbest/merchants.yaml"),
         max_event_bytes=1024,
         max_future_s=3600.0,
@@ -195,6 +201,9 @@ def test_invalid_values_name_the_variable(name, raw, type_name):
         ({"NEXTBEST_API_ADMIN_TOKEN": "admin"}, "NEXTBEST_API_ADMIN_TOKEN must be at least"),
         ({"NEXTBEST_API_MAX_EVENTS": "0"}, "NEXTBEST_API_MAX_EVENTS"),
         ({"NEXTBEST_MAX_STATE_BYTES": "0"}, "NEXTBEST_MAX_STATE_BYTES must be >= 1"),
+        ({"NEXTBEST_WEB_ADVERTISED_URL": "nextbest-0:6066"}, "NEXTBEST_WEB_ADVERTISED_URL must"),
+        ({"NEXTBEST_WEB_ADVERTISED_URL": "http://0.0.0.0:6066"}, "not a wildcard address"),
+        ({"NEXTBEST_STANDBY_REPLICAS": "-1"}, "NEXTBEST_STANDBY_REPLICAS must be >= 0"),
         ({"NEXTBEST_POLICY": "bandit"}, "NEXTBEST_POLICY must be one of rules, promotion"),
         ({"NEXTBEST_PROMO_EXPERIMENT": "[1]"}, "NEXTBEST_PROMO_EXPERIMENT: expected a JSON"),
         ({"NEXTBEST_PROMO_EXPERIMENT": '{"holdout": 2}'}, "NEXTBEST_PROMO_EXPERIMENT: .*holdout"),
@@ -205,6 +214,36 @@ def test_invalid_values_name_the_variable(name, raw, type_name):
 def test_invalid_settings_name_the_variable(env, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({}, "http://127.0.0.1:6066"),
+        ({"NEXTBEST_WEB_HOST": "10.0.0.7", "NEXTBEST_WEB_PORT": "7000"}, "http://10.0.0.7:7000"),
+        ({"NEXTBEST_WEB_HOST": "::1"}, "http://[::1]:6066"),
+        ({"NEXTBEST_WEB_HOST": "0.0.0.0"}, f"http://{socket.gethostname()}:6066"),
+        ({"NEXTBEST_WEB_HOST": "::"}, f"http://{socket.gethostname()}:6066"),
+        (
+            {"NEXTBEST_WEB_HOST": "0.0.0.0", "NEXTBEST_WEB_ADVERTISED_URL": "http://w-2.nb:6066/"},
+            "http://w-2.nb:6066",
+        ),
+    ],
+)
+def test_a_worker_bound_to_every_interface_advertises_its_own_name(env, url):
+    """Faust keys partition ownership by the advertised URL: workers bound to 0.0.0.0 must not
+    all advertise http://0.0.0.0:6066 (their entries would collapse into one)."""
+    settings = Settings.from_env(env)
+    assert settings.advertised_url() == url
+    config = faust_config(settings)
+    assert config["canonical_url"] == url
+    assert config["web_bind"] == settings.web_host
+
+
+def test_standby_replicas_reach_faust():
+    assert faust_config(Settings.from_env({}))["table_standby_replicas"] == 1
+    config = faust_config(Settings.from_env({"NEXTBEST_STANDBY_REPLICAS": "0"}))
+    assert config["table_standby_replicas"] == 0
 
 
 def test_topic_overrides():

@@ -7,9 +7,11 @@ import json
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from models.next_purchase.paths import merchant_model_root
 from streams.merchants.catalog import DEFAULT_MERCHANTS
@@ -18,6 +20,8 @@ from streams.promotion.experiments import Experiment
 log = logging.getLogger(__name__)
 
 POLICIES = ("rules", "promotion")
+#: Bind addresses that mean every interface: a worker bound so advertises its host name.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
 
 
@@ -163,9 +167,27 @@ class Settings:
     replication_factor: int = _setting(
         1, "Replication factor of the topics nextbest creates", minimum=1
     )
-    web_host: str = _setting("127.0.0.1", "Address of the worker's web server (REST API, /metrics)")
+    web_host: str = _setting(
+        "127.0.0.1",
+        "Address the worker's web server (REST API, /metrics) binds; 0.0.0.0 or `::`: every "
+        "interface",
+    )
+    web_advertised_url: str = _setting(
+        "",
+        "URL at which the other workers reach this one (API calls forwarded to the owner of a "
+        "key's partition), e.g. `http://nextbest-0.nextbest:6066`; unique per worker. Empty: "
+        "`http://<web_host>:<web_port>`, with this machine's host name (a container's or pod's "
+        "name) when web_host binds every interface",
+    )
     web_port: int = _setting(
         6066, "Port of the worker's web server (REST API, /metrics)", minimum=0, maximum=65535
+    )
+    standby_replicas: int = _setting(
+        1,
+        "Warm standby copies of each table partition, kept on other workers from the changelog "
+        "(Faust's `table_standby_replicas`): a worker taking over a partition starts from its "
+        "standby instead of replaying the changelog",
+        minimum=0,
     )
     merchants_path: Path = _setting(
         DEFAULT_MERCHANTS, "Merchants file: promotion catalogs, product rule, delivery, journeys"
@@ -387,6 +409,20 @@ class Settings:
                 "NEXTBEST_POLICY",
                 f"NEXTBEST_POLICY must be one of {', '.join(POLICIES)}, got {self.policy!r}",
             )
+        if self.web_advertised_url:
+            url = urlsplit(self.web_advertised_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise SettingsError(
+                    "NEXTBEST_WEB_ADVERTISED_URL",
+                    "NEXTBEST_WEB_ADVERTISED_URL must look like http://host:port, got "
+                    f"{self.web_advertised_url!r}",
+                )
+            if url.hostname in WILDCARD_HOSTS:
+                raise SettingsError(
+                    "NEXTBEST_WEB_ADVERTISED_URL",
+                    "NEXTBEST_WEB_ADVERTISED_URL must name this worker, not a wildcard address "
+                    f"({url.hostname}): the other workers forward API calls to it",
+                )
         if self.promo_experiment:
             self.experiment()
         self.merchant_tokens()  # raises on a malformed NEXTBEST_API_*TOKENS
@@ -395,6 +431,17 @@ class Settings:
                 "NEXTBEST_API_ADMIN_TOKEN",
                 "NEXTBEST_API_ADMIN_TOKEN must be at least 16 characters",
             )
+
+    def advertised_url(self) -> str:
+        """The URL the other workers use for this one (``web_advertised_url``, or derived)."""
+        if self.web_advertised_url:
+            return self.web_advertised_url.rstrip("/")
+        host = self.web_host
+        if host in WILDCARD_HOSTS:
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.web_port}"
 
     def experiment(self) -> Experiment:
         """The promotion policy's experiment, from ``NEXTBEST_PROMO_EXPERIMENT``."""
