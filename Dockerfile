@@ -31,20 +31,24 @@ ENV PATH="/opt/venv/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     NEXTBEST_STATE_DIR=/var/lib/nextbest \
+    NEXTBEST_MODELS_DIR=/var/lib/nextbest-models \
     NEXTBEST_WEB_HOST=0.0.0.0 \
     NEXTBEST_WEB_PORT=6066
 
 RUN groupadd --system --gid 10001 nextbest \
     && useradd --system --uid 10001 --gid nextbest --home-dir /var/lib/nextbest \
        --no-create-home --shell /usr/sbin/nologin nextbest \
-    && mkdir -p /var/lib/nextbest /etc/nextbest \
-    && chown nextbest:nextbest /var/lib/nextbest
+    && mkdir -p /var/lib/nextbest /var/lib/nextbest-models /etc/nextbest \
+    && chown nextbest:nextbest /var/lib/nextbest /var/lib/nextbest-models
 
 COPY --from=build /opt/venv /opt/venv
 
 USER nextbest
 WORKDIR /var/lib/nextbest
-VOLUME ["/var/lib/nextbest"]
+# RocksDB state (one per worker) and the merchant models (one volume shared by every worker, so
+# that a model trained through any worker's API is served by all: docker-compose.yml). A new
+# named volume takes the owner of the folder it is mounted on, so the user can write to both.
+VOLUME ["/var/lib/nextbest", "/var/lib/nextbest-models"]
 EXPOSE 6066
 
 ENTRYPOINT ["nextbest"]

@@ -1,8 +1,8 @@
 """Static checks of the Docker/Compose deployment (no Docker engine, no network needed).
 
-docker-compose.yml, Dockerfile, .dockerignore, deploy/ (Prometheus, Grafana, merchants) and
-docs/docker.md must agree with each other and with the code: settings names, the web port,
-the broker address, the metric names the worker exports.
+docker-compose.yml, .env.example, Dockerfile, .dockerignore, deploy/ (the API proxy,
+Prometheus, Grafana, merchants) and docs/docker.md must agree with each other and with the code:
+settings names, the web port, the broker address, the metric names the worker exports.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.runtime.settings import Settings, Topics
+from agents.runtime.settings import (
+    TOKEN_SCOPES,
+    WILDCARD_HOSTS,
+    Settings,
+    SettingsError,
+    Topics,
+    env_name,
+)
+from agents.web.api import FORWARD_TIMEOUT, FORWARDED
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -31,8 +39,13 @@ GRAFANA_DATASOURCES = REPO / "deploy/grafana/provisioning/datasources"
 GRAFANA_DASHBOARD_PROVIDERS = REPO / "deploy/grafana/provisioning/dashboards"
 DASHBOARD = REPO / "deploy/grafana/dashboards/nextbest.json"
 DOCS = REPO / "docs/docker.md"
+ENV_EXAMPLE = REPO / ".env.example"
+GITIGNORE = REPO / ".gitignore"
+PROXY_CONFIG = REPO / "deploy/nginx/nextbest-api.conf"
+DOCKER_DNS = "127.0.0.11"  # Docker's embedded DNS server, inside every container
 
-SERVICES = {"kafka", "topics", "worker", "prometheus", "grafana"}
+SERVICES = {"kafka", "topics", "worker", "api", "prometheus", "grafana"}
+TOKEN_VARS = {env_name(name) for name in (*TOKEN_SCOPES, "api_admin_token")}
 
 # The documented Prometheus metrics of a worker (name as scraped -> type).
 DOCUMENTED_METRICS = {
@@ -83,7 +96,7 @@ EXTRA_METRICS = {
 METRICS = {**DOCUMENTED_METRICS, **EXTRA_METRICS}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
-SETTINGS_VARS = {f"NEXTBEST_{f.name.upper()}" for f in fields(Settings) if f.name != "topics"}
+SETTINGS_VARS = {env_name(f.name) for f in fields(Settings) if f.name != "topics"}
 TOPIC_VARS = {f"NEXTBEST_TOPIC_{f.name.upper()}" for f in fields(Topics)}
 NEXTBEST_VAR = re.compile(r"\bNEXTBEST_[A-Z0-9_]*[A-Z0-9]\b")
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
@@ -200,6 +213,56 @@ def web_port(services: dict) -> int:
     return int(service_env(services["worker"])["NEXTBEST_WEB_PORT"])
 
 
+NGINX_TOKEN = re.compile(r'"[^"]*"|[{};]|[^\s{};"]+')
+
+
+def nginx_config(text: str) -> list[tuple[str, list[str], list | None]]:
+    """nginx's configuration syntax as (directive, arguments, block or None), blocks nested;
+    comments dropped, quoted arguments unquoted. Raises ValueError on unbalanced braces or a
+    directive without its ``;``."""
+    tokens = NGINX_TOKEN.findall(re.sub(r"#[^\n]*", "", text))
+    position = 0
+
+    def block(closed_by: str | None) -> list:
+        nonlocal position
+        entries, words = [], []
+        while position < len(tokens):
+            token = tokens[position]
+            position += 1
+            if token == ";":
+                entries.append((words[0], [w.strip('"') for w in words[1:]], None))
+                words = []
+            elif token == "{":
+                entries.append((words[0], [w.strip('"') for w in words[1:]], block("}")))
+                words = []
+            elif token == "}":
+                if closed_by != "}" or words:
+                    raise ValueError(f"unexpected }} after {words}")
+                return entries
+            else:
+                words.append(token)
+        if closed_by or words:
+            raise ValueError("unterminated block or directive")
+        return entries
+
+    return block(None)
+
+
+def directives(entries: list, name: str) -> list[tuple[list[str], list | None]]:
+    return [(args, body) for directive, args, body in entries if directive == name]
+
+
+def dotenv(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of an env file as Compose reads them (comments and blanks skipped)."""
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"{path.name}: not KEY=value: {line!r}"
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
 # ---------------------------------------------------------------------------- compose
 
 
@@ -277,7 +340,11 @@ def test_nextbest_env_is_valid_settings(services: dict) -> None:
         assert settings.web_host == "0.0.0.0", "the worker must listen on all container interfaces"
         assert str(settings.state_dir) == "/var/lib/nextbest"
         assert settings.security_protocol == "PLAINTEXT"
-    assert service_env(services["topics"]) == service_env(services["worker"])
+    # The topics job sees the worker's broker, partitions and topics; only the worker gets the
+    # API tokens and its volumes' settings.
+    topics_env, worker_env = service_env(services["topics"]), service_env(services["worker"])
+    assert topics_env.items() <= worker_env.items()
+    assert not TOKEN_VARS & set(topics_env), "the topics job needs no API token"
 
 
 def test_every_nextbest_variable_is_a_setting() -> None:
@@ -285,6 +352,7 @@ def test_every_nextbest_variable_is_a_setting() -> None:
         COMPOSE_FILE: COMPOSE_FILE.read_text(),
         DOCKERFILE: DOCKERFILE.read_text(),
         DOCS: DOCS.read_text(),
+        ENV_EXAMPLE: ENV_EXAMPLE.read_text(),
     }
     seen = set()
     for path, text in texts.items():
@@ -345,6 +413,164 @@ def test_kafka_is_single_node_kraft(services: dict) -> None:
     assert int(env["KAFKA_NUM_PARTITIONS"]) == worker_settings.partitions
     assert worker_settings.replication_factor == 1
     assert f"kafka-data:{env['KAFKA_LOG_DIRS']}" in services["kafka"]["volumes"]
+
+
+# ---------------------------------------------------------------------------- the API entry
+
+
+def test_api_has_one_entry_on_the_loopback(services: dict) -> None:
+    """Only the `api` proxy publishes the API, on 127.0.0.1; the workers publish nothing."""
+    published = {
+        name: [interpolate(port) for port in service.get("ports", [])]
+        for name, service in services.items()
+    }
+    assert "ports" not in services["worker"]
+    (api_port,) = published["api"]
+    host_ip, host_port_number, container_port = api_port.split(":")
+    assert host_ip == "127.0.0.1", "the API must not listen on every host interface"
+    other_host_ports = {
+        p.split(":")[-2] for name, ports in published.items() if name != "api" for p in ports
+    }
+    assert host_port_number not in other_host_ports
+    (listen,) = directives(
+        directives(nginx_config(PROXY_CONFIG.read_text()), "server")[0][1], "listen"
+    )
+    assert listen[0] == [container_port], "the published port is not the one nginx listens on"
+    mounted, read_only = bind_mounts(services["api"])["/etc/nginx/conf.d/default.conf"]
+    assert mounted == PROXY_CONFIG.resolve() and read_only
+    # `server ... resolve` in an upstream is in open-source nginx from 1.27.3 on.
+    image, _, tag = services["api"]["image"].partition(":")
+    assert image == "nginx"
+    assert tuple(int(part) for part in tag.split("-")[0].split(".")) >= (1, 27, 3)
+
+
+def test_proxy_spreads_over_every_worker_replica(services: dict) -> None:
+    config = nginx_config(PROXY_CONFIG.read_text())
+    (resolver,) = directives(config, "resolver")
+    assert resolver[0][0] == DOCKER_DNS, "names must be resolved by Docker's DNS at run time"
+    assert any(arg.startswith("valid=") for arg in resolver[0])
+    (upstream,) = directives(config, "upstream")
+    upstream_name, upstream_body = upstream[0][0], upstream[1]
+    assert directives(upstream_body, "zone"), "`resolve` needs the upstream in shared memory"
+    (server,) = directives(upstream_body, "server")
+    address, *parameters = server[0]
+    assert "resolve" in parameters, "without `resolve` nginx resolves `worker` once, at start"
+    host, _, port = address.partition(":")
+    assert host == "worker" and host in services
+    assert int(port) == web_port(services), "the proxy must reach the workers' web port"
+
+    (server_block,) = directives(config, "server")
+    (location,) = directives(server_block[1], "location")
+    assert location[0] == ["/"]
+    body = location[1]
+    assert directives(body, "proxy_pass")[0][0] == [f"http://{upstream_name}"]
+    headers = {args[0]: args[1] for args, _ in directives(body, "proxy_set_header")}
+    assert headers.get(FORWARDED) == "", f"a client's {FORWARDED} must not reach a worker"
+    (read_timeout,) = directives(body, "proxy_read_timeout")
+    assert int(read_timeout[0][0].removesuffix("s")) > FORWARD_TIMEOUT.total
+    (body_limit,) = directives(server_block[1], "client_max_body_size")
+    size = body_limit[0][0]
+    limit = int(size[:-1]) * {"k": 1024, "m": 1024**2}[size[-1].lower()]
+    assert limit >= Settings().api_max_body_bytes, "the proxy would refuse bodies workers take"
+
+
+def test_nginx_config_parser_refuses_broken_syntax() -> None:
+    assert nginx_config("a b; c { d e; }") == [("a", ["b"], None), ("c", [], [("d", ["e"], None)])]
+    for broken in ("a b", "c { d e; ", "c { d e }", "a; }"):
+        with pytest.raises(ValueError):
+            nginx_config(broken)
+
+
+# ---------------------------------------------------------------------------- workers, scaled
+
+
+def test_scaled_workers_advertise_distinct_urls(
+    services: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas share one environment: each must still advertise a URL of its own (its
+    container's host name), or Faust's partition owners collapse into one entry."""
+    worker = services["worker"]
+    assert "hostname" not in worker, "a fixed hostname makes every replica advertise the same URL"
+    env = service_env(worker)
+    assert not env.get("NEXTBEST_WEB_ADVERTISED_URL"), "one URL for all replicas"
+    settings = Settings.from_env(env)
+    assert settings.web_host in WILDCARD_HOSTS
+    container_ids = ["3f1c2a9b8d7e", "a0b1c2d3e4f5", "9e8d7c6b5a43"]  # Docker's default names
+    urls = []
+    for container_id in container_ids:
+        monkeypatch.setattr("socket.gethostname", lambda name=container_id: name)
+        urls.append(settings.advertised_url())
+    assert urls == [f"http://{cid}:{web_port(services)}" for cid in container_ids]
+
+
+def test_models_volume_is_shared_by_every_worker(compose: dict, services: dict) -> None:
+    """One named volume for NEXTBEST_MODELS_DIR: a model trained through any replica's API is
+    served by all; the image owns the folder so that the volume is writable by its user."""
+    worker = services["worker"]
+    models_dir = service_env(worker)["NEXTBEST_MODELS_DIR"]
+    sources = {
+        volume.split(":")[1]: volume.split(":")[0]
+        for volume in worker["volumes"]
+        if volume.count(":") >= 1
+    }
+    source = sources[models_dir]
+    assert not source.startswith((".", "/")), "a named volume, not a bind mount"
+    assert source in compose["volumes"]
+    state_dir = service_env(worker)["NEXTBEST_STATE_DIR"]
+    assert Path(models_dir) != Path(state_dir) and Path(state_dir) not in Path(models_dir).parents
+
+    stage = final_stage()
+    env = dockerfile_env(stage)
+    assert env["NEXTBEST_MODELS_DIR"] == models_dir
+    assert models_dir in json.loads(dict(stage)["VOLUME"])
+    user = dict(stage)["USER"].split(":")[0]
+    runs = " ".join(args for ins, args in stage if ins == "RUN")
+    assert re.search(rf"mkdir -p [^&]*{re.escape(models_dir)}", runs)
+    assert re.search(rf"chown {user}:{user} [^&]*{re.escape(models_dir)}", runs)
+
+
+# ---------------------------------------------------------------------------- .env
+
+
+def test_every_interpolation_has_a_default() -> None:
+    """Compose parses the file without a .env: each ``${VAR}`` has a ``:-`` default."""
+    found = list(INTERPOLATION.finditer(COMPOSE_FILE.read_text()))
+    assert found
+    for match in found:
+        assert match.group(2) is not None, f"{match.group(0)} has no default"
+
+
+def test_api_tokens_come_from_env(services: dict) -> None:
+    env = services["worker"]["environment"]
+    for var in TOKEN_VARS:
+        assert env[var] == f"${{{var}:-}}", f"{var} must come from .env, empty by default"
+
+
+def test_env_example_fills_compose_and_is_not_committed() -> None:
+    example = dotenv(ENV_EXAMPLE)
+    used = {name for name, _ in INTERPOLATION.findall(COMPOSE_FILE.read_text())}
+    assert set(example) <= used, f"{sorted(set(example) - used)} set but not used by compose"
+    assert set(example) >= TOKEN_VARS
+    assert ".env" in GITIGNORE.read_text().splitlines(), "a .env with tokens must stay out of git"
+    assert ".env" in DOCKERIGNORE.read_text().splitlines(), "... and out of the image"
+
+
+def test_env_example_placeholders_are_refused_until_replaced() -> None:
+    """The placeholder is no token: a worker started with it stops naming the variable; once
+    the documented ``sed`` has put a fresh token in its place the settings load."""
+    example = {k: v for k, v in dotenv(ENV_EXAMPLE).items() if k.startswith("NEXTBEST_")}
+    placeholders = [var for var, value in example.items() if "change-me" in value]
+    assert placeholders == ["NEXTBEST_API_TOKENS"]
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(example)
+    assert refused.value.variable == "NEXTBEST_API_TOKENS"
+    filled = {
+        k: v.replace("change-me", "0123456789abcdef0123456789abcdef") for k, v in example.items()
+    }
+    tokens = Settings.from_env(filled).merchant_tokens()
+    assert tokens == {
+        "0123456789abcdef0123456789abcdef": ("uci-gift-shop", frozenset(TOKEN_SCOPES["api_tokens"]))
+    }
 
 
 # ---------------------------------------------------------------------------- Dockerfile
