@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -161,6 +163,25 @@ def test_schema_validation_catches_a_misspelt_nested_field(statefulset: dict) ->
     )
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not here")
+def test_kustomize_renders_what_the_schemas_accept(kustomization: dict, resources: dict) -> None:
+    """What `kubectl apply -k` would send: every object in the namespace, the image renamed."""
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KUBE)], capture_output=True, text=True, timeout=120
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    assert {(doc["kind"], doc["metadata"]["name"]) for doc in docs} == set(resources)
+    (image,) = kustomization["images"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == kustomization["namespace"]
+        if doc["kind"] in ("StatefulSet", "Job"):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                assert container["image"] == f"{image['newName']}:{image['newTag']}"
 
 
 # ---------------------------------------------------------------------------- the workers
