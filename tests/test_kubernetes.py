@@ -137,6 +137,7 @@ def test_kustomization_applies_every_manifest_but_the_secret_example(kustomizati
     assert len(listed) == len(set(listed))
     assert sorted(listed) == sorted(p.name for p in MANIFESTS if p != SECRET_EXAMPLE)
     assert SECRET_EXAMPLE.name not in listed, "tokens must not be applied from git"
+    assert "secrets.yaml" in (REPO / ".gitignore").read_text().splitlines(), "its filled copy"
     assert kustomization["namespace"]
     namespaces = [doc for doc in documents(KUBE / "namespace.yaml") if doc["kind"] == "Namespace"]
     assert [ns["metadata"]["name"] for ns in namespaces] == [kustomization["namespace"]]
