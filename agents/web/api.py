@@ -11,7 +11,9 @@
   producer partitions with murmur2, like Kafka's Java clients); 202 with per-event errors;
 - ``GET /customers/{key}/`` one customer's state record (``<merchant>:c:<customer_id>`` or
   ``:s:<session>``), for operators and tests; it holds contact addresses, hence scope ``read``;
-- ``GET /openapi.json`` the OpenAPI document (no token needed).
+- ``GET /openapi.json`` the OpenAPI document (no token needed);
+- ``GET /ready`` 200 when this worker can answer (assignment known, tables recovered), 503 with
+  the reason otherwise: Kubernetes' readiness probe (no token, `agents.web.readiness`).
 
 Every other endpoint needs ``Authorization: Bearer <token>`` with its scope (`agents.web.auth`):
 ``ingest`` for ``POST /events``, ``read`` for recommendations, promotions and customer state,
@@ -49,6 +51,7 @@ from agents.web.auth import Auth
 from agents.web.errors import ApiError, retry_later
 from agents.web.openapi import OPENAPI
 from agents.web.params import check_id, count_param, id_param, time_param
+from agents.web.readiness import worker_readiness
 from agents.web.training import JOB_SUFFIX, Trainer
 from schemas.events import INPUT_EVENTS
 from schemas.keys import iso, state_key
@@ -357,6 +360,13 @@ class Api:
             raise ApiError(404, f"no state for {key!r}")
         return view.bytes(orjson.dumps(orjson.loads(raw)), content_type="application/json")
 
+    async def ready(self, view: View, request: Request) -> Response:
+        state = worker_readiness(self.nb)
+        body = {"ready": state.ready, "partitions": state.partitions}
+        if not state.ready:  # the API's error shape, the reason as its message
+            return view.json({**body, "error": state.reason}, status=503)
+        return view.json(body)
+
     def check_event(self, event: object) -> tuple[str, bytes, bytes]:
         """(topic kind, record key, record value) of a valid event; InvalidEvent otherwise."""
         if not isinstance(event, dict):
@@ -421,6 +431,7 @@ def register(nb: NextbestApp, policy: Policy, models: ModelLookup | None = None)
     page("/events", post=api.events)
     page("/customers/{key}/", get=api.customer_state)
     page("/openapi.json", get=openapi)
+    page("/ready", get=api.ready)
 
     @app.on_before_shutdown.connect
     async def stop_jobs(app: faust.App, **kwargs: object) -> None:

@@ -410,6 +410,40 @@ OPENAPI: dict = {
                 },
             }
         },
+        "/ready": {
+            "get": {
+                "summary": "Whether this worker can answer API calls now (readiness probe)",
+                "description": "No token. Ready: no rebalance in progress, the tables recovered, "
+                "an owner known for every partition (this worker's own under its advertised "
+                "URL, NEXTBEST_WEB_ADVERTISED_URL).",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["ready", "partitions"],
+                            "properties": {
+                                "ready": {"const": True},
+                                "partitions": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                        "ready; partitions: how many partitions of the customers table it owns",
+                    ),
+                    "503": _json(
+                        {
+                            "type": "object",
+                            "required": ["ready", "partitions", "error"],
+                            "properties": {
+                                "ready": {"const": False},
+                                "partitions": {"type": "integer", "minimum": 0},
+                                "error": {"type": "string"},
+                            },
+                        },
+                        "not ready (rebalancing, recovering, assignment not known); the reason",
+                    ),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",
