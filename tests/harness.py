@@ -113,6 +113,7 @@ class Cluster:
             self.settings = replace(self.settings, policy=policy)
         ensure_topics(self.settings)
         self.workers: dict[str, tuple] = {}
+        self.urls: dict[str, str] = {}  # worker name -> its advertised URL
         self.producer = Producer(producer_config(self.settings))
 
     def use_promotion(self, merchants_yaml: str, experiment: dict) -> None:
@@ -128,20 +129,49 @@ class Cluster:
         ensure_topics(self.settings)
 
     def start_worker(
-        self, name: str, state_dir: str | None = None, command: Sequence[str] = WORKER_COMMAND
+        self,
+        name: str,
+        state_dir: str | None = None,
+        command: Sequence[str] = WORKER_COMMAND,
+        advertise: str | None = None,
     ) -> int:
-        """Worker ``name`` (``python -m <command>``, default the real worker); its web port."""
+        """Worker ``name`` (``python -m <command>``, default the real worker); its web port.
+
+        ``advertise``: an address of its own (a loopback one such as 127.0.0.2 on one machine):
+        the worker binds every interface and advertises ``http://<advertise>:<port>``, as a
+        container with its own name does. Default: bound to and advertised as 127.0.0.1.
+        """
+        port = self._spawn(name, state_dir, command, advertise)
+        wait_for_port("127.0.0.1", port, 60)
+        return port
+
+    def start_workers(self, advertise: dict[str, str]) -> list[int]:
+        """Workers ``name -> advertise`` (see `start_worker`) started together, so that their
+        start-ups overlap; their web ports."""
+        ports = [self._spawn(name, None, WORKER_COMMAND, host) for name, host in advertise.items()]
+        for port in ports:
+            wait_for_port("127.0.0.1", port, 60)
+        return ports
+
+    def _spawn(
+        self, name: str, state_dir: str | None, command: Sequence[str], advertise: str | None
+    ) -> int:
         port = free_port()
         settings = replace(
             self.settings, web_port=port, state_dir=self.tmp / (state_dir or f"state-{name}")
         )
+        if advertise is not None:
+            url = f"http://{advertise}:{port}"
+            settings = replace(settings, web_host="0.0.0.0", web_advertised_url=url)
         process = start_worker(settings, self.tmp / f"worker-{name}.log", command)
-        wait_for_port("127.0.0.1", port, 60)
         self.workers[name] = (process, port)
+        self.urls[name] = settings.advertised_url()
         return port
 
     def stop_worker(self, name: str) -> None:
+        """SIGTERM: the worker leaves the group gracefully (SIGKILL after 30 s)."""
         process, _ = self.workers.pop(name)
+        self.urls.pop(name)
         stop_worker(process)
 
     def log(self, name: str) -> str:
