@@ -2,13 +2,22 @@
 replayed events stream in, restarted on its state directory and once on an empty one, against
 one uninterrupted worker on the same events. Real embedded broker, real worker processes.
 
-What must hold (at-least-once without transactions, idempotent effects): no order applied twice
-(every customer's rfm, order list and cart equal the uninterrupted run's), nothing lost and
-nothing extra (the offers of the deterministic arm and every decision of it are the
-uninterrupted run's), no offer, decision or notification id emitted with two different contents,
-no decision id logged with two actions, the frequency cap and the budgets held. A record
-emitted twice with the same content is allowed (Tansu has no transactional producer; consumers
-dedupe on ``offer_id`` / ``decision_id`` / ``dedupe_key``): the test counts and prints them.
+What must hold (at-least-once without transactions, idempotent effects): no input applied twice
+and none lost, that is every customer's RFM, order list and cart generation equal the
+uninterrupted run's, and every cart event has its decision, under the same decision id, with no
+decision id the uninterrupted run has not; no offer, decision or notification id emitted with
+two different contents (so no decision id logged with two actions); every offer decided as sent
+emitted and no other; the frequency cap and the budgets held. A record emitted twice with the
+same content is allowed (Tansu has no transactional producer; consumers dedupe on
+``offer_id`` / ``decision_id`` / ``dedupe_key``): the test counts and prints them.
+
+What is not compared with the uninterrupted run: which offers were made, the cart's lines and
+the offers a customer received. They depend on how the input topics interleave, which Kafka
+does not order across topics: an order read before or after a cart change empties the cart's
+lines or not, and releases budget before or after another cart's decision, so a run that kills
+nothing differs there too (seen: two workers without a kill against one worker, two customers
+of 3,000 events with 1 vs 0 and 2 vs 4 offers received). The cart generation, moved only by the
+customer's own cart-topic events, and the orders, from one topic, do not depend on it.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from agents.runtime.topics import key_partition
 from agents.tools.processes import scrape
-from schemas.keys import is_customer_key, state_key
+from schemas.keys import is_customer_key
 from tests.harness import Cluster
 from tests.test_integration import real_events
 from tests.test_promotion_stream import read_topic
@@ -152,10 +161,9 @@ def by_id(records: list[dict], id_field: str, ignore: str | None = None) -> tupl
 
 
 def history(state: dict) -> tuple:
-    """What inputs applied twice would change: RFM, orders, the cart (but its time: the order
-    and the checkout before it are on two topics, read in either order, and both set it)."""
-    cart = {k: v for k, v in state["cart"].items() if k != "ts"}
-    return state["rfm"], state["orders"], cart, state["offers"]["received"]
+    """What an input applied twice or lost changes, whatever order the topics were read in:
+    RFM and orders (the orders topic), the cart generation (the customer's cart events)."""
+    return state["rfm"], state["orders"], state["cart"]["generation"]
 
 
 def kill(cluster: Cluster, name: str) -> None:
@@ -165,9 +173,9 @@ def kill(cluster: Cluster, name: str) -> None:
 
 
 @pytest.mark.xfail(
-    reason="known gap (docs/known-limits.md): under repeated SIGKILLs of two workers, about one "
-    "run in two ends with one customer missing one input's effect (e.g. a checkout: "
-    "cart generation 1 instead of 2); not yet found",
+    reason="known gap (docs/known-limits.md): about one run in five under load, one customer's "
+    "record ends without the effects of its inputs before a restart (seen: the RFM, orders and "
+    "cart generation of a fresh record); not yet found",
     strict=False,
 )
 def test_sigkilled_workers_match_one_uninterrupted_worker(tmp_path):
@@ -236,31 +244,13 @@ def test_sigkilled_workers_match_one_uninterrupted_worker(tmp_path):
         assert not twice, f"{kind}: {len(twice)} ids with two contents"
     print(f"\nrecords repeated with the same content after {KILLS} SIGKILLs: {repeats}")
 
-    # the rules arm decides from the cart events alone: exactly the uninterrupted run's
-    rules = {d["customer_key"] for d in expected["decisions"] if d["arm"] == "rules"}
-    rules |= {d["customer_key"] for d in got["decisions"] if d["arm"] == "rules"}
-
-    def outcome(decisions: list[dict]) -> dict:
-        return {
-            d["decision_id"]: (d["action"], d["sent"], d["offer_id"], d["guard"])
-            for d in decisions
-            if d["customer_key"] in rules
-        }
-
-    assert outcome(got["decisions"]) == outcome(expected["decisions"])
-    assert len(outcome(expected["decisions"])) > 50
-
-    def rules_offers(promotions: list[dict]) -> set[str]:
-        return {
-            o["offer_id"]
-            for o in promotions
-            if state_key(o["merchant_id"], o["customer_id"], o["session_id"]) in rules
-        }
-
-    assert rules_offers(got["promotions"]) == rules_offers(expected["promotions"])
-    # every offer emitted was decided (sent), and budgets held: per partition's share
+    # every cart event decided once, under its own id, and nothing else decided
+    decided = {d["decision_id"] for d in got["decisions"]}
+    assert decided == {d["decision_id"] for d in expected["decisions"]}
+    assert len(decided) > 500
+    # every offer decided as sent was emitted, and no other; budgets held: per partition's share
     sent = {d["offer_id"]: d for d in got["decisions"] if d["sent"]}
-    assert {o["offer_id"] for o in got["promotions"]} <= set(sent)
+    assert {o["offer_id"] for o in got["promotions"]} == set(sent)
     reserved: dict[tuple[str, int], float] = defaultdict(float)
     for d in {d["decision_id"]: d for d in sent.values()}.values():
         if d["promotion_id"] in BUDGETS:

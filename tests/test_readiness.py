@@ -58,3 +58,14 @@ def test_not_ready_says_why(changes, reason):
     assert not state.ready
     assert state.partitions == len(changes.get("owned", [1, 4]))
     assert re.search(reason, state.reason), state.reason
+
+
+@pytest.mark.parametrize("changes", [{"rebalancing": True}, {"recovered": False}])
+def test_a_settled_worker_stays_ready_through_a_rebalance(changes):
+    """Every member rebalances together: unready, they would all leave the API Service."""
+    assert decide(**changes, settled=True) == Readiness(True, 2, rebalancing=True)
+    assert not decide(**changes).ready  # before its first assignment: not yet
+
+
+def test_a_settled_worker_with_a_shared_url_is_not_ready():
+    assert not decide(owners={URL: [0, 1, 2, 3, 4, 5]}, settled=True).ready

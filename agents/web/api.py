@@ -93,6 +93,7 @@ class Api:
         settings = nb.settings
         self.auth = Auth(settings)
         self.trainer = Trainer(nb)
+        self.settled = False  # /ready answered ready once: it stays so through rebalances
         self.topics = {
             kind: nb.app.topic(
                 getattr(settings.topics, kind),
@@ -361,8 +362,11 @@ class Api:
         return view.bytes(orjson.dumps(orjson.loads(raw)), content_type="application/json")
 
     async def ready(self, view: View, request: Request) -> Response:
-        state = worker_readiness(self.nb)
+        state = worker_readiness(self.nb, self.settled)
+        self.settled = self.settled or state.ready
         body = {"ready": state.ready, "partitions": state.partitions}
+        if state.rebalancing:
+            body["rebalancing"] = True
         if not state.ready:  # the API's error shape, the reason as its message
             return view.json({**body, "error": state.reason}, status=503)
         return view.json(body)

@@ -5,6 +5,11 @@ Faust's assignment (what `agents.web.api.Api.owner` forwards by) names an owner 
 partition of the customers table, this worker's own partitions under its own advertised URL.
 The last check fails where two workers advertise one URL (their entries collapse into one), so
 such a worker never turns ready.
+
+Once ready, a worker stays ready through later rebalances (``settled``): every member of the
+group rebalances together, so dropping them from the API Service then would refuse every call,
+events too, which any worker accepts meanwhile; keyed calls answer 503 (retry) until the
+rebalance ends.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ class Readiness:
     ready: bool
     partitions: int  # partitions of the customers table this worker owns
     reason: str = ""  # why not, when not ready
+    rebalancing: bool = False  # ready (settled before) while a rebalance runs
 
 
 def readiness(
@@ -30,11 +36,14 @@ def readiness(
     owned: Collection[int],
     owners: Mapping[str, Collection[int]],
     url: str,
+    settled: bool = False,
 ) -> Readiness:
     """``owned``: this worker's partitions in its own assignment; ``owners``: advertised URL ->
     partitions, the whole group's assignment as Faust's router knows it; ``url``: this worker's
-    advertised URL."""
+    advertised URL; ``settled``: it was ready before."""
     count = len(owned)
+    if settled and (rebalancing or not recovered):
+        return Readiness(True, count, rebalancing=True)
     if rebalancing:
         return Readiness(False, count, "rebalancing")
     if not recovered:
@@ -52,7 +61,7 @@ def readiness(
     return Readiness(True, count)
 
 
-def worker_readiness(nb: NextbestApp) -> Readiness:
+def worker_readiness(nb: NextbestApp, settled: bool = False) -> Readiness:
     """`readiness` of the running worker, from its Faust app's state."""
     app = nb.app
     topic = nb.customers.changelog_topic.get_topic_name()
@@ -68,4 +77,5 @@ def worker_readiness(nb: NextbestApp) -> Readiness:
             for url, topics in app.router.table_metadata(nb.customers.name).items()
         },
         url=str(app.conf.canonical_url),
+        settled=settled,
     )
