@@ -173,9 +173,10 @@ def kill(cluster: Cluster, name: str) -> None:
 
 
 @pytest.mark.xfail(
-    reason="known gap (docs/known-limits.md): about one run in five under load, one customer's "
-    "record ends without the effects of its inputs before a restart (seen: the RFM, orders and "
-    "cart generation of a fresh record); not yet found",
+    reason="known gap (docs/known-limits.md): about one run in seven under load, customers of one "
+    "or two partitions end with no record in the changelog (seen after a worker was killed "
+    "before its first assignment: the next assignment gave the survivor input partitions whose "
+    "table partitions were not among its actives); not yet fixed",
     strict=False,
 )
 def test_sigkilled_workers_match_one_uninterrupted_worker(tmp_path):

@@ -7,7 +7,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TP
 
-from agents.runtime.transport import faust_broker_url, fetch_high_watermarks, resume_delivery
+from agents.runtime.transport import (
+    DrainingBuffer,
+    faust_broker_url,
+    fetch_high_watermarks,
+    resume_delivery,
+)
 from agents.tools.broker import EmbeddedBroker
 
 PARTITIONS = 4
@@ -108,3 +113,40 @@ def test_resume_cancelled_closes_the_delivery():
         return events
 
     assert asyncio.run(scenario()) == ["closed"]
+
+
+class SlowChannel:
+    """Stands for a topic whose records take ``seconds`` each to reach the client."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.published: list[int] = []
+
+    async def publish_message(self, fut: object, wait: bool = False) -> None:
+        await asyncio.sleep(self.seconds)
+        self.published.append(fut.message.value)
+
+
+class Pending:
+    def __init__(self, channel: SlowChannel, value: int) -> None:
+        self.message = type("Message", (), {"channel": channel, "value": value})()
+
+
+def test_a_draining_buffer_flushes_every_record_before_it_returns():
+    """Faust's buffer flush returns once 0.1 s pass without a record sent, and counts the record
+    its task holds as sent: the consumer then commits offsets past records not yet produced."""
+
+    async def main() -> list[int]:
+        buffer = DrainingBuffer()
+        buffer.app = type("App", (), {"conf": type("Conf", (), {"producer_threaded": False})})()
+        await buffer.start()
+        channel = SlowChannel(0.15)  # each record slower than Faust's 0.1 s patience
+        for value in range(4):
+            buffer.put(Pending(channel, value))
+        await asyncio.sleep(0)
+        await buffer.flush()
+        published = list(channel.published)
+        await buffer.stop()
+        return published
+
+    assert asyncio.run(main()) == [0, 1, 2, 3]

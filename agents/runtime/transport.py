@@ -25,7 +25,10 @@ Every broker, too: `RefusalTolerantProducer`. A record the producer refuses as t
 which crashes the app; the restarted worker read the same batch and crashed again. It is
 logged and counted (``nextbest_output_errors_total{topic}``) instead, as is a record the broker
 refuses after it was sent (Faust only logs those). The pipeline checks sizes before it sends
-(docs/architecture.md, "Failure isolation"): this is the net under that check.
+(docs/architecture.md, "Failure isolation"): this is the net under that check. Its buffer is a
+`DrainingBuffer`: the flush the consumer awaits before committing offsets returns only once
+every record put in the buffer reached the client, where Faust's returns after 0.1 s without
+progress (offsets committed past changelog records still buffered, lost in a SIGKILL).
 
 The embedded broker: the ``tansu://`` scheme, registered here. Against a real Kafka nothing of
 points 1 and 2 applies.
@@ -47,6 +50,7 @@ points 1 and 2 applies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Mapping
@@ -58,6 +62,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from faust.exceptions import ProducerSendError
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from faust.types.tuples import RecordMetadata
 from mode import ServiceT
@@ -198,9 +203,50 @@ class LeanDeliveryConsumer(faust_aiokafka.Consumer):
             unset_flag(FETCHING)
 
 
+class DrainingBuffer(ProducerBuffer):
+    """Faust's producer buffer, whose ``flush`` returns only once every record put in it was
+    handed to the client (aiokafka), the one being handed over included.
+
+    Faust's consumer awaits the producer's ``flush`` before it commits offsets. Faust's buffer
+    flush returns as soon as 0.1 s pass without a record leaving the buffer: on a busy worker
+    the event loop runs the agent's batch meanwhile, the buffer's task waits, and the offsets
+    were committed while changelog and output records of the batches before them were still in
+    the buffer; a worker killed then lost them for good (the SIGKILL loop: customers whose
+    records never reached the changelog). And a record the buffer's task had taken but not yet
+    handed over counted as flushed."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.handing_over = 0  # records taken from ``pending``, not yet handed to the client
+
+    async def _send_pending(self, fut: Any) -> None:
+        self.handing_over += 1
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self.handing_over -= 1
+
+    async def flush(self) -> None:
+        while self.size or self.handing_over:
+            if self.state != "running":
+                raise RuntimeError("Cannot flush: Producer not Running")
+            self.message_sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+
+
 class RefusalTolerantProducer(faust_aiokafka.Producer):
     """Faust's aiokafka producer; a record refused as too large fails its own future (logged,
-    counted) instead of raising in the producer buffer's task, which would crash the app."""
+    counted) instead of raising in the producer buffer's task, which would crash the app. Its
+    buffer is a `DrainingBuffer`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        buffer = DrainingBuffer(loop=self.loop, beacon=self.beacon)
+        buffer.app = self.buffer.app
+        if hasattr(self.buffer, "threaded_producer"):
+            buffer.threaded_producer = self.buffer.threaded_producer
+        self.buffer = buffer
 
     async def send(
         self,
