@@ -40,7 +40,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -454,16 +454,16 @@ class NextPurchaseScorer:
                 for row in group:
                     scored[row] = result
                 self._remember(customer, loaded.version, contexts[group[0]], result)
-        signals = [
-            _cart_signals(loaded.version, s, cart, self.top_k)
-            for s, cart in zip(scored, carts, strict=True)
-        ]
         similar, strong = loaded.similar, self.add_on_min_similarity
-        if similar is None:
-            return signals
         return [
-            replace(s, bought_together=tuple(similar.bought_with(cart, self.top_k, strong)))
-            for s, cart in zip(signals, carts, strict=True)
+            _cart_signals(
+                loaded.version,
+                s,
+                cart,
+                self.top_k,
+                similar.bought_with(cart, self.top_k, strong) if similar is not None else (),
+            )
+            for s, cart in zip(scored, carts, strict=True)
         ]
 
     def _remember(
@@ -492,7 +492,9 @@ def _enough(scored: Scored, cart: set[str], k: int, catalogue: int) -> bool:
     return outside >= k or len(scored.items) >= catalogue
 
 
-def _cart_signals(version: str, scored: Scored, cart: set[str], k: int) -> ModelSignals:
+def _cart_signals(
+    version: str, scored: Scored, cart: set[str], k: int, bought_together: Sequence[str]
+) -> ModelSignals:
     picks = [(p, s) for p, s in zip(scored.items, scored.scores, strict=True) if p not in cart]
     picks = picks[:k]
     return ModelSignals(
@@ -500,6 +502,7 @@ def _cart_signals(version: str, scored: Scored, cart: set[str], k: int) -> Model
         recommendations=tuple(p for p, _ in picks),
         probabilities=tuple(s for _, s in picks),
         cold_start=scored.cold_start,
+        bought_together=tuple(bought_together),
     )
 
 

@@ -28,7 +28,7 @@ moves the ``latest`` pointer, so the worker loads both or neither).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -174,29 +174,29 @@ class SimilarItems:
                 picks.append(Neighbour(item, 0.0, 0, POPULAR))
         return picks
 
-    def basket_scores(self, products: Iterable[str], min_score: float = 0.0) -> dict[int, float]:
-        """Summed similarity of each product to the basket's (index -> score), counting only
-        pairs of similarity ``min_score`` or more; the basket's products excluded."""
-        rows = [r for r in (self.index.get(p) for p in products) if r is not None]
-        if not rows:
-            return {}
-        neighbours, scores = self.neighbours[rows].ravel(), self.scores[rows].ravel()
-        keep = (neighbours >= 0) & (scores >= min_score)
-        summed = np.bincount(neighbours[keep], scores[keep], minlength=len(self.items))
-        summed[rows] = 0.0
-        found = np.flatnonzero(summed)
-        return dict(zip(found.tolist(), summed[found].tolist(), strict=True))
-
     def bought_with(
         self, products: Collection[str], n: int, min_score: float, exclude: Collection[str] = ()
     ) -> list[str]:
-        """Up to ``n`` products bought together with the basket ``products``: those with a
-        pair similarity of at least ``min_score`` to one of them, best summed similarity first
-        (ties: the more popular), none of ``products`` or ``exclude``."""
-        scored = self.basket_scores(products, min_score)
-        skip = set(products) | set(exclude)
-        ranked = sorted(scored, key=lambda j: (-scored[j], j))
-        return [self.items[j] for j in ranked if self.items[j] not in skip][:n]
+        """Up to ``n`` products bought together with the basket ``products`` (normalised ids,
+        as the loader and the worker's state keep them): those with a pair similarity of at
+        least ``min_score`` to one of them, by summed similarity over those pairs (ties: the
+        more popular), none of ``products`` or ``exclude``."""
+        rows = [row for row in map(self.index.get, products) if row is not None]
+        if not rows:
+            return []
+        neighbours, scores = self.neighbours[rows], self.scores[rows]
+        keep = (scores >= min_score) & (neighbours >= 0)
+        found, position = np.unique(neighbours[keep], return_inverse=True)
+        summed = np.bincount(position, scores[keep])
+        skip = {*products, *exclude}
+        picks: list[str] = []
+        for j in np.lexsort((found, -summed)).tolist():
+            item = self.items[found[j]]
+            if item not in skip:
+                picks.append(item)
+                if len(picks) == n:
+                    break
+        return picks
 
     def check(self) -> None:
         """Raise unless the table is usable (the worker checks a version before serving it)."""
