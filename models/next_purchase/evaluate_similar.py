@@ -80,7 +80,7 @@ def next_order_hits(
         n += 1
         hits["popularity"] += bool(target.intersection(popular(table, last, k)))
         hits["bought_together"] += bool(target.intersection(ranked(table, last, k)))
-    return {"customers": n, **{name: count / n for name, count in hits.items()}}
+    return {"customers": n, **{name: count / max(n, 1) for name, count in hits.items()}}
 
 
 def completion_cases(orders: dict[str, list[Order]], cutoff: float, seed: int) -> list[Completion]:
@@ -204,6 +204,13 @@ def main(argv: list[str]) -> int:
         "next_order_hit@10": next_order_hits(table, before, after, 10),
     }
     cases = completion_cases(orders, cutoff, args.seed)
+    if not cases or not result["next_order_hit@10"]["customers"]:
+        print(
+            f"nothing to evaluate after {args.cutoff}: no customer with orders on both sides "
+            "of it, or no order of two products after it",
+            file=sys.stderr,
+        )
+        return 1
     result["basket_completion"] = {
         "orders": len(cases),
         **completion_rates(table, cases, args.artifact),
@@ -213,10 +220,11 @@ def main(argv: list[str]) -> int:
         f"before {result['table_trained_before']}; evaluated after {args.cutoff}"
     )
     nxt = result["next_order_hit@10"]
+    ratio = nxt["bought_together"] / nxt["popularity"] if nxt["popularity"] else float("inf")
     print(
         f"\nnext order, products not in the last basket ({nxt['customers']:,} customers), "
         f"Hit@10: bought together {nxt['bought_together']:.4f} vs popularity "
-        f"{nxt['popularity']:.4f} ({nxt['bought_together'] / nxt['popularity']:.2f}x)"
+        f"{nxt['popularity']:.4f} ({ratio:.2f}x)"
     )
     print(f"\nbasket completion, half of each order as the cart ({len(cases):,} orders):")
     print(f"  {'method':<44} {'Hit@5':>7} {'Hit@10':>7} {'bought-together share':>22}")
