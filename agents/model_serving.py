@@ -29,5 +29,10 @@ def serving_policy(settings: Settings, base: Policy) -> tuple[NextPurchasePolicy
         observer=observer,
     )
     store.refresh()
-    scorer = NextPurchaseScorer(store, top_k=settings.model_top_k, observer=observer)
+    scorer = NextPurchaseScorer(
+        store,
+        top_k=settings.model_top_k,
+        observer=observer,
+        add_on_min_similarity=settings.add_on_min_similarity,
+    )
     return NextPurchasePolicy(base, scorer), store

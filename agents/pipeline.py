@@ -357,6 +357,7 @@ class Pipeline:
             recommendations=list(offer.recommendations),
             max_discount=offer.max_discount,
             coupon_product_id=offer.product_id,
+            recommendation_sources=list(offer.recommendation_sources),
         )
         promotion.update(offer.event_fields())
         key = ctx.customer_key.encode()

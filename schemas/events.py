@@ -68,6 +68,8 @@ FeedbackType = Literal[
 ]
 Channel = Literal["push", "email", "sms", "in_app"]
 OfferType = Literal["free_shipping", "percent_off", "threshold_nudge", "product_coupon"]
+#: where an offer's add-on comes from (`streams.decisions.BOUGHT_TOGETHER`, `NEXT_PURCHASE`)
+AddOnSource = Literal["bought_together", "next_purchase"]
 ActionKind = Literal["none", "free_shipping", "percent_off", "threshold_nudge", "product_coupon"]
 
 
@@ -177,6 +179,10 @@ class PromotionEvent(faust.Record, serializer="json"):
     percent_off: float | None = None
     amount_to_next_tier: float | None = None
     recommendations: list[str] | None = None
+    #: Where each of ``recommendations`` comes from, in the same order: ``bought_together``
+    #: (bought with the cart's products by other customers) or ``next_purchase`` (the
+    #: customer's predicted next purchase). Absent when the worker runs rules only.
+    recommendation_sources: list[AddOnSource] | None = None
     #: Next-purchase model outputs (absent when the worker runs rules only): the top predicted
     #: product not in the cart as a product-coupon candidate with its probability, the
     #: probability that the customer's next pick is one of ``recommendations``, and the model.

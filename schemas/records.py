@@ -40,9 +40,11 @@ def promotion_record(
     recommendations: list[str],
     max_discount: float | None = None,
     coupon_product_id: str | None = None,
+    recommendation_sources: list[str] | None = None,
 ) -> dict:
     """A ``PromotionEvent`` (topic ``promotions``), deduplicated on its offer id;
-    ``max_discount`` and ``coupon_product_id`` are written only when set."""
+    ``max_discount``, ``coupon_product_id`` and ``recommendation_sources`` are written only
+    when set."""
     record = {
         "schema_version": SCHEMA_VERSION,
         "offer_id": offer_id,
@@ -68,6 +70,8 @@ def promotion_record(
         record["max_discount"] = max_discount
     if coupon_product_id is not None:
         record["coupon_product_id"] = coupon_product_id
+    if recommendation_sources:
+        record["recommendation_sources"] = recommendation_sources
     return record
 
 

@@ -9,7 +9,7 @@ change to the agents. Batches let model-backed policies run inference once per m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from streams.merchants.catalog import Merchant, Promotion
@@ -46,6 +46,12 @@ class DecisionContext:
         )
 
 
+#: An offer's add-on sources: bought with the cart's products by other customers
+#: (`models.next_purchase.similar_items`), or the customer's predicted next purchase.
+BOUGHT_TOGETHER = "bought_together"
+NEXT_PURCHASE = "next_purchase"
+
+
 @dataclass(frozen=True)
 class Offer:
     offer_type: str  # "free_shipping" | "percent_off" | "threshold_nudge" | "product_coupon"
@@ -57,6 +63,9 @@ class Offer:
     recommendations: tuple[str, ...] = field(default_factory=tuple)
     max_discount: float | None = None  # the most the discount may be (promotion policy)
     product_id: str | None = None  # a product coupon's product (promotion policy)
+    #: where each of ``recommendations`` comes from (`BOUGHT_TOGETHER`, `NEXT_PURCHASE`);
+    #: empty when the offer does not say
+    recommendation_sources: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def key(self) -> str:
@@ -67,6 +76,24 @@ class Offer:
         """Fields this offer adds to its promotion event beyond the common ones (a subclass's
         extra signals, e.g. the next-purchase model's): none."""
         return {}
+
+
+def with_add_ons(offer: Offer, add_ons: Sequence[str], sources: Sequence[str]) -> Offer:
+    """``offer`` carrying the cart's ``add_ons`` (with their ``sources``) after its own
+    products (a product coupon's, the next-purchase model's pick), as many in all as the longer
+    of the two. What the shop shows with the offer; nothing an offer is decided or deduplicated
+    on (its `key`, type, promotion, discount) changes."""
+    if not add_ons:
+        return offer
+    own = offer.recommendations
+    own_sources = offer.recommendation_sources or (NEXT_PURCHASE,) * len(own)
+    picks = [(p, s) for p, s in zip(add_ons, sources, strict=True) if p not in own]
+    merged = [*zip(own, own_sources, strict=True), *picks][: max(len(own), len(add_ons))]
+    return replace(
+        offer,
+        recommendations=tuple(p for p, _ in merged),
+        recommendation_sources=tuple(s for _, s in merged),
+    )
 
 
 class Policy(Protocol):

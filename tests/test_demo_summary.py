@@ -157,3 +157,31 @@ def test_promotion_summary_has_every_section():
     assert figures["decisions_by_action"]["holdout"] == {"none": 6}
     assert figures["conversion_per_customer"]["learned"]["value"] == pytest.approx(6 / 9)
     assert [arm["arm"] for arm in figures["arms"]] == ["holdout", "learned"]
+
+
+def test_an_offers_tail_line_shows_its_add_ons_by_source(monkeypatch):
+    from agents.tools import demo_model
+
+    names = {"22697": "GREEN REGENCY TEACUP AND SAUCER", "85123A": "WHITE HANGING HEART"}
+    monkeypatch.setattr(demo_model, "PRODUCT_NAMES", names)
+    offer = {
+        "recommendations": ["22697", "22699", "85123A"],
+        "recommendation_sources": ["bought_together", "bought_together", "next_purchase"],
+    }
+    [line] = demo_model.model_line(offer).strip("\n").split("\n")
+    assert line.strip() == (
+        "add-ons  bought together: 22697 Green Regency Teacup…, 22699 · "
+        "next purchase: 85123A White Hanging Heart"
+    )
+    assert demo_model.model_line({"recommendations": []}) == ""  # rules only
+    with_model = {
+        **offer,
+        "recommendation_sources": ["next_purchase"] * 3,
+        "model_version": "v1",
+        "coupon_product_id": "85123A",
+        "coupon_probability": 0.25,
+        "purchase_propensity": 0.5,
+    }
+    lines = demo_model.model_line(with_model).strip("\n").split("\n")
+    assert "bought together" not in lines[0] and "next purchase: 22697" in lines[0]
+    assert lines[1].strip() == "coupon 85123A White Hanging Heart p=0.25 · propensity 0.50"

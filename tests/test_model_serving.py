@@ -34,6 +34,7 @@ from models.next_purchase.serving import (
     order_history,
     served_history,
 )
+from models.next_purchase.similar_items import STRONG_SIMILARITY, SimilarItems
 from schemas.validation import InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, ThresholdRulesPolicy
 from streams.merchants.catalog import DEFAULT_MERCHANTS, load_merchants
@@ -83,14 +84,24 @@ def replayed_states(retail_slice) -> dict[str, dict]:
     return states
 
 
-def save_tiny_model(root: Path, orders: dict[str, list[Order]], seed: int) -> Path:
-    """A small, untrained model over the slice's real catalogue, saved as a new version."""
+def save_tiny_model(
+    root: Path, orders: dict[str, list[Order]], seed: int, similar: bool = False
+) -> Path:
+    """A small, untrained model over the slice's real catalogue, saved as a new version; with
+    the item-to-item table of ``orders`` when ``similar``."""
     torch.manual_seed(seed)
     vocab = Vocab.build(orders)
     config = ModelConfig(emb_dim=8, hidden=8, repeat_hidden=8, gate_dim=4, item_repeat_dim=2)
     model = NextPurchaseLSTM(config, vocab.popularity).eval()
     settings = {"model": asdict(config), "encoder": asdict(EncoderConfig())}
-    return artifact.save(root, model, vocab, settings, f"{seed:064x}", metrics={})
+    table = SimilarItems.fit(orders) if similar else None
+    return artifact.save(root, model, vocab, settings, f"{seed:064x}", metrics={}, similar=table)
+
+
+def strongly_paired(table: SimilarItems) -> str:
+    """The most popular product with a neighbour at the add-on threshold."""
+    row = int(np.flatnonzero(table.scores[:, 0] >= STRONG_SIMILARITY)[0])
+    return table.items[row]
 
 
 @pytest.fixture
@@ -377,6 +388,66 @@ def test_an_offer_adds_its_signals_fields_to_the_promotion_event():
     ]
 
 
+def test_offers_put_the_carts_strong_neighbours_first_and_keep_the_models_signals(
+    shop, tmp_path, training_orders
+):
+    """With the version's item-to-item table, an offer's add-ons are the cart's strong
+    bought-together neighbours, then the model's picks, each marked; the coupon candidate and
+    the propensity (what the promotion policy reads) are the model's, as without the table."""
+    root = tmp_path / "with-table"
+    save_tiny_model(root, training_orders, seed=1, similar=True)
+    with_table = ModelStore(root)
+    assert with_table.refresh() is True
+    table = with_table.current.similar
+    assert table is not None and len(table) == len(with_table.current.recommender.vocab) - 1
+    without = ModelStore(root, similar_loader=lambda path: None)
+    without.refresh()
+    paired = strongly_paired(table)
+    regular = customer([(0.0, [table.items[5]])], cart=[paired])
+    unknown = customer([], cart=["NOT-IN-THE-TABLE"])
+    contexts = [
+        context(shop, "uci-gift-shop:c:1", regular, 70.0, "e1"),
+        context(shop, "uci-gift-shop:c:2", unknown, 70.0, "e2"),
+    ]
+    scorer = NextPurchaseScorer(with_table, top_k=5, add_on_min_similarity=STRONG_SIMILARITY)
+    offers = NextPurchasePolicy(ThresholdRulesPolicy(), scorer).decide_batch(contexts)
+    plain = NextPurchasePolicy(
+        ThresholdRulesPolicy(), NextPurchaseScorer(without, top_k=5)
+    ).decide_batch(contexts)
+    expected = table.bought_with({paired}, 5, STRONG_SIMILARITY)
+    assert expected  # the product has strong neighbours
+    first = offers[0]
+    assert first.signals.bought_together == tuple(expected)
+    assert first.recommendations[: len(expected)] == tuple(expected)
+    assert first.recommendation_sources[: len(expected)] == ("bought_together",) * len(expected)
+    assert set(first.recommendation_sources[len(expected) :]) <= {"next_purchase"}
+    assert len(first.recommendations) == 5 == len(set(first.recommendations))
+    assert paired not in first.recommendations
+    model_picks = [p for p in plain[0].recommendations if p not in expected]
+    assert list(first.recommendations[len(expected) :]) == model_picks[: 5 - len(expected)]
+    for offer, rules_only in zip(offers, plain, strict=True):  # what the policy reads
+        assert offer.signals.recommendations == rules_only.signals.recommendations
+        assert offer.event_fields() == rules_only.event_fields()
+    # a product the table does not know has no neighbours: the model's picks only
+    assert offers[1].recommendations == plain[1].recommendations
+    assert offers[1].recommendation_sources == ("next_purchase",) * 5
+    assert plain[0].recommendation_sources == ("next_purchase",) * 5  # no table: the model's
+    # a threshold above every similarity: the model's picks only
+    never = NextPurchaseScorer(with_table, top_k=5, add_on_min_similarity=1.01)
+    assert never.signals(contexts[:1])[0].add_ons == plain[0].recommendations
+
+
+def test_a_broken_table_keeps_the_previous_version(tmp_path, training_orders):
+    root = tmp_path / "models"
+    first = save_tiny_model(root, training_orders, seed=1, similar=True)
+    store = ModelStore(root)
+    assert store.refresh() is True
+    second = save_tiny_model(root, training_orders, seed=2, similar=True)
+    (second / "similar_items.npz").write_bytes(b"not an npz")
+    assert store.refresh() is False
+    assert store.current.version == first.name and store.current.similar is not None
+
+
 def test_a_checkout_later_in_the_batch_does_not_leak_into_the_decision(shop, model_root):
     """Decisions see the state the whole micro-batch left: an order placed after the cart
     change is neither history for it nor a reason to recommend what was in that cart."""
@@ -454,11 +525,11 @@ def test_failures_fall_back_to_rules_only(shop, model_root, tmp_path):
 
 @pytest.mark.parametrize(
     "env", [{"NEXTBEST_MODEL_RELOAD_S": "0"}, {"NEXTBEST_MODEL_THREADS": "0"},
-            {"NEXTBEST_MODEL_TOP_K": "0"}]
+            {"NEXTBEST_MODEL_TOP_K": "0"}, {"NEXTBEST_ADD_ON_MIN_SIMILARITY": "-0.1"}]
 )  # fmt: skip
 def test_model_settings_are_checked(env):
     assert Settings.from_env({}).model_path == ""  # default: rules only
-    with pytest.raises(ValueError, match="NEXTBEST_MODEL_"):
+    with pytest.raises(ValueError, match="NEXTBEST_(MODEL|ADD_ON)_"):
         Settings.from_env(env)
 
 

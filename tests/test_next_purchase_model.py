@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.next_purchase import artifact, encoding, evaluate, loading, train
+from models.next_purchase import artifact, encoding, evaluate, loading, similar_items, train
 from models.next_purchase import model as next_purchase
 from models.next_purchase.encoding import EncoderConfig, Vocab, encode_batch, encode_history
 from models.next_purchase.loading import file_sha256
@@ -72,6 +72,11 @@ def test_artifact_layout(trained):
     assert metrics["load_report"]["kept"] == 60 * 8 * 4
     assert 0.0 <= metrics["validation"]["hit@10"] <= 1.0
     assert metrics["best_epoch"] <= metrics["epochs_run"] <= 8
+    # the bought-together table of the same orders, in the same version
+    table = similar_items.load(path)
+    assert table.items == artifact.load(root).vocab.items[1:]
+    assert metrics["similar_items"]["products"] == len(table) == 30
+    assert metrics["similar_items"]["with_neighbours"] == 30  # every staple has customers
 
 
 def test_loaded_model_learns_staples(trained):

@@ -316,3 +316,40 @@ def test_a_new_customer_without_a_model_gets_the_priors_decision_logged():
         assert 0 < record["propensity"] <= 1
         assert (offer is not None) == record["sent"]
     assert any(r["sent"] for r in learned)  # the prior explores offers from the first cart
+
+
+class SignalsWithAddOns(Signals):
+    add_ons = ("CUP", "SKU9", "SAUCER")
+    add_on_sources = ("bought_together", "bought_together", "next_purchase")
+
+
+def test_offers_carry_the_carts_add_ons_and_decide_as_without_them():
+    """The add-ons ride on the offer after the decision: the same records, offers and
+    ledgers as with signals that have none; a coupon's product stays first."""
+    merchant = shop()
+    decided = []
+    for signals in (Signals, SignalsWithAddOns):
+        policy = PromotionPolicy(signals=lambda c, s=signals: [s()] * len(c))
+        contexts = [context(merchant, 160.0, customer=str(i), event_id=f"e{i}") for i in range(40)]
+        decided.append((policy.decide(contexts), policy.ledgers, [c.state for c in contexts]))
+    (plain, plain_ledgers, plain_states), (added, added_ledgers, added_states) = decided
+    assert [d.record for d in plain] == [d.record for d in added]
+    assert plain_ledgers == added_ledgers and plain_states == added_states
+    kinds = set()
+    for before, after in zip(plain, added, strict=True):
+        if before.offer is None:
+            assert after.offer is None
+            continue
+        assert after.offer.key == before.offer.key and after.offer.message == before.offer.message
+        kinds.add(after.offer.offer_type)
+        if before.offer.offer_type == "product_coupon":  # its product, then the others
+            assert after.offer.recommendations == ("SKU9", "CUP", "SAUCER")
+            assert after.offer.recommendation_sources == (
+                "next_purchase",
+                "bought_together",
+                "next_purchase",
+            )
+        else:
+            assert after.offer.recommendations == SignalsWithAddOns.add_ons
+            assert after.offer.recommendation_sources == SignalsWithAddOns.add_on_sources
+    assert "product_coupon" in kinds and len(kinds) > 1

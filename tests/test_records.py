@@ -73,6 +73,14 @@ def test_a_journey_notification_names_its_journey_step_and_products():
     [
         ({}, "recommendations"),
         ({"max_discount": 5.0, "coupon_product_id": "85123A"}, "coupon_product_id"),
+        ({"recommendation_sources": []}, "recommendations"),
+        (
+            {
+                "recommendations": ["22697", "85123A"],
+                "recommendation_sources": ["bought_together", "next_purchase"],
+            },
+            "recommendation_sources",
+        ),
     ],
 )
 def test_a_promotion_record_writes_the_optional_fields_only_when_set(extra, tail):
@@ -93,8 +101,7 @@ def test_a_promotion_record_writes_the_optional_fields_only_when_set(extra, tail
         reason="tier",
         percent_off=10.0,
         amount_to_next_tier=None,
-        recommendations=[],
-        **extra,
+        **{"recommendations": [], **extra},
     )
     assert record["dedupe_key"] == record["offer_id"] == "o1"
     assert record["decided_at"] == "2011-11-14T10:00:00.500000Z"

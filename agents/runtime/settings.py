@@ -242,8 +242,12 @@ class Settings:
     model_threads: int = _setting(
         1, "Torch threads for inference on the event loop's thread", minimum=1
     )
-    model_top_k: int = _setting(
-        5, "Predicted next products an offer carries (`recommendations`)", minimum=1
+    model_top_k: int = _setting(5, "Add-ons an offer carries (`recommendations`)", minimum=1)
+    add_on_min_similarity: float = _setting(
+        0.15,  # models.next_purchase.similar_items.STRONG_SIMILARITY (tested)
+        "Pair similarity from which a product bought together with the cart's goes before the "
+        "next-purchase model's picks on an offer's add-ons (0 to 1; above 1: never)",
+        minimum=0.0,
     )
     api_tokens: str = _setting(
         "",

@@ -246,6 +246,9 @@ class Tail(threading.Thread):
                     tqdm.write(self._line(kind, value))
                 self.counts[kind] += 1
                 self.counts["model"] += kind == "offer" and bool(value.get("model_version"))
+                self.counts["bought_together"] += kind == "offer" and "bought_together" in (
+                    value.get("recommendation_sources") or ()
+                )
                 if kind == "notify":
                     self.counts[f"source:{journey_label(value)}"] += 1
                     if self.opens is not None:
@@ -401,7 +404,12 @@ def run_demo(config: DemoConfig) -> int:
             from agents.tools.demo_model import model_summary
 
             offers = sum(v for k, v in tail.counts.items() if k.startswith("offer:"))
-            model_summary(scrape(settings.web_port), offers, tail.counts["model"])
+            model_summary(
+                scrape(settings.web_port),
+                offers,
+                tail.counts["model"],
+                tail.counts["bought_together"],
+            )
         promotion_summary(config.out, merchant, tail, responses, worker_updates(settings.web_port))
         return 0
     finally:

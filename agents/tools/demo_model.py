@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,8 @@ PRODUCT_NAMES: dict[str, str] = {}  # product id -> description, from the replay
 
 
 def loads(root: Path) -> str | None:
-    """The version the worker would serve from ``root``, or None if it has none that loads."""
+    """The version the worker would serve from ``root``, or None if it has none that loads
+    with its bought-together table (a version trained before the table is retrained)."""
     import logging
 
     from models.next_purchase.serving import ModelStore
@@ -28,7 +30,9 @@ def loads(root: Path) -> str | None:
     logging.getLogger("models.next_purchase.serving").setLevel(logging.CRITICAL)
     store = ModelStore(root)
     store.refresh()
-    return store.current.version if store.current else None
+    if store.current is None or store.current.similar is None:
+        return None
+    return store.current.version
 
 
 def prepare_model(root: Path, file: Path, cutoff: datetime) -> Path | None:
@@ -38,7 +42,11 @@ def prepare_model(root: Path, file: Path, cutoff: datetime) -> Path | None:
     if version:
         print(f"next-purchase model: {root / version}")
         return root
-    why = "none that loads with this code" if (root / "latest").is_file() else "none"
+    why = (
+        "none that loads with this code (and has a bought-together table)"
+        if (root / "latest").is_file()
+        else "none"
+    )
     print(
         f"next-purchase model: {why} in {root}; training a quick one first ({QUICK_EPOCHS} epochs "
         f"at most, on orders before {cutoff:%Y-%m-%d}; a few minutes on 2 cores).\n"
@@ -85,25 +93,44 @@ def send_order_history(settings: Settings, file: Path, window: list[ReplayEvent]
     return len(history)
 
 
+def _named(product: str) -> str:
+    """``85123A White Hanging Heart…``: the id and the start of the replayed description."""
+    name = textwrap.shorten(PRODUCT_NAMES.get(product, "").title(), 24, placeholder="…")
+    return f"{product} {name}".strip()
+
+
 def model_line(offer: dict) -> str:
-    """The next-purchase model's part of an offer in the live tail ("" without a model)."""
-    if not offer.get("model_version"):
-        return ""
-    coupon = offer["coupon_product_id"]
-    name = PRODUCT_NAMES.get(coupon, "")[:32]
-    return (
-        f"\n{'':>27}coupon {coupon} {name!r} p={offer['coupon_probability']:.2f} · add-ons "
-        f"{', '.join(offer['recommendations'][1:4])} · propensity "
-        f"{offer['purchase_propensity']:.2f}"
-    )
+    """The models' part of an offer in the live tail ("" without them): its add-ons by source
+    (bought together with the cart, the customer's predicted next purchase), and the coupon
+    candidate and propensity when the offer carries the next-purchase fields."""
+    lines = []
+    sources = offer.get("recommendation_sources") or ()
+    by_source: dict[str, list[str]] = {}
+    for product, source in zip(offer.get("recommendations") or (), sources, strict=True):
+        by_source.setdefault(source, []).append(product)
+    together, predicted = by_source.get("bought_together"), by_source.get("next_purchase")
+    if together or predicted:
+        parts = [f"bought together: {', '.join(map(_named, together[:3]))}"] if together else []
+        if predicted:
+            parts.append(f"next purchase: {', '.join(map(_named, predicted[:2]))}")
+        lines.append("add-ons  " + " · ".join(parts))
+    if offer.get("model_version"):
+        lines.append(
+            f"coupon {_named(offer['coupon_product_id'])} p={offer['coupon_probability']:.2f} · "
+            f"propensity {offer['purchase_propensity']:.2f}"
+        )
+    return "".join(f"\n{'':>27}{line}" for line in lines)
 
 
-def model_summary(totals: dict[str, float], offers: int, with_model: int) -> None:
+def model_summary(
+    totals: dict[str, float], offers: int, with_model: int, bought_together: int = 0
+) -> None:
     batches = totals.get("nextbest_model_inference_seconds_count", 0)
     mean_ms = totals.get("nextbest_model_inference_seconds_sum", 0) / max(batches, 1) * 1000
     predictions = totals.get("nextbest_model_predictions_total", 0)
     fallbacks = totals.get("nextbest_model_fallbacks_total", 0)
     served = f"recommendations on {with_model:,} of {offers:,} offers; " if with_model else ""
+    served += f"bought-together add-ons on {bought_together:,} of {offers:,} offers; "
     print(
         f"  next-purchase      {served}{predictions:,.0f} predictions (the promotion policy's "
         f"signals), {batches:,.0f} batched inferences (mean {mean_ms:.1f} ms); "

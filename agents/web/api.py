@@ -2,6 +2,10 @@
 
 - ``GET /product-recommendations?merchant=&customer=&n=`` the next-purchase model's top n for
   the customer's order history (503 when no model is loaded);
+- ``GET /similar-items?merchant=&product=&n=`` the products most often bought together with the
+  product (the item-to-item table trained with the model), the most popular ones for a product
+  the table does not know (``cold_start``); not customer-keyed, so the worker that gets it
+  answers from the models it loaded (every worker loads every merchant's), never forwarded;
 - ``GET /best-promotion?merchant=&customer=`` (or ``&session=``) what the policy would offer
   now for the current cart, with its reason (``&at=`` an ISO time to ask about another moment);
 - ``POST /predictors {"merchant"}`` starts a background ``nextbest train`` job for the
@@ -72,6 +76,7 @@ class ServingModel(Protocol):
 
     version: str
     recommender: Any  # has score_batch(histories, k) -> [Scored(items, scores, cold_start)]
+    similar: Any  # a SimilarItems (similar(product, n) -> SimilarResult), or None
 
 
 ModelLookup = Callable[[str], ServingModel | None]  # merchant id -> its model, if loaded
@@ -231,6 +236,45 @@ class Api:
                 "recommendations": [
                     {"product_id": item, "score": round(score, 6)}
                     for item, score in zip(scored.items, scored.scores, strict=True)
+                ],
+            }
+        )
+
+    async def similar_items(self, view: View, request: Request) -> Response:
+        merchant = self.merchant(request, request.query.get("merchant"), "read")
+        product = id_param(request, "product")
+        n = count_param(request)
+        model = self.models(merchant)
+        if model is None:
+            raise ApiError(
+                503,
+                "model not configured: no next-purchase model is loaded for "
+                "this merchant (set NEXTBEST_MODEL_PATH)",
+                merchant=merchant,
+            )
+        if model.similar is None:
+            raise ApiError(
+                503,
+                f"model {model.version} has no bought-together table (trained before it "
+                "existed): retrain with nextbest train or POST /predictors",
+                merchant=merchant,
+            )
+        found = model.similar.similar(product, n)
+        return view.json(
+            {
+                "merchant": merchant,
+                "product": product,
+                "model_version": model.version,
+                "cold_start": found.cold_start,
+                "known_product": found.known_product,
+                "similar_items": [
+                    {
+                        "product_id": item.product_id,
+                        "score": item.score,
+                        "orders_together": item.together,
+                        "source": item.source,
+                    }
+                    for item in found.items
                 ],
             }
         )
@@ -400,6 +444,7 @@ def offer_json(offer: Offer) -> dict:
         "percent_off": offer.percent_off,
         "amount_to_next_tier": offer.amount_to_next_tier,
         "recommendations": list(offer.recommendations),
+        "recommendation_sources": list(offer.recommendation_sources),
     }
 
 
@@ -429,6 +474,7 @@ def register(nb: NextbestApp, policy: Policy, models: ModelLookup | None = None)
         app.page(path)(view)
 
     page("/product-recommendations", get=api.recommendations)
+    page("/similar-items", get=api.similar_items)
     page("/best-promotion", get=api.best_promotion)
     page("/predictors", post=api.start_job)
     page("/predictors/{job}", get=api.job_status)

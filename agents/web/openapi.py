@@ -6,8 +6,10 @@ Every route, its parameters with their bounds, its body and every status it answ
 
 from __future__ import annotations
 
+from typing import get_args
+
 from agents.web.params import AT_RANGE, MAX_RECOMMENDATIONS
-from schemas.events import INPUT_EVENTS
+from schemas.events import INPUT_EVENTS, AddOnSource
 from schemas.json_schema import build_schemas
 from schemas.spec import ID_MAX_LENGTH, record_spec
 
@@ -68,6 +70,12 @@ def _errors(*statuses: int, **others: dict) -> dict:
 
 
 _MERCHANT = _query("merchant", "merchant id", _ID)
+_COUNT = _query(
+    "n",
+    "how many",
+    {"type": "integer", "minimum": 1, "maximum": MAX_RECOMMENDATIONS, "default": 10},
+    required=False,
+)
 
 
 def _input_event_schemas() -> dict[str, dict]:
@@ -110,6 +118,11 @@ OPENAPI: dict = {
                     "percent_off": {"type": ["number", "null"]},
                     "amount_to_next_tier": {"type": ["number", "null"]},
                     "recommendations": {"type": "array", "items": {"type": "string"}},
+                    "recommendation_sources": {
+                        "description": "where each recommendation comes from, in order",
+                        "type": "array",
+                        "items": {"enum": list(get_args(AddOnSource))},
+                    },
                 },
             },
             "Job": {
@@ -147,17 +160,7 @@ OPENAPI: dict = {
                 "parameters": [
                     _MERCHANT,
                     _query("customer", "customer id", _ID),
-                    _query(
-                        "n",
-                        "how many",
-                        {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": MAX_RECOMMENDATIONS,
-                            "default": 10,
-                        },
-                        required=False,
-                    ),
+                    _COUNT,
                 ],
                 "responses": {
                     "200": _json(
@@ -202,6 +205,74 @@ OPENAPI: dict = {
                             "503": _error(
                                 "no model loaded for the merchant (model not configured), or "
                                 "the partition assignment is not known yet (with Retry-After)"
+                            )
+                        },
+                    ),
+                },
+            }
+        },
+        "/similar-items": {
+            "get": {
+                "summary": "Products most often bought together with a product (item-to-item)",
+                "description": "Scope `read`. Not customer-keyed: the worker asked answers. A "
+                "product the table does not know (new since training), or one with no neighbour "
+                "seen in enough orders, gets the most popular products (`cold_start`); a short "
+                "neighbour list is filled with popular ones (`source`).",
+                "parameters": [
+                    _MERCHANT,
+                    _query("product", "product id (stock code)", _ID),
+                    _COUNT,
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": [
+                                "merchant",
+                                "product",
+                                "model_version",
+                                "cold_start",
+                                "known_product",
+                                "similar_items",
+                            ],
+                            "properties": {
+                                "merchant": {"type": "string"},
+                                "product": {"type": "string"},
+                                "model_version": {"type": "string"},
+                                "cold_start": {"type": "boolean"},
+                                "known_product": {"type": "boolean"},
+                                "similar_items": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": [
+                                            "product_id",
+                                            "score",
+                                            "orders_together",
+                                            "source",
+                                        ],
+                                        "properties": {
+                                            "product_id": {"type": "string"},
+                                            "score": {"type": "number", "minimum": 0},
+                                            "orders_together": {"type": "integer", "minimum": 0},
+                                            "source": {"enum": ["bought_together", "popular"]},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "neighbours, best first, then popular products up to n",
+                    ),
+                    **_errors(
+                        400,
+                        401,
+                        403,
+                        404,
+                        429,
+                        **{
+                            "503": _error(
+                                "no model loaded for the merchant (model not configured), or "
+                                "its version has no bought-together table (retrain)"
                             )
                         },
                     ),

@@ -3,7 +3,10 @@
 A version directory holds ``weights.pt`` (state dict), ``vocab.json`` (items and their statistics
 at the end of the training data), ``config.json`` (the training config, including model and
 encoder configs), ``metrics.json`` and ``data.json`` (the training file's sha256 and the
-artifact ``format``). `load` rebuilds a `Recommender` from it, and refuses another format.
+artifact ``format``), and the item-to-item table trained on the same orders
+(`models.next_purchase.similar_items`: ``similar_items.npz``, ``similar_items.json``; absent in
+a version trained before it). `load` rebuilds a `Recommender` from it, and refuses another
+format; the worker loads the table beside it (`models.next_purchase.serving.ModelStore`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from models.next_purchase.encoding import EncoderConfig, Vocab
 from models.next_purchase.model import ModelConfig, NextPurchaseLSTM, Recommender
+from models.next_purchase.similar_items import SimilarItems
 
 FORMAT = 3  # 2: scoring time (``now``) and catalogue statistics as model input; 3: + repeat_linear
 READS = (2, 3)  # a format-2 artifact loads as a model without the linear repeat term
@@ -28,8 +32,11 @@ def save(
     config: dict,
     data_sha256: str,
     metrics: dict,
+    similar: SimilarItems | None = None,
 ) -> Path:
-    """Write a new version directory, then point ``latest`` at it; returns the directory."""
+    """Write a new version directory (with ``similar``'s table when given), then point
+    ``latest`` at it; returns the directory. Everything is written before the pointer moves:
+    a worker never loads half a version."""
     root = Path(root)
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{data_sha256[:8]}"
     path = root / version
@@ -49,6 +56,8 @@ def save(
     }
     for name, payload in files.items():
         (path / name).write_text(json.dumps(payload, indent=1, default=str))
+    if similar is not None:
+        similar.save(path)
     (root / "latest.tmp").write_text(version + "\n")
     (root / "latest.tmp").replace(root / "latest")
     return path

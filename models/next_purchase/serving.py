@@ -7,17 +7,21 @@
   scorer the same model input without normalising the state's ids again (the encoder
   checks them against the catalogue instead).
 - `ModelStore` holds the loaded artifact and hot-reloads it: a thread watches the artifact
-  root's ``latest`` pointer, loads a new version off the event loop, checks it, builds its LSTM
-  kernels (`Recommender.warm_up`, with the serving thread's torch thread count) and swaps it in
-  with one assignment. A version that fails to load is logged and counted; the previous model
-  keeps serving. `MerchantModels` holds one store per merchant folder.
+  root's ``latest`` pointer, loads a new version (the LSTM and the item-to-item table beside
+  it) off the event loop, checks it, builds its LSTM kernels (`Recommender.warm_up`, with the
+  serving thread's torch thread count) and swaps it in with one assignment. A version that
+  fails to load is logged and counted; the previous model keeps serving. `MerchantModels`
+  holds one store per merchant folder.
 - `NextPurchaseScorer.signals` runs one batched inference per micro-batch over the customers'
-  order histories and returns a `ModelSignals` per cart: add-on recommendations (top-k products
-  not in the cart), a product-coupon candidate and a purchase propensity, scored as of the cart
-  event's time. A customer's ranking is reused for their later carts while their order history
-  is unchanged, for up to `CACHE_TTL_S` of event time (a shopping session has many cart changes
-  and one history; the model's time features are in days). Later policies (the promotion
-  model) read these signals.
+  order histories and returns a `ModelSignals` per cart: the model's top-k products not in the
+  cart, a product-coupon candidate and a purchase propensity, scored as of the cart event's
+  time, and the cart's add-ons: the cart products' strong "bought together" neighbours
+  (`models.next_purchase.similar_items`, pair similarity at least ``add_on_min_similarity``)
+  first, then the model's picks, each marked with its source. A customer's ranking is reused
+  for their later carts while their order history is unchanged, for up to `CACHE_TTL_S` of
+  event time (a shopping session has many cart changes and one history; the model's time
+  features are in days); the add-ons are looked up for every cart. Later policies (the
+  promotion model) read these signals.
 - `NextPurchasePolicy` wraps a base policy (the threshold rules) and attaches the signals to
   its offers. It never fails a batch: if the model is missing or fails, offers go out
   rules-only, counted as fallbacks. A `ModelOffer`'s `event_fields` are the signals' fields,
@@ -41,11 +45,12 @@ from pathlib import Path
 
 import torch
 
-from models.next_purchase import artifact
+from models.next_purchase import artifact, similar_items
 from models.next_purchase.encoding import Order
 from models.next_purchase.model import Recommender, Scored
 from models.next_purchase.paths import merchant_model_root
-from streams.decisions import DecisionContext, Offer, Policy
+from models.next_purchase.similar_items import STRONG_SIMILARITY, SimilarItems
+from streams.decisions import BOUGHT_TOGETHER, NEXT_PURCHASE, DecisionContext, Offer, Policy
 from streams.state.products import is_product, normalize_product
 
 log = logging.getLogger(__name__)
@@ -145,6 +150,24 @@ class ModelSignals:
     recommendations: tuple[str, ...]  # top-k predicted products not in the cart, best first
     probabilities: tuple[float, ...]  # P(the next pick is that product), per recommendation
     cold_start: bool  # no known product in the history: popularity ranking
+    #: the cart products' strong neighbours not in the cart, best first (none without a table)
+    bought_together: tuple[str, ...] = ()
+
+    @property
+    def add_ons(self) -> tuple[str, ...]:
+        """What the offer carries: the bought-together products, then the model's picks, as
+        many as the longer of the two. The coupon and propensity stay the model's alone, so
+        the promotion policy decides as it did before there were add-ons."""
+        k = max(len(self.recommendations), len(self.bought_together))
+        picks = (p for p in self.recommendations if p not in self.bought_together)
+        return (*self.bought_together, *picks)[:k]
+
+    @property
+    def add_on_sources(self) -> tuple[str, ...]:
+        """Where each of `add_ons` comes from: ``bought_together`` or ``next_purchase``."""
+        shown = len(self.add_ons)
+        together = min(len(self.bought_together), shown)
+        return (BOUGHT_TOGETHER,) * together + (NEXT_PURCHASE,) * (shown - together)
 
     @property
     def coupon_product_id(self) -> str | None:
@@ -187,7 +210,8 @@ class ModelOffer(Offer):
 
 def with_signals(offer: Offer, signals: ModelSignals) -> ModelOffer:
     base = {f.name: getattr(offer, f.name) for f in fields(Offer)}
-    return ModelOffer(**{**base, "recommendations": signals.recommendations}, signals=signals)
+    add_ons = {"recommendations": signals.add_ons, "recommendation_sources": signals.add_on_sources}
+    return ModelOffer(**{**base, **add_ons}, signals=signals)
 
 
 @dataclass(frozen=True)
@@ -195,6 +219,7 @@ class LoadedModel:
     version: str  # the artifact's version directory name
     path: Path
     recommender: Recommender
+    similar: SimilarItems | None = None  # None: a version trained before the table existed
 
 
 def check_recommender(recommender: Recommender) -> None:
@@ -219,10 +244,12 @@ class ModelStore:
         reload_s: float = 10.0,
         loader: Callable[[Path], Recommender] = artifact.load,
         observer: ServingObserver | None = None,
+        similar_loader: Callable[[Path], SimilarItems | None] = similar_items.load_optional,
     ) -> None:
         self.path = Path(path)
         self.reload_s = reload_s
         self.loader = loader
+        self.similar_loader = similar_loader
         self.observer = observer if observer is not None else ServingObserver()
         self.current: LoadedModel | None = None
         self._failed: str | None = None  # a version that failed: not retried until it changes
@@ -245,6 +272,9 @@ class ModelStore:
             try:
                 recommender = self.loader(target)
                 check_recommender(recommender)
+                similar = self.similar_loader(target)
+                if similar is not None:
+                    similar.check()
                 recommender.warm_up()
             except Exception:
                 self._failed = version
@@ -252,14 +282,18 @@ class ModelStore:
                 kept = self.current.version if self.current else "none (rules only)"
                 log.exception("next-purchase model %s failed to load; serving %s", target, kept)
                 return False
-            previous, self.current = self.current, LoadedModel(version, target, recommender)
+            loaded = LoadedModel(version, target, recommender, similar)
+            previous, self.current = self.current, loaded
             self._failed = None
             self.observer.model_loaded(version, previous.version if previous else None)
             log.warning(
-                "next-purchase model %s loaded in %.2fs (%d products)",
+                "next-purchase model %s loaded in %.2fs (%d products; %s)",
                 version,
                 time.perf_counter() - started,
                 len(recommender.vocab) - 1,
+                f"bought-together table of {len(similar)} products"
+                if similar is not None
+                else "no bought-together table: retrain for add-ons and /similar-items",
             )
             return True
 
@@ -304,8 +338,9 @@ class MerchantModels(ModelStore):
         reload_s: float = 10.0,
         loader: Callable[[Path], Recommender] = artifact.load,
         observer: ServingObserver | None = None,
+        similar_loader: Callable[[Path], SimilarItems | None] = similar_items.load_optional,
     ) -> None:
-        super().__init__(default_path or "", reload_s, loader, observer)
+        super().__init__(default_path or "", reload_s, loader, observer, similar_loader)
         self.has_default = bool(default_path)
         self.models_dir = Path(models_dir)
         self.merchants: dict[str, ModelStore] = {}
@@ -317,7 +352,7 @@ class MerchantModels(ModelStore):
                 root = merchant_model_root(self.models_dir, folder.name)
                 if folder.name not in self.merchants and root.is_dir():
                     self.merchants[folder.name] = ModelStore(
-                        root, self.reload_s, self.loader, self.observer
+                        root, self.reload_s, self.loader, self.observer, self.similar_loader
                     )
         for store in self.merchants.values():
             swapped = store.refresh() or swapped
@@ -342,10 +377,15 @@ class NextPurchaseScorer:
     """Batched next-purchase signals for cart decisions, with a per-customer result cache."""
 
     def __init__(
-        self, store: ModelStore, top_k: int = 5, observer: ServingObserver | None = None
+        self,
+        store: ModelStore,
+        top_k: int = 5,
+        observer: ServingObserver | None = None,
+        add_on_min_similarity: float = STRONG_SIMILARITY,
     ) -> None:
         self.store = store  # a `ModelStore` (one model) or `MerchantModels` (one per merchant)
         self.top_k = top_k
+        self.add_on_min_similarity = add_on_min_similarity
         self.observer = observer if observer is not None else ServingObserver()
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._last_error_log = 0.0
@@ -414,8 +454,15 @@ class NextPurchaseScorer:
                 for row in group:
                     scored[row] = result
                 self._remember(customer, loaded.version, contexts[group[0]], result)
+        similar, strong = loaded.similar, self.add_on_min_similarity
         return [
-            _cart_signals(loaded.version, s, cart, self.top_k)
+            _cart_signals(
+                loaded.version,
+                s,
+                cart,
+                self.top_k,
+                similar.bought_with(cart, self.top_k, strong) if similar is not None else (),
+            )
             for s, cart in zip(scored, carts, strict=True)
         ]
 
@@ -445,7 +492,9 @@ def _enough(scored: Scored, cart: set[str], k: int, catalogue: int) -> bool:
     return outside >= k or len(scored.items) >= catalogue
 
 
-def _cart_signals(version: str, scored: Scored, cart: set[str], k: int) -> ModelSignals:
+def _cart_signals(
+    version: str, scored: Scored, cart: set[str], k: int, bought_together: Sequence[str]
+) -> ModelSignals:
     picks = [(p, s) for p, s in zip(scored.items, scored.scores, strict=True) if p not in cart]
     picks = picks[:k]
     return ModelSignals(
@@ -453,6 +502,7 @@ def _cart_signals(version: str, scored: Scored, cart: set[str], k: int) -> Model
         recommendations=tuple(p for p, _ in picks),
         probabilities=tuple(s for _, s in picks),
         cold_start=scored.cold_start,
+        bought_together=tuple(bought_together),
     )
 
 

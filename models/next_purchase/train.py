@@ -21,6 +21,11 @@ purchases only, one order per customer and timestamp) instead of an Online Retai
 item is then a product unless ``--product-pattern`` says otherwise. ``--product-pattern`` is the
 merchant's product rule (`streams.state.products.product_rule`); the artifact's encoder keeps it, so
 serving encodes histories with the rule the model was trained on.
+
+The same orders train the item-to-item "bought together" table
+(`models.next_purchase.similar_items`, about a second on Online Retail), saved in the same version
+directory: one version is one training run on one data file, and the worker swaps both in at
+once.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from models.next_purchase.examples import Example, build_examples
 from models.next_purchase.interactions import EVERY_ITEM, load_interactions
 from models.next_purchase.loading import epoch_seconds, file_sha256, load_orders, split_at
 from models.next_purchase.model import ModelConfig, NextPurchaseLSTM, collate
+from models.next_purchase.similar_items import SimilarItems, SimilarityConfig
 from streams.state.products import product_rule
 
 DEFAULT_DATA = "../shared/data/online_retail.csv.gz"
@@ -68,6 +74,7 @@ class TrainConfig:
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    similar: SimilarityConfig = field(default_factory=SimilarityConfig)
 
 
 MIN_CUSTOMERS = 2
@@ -299,6 +306,13 @@ def main(argv: list[str]) -> int:
     except NotEnoughData as error:
         print(f"cannot train on {cfg.data}: {error}", file=sys.stderr)
         return 1
+    started = time.monotonic()
+    similar = SimilarItems.fit(orders, cfg.similar)
+    summary["similar_items"] = {
+        "products": len(similar),
+        "with_neighbours": int((similar.neighbours[:, 0] >= 0).sum()),
+        "seconds": round(time.monotonic() - started, 2),
+    }
     sha = file_sha256(cfg.data)
     path = artifact.save(
         cfg.out,
@@ -307,11 +321,14 @@ def main(argv: list[str]) -> int:
         config=asdict(cfg),
         data_sha256=sha,
         metrics={"load_report": asdict(report), **summary},
+        similar=similar,
     )
     val = summary["validation"]
     print(
         f"wrote {path} in {summary['seconds']}s; held-out customers: "
         + ", ".join(f"{k}={val[k]:.4f}" for k in ("hit@1", "hit@5", "hit@10", "hit@20", "mrr"))
+        + f"; bought-together neighbours for {summary['similar_items']['with_neighbours']:,} of "
+        f"{len(similar):,} products"
     )
     print(json.dumps({"artifact": str(path), "data_sha256": sha}))
     return 0

@@ -15,7 +15,10 @@ block now
 4. unless the customer is in the holdout: the offer is issued (budget reserved, offer recorded
    for the customer's limits) and returned to the agent; the decision's attribution window is
    opened (``streams.promotion.rewards``) for every decision, holdout and no-offer included;
-5. a decision record (``DecisionRecord`` in ``schemas/events.py``) for the decisions topic.
+5. a decision record (``DecisionRecord`` in ``schemas/events.py``) for the decisions topic;
+6. the offer carries the cart's add-ons from the next-purchase signals (``add_ons``: bought
+   together with the cart, then the model's picks; `streams.decisions.with_add_ons`), after
+   the step that decided it: the add-ons change nothing the policy decides or records.
 
 One randomised decision per cart: while the cart (its generation) and the actions the catalog
 allows stay the same, a later cart change repeats the decision (the agent then suppresses the
@@ -52,7 +55,7 @@ import numpy as np
 
 from schemas.keys import decision_id_for, iso, offer_id_for
 from schemas.records import SCHEMA_VERSION
-from streams.decisions import DecisionContext, Offer
+from streams.decisions import DecisionContext, Offer, with_add_ons
 from streams.promotion import guardrails, rewards
 from streams.promotion.actions import (
     Action,
@@ -217,9 +220,16 @@ class PromotionPolicy:
         offered: dict[str, list] = {}
         decisions = []
         for i, ctx in enumerate(contexts):
-            decision = self._decide_one(ctx, signals[i] if signals is not None else None, offered)
+            cart_signals = signals[i] if signals is not None else None
+            decision = self._decide_one(ctx, cart_signals, offered)
             if decision.offer is not None and ctx.generation is not None:
                 offered[ctx.customer_key] = [ctx.generation, decision.offer.key]
+            if decision.offer is not None and cart_signals is not None:
+                decision.offer = with_add_ons(
+                    decision.offer,
+                    getattr(cart_signals, "add_ons", ()),
+                    getattr(cart_signals, "add_on_sources", ()),
+                )
             decisions.append(decision)
         return decisions
 
