@@ -212,14 +212,7 @@ class Api:
         forwarded = await self.forward(view, request, key.encode())
         if forwarded is not None:
             return forwarded
-        model = self.models(merchant)
-        if model is None:
-            raise ApiError(
-                503,
-                "model not configured: no next-purchase model is loaded for "
-                "this merchant (set NEXTBEST_MODEL_PATH)",
-                merchant=merchant,
-            )
+        model = self.loaded_model(merchant)
         from models.next_purchase.serving import order_history  # torch is loaded when a model is
 
         state = self.state(key)
@@ -240,10 +233,8 @@ class Api:
             }
         )
 
-    async def similar_items(self, view: View, request: Request) -> Response:
-        merchant = self.merchant(request, request.query.get("merchant"), "read")
-        product = id_param(request, "product")
-        n = count_param(request)
+    def loaded_model(self, merchant: str) -> ServingModel:
+        """The merchant's loaded next-purchase model; 503 when none is."""
         model = self.models(merchant)
         if model is None:
             raise ApiError(
@@ -252,6 +243,13 @@ class Api:
                 "this merchant (set NEXTBEST_MODEL_PATH)",
                 merchant=merchant,
             )
+        return model
+
+    async def similar_items(self, view: View, request: Request) -> Response:
+        merchant = self.merchant(request, request.query.get("merchant"), "read")
+        product = id_param(request, "product")
+        n = count_param(request)
+        model = self.loaded_model(merchant)
         if model.similar is None:
             raise ApiError(
                 503,
