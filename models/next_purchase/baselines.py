@@ -74,9 +74,10 @@ def last_basket(histories: list[list[Order]], vocab: Vocab) -> torch.Tensor:
 # The field's next-basket baselines. Each scores the customers of ``histories`` (rows of the
 # result); ``others`` are the rest of the shop's customers before the cutoff, whose orders a
 # method may learn from (neighbours, item similarity, product intervals) but which are not
-# scored. Hyper-parameters: the dataclass defaults, chosen by
-# `nextbest evaluate --tune-baselines --cutoff 2011-07-01` (all customers' MRR on that cutoff,
-# never on the reported one; BENCHMARKS.md has the grid's figures).
+# scored. Hyper-parameters: the dataclass defaults, chosen on the UCI Online Retail file by
+# `nextbest evaluate --tune-baselines --cutoff 2011-07-01` (the best of `evaluate.TUNING_GRID`
+# by all customers' MRR at that cutoff, never at the reported 2011-10-01; BENCHMARKS.md has the
+# grid's figures).
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,10 @@ class TifuKnn:
     the ``neighbours`` customers nearest by cosine (those with a positive similarity)."""
 
     group_size: int = 7
-    within_decay: float = 0.9
-    across_decay: float = 0.7
+    within_decay: float = 1.0
+    across_decay: float = 0.4
     neighbours: int = 300
-    alpha: float = 0.7
+    alpha: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -104,25 +105,28 @@ class UpCf:
     customer's own included (similarity 1), which is where its repeat behaviour comes from."""
 
     recency: int | None = None
-    asymmetry: float = 0.75
+    asymmetry: float = 0.0
     locality: float = 5.0
 
 
 @dataclass(frozen=True)
 class RepurchaseCycle:
-    """Time-aware repurchase: the customer's products weighted by how due they are at ``now``.
+    """Time-aware repurchase: the customer's products weighted by how likely the product is
+    bought again at all and by how due it is at ``now``.
 
     A product's cycle for a customer is their own mean interval between orders holding it,
     shrunk towards the product's typical interval (the median over every customer who bought it
     at least twice; the median over all products where nobody did) with ``shrinkage`` pseudo
     intervals. Dueness x = days since the customer last bought it / that cycle; score = times
-    bought * (``floor`` + (1 - ``floor``) * exp(-ln(x)^2 / (2 ``width``^2))): highest when a
-    cycle has just elapsed, lower when bought recently or long overdue.
+    bought * the product's repeat rate (`Vocab.repeat_rate`: how often a customer who had bought
+    it bought it again) * (``floor`` + (1 - ``floor``) * exp(-ln(x)^2 / (2 ``width``^2))):
+    highest when a cycle has just elapsed, lower when bought recently or long overdue; ``floor``
+    1 leaves the dueness out.
     """
 
-    shrinkage: float = 2.0
+    shrinkage: float = 1.0
     width: float = 1.0
-    floor: float = 0.2
+    floor: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,8 @@ class ItemCooccurrence:
     counts (orders holding each product among their last ``recent_orders``, None: all) times
     that similarity (a product's similarity to itself is 1)."""
 
-    basis: str = "orders"
-    recent_orders: int | None = None
+    basis: str = "customers"
+    recent_orders: int | None = 10
 
 
 @dataclass(frozen=True)
@@ -280,8 +284,9 @@ def repurchase_cycle(
     cycle = (weight * own.to_numpy() + params.shrinkage * typical) / (weight + params.shrinkage)
     due = np.maximum(now / _DAY - pairs["max"].to_numpy(), 1e-3) / cycle
     kernel = np.exp(-(np.log(due) ** 2) / (2 * params.width**2))
-    score = pairs["count"].to_numpy() * (params.floor + (1 - params.floor) * kernel)
     customer, item = pairs["customer"].to_numpy(), pairs["item"].to_numpy()
+    likely = pairs["count"].to_numpy() * np.asarray(vocab.repeat_rate, dtype=np.float64)[item]
+    score = likely * (params.floor + (1 - params.floor) * kernel)
     scored = customer < n
     primary = np.zeros((n, len(vocab)))
     primary[customer[scored], item[scored]] = score[scored]

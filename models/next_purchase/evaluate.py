@@ -104,12 +104,20 @@ TUNING_GRID = {
     "tifu_knn": {
         "group_size": [3, 7],
         "within_decay": [0.9, 1.0],
-        "across_decay": [0.6, 0.8, 1.0],
-        "neighbours": [100, 300],
-        "alpha": [0.5, 0.7, 0.9],
+        "across_decay": [0.4, 0.6, 0.8, 1.0],
+        "neighbours": [300, 1000],
+        "alpha": [0.3, 0.5, 0.7, 0.9],
     },
-    "up_cf": {"recency": [1, 3, 10, None], "asymmetry": [0.25, 0.5, 0.75], "locality": [1, 5, 10]},
-    "repurchase_cycle": {"shrinkage": [1, 5], "width": [0.5, 1.0, 2.0], "floor": [0.1, 0.3, 0.6]},
+    "up_cf": {
+        "recency": [1, 3, 10, None],
+        "asymmetry": [0.0, 0.25, 0.5, 0.75],
+        "locality": [1, 5, 10],
+    },
+    "repurchase_cycle": {
+        "shrinkage": [1, 5, 20],
+        "width": [1.0, 2.0, 4.0],
+        "floor": [0.3, 0.6, 0.9, 1.0],
+    },
     "item_cooccurrence": {"basis": ["orders", "customers"], "recent_orders": [1, 3, 10, None]},
 }
 
