@@ -475,6 +475,25 @@ def test_evaluate_protocol(tmp_path):
         assert low <= ablation["hit@10"] <= high
 
 
+def test_tune_baselines_scores_every_combination_and_trains_nothing(tmp_path, monkeypatch):
+    data = tmp_path / "shop.csv"
+    _shop(data, customers=12, orders=5)
+    monkeypatch.setattr(evaluate, "fit", lambda *a, **k: pytest.fail("--tune-baselines trains"))
+    out = tmp_path / "tuning"
+    argv = ["--data", str(data), "--cutoff", "2011-02-01", "--out", str(out), "--tune-baselines"]
+    assert evaluate.main(argv) == 0
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["cutoff"] == "2011-02-01" and tuning["metric"] == "mrr"
+    assert set(tuning["baselines"]) == set(evaluate.TUNING_GRID) == set(evaluate.FIELD_PARAMS)
+    for name, grid in evaluate.TUNING_GRID.items():
+        rows = tuning["baselines"][name]["grid"]
+        assert len(rows) == np.prod([len(values) for values in grid.values()])
+        assert [r["mrr"] for r in rows] == sorted((r["mrr"] for r in rows), reverse=True)
+        chosen = type(evaluate.FIELD_PARAMS[name])(**rows[0]["params"])
+        assert tuning["baselines"][name]["chosen"] == repr(chosen)
+    assert not (out / "evaluation.json").exists()
+
+
 def test_discovery_ranks_only_products_never_bought():
     """Customer 0 re-buys item 1 and tries item 3; customer 1 only re-buys: out of discovery."""
     targets = evaluate.Targets(
