@@ -565,10 +565,10 @@ def main(argv: list[str]) -> int:
     print(split_table(results))
     intervals = {
         name: {
-            f"hit@{k}": gain_interval(
+            metric: gain_interval(
                 [r["all"] for r in ranks], [r["all"] for r in ranks_of[REFERENCE]], k
             )
-            for k in (1, 10)
+            for metric, k in COMPARED.items()
         }
         for name, ranks in ranks_of.items()
     }
