@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import sparse
 
 from models.next_purchase import baselines
 from models.next_purchase.encoding import Order, Vocab
@@ -155,3 +156,19 @@ def test_repurchase_ranks_an_overdue_product_above_a_recently_bought_one():
     # two weeks later Q's cycle has come round and P is three cycles late: Q first
     later = baselines.repurchase_cycle(customer, vocab, 55 * DAY, others)
     assert _order_of(later, vocab)[:2] == ["Q", "P"]
+
+
+def test_up_cf_similarity_is_an_asymmetric_cosine_one_to_oneself():
+    """Profiles u = (1, 1, 0), v = (1, 0, 0): u.v 1, |u|^2 2, |v|^2 1."""
+    profiles = sparse.csr_matrix(np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+    for asymmetry, locality in ((0.0, 1), (0.5, 1), (0.75, 5)):
+        params = baselines.UpCf(asymmetry=asymmetry, locality=locality)
+        similarity = baselines.up_cf_similarity(profiles, 2, params)
+        np.testing.assert_allclose(np.diag(similarity), [1.0, 1.0])
+        assert similarity[0, 1] == pytest.approx((1 / 2**asymmetry) ** locality)
+        assert similarity[1, 0] == pytest.approx((1 / 2 ** (1 - asymmetry)) ** locality)
+    assert baselines.up_cf_similarity(profiles, 1, baselines.UpCf(asymmetry=0.5, locality=1))[
+        0, 1
+    ] == (
+        pytest.approx(1 / np.sqrt(2))  # asymmetry 0.5: the cosine
+    )

@@ -100,9 +100,10 @@ class TifuKnn:
 class UpCf:
     """UP-CF@r (Faggioli et al., UMAP 2020). A customer's profile holds, per product, the share
     of their last ``recency`` orders holding it (None: all orders). Similarity of customers u, v:
-    asymmetric cosine ``u.v / (|u| ** asymmetry * |v| ** (1 - asymmetry))`` raised to the
-    locality ``q``; score = the similarity-weighted sum of every customer's profile, the
-    customer's own included (similarity 1), which is where its repeat behaviour comes from."""
+    asymmetric cosine ``u.v / (|u|^2 ** asymmetry * |v|^2 ** (1 - asymmetry))`` (the paper's
+    set sizes, here over the profiles; asymmetry 0.5 is the cosine) raised to the ``locality``;
+    score = the similarity-weighted sum of every customer's profile, the customer's own
+    included (similarity 1), which is where its repeat behaviour comes from."""
 
     recency: int | None = None
     asymmetry: float = 0.0
@@ -238,6 +239,15 @@ def tifu_knn(
     return _ranked(params.alpha * own + (1.0 - params.alpha) * (pick @ vectors).toarray())
 
 
+def up_cf_similarity(profiles: sparse.csr_matrix, n: int, params: UpCf) -> np.ndarray:
+    """(n, customers) UP-CF's similarity of the first ``n`` profiles to every profile."""
+    sizes = np.asarray(profiles.multiply(profiles).sum(axis=1)).ravel()  # |u|^2
+    sizes = np.where(sizes > 0, sizes, 1.0)
+    similarity = (profiles[:n] @ profiles.T).toarray()
+    similarity /= sizes[:n, None] ** params.asymmetry * sizes[None, :] ** (1 - params.asymmetry)
+    return similarity**params.locality
+
+
 def up_cf(
     histories: Sequence[list[Order]],
     vocab: Vocab,
@@ -245,17 +255,12 @@ def up_cf(
     params: UpCf = UpCf(),
 ) -> torch.Tensor:
     """UP-CF@r (see `UpCf`), popularity filling and breaking ties."""
-    n = len(histories)
     lines = _lines(histories, vocab, others)
     window = lines.orders_of_customer if params.recency is None else params.recency
     recent = lines.back < window
     share = np.where(recent, 1.0 / np.minimum(window, lines.orders_of_customer), 0.0)
     profiles = lines.matrix(share)
-    norms = np.sqrt(np.asarray(profiles.multiply(profiles).sum(axis=1)).ravel())
-    norms = np.where(norms > 0, norms, 1.0)
-    similarity = (profiles[:n] @ profiles.T).toarray()
-    similarity /= norms[:n, None] ** params.asymmetry * norms[None, :] ** (1 - params.asymmetry)
-    similarity **= params.locality
+    similarity = up_cf_similarity(profiles, len(histories), params)
     return _ranked(np.asarray(profiles.T @ similarity.T).T)
 
 
