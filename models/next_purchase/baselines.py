@@ -106,7 +106,7 @@ class UpCf:
     included (similarity 1), which is where its repeat behaviour comes from."""
 
     recency: int | None = None
-    asymmetry: float = 0.0
+    asymmetry: float = 0.25
     locality: float = 5.0
 
 
