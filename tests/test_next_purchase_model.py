@@ -437,12 +437,33 @@ def test_evaluate_protocol(tmp_path):
     result = _evaluate_shop(tmp_path, customers=30, orders=6, cutoff="2011-02-10")
     assert result["protocol"]["customers"] == 30
     baselines = {"popular_orders", "popular_units", "personal_frequency", "last_basket"}
+    baselines |= set(evaluate.FIELD_PARAMS)
     expected = {*baselines, *evaluate.MODELS}
     assert set(result["results"]) == expected
+    assert set(result["baseline_seconds"]) == baselines
     for res in result["results"].values():
         assert set(res) == {"all", "<=10_orders", "discovery"}
         assert res["all"]["hit@1"] <= res["all"]["hit@5"] <= res["all"]["hit@20"] <= 1.0
         assert res["discovery"]["n"] == result["protocol"]["customers_discovery"] > 0
+        for cohort in ("all", "<=10_orders"):
+            for k in train.KS:
+                parts = res[cohort][f"hit@{k}_repeat"] + res[cohort][f"hit@{k}_explore"]
+                assert parts == pytest.approx(res[cohort][f"hit@{k}"])
+        assert "hit@1_repeat" not in res["discovery"]
+    # every target holds the customer's two staples: frequency's hits are all repeats
+    assert result["results"]["personal_frequency"]["all"]["hit@1_explore"] == 0.0
+    # the strongest baseline of each cohort and metric, and every other method against it
+    compared = result["against_strongest_baseline"]
+    assert set(compared) == {"all", "<=10_orders", "discovery"}
+    for cohort, by_metric in compared.items():
+        assert set(by_metric) == set(evaluate.COMPARED)
+        for metric, c in by_metric.items():
+            assert c["baseline"] in baselines
+            assert c["value"] == max(result["results"][b][cohort][metric] for b in baselines)
+            assert set(c["methods"]) == expected - {c["baseline"]}
+            for figures in c["methods"].values():
+                low, high = figures["interval95"] or (-1.0, float("inf"))
+                assert low <= figures["gain"] <= high
     # every target holds both staples, bought in every earlier order: frequency finds them
     assert result["results"]["personal_frequency"]["all"]["hit@1"] == 1.0
     assert result["results"]["popular_orders"]["all"]["hit@1"] < 1.0
@@ -459,6 +480,25 @@ def test_evaluate_protocol(tmp_path):
         assert low <= ablation["hit@10"] <= high
 
 
+def test_tune_baselines_scores_every_combination_and_trains_nothing(tmp_path, monkeypatch):
+    data = tmp_path / "shop.csv"
+    _shop(data, customers=12, orders=5)
+    monkeypatch.setattr(evaluate, "fit", lambda *a, **k: pytest.fail("--tune-baselines trains"))
+    out = tmp_path / "tuning"
+    argv = ["--data", str(data), "--cutoff", "2011-02-01", "--out", str(out), "--tune-baselines"]
+    assert evaluate.main(argv) == 0
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["cutoff"] == "2011-02-01" and tuning["metric"] == "mrr"
+    assert set(tuning["baselines"]) == set(evaluate.TUNING_GRID) == set(evaluate.FIELD_PARAMS)
+    for name, grid in evaluate.TUNING_GRID.items():
+        rows = tuning["baselines"][name]["grid"]
+        assert len(rows) == np.prod([len(values) for values in grid.values()])
+        assert [r["mrr"] for r in rows] == sorted((r["mrr"] for r in rows), reverse=True)
+        chosen = type(evaluate.FIELD_PARAMS[name])(**rows[0]["params"])
+        assert tuning["baselines"][name]["chosen"] == repr(chosen)
+    assert not (out / "evaluation.json").exists()
+
+
 def test_discovery_ranks_only_products_never_bought():
     """Customer 0 re-buys item 1 and tries item 3; customer 1 only re-buys: out of discovery."""
     targets = evaluate.Targets(
@@ -473,6 +513,24 @@ def test_discovery_ranks_only_products_never_bought():
     assert ranks["discovery"].tolist() == [2.0]
     metrics = evaluate.cohort_metrics(ranks, targets.small)
     assert metrics["discovery"]["n"] == 1 and metrics["discovery"]["mrr"] == 0.5
+
+
+def test_repeat_explore_splits_each_hit_by_its_best_placed_target():
+    """Customer 0's best target is a repeat at rank 2, its best new one at rank 4; customer 1
+    has only a new target, at rank 1; customer 2 ties (a repeat); customer 3 misses."""
+    repeat = torch.tensor([2.0, torch.inf, 3.0, torch.inf])
+    explore = torch.tensor([4.0, 1.0, 3.0, 30.0])
+    split = evaluate.repeat_explore(repeat, explore)
+    assert (split["hit@1_repeat"], split["hit@1_explore"]) == (0.0, 0.25)
+    assert (split["hit@5_repeat"], split["hit@5_explore"]) == (0.5, 0.25)
+    assert (split["hit@20_repeat"], split["hit@20_explore"]) == (0.5, 0.25)
+
+
+def test_gain_interval_of_mrr():
+    """k None: the ratio of mean reciprocal ranks; a method that always ranks 1 against one
+    always at 2 gains exactly +100%."""
+    first, second = [torch.ones(50)], [torch.full((50,), 2.0)]
+    assert evaluate.gain_interval(first, second, None) == pytest.approx([1.0, 1.0])
 
 
 def test_gains_where_the_reference_never_hits_are_none():

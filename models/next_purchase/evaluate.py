@@ -20,10 +20,24 @@ Protocol:
   own past products removed, the target being the new products only. Personal frequency and
   last basket reduce to their popularity fill there; it is where the LSTM term has to earn
   its keep, since the repeat score only ranks past products.
+* Repeat / explore split (Li et al., "A Next Basket Recommendation Reality Check"): in the
+  cohorts all and "<= 10 orders", each Hit@k is split by the best-placed target product in the
+  top k: one the customer bought before (``hit@k_repeat``) or a new one (``hit@k_explore``);
+  the two add up to Hit@k.
 * Methods: most popular by orders, most popular by units, personal purchase frequency (orders
   holding the product, popularity breaking ties and filling the rest), last basket with
-  popularity fill, the model without its LSTM (learned repeat + popularity scores: the
-  ablation) and the full model, each trained on the pre-cutoff orders once per ``--seeds``.
+  popularity fill, the field's next-basket baselines (TIFU-KNN, UP-CF, a time-aware repurchase
+  cycle, item-to-item co-occurrence: `baselines`; they learn from every customer's orders
+  before the cutoff, scored or not), the model without its LSTM (learned repeat + popularity
+  scores: the ablation) and the full model, each trained on the pre-cutoff orders once per
+  ``--seeds``.
+* Every method against personal frequency (all customers) and against the strongest baseline
+  of each cohort and metric (Hit@1, Hit@10, MRR): relative gains with 95% paired bootstrap
+  intervals over customers.
+* ``--tune-baselines`` chooses the field's baselines' hyper-parameters instead: a small grid
+  each (`TUNING_GRID`), scored by all customers' MRR at ``--cutoff``; run it on an earlier
+  cutoff than the reported one (2011-07-01 for 2011-10-01) and put the chosen values into the
+  defaults of the parameter classes in `baselines`.
 
 Writes ``evaluation.json`` (every figure) and ``evaluation.png`` (bars per method and k) to
 ``--out`` and prints the table. ``--artifact`` evaluates a saved model instead of training; it
@@ -33,11 +47,15 @@ is refused unless that model was trained with a cutoff no later than this one.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -74,6 +92,34 @@ _DAY = 86400.0
 
 
 DISCOVERY = "discovery"
+SMALL_COHORT = f"<={SMALL}_orders"
+COMPARED = {"hit@1": 1, "hit@10": 10, "mrr": None}  # metric -> k of `gain_interval`
+FIELD_PARAMS = {  # the parameters the evaluation runs them with: each class's tuned defaults
+    "tifu_knn": baselines.TifuKnn(),
+    "up_cf": baselines.UpCf(),
+    "repurchase_cycle": baselines.RepurchaseCycle(),
+    "item_cooccurrence": baselines.ItemCooccurrence(),
+}
+TUNING_GRID = {
+    "tifu_knn": {
+        "group_size": [3, 7],
+        "within_decay": [0.9, 1.0],
+        "across_decay": [0.4, 0.6, 0.8, 1.0],
+        "neighbours": [300, 1000],
+        "alpha": [0.3, 0.5, 0.7, 0.9],
+    },
+    "up_cf": {
+        "recency": [1, 3, 10, None],
+        "asymmetry": [0.0, 0.25, 0.5, 0.75],
+        "locality": [1, 5, 10],
+    },
+    "repurchase_cycle": {
+        "shrinkage": [1, 5, 20],
+        "width": [1.0, 2.0, 4.0],
+        "floor": [0.3, 0.6, 0.9, 1.0],
+    },
+    "item_cooccurrence": {"basis": ["orders", "customers"], "recent_orders": [1, 3, 10, None]},
+}
 
 
 @dataclass
@@ -99,23 +145,51 @@ class Targets:
 
 def method_ranks(scores: torch.Tensor, targets: Targets) -> dict[str, torch.Tensor]:
     """Each customer's rank of the best-placed target product: ``all`` over the whole
-    catalogue, `DISCOVERY` (its customers only) among the products they never bought."""
+    catalogue (``repeat`` and ``explore``: of the best-placed one the customer bought before,
+    and of the best-placed new one), `DISCOVERY` (its customers only) among the products they
+    never bought."""
     rows = targets.discovering
     unseen = scores[rows].masked_fill(targets.bought[rows], -torch.inf)
     return {
         "all": target_ranks(scores, targets.mask),
+        "repeat": target_ranks(scores, targets.mask & targets.bought),
+        "explore": target_ranks(scores, targets.new),
         DISCOVERY: target_ranks(unseen, targets.new[rows]),
     }
 
 
+def cohort_ranks(ranks: dict[str, torch.Tensor], small: torch.Tensor, cohort: str) -> torch.Tensor:
+    """The per-customer ranks (from `method_ranks`) of one cohort's customers."""
+    return {
+        "all": lambda: ranks["all"],
+        SMALL_COHORT: lambda: ranks["all"][small],
+        DISCOVERY: lambda: ranks[DISCOVERY],
+    }[cohort]()
+
+
+def repeat_explore(repeat: torch.Tensor, explore: torch.Tensor) -> dict[str, float]:
+    """Hit@k split by the best-placed target product in the top k: bought before (a tie goes
+    to repeat) or new. The two parts add up to Hit@k."""
+    out = {}
+    for k in KS:
+        out[f"hit@{k}_repeat"] = float(((repeat <= k) & (repeat <= explore)).double().mean())
+        out[f"hit@{k}_explore"] = float(((explore <= k) & (explore < repeat)).double().mean())
+    return out
+
+
 def cohort_metrics(ranks: dict[str, torch.Tensor], small: torch.Tensor) -> dict[str, dict]:
-    """Hit@k and MRR per cohort; a cohort with no customer is left out (it has no figures)."""
-    cohorts = {
-        "all": ranks["all"],
-        f"<={SMALL}_orders": ranks["all"][small],
-        DISCOVERY: ranks[DISCOVERY],
-    }
-    return {name: rank_metrics(r) for name, r in cohorts.items() if len(r)}
+    """Hit@k and MRR per cohort, with the repeat / explore split of Hit@k where the cohort
+    ranks the whole catalogue; a cohort with no customer is left out (it has no figures)."""
+    out = {}
+    for cohort in ("all", SMALL_COHORT, DISCOVERY):
+        r = cohort_ranks(ranks, small, cohort)
+        if not len(r):
+            continue
+        out[cohort] = rank_metrics(r)
+        if cohort != DISCOVERY:
+            rows = small if cohort == SMALL_COHORT else slice(None)
+            out[cohort].update(repeat_explore(ranks["repeat"][rows], ranks["explore"][rows]))
+    return out
 
 
 def relative_gain(value: float, reference: float) -> float | None:
@@ -137,15 +211,21 @@ def mean_over_seeds(runs: list[dict]) -> dict:
 
 
 def gain_interval(
-    ranks: list[torch.Tensor], reference: list[torch.Tensor], k: int, draws: int = 2000
+    ranks: list[torch.Tensor], reference: list[torch.Tensor], k: int | None, draws: int = 2000
 ) -> list[float] | None:
-    """95% paired bootstrap interval, over customers, of Hit@k(method) / Hit@k(reference) - 1.
+    """95% paired bootstrap interval, over customers, of Hit@k(method) / Hit@k(reference) - 1
+    (``k`` None: of MRR).
 
-    Each argument: one rank per customer for each seed; a customer's hit is its mean over seeds.
-    None when more than 5% of the draws have no reference hit (the ratio is undefined there).
+    Each argument: one rank per customer for each seed; a customer's hit (reciprocal rank) is its
+    mean over seeds. None when more than 5% of the draws have no reference hit (the ratio is
+    undefined there).
     """
+
+    def per_customer(r: torch.Tensor) -> torch.Tensor:
+        return 1.0 / r if k is None else (r <= k).double()
+
     hits, ref = (
-        torch.stack([(r <= k).double() for r in rs]).mean(dim=0) for rs in (ranks, reference)
+        torch.stack([per_customer(r) for r in rs]).mean(dim=0) for rs in (ranks, reference)
     )
     draw = torch.randint(len(ref), (draws, len(ref)), generator=torch.Generator().manual_seed(0))
     base = ref[draw].mean(dim=1)
@@ -166,6 +246,80 @@ def lstm_ablation(results: dict, ranks_of: dict, cohort: str) -> dict:
         for m in ("hit@1", "hit@10", "mrr")
     }
     out.update({f"hit@{k}_interval95": gain_interval(full, without, k) for k in (1, 10)})
+    return out
+
+
+def against_strongest(
+    results: dict, ranks_of: dict, baseline_names: list[str], small: torch.Tensor
+) -> dict:
+    """Per cohort and metric (`COMPARED`): the strongest baseline (the first of the highest
+    among ``baseline_names``) and every other method's relative gain over it, with its 95%
+    paired bootstrap interval over the cohort's customers."""
+    out: dict[str, dict] = {}
+    for cohort in results[baseline_names[0]]:
+        out[cohort] = {}
+        for metric, k in COMPARED.items():
+            best = max(baseline_names, key=lambda name: results[name][cohort][metric])
+            reference = [cohort_ranks(r, small, cohort) for r in ranks_of[best]]
+            out[cohort][metric] = {
+                "baseline": best,
+                "value": results[best][cohort][metric],
+                "methods": {
+                    name: {
+                        "gain": relative_gain(
+                            results[name][cohort][metric], results[best][cohort][metric]
+                        ),
+                        "interval95": gain_interval(
+                            [cohort_ranks(r, small, cohort) for r in ranks], reference, k
+                        ),
+                    }
+                    for name, ranks in ranks_of.items()
+                    if name != best
+                },
+            }
+    return out
+
+
+def field_baselines(
+    histories: list[list[Order]], vocab: Vocab, others: list[list[Order]], now: float
+) -> dict[str, Callable[[Any], torch.Tensor]]:
+    """The field's baselines on these customers, each a function of its parameters (the
+    evaluation passes `FIELD_PARAMS`)."""
+    return {
+        "tifu_knn": lambda p: baselines.tifu_knn(histories, vocab, others, p),
+        "up_cf": lambda p: baselines.up_cf(histories, vocab, others, p),
+        "repurchase_cycle": lambda p: baselines.repurchase_cycle(histories, vocab, now, others, p),
+        "item_cooccurrence": lambda p: baselines.item_cooccurrence(histories, vocab, others, p),
+    }
+
+
+def tune_baselines(methods: dict[str, Callable[[Any], torch.Tensor]], targets: Targets) -> dict:
+    """Every combination of `TUNING_GRID` for each of ``methods``, scored by all customers'
+    MRR (then Hit@10); returns per method the grid's figures, best first, and the chosen one."""
+    out = {}
+    for name, grid in TUNING_GRID.items():
+        default = FIELD_PARAMS[name]
+        rows = []
+        for values in itertools.product(*grid.values()):
+            params = replace(default, **dict(zip(grid, values, strict=True)))
+            started = time.monotonic()
+            metrics = rank_metrics(target_ranks(methods[name](params), targets.mask))
+            rows.append(
+                {
+                    "params": asdict(params),
+                    "mrr": metrics["mrr"],
+                    "hit@10": metrics["hit@10"],
+                    "seconds": round(time.monotonic() - started, 2),
+                }
+            )
+        rows.sort(key=lambda row: (-row["mrr"], -row["hit@10"]))
+        chosen = type(default)(**rows[0]["params"])
+        out[name] = {"chosen": repr(chosen), "default_now": repr(default), "grid": rows}
+        print(
+            f"{name}: {len(rows)} combinations, best MRR {rows[0]['mrr']:.4f} "
+            f"(Hit@10 {rows[0]['hit@10']:.4f}), worst {rows[-1]['mrr']:.4f}: {chosen!r}",
+            flush=True,
+        )
     return out
 
 
@@ -203,18 +357,29 @@ def _date(day: int) -> str:
 
 
 def chart(results: dict, path: Path, title: str) -> None:
+    """Bars of Hit@k per cohort and method; where a cohort has the repeat / explore split, the
+    hatched, paler top of a bar is the explore part."""
     cohorts = list(next(iter(results.values())))
-    fig, axes = plt.subplots(1, len(cohorts), figsize=(7 * len(cohorts), 4.5), sharey=True)
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(8 * len(cohorts), 5), sharey=True)
     width = 0.8 / len(results)
+    colours = plt.get_cmap("tab20" if len(results) > 10 else "tab10").colors
     for ax, cohort in zip(np.atleast_1d(axes), cohorts, strict=True):
         for j, (method, res) in enumerate(results.items()):
-            vals = [res[cohort][f"hit@{k}"] for k in KS]
-            ax.bar(np.arange(len(KS)) + j * width, vals, width, label=method)
+            x = np.arange(len(KS)) + j * width
+            r, colour = res[cohort], colours[j % len(colours)]
+            if f"hit@{KS[0]}_repeat" in r:
+                repeat = [r[f"hit@{k}_repeat"] for k in KS]
+                explore = [r[f"hit@{k}_explore"] for k in KS]
+                ax.bar(x, repeat, width, color=colour, label=method)
+                ax.bar(x, explore, width, bottom=repeat, color=colour, alpha=0.45, hatch="//")
+            else:
+                ax.bar(x, [r[f"hit@{k}"] for k in KS], width, color=colour, label=method)
         ax.set_xticks(np.arange(len(KS)) + 0.4 - width / 2, [f"Hit@{k}" for k in KS])
-        ax.set_title(f"{cohort} (n={res[cohort]['n']})")
+        split = " (hatched: new products)" if cohort != DISCOVERY else " (new products only)"
+        ax.set_title(f"{cohort} (n={res[cohort]['n']}){split}")
         ax.grid(axis="y", alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("hit rate")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -236,6 +401,40 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def split_table(results: dict) -> str:
+    """Hit@k as repeat + explore (the best-placed target product in the top k bought before,
+    or new) for the cohorts that have the split."""
+    lines = []
+    for cohort, r in next(iter(results.values())).items():
+        if f"hit@{KS[0]}_repeat" not in r:
+            continue
+        lines.append(f"\ncohort {cohort}: Hit@k = repeat + explore")
+        lines.append(f"{'method':<22}" + "".join(f"{f'Hit@{k}':>16}" for k in KS))
+        for method, res in results.items():
+            c = res[cohort]
+            parts = [f"{c[f'hit@{k}_repeat']:.4f}+{c[f'hit@{k}_explore']:.4f}" for k in KS]
+            lines.append(f"{method:<22}" + "".join(f"{x:>16}" for x in parts))
+    return "\n".join(lines)
+
+
+def strongest_table(compared: dict, methods: list[str]) -> str:
+    """`against_strongest`'s figures: per cohort, the strongest baseline of each metric, and
+    each of ``methods``' gain over it with its interval."""
+    lines = ["\nagainst the strongest baseline of each cohort and metric (95% paired bootstrap):"]
+    for cohort, by_metric in compared.items():
+        best = "  ".join(f"{m} {c['baseline']} {c['value']:.4f}" for m, c in by_metric.items())
+        lines.append(f"cohort {cohort}: strongest {best}")
+        for name in methods:
+            cells = []
+            for metric, c in by_metric.items():
+                figures = c["methods"].get(name)
+                gain = "(it)" if figures is None else percent(figures["gain"])
+                bounds = "" if figures is None else interval(figures["interval95"])
+                cells.append(f"{metric} {gain:>7} {bounds:<16}")
+            lines.append(f"  {name:<22}" + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nextbest evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=DEFAULT_DATA, help="Online Retail csv / csv.gz / xlsx")
@@ -245,6 +444,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--artifact", default=None, help="evaluate this saved model, no training")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--tune-baselines",
+        action="store_true",
+        help="choose the field's baselines' parameters at this cutoff (use an earlier one than "
+        "the reported cutoff, e.g. 2011-07-01) instead of evaluating; writes tuning.json",
+    )
     return p.parse_args(argv)
 
 
@@ -270,19 +475,36 @@ def main(argv: list[str]) -> int:
     for row, cust in enumerate(customers):
         known = [vocab.index[p] for p in after[cust][0][1] if p in vocab.index]
         targets.mask[row, known] = True
+    others = [before[c] for c in sorted(before) if c not in after]  # learnt from, not scored
+    field = field_baselines(histories, vocab, others, cutoff)
+    out = Path(args.out or f"var/evaluation/{Path(args.data).name.split('.')[0]}_{args.cutoff}")
+    if args.tune_baselines:
+        tuning = tune_baselines(field, targets)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tuning.json").write_text(
+            json.dumps({"cutoff": args.cutoff, "metric": "mrr", "baselines": tuning}, indent=1)
+        )
+        print(f"wrote {out / 'tuning.json'}")
+        return 0
 
     results: dict[str, dict] = {}
     per_seed: dict[str, list] = {}
-    baseline_scores = {
-        "popular_orders": baselines.popular_orders(histories, vocab),
-        "popular_units": baselines.popular_units(histories, vocab, units),
-        "personal_frequency": baselines.personal_frequency(histories, vocab),
-        "last_basket": baselines.last_basket(histories, vocab),
+    scorers: dict[str, Callable[[], torch.Tensor]] = {
+        "popular_orders": lambda: baselines.popular_orders(histories, vocab),
+        "popular_units": lambda: baselines.popular_units(histories, vocab, units),
+        "personal_frequency": lambda: baselines.personal_frequency(histories, vocab),
+        "last_basket": lambda: baselines.last_basket(histories, vocab),
+        **{name: partial(score, FIELD_PARAMS[name]) for name, score in field.items()},
     }
     ranks_of: dict[str, list[dict[str, torch.Tensor]]] = {}  # per method, per seed, per ranking
-    for name, scores in baseline_scores.items():
+    baseline_seconds = {}
+    for name, score in scorers.items():
+        begun = time.monotonic()
+        scores = score()
+        baseline_seconds[name] = round(time.monotonic() - begun, 2)
         ranks_of[name] = [method_ranks(scores, targets)]
         results[name] = cohort_metrics(ranks_of[name][0], targets.small)
+    print("baselines scored in " + ", ".join(f"{n} {t}s" for n, t in baseline_seconds.items()))
 
     def model_ranks(rec: Recommender) -> dict[str, torch.Tensor]:
         encoded = [encode_history(h, rec.vocab, rec.encoder, now=cutoff) for h in histories]
@@ -340,12 +562,13 @@ def main(argv: list[str]) -> int:
         f"catalogue {len(vocab) - 1}; model rows are means over seeds {args.seeds}"
     )
     print(table(results))
+    print(split_table(results))
     intervals = {
         name: {
-            f"hit@{k}": gain_interval(
+            metric: gain_interval(
                 [r["all"] for r in ranks], [r["all"] for r in ranks_of[REFERENCE]], k
             )
-            for k in (1, 10)
+            for metric, k in COMPARED.items()
         }
         for name, ranks in ranks_of.items()
     }
@@ -379,7 +602,9 @@ def main(argv: list[str]) -> int:
             )
         )
 
-    out = Path(args.out or f"var/evaluation/{Path(args.data).name.split('.')[0]}_{args.cutoff}")
+    compared = against_strongest(results, ranks_of, list(scorers), targets.small)
+    print(strongest_table(compared, list(results)))
+
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "protocol": {
@@ -397,7 +622,10 @@ def main(argv: list[str]) -> int:
         "per_seed": per_seed,
         "relative_to_" + REFERENCE: gains,
         "relative_interval95_" + REFERENCE: intervals,
+        "against_strongest_baseline": compared,
         "lstm_over_ablation": ablation,
+        "baseline_params": {name: asdict(p) for name, p in FIELD_PARAMS.items()},
+        "baseline_seconds": baseline_seconds,
         "training": training,
         "seconds": round(time.monotonic() - started, 1),
     }
