@@ -491,6 +491,21 @@ def _by_row_and_item(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.nd
     return np.argsort(rows * n_items + items, kind="stable")
 
 
+def _log1p(values: np.ndarray) -> np.ndarray:
+    """``math.log1p`` of each value (float64), as `encode_history` computes it."""
+    return np.fromiter(map(math.log1p, values.tolist()), np.float64, len(values))
+
+
+def _order_of_distinct(positions: np.ndarray, size: int) -> np.ndarray:
+    """``np.argsort(positions, kind="stable")`` of distinct ``positions`` below ``size``: the
+    order that sorts them, found by scattering them on a mask of ``size`` (no sort)."""
+    rank = np.empty(size, np.int64)
+    rank[positions] = np.arange(len(positions))
+    seen = np.zeros(size, bool)
+    seen[positions] = True
+    return rank[seen]
+
+
 def encode_batch(
     histories: Sequence[list[Order]],
     vocab: Vocab,
@@ -551,12 +566,12 @@ def _encode_flat(
     )
     at = np.repeat(at_row, n_orders[n_orders > 0])
     ago = (at - t) / _DAY
-    log_ago = np.array(list(map(math.log1p, ago.tolist())))
+    log_ago = _log1p(ago)
     gap = np.maximum(np.diff(t, prepend=0.0) / _DAY, 0.0)
     gap[j == 0] = 0.0
     order_feats = np.stack(
         [
-            np.array(list(map(math.log1p, gap.tolist()))),
+            _log1p(gap),
             log_ago,
             _LOG1P_COUNTS[lengths],
             kept.shares,
@@ -573,9 +588,8 @@ def _encode_flat(
     group_start = np.concatenate([[0], bounds])
     group_end = np.concatenate([bounds, [len(key)]])
     first = perm[group_start]
-    last = perm[group_end - 1]
-    by_appearance = np.argsort(first, kind="stable")
-    first, last = first[by_appearance], last[by_appearance]
+    by_appearance = _order_of_distinct(first, len(key))
+    first, last = first[by_appearance], perm[group_end - 1][by_appearance]
     count = (group_end - group_start)[by_appearance]
     first_o, last_o = occ_order[first], occ_order[last]  # global order index
     n_r = n[first_o]
@@ -585,13 +599,13 @@ def _encode_flat(
     interval = np.where(count > 1, (t[last_o] - t[first_o]) / _DAY / np.maximum(count - 1, 1), 0.0)
     log_interval = np.zeros(len(count))
     again = np.flatnonzero(count > 1)
-    log_interval[again] = list(map(math.log1p, interval[again].tolist()))
+    log_interval[again] = _log1p(interval[again])
     overdue = np.clip((days_since - interval) / (interval + 7.0), -3.0, 3.0)
     repeat_row = rows[first_o]
     last_of_row = (starts + n_orders - 1)[repeat_row]
     repeat_feats = np.empty((len(count), REPEAT_FEATURES), np.float32)
-    repeat_feats[:, :11] = np.array(
-        [
+    for column, values in enumerate(
+        (
             _LOG1P_COUNTS[count],
             count / n_r,
             (last_j == n_r - 1).astype(np.float64),
@@ -603,8 +617,9 @@ def _encode_flat(
             _LOG1P_COUNTS[n_r],
             log_ago[last_of_row],
             count / (n_r - first_j),
-        ]
-    ).T
+        )
+    ):
+        repeat_feats[:, column] = values
     repeat_feats[:, 11:] = catalogue_rows(repeat_row, repeat_items)
     return EncodedBatch(
         n_orders,

@@ -191,9 +191,12 @@ class NextPurchaseLSTM(nn.Module):
             bags = self.item_emb(batch.items, batch.offsets)
             steps = F.gelu(self.step(torch.cat([bags, batch.order_feats], dim=-1)))
             steps = torch.cat([steps, steps.new_zeros(1, steps.shape[1])])  # the padding row
+            weights = self.lstm.all_weights[0]  # `nn.LSTM.forward`'s call, without its checks
             states = []
             for run in batch.runs:
-                out, _ = self.lstm(steps[run.gather].view(run.rows, run.longest, -1))
+                zeros = steps.new_zeros(1, run.rows, self.config.hidden)
+                x = steps[run.gather].view(run.rows, run.longest, -1)
+                out, _, _ = torch.lstm(x, (zeros, zeros), weights, True, 1, 0.0, False, False, True)
                 states.append(out.reshape(-1, out.shape[-1])[run.last])
             h = torch.cat(states)[batch.unsort]
             logits = (self.head(h) @ self.item_emb.weight.T).add_(base)
@@ -427,7 +430,7 @@ class Recommender:
                 raise ValueError("top_k serves the vocabulary's catalogue statistics only")
             batch = ServeBatch.warm_rows(encoded, buckets).to(self.device)
             logits = self.model.serve_logits(batch, self._base[1])
-            top = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+            top = torch.softmax(logits, dim=-1, out=logits).topk(k, dim=-1)  # in place
             ranked = zip(top.indices.cpu().tolist(), top.values.cpu().tolist(), strict=True)
         scored = []
         for n in encoded.n_orders.tolist():

@@ -119,14 +119,14 @@ def served_history(
     checked with the rule only for an order without a catalogue item.
     """
     known = (catalogue or {}).keys()
-    history = []
-    for ts, _order_id, _total, products in state["orders"]:
-        if until is not None and ts > until:
-            continue
-        if known.isdisjoint(products) and not any(is_product(p, product_pattern) for p in products):
-            continue
-        history.append((float(ts), products))
-    return history
+    return [
+        (float(ts), products)
+        for ts, _order_id, _total, products in state["orders"]
+        if (until is None or ts <= until)
+        and not (
+            known.isdisjoint(products) and not any(is_product(p, product_pattern) for p in products)
+        )
+    ]
 
 
 def cart_products(context: DecisionContext) -> set[str]:
