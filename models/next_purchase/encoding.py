@@ -604,8 +604,8 @@ def _encode_flat(
     repeat_row = rows[first_o]
     last_of_row = (starts + n_orders - 1)[repeat_row]
     repeat_feats = np.empty((len(count), REPEAT_FEATURES), np.float32)
-    for column, values in enumerate(
-        (
+    repeat_feats[:, :11] = np.array(
+        [
             _LOG1P_COUNTS[count],
             count / n_r,
             (last_j == n_r - 1).astype(np.float64),
@@ -617,9 +617,8 @@ def _encode_flat(
             _LOG1P_COUNTS[n_r],
             log_ago[last_of_row],
             count / (n_r - first_j),
-        )
-    ):
-        repeat_feats[:, column] = values
+        ]
+    ).T
     repeat_feats[:, 11:] = catalogue_rows(repeat_row, repeat_items)
     return EncodedBatch(
         n_orders,
