@@ -55,6 +55,7 @@ records' key and value, and worker A's RocksDB directory after recovery.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import shutil
@@ -328,10 +329,24 @@ class Probes(threading.Thread):
 
 @dataclass(frozen=True)
 class Output:
-    topic: str
+    """What the figures need of a decision or promotion record."""
+
+    decision: bool  # a decision record (else an offer on the promotions topic)
     partition: int
     at: float  # the record's timestamp (the worker's send time), seconds
-    value: bytes
+    cart_event_id: str
+    label: str  # a decision's action, an offer's id
+    digest: bytes  # of the record's content (an offer's without ``decided_at``)
+
+    @classmethod
+    def of(cls, decision: bool, partition: int, at: float, value: bytes) -> Output:
+        record = orjson.loads(value)
+        label = record["action"] if decision else record["offer_id"]
+        if not decision:
+            record.pop("decided_at", None)  # the one field a re-sent offer may change
+        content = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.blake2b(content, digest_size=16).digest()
+        return cls(decision, partition, at, record["cart_event_id"], label, digest)
 
 
 class OutputReader(threading.Thread):
@@ -372,12 +387,12 @@ class OutputReader(threading.Thread):
                             self.at_end.add((m.topic(), m.partition()))
                         continue
                     self.at_end.discard((m.topic(), m.partition()))
-                    value = m.value()
-                    self.records.append(
-                        Output(m.topic(), m.partition(), m.timestamp()[1] / 1000, value)
+                    output = Output.of(
+                        m.topic() == decisions, m.partition(), m.timestamp()[1] / 1000, m.value()
                     )
-                    if m.topic() == decisions:
-                        self.decided.add(orjson.loads(value)["cart_event_id"])
+                    self.records.append(output)
+                    if output.decision:
+                        self.decided.add(output.cart_event_id)
         finally:
             consumer.close()
 
@@ -696,17 +711,15 @@ def _decides_again(times: list[float], at: float, end: float) -> tuple[float | N
 def figures(
     phases: list[Phase], probes: list[Probe], outputs: list[Output], settings: Settings, end: float
 ) -> list[PhaseFigures]:
-    decisions_topic = settings.topics.decisions
-    by_cart: dict[str, list[dict]] = defaultdict(list)
-    offers: dict[str, list[dict]] = defaultdict(list)
-    times: dict[int, list[float]] = defaultdict(list)
+    decisions: dict[str, list[Output]] = defaultdict(list)  # cart event id -> its decisions
+    offers: dict[str, dict[str, list[bytes]]] = defaultdict(lambda: defaultdict(list))
+    times: dict[int, list[float]] = defaultdict(list)  # partition -> its decisions' times
     for output in outputs:
-        record = orjson.loads(output.value)
-        if output.topic == decisions_topic:
-            by_cart[record["cart_event_id"]].append(record)
+        if output.decision:
+            decisions[output.cart_event_id].append(output)
             times[output.partition].append(output.at)
         else:
-            offers[record["offer_id"]].append(record)
+            offers[output.cart_event_id][output.label].append(output.digest)
     for partition_times in times.values():
         partition_times.sort()
     starts = [phase.at for phase in phases]
@@ -714,11 +727,6 @@ def figures(
     for probe in probes:
         index = max(0, sum(1 for s in starts if s <= probe.sent_at) - 1)
         probes_of[index].append(probe)
-    offer_ids_of = defaultdict(set)
-    for records in by_cart.values():
-        for record in records:
-            if record.get("offer_id"):
-                offer_ids_of[record["cart_event_id"]].add(record["offer_id"])
 
     results = []
     for index, phase in enumerate(phases):
@@ -739,28 +747,19 @@ def figures(
         lost = repeated = different = actions = offered = offers_repeated = offers_different = 0
         mine = probes_of.get(index, [])
         for probe in mine:
-            records = by_cart.get(probe.event_id, [])
+            records = decisions.get(probe.event_id, [])
             if not records:
                 lost += 1
-                continue
-            distinct = {orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records}
+            distinct = {r.digest for r in records}
             repeated += len(records) - len(distinct)
             if len(distinct) > 1:
                 different += 1
-                actions += len({r["action"] for r in records}) > 1
-            for offer_id in offer_ids_of.get(probe.event_id, ()):
+                actions += len({r.label for r in records}) > 1
+            for digests in offers.get(probe.event_id, {}).values():
                 offered += 1
-                emitted = offers.get(offer_id, [])
-                if len(emitted) > 1:
-                    bare = {
-                        orjson.dumps(
-                            {k: v for k, v in r.items() if k != "decided_at"},
-                            option=orjson.OPT_SORT_KEYS,
-                        )
-                        for r in emitted
-                    }
-                    offers_repeated += len(bare) == 1
-                    offers_different += len(bare) > 1
+                if len(digests) > 1:
+                    offers_repeated += len(set(digests)) == 1
+                    offers_different += len(set(digests)) > 1
         marks, read = {}, None
         if phase.taker is not None:
             marks = {k: v - phase.at for k, v in log_marks(phase.taker.log, phase.at).items()}
@@ -867,7 +866,7 @@ def run_size(config: ScaleConfig, n: int, templates: Sequence[bytes], workdir: P
                 run.stop(name)
         outputs = run.reader.records
         phases = figures(run.phases, probes.sent, outputs, settings, end)
-        decisions = sum(1 for o in outputs if o.topic == settings.topics.decisions)
+        decisions = sum(1 for o in outputs if o.decision)
         return SizeResult(
             n,
             loaded,
