@@ -463,6 +463,7 @@ class Run:
         self.reader: OutputReader | None = None
         self.workers: dict[str, Worker] = {}
         self.phases: list[Phase] = []
+        self.disk_bytes: int | None = None  # worker A's state directory after its recovery
 
     def start(self, name: str, standby: int) -> Worker:
         settings = replace(
@@ -532,9 +533,11 @@ class Run:
             for worker in self.workers.values():
                 if worker.process.poll() is not None:
                     phase.note = f"worker {worker.name} exited ({worker.process.returncode})"
+                    print(f"  {name}: {phase.note}", flush=True)
                     return phase
             if gate() and self.steady(at):
                 phase.settled = time.time()
+                print(f"  {name}: steady after {phase.settled - at:.1f} s", flush=True)
                 time.sleep(TAIL_S)
                 return phase
             time.sleep(POLL_S)
@@ -542,6 +545,7 @@ class Run:
             f"not every partition decided again within {self.config.timeout:g} s (the group "
             "did not re-form, or a partition stayed behind: see the worker logs)"
         )
+        print(f"  {name}: {phase.note}", flush=True)
         return phase
 
     def holding(self, workers: Sequence[Worker], each: bool) -> Callable[[], bool]:
@@ -560,6 +564,7 @@ def run_phases(run: Run, scenarios: Sequence[str], standby: Sequence[int]) -> No
     a = run.start("a", standby=1)
     if not run.phase("recovery", a.started, taker=a).settled:
         return
+    run.disk_bytes = directory_bytes(a.state_dir)
     if "join" in scenarios or "leave" in scenarios:
         b = run.start("b", standby=1)
         phase = run.phase("join", b.started, "join" in scenarios, b, lambda: b.processed() > 0)
@@ -805,7 +810,15 @@ class SizeResult:
 
 
 def directory_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """Bytes of the files under ``path`` (a running worker's: a file RocksDB removes meanwhile
+    counts nothing)."""
+    total = 0
+    for file in path.rglob("*"):
+        try:
+            total += file.stat().st_size if file.is_file() else 0
+        except FileNotFoundError:
+            continue
+    return total
 
 
 def real_products(templates: Sequence[bytes], count: int = 50) -> list[tuple[str, float]]:
@@ -849,15 +862,8 @@ def run_size(config: ScaleConfig, n: int, templates: Sequence[bytes], workdir: P
         run.reader = OutputReader(settings)
         run.reader.start()
         probes.start()
-        disk = None
         try:
             run_phases(run, config.scenarios, config.standby)
-            recovery = next((p for p in run.phases if p.name == "recovery" and p.settled), None)
-            if recovery is not None and recovery.taker is not None:
-                disk = directory_bytes(recovery.taker.state_dir)
-            for phase in run.phases:
-                flag = f"{phase.settled - phase.at:.1f} s" if phase.settled else phase.note
-                print(f"  {phase.name}: settled {flag}", flush=True)
         finally:
             probes.stop()
             end = time.time()
@@ -870,7 +876,7 @@ def run_size(config: ScaleConfig, n: int, templates: Sequence[bytes], workdir: P
         return SizeResult(
             n,
             loaded,
-            disk,
+            run.disk_bytes,
             phases,
             len(probes.sent),
             probes.failed,
