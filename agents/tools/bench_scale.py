@@ -577,6 +577,10 @@ def run_phases(run: Run, scenarios: Sequence[str], standby: Sequence[int]) -> No
     if "kill" not in scenarios:
         return
     for replicas in standby:
+        while len(run.workers) > 1:  # the newest first, each once the group has re-formed
+            newest = list(run.workers)[-1]
+            if not run.phase(f"{newest} stops", run.stop(newest), measured=False).settled:
+                return
         at = time.time()
         for name in list(run.workers):
             run.stop(name)
