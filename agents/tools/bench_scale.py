@@ -22,7 +22,7 @@ existing customer (`PROBES_PER_PARTITION` customers per partition, in turn) to e
 default policy (the promotion policy) writes one decision record per cart event; a reader
 thread collects the decision and promotion records. Probe event times run at a tenth of the
 wall clock's pace from the day after the data, so no journey timer (an abandoned cart: 60 min)
-and no attribution window (48 h) ends during a run: the probes' decisions are the only outputs.
+and no attribution window (48 h) ends during a run: every decision is a probe's.
 
 Scenarios, per N, on one embedded broker, two workers at most (the machine has two cores):
 
@@ -31,8 +31,13 @@ Scenarios, per N, on one embedded broker, two workers at most (the machine has t
 3. leave: B gets SIGTERM;
 4. kill: A is stopped; two workers start together on empty state directories with
    ``NEXTBEST_STANDBY_REPLICAS=1`` and wait until each holds a copy of every customer (its
-   partitions plus standbys: ``nextbest_state_customers``); then one of them gets SIGKILL.
-   The same again with ``NEXTBEST_STANDBY_REPLICAS=0`` (each holds its own half only).
+   partitions plus standbys: ``nextbest_state_customers``); then the group's leader (the
+   harder case: the group needs a new one) gets SIGKILL. The same again with
+   ``NEXTBEST_STANDBY_REPLICAS=0`` (each holds its own half only).
+
+The setups between them (workers stopping, the kill's pair starting) are phases too, not timed:
+every probe is counted in the phase it was sent in. Workers stop one at a time, the newest
+first, each once the group has re-formed.
 
 After each change the bench waits until every partition decides its probes again within
 `LAG_S` (a phase ends there, plus `TAIL_S`), or gives up after ``--timeout`` seconds: a group
@@ -48,9 +53,10 @@ partitions assigned, changelog reading started and done, streams resumed); and t
 the probes sent in the phase: lost (no decision record at all), decision records repeated
 identically (at-least-once redelivery: consumers dedupe on ``decision_id``), decision ids with
 two different records (``actions``: of them, with two different actions), and offer ids on the
-promotions topic more than once (identical but ``decided_at``, or different). The recovery rate
-is the N records over the changelog reading's seconds. State bytes per customer: the changelog
-records' key and value, and worker A's RocksDB directory after recovery.
+promotions topic more than once (identical but ``decided_at``, or different). The recovery rate:
+the changelog records the worker read (Faust's tables of end and start offsets in its log) over
+the seconds it read. State bytes per customer: the changelog records' key and value, and worker
+A's RocksDB directory right after its recovery.
 """
 
 from __future__ import annotations
@@ -143,6 +149,7 @@ def changelog_topic(settings: Settings) -> str:
 
 
 def customer_id(i: int) -> str:
+    """The id of synthetic customer ``i``."""
     return f"S{i:07d}"
 
 
@@ -179,7 +186,6 @@ def state_templates(file: Path, count: int = TEMPLATES, seed: int = 0) -> list[b
 
 @dataclass
 class Loaded:
-    customers: int
     bytes: int  # keys and values
     seconds: float
     broker_rss: int | None  # bytes, after loading
@@ -229,7 +235,7 @@ def load_state(
     if producer.flush(300):
         raise RuntimeError(f"the changelog load did not finish: see {broker.log_path}")
     seconds = time.monotonic() - started
-    return Loaded(n, total, seconds, _rss(broker.process.pid) if broker.process else None)
+    return Loaded(total, seconds, _rss(broker.process.pid) if broker.process else None)
 
 
 def probe_customers(n: int, partitions: int) -> dict[int, list[str]]:
@@ -261,13 +267,17 @@ class Probes(threading.Thread):
     """Cart events for existing customers, one per partition ``rate`` times a second."""
 
     def __init__(
-        self, settings: Settings, customers: dict[int, list[str]], rate: float, products: list
+        self,
+        settings: Settings,
+        customers: dict[int, list[str]],
+        rate: float,
+        products: list[tuple[str, float]],
     ) -> None:
         super().__init__(name="probes", daemon=True)
         self.settings = settings
         self.customers = customers
         self.rate = rate
-        self.products = products  # (product id, unit price) of real lines
+        self.products = products  # (real product id, made-up unit price)
         self.sent: list[Probe] = []  # appended by this thread only
         self.failed = 0  # delivery errors
         self.misrouted = 0  # delivered to another partition than key_partition says
@@ -826,7 +836,8 @@ def directory_bytes(path: Path) -> int:
 
 
 def real_products(templates: Sequence[bytes], count: int = 50) -> list[tuple[str, float]]:
-    """Product ids of the templates' orders, each with a price, for the probes' cart lines."""
+    """Real product ids (the templates' orders), each with a made-up unit price (the state keeps
+    none): the probes' cart lines."""
     products: dict[str, float] = {}
     for raw in templates:
         for order in orjson.loads(raw)["orders"]:
@@ -848,6 +859,7 @@ def run_size(config: ScaleConfig, n: int, templates: Sequence[bytes], workdir: P
             partitions=config.partitions,
             policy="promotion",
             model_path="",
+            models_dir=workdir / "models",  # none, whatever the working directory holds
             log_level="info",
         )
         ensure_topics(settings)
