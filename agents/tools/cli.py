@@ -173,6 +173,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from agents.tools.bench_scale import QUICK_CUSTOMERS, ScaleConfig, run_bench_scale
+
+    return run_bench_scale(
+        ScaleConfig(
+            file=args.file,
+            customers=QUICK_CUSTOMERS if args.quick else tuple(args.customers),
+            partitions=args.partitions,
+            scenarios=tuple(name.strip() for name in args.scenarios.split(",")),
+            standby=(1,) if args.quick else tuple(args.standby),
+            probe_rate=args.probe_rate,
+            timeout=args.timeout,
+            keep_logs=args.keep_logs,
+        )
+    )
+
+
 def cmd_bench_model(args: argparse.Namespace) -> int:
     from agents.tools.bench_model import ModelBenchConfig, run_model_bench
 
@@ -298,6 +315,42 @@ def parser() -> argparse.ArgumentParser:
         help="next-purchase model for the +model configurations (trained quickly if none loads)",
     )
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser(
+        "bench-scale",
+        help="hand-over of partitions (recovery, join, leave, SIGKILL) with N customers' state",
+    )
+    p.add_argument(
+        "--customers", type=int, nargs="+", default=[100_000, 1_000_000], help="sizes to run"
+    )
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument(
+        "--scenarios",
+        default="recovery,join,leave,kill",
+        help="comma-separated; every run starts with the first worker's recovery",
+    )
+    p.add_argument(
+        "--standby",
+        type=int,
+        nargs="+",
+        default=[1, 0],
+        help="NEXTBEST_STANDBY_REPLICAS of the kill scenario, one run each",
+    )
+    p.add_argument("--probe-rate", type=float, default=10.0, help="probes per partition per second")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds a phase may take before it is given up",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke test: 2,000 customers, the kill with standby 1"
+    )
+    p.add_argument(
+        "--keep-logs", action="store_true", help="keep the logs (else only of a run that failed)"
+    )
+    p.add_argument("--file", type=Path, default=DATA_FILE)
+    p.set_defaults(run=cmd_bench_scale)
 
     p = sub.add_parser(
         "bench-model", help="next-purchase inference speed and cart->offer latency with the model"
