@@ -65,6 +65,7 @@ def test_every_field_type_is_parsed():
         "NEXTBEST_WEB_PORT": "7070",
         "NEXTBEST_WEB_ADVERTISED_URL": "http://nextbest-1.nextbest:7070",
         "NEXTBEST_STANDBY_REPLICAS": "2",
+        "NEXTBEST_SESSION_TIMEOUT_S": "10",
         "NEXTBEST_MERCHANTS_PATH": "/etc/nextbest/merchants.yaml",
         "NEXTBEST_MAX_EVENT_BYTES": "1024",
         "NEXTBEST_MAX_FUTURE_S": "3600",
@@ -119,6 +120,7 @@ def test_every_field_type_is_parsed():
         web_port=7070,
         web_advertised_url="http://nextbest-1.nextbest:7070",
         standby_replicas=2,
+        session_timeout_s=10.0,
         merchants_path=Path("/etc/nextbest/merchants.yaml"),
         max_event_bytes=1024,
         max_future_s=3600.0,
@@ -246,6 +248,17 @@ def test_standby_replicas_reach_faust():
     assert faust_config(Settings.from_env({}))["table_standby_replicas"] == 1
     config = faust_config(Settings.from_env({"NEXTBEST_STANDBY_REPLICAS": "0"}))
     assert config["table_standby_replicas"] == 0
+
+
+def test_the_session_timeout_reaches_faust_but_not_on_the_embedded_broker():
+    config = faust_config(Settings.from_env({"NEXTBEST_SESSION_TIMEOUT_S": "12"}))
+    assert (config["broker_session_timeout"], config["broker_heartbeat_interval"]) == (12.0, 3.0)
+    config = faust_config(Settings.from_env({"NEXTBEST_SESSION_TIMEOUT_S": "6"}))
+    assert config["broker_heartbeat_interval"] == 2.0
+    embedded = Settings.from_env(
+        {"NEXTBEST_EMBEDDED_BROKER": "1", "NEXTBEST_SESSION_TIMEOUT_S": "30"}
+    )
+    assert faust_config(embedded)["broker_session_timeout"] == 6.0
 
 
 def test_topic_overrides():

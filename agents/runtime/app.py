@@ -73,6 +73,8 @@ def faust_config(settings: Settings) -> dict:
         "web_bind": settings.web_host,
         "canonical_url": settings.advertised_url(),
         "table_standby_replicas": settings.standby_replicas,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": min(3.0, settings.session_timeout_s / 3),
         "web_in_thread": False,
         "consumer_auto_offset_reset": "earliest",
         "producer_linger_ms": 5,

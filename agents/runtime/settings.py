@@ -189,6 +189,15 @@ class Settings:
         "standby instead of replaying the changelog",
         minimum=0,
     )
+    session_timeout_s: float = _setting(
+        60.0,
+        "Consumer-group session timeout against a real Kafka (Faust's `broker_session_timeout`; "
+        "heartbeats every third of it, at most 3 s): how long a worker that died unannounced "
+        "keeps its partitions before the others take them over. Within the broker's "
+        "`group.min.session.timeout.ms` and `group.max.session.timeout.ms` (6-1,800 s by "
+        "default). The embedded broker always uses 6 s",
+        minimum=1,
+    )
     merchants_path: Path = _setting(
         DEFAULT_MERCHANTS, "Merchants file: promotion catalogs, product rule, delivery, journeys"
     )
