@@ -140,7 +140,7 @@ def settled(cluster: Cluster) -> dict[int, str] | None:
     maps = []
     for name, (_, port) in cluster.workers.items():
         status, ready, headers = call(port, "GET", "/ready", retry_503=False)
-        if status != 200:
+        if status != 200 or ready.get("rebalancing"):  # (ready before, stays so in a rebalance)
             return None
         assert headers[SERVED_BY] == cluster.urls[name]  # the URL it advertises
         status, routes, _ = call(port, "GET", "/router/customers/")

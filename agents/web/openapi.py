@@ -496,9 +496,12 @@ OPENAPI: dict = {
                             "properties": {
                                 "ready": {"const": True},
                                 "partitions": {"type": "integer", "minimum": 0},
+                                "rebalancing": {"const": True},
                             },
                         },
-                        "ready; partitions: how many partitions of the customers table it owns",
+                        "ready; partitions: how many partitions of the customers table it owns; "
+                        "rebalancing: ready before and a rebalance runs (keyed calls answer 503 "
+                        "until it ends)",
                     ),
                     "503": _json(
                         {
