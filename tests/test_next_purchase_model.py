@@ -438,7 +438,7 @@ def test_evaluate_protocol(tmp_path):
     assert result["protocol"]["customers"] == 30
     baselines = {"popular_orders", "popular_units", "personal_frequency", "last_basket"}
     baselines |= set(evaluate.FIELD_PARAMS)
-    expected = {*baselines, *evaluate.MODELS}
+    expected = {*baselines, *evaluate.MODELS, evaluate.BLENDED}
     assert set(result["results"]) == expected
     assert set(result["baseline_seconds"]) == baselines
     for res in result["results"].values():
@@ -496,6 +496,36 @@ def test_tune_baselines_scores_every_combination_and_trains_nothing(tmp_path, mo
         assert [r["mrr"] for r in rows] == sorted((r["mrr"] for r in rows), reverse=True)
         chosen = type(evaluate.FIELD_PARAMS[name])(**rows[0]["params"])
         assert tuning["baselines"][name]["chosen"] == repr(chosen)
+    assert not (out / "evaluation.json").exists()
+
+
+def test_blend_raises_a_never_bought_product_its_neighbours_rank_high():
+    """Customer bought items 1 and 2; the model ranks 2 > 1 > 3 > 4, the neighbourhood method
+    puts never-bought item 4 first: blended, item 4 passes item 3 and the bought items keep the
+    model's order; weight 0 ranks like the model."""
+    model = torch.tensor([[-torch.inf, 0.30, 0.40, 0.20, 0.10]])
+    neighbour = torch.tensor([[-torch.inf, 3.0, 2.0, 1.0, 9.0]])
+    bought = torch.tensor([[False, True, True, False, False]])
+    order = evaluate.blend(model, neighbour, bought, 0.5)[0].argsort(descending=True).tolist()
+    assert order.index(4) < order.index(3)
+    assert order.index(2) < order.index(1)
+    assert order[-1] == 0  # the padding column stays last
+    unblended = evaluate.blend(model, neighbour, bought, 0.0)[0].argsort(descending=True)
+    assert unblended.tolist() == model[0].argsort(descending=True).tolist()
+
+
+def test_tune_blend_scores_every_weight(tmp_path):
+    data = tmp_path / "shop.csv"
+    _shop(data, customers=20, orders=5)
+    out = tmp_path / "blend"
+    torch.set_num_threads(1)
+    argv = ["--data", str(data), "--cutoff", "2011-02-01", "--seeds", "0", "--out", str(out)]
+    assert evaluate.main([*argv, "--tune-blend", "--quiet"]) == 0
+    tuning = json.loads((out / "blend_tuning.json").read_text())
+    assert [row["weight"] for row in tuning["grid"]] == evaluate.BLEND_GRID
+    best = max(row["discovery"]["mrr"] for row in tuning["grid"])
+    chosen = next(row for row in tuning["grid"] if row["weight"] == tuning["chosen"])
+    assert chosen["discovery"]["mrr"] == best
     assert not (out / "evaluation.json").exists()
 
 

@@ -85,6 +85,10 @@ from models.next_purchase.train import (  # noqa: E402
 )
 
 MODELS = {"repeat_no_lstm": False, "lstm_repeat": True}  # name -> use_lstm
+BLENDED = "lstm_repeat+tifu_knn"  # the full model's scores blended with TIFU-KNN's (`blend`)
+BLEND_NEIGHBOUR = "tifu_knn"
+BLEND_WEIGHT = 0.5  # chosen by `--tune-blend --cutoff 2011-07-01` (BENCHMARKS.md)
+BLEND_GRID = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 REFERENCE = "personal_frequency"
 BAR = {"hit@1": 0.15, "hit@10": 0.05}  # required relative gain over the reference
 SMALL = 10  # the "<= 10 prior orders" cohort
@@ -156,6 +160,29 @@ def method_ranks(scores: torch.Tensor, targets: Targets) -> dict[str, torch.Tens
         "explore": target_ranks(scores, targets.new),
         DISCOVERY: target_ranks(unseen, targets.new[rows]),
     }
+
+
+def per_customer_rank(scores: torch.Tensor) -> torch.Tensor:
+    """Each score's rank within its row as a fraction in (0, 1]: 1 the row's highest."""
+    order = scores.argsort(dim=1, stable=True)
+    ranks = torch.empty_like(scores, dtype=torch.float64)
+    steps = torch.arange(1, scores.shape[1] + 1, dtype=torch.float64).expand_as(ranks)
+    return ranks.scatter_(1, order, steps / scores.shape[1])
+
+
+def blend(
+    model: torch.Tensor, neighbour: torch.Tensor, bought: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """The model's scores for the products each customer bought before (its order among them
+    kept), and for the others ``(1 - weight) * model + weight * neighbour``, both rank-normalised
+    per customer (`per_customer_rank`), so that a never-bought product a neighbourhood method
+    ranks high rises; the model breaks ties. Weight 0 ranks like the model; the padding column
+    stays last."""
+    own = per_customer_rank(model)
+    mixed = (1.0 - weight) * own + weight * per_customer_rank(neighbour) + 1e-9 * own  # ties
+    out = torch.where(bought, own, mixed)
+    out[:, 0] = -torch.inf
+    return out
 
 
 def cohort_ranks(ranks: dict[str, torch.Tensor], small: torch.Tensor, cohort: str) -> torch.Tensor:
@@ -450,6 +477,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="choose the field's baselines' parameters at this cutoff (use an earlier one than "
         "the reported cutoff, e.g. 2011-07-01) instead of evaluating; writes tuning.json",
     )
+    p.add_argument(
+        "--tune-blend",
+        action="store_true",
+        help=f"choose {BLENDED}'s weight at this cutoff (use an earlier one than the reported "
+        "cutoff, e.g. 2011-07-01) by the discovery cohort's MRR instead of evaluating; trains "
+        "the full model once per --seeds and writes blend_tuning.json",
+    )
     return p.parse_args(argv)
 
 
@@ -506,12 +540,67 @@ def main(argv: list[str]) -> int:
         results[name] = cohort_metrics(ranks_of[name][0], targets.small)
     print("baselines scored in " + ", ".join(f"{n} {t}s" for n, t in baseline_seconds.items()))
 
-    def model_ranks(rec: Recommender) -> dict[str, torch.Tensor]:
+    def model_scores(rec: Recommender) -> torch.Tensor:
         encoded = [encode_history(h, rec.vocab, rec.encoder, now=cutoff) for h in histories]
         probs = rec.probabilities(encoded).double()
         probs += torch.arange(len(vocab), 0, -1, dtype=torch.float64) * 1e-12  # tie-break
         probs[:, 0] = -torch.inf
-        return method_ranks(probs, targets)
+        return probs
+
+    def model_ranks(rec: Recommender) -> dict[str, torch.Tensor]:
+        return method_ranks(model_scores(rec), targets)
+
+    def train(seed: int, use_lstm: bool) -> tuple[Recommender, dict]:
+        cfg = TrainConfig(
+            data=args.data,
+            cutoff=args.cutoff,
+            seed=seed,
+            device=args.device,
+            model=ModelConfig(use_lstm=use_lstm),
+        )
+        model, summary = fit(before, vocab, cfg, progress=not args.quiet)
+        return Recommender(model, vocab, cfg.encoder, device=summary["device"]), summary
+
+    neighbour_scores = field[BLEND_NEIGHBOUR](FIELD_PARAMS[BLEND_NEIGHBOUR])
+    if args.tune_blend:
+        grid: dict[float, list[float]] = {w: [] for w in BLEND_GRID}
+        for seed in args.seeds:
+            try:
+                rec, _ = train(seed, use_lstm=True)
+            except NotEnoughData as error:
+                print(f"cannot train the model on the orders before {args.cutoff}: {error}")
+                return 1
+            scores = model_scores(rec)
+            for w in BLEND_GRID:
+                ranks = method_ranks(blend(scores, neighbour_scores, targets.bought, w), targets)
+                grid[w].append(cohort_metrics(ranks, targets.small))
+        rows = [{"weight": w, **mean_over_seeds(runs)} for w, runs in grid.items()]
+        for row in rows:
+            print(
+                f"weight {row['weight']:.1f}: "
+                + "  ".join(
+                    f"{c} MRR {row[c]['mrr']:.4f} Hit@10 {row[c]['hit@10']:.4f}"
+                    for c in ("all", DISCOVERY)
+                )
+            )
+        chosen = max(rows, key=lambda row: (row[DISCOVERY]["mrr"], -row["weight"]))["weight"]
+        print(f"chosen weight (discovery MRR): {chosen}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "blend_tuning.json").write_text(
+            json.dumps(
+                {
+                    "cutoff": args.cutoff,
+                    "seeds": args.seeds,
+                    "neighbour": BLEND_NEIGHBOUR,
+                    "metric": f"{DISCOVERY} mrr",
+                    "chosen": chosen,
+                    "grid": rows,
+                },
+                indent=1,
+            )
+        )
+        print(f"wrote {out / 'blend_tuning.json'}")
+        return 0
 
     training = {}
     if args.artifact:
@@ -531,26 +620,26 @@ def main(argv: list[str]) -> int:
         for name, use_lstm in MODELS.items():
             per_seed[name], ranks_of[name] = [], []
             for seed in args.seeds:
-                cfg = TrainConfig(
-                    data=args.data,
-                    cutoff=args.cutoff,
-                    seed=seed,
-                    device=args.device,
-                    model=ModelConfig(use_lstm=use_lstm),
-                )
                 try:
-                    model, summary = fit(before, vocab, cfg, progress=not args.quiet)
+                    rec, summary = train(seed, use_lstm)
                 except NotEnoughData as error:
                     print(f"cannot train the model on the orders before {args.cutoff}: {error}")
                     return 1
-                rec = Recommender(model, vocab, cfg.encoder, device=summary["device"])
-                ranks_of[name].append(model_ranks(rec))
+                scores = model_scores(rec)
+                ranks_of[name].append(method_ranks(scores, targets))
                 per_seed[name].append(cohort_metrics(ranks_of[name][-1], targets.small))
+                if use_lstm:
+                    blended = blend(scores, neighbour_scores, targets.bought, BLEND_WEIGHT)
+                    ranks_of.setdefault(BLENDED, []).append(method_ranks(blended, targets))
+                    per_seed.setdefault(BLENDED, []).append(
+                        cohort_metrics(ranks_of[BLENDED][-1], targets.small)
+                    )
                 training[f"{name}/seed{seed}"] = {
                     k: summary[k] for k in ("seconds", "best_epoch", "epochs_run", "device")
                 }
                 print(f"{name} seed {seed}: {per_seed[name][-1]['all']} ({summary['seconds']}s)")
             results[name] = mean_over_seeds(per_seed[name])
+        results[BLENDED] = mean_over_seeds(per_seed[BLENDED])
 
     ref = results[REFERENCE]["all"]
     gains = {
