@@ -30,7 +30,9 @@ Protocol:
   cycle, item-to-item co-occurrence: `baselines`; they learn from every customer's orders
   before the cutoff, scored or not), the model without its LSTM (learned repeat + popularity
   scores: the ablation) and the full model, each trained on the pre-cutoff orders once per
-  ``--seeds``.
+  ``--seeds``, and a blend of the full model with TIFU-KNN (`blend`: the model's order for
+  products the customer bought, for the others TIFU-KNN's, weighted by `BLEND_WEIGHT`), a
+  model variant, not a baseline.
 * Every method against personal frequency (all customers) and against the strongest baseline
   of each cohort and metric (Hit@1, Hit@10, MRR): relative gains with 95% paired bootstrap
   intervals over customers.
@@ -38,6 +40,9 @@ Protocol:
   each (`TUNING_GRID`), scored by all customers' MRR at ``--cutoff``; run it on an earlier
   cutoff than the reported one (2011-07-01 for 2011-10-01) and put the chosen values into the
   defaults of the parameter classes in `baselines`.
+* ``--tune-blend`` chooses `BLEND_WEIGHT` instead: the full model trained once per ``--seeds``,
+  blended at every weight of `BLEND_GRID`, scored by the discovery cohort's MRR (the lowest
+  weight of the best); run it on the earlier cutoff too; writes ``blend_tuning.json``.
 
 Writes ``evaluation.json`` (every figure) and ``evaluation.png`` (bars per method and k) to
 ``--out`` and prints the table. ``--artifact`` evaluates a saved model instead of training; it
@@ -87,7 +92,7 @@ from models.next_purchase.train import (  # noqa: E402
 MODELS = {"repeat_no_lstm": False, "lstm_repeat": True}  # name -> use_lstm
 BLENDED = "lstm_repeat+tifu_knn"  # the full model's scores blended with TIFU-KNN's (`blend`)
 BLEND_NEIGHBOUR = "tifu_knn"
-BLEND_WEIGHT = 0.5  # chosen by `--tune-blend --cutoff 2011-07-01` (BENCHMARKS.md)
+BLEND_WEIGHT = 1.0  # chosen by `--tune-blend --cutoff 2011-07-01` (BENCHMARKS.md)
 BLEND_GRID = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 REFERENCE = "personal_frequency"
 BAR = {"hit@1": 0.15, "hit@10": 0.05}  # required relative gain over the reference
@@ -714,6 +719,7 @@ def main(argv: list[str]) -> int:
         "against_strongest_baseline": compared,
         "lstm_over_ablation": ablation,
         "baseline_params": {name: asdict(p) for name, p in FIELD_PARAMS.items()},
+        "blend": {"method": BLENDED, "neighbour": BLEND_NEIGHBOUR, "weight": BLEND_WEIGHT},
         "baseline_seconds": baseline_seconds,
         "training": training,
         "seconds": round(time.monotonic() - started, 1),
