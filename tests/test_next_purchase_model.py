@@ -438,7 +438,7 @@ def test_evaluate_protocol(tmp_path):
     assert result["protocol"]["customers"] == 30
     baselines = {"popular_orders", "popular_units", "personal_frequency", "last_basket"}
     baselines |= set(evaluate.FIELD_PARAMS)
-    expected = {*baselines, *evaluate.MODELS, evaluate.BLENDED}
+    expected = {*baselines, *evaluate.MODELS, *evaluate.BLENDS.values()}
     assert set(result["results"]) == expected
     assert set(result["baseline_seconds"]) == baselines
     for res in result["results"].values():
@@ -476,6 +476,9 @@ def test_evaluate_protocol(tmp_path):
         assert discovery == result["results"]["popular_orders"]["discovery"][m]
     for cohort in ("all", "discovery"):
         ablation = result["lstm_over_ablation"][cohort]
+        low, high = ablation["hit@10_interval95"]
+        assert low <= ablation["hit@10"] <= high
+        ablation = result["blend_lstm_over_ablation"][cohort]
         low, high = ablation["hit@10_interval95"]
         assert low <= ablation["hit@10"] <= high
 

@@ -30,9 +30,9 @@ Protocol:
   cycle, item-to-item co-occurrence: `baselines`; they learn from every customer's orders
   before the cutoff, scored or not), the model without its LSTM (learned repeat + popularity
   scores: the ablation) and the full model, each trained on the pre-cutoff orders once per
-  ``--seeds``, and a blend of the full model with TIFU-KNN (`blend`: the model's order for
-  products the customer bought, for the others TIFU-KNN's, weighted by `BLEND_WEIGHT`), a
-  model variant, not a baseline.
+  ``--seeds``, and each of the two blended with TIFU-KNN (`blend`: the model's order for
+  products the customer bought, for the others TIFU-KNN's, weighted by `BLEND_WEIGHT`; the
+  ablation's blend is the blend's ablation), model variants, not baselines.
 * Every method against personal frequency (all customers) and against the strongest baseline
   of each cohort and metric (Hit@1, Hit@10, MRR): relative gains with 95% paired bootstrap
   intervals over customers.
@@ -90,8 +90,9 @@ from models.next_purchase.train import (  # noqa: E402
 )
 
 MODELS = {"repeat_no_lstm": False, "lstm_repeat": True}  # name -> use_lstm
-BLENDED = "lstm_repeat+tifu_knn"  # the full model's scores blended with TIFU-KNN's (`blend`)
 BLEND_NEIGHBOUR = "tifu_knn"
+BLENDS = {name: f"{name}+{BLEND_NEIGHBOUR}" for name in MODELS}  # each model blended (`blend`)
+BLENDED = BLENDS["lstm_repeat"]
 BLEND_WEIGHT = 1.0  # chosen by `--tune-blend --cutoff 2011-07-01` (BENCHMARKS.md)
 BLEND_GRID = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 REFERENCE = "personal_frequency"
@@ -267,14 +268,21 @@ def gain_interval(
     return torch.quantile(ratio, torch.tensor([0.025, 0.975], dtype=ratio.dtype)).tolist()
 
 
-def lstm_ablation(results: dict, ranks_of: dict, cohort: str) -> dict:
-    """The full model over its ablation without the LSTM in ``cohort`` (`DISCOVERY` or all):
-    relative gains of the seed means, and paired bootstrap intervals for Hit@1 and Hit@10."""
+def lstm_ablation(
+    results: dict,
+    ranks_of: dict,
+    cohort: str,
+    with_lstm: str = "lstm_repeat",
+    without_lstm: str = "repeat_no_lstm",
+) -> dict:
+    """The full model (or its blend) over its ablation without the LSTM in ``cohort``
+    (`DISCOVERY` or all): relative gains of the seed means, and paired bootstrap intervals for
+    Hit@1 and Hit@10."""
     if cohort not in ("all", DISCOVERY):
         raise ValueError(f"no per-customer ranks kept for cohort {cohort}")
-    full, without = ([r[cohort] for r in ranks_of[m]] for m in ("lstm_repeat", "repeat_no_lstm"))
+    full, without = ([r[cohort] for r in ranks_of[m]] for m in (with_lstm, without_lstm))
     out = {
-        m: relative_gain(results["lstm_repeat"][cohort][m], results["repeat_no_lstm"][cohort][m])
+        m: relative_gain(results[with_lstm][cohort][m], results[without_lstm][cohort][m])
         for m in ("hit@1", "hit@10", "mrr")
     }
     out.update({f"hit@{k}_interval95": gain_interval(full, without, k) for k in (1, 10)})
@@ -633,18 +641,18 @@ def main(argv: list[str]) -> int:
                 scores = model_scores(rec)
                 ranks_of[name].append(method_ranks(scores, targets))
                 per_seed[name].append(cohort_metrics(ranks_of[name][-1], targets.small))
-                if use_lstm:
-                    blended = blend(scores, neighbour_scores, targets.bought, BLEND_WEIGHT)
-                    ranks_of.setdefault(BLENDED, []).append(method_ranks(blended, targets))
-                    per_seed.setdefault(BLENDED, []).append(
-                        cohort_metrics(ranks_of[BLENDED][-1], targets.small)
-                    )
+                blended = blend(scores, neighbour_scores, targets.bought, BLEND_WEIGHT)
+                ranks_of.setdefault(BLENDS[name], []).append(method_ranks(blended, targets))
+                per_seed.setdefault(BLENDS[name], []).append(
+                    cohort_metrics(ranks_of[BLENDS[name]][-1], targets.small)
+                )
                 training[f"{name}/seed{seed}"] = {
                     k: summary[k] for k in ("seconds", "best_epoch", "epochs_run", "device")
                 }
                 print(f"{name} seed {seed}: {per_seed[name][-1]['all']} ({summary['seconds']}s)")
             results[name] = mean_over_seeds(per_seed[name])
-        results[BLENDED] = mean_over_seeds(per_seed[BLENDED])
+        for name in BLENDS.values():
+            results[name] = mean_over_seeds(per_seed[name])
 
     ref = results[REFERENCE]["all"]
     gains = {
@@ -666,12 +674,13 @@ def main(argv: list[str]) -> int:
         }
         for name, ranks in ranks_of.items()
     }
-    ablation = {}
+    ablation, blend_ablation = {}, {}
     if set(MODELS) <= set(ranks_of):
-        ablation = {
-            cohort: lstm_ablation(results, ranks_of, cohort)
-            for cohort in ("all", DISCOVERY)
-            if cohort in results["lstm_repeat"]
+        cohorts = [c for c in ("all", DISCOVERY) if c in results["lstm_repeat"]]
+        ablation = {c: lstm_ablation(results, ranks_of, c) for c in cohorts}
+        blend_ablation = {
+            c: lstm_ablation(results, ranks_of, c, BLENDED, BLENDS["repeat_no_lstm"])
+            for c in cohorts
         }
     print(f"\nrelative to {REFERENCE} (cohort all; 95% bootstrap interval over customers):")
     for name, g in gains.items():
@@ -686,9 +695,12 @@ def main(argv: list[str]) -> int:
     for name in per_seed:
         ok = all((gains[name][m] or 0.0) >= need for m, need in BAR.items())
         print(f"  {name}: bar (Hit@1 +15%, Hit@10 +5%) {'MET' if ok else 'NOT met'}")
-    for cohort, figures in ablation.items():
+    for (full, without), cohort, figures in [
+        *((("lstm_repeat", "repeat_no_lstm"), c, f) for c, f in ablation.items()),
+        *(((BLENDED, BLENDS["repeat_no_lstm"]), c, f) for c, f in blend_ablation.items()),
+    ]:
         print(
-            f"what the LSTM adds, cohort {cohort} (lstm_repeat / repeat_no_lstm - 1): "
+            f"what the LSTM adds, cohort {cohort} ({full} / {without} - 1): "
             + "  ".join(
                 f"{m} {percent(figures[m])}"
                 + (f" {interval(figures[f'{m}_interval95'])}" if m != "mrr" else "")
@@ -718,6 +730,7 @@ def main(argv: list[str]) -> int:
         "relative_interval95_" + REFERENCE: intervals,
         "against_strongest_baseline": compared,
         "lstm_over_ablation": ablation,
+        "blend_lstm_over_ablation": blend_ablation,
         "baseline_params": {name: asdict(p) for name, p in FIELD_PARAMS.items()},
         "blend": {"method": BLENDED, "neighbour": BLEND_NEIGHBOUR, "weight": BLEND_WEIGHT},
         "baseline_seconds": baseline_seconds,
