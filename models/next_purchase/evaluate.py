@@ -432,12 +432,12 @@ def table(results: dict) -> str:
         n = next(iter(results.values()))[cohort]["n"]
         lines.append(f"\ncohort {cohort} (n={n})")
         lines.append(
-            f"{'method':<22}" + "".join(f"{h:>9}" for h in [*(f"Hit@{k}" for k in KS), "MRR"])
+            f"{'method':<24}" + "".join(f"{h:>9}" for h in [*(f"Hit@{k}" for k in KS), "MRR"])
         )
         for method, res in results.items():
             r = res[cohort]
             vals = [r[f"hit@{k}"] for k in KS] + [r["mrr"]]
-            lines.append(f"{method:<22}" + "".join(f"{x:>9.4f}" for x in vals))
+            lines.append(f"{method:<24}" + "".join(f"{x:>9.4f}" for x in vals))
     return "\n".join(lines)
 
 
@@ -449,11 +449,11 @@ def split_table(results: dict) -> str:
         if f"hit@{KS[0]}_repeat" not in r:
             continue
         lines.append(f"\ncohort {cohort}: Hit@k = repeat + explore")
-        lines.append(f"{'method':<22}" + "".join(f"{f'Hit@{k}':>16}" for k in KS))
+        lines.append(f"{'method':<24}" + "".join(f"{f'Hit@{k}':>16}" for k in KS))
         for method, res in results.items():
             c = res[cohort]
             parts = [f"{c[f'hit@{k}_repeat']:.4f}+{c[f'hit@{k}_explore']:.4f}" for k in KS]
-            lines.append(f"{method:<22}" + "".join(f"{x:>16}" for x in parts))
+            lines.append(f"{method:<24}" + "".join(f"{x:>16}" for x in parts))
     return "\n".join(lines)
 
 
@@ -471,7 +471,7 @@ def strongest_table(compared: dict, methods: list[str]) -> str:
                 gain = "(it)" if figures is None else percent(figures["gain"])
                 bounds = "" if figures is None else interval(figures["interval95"])
                 cells.append(f"{metric} {gain:>7} {bounds:<16}")
-            lines.append(f"  {name:<22}" + "  ".join(cells))
+            lines.append(f"  {name:<24}" + "  ".join(cells))
     return "\n".join(lines)
 
 
@@ -686,7 +686,7 @@ def main(argv: list[str]) -> int:
     for name, g in gains.items():
         ci = intervals[name]
         print(
-            f"  {name:<22}"
+            f"  {name:<24}"
             + "  ".join(
                 f"{m} {percent(v)}" + (f" {interval(ci[m])}" if m in ci else "")
                 for m, v in g.items()
