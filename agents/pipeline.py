@@ -27,6 +27,7 @@ import faust
 import orjson
 from prometheus_client import Counter as Metric
 
+from agents.engagement import Engagement
 from agents.outreach import Outreach
 from agents.promotion import PromotionHooks
 from agents.runtime import metrics
@@ -41,6 +42,8 @@ from schemas.records import (
 )
 from schemas.validation import InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
+from streams.engagement import serving
+from streams.engagement.ranking import Ranking
 from streams.merchants.catalog import Merchant
 from streams.outreach.delivery import Send, plan_delivery
 from streams.state import customer_state
@@ -95,11 +98,13 @@ class Pipeline:
         policy: Policy,
         outreach: Outreach | None = None,
         promotion: PromotionHooks | None = None,
+        engagement: Engagement | None = None,
     ) -> None:
         self.nb = nb
         self.policy = policy
         self.outreach = outreach  # journeys: event-time timers in customer state
         self.promotion = promotion  # promotion policy: decision log, rewards, budget ledgers
+        self.engagement = engagement  # engagement actions: feedback, take windows, rankings
         self.max_bytes = nb.settings.max_event_bytes
         self.max_future_s = nb.settings.max_future_s or None
         self.max_state_bytes = nb.settings.max_state_bytes
@@ -248,6 +253,8 @@ class Pipeline:
             batch.outputs.append((self._topic(message.topic), key.encode(), message.value))
             return
         batch.count(metrics.EVENTS, merchant_id, kind, data["event_type"])
+        if self.engagement is not None:
+            self.engagement.check(merchant, kind, data)
         entry = self._load(batch, key, event)
         if entry.state is None:
             entry.state = customer_state.new_state()
@@ -265,6 +272,8 @@ class Pipeline:
             self.outreach.on_input(key, entry, kind, data, event)
         if self.promotion is not None:
             self.promotion.on_input(key, entry.state, kind, data, event)
+        if self.engagement is not None:
+            self.engagement.on_input(batch, merchant, entry.state, kind, data)
         session_id = data.get("session_id")
         if (
             data.get("customer_id")
@@ -328,14 +337,33 @@ class Pipeline:
         offers = self.policy.decide_batch(contexts)
         now = time.time()
         for decision, offer in zip(batch.decisions, offers, strict=True):
-            if offer is not None:
-                self._emit_offer(batch, decision, offer, now)
+            ranking = self._rank(decision.context)
+            emitted = offer is not None and self._emit_offer(batch, decision, offer, now, ranking)
+            if ranking is not None and not emitted:
+                self._emit_action(batch, decision, ranking, now)
 
-    def _emit_offer(self, batch: Batch, decision: Decision, offer: Offer, now: float) -> None:
+    def _rank(self, ctx: DecisionContext) -> Ranking | None:
+        """The engagement actions ranked for a cart, when its merchant ranks on carts."""
+        merchant = ctx.merchant
+        if self.engagement is None or not merchant.engagement.on_cart:
+            return None
+        if not merchant.engagement_actions:
+            return None
+        return self.engagement.rank(merchant, ctx.state, ctx.ts, ctx.cart_event_id)
+
+    def _emit_offer(
+        self,
+        batch: Batch,
+        decision: Decision,
+        offer: Offer,
+        now: float,
+        ranking: Ranking | None = None,
+    ) -> bool:
+        """Emit the offer (and its notification); False when the cart already had it."""
         ctx = decision.context
         offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer.key)
         if not customer_state.record_offer(ctx.state, ctx.generation, offer.key, offer_id, ctx.ts):
-            return
+            return False
         merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)
         promotion = promotion_record(
             offer_id=offer_id,
@@ -360,19 +388,25 @@ class Pipeline:
             recommendation_sources=list(offer.recommendation_sources),
         )
         promotion.update(offer.event_fields())
+        if (
+            ranking is not None
+            and serving.serve(ranking, True, ctx.merchant.engagement.combine).attach
+        ):
+            promotion.update(serving.ranking_fields(ranking, ctx.merchant.engagement.attach))
+            self.engagement.shown(batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts)
         key = ctx.customer_key.encode()
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
         batch.count(metrics.OFFERS, merchant_id, offer.offer_type)
         batch.latencies.append(max(0.0, now - decision.event.message.timestamp))
         if customer_id is None:
             batch.count(metrics.SUPPRESSED, merchant_id, "no_consent")
-            return
+            return True
         plan = plan_delivery(
             ctx.state, ctx.merchant, ctx.customer_key, offer, ctx.cart_event_id, ctx.ts
         )
         if not isinstance(plan, Send):
             batch.count(metrics.SUPPRESSED, merchant_id, plan.reason)
-            return
+            return True
         customer_state.record_message(ctx.state, plan.channel, plan.dedupe_key, ctx.ts)
         notification = notification_record(
             dedupe_key=plan.dedupe_key,
@@ -388,6 +422,41 @@ class Pipeline:
         )
         batch.outputs.append((self.nb.notifications, key, orjson.dumps(notification)))
         batch.count(metrics.NOTIFICATIONS, merchant_id, plan.channel)
+        return True
+
+    def _emit_action(self, batch: Batch, decision: Decision, ranking: Ranking, now: float) -> None:
+        """A cart without an offer: its first-ranked engagement action as its decision
+        (``streams.engagement.serving``), once per cart; in session only, no notification."""
+        ctx = decision.context
+        first = ranking.first
+        if first is None or serving.repeats_action(ctx.state, ctx.generation, first.action.id):
+            return
+        customer_state.engagement_state(ctx.state)["last"] = [ctx.generation, first.action.id]
+        merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)
+        offer_key = f"{serving.ENGAGEMENT_OFFER_TYPE}:{first.action.id}"
+        offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer_key)
+        record = promotion_record(
+            offer_id=offer_id,
+            merchant_id=merchant_id,
+            customer_id=customer_id,
+            session_id=session_id,
+            cart_event_id=ctx.cart_event_id,
+            event_time=ctx.ts,
+            decided_at=now,
+            offer_type=serving.ENGAGEMENT_OFFER_TYPE,
+            promotion_id=first.action.id,
+            message=serving.action_message(ranking),
+            cart_value=ctx.cart_value,
+            currency=ctx.currency,
+            policy=ranking.version,
+            reason=serving.action_reason(ranking, ctx.currency),
+            percent_off=None,
+            amount_to_next_tier=None,
+            recommendations=[],
+        )
+        record.update(serving.ranking_fields(ranking, ctx.merchant.engagement.attach))
+        batch.outputs.append((self.nb.promotions, ctx.customer_key.encode(), orjson.dumps(record)))
+        self.engagement.shown(batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts)
 
     def _dead_letter(self, batch: Batch, event: faust.EventT, reason: str, error: str) -> None:
         """The event to the dead-letter topic; a letter that would not fit the producer's

@@ -8,6 +8,7 @@ import faust
 import mode.loop
 
 from agents import catalog_updates, customer_events, monitoring, outreach, promotion
+from agents.engagement import Engagement
 from agents.pipeline import Pipeline
 from agents.runtime.app import NextbestApp, create_app
 from agents.runtime.settings import Settings, merchant_models_present
@@ -33,9 +34,11 @@ def build(
         hooks = promotion.register(nb, signals)
         policy = hooks.policy
     policy = policy or rules
-    customer_events.register(nb, Pipeline(nb, policy, outreach.register(nb, policy), hooks))
+    engagement = Engagement()
+    pipeline = Pipeline(nb, policy, outreach.register(nb, policy), hooks, engagement)
+    customer_events.register(nb, pipeline)
     monitoring.register(nb)
-    api.register(nb, rules if hooks is not None else policy, models)
+    api.register(nb, rules if hooks is not None else policy, models, engagement)
     return nb
 
 

@@ -67,7 +67,11 @@ FeedbackType = Literal[
     "offer_delivered", "offer_opened", "offer_clicked", "offer_redeemed", "offer_dismissed"
 ]
 Channel = Literal["push", "email", "sms", "in_app"]
-OfferType = Literal["free_shipping", "percent_off", "threshold_nudge", "product_coupon"]
+#: a customer's interaction with an engagement action (``streams.merchants.engagement``)
+ActionFeedbackType = Literal["action_shown", "action_taken", "action_dismissed"]
+OfferType = Literal[
+    "free_shipping", "percent_off", "threshold_nudge", "product_coupon", "engagement_action"
+]
 #: where an offer's add-on comes from (`streams.decisions.BOUGHT_TOGETHER`, `NEXT_PURCHASE`)
 AddOnSource = Literal["bought_together", "next_purchase"]
 ActionKind = Literal["none", "free_shipping", "percent_off", "threshold_nudge", "product_coupon"]
@@ -157,6 +161,29 @@ class FeedbackEvent(Event, serializer="json"):
     notification_id: Id | None = None
 
 
+class ActionFeedbackEvent(Event, serializer="json"):
+    """What a customer did with an engagement action (topic ``action-feedback``): shown to
+    them, taken (joined the loyalty programme, installed the app...) or dismissed.
+    ``action_id`` is the merchant catalog's engagement action id; ``channel`` where it happened
+    (absent: in session)."""
+
+    event_type: ActionFeedbackType
+    action_id: Id
+    channel: Channel | None = None
+
+
+class RankedAction(faust.Record, serializer="json"):
+    """One engagement action as ranked for a customer: ``p_take`` the posterior-mean
+    P(take | customer state), ``expected_value`` = ``p_take`` x ``value``."""
+
+    action_id: str
+    kind: str
+    title: str
+    value: float
+    p_take: float
+    expected_value: float
+
+
 class PromotionEvent(faust.Record, serializer="json"):
     """Output (topic ``promotions``): the offer chosen for a cart change."""
 
@@ -192,6 +219,12 @@ class PromotionEvent(faust.Record, serializer="json"):
     model_version: str | None = None
     #: Promotion policy: the most this offer's discount may be (what its budget reserved).
     max_discount: float | None = None
+    #: Engagement actions ranked for the customer (best first), when the merchant ranks them
+    #: on cart decisions; on ``offer_type: engagement_action`` the first is the decision.
+    #: ``engagement_propensity``: the probability the first had of being ranked first.
+    engagement_actions: list[RankedAction] | None = None
+    engagement_ranking: str | None = None  # expected_value | propensity
+    engagement_propensity: float | None = None
 
 
 class NotificationEvent(faust.Record, serializer="json"):
@@ -340,6 +373,7 @@ INPUT_EVENTS: dict[str, type[Event]] = {
     "orders": OrderEvent,
     "profiles": ProfileEvent,
     "feedback": FeedbackEvent,
+    "action_feedback": ActionFeedbackEvent,
 }
 OUTPUT_EVENTS: dict[str, type[faust.Record]] = {
     "promotions": PromotionEvent,

@@ -28,6 +28,10 @@ customer does (see ``docs/architecture.md`` for measured bytes per customer):
   is not emitted again for the same cart;
 - ``sent``: last ``MAX_SENT`` notifications ``[ts, channel, dedupe_key]`` (frequency cap and
   dedupe); ``last_message``: time of the last message per channel;
+- ``engagement`` (absent until the first engagement action is shown or its feedback came):
+  per engagement action ``{shown, taken, dismissed, last, taken_at, dismissed_at}`` (the last
+  ``MAX_ENGAGEMENT_ACTIONS`` actions touched), ``open`` take windows and ``last`` shown
+  (``streams.engagement.rewards``);
 - ``profile``: consent and preferences, or None; ``claimed``: anonymous sessions claimed;
   ``absorbed``: the session keys whose state was merged in (a re-sent absorb is skipped).
 """
@@ -54,6 +58,14 @@ FEEDBACK_COUNTERS = {
     "offer_redeemed": "redeemed",
     "offer_dismissed": "dismissed",
 }
+
+#: engagement action feedback (``action_feedback`` topic) -> its counter
+ENGAGEMENT_INTERACTIONS = {
+    "action_shown": "shown",
+    "action_taken": "taken",
+    "action_dismissed": "dismissed",
+}
+MAX_ENGAGEMENT_ACTIONS = 32
 
 
 def new_state() -> dict:
@@ -198,12 +210,41 @@ def apply_feedback(state: dict, event: dict) -> None:
     offers[FEEDBACK_COUNTERS[event["event_type"]]] += 1
 
 
+def engagement_state(state: dict) -> dict:
+    """The customer's engagement record (created on first use: older states lack it)."""
+    return state.setdefault("engagement", {"actions": {}, "open": [], "last": None})
+
+
+def apply_action_feedback(state: dict, event: dict) -> None:
+    """Count a customer's interaction with an engagement action, with its time."""
+    actions = engagement_state(state)["actions"]
+    action_id, ts = event["action_id"], event["_ts"]
+    record = actions.pop(action_id, None) or {
+        "shown": 0,
+        "taken": 0,
+        "dismissed": 0,
+        "last": ts,
+        "taken_at": None,
+        "dismissed_at": None,
+    }
+    interaction = ENGAGEMENT_INTERACTIONS[event["event_type"]]
+    record[interaction] += 1
+    record["last"] = max(record["last"], ts)
+    if interaction != "shown":
+        stamp = f"{interaction}_at"
+        record[stamp] = ts if record[stamp] is None else max(record[stamp], ts)
+    actions[action_id] = record  # the most recently touched last
+    while len(actions) > MAX_ENGAGEMENT_ACTIONS:
+        del actions[next(iter(actions))]
+
+
 APPLY = {
     "clickstream": apply_click,
     "cart": apply_cart,
     "orders": apply_order,
     "profiles": apply_profile,
     "feedback": apply_feedback,
+    "action_feedback": apply_action_feedback,
 }
 
 
