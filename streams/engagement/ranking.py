@@ -8,8 +8,9 @@ linear model of P(take within the window | x) on the customer's features ``x``
 dismissed) and an intercept. Its prior is Gaussian, centred on the action's configured
 ``prior_take_rate`` for the intercept (sd 0.05) and on 0 for the features' weights (sd 0.025),
 so a merchant's actions rank from the first event, by rate x value, before any feedback.
-The posterior is Gaussian (the sufficient statistics per action: the Gram matrix, ``sum y x``, counts), as in
-``streams.promotion.bandit.LinearThompson``; statistics are additive (`TakeModel.add`).
+The posterior is Gaussian (the sufficient statistics per action: the Gram matrix,
+``sum y x``, counts), as in ``streams.promotion.bandit.LinearThompson``; statistics are
+additive (`TakeModel.add`).
 
 Ranking (`TakeModel.rank`): ``draws`` posterior draws of every eligible action's weights are
 scored (``p x value`` under ``expected_value``, ``p`` under ``propensity``); each draw votes
