@@ -429,7 +429,7 @@ class Pipeline:
         (``streams.engagement.serving``), once per cart; in session only, no notification."""
         ctx = decision.context
         first = ranking.first
-        if first is None or serving.repeats_action(ctx.state, ctx.generation, first.action.id):
+        if first is None or serving.action_made(ctx.state, ctx.generation):
             return
         customer_state.engagement_state(ctx.state)["last"] = [ctx.generation, first.action.id]
         merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)

@@ -258,3 +258,10 @@ def test_combine_rules():
     assert "P(take)" in serving.action_reason(ranking, "GBP")
     nothing = TakeModel().rank((), None, 0.0, "expected_value", np.random.default_rng(0))
     assert serving.serve(nothing, False, "both") == serving.CartServing(False, False)
+
+
+def test_one_action_per_cart():
+    state = new_state()
+    assert not serving.action_made(state, 0)
+    state.setdefault("engagement", {"actions": {}, "open": [], "last": None})["last"] = [0, "a"]
+    assert serving.action_made(state, 0) and not serving.action_made(state, 1)

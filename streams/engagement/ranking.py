@@ -6,7 +6,8 @@ linear model of P(take within the window | x) on the customer's features ``x``
 (`action_features`: the promotion policy's context features of the customer's state and cart,
 ``streams.promotion.features``, plus how often this action was shown and whether it was
 dismissed) and an intercept. Its prior is Gaussian, centred on the action's configured
-``prior_take_rate`` for the intercept (sd 0.05) and on 0 for the features' weights (sd 0.025),
+``prior_take_rate`` for the intercept (sd: half the rate) and on 0 for the features' weights
+(sd 0.0125),
 so a merchant's actions rank from the first event, by rate x value, before any feedback.
 The posterior is Gaussian (the sufficient statistics per action: the Gram matrix,
 ``sum y x``, counts), as in ``streams.promotion.bandit.LinearThompson``; statistics are
@@ -54,16 +55,16 @@ _LOG_SHOWN = math.log1p(20.0)
 class RankingConfig:
     draws: int = 128
     explore: float = 0.05
-    intercept_precision: float = 100.0  # prior sd of the base rate: sqrt(0.25 / 100) = 0.05
-    prior_precision: float = 400.0  # of a feature's weight: sqrt(0.25 / 400) = 0.025
+    prior_cv: float = 0.5  # prior sd of an action's base rate, a share of its prior_take_rate
+    prior_precision: float = 1600.0  # of a feature's weight: sd sqrt(0.25 / 1600) = 0.0125
     noise_var: float = 0.25  # a Bernoulli outcome's largest variance
     remember: int = 4096  # reward ids kept to ignore replayed rewards
 
     def __post_init__(self) -> None:
         if self.draws < 1 or not 0.0 <= self.explore <= 1.0:
             raise ValueError("draws must be >= 1 and explore in [0, 1]")
-        if min(self.intercept_precision, self.prior_precision, self.noise_var) <= 0:
-            raise ValueError("intercept_precision, prior_precision and noise_var must be > 0")
+        if min(self.prior_cv, self.prior_precision, self.noise_var) <= 0:
+            raise ValueError("prior_cv, prior_precision and noise_var must be > 0")
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class TakeModel:
         prior_mean = np.zeros(self.dim)
         prior_mean[0] = action.prior_take_rate
         prior = np.full(self.dim, config.prior_precision)
-        prior[0] = config.intercept_precision
+        prior[0] = config.noise_var / (config.prior_cv * action.prior_take_rate) ** 2
         precision = np.diag(prior)
         target = prior * prior_mean
         if stats is not None:

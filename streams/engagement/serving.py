@@ -8,8 +8,8 @@ promotion record carries.
   (``offer_type: engagement_action``);
 - ``both``: an offer carries the ranked actions; a cart without one gets the first action.
 
-A cart gets the same action once (``state["engagement"]["last"]`` = ``[cart generation,
-action id]``), as it gets the same offer once.
+A cart gets one action as its decision (``state["engagement"]["last"]`` = ``[cart
+generation, action id]``), whatever later changes of the cart rank first.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ def serve(ranking: Ranking, has_offer: bool, combine: str) -> CartServing:
     return CartServing(attach=False, standalone=True)
 
 
-def repeats_action(state: dict, generation: int, action_id: str) -> bool:
+def action_made(state: dict, generation: int) -> bool:
+    """Whether cart ``generation`` got an engagement action as its decision already."""
     last = (state.get("engagement") or {}).get("last")
-    return last == [generation, action_id]
+    return last is not None and last[0] == generation
 
 
 def ranking_fields(ranking: Ranking, attach: int) -> dict:

@@ -1,0 +1,32 @@
+"""The demo's engagement actions: the shop ranks them on cart decisions (``combine: both``: an
+offer carries the ranked actions, a cart without an offer gets the first one), and the live
+tail shows them beside the offers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+def demo_engagement(shop: dict) -> None:
+    """The demo shop's config ranks its engagement actions on every cart decision."""
+    shop.setdefault("engagement", {}).update(on_cart=True, combine="both")
+
+
+def actions_line(offer: dict) -> str:
+    """The ranked engagement actions of a promotion record, for the live tail ("" without)."""
+    ranked = offer.get("engagement_actions") or ()
+    if not ranked:
+        return ""
+    parts = [
+        f"{a['action_id']} {a['p_take']:.3f} x {a['value']:g} = {a['expected_value']:.2f}"
+        for a in ranked
+    ]
+    return f"\n{'':>27}actions  " + " · ".join(parts)
+
+
+def count_actions(counts: Counter[str], offer: dict) -> None:
+    """Count the first-ranked action of a promotion record (``action:<id>``)."""
+    ranked = offer.get("engagement_actions") or ()
+    if ranked:
+        counts[f"action:{ranked[0]['action_id']}"] += 1
+        counts["with_actions"] += offer["offer_type"] != "engagement_action"
