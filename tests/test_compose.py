@@ -92,6 +92,9 @@ EXTRA_METRICS = {
     "nextbest_journey_timers_pending": "gauge",
     "nextbest_api_requests_total": "counter",
     "nextbest_api_request_duration_seconds": "histogram",
+    # engagement actions (agents/engagement.py, agents/web/api.py)
+    "nextbest_engagement_actions_ranked_total": "counter",
+    "nextbest_engagement_action_feedback_total": "counter",
 }
 METRICS = {**DOCUMENTED_METRICS, **EXTRA_METRICS}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
