@@ -265,3 +265,48 @@ def test_one_action_per_cart():
     assert not serving.action_made(state, 0)
     state.setdefault("engagement", {"actions": {}, "open": [], "last": None})["last"] = [0, "a"]
     assert serving.action_made(state, 0) and not serving.action_made(state, 1)
+
+
+# -- off-policy evaluation ------------------------------------------------------------------
+
+
+def logged_record(offer_id: str, customer: str, ranked: list[tuple[str, float, float]], p: float):
+    return {
+        "offer_id": offer_id,
+        "merchant_id": "shop",
+        "customer_id": customer,
+        "event_time": "2011-12-01T10:00:00+00:00",
+        "engagement_actions": [
+            {"action_id": a, "p_take": take, "value": value} for a, take, value in ranked
+        ],
+        "engagement_propensity": p,
+    }
+
+
+def test_ope_joins_takes_in_the_window_and_weighs_candidates():
+    from models.promotion import engagement_ope
+
+    loyalty, app = ("join-loyalty", 0.05, 10.0), ("get-app", 0.2, 2.0)
+    records = [
+        logged_record("o1", "c1", [loyalty, app], 0.8),  # taken in the window: reward 10
+        logged_record("o1", "c1", [loyalty, app], 0.8),  # the same record again: once
+        logged_record("o2", "c2", [app, loyalty], 0.25),  # taken after the window: 0
+        logged_record("o3", "c3", [app, loyalty], 0.25),  # taken: 2
+    ]
+    takes = [
+        feedback("action_taken", "join-loyalty", "2011-12-01T11:00:00Z", "t1")
+        | {"customer_id": "c1"},
+        feedback("action_taken", "get-app", "2011-12-05T11:00:00Z", "t2") | {"customer_id": "c2"},
+        feedback("action_taken", "get-app", "2011-12-01T10:30:00Z", "t3") | {"customer_id": "c3"},
+        feedback("action_taken", "get-app", "2011-12-01T10:30:00Z", "t3") | {"customer_id": "c3"},
+    ]
+    rows = engagement_ope.load_rows(records, takes, 72 * 3600.0)
+    assert [(r.record_id, r.reward) for r in rows] == [("o1", 10.0), ("o2", 0.0), ("o3", 2.0)]
+    (logged_ips, _), effective = engagement_ope.estimate(rows, "logged")
+    assert logged_ips.value == pytest.approx(12.0 / 3) and effective == pytest.approx(3)
+    (by_value, by_value_snips), _ = engagement_ope.estimate(rows, "expected_value")
+    # expected value puts loyalty first everywhere: only o1 agrees, weight 1 / 0.8
+    assert by_value.value == pytest.approx((10.0 / 0.8) / 3)
+    assert by_value_snips.value == pytest.approx(10.0)
+    (by_rate, _), _ = engagement_ope.estimate(rows, "propensity")
+    assert by_rate.value == pytest.approx((0.0 / 0.25 + 2.0 / 0.25) / 3)  # o2 and o3 agree
