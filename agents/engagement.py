@@ -13,7 +13,7 @@ from typing import Protocol
 
 from agents.runtime import metrics
 from schemas.validation import InvalidEvent
-from streams.engagement import rewards
+from streams.engagement import rewards, serving
 from streams.engagement.ranking import (
     Rankers,
     Ranking,
@@ -106,6 +106,31 @@ class Engagement:
             merchant.engagement.ranking,
             ranking_rng(ranking_id),
         )
+
+    def for_message(
+        self,
+        batch: Tally,
+        merchant: Merchant,
+        state: dict,
+        message_id: str,
+        channel: str,
+        ts: float,
+    ) -> dict | None:
+        """The fields a journey's message on ``channel`` gains: the actions shown on that
+        channel ranked for the customer (the first counted, its take window opened), where the
+        merchant allows it (``engagement.in_journeys``); None otherwise or when none is
+        eligible."""
+        if not merchant.engagement.in_journeys:
+            return None
+        actions = [a for a in merchant.engagement_actions if channel in a.channels]
+        model = self.rankers.model(merchant.id)
+        ranking = model.rank(
+            actions, state, ts, merchant.engagement.ranking, ranking_rng(message_id)
+        )
+        if ranking.first is None:
+            return None
+        self.shown(batch, merchant, state, ranking, message_id, ts)
+        return serving.ranking_fields(ranking, merchant.engagement.attach)
 
     def shown(
         self,

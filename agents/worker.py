@@ -35,7 +35,8 @@ def build(
         policy = hooks.policy
     policy = policy or rules
     engagement = Engagement()
-    pipeline = Pipeline(nb, policy, outreach.register(nb, policy), hooks, engagement)
+    journeys = outreach.register(nb, policy, engagement.for_message)
+    pipeline = Pipeline(nb, policy, journeys, hooks, engagement)
     customer_events.register(nb, pipeline)
     monitoring.register(nb)
     api.register(nb, rules if hooks is not None else policy, models, engagement)

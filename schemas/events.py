@@ -247,6 +247,12 @@ class NotificationEvent(faust.Record, serializer="json"):
     source: str = "offer"
     journey_step: str | None = None
     products: list[str] | None = None  # products the message is about (replenishment)
+    #: A journey's message, where the merchant allows it (``engagement.in_journeys``): the
+    #: engagement actions ranked among those shown on this channel, best first, and the
+    #: probability the first had of being ranked first.
+    engagement_actions: list[RankedAction] | None = None
+    engagement_ranking: str | None = None
+    engagement_propensity: float | None = None
 
 
 class DeadLetter(faust.Record, serializer="json"):

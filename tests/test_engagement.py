@@ -310,3 +310,49 @@ def test_ope_joins_takes_in_the_window_and_weighs_candidates():
     assert by_value_snips.value == pytest.approx(10.0)
     (by_rate, _), _ = engagement_ope.estimate(rows, "propensity")
     assert by_rate.value == pytest.approx((0.0 / 0.25 + 2.0 / 0.25) / 3)  # o2 and o3 agree
+
+
+# -- the worker's hooks (no Kafka: the batch is a counter) -----------------------------------
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.counted: list[tuple] = []
+
+    def count(self, metric: object, *labels: str) -> None:
+        self.counted.append(labels)
+
+
+def test_journey_messages_carry_the_actions_of_their_channel():
+    from agents.engagement import Engagement
+
+    engagement = Engagement()
+    state = new_state()
+    quiet = merchant()
+    assert engagement.for_message(Counts(), quiet, state, "n1", "email", 0.0) is None
+    shop = merchant(in_journeys=True)
+    assert engagement.for_message(Counts(), shop, state, "n1", "sms", 0.0) is None  # none on sms
+    counts = Counts()
+    fields = engagement.for_message(counts, shop, state, "n2", "in_app", 0.0)
+    ranked = [a["action_id"] for a in fields["engagement_actions"]]
+    assert set(ranked) == {"join-loyalty", "get-app", "explore-candles"}
+    assert counts.counted == [("shop", ranked[0])]
+    assert [w[1] for w in state["engagement"]["open"]] == [ranked[0]]  # a take window
+
+
+def test_feedback_hooks_learn_a_take_and_dead_letter_unknown_actions():
+    from agents.engagement import Engagement
+
+    engagement = Engagement()
+    shop = merchant(take_window_hours=1)
+    state = new_state()
+    shown = parsed(feedback("action_shown", "get-app", "2011-12-01T10:00:00Z", "s1"))
+    taken = parsed(feedback("action_taken", "get-app", "2011-12-01T10:20:00Z", "t1"))
+    for event in (shown, taken):
+        apply_event(state, "action_feedback", event)
+        engagement.on_input(Counts(), shop, state, "action_feedback", event)
+    model = engagement.rankers.model("shop")
+    assert (model.updates, model.stats["get-app"].taken) == (1, 1)
+    with pytest.raises(InvalidEvent, match="not an engagement action"):
+        unknown = parsed(feedback("action_taken", "nope", "2011-12-01T10:20:00Z", "t2"))
+        engagement.check(shop, "action_feedback", unknown)

@@ -22,6 +22,7 @@ offer, ``streams.promotion.actions``). In a merchant's config::
       ranking: expected_value       # or propensity (Amazon Personalize's way)
       combine: offer_first          # or both
       on_cart: true                 # rank on cart decisions (the API ranks either way)
+      in_journeys: false            # journeys' messages carry the first action of their channel
       take_window_hours: 72         # a take within this long of a showing is its reward
 
 The pydantic models validate (unknown keys, types and ranges are errors naming the field,
@@ -78,6 +79,7 @@ class EngagementOptions:
     ranking: str = "expected_value"
     combine: str = "offer_first"
     on_cart: bool = False
+    in_journeys: bool = False
     take_window_s: float = 72 * 3600.0
     attach: int = 3  # ranked actions written on a record
 
@@ -174,6 +176,8 @@ class EngagementConfig(ConfigModel):
     action)."""
     on_cart: bool = False
     """Rank on cart decisions (``GET /next-best-actions`` ranks either way)."""
+    in_journeys: bool = False
+    """Journeys' messages carry the first-ranked action of those shown on their channel."""
     take_window_hours: Positive = 72.0
     """A take within this long of a showing is that showing's reward."""
     attach: Annotated[int, Field(ge=1, le=10)] = EngagementOptions.attach
@@ -184,6 +188,7 @@ class EngagementConfig(ConfigModel):
             ranking=self.ranking,
             combine=self.combine,
             on_cart=self.on_cart,
+            in_journeys=self.in_journeys,
             take_window_s=self.take_window_hours * 3600.0,
             attach=self.attach,
         )
