@@ -2,27 +2,36 @@
 ranking a cart decision or ``GET /next-best-actions`` serves (the rules are in
 ``streams.engagement``; this module only counts and wires).
 
-The take models are this worker's, in memory (`Rankers`): each learns the rewards closed in the
-partitions the worker owns, from its prior, since the worker started (docs/merchants.md,
-"Engagement actions").
+The take models are this worker's (`Rankers`): each learns the rewards closed in the
+partitions the worker owns, from its prior; they are written to
+``<NEXTBEST_STATE_DIR>/engagement-models.json`` every `CHECKPOINT_S` and at shutdown, and read
+back at start (docs/merchants.md, "Engagement actions").
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
 from typing import Protocol
 
+import faust
+import orjson
+
 from agents.runtime import metrics
+from agents.runtime.app import NextbestApp
 from schemas.validation import InvalidEvent
 from streams.engagement import rewards, serving
 from streams.engagement.ranking import (
     Rankers,
     Ranking,
-    RankingConfig,
     action_features,
     ranking_rng,
 )
 from streams.merchants.catalog import Merchant
 from streams.state.customer_state import ENGAGEMENT_INTERACTIONS
+
+log = logging.getLogger(__name__)
 
 
 class Tally(Protocol):
@@ -31,9 +40,14 @@ class Tally(Protocol):
     def count(self, metric: object, *labels: str) -> None: ...
 
 
+CHECKPOINT_S = 30.0
+CHECKPOINT_NAME = "engagement-models.json"
+
+
 class Engagement:
-    def __init__(self, config: RankingConfig | None = None) -> None:
-        self.rankers = Rankers(config)
+    def __init__(self, rankers: Rankers | None = None) -> None:
+        self.rankers = rankers or Rankers()
+        self.learned = False  # since the last checkpoint
 
     def check(self, merchant: Merchant, kind: str, data: dict) -> None:
         """An action feedback event for an action the merchant does not define is invalid
@@ -70,9 +84,10 @@ class Engagement:
     def learn(self, merchant_id: str, closed: list[dict]) -> None:
         model = self.rankers.model(merchant_id)
         for reward in closed:
-            model.update(
+            learned = model.update(
                 reward["reward_id"], reward["action_id"], reward["features"], reward["taken"]
             )
+            self.learned = self.learned or learned
 
     def _open(
         self,
@@ -151,3 +166,50 @@ class Engagement:
             merchant, state, ranking_id, first.action.id, ts, features, ranking.propensity
         )
         self.learn(merchant.id, closed)
+
+
+def load_checkpoint(path: Path) -> Rankers:
+    """The take models written to ``path``; the priors alone when there is none or it cannot
+    be used (logged)."""
+    if not path.exists():
+        return Rankers()
+    try:
+        return Rankers.from_dict(orjson.loads(path.read_bytes()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.error("engagement models %s unusable (%r): starting from the priors", path, exc)
+        return Rankers()
+
+
+def save_checkpoint(engagement: Engagement, path: Path) -> None:
+    """Write the take models to ``path`` when they learned since the last write (replaced whole,
+    never half-written)."""
+    if not engagement.learned:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(orjson.dumps(engagement.rankers.to_dict()))
+    os.replace(partial, path)
+    engagement.learned = False
+
+
+def register(nb: NextbestApp) -> Engagement:
+    """The worker's engagement hooks, their models read back from the last checkpoint and
+    written every `CHECKPOINT_S` and at shutdown."""
+    path = Path(nb.settings.state_dir) / CHECKPOINT_NAME
+    engagement = Engagement(load_checkpoint(path))
+
+    def save() -> None:
+        try:
+            save_checkpoint(engagement, path)
+        except OSError:
+            log.exception("cannot write the engagement models %s", path)
+
+    @nb.app.timer(CHECKPOINT_S)
+    async def checkpoint() -> None:
+        save()
+
+    @nb.app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **kwargs: object) -> None:
+        save()
+
+    return engagement

@@ -356,3 +356,21 @@ def test_feedback_hooks_learn_a_take_and_dead_letter_unknown_actions():
     with pytest.raises(InvalidEvent, match="not an engagement action"):
         unknown = parsed(feedback("action_taken", "nope", "2011-12-01T10:20:00Z", "t2"))
         engagement.check(shop, "action_feedback", unknown)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from agents.engagement import Engagement, load_checkpoint, save_checkpoint
+
+    engagement = Engagement()
+    path = tmp_path / "engagement-models.json"
+    save_checkpoint(engagement, path)
+    assert not path.exists()  # nothing learned: nothing written
+    reward = {"reward_id": "r1", "action_id": "get-app", "features": [0.0] * 22, "taken": True}
+    engagement.learn("shop", [reward])
+    save_checkpoint(engagement, path)
+    back = load_checkpoint(path)
+    model = back.model("shop")
+    assert (model.updates, model.stats["get-app"].taken) == (1, 1)
+    assert not model.update("r1", "get-app", [0.0] * 22, True)  # learned before the restart
+    path.write_text("{not json")
+    assert load_checkpoint(path).models == {}  # unusable: the priors

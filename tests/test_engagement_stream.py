@@ -4,6 +4,7 @@ over real HTTP, forwarded to the key's owner."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from streams.merchants.catalog import DEFAULT_MERCHANTS
 from tests.harness import ADMIN_TOKEN, Cluster, cart_add, event, order_placed
 from tests.test_api import call
+from tests.test_scale_routing import PARTITIONS, poll, settled
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +27,10 @@ def cluster(tmp_path):
     merchants["merchants"][SHOP]["engagement"].update(on_cart=True, combine="both")
     path = tmp_path / "merchants.yaml"
     path.write_text(yaml.safe_dump(merchants))
-    cluster = Cluster(tmp_path / "cluster")
+    cluster = Cluster(tmp_path / "cluster", partitions=PARTITIONS)
     cluster.settings = replace(cluster.settings, merchants_path=path)
     ports = cluster.start_worker("a"), cluster.start_worker("b")
+    poll(lambda: settled(cluster), 120, "two workers ready, one owner per partition")
     yield cluster, ports
     cluster.close()
 
@@ -55,6 +58,9 @@ def test_actions_ranked_served_and_learned_through_the_worker(cluster):
         time="2011-11-10T10:00:00Z",
     )
     taken = feedback("action_taken", "eng-take-c1", "c1", "get-app", channel="in_app")
+    cluster.send("orders", order)  # before c2's cart: topics are not ordered among themselves
+    cluster.flush()
+    cluster.wait_processed(1, timeout=120)
     inputs = [
         ("orders", order),
         ("cart", cart_add("eng-cart-c1", 40.0, customer="c1")),
@@ -65,10 +71,10 @@ def test_actions_ranked_served_and_learned_through_the_worker(cluster):
         ("action_feedback", feedback("action_taken", "eng-unknown", "c1", "no-such-action")),
         ("action_feedback", feedback("action_taken", "eng-bad", "c1", "get-app", channel="fax")),
     ]
-    for kind, value in inputs:
+    for kind, value in inputs[1:]:
         cluster.send(kind, value)
     cluster.flush()
-    cluster.wait_processed(len(inputs), timeout=120)
+    cluster.wait_processed(len(inputs) + 1, timeout=120)  # the duplicate counts twice
 
     state = cluster.state(port, f"{SHOP}:c:c1")
     assert state["engagement"]["actions"]["get-app"]["taken"] == 1
@@ -101,10 +107,10 @@ def test_actions_ranked_served_and_learned_through_the_worker(cluster):
     status, spec, _ = call(port, "GET", "/openapi.json")
     assert "/next-best-actions" in spec["paths"]
     path = f"/next-best-actions?merchant={SHOP}&customer=c1&n=2"
-    status, body, _ = call(port, "GET", path, ADMIN_TOKEN)
+    status, body, headers = call(port, "GET", path, ADMIN_TOKEN)
     assert status == 200, body
     ids = [a["action_id"] for a in body["actions"]]
-    assert body["known_customer"] and 1 <= len(ids) <= 2
+    assert body["known_customer"] and 1 <= len(ids) <= 2, json.dumps([body, headers])
     assert not {"get-app", "join-loyalty"} & set(ids)  # taken already; no order yet
     assert all(
         a["expected_value"] == pytest.approx(a["p_take"] * a["value"], abs=1e-5)
@@ -130,3 +136,24 @@ def test_actions_ranked_served_and_learned_through_the_worker(cluster):
     )
     assert ranked >= 5  # two carts, three API calls
     assert interactions == 2  # the take (once) and the showing
+
+    # c2 takes the newsletter it was shown: the owner's take model learns it, and writes it to
+    # its checkpoint when it stops (read back at its next start).
+    take = feedback("action_taken", "eng-take-c2", "c2", "newsletter")
+    take["event_time"] = "2011-11-14T10:10:00Z"
+    cluster.send("action_feedback", take)
+    cluster.flush()
+    cluster.wait_processed(len(inputs) + 2, timeout=120)
+    c2 = cluster.state(port, f"{SHOP}:c:c2")
+    assert c2["engagement"]["actions"]["newsletter"]["taken"] == 1, json.dumps(c2["engagement"])
+    assert "newsletter" not in {w[1] for w in c2["engagement"]["open"]}  # closed: taken
+    for name in ("a", "b"):
+        cluster.stop_worker(name)
+    learned = []
+    for name in ("a", "b"):
+        path = cluster.tmp / f"state-{name}" / "engagement-models.json"
+        if path.exists():
+            learned.append(json.loads(path.read_text())[SHOP])
+    assert sum(model["updates"] for model in learned) == 1
+    [newsletter] = [m["actions"]["newsletter"] for m in learned if m["updates"]]
+    assert (newsletter["n"], newsletter["taken"]) == (1, 1)

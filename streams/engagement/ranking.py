@@ -283,6 +283,7 @@ class TakeModel:
                 }
                 for action_id, s in self.stats.items()
             },
+            "seen": list(self._seen),
         }
 
     @classmethod
@@ -298,6 +299,7 @@ class TakeModel:
                 int(s["n"]),
                 int(s["taken"]),
             )
+        model._seen = dict.fromkeys(data.get("seen", []))
         return model
 
 
@@ -307,11 +309,21 @@ def _empty_features() -> list[float]:
 
 
 class Rankers:
-    """One `TakeModel` per merchant (a worker's in-memory models)."""
+    """One `TakeModel` per merchant (a worker's models; `to_dict` / `from_dict` for its
+    checkpoint)."""
 
     def __init__(self, config: RankingConfig | None = None) -> None:
         self.config = config or RankingConfig()
         self.models: dict[str, TakeModel] = {}
+
+    def to_dict(self) -> dict:
+        return {merchant: model.to_dict() for merchant, model in self.models.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict, config: RankingConfig | None = None) -> Rankers:
+        rankers = cls(config)
+        rankers.models = {m: TakeModel.from_dict(d, rankers.config) for m, d in data.items()}
+        return rankers
 
     def model(self, merchant_id: str) -> TakeModel:
         model = self.models.get(merchant_id)
