@@ -78,6 +78,9 @@ class Batch:
     #: counter increments, applied once the batch is committed: (counter, labels) -> amount
     tally: Counter[tuple[Metric, tuple[str, ...]]] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)  # DECISION_LATENCY observations
+    #: cart event id -> the engagement fields its promotion record carried (for its decision
+    #: record, ``agents.promotion``)
+    engagement: dict[str, dict] = field(default_factory=dict)
 
     def count(self, metric: Metric, *labels: str) -> None:
         self.tally[(metric, labels)] += 1
@@ -392,7 +395,9 @@ class Pipeline:
             ranking is not None
             and serving.serve(ranking, True, ctx.merchant.engagement.combine).attach
         ):
-            promotion.update(serving.ranking_fields(ranking, ctx.merchant.engagement.attach))
+            fields = serving.ranking_fields(ranking, ctx.merchant.engagement.attach)
+            promotion.update(fields)
+            batch.engagement[ctx.cart_event_id] = fields
             self.engagement.shown(batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts)
         key = ctx.customer_key.encode()
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
@@ -454,7 +459,9 @@ class Pipeline:
             amount_to_next_tier=None,
             recommendations=[],
         )
-        record.update(serving.ranking_fields(ranking, ctx.merchant.engagement.attach))
+        fields = serving.ranking_fields(ranking, ctx.merchant.engagement.attach)
+        record.update(fields)
+        batch.engagement[ctx.cart_event_id] = fields
         batch.outputs.append((self.nb.promotions, ctx.customer_key.encode(), orjson.dumps(record)))
         self.engagement.shown(batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts)
 

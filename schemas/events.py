@@ -327,6 +327,11 @@ class DecisionRecord(faust.Record, serializer="json"):
     deep_discount_depth: float | None = None  # the merchant's deep-discount premium, as used
     deep_discount_cost: float | None = None  # (None in logs written before it existed)
     repeat_of: str | None = None  # the decision id this record repeats (absent in older logs)
+    #: The engagement actions the cart's promotion record carried (``PromotionEvent``'s fields
+    #: of the same names), absent when it carried none.
+    engagement_actions: list[RankedAction] | None = None
+    engagement_ranking: str | None = None
+    engagement_propensity: float | None = None
     record: Literal["decision"] = "decision"
 
 

@@ -99,6 +99,10 @@ def test_actions_ranked_served_and_learned_through_the_worker(cluster):
     assert "explore-jumbo-bags" not in {
         a["action_id"] for a in by_cart["eng-cart-c2"]["engagement_actions"]
     }  # c2 bought a jumbo bag
+    decisions = {d["cart_event_id"]: d for d in cluster.read("decisions", min_count=2)}
+    for cart, record in by_cart.items():  # the decision log carries what the record carried
+        assert decisions[cart]["engagement_actions"] == record["engagement_actions"]
+        assert decisions[cart]["engagement_propensity"] == record["engagement_propensity"]
     assert "join-loyalty" not in {
         a["action_id"] for a in by_cart["eng-cart-c1"]["engagement_actions"]
     }  # c1 has no order yet
