@@ -35,7 +35,8 @@ def open_window(
     windows = engagement_state(state)["open"]
     if any(w[1] == action_id for w in windows):
         return []
-    windows.append([ranking_id, action_id, ts, ts + window_s, propensity, mode, features])
+    kept = [round(x, 4) for x in features]  # ~150 bytes a window in the customer's record
+    windows.append([ranking_id, action_id, ts, ts + window_s, propensity, mode, kept])
     closed = []
     while len(windows) > MAX_OPEN:
         closed.append(_reward(windows.pop(0), taken=False, closed_at=ts, reason="evicted"))
