@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 #: the grouped results: (file stem, column, title, groups kept (rest: other), by size)
 GROUPINGS = (
     ("by-country", "country", "country", 10, True),
-    ("by-rfm", "rfm_band", "RFM band", None, False),
+    ("by-rfm", "rfm_band", "RFM band", 12, False),
     ("by-churn", "churn_band", "churn-risk band", None, False),
 )
 COLORS = ("#888888", "#4878a8", "#d08040", "#60a060", "#a05090")
@@ -42,7 +42,8 @@ def markdown(frame: pd.DataFrame, columns: dict[str, str], digits: int = 2) -> s
     """A Markdown table of ``frame``'s ``columns`` (column -> header); an interval column
     (one with ``_low``/``_high`` companions) as ``value [low, high]``."""
     lines = ["| " + " | ".join(columns.values()) + " |"]
-    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in columns]
+    lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
     for _, row in frame.iterrows():
         cells = []
         for column in columns:
@@ -96,7 +97,8 @@ def plot_results(table: pd.DataFrame, column: str, title: str, path: Path) -> No
     groups = list(dict.fromkeys(table[column]))
     arms = sorted(set(table["arm"]), key=lambda a: (a != HOLDOUT, a))
     width = 0.8 / len(arms)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(groups) * len(arms)), 4.5))
+    size = (min(16.0, max(8.0, 0.6 * len(groups) * len(arms))), 8.0)
+    fig, axes = plt.subplots(2, 1, figsize=size)
     for ax, metric in zip(axes, ("conversion", "profit"), strict=True):
         x = np.arange(len(groups))
         for i, arm in enumerate(arms):

@@ -255,8 +255,8 @@ def results_by(
     """Per value of ``column`` and arm (holdout first): customers, decisions, offers sent,
     conversion, revenue and profit per decision, and the arm's conversion and profit lift over
     the holdout of the same group, each with its 95% interval (``_low``, ``_high``; NaN where
-    there is too little data). ``top``: the groups with most decisions, the rest as ``other``.
-    Groups by decisions (``by_size``) or by their label."""
+    there is too little data). ``top``: the groups with most decisions, the rest as ``other``
+    (last). Groups by decisions (``by_size``) or by their label."""
     groups = frame[column]
     sizes = groups.value_counts()
     if top is not None and len(sizes) > top:
@@ -266,7 +266,7 @@ def results_by(
     if by_size:
         order = sorted(sizes.index, key=lambda g: (g == OTHER, -sizes[g], g))
     else:
-        order = sorted(sizes.index)
+        order = sorted(sizes.index, key=lambda g: (g == OTHER, g))
     rows = []
     for group in order:
         in_group = frame[groups == group]
