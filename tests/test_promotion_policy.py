@@ -3,6 +3,7 @@ match the decisions topic's contract, one decision per cart, learning from rewar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -134,6 +135,12 @@ def test_a_decision_carries_the_carts_products_and_the_customers_country():
     validate("decisions.v1.json", d.record)
     DecisionRecord.from_data(d.record)
     assert d.record["cart_products"] == ["B2", "A1"] and d.record["country"] == "EIRE"
+    # the cart as its event left it, when a later event of the batch emptied it (an order)
+    ctx = context(shop(), 100.0, customer="2", event_id="e2")
+    ctx = dataclasses.replace(ctx, cart_products=("A1",))
+    ctx.state["cart"]["lines"] = []
+    (d,) = policy.decide([ctx])
+    assert d.record["cart_products"] == ["A1"]
 
 
 def test_ab_arms_use_their_variant():

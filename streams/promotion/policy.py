@@ -363,7 +363,11 @@ class PromotionPolicy:
             "features": [round(float(v), 6) for v in features],
             "guard": guard if guard in ("over_budget", "duplicate", "repeated") else None,
             "repeat_of": None,
-            "cart_products": _cart_product_ids(ctx.state),
+            "cart_products": (
+                list(ctx.cart_products)
+                if ctx.cart_products is not None
+                else _cart_product_ids(ctx.state)
+            ),
             "country": (ctx.state.get("profile") or {}).get("country"),
         }
         promo["cart"] = {
