@@ -259,3 +259,13 @@ def test_report_command_writes_every_table_and_chart(tmp_path, capsys):
     arms = pd.read_csv(out / "arms.csv").set_index("arm")
     assert arms.loc["holdout", "decisions"] == sum(d[2] == "holdout" for d in DECISIONS)
     assert report_command.main(["--log", str(path), "--merchant", "other"]) == 1
+
+
+def test_report_of_a_log_whose_windows_are_all_open(tmp_path, capsys):
+    decisions, _ = log()
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in decisions) + "\n")
+    assert report_command.main(["--log", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "no decision has closed its attribution window yet" in capsys.readouterr().out
+    assert (tmp_path / "out" / "arms.csv").exists()
+    assert not (tmp_path / "out" / "by-country.csv").exists()

@@ -201,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(frame)} decisions with a closed window (a reward) in the tables below; "
         f"{len(decisions) - len(frame)} still open left out\n"
     )
+    if frame.empty:
+        print("no decision has closed its attribution window yet: no more tables")
+        print("\nwrote " + ", ".join(str(p) for p in written))
+        return 0
     offered = analytics.products_offered(frame, args.top)
     bought = analytics.products_bought(frame, args.top)
     print("## Top products offers were sent on (coupon product, or in the cart)\n")
