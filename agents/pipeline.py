@@ -255,9 +255,9 @@ class Pipeline:
             batch.count(metrics.REROUTED)
             batch.outputs.append((self._topic(message.topic), key.encode(), message.value))
             return
-        batch.count(metrics.EVENTS, merchant_id, kind, data["event_type"])
-        if self.engagement is not None:
+        if self.engagement is not None:  # an unknown action, like an unknown merchant: not counted
             self.engagement.check(merchant, kind, data)
+        batch.count(metrics.EVENTS, merchant_id, kind, data["event_type"])
         entry = self._load(batch, key, event)
         if entry.state is None:
             entry.state = customer_state.new_state()
@@ -301,6 +301,7 @@ class Pipeline:
             ts=data["_ts"],
             cart_event_id=data["event_id"],
             generation=state["cart"]["generation"],
+            cart_products=tuple(dict.fromkeys(line[0] for line in state["cart"]["lines"])),
         )
         return Decision(context, event)
 

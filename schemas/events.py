@@ -151,6 +151,9 @@ class ProfileEvent(Event, serializer="json"):
     preferred_channel: Channel | None = None
     time_zone: TimeZone | None = None
     opted_out: bool = False
+    #: Where the customer lives (a country name or ISO code, as the shop writes it): the
+    #: decision records carry it, for ``nextbest report``'s results by country.
+    country: Name | None = None
 
 
 class FeedbackEvent(Event, serializer="json"):
@@ -285,6 +288,14 @@ class ActionOption(faust.Record, serializer="json"):
     discount: float
 
 
+class OrderProduct(faust.Record, serializer="json"):
+    """One product of an attributed order: its line value at list price (quantity x unit
+    price, the product's lines summed)."""
+
+    product_id: str
+    value: float
+
+
 class DecisionRecord(faust.Record, serializer="json"):
     """Output (topic ``decisions``): one promotion-policy decision for a cart, holdout and
     no-offer decisions included. ``action`` was chosen with probability ``propensity`` by
@@ -332,6 +343,10 @@ class DecisionRecord(faust.Record, serializer="json"):
     engagement_actions: list[RankedAction] | None = None
     engagement_ranking: str | None = None
     engagement_propensity: float | None = None
+    #: The cart's product ids when decided and the customer's country (profile), for the
+    #: report's results by product and country; null on repeats, absent in older logs.
+    cart_products: list[str] | None = None
+    country: str | None = None
     record: Literal["decision"] = "decision"
 
 
@@ -375,6 +390,9 @@ class RewardRecord(faust.Record, serializer="json"):
     offer_id: str | None = None
     max_discount: float | None = None
     order_id: str | None = None
+    #: The attributed order's products (absent in older logs), for the report's products
+    #: bought after an offer.
+    order_products: list[OrderProduct] | None = None
     record: Literal["reward"] = "reward"
 
 

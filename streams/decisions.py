@@ -27,6 +27,9 @@ class DecisionContext:
     # The cart generation the cart event left, when the caller emits the offer only if this cart
     # did not get the same offer before (``customer_state.record_offer``); None: no such rule.
     generation: int | None = None
+    # The cart's product ids when its event was applied (a later event of the same batch may
+    # change the cart before the policy decides); None: read them from ``state``.
+    cart_products: tuple[str, ...] | None = None
 
     @classmethod
     def of_stored_cart(

@@ -158,6 +158,10 @@ def test_actions_ranked_served_and_learned_through_the_worker(cluster):
         path = cluster.tmp / f"state-{name}" / "engagement-models.json"
         if path.exists():
             learned.append(json.loads(path.read_text())[SHOP])
-    assert sum(model["updates"] for model in learned) == 1
-    [newsletter] = [m["actions"]["newsletter"] for m in learned if m["updates"]]
-    assert (newsletter["n"], newsletter["taken"]) == (1, 1)
+    # The owner learned it once; the other worker too when the owner stopped before committing
+    # the take's offset (it is read again there: each worker's models are its own).
+    learners = [model for model in learned if model["updates"]]
+    assert learners and all(model["updates"] == 1 for model in learners)
+    for model in learners:
+        newsletter = model["actions"]["newsletter"]
+        assert (newsletter["n"], newsletter["taken"]) == (1, 1)

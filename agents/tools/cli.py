@@ -26,7 +26,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "bought-together add-ons against popularity and the next-purchase model",
     ),
     "uplift-validate": ("models.promotion.hillstrom", "validate the uplift model on Hillstrom"),
-    "report": ("models.promotion.report", "promotion results per experiment arm (table + PNG)"),
+    "report": (
+        "agents.tools.report",
+        "promotion results per arm, product, country, segment and week (tables, CSV, PNG)",
+    ),
     "ope": ("models.promotion.ope", "off-policy evaluation of a promotion policy from the log"),
     "engagement-ope": (
         "models.promotion.engagement_ope",

@@ -89,6 +89,12 @@ ModelLookup = Callable[[str], ServingModel | None]  # merchant id -> its model, 
 # -- the API --------------------------------------------------------------------------------
 
 
+def forwarded_url(request_url: URL, owner: URL) -> URL:
+    """``request_url`` (path and query kept) sent to ``owner``, the owning worker's advertised
+    URL: its scheme, host and port (an advertised ``https://`` URL is called over TLS)."""
+    return request_url.with_scheme(owner.scheme).with_host(owner.host).with_port(owner.port)
+
+
 class Api:
     def __init__(
         self,
@@ -177,7 +183,7 @@ class Api:
         here = URL(str(app.conf.canonical_url))
         if (dest.host, dest.port) == (here.host, here.port):
             return None
-        url = request.url.with_host(dest.host).with_port(dest.port)
+        url = forwarded_url(request.url, dest)
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         headers[FORWARDED] = "1"
         try:

@@ -25,10 +25,10 @@ allows stay the same, a later cart change repeats the decision (the agent then s
 unchanged offer); a change of the allowed actions (a tier reached, a nudge target changed)
 makes a new decision. Every cart event gets one record: a repeat's has its own decision id
 (from its cart event), ``repeat_of`` the decision it repeats, that decision's action and
-propensity, ``sent: false``, no options or features, and opens no attribution window (the
-decision's reward is learned once; ``repeat_of`` is null on every other record). A new
-decision that picks the offer this cart already got (the agent would not emit it again)
-reserves nothing and is logged ``sent: false``, ``guard: "repeated"``: the ledgers hold
+propensity, ``sent: false``, no options, features, cart products or country, and opens no
+attribution window (the decision's reward is learned once; ``repeat_of`` is null on every other
+record). A new decision that picks the offer this cart already got (the agent would not emit it
+again) reserves nothing and is logged ``sent: false``, ``guard: "repeated"``: the ledgers hold
 reservations of emitted offers only.
 
 One record per decision id: a decision id already made for the customer (its attribution
@@ -153,6 +153,11 @@ def _cart_fields(ctx: DecisionContext, generation: int, decision_id: str, experi
 
 def _cart_products(state: dict) -> frozenset[str]:
     return frozenset(line[0] for line in (state.get("cart") or {}).get("lines") or [])
+
+
+def _cart_product_ids(state: dict) -> list[str]:
+    """The cart's product ids in cart order, each once (the decision record's ``cart_products``)."""
+    return list(dict.fromkeys(line[0] for line in (state.get("cart") or {}).get("lines") or []))
 
 
 class PromotionPolicy:
@@ -358,6 +363,12 @@ class PromotionPolicy:
             "features": [round(float(v), 6) for v in features],
             "guard": guard if guard in ("over_budget", "duplicate", "repeated") else None,
             "repeat_of": None,
+            "cart_products": (
+                list(ctx.cart_products)
+                if ctx.cart_products is not None
+                else _cart_product_ids(ctx.state)
+            ),
+            "country": (ctx.state.get("profile") or {}).get("country"),
         }
         promo["cart"] = {
             "generation": generation,
@@ -405,6 +416,8 @@ class PromotionPolicy:
             "features": [],
             "guard": None,
             "repeat_of": sticky["decision_id"],
+            "cart_products": None,
+            "country": None,
         }
         return PolicyDecision(offer, record, [])
 

@@ -202,6 +202,7 @@ def apply_profile(state: dict, event: dict) -> None:
         "preferred": event.get("preferred_channel"),
         "time_zone": event.get("time_zone"),
         "opted_out": bool(event.get("opted_out", False)),
+        "country": event.get("country"),
     }
 
 
