@@ -374,3 +374,21 @@ def test_checkpoint_round_trip(tmp_path):
     assert not model.update("r1", "get-app", [0.0] * 22, True)  # learned before the restart
     path.write_text("{not json")
     assert load_checkpoint(path).models == {}  # unusable: the priors
+
+
+def test_a_sessions_engagement_merges_into_the_customers():
+    from streams.state.customer_state import merge_anonymous
+
+    customer, session = new_state(), new_state()
+    shown = parsed(feedback("action_shown", "get-app", "2011-12-01T10:00:00Z", "s1"))
+    apply_event(customer, "action_feedback", shown)
+    for i, event_type in enumerate(("action_shown", "action_dismissed")):
+        event = parsed(feedback(event_type, "get-app", "2011-12-01T11:00:00Z", f"g{i}"))
+        apply_event(session, "action_feedback", event)
+    rewards.open_window(session, "d1", "newsletter", 100.0, 50.0, [0.1], 0.5, "propensity")
+    rewards.open_window(session, "d2", "get-app", 90.0, 50.0, [0.1], 0.5, "propensity")
+    rewards.open_window(customer, "d3", "get-app", 95.0, 50.0, [0.1], 0.5, "propensity")
+    merge_anonymous(customer, session)
+    app = customer["engagement"]["actions"]["get-app"]
+    assert (app["shown"], app["dismissed"], app["dismissed_at"]) == (2, 1, shown["_ts"] + 3600)
+    assert [w[0] for w in customer["engagement"]["open"]] == ["d3", "d1"]  # the customer's kept

@@ -15,9 +15,8 @@ features]``.
 
 from __future__ import annotations
 
+from streams.state.customer_state import MAX_OPEN_WINDOWS as MAX_OPEN
 from streams.state.customer_state import engagement_state
-
-MAX_OPEN = 8
 
 
 def open_window(

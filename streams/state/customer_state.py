@@ -66,6 +66,7 @@ ENGAGEMENT_INTERACTIONS = {
     "action_dismissed": "dismissed",
 }
 MAX_ENGAGEMENT_ACTIONS = 32
+MAX_OPEN_WINDOWS = 8  # engagement take windows kept (``streams.engagement.rewards``)
 
 
 def new_state() -> dict:
@@ -325,3 +326,28 @@ def merge_anonymous(customer: dict, anonymous: dict) -> None:
     for key, value in anonymous["offers"].items():
         if key != "last":
             customer["offers"][key] += value
+    if "engagement" in anonymous:
+        _merge_engagement(engagement_state(customer), anonymous["engagement"])
+
+
+def _merge_engagement(customer: dict, anonymous: dict) -> None:
+    """The session's engagement counters added to the customer's, and its open take windows
+    for actions the customer has none open for (at most ``MAX_OPEN_WINDOWS``, oldest out)."""
+    actions = customer["actions"]
+    for action_id, theirs in anonymous["actions"].items():
+        mine = actions.pop(action_id, None)
+        if mine is not None:
+            theirs = {
+                **{k: mine[k] + theirs[k] for k in ENGAGEMENT_INTERACTIONS.values()},
+                **{
+                    k: max((t for t in (mine[k], theirs[k]) if t is not None), default=None)
+                    for k in ("last", "taken_at", "dismissed_at")
+                },
+            }
+        actions[action_id] = theirs
+    while len(actions) > MAX_ENGAGEMENT_ACTIONS:
+        del actions[next(iter(actions))]
+    open_ids = {window[1] for window in customer["open"]}
+    customer["open"].extend(w for w in anonymous["open"] if w[1] not in open_ids)
+    customer["open"].sort(key=lambda window: window[2])
+    del customer["open"][: max(0, len(customer["open"]) - MAX_OPEN_WINDOWS)]
