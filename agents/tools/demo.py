@@ -247,7 +247,7 @@ class Tail(threading.Thread):
                     tqdm.write(self._line(kind, value))
                 self.counts[kind] += 1
                 self.counts["model"] += kind == "offer" and bool(value.get("model_version"))
-                if kind == "offer":
+                if kind in ("offer", "notify"):
                     count_actions(self.counts, value)
                 self.counts["bought_together"] += kind == "offer" and "bought_together" in (
                     value.get("recommendation_sources") or ()
@@ -308,7 +308,7 @@ class Tail(threading.Thread):
             return (
                 f"  notify  {value['customer_id']:>14}  {value['channel']:<6} "
                 f"[{journey_label(value)}] -> {value['address']}: {value['body']}"
-            )
+            ) + actions_line(value)
         return f"  DLQ     {value['reason']:<22} {value['error'][:70]}"
 
 
@@ -539,7 +539,8 @@ def _summary(
     print(
         f"  engagement actions first-ranked: {group('action:')}; "
         f"{counts['with_actions']:,} offers carried them, "
-        f"{counts['offer:engagement_action']:,} carts got an action alone"
+        f"{counts['offer:engagement_action']:,} carts got an action alone, "
+        f"{counts['messages_with_actions']:,} journey messages carried them"
     )
     print(f"  journey steps      {journeys}")
     print(f"  e-mails opened     {counts['opened']:,} (simulated open tracking, follow-up e-mails)")

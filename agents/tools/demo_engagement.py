@@ -1,6 +1,6 @@
 """The demo's engagement actions: the shop ranks them on cart decisions (``combine: both``: an
-offer carries the ranked actions, a cart without an offer gets the first one), and the live
-tail shows them beside the offers."""
+offer carries the ranked actions, a cart without an offer gets the first one) and on journeys'
+messages, and the live tail shows them beside the offers and messages."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from collections import Counter
 
 
 def demo_engagement(shop: dict) -> None:
-    """The demo shop's config ranks its engagement actions on every cart decision."""
-    shop.setdefault("engagement", {}).update(on_cart=True, combine="both")
+    """The demo shop's config ranks its engagement actions on every cart decision and journey
+    message."""
+    shop.setdefault("engagement", {}).update(on_cart=True, combine="both", in_journeys=True)
 
 
 def actions_line(offer: dict) -> str:
@@ -24,9 +25,13 @@ def actions_line(offer: dict) -> str:
     return f"\n{'':>27}actions  " + " · ".join(parts)
 
 
-def count_actions(counts: Counter[str], offer: dict) -> None:
-    """Count the first-ranked action of a promotion record (``action:<id>``)."""
-    ranked = offer.get("engagement_actions") or ()
+def count_actions(counts: Counter[str], record: dict) -> None:
+    """Count the first-ranked action of a promotion or notification record (``action:<id>``),
+    offers and journey messages that carried actions."""
+    ranked = record.get("engagement_actions") or ()
     if ranked:
         counts[f"action:{ranked[0]['action_id']}"] += 1
-        counts["with_actions"] += offer["offer_type"] != "engagement_action"
+        if "notification_id" in record:
+            counts["messages_with_actions"] += 1
+        else:
+            counts["with_actions"] += record["offer_type"] != "engagement_action"
