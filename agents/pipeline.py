@@ -301,7 +301,7 @@ class Pipeline:
             ts=data["_ts"],
             cart_event_id=data["event_id"],
             generation=state["cart"]["generation"],
-            cart_products=tuple(dict.fromkeys(line[0] for line in state["cart"]["lines"])),
+            as_of=customer_state.decision_view(state),
         )
         return Decision(context, event)
 

@@ -137,7 +137,7 @@ def test_a_decision_carries_the_carts_products_and_the_customers_country():
     assert d.record["cart_products"] == ["B2", "A1"] and d.record["country"] == "EIRE"
     # the cart as its event left it, when a later event of the batch emptied it (an order)
     ctx = context(shop(), 100.0, customer="2", event_id="e2")
-    ctx = dataclasses.replace(ctx, cart_products=("A1",))
+    ctx = dataclasses.replace(ctx, as_of=customer_state.decision_view(ctx.state))
     ctx.state["cart"]["lines"] = []
     (d,) = policy.decide([ctx])
     assert d.record["cart_products"] == ["A1"]

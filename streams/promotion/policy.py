@@ -41,7 +41,10 @@ chooses the same while the bandit's statistics and the customer's state are the 
 
 ``decide_batch`` (the `Policy` protocol) returns the offers only and keeps the records for
 ``drain_records``; ``decide`` returns both. The policy mutates ``context.state`` (its
-``"promo"`` part) and the ``ledgers`` mapping, as the agent's tables expect.
+``"promo"`` part) and the ``ledgers`` mapping, as the agent's tables expect. Its inputs (the
+features, the objective, the coupon candidate's cart check, the record's cart products and
+country) are read from ``context.view``: the state as the cart event left it, not as the rest
+of its micro-batch did.
 """
 
 from __future__ import annotations
@@ -287,11 +290,11 @@ class PromotionPolicy:
             ctx.currency,
             ctx.ts,
             coupon,
-            _cart_products(ctx.state) if coupon and merchant.product_coupons else frozenset(),
+            _cart_products(ctx.view) if coupon and merchant.product_coupons else frozenset(),
         )
         generation = ctx.generation
         if generation is None:
-            generation = (ctx.state.get("cart") or {}).get("generation", 0)
+            generation = (ctx.view.get("cart") or {}).get("generation", 0)
         candidates = [a.id for a in actions]
         decision_id = decision_id_for(ctx.customer_key, ctx.cart_event_id)
         made = rewards.decision_made(ctx.state, decision_id)
@@ -310,11 +313,11 @@ class PromotionPolicy:
             return self._repeat(ctx, generation, decision_id, sticky, actions)
 
         allowed = self._allowed(ctx, promo, actions)
-        features = np.array(context_features(ctx.state, ctx.cart_value, ctx.ts, signals))
+        features = np.array(context_features(ctx.view, ctx.cart_value, ctx.ts, signals))
         horizon = horizon_margin(
-            ctx.state, ctx.cart_value, ctx.ts, merchant.margin_rate, self.objective
+            ctx.view, ctx.cart_value, ctx.ts, merchant.margin_rate, self.objective
         )
-        repurchase = repurchase_probability(ctx.state, ctx.ts, self.objective)
+        repurchase = repurchase_probability(ctx.view, ctx.ts, self.objective)
         chooser = self.variants[variant_name]
         row = ChoiceInput(ctx, merchant, features, allowed, horizon, repurchase)
         choice = chooser.choose(row, self.rng(decision_id))
@@ -363,12 +366,8 @@ class PromotionPolicy:
             "features": [round(float(v), 6) for v in features],
             "guard": guard if guard in ("over_budget", "duplicate", "repeated") else None,
             "repeat_of": None,
-            "cart_products": (
-                list(ctx.cart_products)
-                if ctx.cart_products is not None
-                else _cart_product_ids(ctx.state)
-            ),
-            "country": (ctx.state.get("profile") or {}).get("country"),
+            "cart_products": _cart_product_ids(ctx.view),
+            "country": (ctx.view.get("profile") or {}).get("country"),
         }
         promo["cart"] = {
             "generation": generation,

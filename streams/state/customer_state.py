@@ -90,6 +90,24 @@ def new_state() -> dict:
     }
 
 
+#: The parts of a customer's state a cart decision reads: the promotion policy's features and
+#: objective, the coupon candidate's cart check, the decision record's products and country, the
+#: next-purchase model's history (`decision_view`).
+DECISION_PARTS = ("rfm", "cart", "session", "sessions", "views", "orders", "offers", "profile")
+
+
+def decision_view(state: dict) -> dict:
+    """The `DECISION_PARTS` of ``state`` as they are now, for a cart decision made after later
+    events of its micro-batch were applied: each part's dict or list is copied one level deep.
+    That is enough because the rules here replace what those hold (a cart's lines, an order,
+    a view, ``offers["last"]``) instead of changing it in place."""
+    view = {}
+    for part in DECISION_PARTS:
+        value = state.get(part)
+        view[part] = value.copy() if isinstance(value, dict | list) else value
+    return view
+
+
 def _push(items: list, item: object, limit: int) -> None:
     items.append(item)
     if len(items) > limit:
