@@ -353,7 +353,10 @@ class Pipeline:
             return None
         if not merchant.engagement_actions:
             return None
-        return self.engagement.rank(merchant, ctx.state, ctx.ts, ctx.cart_event_id)
+        # the features as of the cart event (``ctx.view``); what the customer did with the
+        # actions (``"engagement"``) as of now: an action taken later in the batch is not offered
+        state = ctx.state if ctx.as_of is None else {**ctx.state, **ctx.as_of}
+        return self.engagement.rank(merchant, state, ctx.ts, ctx.cart_event_id)
 
     def _emit_offer(
         self,
