@@ -304,7 +304,7 @@ class PromotionHooks:
         blocked = self.policy.drain_blocked()
         served = getattr(batch, "engagement", {})  # engagement actions the carts' records carry
         for record in records:
-            record.update(served.get(record["cart_event_id"], {}))
+            record.update(served.get(record.get("cart_event_id"), {}))
             batch.outputs.append(
                 (self.nb.decisions, record["customer_key"].encode(), orjson.dumps(record))
             )
