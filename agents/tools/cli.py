@@ -21,6 +21,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "models.next_purchase.evaluate",
         "evaluate the next-purchase model against baselines",
     ),
+    "evaluate-churn": (
+        "models.churn.evaluate",
+        "the churn-risk score against recency alone, offline (time split)",
+    ),
     "evaluate-similar": (
         "models.next_purchase.evaluate_similar",
         "bought-together add-ons against popularity and the next-purchase model",
