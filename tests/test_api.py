@@ -142,6 +142,7 @@ def test_rest_api_over_http(api):
     status, body, _ = call(port, "GET", path, SHOP_TOKEN)
     assert status == 200 and body["offer"]["promotion_id"] == "free-shipping-60"
     assert body["offer"]["offer_type"] == "free_shipping" and "60" in body["reason"]
+    assert body["churn_risk"] == {"score": None, "band": "none"}  # no orders: no churn risk
     assert call(port, "GET", path, ADMIN_TOKEN)[0] == 200
     assert call(port, "GET", path, OTHER_TOKEN)[0] == 403
     assert call(port, "GET", path)[0] == 401

@@ -31,7 +31,7 @@ def decision(decision_id: str, action_kind: str = "percent_off", sent: bool = Tr
         "sent": sent,
         "offer_id": f"offer-{decision_id}" if sent else None,
         "max_discount": 100.0 if sent else None,
-        "feature_set": "promo-features/1",
+        "feature_set": "promo-features/2",
         "features": [0.0],
         "event_time": "2012-01-02T00:00:00Z",
     }
