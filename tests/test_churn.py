@@ -3,16 +3,22 @@ it keeps, and the offline evaluation's metrics."""
 
 from __future__ import annotations
 
+import gzip
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.churn.evaluate import auc, cohort, history, top_share
+from agents.tools import segments
+from agents.tools.pinpoint import read_endpoints
+from models.churn.evaluate import auc, cohort, history, invoices_of, top_share
+from models.next_purchase.loading import epoch_seconds
 from streams.state import churn
 from streams.state import customer_state as cs
+from tests.harness import DATA_FILE
 from tests.test_customer_state import T0, apply, event, order
 
 DAY = churn.DAY_S
@@ -212,3 +218,53 @@ def test_cohort_labels_churn_within_the_horizon_among_active_customers():
     h = c.histories[1]
     assert h.orders == 2 and h.last == T0 + 50 * DAY and h.last_gap == 50 * DAY
     assert h == history([(T0, 10.0), (T0 + 50 * DAY, 20.0)])
+
+
+# --- segments ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def retail_slice(tmp_path_factory):
+    """The first ~6 weeks of the UCI Online Retail file."""
+    if not DATA_FILE.exists():
+        pytest.skip(f"{DATA_FILE} not found")
+    data = tmp_path_factory.mktemp("churn") / "retail.csv"
+    with gzip.open(DATA_FILE, "rt", encoding="utf-8", errors="replace") as f:
+        pd.read_csv(f, dtype=str, nrows=60000).to_csv(data, index=False)
+    return data
+
+
+def test_churn_band_segment_exports_the_bands_customers(retail_slice, tmp_path, capsys):
+    as_of = "2011-04-01"  # the slice ends in January: every band has customers
+    now = epoch_seconds(as_of)
+    invoices = invoices_of(retail_slice)
+    expected = {}
+    for customer, seq in invoices.items():
+        before = [i for i in seq if i[0] < now]
+        if before:
+            expected[customer] = churn.score(history(before), now)
+    bands = {}
+    for name in ("low", "medium", "high"):
+        scored, members = segments.churn_members(str(retail_slice), name, now)
+        assert scored == len(expected)
+        bands[name] = {m.customer_id for m in members}
+        for m in members:
+            assert m.score == pytest.approx(expected[m.customer_id])
+            assert churn.band(m.score) == name == m.churn_band
+    assert set().union(*bands.values()) == set(expected)
+    assert all(bands.values())
+
+    out = tmp_path / "at-risk.json"
+    argv = ["--data", str(retail_slice), "--churn-band", "high", "--as-of", as_of]
+    argv += ["--synthetic-profiles", "--format", "json", "--out", str(out)]
+    assert segments.main(argv) == 0
+    assert f"{len(expected)} customers scored" in capsys.readouterr().out
+    endpoints = list(read_endpoints(out))
+    assert endpoints
+    for e in endpoints:
+        assert e["User"]["UserId"] in bands["high"]
+        assert e["Attributes"]["ChurnBand"] == ["high"]
+        assert "PredictedProduct" not in e["Attributes"]
+        assert e["Metrics"]["PredictedScore"] == pytest.approx(
+            expected[e["User"]["UserId"]], abs=1e-6
+        )

@@ -55,6 +55,7 @@ WEIGHTS = {
 #: (upper bound, band): a score below the bound is in the band
 BANDS = ((0.4, "low"), (0.7, "medium"), (math.inf, "high"))
 NO_SCORE = "none"
+MODEL_VERSION = "churn-risk/1"  # the features and weights above (a segment's ModelVersion)
 VISIT_FEEDBACK = ("offer_opened", "offer_clicked", "offer_redeemed")
 _LOG_YEAR = math.log1p(365.0)
 _LOG_100 = math.log1p(100.0)
