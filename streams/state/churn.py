@@ -205,6 +205,15 @@ def update(state: dict, topic_kind: str, event: dict) -> None:
     churn.update(score=None if value is None else round(value, 4), band=band(value), at=at)
 
 
+def overdue_at(state: dict) -> float | None:
+    """When the customer's expected interval since their last order runs out (None: no
+    orders)."""
+    history = history_of(state)
+    if history is None:
+        return None
+    return history.last + expected_interval_days(history) * DAY_S
+
+
 def merge_visit(customer: dict, anonymous: dict) -> None:
     """A session's last visit counts for the customer who claimed it (rescored at their next
     event)."""
