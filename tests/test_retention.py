@@ -201,7 +201,7 @@ def test_the_promotion_policy_chooses_the_offer(shop):
         KEY, note["dedupe_key"], f"percent_off:{record['promotion_id']}"
     )
     # the policy saw the risk before this message was sent (it counts as ignored from then on)
-    before = dataclasses.replace(churn.history_of(d.states[KEY]), messages=())
+    before = churn.history_of(d.states[KEY])._replace(messages=())
     assert record["features"][-1] == pytest.approx(churn.score(before, record_ts(record)), abs=1e-4)
     assert churn.risk(d.states[KEY], record_ts(record)) > record["features"][-1]
 

@@ -99,7 +99,7 @@ def prior_interval_days(histories: list[churn.History]) -> float:
 
 
 def feature_matrix(histories: list[churn.History], now: float, prior_days: float) -> np.ndarray:
-    return np.array([churn.as_row(churn.features(h, now, prior_days)) for h in histories])
+    return np.array([churn.features(h, now, prior_days) for h in histories])
 
 
 def fit(matrix: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:

@@ -32,7 +32,7 @@ has no score (``score`` None, band ``"none"``).
 from __future__ import annotations
 
 import math
-from dataclasses import astuple, dataclass, fields
+from typing import NamedTuple
 
 DAY_S = 86400.0
 HORIZON_DAYS = 90
@@ -61,8 +61,7 @@ _LOG_YEAR = math.log1p(365.0)
 _LOG_100 = math.log1p(100.0)
 
 
-@dataclass(frozen=True)
-class ChurnFeatures:
+class ChurnFeatures(NamedTuple):
     overdue: float
     recency: float
     orders: float
@@ -72,8 +71,7 @@ class ChurnFeatures:
     ignored: float
 
 
-@dataclass(frozen=True)
-class History:
+class History(NamedTuple):
     """What the score reads of a customer: the state's or an order file's."""
 
     orders: int  # orders in the whole history
@@ -124,7 +122,11 @@ def features(
 def logit(
     values: ChurnFeatures, weights: dict[str, float] = WEIGHTS, intercept: float = INTERCEPT
 ) -> float:
-    return intercept + sum(weights[f.name] * getattr(values, f.name) for f in fields(values))
+    if weights is WEIGHTS:
+        return intercept + sum(w * x for w, x in zip(_WEIGHT_VECTOR, values, strict=True))
+    return intercept + sum(
+        weights[name] * x for name, x in zip(values._fields, values, strict=True)
+    )
 
 
 def probability(z: float) -> float:
@@ -248,8 +250,7 @@ def crossing_time(
 
 
 def feature_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(ChurnFeatures))
+    return ChurnFeatures._fields
 
 
-def as_row(values: ChurnFeatures) -> tuple[float, ...]:
-    return astuple(values)
+_WEIGHT_VECTOR = tuple(WEIGHTS[name] for name in ChurnFeatures._fields)
