@@ -110,6 +110,25 @@ def test_state_keeps_the_score_as_of_the_newest_event():
     assert state["churn"]["at"] == T0 + 200 * DAY
 
 
+def test_a_session_costs_one_rescore_an_hour_but_orders_always_rescore():
+    state = customer([0, 10])
+    start = T0 + 100 * DAY
+    apply(state, "clickstream", event("product_view", start, product_id="85123A"))
+    scored = dict(state["churn"])
+    assert scored["at"] == start  # a visit after a long absence: rescored
+    for minute in range(1, 59):
+        apply(state, "clickstream", event("page_view", start + minute * 60))
+    assert state["churn"]["visit"] == start + 58 * 60  # every visit is noted
+    assert (state["churn"]["at"], state["churn"]["score"]) == (start, scored["score"])
+    apply(state, "clickstream", event("page_view", start + churn.RESCORE_S))
+    assert state["churn"]["at"] == start + churn.RESCORE_S  # an hour on: rescored
+    apply(state, "orders", order("o9", 50.0, ts=start + churn.RESCORE_S + 60))
+    assert state["churn"]["at"] == start + churn.RESCORE_S + 60
+    assert state["churn"]["score"] == pytest.approx(
+        churn.risk(state, start + churn.RESCORE_S + 60), abs=1e-4
+    )
+
+
 def test_session_visit_is_merged_into_the_customer():
     state = customer([0])
     session = cs.new_state()

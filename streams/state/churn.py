@@ -25,7 +25,8 @@ Time enters only through ``overdue``, ``recency`` (weights >= 0), ``engagement``
 and the messages counted up to ``now``: the score never falls while a customer stays silent.
 
 The customer state keeps ``state["churn"] = {"visit", "score", "band", "at"}`` (`update`, called
-for every applied event): four numbers, whatever the customer does. A customer without orders
+for every applied event; the score as of ``at``, at most ``RESCORE_S`` of event time old): four
+numbers, whatever the customer does. A customer without orders
 has no score (``score`` None, band ``"none"``).
 """
 
@@ -40,6 +41,7 @@ PRIOR_INTERVAL_DAYS = 37.8
 PRIOR_GAPS = 1.0
 ENGAGEMENT_DAYS = 14.0
 MAX_IGNORED = 5
+RESCORE_S = 3600.0  # the stored score is rescored at least this often in event time (`update`)
 #: the logistic model's intercept and weights, as ``nextbest evaluate-churn`` fitted them at
 #: 2011-06-01 on UCI Online Retail (docs/churn.md), but the two priors
 INTERCEPT = 1.347
@@ -194,15 +196,31 @@ def explain(state: dict, now: float) -> str | None:
 
 
 def update(state: dict, topic_kind: str, event: dict) -> None:
-    """Note a visit and rescore at the event's time (every applied event: a few microseconds)."""
+    """Note a visit and rescore at the event's time, called for every applied event.
+
+    Rescored at every order and offer feedback, at a visit after ``RESCORE_S`` without one, and
+    at any event ``RESCORE_S`` or more after the last score: the clicks and cart changes of one
+    session cost a comparison each, and the stored score is at most ``RESCORE_S`` of event time
+    old (the risk moves by thousandths in an hour; the policy and the API score at their own
+    time)."""
     ts = event["_ts"]
     churn = state.get("churn") or {"visit": None, "score": None, "band": NO_SCORE, "at": None}
-    if topic_kind in ("clickstream", "cart") or (
-        topic_kind == "feedback" and event["event_type"] in VISIT_FEEDBACK
-    ):
-        churn["visit"] = ts if churn["visit"] is None else max(churn["visit"], ts)
-    at = ts if churn["at"] is None else max(churn["at"], ts)
     state["churn"] = churn
+    last_visit = churn["visit"]
+    visited = topic_kind in ("clickstream", "cart") or (
+        topic_kind == "feedback" and event["event_type"] in VISIT_FEEDBACK
+    )
+    if visited:
+        churn["visit"] = ts if last_visit is None else max(last_visit, ts)
+    at = churn["at"]
+    if (
+        at is not None
+        and ts - at < RESCORE_S
+        and topic_kind not in ("orders", "feedback")
+        and not (visited and (last_visit is None or ts - last_visit >= RESCORE_S))
+    ):
+        return
+    at = ts if at is None else max(at, ts)
     value = risk(state, at)
     churn.update(score=None if value is None else round(value, 4), band=band(value), at=at)
 
