@@ -55,7 +55,7 @@ WEIGHTS = {
     "ignored": 0.5,  # prior (no messages in the evaluation data)
 }
 #: (upper bound, band): a score below the bound is in the band
-BANDS = ((0.4, "low"), (0.7, "medium"), (math.inf, "high"))
+BANDS = ((0.3, "low"), (0.7, "medium"), (math.inf, "high"))  # the dashboard's bands too
 NO_SCORE = "none"
 MODEL_VERSION = "churn-risk/1"  # the features and weights above (a segment's ModelVersion)
 VISIT_FEEDBACK = ("offer_opened", "offer_clicked", "offer_redeemed")
