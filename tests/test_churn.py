@@ -287,3 +287,20 @@ def test_churn_band_segment_exports_the_bands_customers(retail_slice, tmp_path, 
         assert e["Metrics"]["PredictedScore"] == pytest.approx(
             expected[e["User"]["UserId"]], abs=1e-6
         )
+
+
+# --- nextbest bench-churn --------------------------------------------------------------------
+
+
+def test_bench_churn_runs_both_variants_on_a_full_customer(capsys):
+    from agents.tools import bench_churn
+
+    state = bench_churn.full_customer()
+    assert len(state["orders"]) == cs.MAX_ORDERS and len(state["sent"]) == cs.MAX_SENT
+    kinds = [kind for kind, _ in bench_churn.events(30, 10)]
+    assert kinds.count("orders") == 3 and kinds[9] == kinds[19] == "orders"
+    results = bench_churn.measure(60, 2, 10)
+    assert {name: len(runs) for name, runs in results.items()} == {"with churn": 2, "without": 2}
+    assert all(value > 0 for runs in results.values() for value in runs)
+    assert bench_churn.main(["--events", "50", "--rounds", "2"]) == 0
+    assert "added by churn.update" in capsys.readouterr().out
