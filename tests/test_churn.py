@@ -90,12 +90,15 @@ def test_a_visit_lowers_the_risk_and_ignored_messages_raise_it():
     assert churn.risk(state, later + 10) > visited
 
 
-def test_delivered_feedback_is_no_visit_but_an_open_is():
+def test_delivered_feedback_is_no_visit_but_an_open_or_an_action_taken_is():
     state = customer([0])
     apply(state, "feedback", event("offer_delivered", T0 + DAY, offer_id="x"))
+    apply(state, "action_feedback", event("action_shown", T0 + DAY, action_id="app"))
     assert state["churn"]["visit"] is None
     apply(state, "feedback", event("offer_opened", T0 + 2 * DAY, offer_id="x"))
     assert state["churn"]["visit"] == T0 + 2 * DAY
+    apply(state, "action_feedback", event("action_taken", T0 + 3 * DAY, action_id="app"))
+    assert state["churn"]["visit"] == T0 + 3 * DAY
 
 
 def test_state_keeps_the_score_as_of_the_newest_event():

@@ -14,8 +14,8 @@ The score is a logistic model over a few fixed transforms, each readable on its 
   orders): gaps getting longer;
 - ``spend_trend``: ``log(mean of the last two orders' totals / average order value)``, clipped to
   [-2, 2]: spend falling;
-- ``engagement``: ``exp(-days since the last visit / 14)``, a visit being a click, a cart change
-  or an offer opened, clicked or redeemed (0 without one);
+- ``engagement``: ``exp(-days since the last visit / 14)``, a visit being a click, a cart change,
+  an offer opened, clicked or redeemed, or an engagement action taken (0 without one);
 - ``ignored``: messages sent since the customer's last visit or order, at most 5, over 5.
 
 The weights of the first five were fitted on UCI Online Retail at an earlier cutoff than the one
@@ -58,7 +58,8 @@ WEIGHTS = {
 BANDS = ((0.3, "low"), (0.7, "medium"), (math.inf, "high"))  # the dashboard's bands too
 NO_SCORE = "none"
 MODEL_VERSION = "churn-risk/1"  # the features and weights above (a segment's ModelVersion)
-VISIT_FEEDBACK = ("offer_opened", "offer_clicked", "offer_redeemed")
+#: feedback events that are a visit (the customer acted), besides clicks and cart changes
+VISIT_FEEDBACK = ("offer_opened", "offer_clicked", "offer_redeemed", "action_taken")
 _LOG_YEAR = math.log1p(365.0)
 _LOG_100 = math.log1p(100.0)
 
@@ -198,17 +199,17 @@ def explain(state: dict, now: float) -> str | None:
 def update(state: dict, topic_kind: str, event: dict) -> None:
     """Note a visit and rescore at the event's time, called for every applied event.
 
-    Rescored at every order and offer feedback, at a visit after ``RESCORE_S`` without one, and
-    at any event ``RESCORE_S`` or more after the last score: the clicks and cart changes of one
-    session cost a comparison each, and the stored score is at most ``RESCORE_S`` of event time
-    old (the risk moves by thousandths in an hour; the policy and the API score at their own
-    time)."""
+    Rescored at every order and offer or action feedback, at a visit after ``RESCORE_S``
+    without one, and at any event ``RESCORE_S`` or more after the last score: the clicks and
+    cart changes of one session cost a comparison each, and the stored score is at most
+    ``RESCORE_S`` of event time old (the risk moves by thousandths in an hour; the policy and
+    the API score at their own time)."""
     ts = event["_ts"]
     churn = state.get("churn") or {"visit": None, "score": None, "band": NO_SCORE, "at": None}
     state["churn"] = churn
     last_visit = churn["visit"]
     visited = topic_kind in ("clickstream", "cart") or (
-        topic_kind == "feedback" and event["event_type"] in VISIT_FEEDBACK
+        topic_kind in ("feedback", "action_feedback") and event["event_type"] in VISIT_FEEDBACK
     )
     if visited:
         churn["visit"] = ts if last_visit is None else max(last_visit, ts)
@@ -216,7 +217,7 @@ def update(state: dict, topic_kind: str, event: dict) -> None:
     if (
         at is not None
         and ts - at < RESCORE_S
-        and topic_kind not in ("orders", "feedback")
+        and topic_kind not in ("orders", "feedback", "action_feedback")
         and not (visited and (last_visit is None or ts - last_visit >= RESCORE_S))
     ):
         return
