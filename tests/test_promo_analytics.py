@@ -251,6 +251,9 @@ def test_churn_band_from_the_churn_feature():
     assert bands == ["low", "medium", "high"]
     assert analytics.churn_band(base[:at], FEATURE_SET) == "unknown"  # a record without it
     assert analytics.churn_band(base, "promo-features/1") == "unknown"  # an older feature set
+    # an older log's RFM band still reads (its features are the current ones but churn_risk)
+    older = features("c3", WEEK1)[:-1]
+    assert analytics.rfm_band(older, "promo-features/1") == expected_rfm("c3")
 
 
 def test_report_command_writes_every_table_and_chart(tmp_path, capsys):

@@ -19,8 +19,8 @@ revenue, discount cost and profit (the reward's).
   the holdout of the same group (conversion and profit per decision), with normal 95%
   intervals (Welch's for the differences, as ``models.promotion.report``).
 
-Segments come from the decision's logged features (``streams.promotion.features``; only
-records of the current ``FEATURE_SET`` are read, older ones are ``unknown``):
+Segments come from the decision's logged features (``streams.promotion.features``; records
+of a feature set in ``FEATURE_SETS`` are read by its names, others are ``unknown``):
 
 - RFM band ``R<r>F<f>M<m>`` (each 1..3, higher is better) from the customer's history before
   the decision, with fixed thresholds (`RfmBands`): recency (days since the last order) at most
@@ -44,7 +44,7 @@ import pandas as pd
 
 from models.promotion.report import Interval, difference_interval, mean_interval
 from streams.promotion.experiments import HOLDOUT
-from streams.promotion.features import FEATURE_NAMES, FEATURE_SET
+from streams.promotion.features import FEATURE_NAMES, FEATURE_SETS
 from streams.state import churn
 
 UNKNOWN = "unknown"
@@ -66,9 +66,10 @@ class RfmBands:
 
 
 def _feature(features: list[float], feature_set: str, name: str) -> float | None:
-    if feature_set != FEATURE_SET or name not in FEATURE_NAMES:
+    names = FEATURE_SETS.get(feature_set, ())
+    if name not in names:
         return None
-    index = FEATURE_NAMES.index(name)
+    index = names.index(name)
     return float(features[index]) if index < len(features) else None
 
 

@@ -43,6 +43,8 @@ FEATURE_NAMES = (
     "coupon_probability",  # P(next pick is the coupon candidate)
     "churn_risk",  # P(no order within 90 days), streams.state.churn; 0 without orders
 )
+#: the names of every feature set a decision log may hold: older logs stay readable
+FEATURE_SETS = {"promo-features/1": FEATURE_NAMES[:-1], FEATURE_SET: FEATURE_NAMES}
 _LOG_YEAR = math.log1p(365.0)
 
 
