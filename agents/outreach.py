@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import faust
 import orjson
 
-from agents.runtime import metrics
+from agents.runtime import churn_metrics, metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.batch import CustomerEntry, LoadEntry
 from agents.runtime.timer_table import timer_table
@@ -44,9 +44,10 @@ from schemas.keys import offer_id_for, parse_state_key
 from schemas.records import notification_record
 from streams.decisions import DecisionContext, Offer, Policy
 from streams.merchants.catalog import Merchant
-from streams.outreach import journeys
+from streams.outreach import journeys, retention
 from streams.outreach.delivery import Held, Send, Suppressed, decide
 from streams.outreach.journeys import Cancelled, Step
+from streams.promotion.experiments import HOLDOUT
 from streams.state import customer_state
 from streams.timers import TimerStore
 
@@ -74,6 +75,18 @@ class _Fired:
     partition: int
     event: object
     offer: Offer | None = None
+    arm: str | None = None  # a retention step's: treated or holdout
+
+    @property
+    def decision_event_id(self) -> str | None:
+        """The event id the policy decided this step's offer for: the abandoned cart's, or the
+        retention step's own (its dedupe key); None: the policy is not asked."""
+        if self.step.cart_event_id is not None:
+            return self.step.cart_event_id
+        if self.arm == retention.TREATED:
+            config = self.merchant.options.journeys.retention
+            return self.step.dedupe_key if config is not None and config.offer else None
+        return None
 
 
 #: ranks engagement actions for a journey's message: (batch, merchant, state, message id,
@@ -178,25 +191,38 @@ class Outreach:
             entry.dirty = True
             if not steps:
                 self.timers.update(partition, key, entry.state, event)
-            fired.extend(_Fired(key, entry, merchant, s, now, partition, event) for s in steps)
+            for s in steps:
+                config = merchant.options.journeys.retention
+                arm = retention.arm(config, key) if s.journey == journeys.RETENTION else None
+                fired.append(_Fired(key, entry, merchant, s, now, partition, event, arm=arm))
         return fired
 
     def _attach_offers(self, fired: list[_Fired]) -> None:
-        """One policy call for every abandoned cart in the batch; no offer if it fails."""
-        asking = [f for f in fired if f.step.cart_event_id is not None]
+        """One policy call for every abandoned cart and treated retention step in the batch (a
+        retention step: a cart of the customer's average order, `retention.decision_context`);
+        no offer if it fails."""
+        asking, contexts = [], []
+        for f in fired:
+            event_id = f.decision_event_id
+            if event_id is None:
+                continue
+            if f.step.cart_event_id is not None:
+                context = DecisionContext.of_stored_cart(
+                    f.merchant, f.key, f.entry.state, f.now, event_id
+                )
+            else:
+                context = retention.decision_context(
+                    f.merchant, f.key, f.entry.state, f.now, event_id
+                )
+            if context is not None:
+                asking.append(f)
+                contexts.append(context)
         if not asking:
             return
-        contexts = []
-        for f in asking:
-            contexts.append(
-                DecisionContext.of_stored_cart(
-                    f.merchant, f.key, f.entry.state, f.now, f.step.cart_event_id
-                )
-            )
         try:
             offers = self.policy.decide_batch(contexts)
         except Exception:  # a reminder without an offer beats no reminder
-            log.exception("policy failed on %d abandoned carts", len(contexts))
+            log.exception("policy failed on %d journey steps", len(contexts))
             return
         for f, offer in zip(asking, offers, strict=True):
             f.offer = offer
@@ -206,6 +232,11 @@ class Outreach:
         result = decide(state, f.merchant, f.step.message, f.now)
         _count_cancelled(f.merchant, journeys.settle(state, f.merchant, f.step, result, f.now))
         step = (f.merchant.id, f.step.journey, f.step.step)
+        if f.arm is not None and isinstance(result, Send):
+            churn_metrics.RETENTION_STEPS.labels(f.merchant.id, f.arm).inc()
+            if f.arm == HOLDOUT:  # would have been sent: counted, nothing sent
+                metrics.JOURNEY_STEPS.labels(*step, "suppressed", "holdout").inc()
+                return
         if isinstance(result, Held):
             metrics.JOURNEY_STEPS.labels(*step, "held", result.reason).inc()
             if not f.step.held:
@@ -240,8 +271,8 @@ class Outreach:
             title=f.merchant.name,
             body=body,
             offer_id=(
-                offer_id_for(f.key, f.step.cart_event_id, f.offer.key)
-                if f.offer is not None and f.step.cart_event_id
+                offer_id_for(f.key, f.decision_event_id, f.offer.key)
+                if f.offer is not None and f.decision_event_id
                 else send.dedupe_key
             ),
             promotion_id=f.offer.promotion_id if f.offer is not None else None,

@@ -30,7 +30,7 @@ from prometheus_client import Counter as Metric
 from agents.engagement import Engagement
 from agents.outreach import Outreach
 from agents.promotion import PromotionHooks
-from agents.runtime import metrics
+from agents.runtime import churn_metrics, metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.batch import CustomerEntry, pin
 from schemas.keys import offer_id_for, parse_state_key, state_key
@@ -81,6 +81,7 @@ class Batch:
     #: cart event id -> the engagement fields its promotion record carried (for its decision
     #: record, ``agents.promotion``)
     engagement: dict[str, dict] = field(default_factory=dict)
+    churn_risks: list[tuple[str, float]] = field(default_factory=list)  # (merchant, CHURN_RISK)
 
     def count(self, metric: Metric, *labels: str) -> None:
         self.tally[(metric, labels)] += 1
@@ -222,6 +223,8 @@ class Pipeline:
             (metric.labels(*labels) if labels else metric).inc(amount)
         for latency in batch.latencies:
             metrics.DECISION_LATENCY.observe(latency)
+        for merchant_id, risk in batch.churn_risks:
+            churn_metrics.CHURN_RISK.labels(merchant_id).observe(risk)
 
     def _abort(self, events: Sequence[faust.EventT]) -> None:
         """A batch was discarded: the hooks forget what it did in memory."""
@@ -271,6 +274,9 @@ class Pipeline:
             entry.dirty = entry.dirty or fresh  # an event sent twice: its offset is kept
             return
         entry.dirty = True
+        risk = entry.state["churn"]["score"]
+        if kind in ("orders", "cart") and risk is not None:
+            batch.churn_risks.append((merchant_id, risk))
         if self.outreach is not None:
             self.outreach.on_input(key, entry, kind, data, event)
         if self.promotion is not None:

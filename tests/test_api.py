@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.merchants.catalog import DEFAULT_MERCHANTS
-from tests.harness import ADMIN_TOKEN, DATA_FILE, Cluster, cart_add, event
+from tests.harness import ADMIN_TOKEN, DATA_FILE, Cluster, cart_add, event, order_placed
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +142,7 @@ def test_rest_api_over_http(api):
     status, body, _ = call(port, "GET", path, SHOP_TOKEN)
     assert status == 200 and body["offer"]["promotion_id"] == "free-shipping-60"
     assert body["offer"]["offer_type"] == "free_shipping" and "60" in body["reason"]
+    assert body["churn_risk"] == {"score": None, "band": "none"}  # no orders: no churn risk
     assert call(port, "GET", path, ADMIN_TOKEN)[0] == 200
     assert call(port, "GET", path, OTHER_TOKEN)[0] == 403
     assert call(port, "GET", path)[0] == 401
@@ -152,11 +153,25 @@ def test_rest_api_over_http(api):
     assert call(port, "GET", "/best-promotion?merchant=uci-gift-shop", SHOP_TOKEN)[0] == 400
     assert call(port, "GET", "/best-promotion?merchant=mars&customer=c1", ADMIN_TOKEN)[0] == 404
 
+    # r0 ordered a month before its cart: its answer names its churn risk.
+    ordered = order_placed(
+        "api-order-r0",
+        "o-r0",
+        30.0,
+        "85123A",
+        customer="r0",
+        merchant="uci-gift-shop",
+        time="2011-10-14T10:00:00Z",
+    )
+    cluster.send("orders", ordered)
+    cluster.flush()
+    cluster.wait_processed(3)  # before the cart: an order empties the cart's lines
+
     # Each customer is answered by the worker that owns its partition, whichever is asked.
     for i in range(6):
         cluster.send("cart", cart_add(f"route-{i}", 61.0 + i, customer=f"r{i}"))
     cluster.flush()
-    cluster.wait_processed(8)
+    cluster.wait_processed(9)
     owners = set()
     for i in range(6):
         path = f"/best-promotion?merchant=uci-gift-shop&customer=r{i}"
@@ -171,6 +186,16 @@ def test_rest_api_over_http(api):
         assert values == [61.0 + i] * 2 and len(served_by) == 1, (values, served_by)
         owners |= served_by
     assert len(owners) == 2  # both workers own some of these customers
+    status, body, _ = call(
+        port,
+        "GET",
+        "/best-promotion?merchant=uci-gift-shop&customer=r0&at=2011-11-14T10:00:00Z",
+        SHOP_TOKEN,
+    )
+    assert status == 200 and body["churn_risk"]["band"] in ("low", "medium", "high")
+    assert 0 < body["churn_risk"]["score"] < 1
+    assert f"churn risk {body['churn_risk']['score']:.2f}" in body["reason"]
+    assert "31 days since the last order" in body["reason"]
 
     # No model loaded in this worker: a clear 503, and input checks still come first.
     recs = "/product-recommendations?merchant=uci-gift-shop&customer=c1&n=5"

@@ -4,11 +4,13 @@ take windows and rewards, and how a cart serves a ranking (pure, no Kafka)."""
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
 from schemas.validation import InvalidEvent, parse_event
 from streams.engagement import rewards, serving
 from streams.engagement.ranking import (
+    ACTION_FEATURE_NAMES,
     TakeModel,
     action_features,
     eligible,
@@ -365,13 +367,22 @@ def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "engagement-models.json"
     save_checkpoint(engagement, path)
     assert not path.exists()  # nothing learned: nothing written
-    reward = {"reward_id": "r1", "action_id": "get-app", "features": [0.0] * 22, "taken": True}
+    width = len(ACTION_FEATURE_NAMES)
+    reward = {"reward_id": "r1", "action_id": "get-app", "features": [0.0] * width, "taken": True}
     engagement.learn("shop", [reward])
     save_checkpoint(engagement, path)
     back = load_checkpoint(path)
     model = back.model("shop")
     assert (model.updates, model.stats["get-app"].taken) == (1, 1)
-    assert not model.update("r1", "get-app", [0.0] * 22, True)  # learned before the restart
+    assert not model.update("r1", "get-app", [0.0] * width, True)  # learned before the restart
+    # a window opened on other context features is not learned; a model saved with them is
+    # not loaded
+    assert not model.update("r2", "get-app", [0.0] * (width - 1), True)
+    saved = orjson.loads(path.read_bytes())
+    gram = saved["shop"]["actions"]["get-app"]["gram"]
+    saved["shop"]["actions"]["get-app"]["gram"] = [row[:-1] for row in gram[:-1]]
+    path.write_bytes(orjson.dumps(saved))
+    assert load_checkpoint(path).models == {}
     path.write_text("{not json")
     assert load_checkpoint(path).models == {}  # unusable: the priors
 

@@ -16,6 +16,7 @@ import pytest
 from agents.tools import report as report_command
 from models.promotion import analytics
 from streams.promotion.features import FEATURE_NAMES, FEATURE_SET, context_features
+from streams.state import churn
 
 DAY = 86400.0
 WEEK1 = 1321228800.0  # 2011-11-14T00:00:00Z, a Monday
@@ -66,6 +67,15 @@ def features(customer: str, ts: float) -> list[float]:
     if orders:
         rfm.update(first=ts - 400 * DAY, last=ts - days * DAY)
     return context_features({"rfm": rfm}, 50.0, ts)
+
+
+def expected_churn_band(customer: str, ts: float) -> str:
+    """The worker's band of the customer's churn risk at ``ts``."""
+    _, orders, days, spent = CUSTOMERS[customer]
+    if not orders:
+        return "none"
+    history = churn.History(orders, ts - 400 * DAY, ts - days * DAY, average_spend=spent / orders)
+    return churn.band(churn.score(history, ts))
 
 
 def expected_rfm(customer: str) -> str:
@@ -125,13 +135,14 @@ CLOSED = [d for d in DECISIONS if d[7] != "open"]
 def test_frame_has_the_closed_decisions_with_their_segments():
     frame = analytics.decision_frame(*log()).set_index("decision_id")
     assert list(frame.index) == [d[0] for d in CLOSED]
-    for decision_id, customer, *_ in CLOSED:
+    for decision_id, customer, *_, ts, _ in CLOSED:
         row = frame.loc[decision_id]
         assert row["rfm_band"] == expected_rfm(customer)
         assert row["country"] == (CUSTOMERS[customer][0] or "unknown")
-        assert row["churn_band"] == "unknown"  # the feature set has no churn risk
+        assert row["churn_band"] == expected_churn_band(customer, ts)
     assert frame.loc["d1", "week"] == "2011-11-14" and frame.loc["d3", "week"] == "2011-11-21"
-    assert not analytics.has_churn_risk(frame.reset_index())
+    assert analytics.has_churn_risk(frame.reset_index())
+    assert frame.loc["d2", "churn_band"] == "none"  # no orders: no churn risk
 
 
 def test_products_offered():
@@ -227,14 +238,22 @@ def test_rfm_band_reads_the_logged_features_and_unknown_feature_sets():
     assert analytics.rfm_band([], FEATURE_SET) == "unknown"
 
 
-def test_churn_band_from_a_churn_feature_when_the_set_has_one(monkeypatch):
-    names = (*FEATURE_NAMES, "churn_risk")
-    monkeypatch.setattr(analytics, "FEATURE_NAMES", names)
-    monkeypatch.setattr(analytics, "CHURN_FEATURE", "churn_risk")
+def test_churn_band_from_the_churn_feature():
+    assert analytics.CHURN_FEATURE == "churn_risk"
+    at = FEATURE_NAMES.index("churn_risk")
     base = [0.0] * len(FEATURE_NAMES)
-    bands = [analytics.churn_band([*base, risk], FEATURE_SET) for risk in (0.1, 0.5, 0.9)]
+    base[FEATURE_NAMES.index("has_orders")] = 1.0
+    bands = []
+    for risk in (0.1, 0.5, 0.9):
+        row = list(base)
+        row[at] = risk
+        bands.append(analytics.churn_band(row, FEATURE_SET))
     assert bands == ["low", "medium", "high"]
-    assert analytics.churn_band(base, FEATURE_SET) == "unknown"  # an older record without it
+    assert analytics.churn_band(base[:at], FEATURE_SET) == "unknown"  # a record without it
+    assert analytics.churn_band(base, "promo-features/1") == "unknown"  # an older feature set
+    # an older log's RFM band still reads (its features are the current ones but churn_risk)
+    older = features("c3", WEEK1)[:-1]
+    assert analytics.rfm_band(older, "promo-features/1") == expected_rfm("c3")
 
 
 def test_report_command_writes_every_table_and_chart(tmp_path, capsys):
@@ -245,8 +264,8 @@ def test_report_command_writes_every_table_and_chart(tmp_path, capsys):
     assert report_command.main(["--log", str(path), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "## Lift by arm per week" in text and "| 2011-11-14 | learned |" in text
-    assert "## By churn-risk band: none" in text
-    stems = ["arms", "products-offered", "products-bought", "by-country", "by-rfm"]
+    assert "## By churn-risk band" in text and "none (the decisions'" not in text
+    stems = ["arms", "products-offered", "products-bought", "by-country", "by-rfm", "by-churn"]
     for stem in [*stems, "weekly-lift"]:
         assert (out / f"{stem}.csv").exists()
     for png in ("arms", "products", "by-country", "by-rfm", "weekly-lift"):

@@ -2,7 +2,8 @@
 batches, cart generations, offers recorded after each batch, windows closed and learned from
 between batches): every cart event gets exactly one decision record, and the offers and actions
 are those recorded in ``tests/data/promo_replay.json`` (written by the policy before decision
-records for repeats existed: logging repeats changes nothing that is decided).
+records for repeats existed: logging repeats changes nothing that is decided; written again
+when the context features gained ``churn_risk``, which changes the bandit's propensities).
 
 ``python -m tests.test_promotion_replay`` rewrites the file (only when a change of what is
 decided is intended and explained)."""

@@ -6,7 +6,10 @@ offers recorded on the customer's state after each batch, rewards learned into p
 statistics with `PartitionedLearning` between batches) and returns every choice a variant made,
 with its full-precision propensity and probabilities. ``tests/data/promotion_seeded_replay.json``
 holds what the code before the batched promotion path (commit 3702f90) returned; it was written
-with ``python -m tests.test_promotion_seeded_replay`` run on that commit's ``streams/promotion``.
+with ``python -m tests.test_promotion_seeded_replay`` run on that commit's ``streams/promotion``,
+and written again by the same command when the context features gained ``churn_risk``
+(``promo-features/2``): a new feature changes the bandit's draws, so from then on the fixture holds
+what the batched path decided with that feature (it was unchanged before the feature was added).
 """
 
 from __future__ import annotations

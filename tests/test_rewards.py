@@ -8,6 +8,7 @@ import copy
 import pytest
 
 from streams.promotion import rewards
+from streams.promotion.features import FEATURE_SET
 from streams.state.customer_state import new_state
 from tests.promo_fixtures import HOUR, T0
 
@@ -31,7 +32,7 @@ def decision(decision_id: str, action_kind: str = "percent_off", sent: bool = Tr
         "sent": sent,
         "offer_id": f"offer-{decision_id}" if sent else None,
         "max_discount": 100.0 if sent else None,
-        "feature_set": "promo-features/1",
+        "feature_set": FEATURE_SET,
         "features": [0.0],
         "event_time": "2012-01-02T00:00:00Z",
     }
@@ -204,3 +205,15 @@ def test_state_survives_json_and_due_index():
     assert rewards.close_due(copy.deepcopy(restored), T0 + WINDOW) == rewards.close_due(
         state, T0 + WINDOW
     )
+
+
+def test_a_reward_of_an_older_feature_set_is_not_learned():
+    current = {
+        "reason": "window_closed",
+        "sent": True,
+        "action_kind": "percent_off",
+        "arm": "learned",
+        "feature_set": FEATURE_SET,
+    }
+    assert rewards.learnable(current)
+    assert not rewards.learnable({**current, "feature_set": "promo-features/1"})

@@ -21,6 +21,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "models.next_purchase.evaluate",
         "evaluate the next-purchase model against baselines",
     ),
+    "evaluate-churn": (
+        "models.churn.evaluate",
+        "the churn-risk score against recency alone, offline (time split)",
+    ),
     "evaluate-similar": (
         "models.next_purchase.evaluate_similar",
         "bought-together add-ons against popularity and the next-purchase model",
@@ -37,6 +41,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
     ),
     "simulate": ("models.promotion.simulation", "promotion policies vs simulated customers"),
     "bench-promo": ("agents.tools.promo_kafka_loop", "the simulator's loop through the worker"),
+    "bench-churn": (
+        "agents.tools.bench_churn",
+        "what churn risk adds to every event's state update",
+    ),
     "bench-similar": ("agents.tools.bench_similar", "bought-together serving cost per cart, call"),
     "promo-retrain": ("models.promotion.log", "rebuild the promotion bandit from the log"),
     "segment": ("agents.tools.segments", "export customers predicted to buy a product next"),

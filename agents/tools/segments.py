@@ -1,8 +1,15 @@
 """Segments: the customers the next-purchase model predicts will buy a product (or one of a
-category's products) next, exported as a Pinpoint-compatible endpoint file (``nextbest segment``).
+category's products) next, or the customers in a churn-risk band, exported as a
+Pinpoint-compatible endpoint file (``nextbest segment``).
 
     nextbest segment --model var/models/next_purchase --product 85123A --synthetic-profiles \\
         --format csv --out segment.csv
+    nextbest segment --churn-band high --synthetic-profiles --out at-risk.csv
+
+A churn-risk segment (``--churn-band low|medium|high``) needs no model: each customer's risk is
+`streams.state.churn.score` over their orders before ``--as-of`` (default: the file's last
+order), as the worker keeps it; its endpoints carry ``Attributes.ChurnBand`` and the risk as
+``Metrics.PredictedScore``.
 
 Histories come from an Online Retail file (`models.next_purchase.loading.load_orders`),
 optionally cut at
@@ -37,6 +44,7 @@ import orjson
 from agents.tools.pinpoint import write_endpoints
 from models.next_purchase.encoding import Order
 from models.next_purchase.loading import epoch_seconds, load_orders, split_at
+from streams.state import churn
 from streams.state.products import normalize_product
 
 CHANNEL_TYPES = {"email": "EMAIL", "sms": "SMS"}
@@ -52,6 +60,7 @@ class Member:
     score: float
     rank: int  # 1-based rank of the (best) target product in the customer's predictions
     product: str  # the (best-placed) target product
+    churn_band: str | None = None  # a churn-risk segment's band (score: the churn risk)
 
 
 @dataclass
@@ -117,6 +126,9 @@ def endpoints_for(
         }
         if category is not None:
             attributes["PredictedCategory"] = [category]
+        if member.churn_band is not None:  # a churn-risk segment: no product predicted
+            del attributes["PredictedProduct"]
+            attributes["ChurnBand"] = [member.churn_band]
         endpoint = {
             "ChannelType": CHANNEL_TYPES.get(channel, push_type),
             "Address": address,
@@ -163,6 +175,27 @@ def export_segment(
     return endpoints, report
 
 
+def churn_members(data: str, band: str, now: float | None) -> tuple[int, list[Member]]:
+    """Customers whose churn risk (`streams.state.churn`, from their orders before ``now``,
+    default the file's last order) is in ``band``, riskiest first; and how many were scored."""
+    from models.churn.evaluate import history, invoices_of
+
+    invoices = invoices_of(data)
+    if now is None:
+        now = max(seq[-1][0] for seq in invoices.values()) if invoices else 0.0
+    members, scored = [], 0
+    for customer, seq in invoices.items():
+        before = [invoice for invoice in seq if invoice[0] < now]
+        if not before:
+            continue
+        scored += 1
+        risk = churn.score(history(before), now)
+        if churn.band(risk) == band:
+            members.append(Member(customer, risk, 1, "", band))
+    members.sort(key=lambda m: (-m.score, m.customer_id))
+    return scored, members
+
+
 def read_profiles(path: Path) -> dict[str, dict]:
     """customer id -> latest profile from a JSON-lines file of ProfileEvents."""
     latest: dict[str, dict] = {}
@@ -201,6 +234,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--product", help="product id (stock code)")
     target.add_argument("--category", help="category name, with --categories")
+    target.add_argument(
+        "--churn-band",
+        choices=[name for _, name in churn.BANDS],
+        help="customers in this churn-risk band (no model needed)",
+    )
     p.add_argument("--categories", type=Path, help="CSV with product_id,category columns")
     p.add_argument("--top-k", type=int, default=10, help="predictions per customer")
     p.add_argument("--min-score", type=float, default=0.0)
@@ -224,6 +262,8 @@ def main(argv: list[str]) -> int:
     from models.next_purchase import artifact
 
     args = parse_args(argv)
+    if args.churn_band:
+        return churn_segment(args)
     orders, _ = load_orders(args.data)
     now = None
     if args.as_of:
@@ -242,13 +282,8 @@ def main(argv: list[str]) -> int:
     members = [m for m in members if m.score >= args.min_score]
     if args.limit:
         members = members[: args.limit]
-    profiles = (
-        synthetic_profiles([m.customer_id for m in members])
-        if args.synthetic_profiles
-        else read_profiles(args.profiles)
-    )
     endpoints, report = export_segment(
-        members, profiles, f"next-{segment}", path.name, category, args.push_type
+        members, _profiles(args, members), f"next-{segment}", path.name, category, args.push_type
     )
     write_endpoints(endpoints, args.out, args.format)
     print(
@@ -256,6 +291,32 @@ def main(argv: list[str]) -> int:
         f"(top {args.top_k}); {report.exported} exported as {report.endpoints} endpoints to "
         f"{args.out}; left out: {report.opted_out} opted out, {report.no_consent} without "
         f"consent, {report.no_profile} without a profile"
+    )
+    return 0
+
+
+def _profiles(args: argparse.Namespace, members: Sequence[Member]) -> dict[str, dict]:
+    if args.synthetic_profiles:
+        return synthetic_profiles([m.customer_id for m in members])
+    return read_profiles(args.profiles)
+
+
+def churn_segment(args: argparse.Namespace) -> int:
+    now = epoch_seconds(args.as_of) if args.as_of else None
+    scored, members = churn_members(args.data, args.churn_band, now)
+    members = [m for m in members if m.score >= args.min_score]
+    if args.limit:
+        members = members[: args.limit]
+    segment = f"churn-{args.churn_band}"
+    endpoints, report = export_segment(
+        members, _profiles(args, members), segment, churn.MODEL_VERSION, None, args.push_type
+    )
+    write_endpoints(endpoints, args.out, args.format)
+    print(
+        f"{scored} customers scored; {report.predicted} in churn-risk band {args.churn_band}; "
+        f"{report.exported} exported as {report.endpoints} endpoints to {args.out}; left out: "
+        f"{report.opted_out} opted out, {report.no_consent} without consent, "
+        f"{report.no_profile} without a profile"
     )
     return 0
 

@@ -7,7 +7,8 @@
   the table does not know (``cold_start``); not customer-keyed, so the worker that gets it
   answers from the models it loaded (every worker loads every merchant's), never forwarded;
 - ``GET /best-promotion?merchant=&customer=`` (or ``&session=``) what the policy would offer
-  now for the current cart, with its reason (``&at=`` an ISO time to ask about another moment);
+  now for the current cart, with its reason and the customer's churn risk (``&at=`` an ISO time to
+  ask about another moment);
 - ``GET /next-best-actions?merchant=&customer=&n=`` the merchant's engagement actions the
   customer is eligible for, ranked by P(take) x value (or P(take) alone), with the first's
   propensity (`agents.engagement`, ``streams.engagement``);
@@ -65,6 +66,7 @@ from schemas.events import INPUT_EVENTS
 from schemas.keys import iso, state_key
 from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
+from streams.state import churn
 
 log = logging.getLogger(__name__)
 FORWARDED = "X-Nextbest-Forwarded"
@@ -309,16 +311,20 @@ class Api:
             "policy": self.policy.name,
             "at": iso(at),
         }
+        risk = churn.risk(state, at) if state is not None else None
+        answer["churn_risk"] = {"score": risk, "band": churn.band(risk)}
+        risk_words = f"; {churn.explain(state, at)}" if risk is not None else ""
         if cart is None or not cart["lines"] or cart["value"] <= 0:
-            return view.json({**answer, "offer": None, "reason": "the cart is empty"})
+            return view.json({**answer, "offer": None, "reason": "the cart is empty" + risk_words})
         merchant = self.nb.registry.get(merchant_id)
         context = DecisionContext.of_stored_cart(merchant, key, state, at, "api")
         [offer] = self.policy.decide_batch([context])
         answer.update(cart_value=cart["value"], currency=context.currency)
         if offer is None:
-            reason = "no promotion applies to this cart now"
+            reason = "no promotion applies to this cart now" + risk_words
             return view.json({**answer, "offer": None, "reason": reason})
-        return view.json({**answer, "offer": offer_json(offer), "reason": offer.reason})
+        reason = offer.reason + risk_words
+        return view.json({**answer, "offer": offer_json(offer), "reason": reason})
 
     async def next_best_actions(self, view: View, request: Request) -> Response:
         merchant_id = self.merchant(request, request.query.get("merchant"), "read")

@@ -382,9 +382,19 @@ OPENAPI: dict = {
                                 "reason": {"type": "string"},
                                 "cart_value": {"type": "number"},
                                 "currency": {"type": "string"},
+                                "churn_risk": {
+                                    "type": "object",
+                                    "description": "the customer's churn risk at ``at``"
+                                    " (streams.state.churn); score null without orders",
+                                    "properties": {
+                                        "score": {"type": ["number", "null"]},
+                                        "band": {"type": "string"},
+                                    },
+                                },
                             },
                         },
-                        "the offer (or null) and its reason",
+                        "the offer (or null) and its reason (ending with the churn risk in"
+                        " words when the customer has ordered)",
                     ),
                     **_errors(400, 401, 403, 404, 429, 503),
                 },

@@ -217,7 +217,8 @@ def _parse_prices(text: pd.Series) -> pd.Series:
 def load_transactions(
     path: str | Path, product_pattern: str | None = None
 ) -> tuple[pd.DataFrame, LoadReport]:
-    """Kept purchase lines: customer, invoice, product, quantity, seconds (epoch, times as UTC).
+    """Kept purchase lines: customer, invoice, product, quantity, seconds (epoch, times as UTC),
+    spend (quantity x price; 0 without a price column).
 
     ``product_pattern``: a merchant's own product rule (`streams.state.products.product_rule`) in
     place of the UCI stock-code rule.
@@ -258,6 +259,9 @@ def load_transactions(
             "product": code[keep],
             "quantity": quantity[keep],
             "seconds": time[keep].astype("datetime64[ns]").astype("int64") / 1e9,
+            "spend": (quantity * _parse_prices(raw["price"]))[keep].fillna(0.0)
+            if "price" in raw.columns
+            else 0.0,
         }
     )
     return lines.reset_index(drop=True), report

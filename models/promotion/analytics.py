@@ -19,16 +19,17 @@ revenue, discount cost and profit (the reward's).
   the holdout of the same group (conversion and profit per decision), with normal 95%
   intervals (Welch's for the differences, as ``models.promotion.report``).
 
-Segments come from the decision's logged features (``streams.promotion.features``; only
-records of the current ``FEATURE_SET`` are read, older ones are ``unknown``):
+Segments come from the decision's logged features (``streams.promotion.features``; records
+of a feature set in ``FEATURE_SETS`` are read by its names, others are ``unknown``):
 
 - RFM band ``R<r>F<f>M<m>`` (each 1..3, higher is better) from the customer's history before
   the decision, with fixed thresholds (`RfmBands`): recency (days since the last order) at most
   30 -> 3, at most 90 -> 2, else 1; frequency (orders) 1 -> 1, 2..4 -> 2, 5+ -> 3; monetary
   (average order value, in the merchant's currency) under 100 -> 1, under 400 -> 2, else 3.
   A customer without orders is ``new``.
-- churn-risk band ``low`` (< 1/3), ``medium`` (< 2/3), ``high``, from the first feature whose
-  name starts with ``churn`` when the feature set has one; ``unknown`` when it has none.
+- churn-risk band as the worker names it (`streams.state.churn.band`: ``low`` < 0.3, ``medium``
+  < 0.7, ``high``; ``none`` for a customer without orders), from the first feature whose name
+  starts with ``churn`` when the feature set has one; ``unknown`` when it has none.
 
 The country is the decision record's (the customer's profile), ``unknown`` when absent.
 """
@@ -43,7 +44,8 @@ import pandas as pd
 
 from models.promotion.report import Interval, difference_interval, mean_interval
 from streams.promotion.experiments import HOLDOUT
-from streams.promotion.features import FEATURE_NAMES, FEATURE_SET
+from streams.promotion.features import FEATURE_NAMES, FEATURE_SETS
+from streams.state import churn
 
 UNKNOWN = "unknown"
 OTHER = "other"
@@ -64,9 +66,10 @@ class RfmBands:
 
 
 def _feature(features: list[float], feature_set: str, name: str) -> float | None:
-    if feature_set != FEATURE_SET or name not in FEATURE_NAMES:
+    names = FEATURE_SETS.get(feature_set, ())
+    if name not in names:
         return None
-    index = FEATURE_NAMES.index(name)
+    index = names.index(name)
     return float(features[index]) if index < len(features) else None
 
 
@@ -92,11 +95,13 @@ def rfm_band(features: list[float], feature_set: str, bands: RfmBands = RfmBands
 
 
 def churn_band(features: list[float], feature_set: str) -> str:
-    """``low`` / ``medium`` / ``high`` churn risk, ``unknown`` without the feature."""
+    """The churn risk's band as the worker names it (`streams.state.churn.band`: ``low``,
+    ``medium``, ``high``; ``none`` without orders), ``unknown`` without the feature."""
     risk = _feature(features, feature_set, CHURN_FEATURE) if CHURN_FEATURE else None
     if risk is None:
         return UNKNOWN
-    return "low" if risk < 1 / 3 else "medium" if risk < 2 / 3 else "high"
+    has_orders = _feature(features, feature_set, "has_orders")
+    return churn.band(risk if has_orders else None)
 
 
 def week_of(event_time: str) -> str:

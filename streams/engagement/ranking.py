@@ -236,8 +236,9 @@ class TakeModel:
     def update(
         self, reward_id: str, action_id: str, features: Sequence[float], taken: bool
     ) -> bool:
-        """Learn one closed take window; False (no change) for a reward id already learned."""
-        if reward_id in self._seen:
+        """Learn one closed take window; False (no change) for a reward id already learned, or
+        for features of another length (a window opened before the context features changed)."""
+        if reward_id in self._seen or len(features) + 1 != self.dim:
             return False
         self._seen[reward_id] = None
         while len(self._seen) > self.config.remember:
@@ -293,8 +294,11 @@ class TakeModel:
         model = cls(config)
         model.updates = int(data["updates"])
         for action_id, s in data["actions"].items():
+            gram = np.array(s["gram"], dtype=np.float64)
+            if gram.shape != (model.dim, model.dim):  # saved with other context features
+                raise ValueError(f"engagement model of {gram.shape[0]} features, not {model.dim}")
             model.stats[action_id] = _Stats(
-                np.array(s["gram"], dtype=np.float64),
+                gram,
                 np.array(s["target"], dtype=np.float64),
                 int(s["n"]),
                 int(s["taken"]),

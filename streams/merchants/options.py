@@ -12,6 +12,7 @@ hours 21:00-08:00 on push/SMS/email, unknown time zones treated as UTC, no journ
       replenishment: {min_orders: 3, lead_days: 2, min_interval_days: 7}
       follow_up: {trigger: first_order, first: email, if_opened: push, if_not_opened: sms,
                   wait_days: 3}
+      retention: {threshold: 0.6, window_days: 30, holdout: 0.1}   # churn risk reached
     training:
       data: ../shared/data/online_retail.csv.gz   # relative to the merchants file
       format: online_retail               # or interactions (an Amazon Personalize CSV)
@@ -100,10 +101,27 @@ class FollowUp:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """A step when a customer's churn risk reaches ``threshold``: the policy's offer, else the
+    customer's most bought products, else the message alone; ``holdout`` of the customers
+    (by a stable hash, experiment ``experiment``) get nothing; at most once per ``window_s``."""
+
+    threshold: float = 0.6
+    window_s: float = 30 * DAY
+    max_steps: int = 2
+    holdout: float = 0.1
+    experiment: str = "retention-1"
+    offer: bool = True
+    recommend: bool = True
+    message: str = "We miss you! Here is what is new since your last visit."
+
+
+@dataclass(frozen=True)
 class Journeys:
     abandoned_cart: AbandonedCart | None = None
     replenishment: Replenishment | None = None
     follow_up: FollowUp | None = None
+    retention: Retention | None = None
 
 
 @dataclass(frozen=True)
@@ -263,12 +281,47 @@ class FollowUpConfig(ConfigModel):
         )
 
 
+class RetentionConfig(ConfigModel):
+    """A step when a customer's churn risk (docs/churn.md) reaches ``threshold``, chosen by the
+    promotion policy, against a holdout; at most once per ``window_days``."""
+
+    threshold: Annotated[float, Field(gt=0, lt=1)] = Retention.threshold
+    """The churn risk (0-1) at which the step fires."""
+    window_days: Positive = Retention.window_s / DAY
+    """At most one step per customer in this many days."""
+    max_steps: Annotated[int, Field(ge=1, le=10)] = Retention.max_steps
+    """Steps per lapse (one per window while the risk stays above the threshold); an order
+    starts a new lapse."""
+    holdout: Annotated[float, Field(ge=0, lt=1)] = Retention.holdout
+    """Share of customers who get nothing (counted as ``arm="holdout"``)."""
+    experiment: Annotated[str, Field(min_length=1, max_length=64)] = Retention.experiment
+    """The holdout's experiment id (changing it reshuffles the holdout)."""
+    offer: bool = Retention.offer
+    """Ask the promotion policy for an offer (the cart: the customer's average order)."""
+    recommend: bool = Retention.recommend
+    """Name the customer's most bought products."""
+    message: Text = Retention.message
+
+    def build(self) -> Retention:
+        return Retention(
+            threshold=self.threshold,
+            window_s=self.window_days * DAY,
+            max_steps=self.max_steps,
+            holdout=self.holdout,
+            experiment=self.experiment,
+            offer=self.offer,
+            recommend=self.recommend,
+            message=self.message,
+        )
+
+
 class JourneysConfig(ConfigModel):
     """The journeys the merchant runs (see docs/journeys.md); an absent one does not run."""
 
     abandoned_cart: AbandonedCartConfig | None = None
     replenishment: ReplenishmentConfig | None = None
     follow_up: FollowUpConfig | None = None
+    retention: RetentionConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -282,6 +335,7 @@ class JourneysConfig(ConfigModel):
             abandoned_cart=self.abandoned_cart and self.abandoned_cart.build(),
             replenishment=self.replenishment and self.replenishment.build(),
             follow_up=self.follow_up and self.follow_up.build(),
+            retention=self.retention and self.retention.build(),
         )
 
 

@@ -1,6 +1,6 @@
 """Journeys as event-time timers kept in the customer's own state (no cron, no scheduler).
 
-Three journeys, configured per merchant (``journeys:`` in the catalog, `streams.merchants.options`):
+Four journeys, configured per merchant (``journeys:`` in the catalog, `streams.merchants.options`):
 
 - **abandoned cart**: a cart change arms a timer ``after_minutes`` later; a later cart change
   re-arms it, checkout / clear / an order cancels it. When it fires and the cart still holds
@@ -13,6 +13,8 @@ Three journeys, configured per merchant (``journeys:`` in the catalog, `streams.
 - **follow-up** (multi-step): on the trigger order, an e-mail; if it is opened (offer feedback
   ``offer_opened`` naming the e-mail's notification id), a push at once; if it is not opened
   within ``wait_days``, an SMS instead.
+- **retention**: when the customer's churn risk reaches the merchant's threshold, an offer, a
+  recommendation or a message, against a holdout (`streams.outreach.retention`).
 
 State: ``state["journeys"]`` maps a journey name to its one running instance, ``{"id", "step",
 "due", ...}``; ``due`` is the event time the next step fires (None: waiting for nothing).
@@ -34,12 +36,14 @@ from dataclasses import dataclass
 from schemas.keys import id_digest, is_customer_key
 from streams.merchants.catalog import Merchant
 from streams.merchants.options import Journeys
+from streams.outreach import retention
 from streams.outreach.delivery import Held, Message, Send, Suppressed
 from streams.timers import PartitionTimers, TimerStore
 
 ABANDONED_CART = "abandoned_cart"
 REPLENISHMENT = "replenishment"
 FOLLOW_UP = "follow_up"
+RETENTION = retention.RETENTION
 NO_REMINDER_CART_EVENTS = ("checkout", "cart_clear")
 REPLENISH_PRODUCTS = 3
 
@@ -158,6 +162,10 @@ def _on_order(state: dict, merchant: Merchant, data: dict, cancelled: list[Cance
     ):
         running[FOLLOW_UP] = {"id": data["order_id"], "step": "first", "due": data["_ts"]}
         changed = True
+    if journeys.retention is not None:
+        changed |= retention.arm_timer(
+            running, state, journeys.retention, data["order_id"], data["_ts"]
+        )
     return changed
 
 
@@ -230,6 +238,9 @@ def _step(
     if name == REPLENISHMENT and config.replenishment is not None:
         products = tuple(instance["products"])
         return "remind", None, config.replenishment.message, {"products": products}
+    if name == RETENTION and config.retention is not None:
+        products = retention.most_bought(state) if config.retention.recommend else ()
+        return retention.STEP, None, config.retention.message, {"products": products}
     follow = config.follow_up
     if name == FOLLOW_UP and follow is not None:
         if instance["step"] == "first":
@@ -253,6 +264,12 @@ def due_steps(
     for name, instance in list(running.items()):
         if instance.get("due") is None or instance["due"] > now:
             continue
+        if (
+            name == RETENTION
+            and config.retention is not None
+            and not retention.ready(state, config.retention, instance, now)
+        ):
+            continue  # a visit lowered the risk: due again at the new crossing time
         made = _step(state, config, name, instance)
         if made is None:  # the cart is gone, or the merchant switched the journey off
             switched_off = getattr(config, name, None) is None
@@ -305,6 +322,8 @@ def settle(
         follow = merchant.options.journeys.follow_up
         wait = follow.wait_s if follow is not None else 0.0
         instance.update(step="await_open", due=now + wait, sent=step.dedupe_key)
+    elif step.journey == RETENTION and merchant.options.journeys.retention is not None:
+        retention.after_step(running, merchant.options.journeys.retention, instance, now)
     else:
         del running[step.journey]
     return cancelled

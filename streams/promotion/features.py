@@ -16,8 +16,10 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
+from streams.state import churn
+
 DAY_S = 86400.0
-FEATURE_SET = "promo-features/1"
+FEATURE_SET = "promo-features/2"
 FEATURE_NAMES = (
     "has_orders",  # 1 if the customer has ordered before
     "recency",  # log1p(days since the last order) / log1p(365), 1 without orders
@@ -39,7 +41,10 @@ FEATURE_NAMES = (
     "has_signals",  # 1 if next-purchase outputs were given
     "propensity",  # next-purchase propensity (P(next pick is a recommended product))
     "coupon_probability",  # P(next pick is the coupon candidate)
+    "churn_risk",  # P(no order within 90 days), streams.state.churn; 0 without orders
 )
+#: the names of every feature set a decision log may hold: older logs stay readable
+FEATURE_SETS = {"promo-features/1": FEATURE_NAMES[:-1], FEATURE_SET: FEATURE_NAMES}
 _LOG_YEAR = math.log1p(365.0)
 
 
@@ -117,4 +122,5 @@ def context_features(
         0.0 if signals is None else 1.0,
         _unit(propensity),
         _unit(coupon),
+        churn.risk(state, ts) or 0.0,
     ]

@@ -47,6 +47,7 @@ from collections.abc import Callable, MutableMapping
 from schemas.keys import iso
 from schemas.records import SCHEMA_VERSION
 from streams.promotion import guardrails
+from streams.promotion.features import FEATURE_SET
 from streams.timers import PartitionTimers, TimerStore
 
 MAX_PENDING = 16
@@ -265,9 +266,15 @@ def next_due(state: dict) -> float | None:
 
 def learnable(reward: dict) -> bool:
     """Rewards the bandit learns from and OPE reads: offers actually applied (the holdout's
-    and unsent decisions are not), not superseded or evicted."""
+    and unsent decisions are not), not superseded or evicted, decided on the current feature
+    set (a window opened before the features changed closes with the old ones)."""
     applied = reward["sent"] or reward["action_kind"] == "none"
-    return reward["reason"] == "window_closed" and applied and reward["arm"] != "holdout"
+    return (
+        reward["reason"] == "window_closed"
+        and applied
+        and reward["arm"] != "holdout"
+        and reward.get("feature_set", FEATURE_SET) == FEATURE_SET
+    )
 
 
 def reward_windows(

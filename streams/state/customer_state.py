@@ -32,6 +32,8 @@ customer does (see ``docs/architecture.md`` for measured bytes per customer):
   per engagement action ``{shown, taken, dismissed, last, taken_at, dismissed_at}`` (the last
   ``MAX_ENGAGEMENT_ACTIONS`` actions touched), ``open`` take windows and ``last`` shown
   (``streams.engagement.rewards``);
+- ``churn``: the churn risk as of the newest event, and the last visit
+  (`streams.state.churn.update`: ``{visit, score, band, at}``);
 - ``profile``: consent and preferences, or None; ``claimed``: anonymous sessions claimed;
   ``absorbed``: the session keys whose state was merged in (a re-sent absorb is skipped).
 """
@@ -41,6 +43,7 @@ from __future__ import annotations
 import re
 
 from schemas.limits import MAX_QUANTITY
+from streams.state import churn
 from streams.state.products import MAX_ORDERS as MAX_ORDERS  # noqa: PLC0414 - part of the state API
 from streams.state.products import order_products, orders_to_keep, product_rule
 
@@ -284,6 +287,7 @@ def apply_event(
         apply_order(state, event, products)
     else:
         APPLY[topic_kind](state, event)
+    churn.update(state, topic_kind, event)
     return True
 
 
@@ -346,6 +350,7 @@ def merge_anonymous(customer: dict, anonymous: dict) -> None:
             customer["offers"][key] += value
     if "engagement" in anonymous:
         _merge_engagement(engagement_state(customer), anonymous["engagement"])
+    churn.merge_visit(customer, anonymous)
 
 
 def _merge_engagement(customer: dict, anonymous: dict) -> None:

@@ -1,0 +1,1 @@
+"""Churn risk offline: evaluation of ``streams.state.churn`` on an order file."""
