@@ -93,10 +93,22 @@ def new_state() -> dict:
     }
 
 
-#: The parts of a customer's state a cart decision reads: the promotion policy's features and
-#: objective, the coupon candidate's cart check, the decision record's products and country, the
-#: next-purchase model's history (`decision_view`).
-DECISION_PARTS = ("rfm", "cart", "session", "sessions", "views", "orders", "offers", "profile")
+#: The parts of a customer's state a cart decision reads: the promotion policy's features (the
+#: churn risk among them: its score and the messages sent) and objective, the coupon candidate's
+#: cart check, the decision record's products and country, the next-purchase model's history
+#: (`decision_view`).
+DECISION_PARTS = (
+    "rfm",
+    "cart",
+    "session",
+    "sessions",
+    "views",
+    "orders",
+    "offers",
+    "profile",
+    "churn",
+    "sent",
+)
 
 
 def decision_view(state: dict) -> dict:
