@@ -237,6 +237,7 @@ def _fit(
         "device": device,
         "validation": log[best_epoch - 1],
         "log": log,
+        "held_out": sorted(map(str, held_out)),  # never trained on: what `stacking` learns from
     }
     return model, summary
 
