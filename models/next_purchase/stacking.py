@@ -231,8 +231,9 @@ def fit(
         [timeline.at(moments[i]) for i in picked],
     )
     kept = [j for j, h in enumerate(histories) if h.n_orders]
-    if not kept:
-        raise ValueError("no held-out example to fit the re-ranker on")
+    if not kept:  # nothing to learn from: rank like the model
+        identity = dict(zip(config.weight_names, config.identity, strict=True))
+        return list(config.identity), {"weights": identity, "examples": 0}
     histories = [histories[j] for j in kept]
     picked = [picked[j] for j in kept]
     model.eval()
