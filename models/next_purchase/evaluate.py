@@ -32,7 +32,10 @@ Protocol:
   scores: the ablation) and the full model, each trained on the pre-cutoff orders once per
   ``--seeds``, and each of the two blended with TIFU-KNN (`blend`: the model's order for
   products the customer bought, for the others TIFU-KNN's, weighted by `BLEND_WEIGHT`; the
-  ablation's blend is the blend's ablation), model variants, not baselines.
+  ablation's blend is the blend's ablation), and each re-ranked by `stacking` (``stacked``,
+  ``stacked_no_lstm``: the model's order for products the customer bought, a learned mix of
+  the model and the bought-together table for the others, fitted on the customers the model's
+  training held out), model variants, not baselines.
 * Every method against personal frequency (all customers) and against the strongest baseline
   of each cohort and metric (Hit@1, Hit@10, MRR): relative gains with 95% paired bootstrap
   intervals over customers.
