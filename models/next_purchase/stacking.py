@@ -52,7 +52,7 @@ from models.next_purchase.model import NextPurchaseLSTM, collate
 from models.next_purchase.similar_items import SimilarItems, SimilarityConfig
 
 MODEL_WEIGHTS = ("model_new", "bought")
-TOGETHER_SCALE = 0.01  # g = log1p(t / scale): about a tenth of a typical strong pair
+TOGETHER_SCALE = 0.01  # g = log1p(t / scale); a strong pair is 0.15 (`similar_items`)
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ class StackingConfig:
 
 @dataclass(frozen=True)
 class Candidates:
-    """What the re-ranker reads of each scored row's encoded history (warm rows only, the rows
-    of the logits): orders per row, each kept order's known item count and flat item ids, and
-    the repeat candidates' (row, item): the products bought before."""
+    """What the re-ranker reads of each scored row's encoded history (the rows of the logits):
+    orders per row, each kept order's known item count and flat item ids, and the repeat
+    candidates' (row, item): the products bought before."""
 
     n_orders: np.ndarray
     order_lengths: np.ndarray
