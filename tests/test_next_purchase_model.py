@@ -438,7 +438,7 @@ def test_evaluate_protocol(tmp_path):
     assert result["protocol"]["customers"] == 30
     baselines = {"popular_orders", "popular_units", "personal_frequency", "last_basket"}
     baselines |= set(evaluate.FIELD_PARAMS)
-    expected = {*baselines, *evaluate.MODELS, *evaluate.BLENDS.values()}
+    expected = {*baselines, *evaluate.MODELS, *evaluate.BLENDS.values(), *evaluate.STACKS.values()}
     assert set(result["results"]) == expected
     assert set(result["baseline_seconds"]) == baselines
     for res in result["results"].values():
@@ -478,9 +478,13 @@ def test_evaluate_protocol(tmp_path):
         ablation = result["lstm_over_ablation"][cohort]
         low, high = ablation["hit@10_interval95"]
         assert low <= ablation["hit@10"] <= high
-        ablation = result["blend_lstm_over_ablation"][cohort]
-        low, high = ablation["hit@10_interval95"]
-        assert low <= ablation["hit@10"] <= high
+        for name in ("blend_lstm_over_ablation", "stacked_lstm_over_ablation"):
+            ablation = result[name][cohort]
+            low, high = ablation["hit@10_interval95"]
+            assert low <= ablation["hit@10"] <= high
+    for name in evaluate.STACKS.values():
+        fitted = result["training"][f"{name}/seed0"]
+        assert fitted["examples"] > 0 and fitted["loss_fitted"] <= fitted["loss_identity"]
 
 
 def test_tune_baselines_scores_every_combination_and_trains_nothing(tmp_path, monkeypatch):

@@ -32,7 +32,10 @@ Protocol:
   scores: the ablation) and the full model, each trained on the pre-cutoff orders once per
   ``--seeds``, and each of the two blended with TIFU-KNN (`blend`: the model's order for
   products the customer bought, for the others TIFU-KNN's, weighted by `BLEND_WEIGHT`; the
-  ablation's blend is the blend's ablation), model variants, not baselines.
+  ablation's blend is the blend's ablation), and each re-ranked by `stacking` (``stacked``,
+  ``stacked_no_lstm``: the model's order for products the customer bought, a learned mix of
+  the model and the bought-together table for the others, fitted on the customers the model's
+  training held out), model variants, not baselines.
 * Every method against personal frequency (all customers) and against the strongest baseline
   of each cohort and metric (Hit@1, Hit@10, MRR): relative gains with 95% paired bootstrap
   intervals over customers.
@@ -69,7 +72,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.next_purchase import artifact, baselines
+from models.next_purchase import artifact, baselines, stacking
 from models.next_purchase.encoding import Order, Vocab, encode_history  # noqa: E402
 from models.next_purchase.loading import (  # noqa: E402
     epoch_seconds,
@@ -78,7 +81,8 @@ from models.next_purchase.loading import (  # noqa: E402
     orders_from_lines,
     split_at,
 )
-from models.next_purchase.model import ModelConfig, Recommender  # noqa: E402
+from models.next_purchase.model import ModelConfig, Recommender, collate  # noqa: E402
+from models.next_purchase.similar_items import SimilarItems  # noqa: E402
 from models.next_purchase.train import (  # noqa: E402
     DEFAULT_DATA,
     KS,
@@ -95,6 +99,7 @@ BLENDS = {name: f"{name}+{BLEND_NEIGHBOUR}" for name in MODELS}  # each model bl
 BLENDED = BLENDS["lstm_repeat"]
 BLEND_WEIGHT = 1.0  # chosen by `--tune-blend --cutoff 2011-07-01` (BENCHMARKS.md)
 BLEND_GRID = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+STACKS = {"lstm_repeat": "stacked", "repeat_no_lstm": "stacked_no_lstm"}  # `stacking`
 REFERENCE = "personal_frequency"
 BAR = {"hit@1": 0.15, "hit@10": 0.05}  # required relative gain over the reference
 SMALL = 10  # the "<= 10 prior orders" cohort
@@ -574,6 +579,34 @@ def main(argv: list[str]) -> int:
         model, summary = fit(before, vocab, cfg, progress=not args.quiet)
         return Recommender(model, vocab, cfg.encoder, device=summary["device"]), summary
 
+    served_similarity: list = []  # the table `nextbest train` serves, built once
+
+    def stacked_scores(
+        rec: Recommender, held_out: list[str], seed: int
+    ) -> tuple[torch.Tensor, dict]:
+        """``rec``'s scores re-ranked by a `stacking.Reranker` fitted on the customers its
+        training held out, applied with the table of every pre-cutoff order."""
+        config = TrainConfig()
+        if not served_similarity:
+            table = SimilarItems.fit(before, config.similar)
+            served_similarity.append(stacking.similarity_matrix(table, vocab))
+        weights, fitted = stacking.fit(
+            rec.model, vocab, before, held_out, rec.encoder, config.similar, seed=seed
+        )
+        reranker = stacking.Reranker(weights, served_similarity[0], stacking.StackingConfig())
+        encoded = [encode_history(h, rec.vocab, rec.encoder, now=cutoff) for h in histories]
+        scores = rec.popularity.double().log().expand(len(encoded), -1).clone()  # cold rows
+        warm = [r for r, h in enumerate(encoded) if h.n_orders]
+        with torch.no_grad():
+            for start in range(0, len(warm), 512):
+                rows = warm[start : start + 512]
+                chunk = [encoded[r] for r in rows]
+                logits = rec.model(collate(chunk).to(rec.device)).cpu()
+                scores[rows] = reranker.rerank(logits, chunk).double()
+        scores += torch.arange(len(vocab), 0, -1, dtype=torch.float64) * 1e-12  # tie-break
+        scores[:, 0] = -torch.inf
+        return scores, fitted
+
     neighbour_scores = field[BLEND_NEIGHBOUR](FIELD_PARAMS[BLEND_NEIGHBOUR])
     if args.tune_blend:
         grid: dict[float, list[float]] = {w: [] for w in BLEND_GRID}
@@ -646,12 +679,23 @@ def main(argv: list[str]) -> int:
                 per_seed.setdefault(BLENDS[name], []).append(
                     cohort_metrics(ranks_of[BLENDS[name]][-1], targets.small)
                 )
+                begun = time.monotonic()
+                reranked, fitted = stacked_scores(rec, summary["held_out"], seed)
+                ranks_of.setdefault(STACKS[name], []).append(method_ranks(reranked, targets))
+                per_seed.setdefault(STACKS[name], []).append(
+                    cohort_metrics(ranks_of[STACKS[name]][-1], targets.small)
+                )
                 training[f"{name}/seed{seed}"] = {
                     k: summary[k] for k in ("seconds", "best_epoch", "epochs_run", "device")
                 }
+                training[f"{STACKS[name]}/seed{seed}"] = {
+                    **fitted,
+                    "seconds": round(time.monotonic() - begun, 1),
+                }
+                print(f"{STACKS[name]} seed {seed}: {per_seed[STACKS[name]][-1]} {fitted}")
                 print(f"{name} seed {seed}: {per_seed[name][-1]['all']} ({summary['seconds']}s)")
             results[name] = mean_over_seeds(per_seed[name])
-        for name in BLENDS.values():
+        for name in [*BLENDS.values(), *STACKS.values()]:
             results[name] = mean_over_seeds(per_seed[name])
 
     ref = results[REFERENCE]["all"]
@@ -674,7 +718,7 @@ def main(argv: list[str]) -> int:
         }
         for name, ranks in ranks_of.items()
     }
-    ablation, blend_ablation = {}, {}
+    ablation, blend_ablation, stack_ablation = {}, {}, {}
     if set(MODELS) <= set(ranks_of):
         cohorts = [c for c in ("all", DISCOVERY) if c in results["lstm_repeat"]]
         ablation = {c: lstm_ablation(results, ranks_of, c) for c in cohorts}
@@ -682,6 +726,7 @@ def main(argv: list[str]) -> int:
             c: lstm_ablation(results, ranks_of, c, BLENDED, BLENDS["repeat_no_lstm"])
             for c in cohorts
         }
+        stack_ablation = {c: lstm_ablation(results, ranks_of, c, *STACKS.values()) for c in cohorts}
     print(f"\nrelative to {REFERENCE} (cohort all; 95% bootstrap interval over customers):")
     for name, g in gains.items():
         ci = intervals[name]
@@ -698,6 +743,7 @@ def main(argv: list[str]) -> int:
     for (full, without), cohort, figures in [
         *((("lstm_repeat", "repeat_no_lstm"), c, f) for c, f in ablation.items()),
         *(((BLENDED, BLENDS["repeat_no_lstm"]), c, f) for c, f in blend_ablation.items()),
+        *((tuple(STACKS.values()), c, f) for c, f in stack_ablation.items()),
     ]:
         print(
             f"what the LSTM adds, cohort {cohort} ({full} / {without} - 1): "
@@ -731,6 +777,7 @@ def main(argv: list[str]) -> int:
         "against_strongest_baseline": compared,
         "lstm_over_ablation": ablation,
         "blend_lstm_over_ablation": blend_ablation,
+        "stacked_lstm_over_ablation": stack_ablation,
         "baseline_params": {name: asdict(p) for name, p in FIELD_PARAMS.items()},
         "blend": {"method": BLENDED, "neighbour": BLEND_NEIGHBOUR, "weight": BLEND_WEIGHT},
         "baseline_seconds": baseline_seconds,

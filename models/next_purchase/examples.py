@@ -41,6 +41,24 @@ def build_examples(
     order hold", not knowing when it comes. Targets with no known product are skipped.
     """
     timeline = timeline if timeline is not None else vocab.timeline(orders)
+    prefixes, moments, targets, keys = example_prefixes(orders, vocab, config, rng)
+    stats = [timeline.at(now) for now in moments]
+    histories = encode_examples(prefixes, vocab, config, moments, stats)
+    return [
+        Example(history, target, cust, seconds)
+        for history, target, (cust, seconds) in zip(histories, targets, keys, strict=True)
+        if history.n_orders
+    ]
+
+
+def example_prefixes(
+    orders: dict[str, list[Order]],
+    vocab: Vocab,
+    config: EncoderConfig,
+    rng: np.random.Generator | None = None,
+) -> tuple[list[list[Order]], list[float], list[np.ndarray], list[tuple[str, float]]]:
+    """`build_examples` before encoding: per example the worker-shaped prefix, the moment it is
+    scored at, the target's known item ids and (customer, target order time)."""
     prefixes, moments, targets, keys = [], [], [], []
     for cust, seq in orders.items():
         for t in range(1, len(seq)):
@@ -54,10 +72,4 @@ def build_examples(
             moments.append(now)
             targets.append(np.array(sorted(set(target))))
             keys.append((cust, seq[t][0]))
-    stats = [timeline.at(now) for now in moments]
-    histories = encode_examples(prefixes, vocab, config, moments, stats)
-    return [
-        Example(history, target, cust, seconds)
-        for history, target, (cust, seconds) in zip(histories, targets, keys, strict=True)
-        if history.n_orders
-    ]
+    return prefixes, moments, targets, keys

@@ -237,6 +237,7 @@ def _fit(
         "device": device,
         "validation": log[best_epoch - 1],
         "log": log,
+        "held_out": sorted(map(str, held_out)),  # never trained on: what `stacking` learns from
     }
     return model, summary
 
@@ -306,6 +307,7 @@ def main(argv: list[str]) -> int:
     except NotEnoughData as error:
         print(f"cannot train on {cfg.data}: {error}", file=sys.stderr)
         return 1
+    del summary["held_out"]  # customer ids: for `stacking` in evaluation, not the artifact
     started = time.monotonic()
     similar = SimilarItems.fit(orders, cfg.similar)
     summary["similar_items"] = {
