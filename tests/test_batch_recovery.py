@@ -27,6 +27,7 @@ from agents.runtime.recovery import (
     changelog_consumer_config,
     fill_batches,
     start_offset,
+    up_to_date,
 )
 from agents.runtime.settings import Settings
 from agents.runtime.topics import key_partition
@@ -80,6 +81,23 @@ def test_records_at_or_before_the_applied_offset_are_left_out_as_faust_does():
     assert applied == {a: 6}
     batches = fill_batches([*records, ChangelogRecord(a, 7, b"new", b"y")], applied, RecordingBatch)
     assert batches[a].ops == [("put", b"new", b"y"), ("put", OFFSET_KEY, b"7")]
+
+
+class PersistedAt:
+    def __init__(self, offset: int | None) -> None:
+        self.offset = offset
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        return self.offset
+
+
+def test_a_partition_whose_store_has_its_last_record_is_not_read():
+    tp = TP("t-changelog", 0)
+    assert up_to_date(PersistedAt(41), tp, 41)
+    assert not up_to_date(PersistedAt(40), tp, 41)
+    assert up_to_date(PersistedAt(None), tp, -1)  # an empty partition, an empty store
+    assert not up_to_date(PersistedAt(None), tp, 0)
+    assert not up_to_date(PersistedAt(41), tp, None)  # the end not known: read to find it
 
 
 def test_the_reader_uses_the_workers_broker_and_security_settings():

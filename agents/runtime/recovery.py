@@ -121,6 +121,15 @@ def batch_recoverable(table: CollectionT) -> bool:
     )
 
 
+def up_to_date(table: CollectionT, tp: TP, last_offset: int | None) -> bool:
+    """Whether ``table``'s store holds ``tp`` up to ``last_offset`` (the offset of the
+    partition's last record, -1: none; None: not known)."""
+    if last_offset is None:
+        return False
+    persisted = table.persisted_offset(tp)
+    return (-1 if persisted is None else persisted) >= last_offset
+
+
 def changelog_consumer_config(settings: Settings) -> dict[str, Any]:
     """librdkafka settings of the changelog reader: the worker's broker and security settings,
     assigned partitions only (the group id is never joined nor committed to); records of
@@ -202,7 +211,14 @@ class BatchRecovery(Recovery):
         self, consumer: ConsumerT, tps: set[TP], destination: Any, title: str
     ) -> None:
         tables = {tp: self.tp_to_table[tp] for tp in tps if tp in self.tp_to_table}
-        eligible = {tp: table for tp, table in tables.items() if batch_recoverable(table)}
+        # the active partitions' last offsets are known by now (Faust's highwaters), the
+        # standbys' not yet: a partition whose store has its last record is not read
+        last_offsets = self.active_highwaters if title == "active" else {}
+        eligible = {
+            tp: table
+            for tp, table in tables.items()
+            if batch_recoverable(table) and not up_to_date(table, tp, last_offsets.get(tp))
+        }
         if eligible and self.app.conf.processing_guarantee == ProcessingGuarantee.AT_LEAST_ONCE:
             deadline = time.monotonic() + DEADLINE_SHARE * self.app.conf.broker_request_timeout
             try:
