@@ -967,8 +967,9 @@ def print_size(result: SizeResult) -> None:
         "  (decides again: seconds from the change (a worker's start, the signal) until every "
         "partition decides again,\n   with its slowest partition; stall: a partition's longest "
         "silence; read: changelog records the worker\n   taking over read to recover, at "
-        "records/s; where: its log: rejoining the group, partitions\n   assigned, changelog "
-        "reading started and done, streams resumed. lost: probes without a decision\n   record; "
+        "records/s; where: its log: rejoining the group, partitions\n   assigned, batch "
+        "reading (batch, batched) and Faust's (restoring, restored) of the\n   changelog, "
+        "streams resumed. lost: probes without a decision record;\n   "
         "repeated: identical decision records again; different: decision ids with two records /"
         "\n   two actions; twice: offer ids sent twice, identical but decided_at / different)"
     )
