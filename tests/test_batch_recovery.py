@@ -12,7 +12,7 @@ from pathlib import Path
 
 import faust
 import pytest
-from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka import OFFSET_BEGINNING, KafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -27,6 +27,7 @@ from agents.runtime.recovery import (
     changelog_consumer_config,
     fill_batches,
     start_offset,
+    transient,
     up_to_date,
 )
 from agents.runtime.settings import Settings
@@ -98,6 +99,14 @@ def test_a_partition_whose_store_has_its_last_record_is_not_read():
     assert up_to_date(PersistedAt(None), tp, -1)  # an empty partition, an empty store
     assert not up_to_date(PersistedAt(None), tp, 0)
     assert not up_to_date(PersistedAt(41), tp, None)  # the end not known: read to find it
+
+
+def test_the_reader_gives_up_on_errors_librdkafka_does_not_recover_from():
+    assert transient(KafkaError(KafkaError._TRANSPORT))
+    assert transient(KafkaError(KafkaError.REQUEST_TIMED_OUT, retriable=True))
+    assert not transient(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    assert not transient(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    assert not transient(KafkaError(KafkaError._TRANSPORT, fatal=True))
 
 
 def test_the_reader_uses_the_workers_broker_and_security_settings():

@@ -62,6 +62,9 @@ STALL_S = 15.0
 DEADLINE_SHARE = 0.75
 
 
+TRANSIENT_CODES = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+
+
 class ChangelogRecord(NamedTuple):
     tp: TP
     offset: int
@@ -151,6 +154,13 @@ def changelog_consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def transient(error: KafkaError) -> bool:
+    """An error librdkafka recovers from by itself (a lost connection, a retriable one)."""
+    if error.fatal():
+        return False
+    return error.retriable() or error.code() in TRANSIENT_CODES
+
+
 class ChangelogReader:
     """A librdkafka consumer assigned to changelog partitions from given offsets; `read` is
     blocking (run it in a thread), one call at a time."""
@@ -169,17 +179,19 @@ class ChangelogReader:
         ended: set[TP] = set()
         tps = self.tps
         for message in self.consumer.consume(count, timeout):
+            error = message.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                if not transient(error):
+                    raise KafkaException(error)
+                continue  # librdkafka retries it
             tp = tps.get((message.topic(), message.partition()))
             if tp is None or tp in ended:
                 continue
-            error = message.error()
             if error is None:
                 record = ChangelogRecord(tp, message.offset(), message.key(), message.value())
                 records.append(record)
-            elif error.code() == KafkaError._PARTITION_EOF:
+            else:
                 ended.add(tp)
-            elif error.fatal() or not (error.retriable() or error.code() == KafkaError._TRANSPORT):
-                raise KafkaException(error)
         if ended:
             self.consumer.incremental_unassign(
                 [TopicPartition(tp.topic, tp.partition) for tp in ended]
