@@ -120,8 +120,9 @@ BATCH_LOG = """\
 | 〃                                   | 1         | 24952     |
 +--------------------------------------+-----------+-----------+
 [2026-12-07 05:02:00,758] [1] [INFO] Batch recovery of active changelog partitions started: 2
-[2026-12-07 05:02:03,258] [1] [INFO] Batch recovery of active changelog partitions read 49800 \
-records (127000000 bytes) of 2 partitions in 2.5 s (19920 records/s)
+[2026-12-07 05:02:03,258] [1] [INFO] Batch recovery of active changelog partitions read 49900 \
+records (127000000 bytes) of 4 partitions in 2.5 s (19960 records/s); by topic: \
+bench-scale-customers-changelog=49800, bench-scale-journey-timers-changelog=100
 [2026-12-07 05:02:03,260] [1] [INFO] [^---Recovery]: active offsets at start of reading:
 +Reading Starts At - Active------------+-----------+--------+
 | topic                                | partition | offset |
@@ -138,7 +139,7 @@ def test_a_batch_recovery_counts_with_what_faust_read_after_it(tmp_path: Path) -
     log = tmp_path / "worker.log"
     log.write_text(BATCH_LOG)
     start = log_marks(log, 0.0)["assigned"]
-    # the batch read 49,800 records; Faust the 62 written meanwhile on partition 1
+    # the batch read 49,800 of the customers' records; Faust the 62 written meanwhile
     assert changelog_to_read(log, start, "bench-scale-customers-changelog") == 49800 + 62
     marks = log_marks(log, start)
     assert marks["batched"] - marks["batch"] == pytest.approx(2.5)

@@ -33,9 +33,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -204,16 +204,6 @@ class ChangelogReader:
         self.consumer.close()
 
 
-@dataclass
-class BatchReading:
-    """What one batch reading did (for its log line)."""
-
-    partitions: int
-    records: int = 0
-    bytes: int = 0
-    unfinished: set[TP] = field(default_factory=set)
-
-
 class BatchRecovery(Recovery):
     """Faust's recovery, with the changelog read in batches first (see the module)."""
 
@@ -261,7 +251,8 @@ class BatchRecovery(Recovery):
         if not dbs:
             return
         started = time.monotonic()
-        reading = BatchReading(len(dbs))
+        by_topic: Counter[str] = Counter()  # records read
+        size = 0  # their keys' and values' bytes
         log.info("Batch recovery of %s changelog partitions started: %d", title, len(dbs))
         executor = ThreadPoolExecutor(1, thread_name_prefix="batch-recovery")
         loop = asyncio.get_running_loop()
@@ -292,8 +283,9 @@ class BatchRecovery(Recovery):
                 for tp, batch in batches.items():
                     dbs[tp].write(batch, unwritten)
                     destination[tp] = applied[tp]
-                reading.records += len(records)
-                reading.bytes += sum(len(r.key) + len(r.value or b"") for r in records)
+                for record in records:
+                    by_topic[record.tp.topic] += 1
+                    size += len(record.key) + len(record.value or b"")
                 if not more:
                     break
             await asyncio.gather(*(asyncio.to_thread(db.flush, True) for db in dbs.values()))
@@ -302,17 +294,18 @@ class BatchRecovery(Recovery):
             executor.shutdown(wait=False)
             for db in dbs.values():  # cancelled, failed: flushed before Faust writes (with its
                 db.flush(True)  # write-ahead log) to any of these stores
-        reading.unfinished = pending
         seconds = time.monotonic() - started
+        total = sum(by_topic.values())
         log.info(
             "Batch recovery of %s changelog partitions read %d records (%d bytes) of %d "
-            "partitions in %.1f s (%.0f records/s)%s",
+            "partitions in %.1f s (%.0f records/s); by topic: %s%s",
             title,
-            reading.records,
-            reading.bytes,
-            reading.partitions,
+            total,
+            size,
+            len(dbs),
             seconds,
-            reading.records / max(seconds, 1e-9),
+            total / max(seconds, 1e-9),
+            ", ".join(f"{topic}={count}" for topic, count in sorted(by_topic.items())) or "-",
             f"; not to their end, left to Faust: {sorted(pending)}" if pending else "",
         )
 

@@ -55,9 +55,9 @@ the probes sent in the phase: lost (no decision record at all), decision records
 identically (at-least-once redelivery: consumers dedupe on ``decision_id``), decision ids with
 two different records (``actions``: of them, with two different actions), and offer ids on the
 promotions topic more than once (identical but ``decided_at``, or different). The recovery rate:
-the changelog records the worker read to recover its active partitions (the batch reading's count
-of every table's records, plus the customers' records left to Faust's reading: its tables of end
-and start offsets in the log) over the seconds the two readings took. State bytes per customer:
+the customers' changelog records the worker read to recover its active partitions (the batch
+reading's count, plus those left to Faust's reading: its tables of end and start offsets in the
+log) over the seconds the two readings took. State bytes per customer:
 the changelog records' key and value, and worker A's RocksDB directory right after its recovery.
 """
 
@@ -130,8 +130,9 @@ LEADER_LINE = "Elected group leader"
 #: Faust's recovery tables: the changelog's last offsets, and where this worker starts reading
 HIGHWATERS = "Highwater for active changelog partitions"
 STARTS = "active offsets at start of reading"
-#: agents/runtime/recovery.py: the active partitions' records read in batches before Faust's
-BATCH_READ = re.compile(r"Batch recovery of active changelog partitions read (\d+) records")
+#: agents/runtime/recovery.py: the active partitions' records read in batches before Faust's,
+#: per changelog topic (``by topic: <topic>=<records>, ...``)
+BATCH_READ = "Batch recovery of active changelog partitions read"
 
 
 @dataclass(frozen=True)
@@ -696,9 +697,10 @@ def _table_after(lines: list[tuple[float | None, str]], start: int, topic: str) 
 
 
 def changelog_to_read(log: Path, since: float, topic: str) -> int | None:
-    """Records the worker read to recover its active partitions in its first recovery at or
-    after ``since``: the batch reading's (every table's) and those of ``topic`` left to Faust's
-    reading (its highwater and start tables); None: not logged."""
+    """Records of ``topic`` the worker read to recover its active partitions in its first
+    recovery at or after ``since``: the batch reading's and those left to Faust's reading (its
+    highwater and start tables); None: not logged."""
+    batch_count = re.compile(rf"[ ,]{re.escape(topic)}=(\d+)")
     lines = _log_lines(log)
     highwaters = starts = None
     batch_read = 0
@@ -707,8 +709,9 @@ def changelog_to_read(log: Path, since: float, topic: str) -> int | None:
             continue
         if highwaters is None and HIGHWATERS in line:
             highwaters = _table_after(lines, index, topic)
-        elif highwaters is not None and (match := BATCH_READ.search(line)):
-            batch_read = int(match.group(1))
+        elif highwaters is not None and BATCH_READ in line:
+            match = batch_count.search(line)
+            batch_read = int(match.group(1)) if match else 0
         elif highwaters is not None and STARTS in line:
             starts = _table_after(lines, index, topic)
             break
