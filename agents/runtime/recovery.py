@@ -2,7 +2,7 @@
 
 Faust recovers a table record by record: each changelog record travels through the consumer's
 delivery loop, the changelog queue and the recovery loop before it reaches RocksDB, about 92 us
-of a worker's CPU per record (BENCHMARKS.md, "Scale-out"): two minutes for a million customers.
+of a worker's CPU per record (BENCHMARKS.md, "Scale-out"): 2-5 minutes for a million customers.
 `BatchRecovery` is Faust's `Recovery` with one step added. When Faust has the changelog
 partitions a rebalance gave the worker and the offsets its stores persisted, and before it
 seeks to them (``_build_offsets``, for the active partitions and then the standbys), each
@@ -16,15 +16,17 @@ meantime, left to read.
 The end of a partition is where a fetch response's high watermark says it is (librdkafka's
 end-of-partition event), never ListOffsets: Tansu under-reports it (agents/runtime/transport.py).
 
-The same records in the same order, keys and values as bytes, the same skip rule as Faust's
-(a record at or before the persisted offset is not applied): the store ends with what Faust's
+The same records in the same order, keys and values as bytes, the same skip rule as Faust's (a
+record at or before the persisted offset is not applied): the store ends with what Faust's
 recovery would have written (tests/test_batch_recovery.py compares them). The batches bypass
 RocksDB's write-ahead log and each store is flushed to its table files before Faust goes on: a
 worker killed meanwhile loses what was not flushed, its data and its offset together (RocksDB
-recovers a prefix of the writes), and reads that part again when it restarts. Anything that
-goes wrong (a broker error, a store that cannot be opened, a partition that stops moving) ends
-the batch reading where it stands, logged, and Faust's own recovery reads the rest. Only
-partitioned tables on RocksDB (``rocksdict``) with no changelog callback take this path: global
+recovers a prefix of the writes), and reads that part again when it restarts. Anything that goes
+wrong (a broker error, a store that cannot be opened, a partition that stops moving, the reading
+near Faust's timeout for the step) ends the batch reading where it stands, logged, and Faust's
+own recovery reads the rest. An active partition whose store already holds its last record
+(Faust's highwater) is not read. Only partitioned tables on RocksDB (``rocksdict``) with no
+changelog callback take this path, under Faust's at-least-once processing (nextbest's): global
 tables and the others keep Faust's. Switched by ``NEXTBEST_BATCH_RECOVERY``.
 """
 
@@ -256,12 +258,14 @@ class BatchRecovery(Recovery):
         log.info("Batch recovery of %s changelog partitions started: %d", title, len(dbs))
         executor = ThreadPoolExecutor(1, thread_name_prefix="batch-recovery")
         loop = asyncio.get_running_loop()
-        reader = await loop.run_in_executor(
-            executor,
-            ChangelogReader,
-            self.consumer_config,
-            {tp: start_offset(offset) for tp, offset in applied.items()},
-        )
+        starts = {tp: start_offset(offset) for tp, offset in applied.items()}
+        try:
+            reader = await loop.run_in_executor(
+                executor, ChangelogReader, self.consumer_config, starts
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
         unwritten = WriteOptions()
         unwritten.disable_wal = True  # flushed to table files below, before Faust goes on
         pending = set(dbs)
@@ -272,13 +276,13 @@ class BatchRecovery(Recovery):
                 records, ended = await read
                 pending -= ended
                 now = time.monotonic()
+                if records or ended:
+                    last_progress = now
                 more = bool(pending) and now < deadline and now - last_progress < STALL_S
                 if more:  # the next batch is fetched while this one is written
                     read = loop.run_in_executor(
                         executor, reader.read, RECORDS_PER_BATCH, READ_TIMEOUT_S
                     )
-                if records or ended:
-                    last_progress = now
                 batches = fill_batches(records, applied, lambda: WriteBatch(raw_mode=True))
                 for tp, batch in batches.items():
                     dbs[tp].write(batch, unwritten)
