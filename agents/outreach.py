@@ -76,6 +76,11 @@ class _Fired:
     offer: Offer | None = None
 
 
+#: ranks engagement actions for a journey's message: (batch, merchant, state, message id,
+#: channel, event time) -> the fields the message gains, or None (``agents.engagement``)
+MessageActions = Callable[[object, Merchant, dict, str, str, float], dict | None]
+
+
 class Outreach:
     def __init__(
         self,
@@ -84,9 +89,11 @@ class Outreach:
         store: TimerStore,
         lateness_s: float = DEFAULT_LATENESS_S,
         wall: Callable[[], float] = time.time,
+        actions: MessageActions | None = None,
     ) -> None:
         self.nb = nb
         self.policy = policy
+        self.actions = actions
         self.wall = wall
         self.timers = journeys.journey_timers(store, lateness_s, wall)
         self._touched: dict[int, _Touched] = {}
@@ -213,9 +220,11 @@ class Outreach:
             return
         metrics.JOURNEY_STEPS.labels(*step, "sent", "").inc()
         customer_state.record_message(state, result.channel, result.dedupe_key, f.now)
-        batch.outputs.append(
-            (self.nb.notifications, f.key.encode(), orjson.dumps(self.notification(f, result)))
-        )
+        notification = self.notification(f, result)
+        if self.actions is not None:
+            extra = self.actions(batch, f.merchant, state, result.dedupe_key, result.channel, f.now)
+            notification.update(extra or {})
+        batch.outputs.append((self.nb.notifications, f.key.encode(), orjson.dumps(notification)))
         metrics.NOTIFICATIONS.labels(f.merchant.id, result.channel).inc()
 
     def notification(self, f: _Fired, send: Send) -> dict:
@@ -248,8 +257,9 @@ def _count_cancelled(merchant: Merchant, cancelled: Sequence[Cancelled]) -> None
         metrics.JOURNEY_STEPS.labels(merchant.id, c.journey, c.step, "cancelled", c.reason).inc()
 
 
-def register(nb: NextbestApp, policy: Policy) -> Outreach:
+def register(nb: NextbestApp, policy: Policy, actions: MessageActions | None = None) -> Outreach:
     """Declare the timer table, the wake-up ticks and the revocation hook; returns the hooks.
+    ``actions``: what a journey's message carries of the merchant's engagement actions.
 
     Ticks every ``NEXTBEST_JOURNEY_TICK_S``; clocks trail events by ``NEXTBEST_JOURNEY_LATENESS_S``.
     """
@@ -259,7 +269,7 @@ def register(nb: NextbestApp, policy: Policy) -> Outreach:
         "journey-timers",
         "Journey timers: customer key -> next due event time; a clock per partition",
     )
-    outreach = Outreach(nb, policy, store, lateness_s=settings.journey_lateness_s)
+    outreach = Outreach(nb, policy, store, lateness_s=settings.journey_lateness_s, actions=actions)
     merges = settings.topics.merges
 
     @nb.app.timer(settings.journey_tick_s)

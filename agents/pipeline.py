@@ -27,6 +27,7 @@ import faust
 import orjson
 from prometheus_client import Counter as Metric
 
+from agents.engagement import Engagement
 from agents.outreach import Outreach
 from agents.promotion import PromotionHooks
 from agents.runtime import metrics
@@ -41,6 +42,8 @@ from schemas.records import (
 )
 from schemas.validation import InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
+from streams.engagement import serving
+from streams.engagement.ranking import Ranking
 from streams.merchants.catalog import Merchant
 from streams.outreach.delivery import Send, plan_delivery
 from streams.state import customer_state
@@ -75,6 +78,9 @@ class Batch:
     #: counter increments, applied once the batch is committed: (counter, labels) -> amount
     tally: Counter[tuple[Metric, tuple[str, ...]]] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)  # DECISION_LATENCY observations
+    #: cart event id -> the engagement fields its promotion record carried (for its decision
+    #: record, ``agents.promotion``)
+    engagement: dict[str, dict] = field(default_factory=dict)
 
     def count(self, metric: Metric, *labels: str) -> None:
         self.tally[(metric, labels)] += 1
@@ -95,11 +101,13 @@ class Pipeline:
         policy: Policy,
         outreach: Outreach | None = None,
         promotion: PromotionHooks | None = None,
+        engagement: Engagement | None = None,
     ) -> None:
         self.nb = nb
         self.policy = policy
         self.outreach = outreach  # journeys: event-time timers in customer state
         self.promotion = promotion  # promotion policy: decision log, rewards, budget ledgers
+        self.engagement = engagement  # engagement actions: feedback, take windows, rankings
         self.max_bytes = nb.settings.max_event_bytes
         self.max_future_s = nb.settings.max_future_s or None
         self.max_state_bytes = nb.settings.max_state_bytes
@@ -247,6 +255,8 @@ class Pipeline:
             batch.count(metrics.REROUTED)
             batch.outputs.append((self._topic(message.topic), key.encode(), message.value))
             return
+        if self.engagement is not None:  # an unknown action, like an unknown merchant: not counted
+            self.engagement.check(merchant, kind, data)
         batch.count(metrics.EVENTS, merchant_id, kind, data["event_type"])
         entry = self._load(batch, key, event)
         if entry.state is None:
@@ -265,6 +275,8 @@ class Pipeline:
             self.outreach.on_input(key, entry, kind, data, event)
         if self.promotion is not None:
             self.promotion.on_input(key, entry.state, kind, data, event)
+        if self.engagement is not None:
+            self.engagement.on_input(batch, merchant, entry.state, kind, data)
         session_id = data.get("session_id")
         if (
             data.get("customer_id")
@@ -289,6 +301,7 @@ class Pipeline:
             ts=data["_ts"],
             cart_event_id=data["event_id"],
             generation=state["cart"]["generation"],
+            as_of=customer_state.decision_view(state),
         )
         return Decision(context, event)
 
@@ -328,14 +341,36 @@ class Pipeline:
         offers = self.policy.decide_batch(contexts)
         now = time.time()
         for decision, offer in zip(batch.decisions, offers, strict=True):
-            if offer is not None:
-                self._emit_offer(batch, decision, offer, now)
+            ranking = self._rank(decision.context)
+            emitted = offer is not None and self._emit_offer(batch, decision, offer, now, ranking)
+            if ranking is not None and not emitted:
+                self._emit_action(batch, decision, ranking, now)
 
-    def _emit_offer(self, batch: Batch, decision: Decision, offer: Offer, now: float) -> None:
+    def _rank(self, ctx: DecisionContext) -> Ranking | None:
+        """The engagement actions ranked for a cart, when its merchant ranks on carts."""
+        merchant = ctx.merchant
+        if self.engagement is None or not merchant.engagement.on_cart:
+            return None
+        if not merchant.engagement_actions:
+            return None
+        # the features as of the cart event (``ctx.view``); what the customer did with the
+        # actions (``"engagement"``) as of now: an action taken later in the batch is not offered
+        state = ctx.state if ctx.as_of is None else {**ctx.state, **ctx.as_of}
+        return self.engagement.rank(merchant, state, ctx.ts, ctx.cart_event_id)
+
+    def _emit_offer(
+        self,
+        batch: Batch,
+        decision: Decision,
+        offer: Offer,
+        now: float,
+        ranking: Ranking | None = None,
+    ) -> bool:
+        """Emit the offer (and its notification); False when the cart already had it."""
         ctx = decision.context
         offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer.key)
         if not customer_state.record_offer(ctx.state, ctx.generation, offer.key, offer_id, ctx.ts):
-            return
+            return False
         merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)
         promotion = promotion_record(
             offer_id=offer_id,
@@ -360,19 +395,27 @@ class Pipeline:
             recommendation_sources=list(offer.recommendation_sources),
         )
         promotion.update(offer.event_fields())
+        if (
+            ranking is not None
+            and serving.serve(ranking, True, ctx.merchant.engagement.combine).attach
+        ):
+            fields = serving.ranking_fields(ranking, ctx.merchant.engagement.attach)
+            promotion.update(fields)
+            batch.engagement[ctx.cart_event_id] = fields
+            self.engagement.shown(batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts)
         key = ctx.customer_key.encode()
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
         batch.count(metrics.OFFERS, merchant_id, offer.offer_type)
         batch.latencies.append(max(0.0, now - decision.event.message.timestamp))
         if customer_id is None:
             batch.count(metrics.SUPPRESSED, merchant_id, "no_consent")
-            return
+            return True
         plan = plan_delivery(
             ctx.state, ctx.merchant, ctx.customer_key, offer, ctx.cart_event_id, ctx.ts
         )
         if not isinstance(plan, Send):
             batch.count(metrics.SUPPRESSED, merchant_id, plan.reason)
-            return
+            return True
         customer_state.record_message(ctx.state, plan.channel, plan.dedupe_key, ctx.ts)
         notification = notification_record(
             dedupe_key=plan.dedupe_key,
@@ -388,6 +431,43 @@ class Pipeline:
         )
         batch.outputs.append((self.nb.notifications, key, orjson.dumps(notification)))
         batch.count(metrics.NOTIFICATIONS, merchant_id, plan.channel)
+        return True
+
+    def _emit_action(self, batch: Batch, decision: Decision, ranking: Ranking, now: float) -> None:
+        """A cart without an offer: its first-ranked engagement action as its decision
+        (``streams.engagement.serving``), once per cart; in session only, no notification."""
+        ctx = decision.context
+        first = ranking.first
+        if first is None or serving.action_made(ctx.state, ctx.generation):
+            return
+        customer_state.engagement_state(ctx.state)["last"] = [ctx.generation, first.action.id]
+        merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)
+        offer_key = f"{serving.ENGAGEMENT_OFFER_TYPE}:{first.action.id}"
+        offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer_key)
+        record = promotion_record(
+            offer_id=offer_id,
+            merchant_id=merchant_id,
+            customer_id=customer_id,
+            session_id=session_id,
+            cart_event_id=ctx.cart_event_id,
+            event_time=ctx.ts,
+            decided_at=now,
+            offer_type=serving.ENGAGEMENT_OFFER_TYPE,
+            promotion_id=first.action.id,
+            message=serving.action_message(ranking),
+            cart_value=ctx.cart_value,
+            currency=ctx.currency,
+            policy=ranking.version,
+            reason=serving.action_reason(ranking, ctx.currency),
+            percent_off=None,
+            amount_to_next_tier=None,
+            recommendations=[],
+        )
+        fields = serving.ranking_fields(ranking, ctx.merchant.engagement.attach)
+        record.update(fields)
+        batch.engagement[ctx.cart_event_id] = fields
+        batch.outputs.append((self.nb.promotions, ctx.customer_key.encode(), orjson.dumps(record)))
+        self.engagement.shown(batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts)
 
     def _dead_letter(self, batch: Batch, event: faust.EventT, reason: str, error: str) -> None:
         """The event to the dead-letter topic; a letter that would not fit the producer's

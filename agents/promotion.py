@@ -302,7 +302,9 @@ class PromotionHooks:
         """Emit records and rewards, learn, write ledgers; outputs go to ``batch.outputs``."""
         records, closed = self.policy.drain_records()
         blocked = self.policy.drain_blocked()
+        served = getattr(batch, "engagement", {})  # engagement actions the carts' records carry
         for record in records:
+            record.update(served.get(record["cart_event_id"], {}))
             batch.outputs.append(
                 (self.nb.decisions, record["customer_key"].encode(), orjson.dumps(record))
             )

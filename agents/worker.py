@@ -7,7 +7,7 @@ import gc
 import faust
 import mode.loop
 
-from agents import catalog_updates, customer_events, monitoring, outreach, promotion
+from agents import catalog_updates, customer_events, engagement, monitoring, outreach, promotion
 from agents.pipeline import Pipeline
 from agents.runtime.app import NextbestApp, create_app
 from agents.runtime.settings import Settings, merchant_models_present
@@ -33,9 +33,12 @@ def build(
         hooks = promotion.register(nb, signals)
         policy = hooks.policy
     policy = policy or rules
-    customer_events.register(nb, Pipeline(nb, policy, outreach.register(nb, policy), hooks))
+    actions = engagement.register(nb)
+    journeys = outreach.register(nb, policy, actions.for_message)
+    pipeline = Pipeline(nb, policy, journeys, hooks, actions)
+    customer_events.register(nb, pipeline)
     monitoring.register(nb)
-    api.register(nb, rules if hooks is not None else policy, models)
+    api.register(nb, rules if hooks is not None else policy, models, actions)
     return nb
 
 

@@ -67,7 +67,11 @@ FeedbackType = Literal[
     "offer_delivered", "offer_opened", "offer_clicked", "offer_redeemed", "offer_dismissed"
 ]
 Channel = Literal["push", "email", "sms", "in_app"]
-OfferType = Literal["free_shipping", "percent_off", "threshold_nudge", "product_coupon"]
+#: a customer's interaction with an engagement action (``streams.merchants.engagement``)
+ActionFeedbackType = Literal["action_shown", "action_taken", "action_dismissed"]
+OfferType = Literal[
+    "free_shipping", "percent_off", "threshold_nudge", "product_coupon", "engagement_action"
+]
 #: where an offer's add-on comes from (`streams.decisions.BOUGHT_TOGETHER`, `NEXT_PURCHASE`)
 AddOnSource = Literal["bought_together", "next_purchase"]
 ActionKind = Literal["none", "free_shipping", "percent_off", "threshold_nudge", "product_coupon"]
@@ -147,6 +151,9 @@ class ProfileEvent(Event, serializer="json"):
     preferred_channel: Channel | None = None
     time_zone: TimeZone | None = None
     opted_out: bool = False
+    #: Where the customer lives (a country name or ISO code, as the shop writes it): the
+    #: decision records carry it, for ``nextbest report``'s results by country.
+    country: Name | None = None
 
 
 class FeedbackEvent(Event, serializer="json"):
@@ -155,6 +162,29 @@ class FeedbackEvent(Event, serializer="json"):
     event_type: FeedbackType
     offer_id: Id
     notification_id: Id | None = None
+
+
+class ActionFeedbackEvent(Event, serializer="json"):
+    """What a customer did with an engagement action (topic ``action-feedback``): shown to
+    them, taken (joined the loyalty programme, installed the app...) or dismissed.
+    ``action_id`` is the merchant catalog's engagement action id; ``channel`` where it happened
+    (absent: in session)."""
+
+    event_type: ActionFeedbackType
+    action_id: Id
+    channel: Channel | None = None
+
+
+class RankedAction(faust.Record, serializer="json"):
+    """One engagement action as ranked for a customer: ``p_take`` the posterior-mean
+    P(take | customer state), ``expected_value`` = ``p_take`` x ``value``."""
+
+    action_id: str
+    kind: str
+    title: str
+    value: float
+    p_take: float
+    expected_value: float
 
 
 class PromotionEvent(faust.Record, serializer="json"):
@@ -192,6 +222,12 @@ class PromotionEvent(faust.Record, serializer="json"):
     model_version: str | None = None
     #: Promotion policy: the most this offer's discount may be (what its budget reserved).
     max_discount: float | None = None
+    #: Engagement actions ranked for the customer (best first), when the merchant ranks them
+    #: on cart decisions; on ``offer_type: engagement_action`` the first is the decision.
+    #: ``engagement_propensity``: the probability the first had of being ranked first.
+    engagement_actions: list[RankedAction] | None = None
+    engagement_ranking: str | None = None  # expected_value | propensity
+    engagement_propensity: float | None = None
 
 
 class NotificationEvent(faust.Record, serializer="json"):
@@ -214,6 +250,12 @@ class NotificationEvent(faust.Record, serializer="json"):
     source: str = "offer"
     journey_step: str | None = None
     products: list[str] | None = None  # products the message is about (replenishment)
+    #: A journey's message, where the merchant allows it (``engagement.in_journeys``): the
+    #: engagement actions ranked among those shown on this channel, best first, and the
+    #: probability the first had of being ranked first.
+    engagement_actions: list[RankedAction] | None = None
+    engagement_ranking: str | None = None
+    engagement_propensity: float | None = None
 
 
 class DeadLetter(faust.Record, serializer="json"):
@@ -244,6 +286,14 @@ class ActionOption(faust.Record, serializer="json"):
     probability: float
     basket: float
     discount: float
+
+
+class OrderProduct(faust.Record, serializer="json"):
+    """One product of an attributed order: its line value at list price (quantity x unit
+    price, the product's lines summed)."""
+
+    product_id: str
+    value: float
 
 
 class DecisionRecord(faust.Record, serializer="json"):
@@ -288,6 +338,15 @@ class DecisionRecord(faust.Record, serializer="json"):
     deep_discount_depth: float | None = None  # the merchant's deep-discount premium, as used
     deep_discount_cost: float | None = None  # (None in logs written before it existed)
     repeat_of: str | None = None  # the decision id this record repeats (absent in older logs)
+    #: The engagement actions the cart's promotion record carried (``PromotionEvent``'s fields
+    #: of the same names), absent when it carried none.
+    engagement_actions: list[RankedAction] | None = None
+    engagement_ranking: str | None = None
+    engagement_propensity: float | None = None
+    #: The cart's product ids when decided and the customer's country (profile), for the
+    #: report's results by product and country; null on repeats, absent in older logs.
+    cart_products: list[str] | None = None
+    country: str | None = None
     record: Literal["decision"] = "decision"
 
 
@@ -331,6 +390,9 @@ class RewardRecord(faust.Record, serializer="json"):
     offer_id: str | None = None
     max_discount: float | None = None
     order_id: str | None = None
+    #: The attributed order's products (absent in older logs), for the report's products
+    #: bought after an offer.
+    order_products: list[OrderProduct] | None = None
     record: Literal["reward"] = "reward"
 
 
@@ -340,6 +402,7 @@ INPUT_EVENTS: dict[str, type[Event]] = {
     "orders": OrderEvent,
     "profiles": ProfileEvent,
     "feedback": FeedbackEvent,
+    "action_feedback": ActionFeedbackEvent,
 }
 OUTPUT_EVENTS: dict[str, type[faust.Record]] = {
     "promotions": PromotionEvent,

@@ -27,6 +27,16 @@ class DecisionContext:
     # The cart generation the cart event left, when the caller emits the offer only if this cart
     # did not get the same offer before (``customer_state.record_offer``); None: no such rule.
     generation: int | None = None
+    # The parts of the customer's state a decision reads, as the cart event left them
+    # (``customer_state.decision_view``: a later event of the same micro-batch, an order, may
+    # change the state before the policy decides); None: read them from ``state``.
+    as_of: dict | None = None
+
+    @property
+    def view(self) -> dict:
+        """What the decision's inputs are read from: ``as_of``, else the state. The state
+        itself is what a policy writes to (its ``"promo"`` part)."""
+        return self.as_of if self.as_of is not None else self.state
 
     @classmethod
     def of_stored_cart(

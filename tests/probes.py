@@ -69,6 +69,9 @@ SAMPLES: dict[str, dict] = {
     "offer_clicked": {"offer_id": "o1"},
     "offer_redeemed": {"offer_id": "o1"},
     "offer_dismissed": {"offer_id": "o1", "notification_id": None},
+    "action_shown": {"action_id": "join-loyalty", "channel": "in_app"},
+    "action_taken": {"action_id": "join-loyalty"},
+    "action_dismissed": {"action_id": "join-loyalty", "channel": None},
 }
 
 
@@ -87,7 +90,8 @@ def schema_validators() -> dict[str, Draft202012Validator]:
     documents = build_schemas()
     return {
         kind: Draft202012Validator(
-            documents[f"{kind}.v{SCHEMA_VERSION}.json"], format_checker=FormatChecker()
+            documents[f"{kind.replace('_', '-')}.v{SCHEMA_VERSION}.json"],
+            format_checker=FormatChecker(),
         )
         for kind in input_contracts()
     }

@@ -92,12 +92,17 @@ def test_product_view_is_recorded_other_clicks_only_touch_the_session():
 def test_profile_event_sets_profile_without_touching_the_session():
     state = cs.new_state()
     channels = {"email": "a@example.com", "push": None, "sms": None, "in_app": True}
-    apply(state, "profiles", event("profile", channels=channels, preferred_channel="email"))
+    apply(
+        state,
+        "profiles",
+        event("profile", channels=channels, preferred_channel="email", country="France"),
+    )
     assert state["profile"] == {
         "channels": channels,
         "preferred": "email",
         "time_zone": None,
         "opted_out": False,
+        "country": "France",
     }
     assert state["session"] is None and state["sessions"] == 0
     apply(state, "profiles", event("profile", channels={}, opted_out=True, time_zone="UTC"))

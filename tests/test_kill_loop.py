@@ -172,12 +172,16 @@ def kill(cluster: Cluster, name: str) -> None:
     process.wait()
 
 
-@pytest.mark.xfail(
-    reason="known gap (docs/known-limits.md): now and then under load (4 of 31 runs), customers "
-    "of one or two partitions end without the state of events whose offsets were committed; "
-    "not yet found",
-    strict=False,
-)
+def skipped_inputs(port: int) -> float:
+    """Redelivered inputs a worker skipped so far (0 if it does not answer yet: just started)."""
+    try:
+        return scrape(port, ("nextbest_duplicate_events_total",)).get(
+            "nextbest_duplicate_events_total", 0.0
+        )
+    except OSError:
+        return 0.0
+
+
 def test_sigkilled_workers_match_one_uninterrupted_worker(tmp_path):
     events = real_events(EVENTS)
 
@@ -203,11 +207,13 @@ def test_sigkilled_workers_match_one_uninterrupted_worker(tmp_path):
         # but not committed (and maybe not flushed), read again by whoever gets the partition
         chunks = [events[i : i + SENT_PER_S // 4] for i in range(0, len(events), SENT_PER_S // 4)]
         killed.started = time.monotonic()
+        skipped_by_killed = 0.0  # counted by each worker just before it was killed
         sender = threading.Thread(target=killed.send_paced, args=(chunks, 0.25))
         sender.start()
         for k, moment in enumerate(sorted(rng.uniform(2, SEND_S - 2) for _ in range(KILLS))):
             time.sleep(max(0.0, moment - (time.monotonic() - killed.started)))
             name = rng.choice("ab")
+            skipped_by_killed += skipped_inputs(cluster.workers[name][1])
             kill(cluster, name)
             cluster.start_worker(name, f"state-{name}-empty" if k == 2 else None)
         sender.join()
@@ -215,15 +221,14 @@ def test_sigkilled_workers_match_one_uninterrupted_worker(tmp_path):
         got = {kind: killed.outputs(kind) for kind in ("promotions", "decisions", "notifications")}
         got_customers = killed.customers()
         letters = killed.outputs("dead_letters")
-        skipped = sum(
-            scrape(port).get("nextbest_duplicate_events_total", 0)
-            for _, port in cluster.workers.values()
+        skipped = skipped_by_killed + sum(
+            skipped_inputs(port) for _, port in cluster.workers.values()
         )
     finally:
         killed.cluster.close()
 
     assert letters == []
-    print(f"\nredelivered inputs skipped (counted by the workers alive at the end): {skipped:g}")
+    print(f"\nredelivered inputs skipped (counted by every worker process): {skipped:g}")
     assert skipped > 0  # the kills did make the workers read processed inputs again
     # no order applied twice, none lost: customers' histories equal the uninterrupted run's
     assert len(expected_customers) > 50

@@ -41,7 +41,7 @@ from tests.test_integration import profile
 from tests.test_journeys import MemoryStore
 from tests.test_records import valid
 
-KINDS = ("clickstream", "cart", "orders", "profiles", "feedback", "merges")
+KINDS = ("clickstream", "cart", "orders", "profiles", "feedback", "action_feedback", "merges")
 MiB = 1 << 20
 POISON = POISON_KEY.rpartition(":")[2]  # the customer id
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from agents.tools import report as report_command
 from models.promotion import report as promo_report
 from models.promotion.report import build_report, difference_interval, mean_interval
 
@@ -22,9 +23,11 @@ def log(profits: dict[str, list[float]], discount: float = 2.0) -> tuple[list[di
                 {
                     "record": "decision",
                     "decision_id": decision_id,
+                    "merchant_id": "shop",
                     "arm": arm,
                     "customer_key": customer,
                     "sent": sent,
+                    "event_time": "2011-11-14T09:00:00Z",
                 }
             )
             if i % 10 == 9:
@@ -85,10 +88,11 @@ def test_report_command_writes_table_and_png(tmp_path, capsys):
     path = tmp_path / "log.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in decisions + rewards) + "\n")
     png = tmp_path / "report.png"
-    assert promo_report.main(["--log", str(path), "--png", str(png)]) == 0
+    out_dir = tmp_path / "report"
+    assert report_command.main(["--log", str(path), "--png", str(png), "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
     assert "incremental profit / customer" in out and "| learned |" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert promo_report.main(["--log", str(empty), "--png", str(png)]) == 1
+    assert report_command.main(["--log", str(empty), "--out", str(out_dir)]) == 1

@@ -3,6 +3,7 @@ match the decisions topic's contract, one decision per cart, learning from rewar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -86,6 +87,8 @@ def test_one_decision_per_cart_until_the_allowed_actions_change():
     assert repeat["propensity"] == first.record["propensity"]
     assert not repeat["sent"] and repeat["offer_id"] is None and repeat["max_discount"] is None
     assert repeat["options"] == repeat["features"] == []
+    assert first.record["cart_products"] == ["A1"] and first.record["country"] is None
+    assert repeat["cart_products"] is None and repeat["country"] is None
     assert [p["decision_id"] for p in state["promo"]["pending"]] == [first.record["decision_id"]]
     # the reminder of the cart asks about its latest event: the repeat, logged already
     reminder = type(ctx)(merchant, ctx.customer_key, state, 120.0, "GBP", T0 + HOUR, "e2")
@@ -119,6 +122,25 @@ def test_a_sticky_decision_kept_before_repeats_were_logged_is_decided_again():
     )
     assert again.action is not None and again.record["repeat_of"] is None
     assert len(state["promo"]["pending"]) == 2
+
+
+def test_a_decision_carries_the_carts_products_and_the_customers_country():
+    policy = PromotionPolicy(Experiment(id="t", holdout=0.0))
+    state = customer_state.new_state()
+    profile = {"event_type": "profile", "event_id": "p1", "_ts": T0 - 60, "channels": {}}
+    customer_state.apply_event(state, "profiles", {**profile, "country": "EIRE"})
+    cart_state(40.0, T0 - 30, "e0", state)
+    state["cart"]["lines"].insert(0, ["B2", 1, 5.0])
+    (d,) = policy.decide([context(shop(), 100.0, event_id="e1", state=state)])
+    validate("decisions.v1.json", d.record)
+    DecisionRecord.from_data(d.record)
+    assert d.record["cart_products"] == ["B2", "A1"] and d.record["country"] == "EIRE"
+    # the cart as its event left it, when a later event of the batch emptied it (an order)
+    ctx = context(shop(), 100.0, customer="2", event_id="e2")
+    ctx = dataclasses.replace(ctx, as_of=customer_state.decision_view(ctx.state))
+    ctx.state["cart"]["lines"] = []
+    (d,) = policy.decide([ctx])
+    assert d.record["cart_products"] == ["A1"]
 
 
 def test_ab_arms_use_their_variant():
@@ -167,6 +189,9 @@ def test_rewards_teach_the_bandit_and_validate_against_the_contract():
     for reward in closed:
         validate("rewards.v1.json", reward)
         RewardRecord.from_data(reward)
+        bought = [{"product_id": "A1", "value": 150.0}] if reward["purchased"] else None
+        assert reward["order_products"] == bought
+    assert sum(r["purchased"] for r in closed) == 15
     before = policy.variants["bandit"].model("shop").version
     assert policy.learn(closed) == 30
     assert policy.learn(closed) == 0  # replayed rewards

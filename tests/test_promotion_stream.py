@@ -211,6 +211,8 @@ def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
     for d in decisions:
         assert d["experiment"] == "it-1" and 0 < d["propensity"] <= 1
         assert abs(sum(o["probability"] for o in d["options"]) - 1) < 1e-3
+        i = int(d["customer_key"].rsplit(":c", 1)[1])
+        assert d["cart_products"] == [f"P{i % 7}"] and d["country"] is None  # no profile sent
 
     # Offers are the decisions that were sent, once each, with their budget cap on them.
     sent = {d["offer_id"]: d for d in decisions if d["sent"]}
@@ -231,6 +233,9 @@ def test_decisions_rewards_and_budgets_survive_replays_and_a_restart(tmp_path):
     for i in buyers:
         assert by_customer[f"c{i}"]["purchased"] and not by_customer[f"c{i}"]["redeemed"]
     assert sum(r["purchased"] for r in rewards) == len(redeemers) + len(buyers)
+    for customer, reward in by_customer.items():  # the order's one line, for the report
+        bought = [{"product_id": f"P{int(customer[1:]) % 7}", "value": reward["revenue"]}]
+        assert reward["order_products"] == (bought if reward["purchased"] else None)
 
     # Budgets: never overspent, no decision reserved or settled twice, every issue accounted for.
     assert blocked_by_budget > 0  # the budgets did bind

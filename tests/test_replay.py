@@ -301,6 +301,7 @@ def test_one_profile_per_customer():
     kinds = [[e.value["event_type"] for e in events] for events in (first, second, other)]
     assert kinds[0][0] == "profile" and "profile" not in kinds[1] and kinds[2][0] == "profile"
     assert other[0].value["time_zone"] == "Europe/Paris"
+    assert other[0].value["country"] == "France"
     assert other[0].value["event_id"] == "profile-12583"
 
 
@@ -454,6 +455,8 @@ def test_synthetic_profile_is_deterministic_and_valid():
     assert profiles == [synthetic_profile(c, "United Kingdom") for c in customers]
     assert synthetic_profile("17850", "EIRE")["time_zone"] == "Europe/Dublin"
     assert synthetic_profile("17850", "Atlantis")["time_zone"] is None
+    assert synthetic_profile("17850", "EIRE")["country"] == "EIRE"
+    assert synthetic_profile("17850", "")["country"] is None
     for customer, profile in zip(customers, profiles, strict=True):
         channels = profile["channels"]
         consented = [c for c in ("push", "email", "sms", "in_app") if channels[c]]

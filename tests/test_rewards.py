@@ -82,6 +82,7 @@ def test_redeemed_percent_off_order_in_the_window():
         "o1",
         "reward",
     )
+    assert reward["order_products"] == [{"product_id": "A", "value": 90.0}]
     assert rewards.learnable(reward)
     assert rewards.close_due(state, T0 + 10 * WINDOW) == []  # once only
     assert rewards.next_due(state) is None
@@ -97,11 +98,13 @@ def test_order_without_redemption_and_no_order():
     (reward,) = rewards.close_due(state, T0 + WINDOW)
     assert reward["purchased"] and not reward["redeemed"]
     assert (reward["discount_cost"], reward["profit"]) == (0.0, pytest.approx(36.0))
+    assert reward["order_products"] == [{"product_id": "A", "value": 90.0}]
     state = new_state()
     rewards.open_decision(state, decision("d2"), T0, WINDOW, TERMS)
     rewards.on_order(state, order("late", T0 + WINDOW + 1, 90.0))  # after the window
     (reward,) = rewards.close_due(state, T0 + WINDOW)
     assert not reward["purchased"] and reward["profit"] == 0.0
+    assert reward["order_products"] is None
 
 
 def test_profit_per_offer_kind_and_cap():

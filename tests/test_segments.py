@@ -220,6 +220,7 @@ def test_pinpoint_csv_to_profiles(tmp_path):
         False,
     )
     assert u1["event_time"] == "2024-06-01T00:00:00Z"
+    assert u1["country"] == "GB" and by_user["u4"]["country"] == "US"
     u2 = by_user["u2"]
     assert u2["opted_out"] is True and u2["time_zone"] is None  # all endpoints opted out
     assert u2["channels"]["email"] is None and u2["channels"]["push"] is None

@@ -282,6 +282,7 @@ def test_topic_overrides():
         "nextbest.orders",
         "nextbest.profiles",
         "shop.feedback",
+        "nextbest.action-feedback",
     )
     assert topics.partitioned == (
         *topics.inputs,

@@ -7,6 +7,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.next_purchase import similar_items
 from models.next_purchase.encoding import Order
@@ -137,3 +139,32 @@ def test_the_add_on_sources_are_the_record_contracts():
 
     assert set(get_args(AddOnSource)) == {BOUGHT_TOGETHER, NEXT_PURCHASE}
     assert Settings().add_on_min_similarity == STRONG_SIMILARITY
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from("ABCDEFGHIJ"), min_size=1, max_size=5), max_size=60),
+    st.sets(st.sampled_from("ABCDEFGHIJKL"), max_size=6),
+    st.sets(st.sampled_from("ABCDEFGHIJ"), max_size=3),
+    st.integers(1, 8),
+    st.sampled_from([0.0, 0.05, 0.15, 0.3]),
+)
+def test_bought_with_ranks_by_summed_strong_similarity(
+    orders: list[list[str]], cart: set[str], exclude: set[str], n: int, min_score: float
+) -> None:
+    """Against a reading of the definition: every neighbour with a pair similarity of at least
+    ``min_score`` to a cart product, by the sum of those similarities (float64, in the cart's
+    order), ties to the more popular; none of the cart or ``exclude``."""
+    model = SimilarItems.fit(
+        {f"c{i}": [(float(i), products)] for i, products in enumerate(orders)},
+        SimilarityConfig(neighbours=4, min_support=1, shrinkage=1.0),
+    )
+    rows = [model.index[p] for p in sorted(cart) if p in model.index]
+    summed: dict[int, float] = {}
+    for row in rows:
+        for j, score in zip(model.neighbours[row], model.scores[row], strict=True):
+            if j >= 0 and score >= np.float32(min_score):
+                summed[int(j)] = summed.get(int(j), 0.0) + float(score)
+    ranked = sorted(summed, key=lambda j: (-summed[j], j))
+    expected = [model.items[j] for j in ranked if model.items[j] not in cart | exclude][:n]
+    assert model.bought_with(sorted(cart), n, min_score, exclude) == expected

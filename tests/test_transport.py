@@ -150,3 +150,40 @@ def test_a_draining_buffer_flushes_every_record_before_it_returns():
         return published
 
     assert asyncio.run(main()) == [0, 1, 2, 3]
+
+
+def test_after_a_rebalance_a_stream_partition_without_a_commit_is_read_from_its_beginning(
+    monkeypatch,
+):
+    """aiokafka's seek to committed offsets leaves a partition with none where its fetcher
+    stood: past the records Faust cleared from the streams' buffers in the rebalance."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    from agents.runtime.transport import LeanDeliveryConsumer
+
+    committed = {TP("cart", 0): 120, TP("cart", 2): 0}
+
+    async def seek_to_committed(self: LeanDeliveryConsumer) -> None:  # Faust's, in effect
+        self._read_offset.update(committed)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "perform_seek", seek_to_committed)
+    consumer = object.__new__(LeanDeliveryConsumer)
+    assigned = {TP("cart", p) for p in range(3)} | {TP("customers-changelog", 1)}
+    sought: dict[TP, int] = {}
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought[tp] = offset
+
+    consumer.__dict__.update(
+        _read_offset=defaultdict(lambda: None),
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda t: t == "cart")),
+        assignment=lambda: assigned,
+        seek=seek,
+    )
+    asyncio.run(consumer.perform_seek())
+    # cart 1 has no commit, cart 2 a commit of 0: both from the start; cart 0 stays at its
+    # commit; the changelog is the recovery's
+    assert sought == {TP("cart", 1): 0, TP("cart", 2): 0}

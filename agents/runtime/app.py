@@ -106,6 +106,7 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         t.orders: "orders",
         t.profiles: "profiles",
         t.feedback: "feedback",
+        t.action_feedback: "action_feedback",
         t.merges: "merges",
     }
     customers = app.Table(

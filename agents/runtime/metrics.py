@@ -233,3 +233,17 @@ API_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+ENGAGEMENT_RANKED = Counter(
+    "nextbest_engagement_actions_ranked",
+    "Engagement actions returned first-ranked for a customer (on a cart decision or by "
+    "GET /next-best-actions), by merchant and action",
+    ["merchant", "action"],
+    registry=REGISTRY,
+)
+ENGAGEMENT_FEEDBACK = Counter(
+    "nextbest_engagement_action_feedback",
+    "Engagement action feedback events applied, by merchant, action and interaction "
+    "(shown, taken, dismissed)",
+    ["merchant", "action", "interaction"],
+    registry=REGISTRY,
+)

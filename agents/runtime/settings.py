@@ -97,6 +97,9 @@ class Topics:
     feedback: str = _setting(
         "nextbest.offer-feedback", "in: offers delivered, opened, clicked, redeemed, dismissed"
     )
+    action_feedback: str = _setting(
+        "nextbest.action-feedback", "in: engagement actions shown, taken, dismissed"
+    )
     promotions: str = _setting("nextbest.promotions", "out: the offer for a cart change")
     notifications: str = _setting(
         "nextbest.notifications", "out: messages to deliver on a channel, with a dedupe key"
@@ -121,7 +124,14 @@ class Topics:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return (self.clickstream, self.cart, self.orders, self.profiles, self.feedback)
+        return (
+            self.clickstream,
+            self.cart,
+            self.orders,
+            self.profiles,
+            self.feedback,
+            self.action_feedback,
+        )
 
     @property
     def partitioned(self) -> tuple[str, ...]:

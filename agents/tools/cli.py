@@ -26,8 +26,15 @@ DELEGATED: dict[str, tuple[str, str]] = {
         "bought-together add-ons against popularity and the next-purchase model",
     ),
     "uplift-validate": ("models.promotion.hillstrom", "validate the uplift model on Hillstrom"),
-    "report": ("models.promotion.report", "promotion results per experiment arm (table + PNG)"),
+    "report": (
+        "agents.tools.report",
+        "promotion results per arm, product, country, segment and week (tables, CSV, PNG)",
+    ),
     "ope": ("models.promotion.ope", "off-policy evaluation of a promotion policy from the log"),
+    "engagement-ope": (
+        "models.promotion.engagement_ope",
+        "off-policy evaluation of engagement-action rankings from the log",
+    ),
     "simulate": ("models.promotion.simulation", "promotion policies vs simulated customers"),
     "bench-promo": ("agents.tools.promo_kafka_loop", "the simulator's loop through the worker"),
     "bench-similar": ("agents.tools.bench_similar", "bought-together serving cost per cart, call"),

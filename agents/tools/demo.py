@@ -25,6 +25,7 @@ from tqdm import tqdm
 from agents.runtime.settings import Settings
 from agents.runtime.topics import ensure_topics
 from agents.tools.broker import EmbeddedBroker, free_port, wait_for_port
+from agents.tools.demo_engagement import actions_line, count_actions
 from agents.tools.demo_model import model_line
 from agents.tools.demo_promotion import (
     DEMO_MERCHANT,
@@ -246,6 +247,8 @@ class Tail(threading.Thread):
                     tqdm.write(self._line(kind, value))
                 self.counts[kind] += 1
                 self.counts["model"] += kind == "offer" and bool(value.get("model_version"))
+                if kind in ("offer", "notify"):
+                    count_actions(self.counts, value)
                 self.counts["bought_together"] += kind == "offer" and "bought_together" in (
                     value.get("recommendation_sources") or ()
                 )
@@ -294,14 +297,18 @@ class Tail(threading.Thread):
         if kind == "offer":
             who = value["customer_id"] or f"guest {value['session_id']}"
             return (
-                f"  offer   {who:>14}  cart £{value['cart_value']:>9,.2f}  "
-                f"{value['offer_type']:<15} {value['message']}"
-            ) + model_line(value)
+                (
+                    f"  offer   {who:>14}  cart £{value['cart_value']:>9,.2f}  "
+                    f"{value['offer_type']:<15} {value['message']}"
+                )
+                + model_line(value)
+                + actions_line(value)
+            )
         if kind == "notify":
             return (
                 f"  notify  {value['customer_id']:>14}  {value['channel']:<6} "
                 f"[{journey_label(value)}] -> {value['address']}: {value['body']}"
-            )
+            ) + actions_line(value)
         return f"  DLQ     {value['reason']:<22} {value['error'][:70]}"
 
 
@@ -529,6 +536,12 @@ def _summary(
         f" ({group('notify:')})"
     )
     print(f"  by source          {group('source:')}")
+    print(
+        f"  engagement actions first-ranked: {group('action:')}; "
+        f"{counts['with_actions']:,} offers carried them, "
+        f"{counts['offer:engagement_action']:,} carts got an action alone, "
+        f"{counts['messages_with_actions']:,} journey messages carried them"
+    )
     print(f"  journey steps      {journeys}")
     print(f"  e-mails opened     {counts['opened']:,} (simulated open tracking, follow-up e-mails)")
     print(

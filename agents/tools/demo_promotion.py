@@ -21,6 +21,7 @@ import matplotlib
 import numpy as np
 import yaml
 
+from agents.tools.demo_engagement import demo_engagement
 from models.promotion.report import Z95, Interval, build_report
 from streams.merchants.catalog import DEFAULT_MERCHANTS
 from streams.promotion.actions import NONE, Action
@@ -41,6 +42,7 @@ def write_merchants(path: Path, data_file: Path, budget: float, offer_ttl_hours:
     config = yaml.safe_load(DEFAULT_MERCHANTS.read_text())
     shop = config["merchants"][DEMO_MERCHANT]
     shop["offer_ttl_hours"] = offer_ttl_hours
+    demo_engagement(shop)
     for promotion in shop["promotions"]:
         promotion["budget"] = budget
     shop.setdefault("training", {})["data"] = str(data_file.resolve())

@@ -13,8 +13,9 @@ customer: EMAIL -> email, SMS -> sms, the push channels (GCM, APNS, APNS_SANDBOX
 APNS_VOIP, APNS_VOIP_SANDBOX, ADM, BAIDU) -> push, IN_APP -> in-app. An endpoint with
 ``OptOut: ALL`` or ``EndpointStatus: INACTIVE`` gives no consent on its channel; a customer
 whose endpoints are all opted out is opted out. ``Demographic.Timezone`` (a valid IANA name)
-becomes the time zone, ``User.UserAttributes.PreferredChannel`` the preferred channel. VOICE and
-CUSTOM endpoints, and endpoints without a user id, cannot be used and are counted, not guessed.
+becomes the time zone, ``Location.Country`` the country, ``User.UserAttributes.PreferredChannel``
+the preferred channel. VOICE and CUSTOM endpoints, and endpoints without a user id, cannot be
+used and are counted, not guessed.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def _profile(
     # Latest EffectiveDate (then file order) wins when a channel has several endpoints.
     owned.sort(key=lambda item: (_moment(item[1].get("EffectiveDate")) or 0.0, item[0]))
     channels: dict[str, object] = {"email": None, "sms": None, "push": None, "in_app": False}
-    opted_out, zone, preferred, times = [], None, None, []
+    opted_out, zone, preferred, country, times = [], None, None, None, []
     for _, endpoint in owned:
         channel = CHANNEL_OF_TYPE[str(endpoint["ChannelType"]).upper()]
         address = endpoint.get("Address")
@@ -215,6 +216,7 @@ def _profile(
         else:
             channels[channel] = str(address) if active and not off else None
         zone = (endpoint.get("Demographic") or {}).get("Timezone") or zone
+        country = (endpoint.get("Location") or {}).get("Country") or country
         attributes = (endpoint.get("User") or {}).get("UserAttributes") or {}
         preferred = _first(attributes.get("PreferredChannel")) or preferred
         if (moment := _moment(endpoint.get("EffectiveDate"))) is not None:
@@ -229,6 +231,8 @@ def _profile(
         "time_zone": zone if time_zone(zone) is not None else None,
         "opted_out": all(opted_out),
     }
+    if country:  # only when given: an import without one keeps its event ids
+        profile["country"] = str(country)
     digest = hashlib.blake2b(orjson.dumps([user_id, profile]), digest_size=10).hexdigest()
     return {
         "schema_version": SCHEMA_VERSION,

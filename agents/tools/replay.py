@@ -196,7 +196,8 @@ def invoices(rows: Iterable[InvoiceLine]) -> Iterator[list[InvoiceLine]]:
 
 
 def synthetic_profile(customer_id: str, country: str) -> dict:
-    """Deterministic, made-up consent for a UCI customer (the data set has no contact data)."""
+    """Deterministic, made-up consent for a UCI customer (the data set has no contact data),
+    with the customer's country from the data."""
     h = zlib.crc32(customer_id.encode())
     channels = {
         "email": f"customer-{customer_id}@example.com" if h % 5 else None,
@@ -210,6 +211,7 @@ def synthetic_profile(customer_id: str, country: str) -> dict:
         "preferred_channel": consented[h % len(consented)] if consented else None,
         "time_zone": COUNTRY_TIME_ZONES.get(country),
         "opted_out": h % 20 == 0,
+        "country": country or None,
     }
 
 

@@ -8,6 +8,9 @@
   answers from the models it loaded (every worker loads every merchant's), never forwarded;
 - ``GET /best-promotion?merchant=&customer=`` (or ``&session=``) what the policy would offer
   now for the current cart, with its reason (``&at=`` an ISO time to ask about another moment);
+- ``GET /next-best-actions?merchant=&customer=&n=`` the merchant's engagement actions the
+  customer is eligible for, ranked by P(take) x value (or P(take) alone), with the first's
+  propensity (`agents.engagement`, ``streams.engagement``);
 - ``POST /predictors {"merchant"}`` starts a background ``nextbest train`` job for the
   merchant (`agents.web.training`); ``GET /predictors/{job}`` its status and metrics;
 - ``POST /events`` a batch of input events, validated exactly like the Kafka path
@@ -48,6 +51,7 @@ import orjson
 from faust.web import Request, Response, View
 from yarl import URL
 
+from agents.engagement import Engagement
 from agents.runtime import metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.topics import key_partition
@@ -85,16 +89,24 @@ ModelLookup = Callable[[str], ServingModel | None]  # merchant id -> its model, 
 # -- the API --------------------------------------------------------------------------------
 
 
+def forwarded_url(request_url: URL, owner: URL) -> URL:
+    """``request_url`` (path and query kept) sent to ``owner``, the owning worker's advertised
+    URL: its scheme, host and port (an advertised ``https://`` URL is called over TLS)."""
+    return request_url.with_scheme(owner.scheme).with_host(owner.host).with_port(owner.port)
+
+
 class Api:
     def __init__(
         self,
         nb: NextbestApp,
         policy: Policy,
         models: ModelLookup | None = None,
+        engagement: Engagement | None = None,
     ) -> None:
         self.nb = nb
         self.policy = policy
         self.models = models or (lambda merchant: None)
+        self.engagement = engagement or Engagement()
         settings = nb.settings
         self.auth = Auth(settings)
         self.trainer = Trainer(nb)
@@ -171,7 +183,7 @@ class Api:
         here = URL(str(app.conf.canonical_url))
         if (dest.host, dest.port) == (here.host, here.port):
             return None
-        url = request.url.with_host(dest.host).with_port(dest.port)
+        url = forwarded_url(request.url, dest)
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         headers[FORWARDED] = "1"
         try:
@@ -307,6 +319,32 @@ class Api:
             reason = "no promotion applies to this cart now"
             return view.json({**answer, "offer": None, "reason": reason})
         return view.json({**answer, "offer": offer_json(offer), "reason": offer.reason})
+
+    async def next_best_actions(self, view: View, request: Request) -> Response:
+        merchant_id = self.merchant(request, request.query.get("merchant"), "read")
+        customer = id_param(request, "customer")
+        n = count_param(request)
+        key = state_key(merchant_id, customer, None)
+        forwarded = await self.forward(view, request, key.encode())
+        if forwarded is not None:
+            return forwarded
+        merchant = self.nb.registry.get(merchant_id)
+        state = self.state(key)
+        now = time.time()
+        ranking = self.engagement.rank(merchant, state, now, f"{key}|{now}")
+        if ranking.first is not None:
+            metrics.ENGAGEMENT_RANKED.labels(merchant_id, ranking.first.action.id).inc()
+        return view.json(
+            {
+                "merchant": merchant_id,
+                "customer": customer,
+                "ranking": ranking.mode,
+                "model_version": ranking.version,
+                "propensity": round(ranking.propensity, 6),
+                "known_customer": state is not None,
+                "actions": [item.as_record() for item in ranking.items[:n]],
+            }
+        )
 
     async def start_job(self, view: View, request: Request) -> Response:
         body = await self.body(request)
@@ -450,9 +488,14 @@ async def openapi(view: View, request: Request) -> Response:
     return view.json(OPENAPI)
 
 
-def register(nb: NextbestApp, policy: Policy, models: ModelLookup | None = None) -> Api:
+def register(
+    nb: NextbestApp,
+    policy: Policy,
+    models: ModelLookup | None = None,
+    engagement: Engagement | None = None,
+) -> Api:
     """Add the API's views to the worker's web server."""
-    api = Api(nb, policy, models)
+    api = Api(nb, policy, models, engagement)
     app = nb.app
 
     def page(path: str, **methods: Callable) -> None:
@@ -474,6 +517,7 @@ def register(nb: NextbestApp, policy: Policy, models: ModelLookup | None = None)
     page("/product-recommendations", get=api.recommendations)
     page("/similar-items", get=api.similar_items)
     page("/best-promotion", get=api.best_promotion)
+    page("/next-best-actions", get=api.next_best_actions)
     page("/predictors", post=api.start_job)
     page("/predictors/{job}", get=api.job_status)
     page("/events", post=api.events)

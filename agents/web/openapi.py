@@ -279,6 +279,73 @@ OPENAPI: dict = {
                 },
             }
         },
+        "/next-best-actions": {
+            "get": {
+                "summary": "The customer's engagement actions ranked (loyalty, app, newsletter...)",
+                "description": "Scope `read`. Ranked by P(take | customer state) x value, or by "
+                "P(take) alone (the merchant's `engagement.ranking`), with Thompson sampling: "
+                "`propensity` is the probability the first action had of being ranked first. "
+                "Only the actions the customer is eligible for; an unknown customer is ranked "
+                "on the priors.",
+                "parameters": [_MERCHANT, _query("customer", "customer id", _ID), _COUNT],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": [
+                                "merchant",
+                                "customer",
+                                "ranking",
+                                "model_version",
+                                "propensity",
+                                "known_customer",
+                                "actions",
+                            ],
+                            "properties": {
+                                "merchant": {"type": "string"},
+                                "customer": {"type": "string"},
+                                "ranking": {"enum": ["expected_value", "propensity"]},
+                                "model_version": {"type": "string"},
+                                "propensity": {"type": "number"},
+                                "known_customer": {"type": "boolean"},
+                                "actions": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": [
+                                            "action_id",
+                                            "kind",
+                                            "title",
+                                            "value",
+                                            "p_take",
+                                            "expected_value",
+                                        ],
+                                        "properties": {
+                                            "action_id": {"type": "string"},
+                                            "kind": {
+                                                "enum": [
+                                                    "loyalty",
+                                                    "app",
+                                                    "newsletter",
+                                                    "category",
+                                                    "custom",
+                                                ]
+                                            },
+                                            "title": {"type": "string"},
+                                            "value": {"type": "number"},
+                                            "p_take": {"type": "number"},
+                                            "expected_value": {"type": "number"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "the eligible engagement actions, best first",
+                    ),
+                    **_errors(400, 401, 403, 404, 429, 503),
+                },
+            }
+        },
         "/best-promotion": {
             "get": {
                 "summary": "What the promotion policy would offer now for the current cart",

@@ -3,7 +3,8 @@
 - `order_history` turns a customer's state into the model's input shape, with the training
   loader's product rule (`streams.state.products.is_product`), so serving sees what
   training saw;
-  a decision scores the orders placed up to its cart event. `served_history` gives the
+  a decision scores the orders applied before its cart event (`DecisionContext.view`) and
+  placed up to its time, not an order later in the same micro-batch. `served_history` gives the
   scorer the same model input without normalising the state's ids again (the encoder
   checks them against the catalogue instead).
 - `ModelStore` holds the loaded artifact and hot-reloads it: a thread watches the artifact
@@ -131,10 +132,10 @@ def served_history(
 
 def cart_products(context: DecisionContext) -> set[str]:
     """Products to leave out of the recommendations: the cart's, and those of orders placed
-    after the cart change. The pipeline decides at the end of a micro-batch, on the customer's
-    state as the whole batch left it: a checkout and order later in the batch have emptied the
-    cart into that order by then."""
-    state = context.state
+    after the cart change, read from ``context.view`` (the state as the cart event left it; an
+    order applied before it but placed after it, by event time, counts). A context without
+    ``as_of`` (a stored cart) reads the state as it is now."""
+    state = context.view
     products = {normalize_product(line[0]) for line in state["cart"]["lines"]}
     for ts, _order_id, _total, items in state["orders"]:
         if ts > context.ts:
@@ -444,7 +445,7 @@ class NextPurchaseScorer:
             rule = loaded.recommender.encoder.product_pattern
             items = loaded.recommender.vocab.clean_index(rule)
             results = loaded.recommender.score_batch(
-                [served_history(contexts[r].state, contexts[r].ts, items, rule) for r in rows],
+                [served_history(contexts[r].view, contexts[r].ts, items, rule) for r in rows],
                 k=_top_n(self.top_k, largest_cart),
                 now=[contexts[r].ts for r in rows],
             )
@@ -477,7 +478,7 @@ class NextPurchaseScorer:
 
 def _identity(context: DecisionContext) -> tuple:
     """The orders a decision's history is built from: (ts, order id) of each."""
-    return tuple((o[0], o[1]) for o in context.state["orders"] if o[0] <= context.ts)
+    return tuple((o[0], o[1]) for o in context.view["orders"] if o[0] <= context.ts)
 
 
 def _top_n(k: int, cart_size: int) -> int:

@@ -27,6 +27,7 @@ moves the ``latest`` pointer, so the worker loads both or neither).
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -95,6 +96,7 @@ class SimilarItems:
         self.scores = np.asarray(scores, np.float32)  # (products, N), 0 where none
         self.together = np.asarray(together, np.int32)  # (products, N)
         self.config = config
+        self._strong: dict[float, dict[int, tuple[tuple[int, float], ...]]] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -180,23 +182,36 @@ class SimilarItems:
         """Up to ``n`` products bought together with the basket ``products`` (normalised ids,
         as the loader and the worker's state keep them): those with a pair similarity of at
         least ``min_score`` to one of them, by summed similarity over those pairs (ties: the
-        more popular), none of ``products`` or ``exclude``."""
-        rows = [row for row in map(self.index.get, products) if row is not None]
-        if not rows:
-            return []
-        neighbours, scores = self.neighbours[rows], self.scores[rows]
-        keep = (scores >= min_score) & (neighbours >= 0)
-        found, position = np.unique(neighbours[keep], return_inverse=True)
-        summed = np.bincount(position, scores[keep])
-        skip = {*products, *exclude}
-        picks: list[str] = []
-        for j in np.lexsort((found, -summed)).tolist():
-            item = self.items[found[j]]
-            if item not in skip:
-                picks.append(item)
-                if len(picks) == n:
-                    break
-        return picks
+        more popular), none of ``products`` or ``exclude``.
+
+        Runs per cart change in the worker: plain Python over each product's strong pairs
+        (`_strong_pairs`), which measured about twice as fast as numpy (per-call overheads) on carts
+        of a few to a few dozen products; the sums are added in the same order as before, so
+        the ranking is the same to the last bit."""
+        summed: dict[int, float] = {}
+        add = summed.get
+        index = self.index
+        for product in products:
+            row = index.get(product)
+            if row is not None:
+                for j, score in self._strong_pairs(row, min_score):
+                    summed[j] = add(j, 0.0) + score
+        for product in (*products, *exclude):
+            summed.pop(index.get(product, -1), None)
+        best = heapq.nsmallest(n, summed.items(), key=lambda pair: (-pair[1], pair[0]))
+        return [self.items[j] for j, _ in best]
+
+    def _strong_pairs(self, row: int, min_score: float) -> tuple[tuple[int, float], ...]:
+        """Product ``row``'s neighbours with a similarity of at least ``min_score``, best first,
+        as (neighbour row, score) pairs; computed once per row and threshold."""
+        strong = self._strong.setdefault(min_score, {})
+        pairs = strong.get(row)
+        if pairs is None:
+            neighbours, scores = self.neighbours[row], self.scores[row]
+            keep = (scores >= min_score) & (neighbours >= 0)
+            pairs = tuple(zip(neighbours[keep].tolist(), scores[keep].tolist(), strict=True))
+            strong[row] = pairs
+        return pairs
 
     def check(self) -> None:
         """Raise unless the table is usable (the worker checks a version before serving it)."""

@@ -1,4 +1,6 @@
-"""``nextbest report``: conversion, revenue, discount cost and incremental profit per arm.
+"""``nextbest report``'s per-arm part: conversion, revenue, discount cost and incremental profit
+per arm (the command, with the analytics by product, country, segment and week, is
+``agents.tools.report``).
 
 Reads the decision log (``models.promotion.log``: decision and reward records as JSON Lines) and
 compares the experiment's arms with the holdout. The unit is the customer (arms are assigned
@@ -14,7 +16,6 @@ incremental profit per arm with their intervals. Prometheus carries the running 
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from models.promotion.log import read_log
 from streams.promotion.experiments import HOLDOUT
 
 matplotlib.use("Agg")
@@ -154,25 +154,3 @@ def plot(reports: list[ArmReport], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="nextbest report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--log", type=Path, nargs="+", required=True, help="JSON Lines log file(s)")
-    parser.add_argument("--png", type=Path, default=Path("var/report.png"))
-    args = parser.parse_args(argv)
-    decisions, rewards = read_log(args.log)
-    if not decisions:
-        print("no decision records in the log")
-        return 1
-    reports = build_report(decisions, rewards)
-    print(f"{len(decisions)} decisions, {len(rewards)} rewards (95% CI in brackets)\n")
-    print(format_table(reports))
-    args.png.parent.mkdir(parents=True, exist_ok=True)
-    plot(reports, args.png)
-    print(f"\nwrote {args.png}")
-    return 0

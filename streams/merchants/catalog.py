@@ -28,6 +28,13 @@ from pydantic import (
     model_validator,
 )
 
+from streams.merchants.engagement import (
+    EngagementAction,
+    EngagementActionConfig,
+    EngagementConfig,
+    EngagementOptions,
+    unique_action_ids,
+)
 from streams.merchants.options import MerchantOptions, MerchantOptionsConfig
 from streams.merchants.strict import Channel, ConfigModel, Positive, config_errors
 from streams.state.customer_state import MAX_SENT
@@ -107,6 +114,9 @@ class Merchant:
     deep_discount_cost: float = 0.02
     product_coupons: tuple[Promotion, ...] = ()
     options: MerchantOptions = field(default_factory=MerchantOptions)  # delivery, journeys
+    #: non-discount actions ranked per customer (`streams.merchants.engagement`)
+    engagement_actions: tuple[EngagementAction, ...] = ()
+    engagement: EngagementOptions = field(default_factory=EngagementOptions)
 
 
 def _instant(value: object) -> object:
@@ -246,6 +256,10 @@ class MerchantConfig(MerchantOptionsConfig):
     deep_discount_cost: Rate = Merchant.deep_discount_cost
     promotions: list[PromotionConfig] = []
     """Cart tiers (free_shipping, percent_off) and product coupons; ids unique."""
+    engagement_actions: list[EngagementActionConfig] = []
+    """Non-discount actions (loyalty, app, newsletter, category, custom); ids unique."""
+    engagement: EngagementConfig = EngagementConfig()
+    """How engagement actions are ranked and served."""
 
     @field_validator("min_margin_rate")
     @classmethod
@@ -265,6 +279,13 @@ class MerchantConfig(MerchantOptionsConfig):
             raise ValueError(f"duplicate promotion ids {twice}")
         return promotions
 
+    @field_validator("engagement_actions")
+    @classmethod
+    def _unique_action_ids(
+        cls, actions: list[EngagementActionConfig]
+    ) -> list[EngagementActionConfig]:
+        return unique_action_ids(actions)
+
     def build(self, merchant_id: str, base: Path | None = None) -> Merchant:
         promotions = [p.build() for p in self.promotions]
         return Merchant(
@@ -283,6 +304,8 @@ class MerchantConfig(MerchantOptionsConfig):
             deep_discount_depth=self.deep_discount_depth,
             deep_discount_cost=self.deep_discount_cost,
             options=self.build_options(base),
+            engagement_actions=tuple(a.build() for a in self.engagement_actions),
+            engagement=self.engagement.build(),
         )
 
 

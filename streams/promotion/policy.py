@@ -25,10 +25,10 @@ allows stay the same, a later cart change repeats the decision (the agent then s
 unchanged offer); a change of the allowed actions (a tier reached, a nudge target changed)
 makes a new decision. Every cart event gets one record: a repeat's has its own decision id
 (from its cart event), ``repeat_of`` the decision it repeats, that decision's action and
-propensity, ``sent: false``, no options or features, and opens no attribution window (the
-decision's reward is learned once; ``repeat_of`` is null on every other record). A new
-decision that picks the offer this cart already got (the agent would not emit it again)
-reserves nothing and is logged ``sent: false``, ``guard: "repeated"``: the ledgers hold
+propensity, ``sent: false``, no options, features, cart products or country, and opens no
+attribution window (the decision's reward is learned once; ``repeat_of`` is null on every other
+record). A new decision that picks the offer this cart already got (the agent would not emit it
+again) reserves nothing and is logged ``sent: false``, ``guard: "repeated"``: the ledgers hold
 reservations of emitted offers only.
 
 One record per decision id: a decision id already made for the customer (its attribution
@@ -41,7 +41,10 @@ chooses the same while the bandit's statistics and the customer's state are the 
 
 ``decide_batch`` (the `Policy` protocol) returns the offers only and keeps the records for
 ``drain_records``; ``decide`` returns both. The policy mutates ``context.state`` (its
-``"promo"`` part) and the ``ledgers`` mapping, as the agent's tables expect.
+``"promo"`` part) and the ``ledgers`` mapping, as the agent's tables expect. Its inputs (the
+features, the objective, the coupon candidate's cart check, the record's cart products and
+country) are read from ``context.view``: the state as the cart event left it, not as the rest
+of its micro-batch did.
 """
 
 from __future__ import annotations
@@ -153,6 +156,11 @@ def _cart_fields(ctx: DecisionContext, generation: int, decision_id: str, experi
 
 def _cart_products(state: dict) -> frozenset[str]:
     return frozenset(line[0] for line in (state.get("cart") or {}).get("lines") or [])
+
+
+def _cart_product_ids(state: dict) -> list[str]:
+    """The cart's product ids in cart order, each once (the decision record's ``cart_products``)."""
+    return list(dict.fromkeys(line[0] for line in (state.get("cart") or {}).get("lines") or []))
 
 
 class PromotionPolicy:
@@ -282,11 +290,11 @@ class PromotionPolicy:
             ctx.currency,
             ctx.ts,
             coupon,
-            _cart_products(ctx.state) if coupon and merchant.product_coupons else frozenset(),
+            _cart_products(ctx.view) if coupon and merchant.product_coupons else frozenset(),
         )
         generation = ctx.generation
         if generation is None:
-            generation = (ctx.state.get("cart") or {}).get("generation", 0)
+            generation = (ctx.view.get("cart") or {}).get("generation", 0)
         candidates = [a.id for a in actions]
         decision_id = decision_id_for(ctx.customer_key, ctx.cart_event_id)
         made = rewards.decision_made(ctx.state, decision_id)
@@ -305,11 +313,11 @@ class PromotionPolicy:
             return self._repeat(ctx, generation, decision_id, sticky, actions)
 
         allowed = self._allowed(ctx, promo, actions)
-        features = np.array(context_features(ctx.state, ctx.cart_value, ctx.ts, signals))
+        features = np.array(context_features(ctx.view, ctx.cart_value, ctx.ts, signals))
         horizon = horizon_margin(
-            ctx.state, ctx.cart_value, ctx.ts, merchant.margin_rate, self.objective
+            ctx.view, ctx.cart_value, ctx.ts, merchant.margin_rate, self.objective
         )
-        repurchase = repurchase_probability(ctx.state, ctx.ts, self.objective)
+        repurchase = repurchase_probability(ctx.view, ctx.ts, self.objective)
         chooser = self.variants[variant_name]
         row = ChoiceInput(ctx, merchant, features, allowed, horizon, repurchase)
         choice = chooser.choose(row, self.rng(decision_id))
@@ -358,6 +366,8 @@ class PromotionPolicy:
             "features": [round(float(v), 6) for v in features],
             "guard": guard if guard in ("over_budget", "duplicate", "repeated") else None,
             "repeat_of": None,
+            "cart_products": _cart_product_ids(ctx.view),
+            "country": (ctx.view.get("profile") or {}).get("country"),
         }
         promo["cart"] = {
             "generation": generation,
@@ -405,6 +415,8 @@ class PromotionPolicy:
             "features": [],
             "guard": None,
             "repeat_of": sticky["decision_id"],
+            "cart_products": None,
+            "country": None,
         }
         return PolicyDecision(offer, record, [])
 

@@ -240,6 +240,9 @@ def _close(promo: dict, pending: dict, now: float, reason: str) -> dict:
         "gross": round(gross, 2),
         "discount_cost": discount,
         "profit": profit,
+        "order_products": (
+            [{"product_id": p, "value": v} for p, v in order[3].items()] if order else None
+        ),
     }
 
 

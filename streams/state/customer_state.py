@@ -28,6 +28,10 @@ customer does (see ``docs/architecture.md`` for measured bytes per customer):
   is not emitted again for the same cart;
 - ``sent``: last ``MAX_SENT`` notifications ``[ts, channel, dedupe_key]`` (frequency cap and
   dedupe); ``last_message``: time of the last message per channel;
+- ``engagement`` (absent until the first engagement action is shown or its feedback came):
+  per engagement action ``{shown, taken, dismissed, last, taken_at, dismissed_at}`` (the last
+  ``MAX_ENGAGEMENT_ACTIONS`` actions touched), ``open`` take windows and ``last`` shown
+  (``streams.engagement.rewards``);
 - ``profile``: consent and preferences, or None; ``claimed``: anonymous sessions claimed;
   ``absorbed``: the session keys whose state was merged in (a re-sent absorb is skipped).
 """
@@ -55,6 +59,15 @@ FEEDBACK_COUNTERS = {
     "offer_dismissed": "dismissed",
 }
 
+#: engagement action feedback (``action_feedback`` topic) -> its counter
+ENGAGEMENT_INTERACTIONS = {
+    "action_shown": "shown",
+    "action_taken": "taken",
+    "action_dismissed": "dismissed",
+}
+MAX_ENGAGEMENT_ACTIONS = 32
+MAX_OPEN_WINDOWS = 8  # engagement take windows kept (``streams.engagement.rewards``)
+
 
 def new_state() -> dict:
     return {
@@ -75,6 +88,24 @@ def new_state() -> dict:
         "claimed": [],
         "absorbed": [],
     }
+
+
+#: The parts of a customer's state a cart decision reads: the promotion policy's features and
+#: objective, the coupon candidate's cart check, the decision record's products and country, the
+#: next-purchase model's history (`decision_view`).
+DECISION_PARTS = ("rfm", "cart", "session", "sessions", "views", "orders", "offers", "profile")
+
+
+def decision_view(state: dict) -> dict:
+    """The `DECISION_PARTS` of ``state`` as they are now, for a cart decision made after later
+    events of its micro-batch were applied: each part's dict or list is copied one level deep.
+    That is enough because the rules here replace what those hold (a cart's lines, an order,
+    a view, ``offers["last"]``) instead of changing it in place."""
+    view = {}
+    for part in DECISION_PARTS:
+        value = state.get(part)
+        view[part] = value.copy() if isinstance(value, dict | list) else value
+    return view
 
 
 def _push(items: list, item: object, limit: int) -> None:
@@ -190,6 +221,7 @@ def apply_profile(state: dict, event: dict) -> None:
         "preferred": event.get("preferred_channel"),
         "time_zone": event.get("time_zone"),
         "opted_out": bool(event.get("opted_out", False)),
+        "country": event.get("country"),
     }
 
 
@@ -198,12 +230,41 @@ def apply_feedback(state: dict, event: dict) -> None:
     offers[FEEDBACK_COUNTERS[event["event_type"]]] += 1
 
 
+def engagement_state(state: dict) -> dict:
+    """The customer's engagement record (created on first use: older states lack it)."""
+    return state.setdefault("engagement", {"actions": {}, "open": [], "last": None})
+
+
+def apply_action_feedback(state: dict, event: dict) -> None:
+    """Count a customer's interaction with an engagement action, with its time."""
+    actions = engagement_state(state)["actions"]
+    action_id, ts = event["action_id"], event["_ts"]
+    record = actions.pop(action_id, None) or {
+        "shown": 0,
+        "taken": 0,
+        "dismissed": 0,
+        "last": ts,
+        "taken_at": None,
+        "dismissed_at": None,
+    }
+    interaction = ENGAGEMENT_INTERACTIONS[event["event_type"]]
+    record[interaction] += 1
+    record["last"] = max(record["last"], ts)
+    if interaction != "shown":
+        stamp = f"{interaction}_at"
+        record[stamp] = ts if record[stamp] is None else max(record[stamp], ts)
+    actions[action_id] = record  # the most recently touched last
+    while len(actions) > MAX_ENGAGEMENT_ACTIONS:
+        del actions[next(iter(actions))]
+
+
 APPLY = {
     "clickstream": apply_click,
     "cart": apply_cart,
     "orders": apply_order,
     "profiles": apply_profile,
     "feedback": apply_feedback,
+    "action_feedback": apply_action_feedback,
 }
 
 
@@ -283,3 +344,28 @@ def merge_anonymous(customer: dict, anonymous: dict) -> None:
     for key, value in anonymous["offers"].items():
         if key != "last":
             customer["offers"][key] += value
+    if "engagement" in anonymous:
+        _merge_engagement(engagement_state(customer), anonymous["engagement"])
+
+
+def _merge_engagement(customer: dict, anonymous: dict) -> None:
+    """The session's engagement counters added to the customer's, and its open take windows
+    for actions the customer has none open for (at most ``MAX_OPEN_WINDOWS``, oldest out)."""
+    actions = customer["actions"]
+    for action_id, theirs in anonymous["actions"].items():
+        mine = actions.pop(action_id, None)
+        if mine is not None:
+            theirs = {
+                **{k: mine[k] + theirs[k] for k in ENGAGEMENT_INTERACTIONS.values()},
+                **{
+                    k: max((t for t in (mine[k], theirs[k]) if t is not None), default=None)
+                    for k in ("last", "taken_at", "dismissed_at")
+                },
+            }
+        actions[action_id] = theirs
+    while len(actions) > MAX_ENGAGEMENT_ACTIONS:
+        del actions[next(iter(actions))]
+    open_ids = {window[1] for window in customer["open"]}
+    customer["open"].extend(w for w in anonymous["open"] if w[1] not in open_ids)
+    customer["open"].sort(key=lambda window: window[2])
+    del customer["open"][: max(0, len(customer["open"]) - MAX_OPEN_WINDOWS)]

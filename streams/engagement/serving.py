@@ -1,0 +1,69 @@
+"""How a cart decision serves a ranking of engagement actions beside its offer.
+
+One decision per cart still: the merchant's ``engagement.combine`` rule says what the cart's
+promotion record carries.
+
+- ``offer_first``: a cart that gets an offer gets it alone; a cart without one (no offer, the
+  holdout, the offer it already had) gets the first-ranked action as its decision
+  (``offer_type: engagement_action``);
+- ``both``: an offer carries the ranked actions; a cart without one gets the first action.
+
+A cart gets one action as its decision (``state["engagement"]["last"]`` = ``[cart
+generation, action id]``), whatever later changes of the cart rank first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.engagement.ranking import Ranking
+
+ENGAGEMENT_OFFER_TYPE = "engagement_action"
+
+
+@dataclass(frozen=True)
+class CartServing:
+    """What a cart decision does with a ranking."""
+
+    attach: bool  # the offer's record carries the ranked actions
+    standalone: bool  # the first action goes as the cart's decision (no offer was made)
+
+
+def serve(ranking: Ranking, has_offer: bool, combine: str) -> CartServing:
+    if ranking.first is None:
+        return CartServing(attach=False, standalone=False)
+    if has_offer:
+        return CartServing(attach=combine == "both", standalone=False)
+    return CartServing(attach=False, standalone=True)
+
+
+def action_made(state: dict, generation: int) -> bool:
+    """Whether cart ``generation`` got an engagement action as its decision already."""
+    last = (state.get("engagement") or {}).get("last")
+    return last is not None and last[0] == generation
+
+
+def ranking_fields(ranking: Ranking, attach: int) -> dict:
+    """The fields a promotion record gains from ``ranking`` (its first ``attach`` actions)."""
+    return {
+        "engagement_actions": [item.as_record() for item in ranking.items[:attach]],
+        "engagement_ranking": ranking.mode,
+        "engagement_propensity": round(ranking.propensity, 6),
+    }
+
+
+def action_message(ranking: Ranking) -> str:
+    first = ranking.first
+    return first.action.title if first is not None else ""
+
+
+def action_reason(ranking: Ranking, currency: str) -> str:
+    first = ranking.first
+    if first is None:
+        return ""
+    if ranking.mode == "expected_value":
+        return (
+            f"engagement action {first.action.id}: P(take) {first.p_take:.3f} x value "
+            f"{first.action.value:.2f} {currency} = {first.expected_value:.2f}"
+        )
+    return f"engagement action {first.action.id}: P(take) {first.p_take:.3f} (propensity ranking)"

@@ -1,0 +1,167 @@
+"""Engagement actions through real workers on the embedded broker: action feedback applied
+(once) or dead-lettered, cart decisions carrying ranked actions, and GET /next-best-actions
+over real HTTP, forwarded to the key's owner."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from streams.merchants.catalog import DEFAULT_MERCHANTS
+from tests.harness import ADMIN_TOKEN, Cluster, cart_add, event, order_placed
+from tests.test_api import call
+from tests.test_scale_routing import PARTITIONS, poll, settled
+
+pytestmark = pytest.mark.integration
+
+SHOP = "uci-gift-shop"
+ACTIONS = {"join-loyalty", "get-app", "newsletter", "explore-jumbo-bags"}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    merchants = yaml.safe_load(DEFAULT_MERCHANTS.read_text())
+    merchants["merchants"][SHOP]["engagement"].update(on_cart=True, combine="both")
+    path = tmp_path / "merchants.yaml"
+    path.write_text(yaml.safe_dump(merchants))
+    cluster = Cluster(tmp_path / "cluster", partitions=PARTITIONS)
+    cluster.settings = replace(cluster.settings, merchants_path=path)
+    ports = cluster.start_worker("a"), cluster.start_worker("b")
+    poll(lambda: settled(cluster), 120, "two workers ready, one owner per partition")
+    yield cluster, ports
+    cluster.close()
+
+
+def feedback(event_type: str, event_id: str, customer: str, action: str, **fields: object) -> dict:
+    return event(
+        event_type,
+        event_id,
+        customer=customer,
+        time="2011-11-14T10:05:00Z",
+        action_id=action,
+        **fields,
+    )
+
+
+def test_actions_ranked_served_and_learned_through_the_worker(cluster):
+    cluster, (port, _) = cluster
+    order = order_placed(
+        "eng-order-c2",
+        "o-c2",
+        20.0,
+        "85099B",
+        customer="c2",
+        merchant=SHOP,
+        time="2011-11-10T10:00:00Z",
+    )
+    taken = feedback("action_taken", "eng-take-c1", "c1", "get-app", channel="in_app")
+    cluster.send("orders", order)  # before c2's cart: topics are not ordered among themselves
+    cluster.flush()
+    cluster.wait_processed(1, timeout=120)
+    inputs = [
+        ("orders", order),
+        ("cart", cart_add("eng-cart-c1", 40.0, customer="c1")),
+        ("cart", cart_add("eng-cart-c2", 35.0, customer="c2", time="2011-11-14T10:01:00Z")),
+        ("action_feedback", taken),
+        ("action_feedback", taken),  # the same event again: applied once
+        ("action_feedback", feedback("action_shown", "eng-shown-c2", "c2", "newsletter")),
+        ("action_feedback", feedback("action_taken", "eng-unknown", "c1", "no-such-action")),
+        ("action_feedback", feedback("action_taken", "eng-bad", "c1", "get-app", channel="fax")),
+    ]
+    for kind, value in inputs[1:]:
+        cluster.send(kind, value)
+    cluster.flush()
+    cluster.wait_processed(len(inputs) + 1, timeout=120)  # the duplicate counts twice
+
+    state = cluster.state(port, f"{SHOP}:c:c1")
+    assert state["engagement"]["actions"]["get-app"]["taken"] == 1
+    c2 = cluster.state(port, f"{SHOP}:c:c2")
+    assert "newsletter" in {w[1] for w in c2["engagement"]["open"]}  # shown: a take window
+
+    letters = cluster.read("dead_letters", min_count=2)
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert reasons == ["schema_violation", "unknown_engagement_action"]
+
+    # Each cart decision carries ranked actions: an offer with them, or the first one alone.
+    promotions = cluster.read("promotions", min_count=2)
+    by_cart = {p["cart_event_id"]: p for p in promotions}
+    assert {"eng-cart-c1", "eng-cart-c2"} <= set(by_cart)
+    for record in by_cart.values():
+        ranked = record["engagement_actions"]
+        assert ranked and {a["action_id"] for a in ranked} <= ACTIONS
+        assert record["engagement_ranking"] == "expected_value"
+        assert 0 < record["engagement_propensity"] <= 1
+        if record["offer_type"] == "engagement_action":
+            assert record["promotion_id"] == ranked[0]["action_id"]
+    assert "explore-jumbo-bags" not in {
+        a["action_id"] for a in by_cart["eng-cart-c2"]["engagement_actions"]
+    }  # c2 bought a jumbo bag
+    decisions = {d["cart_event_id"]: d for d in cluster.read("decisions", min_count=2)}
+    for cart, record in by_cart.items():  # the decision log carries what the record carried
+        assert decisions[cart]["engagement_actions"] == record["engagement_actions"]
+        assert decisions[cart]["engagement_propensity"] == record["engagement_propensity"]
+    assert "join-loyalty" not in {
+        a["action_id"] for a in by_cart["eng-cart-c1"]["engagement_actions"]
+    }  # c1 has no order yet
+
+    # The API, over HTTP, from worker a whatever worker owns the key.
+    status, spec, _ = call(port, "GET", "/openapi.json")
+    assert "/next-best-actions" in spec["paths"]
+    path = f"/next-best-actions?merchant={SHOP}&customer=c1&n=2"
+    status, body, headers = call(port, "GET", path, ADMIN_TOKEN)
+    assert status == 200, body
+    ids = [a["action_id"] for a in body["actions"]]
+    assert body["known_customer"] and 1 <= len(ids) <= 2, json.dumps([body, headers])
+    assert not {"get-app", "join-loyalty"} & set(ids)  # taken already; no order yet
+    assert all(
+        a["expected_value"] == pytest.approx(a["p_take"] * a["value"], abs=1e-5)
+        for a in body["actions"]
+    )
+    status, body, _ = call(
+        port, "GET", f"/next-best-actions?merchant={SHOP}&customer=c2&n=10", ADMIN_TOKEN
+    )
+    assert status == 200 and "join-loyalty" in {a["action_id"] for a in body["actions"]}
+    status, body, _ = call(
+        port, "GET", f"/next-best-actions?merchant={SHOP}&customer=new&n=10", ADMIN_TOKEN
+    )
+    assert status == 200 and not body["known_customer"]
+    assert {a["action_id"] for a in body["actions"]} == ACTIONS - {"join-loyalty"}
+    assert call(port, "GET", f"/next-best-actions?merchant={SHOP}&customer=c1")[0] == 401
+    assert call(port, "GET", "/next-best-actions?merchant=nope&customer=c1", ADMIN_TOKEN)[0] == 404
+
+    ranked = sum(
+        cluster.metric(name, "nextbest_engagement_actions_ranked_total") for name in ("a", "b")
+    )
+    interactions = sum(
+        cluster.metric(name, "nextbest_engagement_action_feedback_total") for name in ("a", "b")
+    )
+    assert ranked >= 5  # two carts, three API calls
+    assert interactions == 2  # the take (once) and the showing
+
+    # c2 takes the newsletter it was shown: the owner's take model learns it, and writes it to
+    # its checkpoint when it stops (read back at its next start).
+    take = feedback("action_taken", "eng-take-c2", "c2", "newsletter")
+    take["event_time"] = "2011-11-14T10:10:00Z"
+    cluster.send("action_feedback", take)
+    cluster.flush()
+    cluster.wait_processed(len(inputs) + 2, timeout=120)
+    c2 = cluster.state(port, f"{SHOP}:c:c2")
+    assert c2["engagement"]["actions"]["newsletter"]["taken"] == 1, json.dumps(c2["engagement"])
+    assert "newsletter" not in {w[1] for w in c2["engagement"]["open"]}  # closed: taken
+    for name in ("a", "b"):
+        cluster.stop_worker(name)
+    learned = []
+    for name in ("a", "b"):
+        path = cluster.tmp / f"state-{name}" / "engagement-models.json"
+        if path.exists():
+            learned.append(json.loads(path.read_text())[SHOP])
+    # The owner learned it once; the other worker too when the owner stopped before committing
+    # the take's offset (it is read again there: each worker's models are its own).
+    learners = [model for model in learned if model["updates"]]
+    assert learners and all(model["updates"] == 1 for model in learners)
+    for model in learners:
+        newsletter = model["actions"]["newsletter"]
+        assert (newsletter["n"], newsletter["taken"]) == (1, 1)
