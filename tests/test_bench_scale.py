@@ -110,6 +110,42 @@ def test_what_the_taking_worker_read_and_when_from_its_log(tmp_path: Path) -> No
     assert changelog_to_read(log, start + 60, "bench-scale-customers-changelog") is None
 
 
+BATCH_LOG = """\
+[2026-12-07 05:01:59,570] [1] [INFO] Executing _on_partitions_assigned
+[2026-12-07 05:02:00,757] [1] [INFO] [^---Recovery]: Highwater for active changelog partitions:
++Highwater - Active--------------------+-----------+-----------+
+| topic                                | partition | highwater |
++--------------------------------------+-----------+-----------+
+| bench-scale-customers-changelog      | 0         | 24910     |
+| 〃                                   | 1         | 24952     |
++--------------------------------------+-----------+-----------+
+[2026-12-07 05:02:00,758] [1] [INFO] Batch recovery of active changelog partitions started: 2
+[2026-12-07 05:02:03,258] [1] [INFO] Batch recovery of active changelog partitions read 49900 \
+records (127000000 bytes) of 4 partitions in 2.5 s (19960 records/s); by topic: \
+bench-scale-customers-changelog=49800, bench-scale-journey-timers-changelog=100
+[2026-12-07 05:02:03,260] [1] [INFO] [^---Recovery]: active offsets at start of reading:
++Reading Starts At - Active------------+-----------+--------+
+| topic                                | partition | offset |
++--------------------------------------+-----------+--------+
+| bench-scale-customers-changelog      | 0         | 24910  |
+| 〃                                   | 1         | 24890  |
++--------------------------------------+-----------+--------+
+[2026-12-07 05:02:03,300] [1] [INFO] [^---Recovery]: Restoring state from changelog topics...
+[2026-12-07 05:02:03,800] [1] [INFO] [^---Recovery]: Done reading from changelog topics
+"""
+
+
+def test_a_batch_recovery_counts_with_what_faust_read_after_it(tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    log.write_text(BATCH_LOG)
+    start = log_marks(log, 0.0)["assigned"]
+    # the batch read 49,800 of the customers' records; Faust the 62 written meanwhile
+    assert changelog_to_read(log, start, "bench-scale-customers-changelog") == 49800 + 62
+    marks = log_marks(log, start)
+    assert marks["batched"] - marks["batch"] == pytest.approx(2.5)
+    assert marks["restored"] - marks["restoring"] == pytest.approx(0.5)
+
+
 @pytest.fixture(scope="module")
 def output() -> str:
     if not DATA_FILE.exists():

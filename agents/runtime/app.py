@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import faust
 
+from agents.runtime.recovery import batch_recovery_table_manager
 from agents.runtime.settings import Settings
 from agents.runtime.transport import faust_broker_url
 from streams.merchants.catalog import MerchantRegistry
@@ -82,6 +83,8 @@ def faust_config(settings: Settings) -> dict:
         "producer_max_request_size": settings.producer_max_request_bytes,
         "stream_buffer_maxsize": 16384,
     }
+    if settings.batch_recovery:
+        config["TableManager"] = batch_recovery_table_manager(settings)
     if settings.embedded_broker:
         config.update(TANSU_OVERRIDES)
     return config

@@ -199,6 +199,12 @@ class Settings:
         "standby instead of replaying the changelog",
         minimum=0,
     )
+    batch_recovery: bool = _setting(
+        True,
+        "A worker reads its tables' changelog partitions into RocksDB in batches before "
+        "Faust's record-by-record recovery, which then finds nothing left to read "
+        "(agents/runtime/recovery.py); 0: Faust's recovery only",
+    )
     session_timeout_s: float = _setting(
         60.0,
         "Consumer-group session timeout against a real Kafka (Faust's `broker_session_timeout`; "

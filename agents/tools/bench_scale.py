@@ -49,14 +49,16 @@ signal) until every partition decides again: per partition, the decision record 
 longest silence after the change (the hand-over's stall; decision records carry the worker's
 send time), the max over partitions; the longest silence itself; where the time went, from the
 Faust and aiokafka log lines of the worker that takes the partitions over (rejoining the group,
-partitions assigned, changelog reading started and done, streams resumed); and the accounting of
+partitions assigned, batch reading of the changelog started and done, Faust's reading started and
+done, streams resumed; agents/runtime/recovery.py); and the accounting of
 the probes sent in the phase: lost (no decision record at all), decision records repeated
 identically (at-least-once redelivery: consumers dedupe on ``decision_id``), decision ids with
 two different records (``actions``: of them, with two different actions), and offer ids on the
 promotions topic more than once (identical but ``decided_at``, or different). The recovery rate:
-the changelog records the worker read (Faust's tables of end and start offsets in its log) over
-the seconds it read. State bytes per customer: the changelog records' key and value, and worker
-A's RocksDB directory right after its recovery.
+the customers' changelog records the worker read to recover its active partitions (the batch
+reading's count, plus those left to Faust's reading: its tables of end and start offsets in the
+log) over the seconds the two readings took. State bytes per customer:
+the changelog records' key and value, and worker A's RocksDB directory right after its recovery.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ KILL_BAR_S = 15.0  # standby replicas: a killed worker's partitions deciding aga
 LOG_MARKS = {
     "rejoin": "(Re-)joining group",
     "assigned": "Executing _on_partitions_assigned",
+    "batch": "Batch recovery of active changelog partitions started",
+    "batched": "Batch recovery of active changelog partitions read",
     "restoring": "Restoring state from changelog topics",
     "restored": "Done reading from changelog topics",
     "ready": "Worker ready",
@@ -126,6 +130,9 @@ LEADER_LINE = "Elected group leader"
 #: Faust's recovery tables: the changelog's last offsets, and where this worker starts reading
 HIGHWATERS = "Highwater for active changelog partitions"
 STARTS = "active offsets at start of reading"
+#: agents/runtime/recovery.py: the active partitions' records read in batches before Faust's,
+#: per changelog topic (``by topic: <topic>=<records>, ...``)
+BATCH_READ = "Batch recovery of active changelog partitions read"
 
 
 @dataclass(frozen=True)
@@ -632,10 +639,15 @@ class PhaseFigures:
 
     @property
     def read_rate(self) -> float | None:
-        """Changelog records per second of the taker's recovery."""
-        if not self.read or not {"restoring", "restored"} <= self.marks.keys():
+        """Changelog records per second of the taker's recovery (the batch reading and Faust's
+        reading together)."""
+        seconds = 0.0
+        for start, end in (("batch", "batched"), ("restoring", "restored")):
+            if {start, end} <= self.marks.keys():
+                seconds += self.marks[end] - self.marks[start]
+        if not self.read or not seconds:
             return None
-        return self.read / max(self.marks["restored"] - self.marks["restoring"], 1e-9)
+        return self.read / max(seconds, 1e-9)
 
 
 def _log_lines(log: Path) -> list[tuple[float | None, str]]:
@@ -686,20 +698,26 @@ def _table_after(lines: list[tuple[float | None, str]], start: int, topic: str) 
 
 def changelog_to_read(log: Path, since: float, topic: str) -> int | None:
     """Records of ``topic`` the worker read to recover its active partitions in its first
-    recovery at or after ``since`` (Faust's highwater and start tables; None: not logged)."""
+    recovery at or after ``since``: the batch reading's and those left to Faust's reading (its
+    highwater and start tables); None: not logged."""
+    batch_count = re.compile(rf"[ ,]{re.escape(topic)}=(\d+)")
     lines = _log_lines(log)
     highwaters = starts = None
+    batch_read = 0
     for index, (at, line) in enumerate(lines):
         if at is None or at < since - 0.001:
             continue
         if highwaters is None and HIGHWATERS in line:
             highwaters = _table_after(lines, index, topic)
+        elif highwaters is not None and BATCH_READ in line:
+            match = batch_count.search(line)
+            batch_read = int(match.group(1)) if match else 0
         elif highwaters is not None and STARTS in line:
             starts = _table_after(lines, index, topic)
             break
     if not highwaters or starts is None:
         return None
-    return sum(max(0, last - starts.get(p, -1)) for p, last in highwaters.items())
+    return batch_read + sum(max(0, last - starts.get(p, -1)) for p, last in highwaters.items())
 
 
 def group_leader(workers: Sequence[Worker]) -> Worker:
@@ -911,7 +929,7 @@ def _seconds(value: float | None) -> str:
 
 
 def _where(marks: dict[str, float]) -> str:
-    order = ("rejoin", "assigned", "restoring", "restored", "ready")
+    order = ("rejoin", "assigned", "batch", "batched", "restoring", "restored", "ready")
     return " ".join(f"{m} {marks[m]:.1f}" for m in order if m in marks)
 
 
@@ -952,8 +970,9 @@ def print_size(result: SizeResult) -> None:
         "  (decides again: seconds from the change (a worker's start, the signal) until every "
         "partition decides again,\n   with its slowest partition; stall: a partition's longest "
         "silence; read: changelog records the worker\n   taking over read to recover, at "
-        "records/s; where: its log: rejoining the group, partitions\n   assigned, changelog "
-        "reading started and done, streams resumed. lost: probes without a decision\n   record; "
+        "records/s; where: its log: rejoining the group, partitions\n   assigned, batch "
+        "reading (batch, batched) and Faust's (restoring, restored) of the\n   changelog, "
+        "streams resumed. lost: probes without a decision record;\n   "
         "repeated: identical decision records again; different: decision ids with two records /"
         "\n   two actions; twice: offer ids sent twice, identical but decided_at / different)"
     )
