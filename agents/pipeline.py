@@ -21,7 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import faust
 import orjson
@@ -68,14 +68,6 @@ class EventFailed(Exception):
 class Decision:
     context: DecisionContext
     event: faust.EventT
-
-    def keep_view(self) -> None:
-        """Fix the decision's inputs as its cart event left the customer's state
-        (`DecisionContext.as_of`), before a later event of the batch changes it. Taken only
-        then: a decision whose customer has no later event in the batch reads the state
-        itself, which is the same (one copy less per cart change, most of them)."""
-        view = customer_state.decision_view(self.context.state)
-        self.context = replace(self.context, as_of=view)
 
 
 @dataclass
@@ -133,9 +125,6 @@ class Pipeline:
             raw = self.nb.customers.get(key.encode())
             entry = CustomerEntry(state=orjson.loads(raw) if raw is not None else None, event=event)
             batch.entries[key] = entry
-        elif entry.before_change is not None:  # the state is about to change again
-            entry.before_change()
-            entry.before_change = None
         return entry
 
     # -- the batch ----------------------------------------------------------------------
@@ -185,8 +174,6 @@ class Pipeline:
                     self._input(batch, kind, event)
             except InvalidEvent as exc:
                 self._dead_letter(batch, event, exc.reason, str(exc))
-        for entry in batch.entries.values():  # the decisions are made next: no view to keep
-            entry.before_change = None
         if batch.decisions:
             self._decide(batch)
         if self.outreach is not None:
@@ -306,9 +293,7 @@ class Pipeline:
             session_key = state_key(merchant_id, None, session_id).encode()
             batch.outputs.append((self.nb.merges, session_key, orjson.dumps(claim)))
         if kind == "cart" and data["event_type"] not in NO_OFFER_CART_EVENTS:
-            decision = self._decision(key, merchant, entry.state, data, event)
-            batch.decisions.append(decision)
-            entry.before_change = decision.keep_view
+            batch.decisions.append(self._decision(key, merchant, entry.state, data, event))
 
     def _decision(
         self, key: str, merchant: Merchant, state: dict, data: dict, event: faust.EventT
@@ -322,6 +307,7 @@ class Pipeline:
             ts=data["_ts"],
             cart_event_id=data["event_id"],
             generation=state["cart"]["generation"],
+            as_of=customer_state.decision_view(state),
         )
         return Decision(context, event)
 

@@ -18,9 +18,6 @@ class CustomerEntry:
     state: dict | None
     event: faust.EventT  # an event of this key's partition: table I/O is routed by it
     dirty: bool = False
-    #: run before the batch changes ``state`` again: the last cart decision made on it takes
-    #: its view then (``agents.pipeline.Decision.keep_view``)
-    before_change: Callable[[], None] | None = None
 
 
 #: The pipeline's loader: (batch, customer key, an event of the key's partition) -> the entry.
