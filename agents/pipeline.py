@@ -377,20 +377,14 @@ class Pipeline:
         offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer.key)
         if not customer_state.record_offer(ctx.state, ctx.generation, offer.key, offer_id, ctx.ts):
             return False
-        merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)
-        promotion = promotion_record(
-            offer_id=offer_id,
-            merchant_id=merchant_id,
-            customer_id=customer_id,
-            session_id=session_id,
-            cart_event_id=ctx.cart_event_id,
-            event_time=ctx.ts,
-            decided_at=now,
+        merchant_id, customer_id, _ = parse_state_key(ctx.customer_key)
+        promotion = _promotion(
+            ctx,
+            now,
+            offer_id,
             offer_type=offer.offer_type,
             promotion_id=offer.promotion_id,
             message=offer.message,
-            cart_value=ctx.cart_value,
-            currency=ctx.currency,
             policy=self.policy.name,
             reason=offer.reason,
             percent_off=offer.percent_off,
@@ -447,22 +441,15 @@ class Pipeline:
         if first is None or serving.action_made(ctx.state, ctx.generation):
             return
         customer_state.engagement_state(ctx.state)["last"] = [ctx.generation, first.action.id]
-        merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)
         offer_key = f"{serving.ENGAGEMENT_OFFER_TYPE}:{first.action.id}"
         offer_id = offer_id_for(ctx.customer_key, ctx.cart_event_id, offer_key)
-        record = promotion_record(
-            offer_id=offer_id,
-            merchant_id=merchant_id,
-            customer_id=customer_id,
-            session_id=session_id,
-            cart_event_id=ctx.cart_event_id,
-            event_time=ctx.ts,
-            decided_at=now,
+        record = _promotion(
+            ctx,
+            now,
+            offer_id,
             offer_type=serving.ENGAGEMENT_OFFER_TYPE,
             promotion_id=first.action.id,
             message=serving.action_message(ranking),
-            cart_value=ctx.cart_value,
-            currency=ctx.currency,
             policy=ranking.version,
             reason=serving.action_reason(ranking, ctx.currency),
             percent_off=None,
@@ -510,3 +497,21 @@ class Pipeline:
 def _describe(exc: BaseException) -> str:
     """An exception as a dead letter's ``error``: its type and text."""
     return f"{type(exc).__name__}: {exc}"
+
+
+def _promotion(ctx: DecisionContext, now: float, offer_id: str, **decided: object) -> dict:
+    """The promotion record of a cart decision: the cart's fields from ``ctx``, what was
+    decided (offer type, promotion, message, policy, reason, ...) from ``decided``."""
+    merchant_id, customer_id, session_id = parse_state_key(ctx.customer_key)
+    return promotion_record(
+        offer_id=offer_id,
+        merchant_id=merchant_id,
+        customer_id=customer_id,
+        session_id=session_id,
+        cart_event_id=ctx.cart_event_id,
+        event_time=ctx.ts,
+        decided_at=now,
+        cart_value=ctx.cart_value,
+        currency=ctx.currency,
+        **decided,
+    )

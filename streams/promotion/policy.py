@@ -154,10 +154,6 @@ def _cart_fields(ctx: DecisionContext, generation: int, decision_id: str, experi
     }
 
 
-def _cart_products(state: dict) -> frozenset[str]:
-    return frozenset(line[0] for line in (state.get("cart") or {}).get("lines") or [])
-
-
 def _cart_product_ids(state: dict) -> list[str]:
     """The cart's product ids in cart order, each once (the decision record's ``cart_products``)."""
     return list(dict.fromkeys(line[0] for line in (state.get("cart") or {}).get("lines") or []))
@@ -290,7 +286,7 @@ class PromotionPolicy:
             ctx.currency,
             ctx.ts,
             coupon,
-            _cart_products(ctx.view) if coupon and merchant.product_coupons else frozenset(),
+            frozenset(_cart_product_ids(ctx.view) if coupon and merchant.product_coupons else ()),
         )
         generation = ctx.generation
         if generation is None:
