@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from agents.tools import segments
 from agents.tools.pinpoint import read_endpoints
-from models.churn.evaluate import auc, cohort, history, invoices_of, top_share
+from models.churn.evaluate import auc, cohort, history, invoices_of, top_share, trigger_reach
 from models.next_purchase.loading import epoch_seconds
+from streams.merchants.options import Retention
 from streams.state import churn
 from streams.state import customer_state as cs
 from tests.harness import DATA_FILE
@@ -240,6 +241,34 @@ def test_cohort_labels_churn_within_the_horizon_among_active_customers():
     h = c.histories[1]
     assert h.orders == 2 and h.last == T0 + 50 * DAY and h.last_gap == 50 * DAY
     assert h == history([(T0, 10.0), (T0 + 50 * DAY, 20.0)])
+
+
+def test_trigger_reach_by_order_band():
+    monthly = [(T0 + i * 30 * DAY, 50.0) for i in range(6)]  # six orders, the last at T0 + 150
+    invoices = {
+        "loyal-lapsed": monthly,  # 120 days without an order at the cutoff: ~4 intervals
+        "loyal-lapsed-back": monthly + [(T0 + 300 * DAY, 50.0)],  # orders in the horizon
+        # 20 days since the last order at the cutoff, and another in the horizon
+        "loyal-on-cadence": [(t + 100 * DAY, v) for t, v in monthly] + [(T0 + 290 * DAY, 9.0)],
+        "one-order": [(T0 + 200 * DAY, 50.0)],  # 70 days since: the risk is over 0.6
+    }
+    cut = T0 + 270 * DAY
+    c = cohort(invoices, cut, horizon_days=90, active_days=180)
+    assert c.customers == ["loyal-lapsed", "loyal-lapsed-back", "loyal-on-cadence", "one-order"]
+    assert c.labels.tolist() == [1, 0, 0, 1]
+    triggers = {
+        "risk": Retention(overdue_intervals=None),
+        "either": Retention(overdue_intervals=2.0),
+    }
+    bands = trigger_reach(c, cut, triggers)
+    assert bands["1"]["risk"] == {"reached": 1.0, "precision": 1.0, "recall": 1.0}
+    assert bands["1"]["either"] == bands["1"]["risk"]
+    assert bands["5-9"]["customers"] == 3 and bands["5-9"]["churners"] == 1
+    assert bands["5-9"]["risk"] == {"reached": 0.0, "precision": None, "recall": 0.0}
+    assert bands["5-9"]["either"] == {"reached": round(2 / 3, 4), "precision": 0.5, "recall": 1.0}
+    nobody = {"reached": None, "precision": None, "recall": None}
+    assert bands["10+"] == {"customers": 0, "churners": 0, "risk": nobody, "either": nobody}
+    assert bands["all"]["either"] == {"reached": 0.75, "precision": round(2 / 3, 4), "recall": 1.0}
 
 
 # --- segments ----------------------------------------------------------------------------

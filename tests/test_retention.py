@@ -23,7 +23,9 @@ THRESHOLD = Retention.threshold
 
 
 def with_retention(shop: Merchant, **options: object) -> Merchant:
-    config = Retention(**{"holdout": 0.0, **options})
+    """``shop`` running the retention journey: no holdout and, unless ``options`` say
+    otherwise, the risk threshold alone (the overdue trigger has tests of its own)."""
+    config = Retention(**{"holdout": 0.0, "overdue_intervals": None, **options})
     journeys = Journeys(retention=config)
     return dataclasses.replace(shop, options=dataclasses.replace(shop.options, journeys=journeys))
 
@@ -212,9 +214,79 @@ def record_ts(record: dict) -> float:
     return datetime.fromisoformat(record["event_time"].replace("Z", "+00:00")).timestamp()
 
 
+def loyal_customer(d: Driver, orders: int = 5) -> float:
+    """c1 orders monthly ``orders`` times, the last at T0 - 100 days; returns their expected
+    interval in seconds."""
+    d.batch(profile(T0 - 400 * DAY))
+    for n in range(orders):
+        d.batch(order(n + 1, T0 - 100 * DAY - (orders - 1 - n) * 30 * DAY))
+    history = churn.history_of(d.states[KEY])
+    assert history is not None and history.orders == orders
+    return churn.expected_interval_days(history) * DAY
+
+
+def test_the_risk_alone_never_reaches_a_loyal_customer(shop):
+    d = Driver(with_retention(shop, offer=False))
+    loyal_customer(d)
+    assert d.states[KEY]["journeys"]["retention"]["due"] is None
+    assert churn.crossing_time(d.states[KEY], THRESHOLD, T0) is None  # not within two years
+
+
+def test_a_loyal_customer_is_reached_when_overdue_by_k_intervals(shop):
+    d = Driver(with_retention(shop, offer=False, overdue_intervals=2.0))
+    interval = loyal_customer(d)
+    last = T0 - 100 * DAY
+    due = d.states[KEY]["journeys"]["retention"]["due"]
+    assert due == pytest.approx(last + 2.0 * interval)
+    assert churn.risk(d.states[KEY], due) < THRESHOLD  # the risk did not get there
+    treated = steps(SHOP, "treated")
+    assert wake(d, due - HOUR) == []
+    [note] = wake(d, due + HOUR, 1)
+    assert (note["source"], note["journey_step"]) == ("retention", "remind")
+    assert steps(SHOP, "treated") == treated + 1
+    assert d.states[KEY]["journeys"]["retention"]["k"] == 1
+
+
+def test_the_earlier_of_the_two_triggers_arms_the_timer():
+    rfm = {"frequency": 2, "first": T0 - 30 * DAY, "last": T0, "monetary": 20.0}
+    state = {"rfm": rfm, "orders": []}
+    start = churn.overdue_at(state)
+    crossing = churn.crossing_time(state, THRESHOLD, start)
+    interval = start - T0
+    assert crossing is not None and crossing > T0 + 3 * interval  # two orders: months later
+    for k, expected in ((1.0, start), (2.0, T0 + 2 * interval), (None, crossing), (9, crossing)):
+        running: dict = {}
+        config = Retention(overdue_intervals=k)
+        retention.arm_timer(running, state, config, "2", T0)
+        assert running["retention"]["due"] == pytest.approx(expected)
+        assert retention.ready(state, config, running["retention"], running["retention"]["due"])
+        assert not retention.ready(state, config, dict(running["retention"]), expected - 120)
+
+
+@pytest.mark.parametrize("k", [1.0, 1.7, 2.0, 3.3])
+def test_the_overdue_trigger_holds_from_its_due_time_on(k):
+    history = churn.History(orders=6, first=T0 - 150 * DAY, last=T0, last_gap=30 * DAY)
+    config = Retention(threshold=0.99, overdue_intervals=k)
+    interval = churn.expected_interval_days(history) * DAY
+    due = T0 + k * interval
+    assert not retention.triggered(history, config, due - 60)
+    assert all(retention.triggered(history, config, due + s) for s in (0.0, 1.0, 365 * DAY))
+    assert not retention.triggered(history, Retention(threshold=0.99, overdue_intervals=None), due)
+
+
+def test_no_trigger_before_the_expected_interval_ends_whatever_the_risk():
+    history = churn.History(orders=1, first=T0, last=T0)
+    config = Retention(threshold=0.05, overdue_intervals=1.0)
+    interval = churn.PRIOR_INTERVAL_DAYS * DAY
+    assert not retention.triggered(history, config, T0 + interval - 60)
+    assert retention.triggered(history, config, T0 + interval)
+
+
 @pytest.mark.parametrize(
     ("config", "field"),
     [
+        ({"overdue_intervals": 0.5}, "overdue_intervals"),
+        ({"overdue_intervals": "often"}, "overdue_intervals"),
         ({"threshold": 1.5}, "threshold"),
         ({"threshold": 0}, "threshold"),
         ({"window_days": 0}, "window_days"),
@@ -237,3 +309,8 @@ def test_retention_config_builds_the_options():
     )
     config = merchant.options.journeys.retention
     assert (config.threshold, config.window_s, config.holdout) == (0.6, 14 * DAY, 0.1)
+    assert config.overdue_intervals == Retention.overdue_intervals == 2.0
+    off = parse_merchant(
+        "m", {"currency": "GBP", "journeys": {"retention": {"overdue_intervals": None}}}
+    )
+    assert off.options.journeys.retention.overdue_intervals is None

@@ -18,6 +18,12 @@ Protocol, on an Online Retail file (orders with their totals; cancellations left
 * Metrics: ROC AUC and the share of churners among the 20% highest-scored customers (of all
   churners, how many a campaign to the top fifth reaches), with 95% bootstrap intervals over
   customers (``--bootstrap`` resamples, paired: the difference score - recency gets its own).
+* The retention journey's trigger (`streams.outreach.retention.triggered`) at the reported
+  cutoff, per band of orders: the share of customers it has reached by then (the trigger holds:
+  the step's timer has fired, as the score never falls while a customer stays silent), its
+  precision (the share of those with no order in the horizon) and recall (the share of the
+  band's churners reached), with the risk threshold alone (``--threshold``) and with the
+  overdue trigger too (``--overdue-intervals``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import numpy as np
 import orjson
 
 from models.next_purchase.loading import epoch_seconds, load_transactions
+from streams.merchants.options import Retention
+from streams.outreach import retention
 from streams.state import churn
 
 #: the features fitted on order data (the rest have no signal in it: prior weights)
@@ -38,6 +46,8 @@ FITTED = ("overdue", "recency", "orders", "gap_trend", "spend_trend")
 #: features whose value grows (or, for engagement, falls) with time alone: sign-constrained
 NON_NEGATIVE = ("overdue", "recency")
 TOP_SHARE = 0.2
+#: (fewest, most orders, name): the order bands the retention trigger is reported by
+ORDER_BANDS = ((1, 1, "1"), (2, 2, "2"), (3, 4, "3-4"), (5, 9, "5-9"), (10, None, "10+"))
 
 Invoice = tuple[float, float]  # (time, total)
 
@@ -168,6 +178,30 @@ def bootstrap(
     }
 
 
+def trigger_reach(test: Cohort, cutoff: float, triggers: dict[str, Retention]) -> dict[str, dict]:
+    """Per order band (and ``all``): customers, churners, and for each trigger the share
+    reached by the cutoff, the precision and the recall (None: nobody reached)."""
+    reached = {
+        name: np.array([retention.triggered(h, config, cutoff) for h in test.histories])
+        for name, config in triggers.items()
+    }
+    orders = np.array([h.orders for h in test.histories])
+    bands = {}
+    for low, high, band_name in (*ORDER_BANDS, (1, None, "all")):
+        members = (orders >= low) & (orders <= (high if high is not None else orders.max()))
+        labels = test.labels[members].astype(bool)
+        row: dict = {"customers": int(members.sum()), "churners": int(labels.sum())}
+        for name, hits in reached.items():
+            picked = hits[members]
+            row[name] = {
+                "reached": round(float(picked.mean()), 4) if picked.size else None,
+                "precision": round(float(labels[picked].mean()), 4) if picked.any() else None,
+                "recall": round(float(picked[labels].mean()), 4) if labels.any() else None,
+            }
+        bands[band_name] = row
+    return bands
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     invoices = invoices_of(args.data)
     fit_cutoff, cutoff = epoch_seconds(args.fit_cutoff), epoch_seconds(args.cutoff)
@@ -189,6 +223,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         m: round(figures[names[0]][m] - figures[names[1]][m], 4) for m in ("auc", "top20")
     }
     intervals = bootstrap(methods, test.labels, args.bootstrap, args.seed)
+    threshold_only = Retention(threshold=args.threshold, overdue_intervals=None)
+    triggers = {"threshold": threshold_only}
+    if args.overdue_intervals is not None:
+        triggers["threshold or overdue"] = Retention(
+            threshold=args.threshold, overdue_intervals=args.overdue_intervals
+        )
     return {
         "data": str(args.data),
         "fit_cutoff": args.fit_cutoff,
@@ -225,6 +265,11 @@ def evaluate(args: argparse.Namespace) -> dict:
                 for _, name in churn.BANDS
             },
         },
+        "retention_trigger": {
+            "threshold": args.threshold,
+            "overdue_intervals": args.overdue_intervals,
+            "order_bands": trigger_reach(test, cutoff, triggers),
+        },
     }
 
 
@@ -250,6 +295,7 @@ def render(result: dict) -> str:
         rate = "-" if band["churn_rate"] is None else f"{band['churn_rate']:.1%}"
         bands.append(f"{name} {band['customers']} customers ({rate} churned)")
     lines.append("bands of the churn score: " + ", ".join(bands))
+    lines.extend(render_trigger(result["retention_trigger"]))
     fitted, shipped = result["fit"], result["shipped"]
     drift = [
         name for name in FITTED if abs(fitted["weights"][name] - shipped["weights"][name]) > 0.005
@@ -265,6 +311,33 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def render_trigger(trigger: dict) -> list[str]:
+    """The retention trigger's table: per order band, reached / precision / recall."""
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    k = trigger["overdue_intervals"]
+    rows = trigger["order_bands"]
+    names = [name for name in rows["all"] if name not in ("customers", "churners")]
+    lines = [
+        f"retention trigger at the cutoff (threshold {trigger['threshold']}"
+        + ("" if k is None else f"; overdue: {k} expected intervals without an order")
+        + "): reached / precision / recall",
+        f"{'orders':<8}{'customers':>10}{'churned':>9}"
+        + "".join(f"  {name:>27}" for name in names),
+    ]
+    for band_name, row in rows.items():
+        rate = row["churners"] / row["customers"] if row["customers"] else 0.0
+        cells = "".join(
+            f"  {share(row[n]['reached']):>7} / {share(row[n]['precision']):>7} / "
+            f"{share(row[n]['recall']):>7}"
+            for n in names
+        )
+        lines.append(f"{band_name:<8}{row['customers']:>10}{rate:>9.1%}{cells}")
+    return lines
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nextbest evaluate-churn", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/online_retail.csv.gz", help="order file")
@@ -274,12 +347,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--active-days", type=float, default=180.0, help="scored: ordered within")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=Retention.threshold,
+        help="the retention journey's risk threshold (the catalog default)",
+    )
+    p.add_argument(
+        "--overdue-intervals",
+        type=float,
+        default=Retention.overdue_intervals,
+        help="the retention journey's overdue trigger (the catalog default; 0: off)",
+    )
     p.add_argument("--out", type=Path, help="write every figure as JSON here")
     return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.overdue_intervals is not None and args.overdue_intervals <= 0:
+        args.overdue_intervals = None
     result = evaluate(args)
     print(render(result))
     if args.out is not None:

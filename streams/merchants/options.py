@@ -12,7 +12,7 @@ hours 21:00-08:00 on push/SMS/email, unknown time zones treated as UTC, no journ
       replenishment: {min_orders: 3, lead_days: 2, min_interval_days: 7}
       follow_up: {trigger: first_order, first: email, if_opened: push, if_not_opened: sms,
                   wait_days: 3}
-      retention: {threshold: 0.6, window_days: 30, holdout: 0.1}   # churn risk reached
+      retention: {threshold: 0.6, overdue_intervals: 2, window_days: 30, holdout: 0.1}
     training:
       data: ../shared/data/online_retail.csv.gz   # relative to the merchants file
       format: online_retail               # or interactions (an Amazon Personalize CSV)
@@ -102,11 +102,14 @@ class FollowUp:
 
 @dataclass(frozen=True)
 class Retention:
-    """A step when a customer's churn risk reaches ``threshold``: the policy's offer, else the
-    customer's most bought products, else the message alone; ``holdout`` of the customers
-    (by a stable hash, experiment ``experiment``) get nothing; at most once per ``window_s``."""
+    """A step when a customer's churn risk reaches ``threshold`` or they have gone
+    ``overdue_intervals`` of their expected intervals without an order (None: the risk only):
+    the policy's offer, else the customer's most bought products, else the message alone;
+    ``holdout`` of the customers (by a stable hash, experiment ``experiment``) get nothing; at
+    most once per ``window_s``."""
 
     threshold: float = 0.6
+    overdue_intervals: float | None = 2.0
     window_s: float = 30 * DAY
     max_steps: int = 2
     holdout: float = 0.1
@@ -282,11 +285,16 @@ class FollowUpConfig(ConfigModel):
 
 
 class RetentionConfig(ConfigModel):
-    """A step when a customer's churn risk (docs/churn.md) reaches ``threshold``, chosen by the
-    promotion policy, against a holdout; at most once per ``window_days``."""
+    """A step when a customer's churn risk (docs/churn.md) reaches ``threshold`` or they are
+    ``overdue_intervals`` of their intervals late, chosen by the promotion policy, against a
+    holdout; at most once per ``window_days``."""
 
     threshold: Annotated[float, Field(gt=0, lt=1)] = Retention.threshold
     """The churn risk (0-1) at which the step fires."""
+    overdue_intervals: Annotated[float, Field(ge=1, le=100)] | None = Retention.overdue_intervals
+    """The step also fires when the customer has gone this many of their own expected
+    intervals between orders without one (reaches loyal customers, whose risk rises slowly:
+    docs/churn.md); null: the risk only."""
     window_days: Positive = Retention.window_s / DAY
     """At most one step per customer in this many days."""
     max_steps: Annotated[int, Field(ge=1, le=10)] = Retention.max_steps
@@ -305,6 +313,7 @@ class RetentionConfig(ConfigModel):
     def build(self) -> Retention:
         return Retention(
             threshold=self.threshold,
+            overdue_intervals=self.overdue_intervals,
             window_s=self.window_days * DAY,
             max_steps=self.max_steps,
             holdout=self.holdout,

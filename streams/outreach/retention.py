@@ -1,19 +1,23 @@
-"""The retention journey: one step when a customer's churn risk reaches the merchant's threshold.
+"""The retention journey: one step when a customer's churn risk reaches the merchant's threshold,
+or when they have gone ``overdue_intervals`` of their own expected intervals without an order.
 
 The risk (`streams.state.churn`) grows while a customer stays silent, and a silent customer sends
-no events, so the journey does not wait for one: each order arms a timer at the time the risk
-will reach ``threshold`` if nothing happens (`streams.state.churn.crossing_time`), no earlier
-than the end of the customer's expected interval between orders (a one-order customer's risk
-starts high: they are not drifting away the day they bought) and a ``window_s`` after the last
-step. When it fires the risk is scored again at that time (a visit since may have lowered it:
-the timer moves to the new crossing time, `ready`); at or above the threshold the step goes
-out: the customer is in the holdout or treated (`arm`, by a stable hash of the merchant's
-``experiment`` id and the customer key, as the promotion policy's holdout); a treated customer
-gets the promotion policy's offer for a cart of their average order value (`decision_context`),
-else their most bought products, else the message alone; a holdout customer gets nothing, but
-the step is counted and the window starts as if it were sent. While the risk stays above the
-threshold a step fires again a window later, at most ``max_steps`` per lapse; the next order
-starts a new lapse.
+no events, so the journey does not wait for one: each order arms a timer at the time the
+trigger will hold if nothing happens (`triggered`): the earlier of the time the risk will reach
+``threshold`` (`streams.state.churn.crossing_time`) and the end of ``overdue_intervals``
+expected intervals after the last order (the risk of a customer with many orders rises too
+slowly to reach a threshold that suits one- and two-order customers: docs/churn.md), no
+earlier than the end of the customer's expected interval between orders (a one-order
+customer's risk starts high: they are not drifting away the day they bought) and a
+``window_s`` after the last step. When it fires the trigger is checked again at that time (a
+visit since may have lowered the risk: the timer moves to the new time, `ready`); when it
+holds the step goes out: the customer is in the holdout or treated (`arm`, by a stable hash of
+the merchant's ``experiment`` id and the customer key, as the promotion policy's holdout); a
+treated customer gets the promotion policy's offer for a cart of their average order value
+(`decision_context`), else their most bought products, else the message alone; a holdout
+customer gets nothing, but the step is counted and the window starts as if it were sent. While
+the trigger holds a step fires again a window later, at most ``max_steps`` per lapse; the next
+order starts a new lapse.
 
 State: ``state["journeys"]["retention"] = {"id", "step", "due", "lapse", "k", "last"}``: the
 lapse (the order that started it), the steps taken in it, the time of the last step.
@@ -50,17 +54,45 @@ def arm(config: Retention, customer_key: str) -> str:
     return HOLDOUT if assign(experiment, customer_key) == HOLDOUT else TREATED
 
 
+def triggered(history: churn.History, config: Retention, now: float) -> bool:
+    """Whether the journey's trigger holds at ``now`` for a customer with this history: past
+    their expected interval, and their risk at the threshold or ``overdue_intervals`` of their
+    intervals gone by. With the history unchanged, once it holds it holds."""
+    interval = churn.expected_interval_days(history) * churn.DAY_S
+    if now < history.last + interval:
+        return False
+    overdue = _overdue_time(history, config)
+    if overdue is not None and now >= overdue:
+        return True
+    return churn.score(history, now) >= config.threshold
+
+
+def _overdue_time(history: churn.History, config: Retention) -> float | None:
+    """When the customer will have gone ``overdue_intervals`` expected intervals without an
+    order (None: that trigger is off)."""
+    if config.overdue_intervals is None:
+        return None
+    interval = churn.expected_interval_days(history) * churn.DAY_S
+    return history.last + config.overdue_intervals * interval
+
+
 def _due(state: dict, config: Retention, now: float, last: float | None) -> float | None:
     start = max(now, churn.overdue_at(state) or now)
     crossing = churn.crossing_time(state, config.threshold, start)
+    history = churn.history_of(state)
+    overdue = None if history is None else _overdue_time(history, config)
+    if overdue is not None:
+        overdue = max(overdue, start)
+        crossing = overdue if crossing is None else min(crossing, overdue)
     if crossing is None:
         return None
     return crossing if last is None else max(crossing, last + config.window_s)
 
 
 def arm_timer(running: dict, state: dict, config: Retention, order_id: str, now: float) -> bool:
-    """After an order: a new lapse, due when the risk reaches the threshold (None: never within
-    two years; the instance is kept for its ``last``). True: the instance changed."""
+    """After an order: a new lapse, due when the trigger will hold (None: the risk does not
+    reach the threshold within two years and the overdue trigger is off; the instance is kept
+    for its ``last``). True: the instance changed."""
     last = (running.get(RETENTION) or {}).get("last")
     running[RETENTION] = {
         "id": f"{order_id}:0",
@@ -74,10 +106,10 @@ def arm_timer(running: dict, state: dict, config: Retention, order_id: str, now:
 
 
 def ready(state: dict, config: Retention, instance: dict, now: float) -> bool:
-    """Whether the due step fires at ``now``; if not, the instance waits for the new crossing
-    time (a visit lowered the risk), or for nothing."""
-    overdue = churn.overdue_at(state)
-    if overdue is not None and now >= overdue and churn.risk(state, now) >= config.threshold:
+    """Whether the due step fires at ``now``; if not, the instance waits for the new time the
+    trigger will hold (a visit lowered the risk), or for nothing."""
+    history = churn.history_of(state)
+    if history is not None and triggered(history, config, now):
         return True
     instance["due"] = _due(state, config, now, instance.get("last"))
     return False
