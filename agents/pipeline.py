@@ -21,7 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import faust
 import orjson
@@ -343,11 +343,20 @@ class Pipeline:
             entry.dirty = True
 
     def _decide(self, batch: Batch) -> None:
-        contexts = [d.context for d in batch.decisions]
-        offers = self.policy.decide_batch(contexts)
+        # ``combine: best_value``: the cart's actions are ranked before the policy decides, so
+        # that the first competes with the offer inside its choice (``DecisionContext.contest``)
+        ranked: dict[int, Ranking | None] = {}
+        for i, decision in enumerate(batch.decisions):
+            ctx = decision.context
+            if ctx.merchant.engagement.combine == serving.BEST_VALUE:
+                ranked[i] = ranking = self._rank(ctx)
+                contest = serving.contest(ranking, ctx.state, ctx.generation)
+                if contest is not None:
+                    decision.context = replace(ctx, contest=contest)
+        offers = self.policy.decide_batch([d.context for d in batch.decisions])
         now = time.time()
-        for decision, offer in zip(batch.decisions, offers, strict=True):
-            ranking = self._rank(decision.context)
+        for i, (decision, offer) in enumerate(zip(batch.decisions, offers, strict=True)):
+            ranking = ranked[i] if i in ranked else self._rank(decision.context)
             emitted = offer is not None and self._emit_offer(batch, decision, offer, now, ranking)
             if ranking is not None and not emitted:
                 self._emit_action(batch, decision, ranking, now)
@@ -403,6 +412,9 @@ class Pipeline:
             promotion.update(fields)
             batch.engagement[ctx.cart_event_id] = fields
             self.engagement.shown(batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts)
+        if contest := serving.contest_fields(ctx.contest):  # the offer won (best_value)
+            promotion.update(contest)
+            batch.engagement[ctx.cart_event_id] = contest
         key = ctx.customer_key.encode()
         batch.outputs.append((self.nb.promotions, key, orjson.dumps(promotion)))
         batch.count(metrics.OFFERS, merchant_id, offer.offer_type)
@@ -457,6 +469,8 @@ class Pipeline:
             recommendations=[],
         )
         fields = serving.ranking_fields(ranking, ctx.merchant.engagement.attach)
+        if ctx.contest is not None and ctx.contest.winner == "action":  # won (best_value)
+            fields.update(serving.contest_fields(ctx.contest))
         record.update(fields)
         batch.engagement[ctx.cart_event_id] = fields
         batch.outputs.append((self.nb.promotions, ctx.customer_key.encode(), orjson.dumps(record)))

@@ -187,6 +187,17 @@ class RankedAction(faust.Record, serializer="json"):
     expected_value: float
 
 
+class ValueContestRecord(faust.Record, serializer="json"):
+    """``engagement.combine: best_value``: which of the cart's first-ranked engagement action
+    and the promotion policy's offer went out (``winner``: action or offer), the action's
+    expected value (P(take) x value) and the offer's expected incremental value to the shop
+    over no offer (null: the policy's variant does not score offers; the offer went out)."""
+
+    winner: Literal["action", "offer"]
+    action_value: float
+    offer_value: float | None = None
+
+
 class PromotionEvent(faust.Record, serializer="json"):
     """Output (topic ``promotions``): the offer chosen for a cart change."""
 
@@ -228,6 +239,8 @@ class PromotionEvent(faust.Record, serializer="json"):
     engagement_actions: list[RankedAction] | None = None
     engagement_ranking: str | None = None  # expected_value | propensity
     engagement_propensity: float | None = None
+    #: Under ``engagement.combine: best_value``, when the action and an offer competed.
+    value_contest: ValueContestRecord | None = None
 
 
 class NotificationEvent(faust.Record, serializer="json"):
@@ -343,6 +356,7 @@ class DecisionRecord(faust.Record, serializer="json"):
     engagement_actions: list[RankedAction] | None = None
     engagement_ranking: str | None = None
     engagement_propensity: float | None = None
+    value_contest: ValueContestRecord | None = None  # as on the promotion record
     #: The cart's product ids when decided and the customer's country (profile), for the
     #: report's results by product and country; null on repeats, absent in older logs.
     cart_products: list[str] | None = None

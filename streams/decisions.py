@@ -15,6 +15,27 @@ from typing import Protocol
 from streams.merchants.catalog import Merchant, Promotion
 
 
+@dataclass
+class ValueContest:
+    """An engagement action competing with the policy's offer for one cart (the merchant's
+    ``engagement.combine: best_value``): the caller sets ``action_value`` (the first-ranked
+    action's P(take) x value); a policy that makes an offer fills in ``offer_value`` and the
+    ``winner`` (`decide`). ``winner`` None: no offer competed (none chosen, the holdout, a
+    repeat), so the action goes out as on any cart without an offer."""
+
+    action_value: float
+    offer_value: float | None = None
+    winner: str | None = None  # "action" | "offer"
+
+    def decide(self, offer_value: float | None) -> bool:
+        """Whether the offer goes out: its expected incremental value to the shop is at least
+        the action's (None: the policy did not score it, and the offer goes out)."""
+        self.offer_value = offer_value
+        offer_wins = offer_value is None or offer_value >= self.action_value
+        self.winner = "offer" if offer_wins else "action"
+        return offer_wins
+
+
 @dataclass(frozen=True)
 class DecisionContext:
     merchant: Merchant
@@ -31,6 +52,8 @@ class DecisionContext:
     # (``customer_state.decision_view``: a later event of the same micro-batch, an order, may
     # change the state before the policy decides); None: read them from ``state``.
     as_of: dict | None = None
+    # An engagement action competing with the offer (``combine: best_value``); None: none.
+    contest: ValueContest | None = None
 
     @property
     def view(self) -> dict:

@@ -262,6 +262,45 @@ def test_combine_rules():
     assert serving.serve(nothing, False, "both") == serving.CartServing(False, False)
 
 
+def test_best_value_competes_inside_the_policys_choice():
+    shop = merchant(combine="best_value", on_cart=True)
+    assert shop.engagement.combine == serving.BEST_VALUE
+    ranking = TakeModel().rank(
+        shop.engagement_actions, None, 0.0, "expected_value", ranking_rng("r")
+    )
+    # the offer went out (it won): alone, no actions attached; no offer: the action alone
+    assert serving.serve(ranking, True, "best_value") == serving.CartServing(False, False)
+    assert serving.serve(ranking, False, "best_value") == serving.CartServing(False, True)
+    state = new_state()
+    contest = serving.contest(ranking, state, 0)
+    assert contest is not None and contest.action_value == ranking.first.expected_value > 0
+    assert serving.contest_fields(contest) == {}  # no offer competed
+    state.setdefault("engagement", {"actions": {}, "open": [], "last": None})["last"] = [0, "a"]
+    assert serving.contest(ranking, state, 0) is None  # this cart got its action already
+    nothing = TakeModel().rank((), None, 0.0, "expected_value", np.random.default_rng(0))
+    assert serving.contest(nothing, state, 1) is None and serving.contest(None, state, 1) is None
+
+
+@pytest.mark.parametrize(
+    ("action_value", "offer_value", "winner"),
+    [(2.0, 1.5, "action"), (1.0, 1.5, "offer"), (1.5, 1.5, "offer"), (0.5, -0.2, "action")],
+)
+def test_the_contest_sends_the_larger_expected_value(action_value, offer_value, winner):
+    from streams.decisions import ValueContest
+
+    contest = ValueContest(action_value=action_value)
+    assert contest.decide(offer_value) == (winner == "offer")
+    assert serving.contest_fields(contest) == {
+        "value_contest": {
+            "winner": winner,
+            "action_value": action_value,
+            "offer_value": offer_value,
+        }
+    }
+    unscored = ValueContest(action_value=action_value)
+    assert unscored.decide(None) and unscored.winner == "offer"  # a variant without values
+
+
 def test_one_action_per_cart():
     state = new_state()
     assert not serving.action_made(state, 0)

@@ -378,3 +378,42 @@ def test_offers_carry_the_carts_add_ons_and_decide_as_without_them():
             assert after.offer.recommendations == SignalsWithAddOns.add_ons
             assert after.offer.recommendation_sources == SignalsWithAddOns.add_on_sources
     assert "product_coupon" in kinds and len(kinds) > 1
+
+
+def test_an_offer_worth_less_than_the_competing_action_is_not_issued():
+    """``combine: best_value``: the chosen offer's expected incremental value (the bandit's
+    objective over its draws) against the action's; the loser is not sent, nothing reserved."""
+    from streams.decisions import ValueContest
+
+    def decide(contest: ValueContest | None, customer: str) -> tuple:
+        policy = PromotionPolicy(
+            Experiment(id="bv", holdout=0.0, arms=(Arm("all", 1.0, "bandit"),)),
+            signals=lambda contexts: [Signals()] * len(contexts),
+        )
+        ctx = context(shop(), 160.0, customer=customer, event_id=f"e{customer}")
+        ctx = dataclasses.replace(ctx, contest=contest)
+        (decision,) = policy.decide([ctx])
+        return decision, ctx
+
+    offered = []
+    for customer in (str(i) for i in range(60)):
+        plain, _ = decide(None, customer)
+        if plain.offer is not None:
+            offered.append((customer, plain))
+    assert len(offered) >= 3
+    for customer, plain in offered:
+        high = ValueContest(action_value=1e6)
+        lost, ctx = decide(high, customer)
+        assert lost.action.id == plain.action.id  # the contest does not change the choice
+        assert high.winner == "action" and high.offer_value is not None
+        assert lost.offer is None and not lost.record["sent"] and lost.record["offer_id"] is None
+        assert lost.record["guard"] == "engagement_action"
+        assert lost.record["decision_id"] not in ctx.state["promo"]["open"]  # nothing issued
+        validate("decisions.v1.json", lost.record)
+        assert not rewards.learnable({**lost.record, "reason": "window_closed"})
+        # just below the offer's value: the offer goes out as it would without a contest
+        low = ValueContest(action_value=high.offer_value - 1e-9)
+        won, ctx = decide(low, customer)
+        assert low.winner == "offer" and low.offer_value == high.offer_value
+        assert won.offer == plain.offer and won.record["sent"] and won.record["guard"] is None
+        assert won.record["decision_id"] in ctx.state["promo"]["open"]

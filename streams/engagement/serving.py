@@ -6,7 +6,13 @@ promotion record carries.
 - ``offer_first``: a cart that gets an offer gets it alone; a cart without one (no offer, the
   holdout, the offer it already had) gets the first-ranked action as its decision
   (``offer_type: engagement_action``);
-- ``both``: an offer carries the ranked actions; a cart without one gets the first action.
+- ``both``: an offer carries the ranked actions; a cart without one gets the first action;
+- ``best_value``: the first action competes with the offer inside the promotion policy's choice
+  (`contest`, `streams.decisions.ValueContest`): the action goes out alone when its expected
+  value (P(take) x value) exceeds the offer's expected incremental value to the shop as the
+  policy scores it (over no offer), else the offer alone; both records carry
+  ``value_contest`` (the winner and both values). A cart without an offer gets the first
+  action.
 
 A cart gets one action as its decision (``state["engagement"]["last"]`` = ``[cart
 generation, action id]``), whatever later changes of the cart rank first.
@@ -16,9 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streams.decisions import ValueContest
 from streams.engagement.ranking import Ranking
 
 ENGAGEMENT_OFFER_TYPE = "engagement_action"
+BEST_VALUE = "best_value"
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,32 @@ def serve(ranking: Ranking, has_offer: bool, combine: str) -> CartServing:
     if has_offer:
         return CartServing(attach=combine == "both", standalone=False)
     return CartServing(attach=False, standalone=True)
+
+
+def contest(ranking: Ranking | None, state: dict, generation: int | None) -> ValueContest | None:
+    """Under ``best_value``: the first-ranked action's expected value, to compete with the
+    policy's offer; None when no action would go out (none eligible, or this cart got its
+    action already)."""
+    if ranking is None or ranking.first is None:
+        return None
+    if generation is not None and action_made(state, generation):
+        return None
+    return ValueContest(action_value=ranking.first.expected_value)
+
+
+def contest_fields(value_contest: ValueContest | None) -> dict:
+    """The ``value_contest`` field of the records of a cart whose action and offer competed
+    (empty when they did not)."""
+    if value_contest is None or value_contest.winner is None:
+        return {}
+    offer_value = value_contest.offer_value
+    return {
+        "value_contest": {
+            "winner": value_contest.winner,
+            "action_value": round(value_contest.action_value, 6),
+            "offer_value": None if offer_value is None else round(offer_value, 6),
+        }
+    }
 
 
 def action_made(state: dict, generation: int) -> bool:

@@ -20,7 +20,7 @@ offer, ``streams.promotion.actions``). In a merchant's config::
         eligibility: {not_bought: "^CANDLE"}
     engagement:
       ranking: expected_value       # or propensity (Amazon Personalize's way)
-      combine: offer_first          # or both
+      combine: offer_first          # or both, or best_value
       on_cart: true                 # rank on cart decisions (the API ranks either way)
       in_journeys: false            # journeys' messages carry the first action of their channel
       take_window_hours: 72         # a take within this long of a showing is its reward
@@ -41,7 +41,7 @@ from streams.merchants.strict import Channel, ConfigModel, Positive
 
 EngagementKind = Literal["loyalty", "app", "newsletter", "category", "custom"]
 RankingMode = Literal["expected_value", "propensity"]
-CombineRule = Literal["offer_first", "both"]
+CombineRule = Literal["offer_first", "both", "best_value"]
 #: kinds a customer takes once: a member, an app user, a subscriber stays one
 TAKEN_ONCE_KINDS = ("loyalty", "app", "newsletter")
 
@@ -172,8 +172,10 @@ class EngagementConfig(ConfigModel):
     """``expected_value``: P(take) x value; ``propensity``: P(take) alone (Personalize's way)."""
     combine: CombineRule = "offer_first"
     """On a cart decision: ``offer_first`` (an offer goes alone; a cart without one gets the
-    top action) or ``both`` (an offer carries the ranked actions; without one, the top
-    action)."""
+    top action), ``both`` (an offer carries the ranked actions; without one, the top action)
+    or ``best_value`` (the top action goes alone when its P(take) x value exceeds the offer's
+    expected incremental value as the promotion policy scores it, else the offer alone; action
+    values in money)."""
     on_cart: bool = False
     """Rank on cart decisions (``GET /next-best-actions`` ranks either way)."""
     in_journeys: bool = False

@@ -102,6 +102,9 @@ class Choice:
     propensity: float  # probability with which this action was chosen
     probabilities: tuple[float, ...]  # of every allowed action
     version: str
+    #: each allowed action's objective (expected incremental profit over no offer) averaged
+    #: over the posterior draws; None: the chooser does not score actions
+    values: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -293,7 +296,8 @@ class LinearThompson:
         draws = self._sample().score(self._design(row.features))  # (draws, blocks)
         uplift = np.where(columns == 0, 0.0, np.maximum(draws[:, columns], 0.0))
         p = np.minimum(np.maximum(draws[:, :1] + uplift, P_MIN), P_MAX)
-        winners = self._objective(row, p).argmax(axis=1)
+        objective = self._objective(row, p)
+        winners = objective.argmax(axis=1)
         votes = np.bincount(winners, minlength=k) / len(winners)
         explore = self.config.explore
         spread = self._exploration(row.actions)
@@ -302,7 +306,8 @@ class LinearThompson:
             index = int(rng.choice(k, p=spread))
         else:
             index = int(winners[rng.integers(len(winners))])
-        return Choice(index, probabilities[index], tuple(probabilities), self.version)
+        values = tuple(objective.mean(axis=0).tolist())
+        return Choice(index, probabilities[index], tuple(probabilities), self.version, values)
 
     def _exploration(self, actions: Sequence[Action]) -> np.ndarray:
         """How exploration spreads over the allowed actions (sums to 1)."""

@@ -29,7 +29,11 @@ propensity, ``sent: false``, no options, features, cart products or country, and
 attribution window (the decision's reward is learned once; ``repeat_of`` is null on every other
 record). A new decision that picks the offer this cart already got (the agent would not emit it
 again) reserves nothing and is logged ``sent: false``, ``guard: "repeated"``: the ledgers hold
-reservations of emitted offers only.
+reservations of emitted offers only. Likewise an offer that loses to an engagement action
+(the merchant's ``engagement.combine: best_value``, ``context.contest``: the action's expected
+value exceeds the offer's expected incremental value, the chooser's objective averaged over its
+draws) is logged ``sent: false``, ``guard: "engagement_action"`` (not learned from: it was not
+shown), and the agent sends the action instead.
 
 One record per decision id: a decision id already made for the customer (its attribution
 window open or closed, or the latest repeat logged; e.g. an abandoned-cart reminder asking for
@@ -82,6 +86,8 @@ from streams.state import customer_state
 
 SignalsProvider = Callable[[Sequence[DecisionContext]], Sequence[NextPurchaseSignals | None] | None]
 MAX_KEPT_RECORDS = 10_000
+#: the guard outcomes a decision record names (``guard``)
+GUARDS_LOGGED = ("over_budget", "duplicate", "repeated", "engagement_action")
 
 
 def variant(name: str) -> Chooser:
@@ -327,6 +333,11 @@ class PromotionPolicy:
             last = offered.get(ctx.customer_key, ctx.state.get("last_offer"))
             if customer_state.repeats_offer(last, generation, offer_for(action, ctx.currency).key):
                 sent, guard = False, "repeated"
+        if sent and ctx.contest is not None:
+            # ``combine: best_value``: the offer goes out only if it is worth at least the action
+            values = choice.values
+            if not ctx.contest.decide(None if values is None else values[choice.index]):
+                sent, guard = False, "engagement_action"
         if sent:
             key, _ = self._ledger(action, ctx.customer_key)
             guard = guardrails.issue(promo, self.ledgers, key, decision_id, action, expires)
@@ -360,7 +371,7 @@ class PromotionPolicy:
                 for a, p in zip(allowed, choice.probabilities, strict=True)
             ],
             "features": [round(float(v), 6) for v in features],
-            "guard": guard if guard in ("over_budget", "duplicate", "repeated") else None,
+            "guard": guard if guard in GUARDS_LOGGED else None,
             "repeat_of": None,
             "cart_products": _cart_product_ids(ctx.view),
             "country": (ctx.view.get("profile") or {}).get("country"),
