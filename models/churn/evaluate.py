@@ -347,18 +347,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--active-days", type=float, default=180.0, help="scored: ordered within")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=Retention.threshold,
-        help="the retention journey's risk threshold (the catalog default)",
-    )
-    p.add_argument(
-        "--overdue-intervals",
-        type=float,
-        default=Retention.overdue_intervals,
-        help="the retention journey's overdue trigger (the catalog default; 0: off)",
-    )
+    threshold, k = Retention.threshold, Retention.overdue_intervals  # the catalog's defaults
+    p.add_argument("--threshold", type=float, default=threshold, help="the journey's threshold")
+    p.add_argument("--overdue-intervals", type=float, default=k, help="the journey's; 0: off")
     p.add_argument("--out", type=Path, help="write every figure as JSON here")
     return p.parse_args(argv)
 
