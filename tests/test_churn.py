@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 
 from agents.tools import segments
 from agents.tools.pinpoint import read_endpoints
-from models.churn.evaluate import auc, cohort, history, invoices_of, top_share, trigger_reach
+from models.churn.evaluate import (
+    auc,
+    cohort,
+    history,
+    invoices_of,
+    render_trigger,
+    top_share,
+    trigger_reach,
+)
 from models.next_purchase.loading import epoch_seconds
 from streams.merchants.options import Retention
 from streams.state import churn
@@ -269,6 +277,10 @@ def test_trigger_reach_by_order_band():
     nobody = {"reached": None, "precision": None, "recall": None}
     assert bands["10+"] == {"customers": 0, "churners": 0, "risk": nobody, "either": nobody}
     assert bands["all"]["either"] == {"reached": 0.75, "precision": round(2 / 3, 4), "recall": 1.0}
+    table = render_trigger({"threshold": 0.6, "overdue_intervals": 2.0, "order_bands": bands})
+    assert "overdue: 2.0 expected intervals" in table[0]
+    assert table[1].split()[-2:] == ["risk", "either"]
+    assert " ".join(table[5].split()) == "5-9 3 33.3% 0.000 / - / 0.000 0.667 / 0.500 / 1.000"
 
 
 # --- segments ----------------------------------------------------------------------------
