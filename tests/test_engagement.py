@@ -354,7 +354,7 @@ def test_feedback_hooks_learn_a_take_and_dead_letter_unknown_actions():
         apply_event(state, "action_feedback", event)
         engagement.on_input(Counts(), shop, state, "action_feedback", event)
     model = engagement.rankers.model("shop")
-    assert (model.updates, model.stats["get-app"].taken) == (1, 1)
+    assert (model.updates, model.stats.arms["get-app"].counts["taken"]) == (1, 1)
     with pytest.raises(InvalidEvent, match="not an engagement action"):
         unknown = parsed(feedback("action_taken", "nope", "2011-12-01T10:20:00Z", "t2"))
         engagement.check(shop, "action_feedback", unknown)
@@ -373,14 +373,14 @@ def test_checkpoint_round_trip(tmp_path):
     save_checkpoint(engagement, path)
     back = load_checkpoint(path)
     model = back.model("shop")
-    assert (model.updates, model.stats["get-app"].taken) == (1, 1)
+    assert (model.updates, model.stats.arms["get-app"].counts["taken"]) == (1, 1)
     assert not model.update("r1", "get-app", [0.0] * width, True)  # learned before the restart
     # a window opened on other context features is not learned; a model saved with them is
     # not loaded
     assert not model.update("r2", "get-app", [0.0] * (width - 1), True)
     saved = orjson.loads(path.read_bytes())
-    gram = saved["shop"]["actions"]["get-app"]["gram"]
-    saved["shop"]["actions"]["get-app"]["gram"] = [row[:-1] for row in gram[:-1]]
+    gram = saved["shop"]["arms"]["get-app"]["gram"]
+    saved["shop"]["arms"]["get-app"]["gram"] = [row[:-1] for row in gram[:-1]]
     path.write_bytes(orjson.dumps(saved))
     assert load_checkpoint(path).models == {}
     path.write_text("{not json")

@@ -10,8 +10,9 @@ dismissed) and an intercept. Its prior is Gaussian, centred on the action's conf
 (sd 0.0125),
 so a merchant's actions rank from the first event, by rate x value, before any feedback.
 The posterior is Gaussian (the sufficient statistics per action: the Gram matrix,
-``sum y x``, counts), as in ``streams.promotion.bandit.LinearThompson``; statistics are
-additive (`TakeModel.add`).
+``sum y x``, counts), kept by ``streams.learning.linear.LinearStatistics`` as the promotion
+bandit's are; statistics are additive (`TakeModel.add`, `TakeModel.merged`): the take models
+learned on every worker's partitions sum to one (``streams.learning.partitioned``).
 
 Ranking (`TakeModel.rank`): ``draws`` posterior draws of every eligible action's weights are
 scored (``p x value`` under ``expected_value``, ``p`` under ``propensity``); each draw votes
@@ -31,18 +32,20 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 
+from streams.learning.linear import LinearStatistics
 from streams.merchants.engagement import EngagementAction
 from streams.promotion.bandit import P_MAX, P_MIN
 from streams.promotion.features import FEATURE_NAMES, context_features
 from streams.state.customer_state import new_state
 
-FORMAT = 1
+FORMAT = 2  # of `TakeModel.to_dict`
+VERSION = "engagement-ts/1"  # of the ranking (the model version a ranking logs)
 ACTION_FEATURE_NAMES = (
     *FEATURE_NAMES,
     "action_shown",  # log1p(times this action was shown) / log1p(20)
@@ -129,36 +132,30 @@ def eligible(action: EngagementAction, state: dict | None, ts: float) -> bool:
     return True
 
 
-@dataclass
-class _Stats:
-    gram: np.ndarray
-    target: np.ndarray
-    n: int = 0
-    taken: int = 0
-
-
 class TakeModel:
     """P(take) per engagement action of one merchant, and Thompson ranking (module doc)."""
 
     def __init__(self, config: RankingConfig | None = None) -> None:
         self.config = config or RankingConfig()
         self.dim = len(ACTION_FEATURE_NAMES) + 1
-        self.stats: dict[str, _Stats] = {}
-        self.updates = 0
-        self._seen: dict[str, None] = {}
+        self.stats = LinearStatistics(self.dim, ("taken",), self.config.remember)
         self._cache: dict[tuple[str, float], tuple[int, np.ndarray, np.ndarray]] = {}
 
     @property
+    def updates(self) -> int:
+        return self.stats.updates
+
+    @property
     def version(self) -> str:
-        return f"engagement-ts/{FORMAT}:{self.updates}"
+        return f"{VERSION}:{self.updates}"
 
     def _design(self, features: Sequence[float]) -> np.ndarray:
-        return np.concatenate(([1.0], np.asarray(features, dtype=np.float64)))
+        return self.stats.design(features)
 
     def _posterior(self, action: EngagementAction) -> tuple[np.ndarray, np.ndarray]:
         """(mean (dim,), draws (dim, draws)) of the action's weights for the current
         statistics."""
-        stats = self.stats.get(action.id)
+        stats = self.stats.arms.get(action.id)
         n = stats.n if stats is not None else 0
         key = (action.id, action.prior_take_rate)
         cached = self._cache.get(key)
@@ -238,72 +235,37 @@ class TakeModel:
     ) -> bool:
         """Learn one closed take window; False (no change) for a reward id already learned, or
         for features of another length (a window opened before the context features changed)."""
-        if reward_id in self._seen or len(features) + 1 != self.dim:
+        if len(features) + 1 != self.dim:
             return False
-        self._seen[reward_id] = None
-        while len(self._seen) > self.config.remember:
-            del self._seen[next(iter(self._seen))]
-        x = self._design(features)
-        stats = self._stats(action_id)
-        stats.gram += np.outer(x, x)
-        stats.target += float(taken) * x
-        stats.n += 1
-        stats.taken += int(taken)
-        self.updates += 1
-        return True
-
-    def _stats(self, action_id: str) -> _Stats:
-        stats = self.stats.get(action_id)
-        if stats is None:
-            stats = self.stats[action_id] = _Stats(
-                np.zeros((self.dim, self.dim)), np.zeros(self.dim)
-            )
-        return stats
+        taken_counted = ("taken",) if taken else ()
+        return self.stats.learn(
+            reward_id, action_id, self._design(features), float(taken), taken_counted
+        )
 
     def add(self, other: TakeModel) -> None:
         """Add the statistics another model learned (disjoint rewards sum to one model)."""
-        for action_id, stats in other.stats.items():
-            mine = self._stats(action_id)
-            mine.gram += stats.gram
-            mine.target += stats.target
-            mine.n += stats.n
-            mine.taken += stats.taken
-        self.updates += other.updates
+        self.stats.add(other.stats)
         self._cache.clear()
 
+    @classmethod
+    def merged(cls, parts: Iterable[TakeModel], config: RankingConfig | None = None) -> TakeModel:
+        """The priors plus every part's statistics (`add`)."""
+        model = cls(config)
+        for part in parts:
+            model.add(part)
+        return model
+
     def to_dict(self) -> dict:
-        return {
-            "format": FORMAT,
-            "updates": self.updates,
-            "actions": {
-                action_id: {
-                    "gram": s.gram.tolist(),
-                    "target": s.target.tolist(),
-                    "n": s.n,
-                    "taken": s.taken,
-                }
-                for action_id, s in self.stats.items()
-            },
-            "seen": list(self._seen),
-        }
+        return {"format": FORMAT, **self.stats.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict, config: RankingConfig | None = None) -> TakeModel:
+        """The model `to_dict` wrote; a ValueError for another format or other context
+        features."""
         if data.get("format") != FORMAT:
             raise ValueError(f"engagement model format {data.get('format')} is not {FORMAT}")
         model = cls(config)
-        model.updates = int(data["updates"])
-        for action_id, s in data["actions"].items():
-            gram = np.array(s["gram"], dtype=np.float64)
-            if gram.shape != (model.dim, model.dim):  # saved with other context features
-                raise ValueError(f"engagement model of {gram.shape[0]} features, not {model.dim}")
-            model.stats[action_id] = _Stats(
-                gram,
-                np.array(s["target"], dtype=np.float64),
-                int(s["n"]),
-                int(s["taken"]),
-            )
-        model._seen = dict.fromkeys(data.get("seen", []))
+        model.stats.load(data)
         return model
 
 
