@@ -42,6 +42,9 @@ class NextbestApp:
     #: ``NEXTBEST_POLICY=promotion`` only: the bandit's statistics, one entry per
     #: ``merchant:partition`` (JSON, see agents/promotion.py), replicated to every worker
     bandit: faust.Table | None = None
+    #: the engagement take models' statistics, one entry per ``merchant:partition`` (JSON, see
+    #: agents/engagement.py), replicated to every worker (None: not shared, e.g. in unit tests)
+    engagement_models: faust.Table | None = None
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -117,6 +120,18 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         value_type=bytes,  # raw: the pipeline stores orjson bytes
         help="Per-customer (and anonymous session) rolling state, JSON",
     )
+    # Faust's advice for a GlobalTable on several workers (faust/tables/globaltable.py):
+    # without it a second worker's stream never starts (test_promotion_shared_bandit.py)
+    global_table = {"recovery_buffer_size": 1}
+    engagement_models = app.GlobalTable(
+        "engagement-models",
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help="The engagement take models' statistics per merchant:partition, JSON, on every worker",
+        **global_table,
+    )
     promotion = settings.policy == "promotion"
     ledgers = bandit = None
     if promotion:
@@ -127,9 +142,7 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
             key_type=bytes,
             value_type=bytes,
             help="The promotion bandit's statistics per merchant:partition, JSON, on every worker",
-            # Faust's advice for a GlobalTable on several workers (faust/tables/globaltable.py):
-            # without it a second worker's stream never starts (test_promotion_shared_bandit.py)
-            recovery_buffer_size=1,
+            **global_table,
         )
         ledgers = app.Table(
             "promo-ledgers",
@@ -150,6 +163,7 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         dead_letters=app.topic(t.dead_letters, **raw),
         merges=app.topic(t.merges, **raw),
         customers=customers,
+        engagement_models=engagement_models,
         decisions=app.topic(t.decisions, **raw) if promotion else None,
         rewards=app.topic(t.rewards, **raw) if promotion else None,
         ledgers=ledgers,

@@ -39,6 +39,7 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 
 from streams.learning.linear import LinearStatistics
+from streams.learning.partitioned import PartitionedModels, merchant_of
 from streams.merchants.engagement import EngagementAction
 from streams.promotion.bandit import P_MAX, P_MIN
 from streams.promotion.features import FEATURE_NAMES, context_features
@@ -274,28 +275,69 @@ def _empty_features() -> list[float]:
     return action_features(new_state(), "", 0.0)
 
 
-class Rankers:
-    """One `TakeModel` per merchant (a worker's models; `to_dict` / `from_dict` for its
-    checkpoint)."""
+class Rankers(PartitionedModels[TakeModel]):
+    """The take models a worker ranks with: per merchant, the priors plus the statistics learned
+    on every input partition (``streams.learning.partitioned``: parts ``merchant:partition``,
+    each learned by the partition's owner with `learn`, the other workers' read in with
+    `load`). A merchant's model is rebuilt from its parts when it is next asked for after one
+    of them learned (the windows a batch closes are summed once), at once when parts are
+    loaded."""
 
     def __init__(self, config: RankingConfig | None = None) -> None:
+        super().__init__()
         self.config = config or RankingConfig()
         self.models: dict[str, TakeModel] = {}
-
-    def to_dict(self) -> dict:
-        return {merchant: model.to_dict() for merchant, model in self.models.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict, config: RankingConfig | None = None) -> Rankers:
-        rankers = cls(config)
-        rankers.models = {m: TakeModel.from_dict(d, rankers.config) for m, d in data.items()}
-        return rankers
+        self._stale: set[str] = set()  # merchants with parts learned since their model was built
 
     def model(self, merchant_id: str) -> TakeModel:
+        if merchant_id in self._stale:
+            self.rebuild(merchant_id)
         model = self.models.get(merchant_id)
         if model is None:
             model = self.models[merchant_id] = TakeModel(self.config)
         return model
+
+    def learn(self, key: str, rewards: Sequence[dict]) -> bool:
+        """Learn closed take windows (``streams.engagement.rewards``) into the part ``key``;
+        False when none was new."""
+        part = self.parts.get(key)
+        if part is None:
+            part = self.parts[key] = TakeModel(self.config)
+        learned = False
+        for reward in rewards:
+            learned |= part.update(
+                reward["reward_id"], reward["action_id"], reward["features"], reward["taken"]
+            )
+        if learned:
+            self._stale.add(merchant_of(key))
+        return learned
+
+    def entry(self, key: str) -> dict:
+        part = self.parts.get(key)
+        return part.to_dict() if part is not None else {}
+
+    def part_of(self, entry: dict) -> TakeModel:
+        return TakeModel.from_dict(entry, self.config)
+
+    def set_merged(self, merchant_id: str, parts: list[TakeModel]) -> None:
+        self.models[merchant_id] = TakeModel.merged(parts, self.config)
+        self._stale.discard(merchant_id)
+
+    def summary(self) -> dict:
+        """Updates learned per merchant, in all and per part (a read-only view)."""
+        for merchant_id in sorted(self._stale):
+            self.model(merchant_id)
+        return {
+            merchant_id: {
+                "updates": model.updates,
+                "parts": {
+                    key: part.updates
+                    for key, part in sorted(self.parts.items())
+                    if merchant_of(key) == merchant_id
+                },
+            }
+            for merchant_id, model in sorted(self.models.items())
+        }
 
 
 def ranking_rng(ranking_id: str) -> np.random.Generator:

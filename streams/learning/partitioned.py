@@ -63,6 +63,10 @@ class PartitionedModels(ABC, Generic[Part]):
 
     def merge(self, keys: Iterable[str]) -> None:
         """Rebuild the models of the merchants of these parts from all their parts."""
-        for merchant in sorted({merchant_of(key) for key in keys}):
-            parts = [part for key, part in self.parts.items() if merchant_of(key) == merchant]
-            self.set_merged(merchant, parts)
+        for merchant_id in sorted({merchant_of(key) for key in keys}):
+            self.rebuild(merchant_id)
+
+    def rebuild(self, merchant_id: str) -> None:
+        """Rebuild the merchant's model from all its parts."""
+        parts = [part for key, part in self.parts.items() if merchant_of(key) == merchant_id]
+        self.set_merged(merchant_id, parts)
