@@ -140,3 +140,22 @@ def test_a_take_learned_on_one_worker_moves_the_other_workers_ranking():
     both = {"shop": {"updates": 52, "parts": {"shop:2": 52}}}
     assert a.rankers.summary() == b.rankers.summary() == both
     assert a.rank(shop, new_state(), 0.0, "r2") == b.rank(shop, new_state(), 0.0, "r2")
+
+
+def test_a_rebuilt_model_recomputes_only_the_posteriors_that_changed():
+    windows = random_windows(90, seed=5)
+    rankers = Rankers()
+    learn_per_partition(rankers, windows)
+    actions = merchant().engagement_actions
+    before = rankers.model("shop")
+    kept = {action.id: before._posterior(action) for action in actions}
+    get_app = {**windows[0], "reward_id": "new|get-app", "action_id": "get-app"}
+    assert rankers.learn("shop:1", [get_app])
+    after = rankers.model("shop")
+    fresh = TakeModel.merged(rankers.parts.values())
+    for action in actions:
+        mean, draws = after._posterior(action)
+        fresh_mean, fresh_draws = fresh._posterior(action)
+        np.testing.assert_array_equal(mean, fresh_mean)
+        np.testing.assert_array_equal(draws, fresh_draws)
+        assert (draws is kept[action.id][1]) == (action.id != "get-app")

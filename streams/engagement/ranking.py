@@ -256,6 +256,20 @@ class TakeModel:
             model.add(part)
         return model
 
+    def keep_posteriors(self, other: TakeModel) -> None:
+        """Take ``other``'s posteriors of the actions whose statistics are the same as this
+        model's, bit for bit (a merged model rebuilt after one action learned recomputes only
+        that action's)."""
+        for key, cached in other._cache.items():
+            mine, theirs = self.stats.arms.get(key[0]), other.stats.arms.get(key[0])
+            if mine is theirs is None or (
+                mine is not None
+                and theirs is not None
+                and np.array_equal(mine.gram, theirs.gram)
+                and np.array_equal(mine.target, theirs.target)
+            ):
+                self._cache[key] = cached
+
     def to_dict(self) -> dict:
         return {"format": FORMAT, **self.stats.to_dict()}
 
@@ -320,7 +334,11 @@ class Rankers(PartitionedModels[TakeModel]):
         return TakeModel.from_dict(entry, self.config)
 
     def set_merged(self, merchant_id: str, parts: list[TakeModel]) -> None:
-        self.models[merchant_id] = TakeModel.merged(parts, self.config)
+        model = TakeModel.merged(parts, self.config)
+        previous = self.models.get(merchant_id)
+        if previous is not None:
+            model.keep_posteriors(previous)
+        self.models[merchant_id] = model
         self._stale.discard(merchant_id)
 
     def summary(self) -> dict:
