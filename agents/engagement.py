@@ -27,9 +27,9 @@ from typing import Protocol
 
 import faust
 
-from agents.runtime import metrics
+from agents.runtime import metrics, parts_table
 from agents.runtime.app import NextbestApp
-from agents.runtime.parts_table import WRITE_S, PartsTable
+from agents.runtime.parts_table import PartsTable
 from schemas.validation import InvalidEvent
 from streams.engagement import rewards, serving
 from streams.engagement.ranking import (
@@ -205,19 +205,7 @@ def register(nb: NextbestApp) -> Engagement:
     engagement = Engagement(rankers, table)
     merges = nb.settings.topics.merges
 
-    @nb.app.timer(WRITE_S)
-    async def maintain_take_models() -> None:
-        if nb.app.rebalancing:
-            return
-        try:
-            table.refresh_if_due()
-            table.flush()
-        except Exception:  # retried at the next tick; never stop the worker for it
-            log.exception("could not refresh or write the take models' table")
-
-    @nb.app.page("/engagement/models/")
-    async def take_models_page(web, request):  # noqa: ANN001 - faust view signature
-        return web.json(rankers.summary())
+    parts_table.serve(nb.app, table, "/engagement/models/", rankers.summary)
 
     @nb.app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set, **kwargs: object) -> None:

@@ -65,6 +65,7 @@ import faust
 import orjson
 from threadpoolctl import ThreadpoolController
 
+from agents.runtime import parts_table
 from agents.runtime import promotion_metrics as promo_metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.batch import LoadEntry, pin
@@ -361,19 +362,7 @@ def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> Promoti
     async def export_bandit() -> None:
         save()
 
-    @nb.app.timer(WRITE_S)
-    async def maintain_bandit() -> None:
-        if nb.app.rebalancing:
-            return
-        try:
-            bandit.refresh_if_due()
-            bandit.flush()
-        except Exception:  # retried at the next tick; never stop the worker for it
-            log.exception("could not refresh or write the bandit's table")
-
-    @nb.app.page("/promo/bandit/")
-    async def bandit_page(web, request):  # noqa: ANN001 - faust view signature
-        return web.json(bandit.learning.summary())
+    parts_table.serve(nb.app, bandit, "/promo/bandit/", bandit.learning.summary)
 
     @nb.app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **kwargs: object) -> None:

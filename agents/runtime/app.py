@@ -93,6 +93,22 @@ def faust_config(settings: Settings) -> dict:
     return config
 
 
+def _parts_table(app: faust.App, settings: Settings, name: str, model: str) -> faust.Table:
+    """A GlobalTable of a model's statistics per ``merchant:partition`` (JSON, raw bytes; see
+    agents/runtime/parts_table.py)."""
+    return app.GlobalTable(
+        name,
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help=f"The {model} statistics per merchant:partition, JSON, on every worker",
+        # Faust's advice for a GlobalTable on several workers (faust/tables/globaltable.py):
+        # without it a second worker's stream never starts (test_promotion_shared_bandit.py)
+        recovery_buffer_size=1,
+    )
+
+
 def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> NextbestApp:
     app = faust.App(settings.app_id, **faust_config(settings))
     t = settings.topics
@@ -120,30 +136,11 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         value_type=bytes,  # raw: the pipeline stores orjson bytes
         help="Per-customer (and anonymous session) rolling state, JSON",
     )
-    # Faust's advice for a GlobalTable on several workers (faust/tables/globaltable.py):
-    # without it a second worker's stream never starts (test_promotion_shared_bandit.py)
-    global_table = {"recovery_buffer_size": 1}
-    engagement_models = app.GlobalTable(
-        "engagement-models",
-        default=None,
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="The engagement take models' statistics per merchant:partition, JSON, on every worker",
-        **global_table,
-    )
+    engagement_models = _parts_table(app, settings, "engagement-models", "engagement take models'")
     promotion = settings.policy == "promotion"
     ledgers = bandit = None
     if promotion:
-        bandit = app.GlobalTable(
-            "promo-bandit",
-            default=None,
-            partitions=settings.partitions,
-            key_type=bytes,
-            value_type=bytes,
-            help="The promotion bandit's statistics per merchant:partition, JSON, on every worker",
-            **global_table,
-        )
+        bandit = _parts_table(app, settings, "promo-bandit", "promotion bandit's")
         ledgers = app.Table(
             "promo-ledgers",
             default=None,

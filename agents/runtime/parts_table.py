@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import faust
@@ -132,3 +132,22 @@ class PartsTable:
         for key in [k for k in self.dirty if k.rsplit(":", 1)[1] in gone]:
             self.dirty.discard(key)
             self.raw.pop(key, None)
+
+
+def serve(app: faust.App, table: PartsTable, page: str, summary: Callable[[], dict]) -> None:
+    """Refresh and write ``table`` every `WRITE_S` (not during a rebalance) and show
+    ``summary()`` at ``page``."""
+
+    @app.timer(WRITE_S, name=f"maintain {table.name} table")
+    async def maintain() -> None:
+        if app.rebalancing:
+            return
+        try:
+            table.refresh_if_due()
+            table.flush()
+        except Exception:  # retried at the next tick; never stop the worker for it
+            log.exception("could not refresh or write the %s table", table.name)
+
+    @app.page(page, name=f"{table.name} parts")
+    async def parts_page(web, request):  # noqa: ANN001 - faust view signature
+        return web.json(summary())
