@@ -2,24 +2,34 @@
 ranking a cart decision or ``GET /next-best-actions`` serves (the rules are in
 ``streams.engagement``; this module only counts and wires).
 
-The take models are this worker's (`Rankers`): each learns the rewards closed in the
-partitions the worker owns, from its prior; they are written to
-``<NEXTBEST_STATE_DIR>/engagement-models.json`` every `CHECKPOINT_S` and at shutdown, and read
-back at start (docs/merchants.md, "Engagement actions").
+One take model per merchant for all workers, as the promotion bandit is one: the take models'
+statistics are sums over the closed take windows (``streams.learning.linear``), kept per
+``merchant:partition`` (`Rankers`, ``streams.learning.partitioned``) in the
+``engagement-models`` global table (``agents.runtime.parts_table``). The worker that owns an
+input partition learns the windows closed there into that partition's entry (its customers'
+events close them) and writes it at most every ``WRITE_S`` seconds (a timer); every worker
+reads every entry and ranks with the priors plus their sum, refreshed every ``REFRESH_S``
+seconds: a take learned from a customer of one worker moves the rankings every worker serves,
+and after a rebalance or on an empty state directory a worker gets every part back from the
+changelog. ``/engagement/models/`` shows the updates learned per merchant and part
+(docs/merchants.md, "Engagement actions").
+
+Limits (the bandit's): another worker's takes reach this worker's models a little later (the
+changelog's delay plus up to ``REFRESH_S``); learning not yet written (at most ``WRITE_S``
+behind) is lost if the worker dies or loses the partition first.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Protocol
 
 import faust
-import orjson
 
-from agents.runtime import metrics
+from agents.runtime import metrics, parts_table
 from agents.runtime.app import NextbestApp
+from agents.runtime.parts_table import PartsTable
 from schemas.validation import InvalidEvent
 from streams.engagement import rewards, serving
 from streams.engagement.ranking import (
@@ -28,6 +38,7 @@ from streams.engagement.ranking import (
     action_features,
     ranking_rng,
 )
+from streams.learning.partitioned import learning_key
 from streams.merchants.catalog import Merchant
 from streams.state.customer_state import ENGAGEMENT_INTERACTIONS
 
@@ -40,14 +51,11 @@ class Tally(Protocol):
     def count(self, metric: object, *labels: str) -> None: ...
 
 
-CHECKPOINT_S = 30.0
-CHECKPOINT_NAME = "engagement-models.json"
-
-
 class Engagement:
-    def __init__(self, rankers: Rankers | None = None) -> None:
+    def __init__(self, rankers: Rankers | None = None, table: PartsTable | None = None) -> None:
         self.rankers = rankers or Rankers()
-        self.learned = False  # since the last checkpoint
+        self.table = table  # the ``engagement-models`` table (None: this worker's parts only)
+        self._current: set[str] = set()  # parts caught up with the table since assigned
 
     def check(self, merchant: Merchant, kind: str, data: dict) -> None:
         """An action feedback event for an action the merchant does not define is invalid
@@ -62,7 +70,13 @@ class Engagement:
             )
 
     def on_input(
-        self, batch: Tally, merchant: Merchant, state: dict, kind: str, data: dict
+        self,
+        batch: Tally,
+        merchant: Merchant,
+        state: dict,
+        kind: str,
+        data: dict,
+        event: faust.EventT,
     ) -> None:
         """After ``data`` was applied to ``state``: count feedback, join it to take windows,
         close the windows that ended, learn what closed."""
@@ -79,15 +93,27 @@ class Engagement:
             elif interaction == "shown":
                 closed += self._open(merchant, state, data["event_id"], action_id, ts, None, None)
         closed += rewards.close_due(state, ts)
-        self.learn(merchant.id, closed)
+        self.learn(merchant.id, closed, event)
 
-    def learn(self, merchant_id: str, closed: list[dict]) -> None:
-        model = self.rankers.model(merchant_id)
-        for reward in closed:
-            learned = model.update(
-                reward["reward_id"], reward["action_id"], reward["features"], reward["taken"]
-            )
-            self.learned = self.learned or learned
+    def learn(self, merchant_id: str, closed: list[dict], event: faust.EventT) -> None:
+        """Learn closed take windows into the part of ``event``'s partition (the customer's),
+        first caught up with the table once after the partition was assigned."""
+        if not closed:
+            return
+        partition = event.message.partition
+        key = learning_key(merchant_id, partition)
+        if self.table is not None and key not in self._current:
+            self.table.catch_up([key])
+            self._current.add(key)
+        if self.rankers.learn(key, closed) and self.table is not None:
+            self.table.learned([key], {partition: event})
+
+    def forget(self, partitions: Sequence[int]) -> None:
+        """Partitions revoked from this worker: their parts are the table's again."""
+        if self.table is not None:
+            self.table.forget(partitions)
+        gone = {str(p) for p in partitions}
+        self._current = {k for k in self._current if k.rsplit(":", 1)[1] not in gone}
 
     def _open(
         self,
@@ -130,6 +156,7 @@ class Engagement:
         message_id: str,
         channel: str,
         ts: float,
+        event: faust.EventT,
     ) -> dict | None:
         """The fields a journey's message on ``channel`` gains: the actions shown on that
         channel ranked for the customer (the first counted, its take window opened), where the
@@ -144,7 +171,7 @@ class Engagement:
         )
         if ranking.first is None:
             return None
-        self.shown(batch, merchant, state, ranking, message_id, ts)
+        self.shown(batch, merchant, state, ranking, message_id, ts, event)
         return serving.ranking_fields(ranking, merchant.engagement.attach)
 
     def shown(
@@ -155,8 +182,10 @@ class Engagement:
         ranking: Ranking,
         ranking_id: str,
         ts: float,
+        event: faust.EventT,
     ) -> None:
-        """A cart decision served ``ranking``'s first action: count it, open its window."""
+        """A cart decision served ``ranking``'s first action: count it, open its window
+        (``event``: the customer's, for the windows it pushes out)."""
         first = ranking.first
         if first is None:
             return
@@ -165,51 +194,21 @@ class Engagement:
         closed = self._open(
             merchant, state, ranking_id, first.action.id, ts, features, ranking.propensity
         )
-        self.learn(merchant.id, closed)
-
-
-def load_checkpoint(path: Path) -> Rankers:
-    """The take models written to ``path``; the priors alone when there is none or it cannot
-    be used (logged)."""
-    if not path.exists():
-        return Rankers()
-    try:
-        return Rankers.from_dict(orjson.loads(path.read_bytes()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.error("engagement models %s unusable (%r): starting from the priors", path, exc)
-        return Rankers()
-
-
-def save_checkpoint(engagement: Engagement, path: Path) -> None:
-    """Write the take models to ``path`` when they learned since the last write (replaced whole,
-    never half-written)."""
-    if not engagement.learned:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(orjson.dumps(engagement.rankers.to_dict()))
-    os.replace(partial, path)
-    engagement.learned = False
+        self.learn(merchant.id, closed, event)
 
 
 def register(nb: NextbestApp) -> Engagement:
-    """The worker's engagement hooks, their models read back from the last checkpoint and
-    written every `CHECKPOINT_S` and at shutdown."""
-    path = Path(nb.settings.state_dir) / CHECKPOINT_NAME
-    engagement = Engagement(load_checkpoint(path))
+    """The worker's engagement hooks, their take models shared through the
+    ``engagement-models`` table (module doc)."""
+    rankers = Rankers()
+    table = PartsTable(nb.engagement_models, rankers, "take model")
+    engagement = Engagement(rankers, table)
+    merges = nb.settings.topics.merges
 
-    def save() -> None:
-        try:
-            save_checkpoint(engagement, path)
-        except OSError:
-            log.exception("cannot write the engagement models %s", path)
+    parts_table.serve(nb.app, table, "/engagement/models/", rankers.summary)
 
-    @nb.app.timer(CHECKPOINT_S)
-    async def checkpoint() -> None:
-        save()
-
-    @nb.app.on_before_shutdown.connect
-    async def on_shutdown(app: faust.App, **kwargs: object) -> None:
-        save()
+    @nb.app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set, **kwargs: object) -> None:
+        engagement.forget([tp.partition for tp in revoked if tp.topic == merges])
 
     return engagement

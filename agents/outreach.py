@@ -90,8 +90,9 @@ class _Fired:
 
 
 #: ranks engagement actions for a journey's message: (batch, merchant, state, message id,
-#: channel, event time) -> the fields the message gains, or None (``agents.engagement``)
-MessageActions = Callable[[object, Merchant, dict, str, str, float], dict | None]
+#: channel, event time, an event of the customer's partition) -> the fields the message gains,
+#: or None (``agents.engagement``)
+MessageActions = Callable[[object, Merchant, dict, str, str, float, faust.EventT], dict | None]
 
 
 class Outreach:
@@ -253,7 +254,9 @@ class Outreach:
         customer_state.record_message(state, result.channel, result.dedupe_key, f.now)
         notification = self.notification(f, result)
         if self.actions is not None:
-            extra = self.actions(batch, f.merchant, state, result.dedupe_key, result.channel, f.now)
+            extra = self.actions(
+                batch, f.merchant, state, result.dedupe_key, result.channel, f.now, f.event
+            )
             notification.update(extra or {})
         batch.outputs.append((self.nb.notifications, f.key.encode(), orjson.dumps(notification)))
         metrics.NOTIFICATIONS.labels(f.merchant.id, result.channel).inc()

@@ -282,7 +282,7 @@ class Pipeline:
         if self.promotion is not None:
             self.promotion.on_input(key, entry.state, kind, data, event)
         if self.engagement is not None:
-            self.engagement.on_input(batch, merchant, entry.state, kind, data)
+            self.engagement.on_input(batch, merchant, entry.state, kind, data, event)
         session_id = data.get("session_id")
         if (
             data.get("customer_id")
@@ -411,7 +411,9 @@ class Pipeline:
             fields = serving.ranking_fields(ranking, ctx.merchant.engagement.attach)
             promotion.update(fields)
             batch.engagement[ctx.cart_event_id] = fields
-            self.engagement.shown(batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts)
+            self.engagement.shown(
+                batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts, decision.event
+            )
         if contest := serving.contest_fields(ctx.contest):  # the offer won (best_value)
             promotion.update(contest)
             batch.engagement[ctx.cart_event_id] = contest
@@ -474,7 +476,9 @@ class Pipeline:
         record.update(fields)
         batch.engagement[ctx.cart_event_id] = fields
         batch.outputs.append((self.nb.promotions, ctx.customer_key.encode(), orjson.dumps(record)))
-        self.engagement.shown(batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts)
+        self.engagement.shown(
+            batch, ctx.merchant, ctx.state, ranking, offer_id, ctx.ts, decision.event
+        )
 
     def _dead_letter(self, batch: Batch, event: faust.EventT, reason: str, error: str) -> None:
         """The event to the dead-letter topic; a letter that would not fit the producer's

@@ -57,19 +57,19 @@ are still in the rewards topic).
 from __future__ import annotations
 
 import logging
-import math
 import os
-import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 
 import faust
 import orjson
 from threadpoolctl import ThreadpoolController
 
+from agents.runtime import parts_table
 from agents.runtime import promotion_metrics as promo_metrics
 from agents.runtime.app import NextbestApp
 from agents.runtime.batch import LoadEntry, pin
+from agents.runtime.parts_table import WRITE_S, PartsTable
 from agents.runtime.timer_table import timer_table
 from agents.runtime.topics import key_partition
 from streams.promotion import rewards
@@ -85,8 +85,6 @@ from streams.timers import PartitionTimers
 
 log = logging.getLogger(__name__)
 CHECKPOINT_S = 30.0
-REFRESH_S = 2.0
-WRITE_S = 1.0
 
 
 class LedgerTable(MutableMapping[str, dict]):
@@ -150,97 +148,26 @@ class LedgerTable(MutableMapping[str, dict]):
         return written
 
 
-class BanditTable:
+class BanditTable(PartsTable):
     """The ``promo-bandit`` global table as the policy's `PartitionedLearning`: one JSON entry
-    per ``merchant:partition``, loaded when it changed, written by the partition's owner."""
+    per ``merchant:partition``, loaded when it changed, written by the partition's owner
+    (``agents.runtime.parts_table``)."""
 
     def __init__(
         self, table: faust.Table, learning: PartitionedLearning, write_s: float = WRITE_S
     ) -> None:
-        self.table = table
-        self.learning = learning
-        self.write_s = write_s
-        self.raw: dict[str, bytes] = {}  # each entry's bytes as last loaded or written
-        self.dirty: set[str] = set()  # learned, not yet written
-        self.written_at: dict[str, float] = {}  # time.monotonic() of each entry's last write
-        self.events: dict[int, faust.EventT] = {}  # partition -> its latest event seen
-        self.refreshed = -math.inf  # time.monotonic() of the last refresh
-        self.changed = False  # since the last export
-
-    def _load(self, fresh: Mapping[str, bytes]) -> None:
-        entries = {}
-        for key, raw in fresh.items():
-            self.raw[key] = raw
-            try:
-                entries[key] = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                log.error("bandit entry %s is not JSON; left out", key)
-        for key in self.learning.load(entries):
-            log.error("bandit entry %s is unusable (another format?); left out", key)
-        self.changed = self.changed or bool(entries)
-
-    def refresh(self) -> None:
-        """Load every entry that changed since it was last loaded (other workers' learning)."""
-        self.refreshed = time.monotonic()
-        fresh = {}
-        for raw_key, raw in self.table.items():
-            key = raw_key.decode()
-            if key not in self.dirty and raw is not None and raw != self.raw.get(key):
-                fresh[key] = raw
-        self._load(fresh)
-
-    def refresh_if_due(self) -> None:
-        if time.monotonic() - self.refreshed >= REFRESH_S:
-            self.refresh()
+        super().__init__(table, learning, "bandit", write_s)
+        self.learning: PartitionedLearning = learning
 
     def learn(self, closed: Sequence[dict], partition_of: Callable[[str], int]) -> None:
-        """Learn rewards into their partitions' entries, each first brought up to date (after a
-        rebalance this worker's copy of a partition it now owns was recovered from the
-        changelog, maybe after the last refresh)."""
-        keys = {
+        """Learn rewards into their partitions' entries, each first brought up to date
+        (`catch_up`)."""
+        self.catch_up(
             learning_key(r["merchant_id"], partition_of(r["customer_key"]))
             for r in closed
             if rewards.learnable(r)
-        }
-        fresh = {}
-        for key in sorted(keys - self.dirty):
-            raw = self.table.get(key.encode())
-            if raw is not None and raw != self.raw.get(key):
-                fresh[key] = raw
-        self._load(fresh)
-        changed = self.learning.learn(closed, partition_of)
-        self.dirty |= changed
-        self.changed = self.changed or bool(changed)
-
-    def flush(self, events: Mapping[int, faust.EventT] | None = None) -> list[str]:
-        """Write the learned entries not written in the last `write_s` seconds, each pinned to
-        an event of its partition (this batch's, else the latest seen: the timer's flush
-        writes what a batch left); returns the keys written."""
-        self.events.update(events or {})
-        now = time.monotonic()
-        written = []
-        for key in sorted(self.dirty):
-            event = self.events.get(int(key.rsplit(":", 1)[1]))
-            if event is None or now - self.written_at.get(key, -math.inf) < self.write_s:
-                continue
-            raw = orjson.dumps(self.learning.entry(key))
-            pin(event)
-            self.table[key.encode()] = raw
-            self.raw[key] = raw
-            self.written_at[key] = now
-            written.append(key)
-        self.dirty.difference_update(written)
-        return written
-
-    def forget(self, partitions: Sequence[int]) -> None:
-        """Partitions revoked: their unwritten learning is dropped; the next refresh loads
-        the table's entries of them again."""
-        for partition in partitions:
-            self.events.pop(partition, None)
-        gone = {str(p) for p in partitions}
-        for key in [k for k in self.dirty if k.rsplit(":", 1)[1] in gone]:
-            self.dirty.discard(key)
-            self.raw.pop(key, None)
+        )
+        self.learned(self.learning.learn(closed, partition_of))
 
 
 class PromotionHooks:
@@ -435,19 +362,7 @@ def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> Promoti
     async def export_bandit() -> None:
         save()
 
-    @nb.app.timer(WRITE_S)
-    async def maintain_bandit() -> None:
-        if nb.app.rebalancing:
-            return
-        try:
-            bandit.refresh_if_due()
-            bandit.flush()
-        except Exception:  # retried at the next tick; never stop the worker for it
-            log.exception("could not refresh or write the bandit's table")
-
-    @nb.app.page("/promo/bandit/")
-    async def bandit_page(web, request):  # noqa: ANN001 - faust view signature
-        return web.json(bandit.learning.summary())
+    parts_table.serve(nb.app, bandit, "/promo/bandit/", bandit.learning.summary)
 
     @nb.app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **kwargs: object) -> None:

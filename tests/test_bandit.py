@@ -170,7 +170,7 @@ def test_chooser_per_merchant_and_learn_from_reward_dict():
         "redeemed": True,
     }
     assert chooser.learn(reward) and not chooser.learn(reward)
-    assert chooser.model("shop").arms["percent_off:p10"].bought == 1
+    assert chooser.model("shop").arms["percent_off:p10"].counts["bought"] == 1
     state = json.loads(json.dumps(chooser.state_dict()))
     other = BanditChooser()
     other.load_state_dict(state)

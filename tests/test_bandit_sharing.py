@@ -61,7 +61,7 @@ def assert_same_model(merged: LinearThompson, whole: LinearThompson) -> None:
     for arm_id, arm in whole.arms.items():
         mine = merged.arms[arm_id]
         assert np.allclose(mine.gram, arm.gram) and np.allclose(mine.target, arm.target)
-        assert (mine.n, mine.bought, mine.redeemed) == (arm.n, arm.bought, arm.redeemed)
+        assert (mine.n, mine.counts) == (arm.n, arm.counts)
     offers, mean, _ = merged.posterior()
     whole_offers, whole_mean, _ = whole.posterior()
     assert offers == whole_offers and np.allclose(mean, whole_mean)

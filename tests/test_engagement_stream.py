@@ -1,6 +1,7 @@
 """Engagement actions through real workers on the embedded broker: action feedback applied
-(once) or dead-lettered, cart decisions carrying ranked actions, and GET /next-best-actions
-over real HTTP, forwarded to the key's owner."""
+(once) or dead-lettered, cart decisions carrying ranked actions, GET /next-best-actions over
+real HTTP, forwarded to the key's owner, and the take models shared by the workers (a take
+learned on one worker moves the rankings the other serves)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from dataclasses import replace
 import pytest
 import yaml
 
+from agents.runtime.topics import key_partition
+from agents.web.api import SERVED_BY
+from schemas.keys import state_key
 from streams.merchants.catalog import DEFAULT_MERCHANTS
 from tests.harness import ADMIN_TOKEN, Cluster, cart_add, event, order_placed
 from tests.test_api import call
@@ -141,8 +145,8 @@ def test_actions_ranked_served_and_learned_through_the_worker(cluster):
     assert ranked >= 5  # two carts, three API calls
     assert interactions == 2  # the take (once) and the showing
 
-    # c2 takes the newsletter it was shown: the owner's take model learns it, and writes it to
-    # its checkpoint when it stops (read back at its next start).
+    # c2 takes the newsletter it was shown: its owner learns it once, and both workers rank
+    # with it (the engagement-models table).
     take = feedback("action_taken", "eng-take-c2", "c2", "newsletter")
     take["event_time"] = "2011-11-14T10:10:00Z"
     cluster.send("action_feedback", take)
@@ -151,17 +155,68 @@ def test_actions_ranked_served_and_learned_through_the_worker(cluster):
     c2 = cluster.state(port, f"{SHOP}:c:c2")
     assert c2["engagement"]["actions"]["newsletter"]["taken"] == 1, json.dumps(c2["engagement"])
     assert "newsletter" not in {w[1] for w in c2["engagement"]["open"]}  # closed: taken
-    for name in ("a", "b"):
-        cluster.stop_worker(name)
-    learned = []
-    for name in ("a", "b"):
-        path = cluster.tmp / f"state-{name}" / "engagement-models.json"
-        if path.exists():
-            learned.append(json.loads(path.read_text())[SHOP])
-    # The owner learned it once; the other worker too when the owner stopped before committing
-    # the take's offset (it is read again there: each worker's models are its own).
-    learners = [model for model in learned if model["updates"]]
-    assert learners and all(model["updates"] == 1 for model in learners)
-    for model in learners:
-        newsletter = model["actions"]["newsletter"]
-        assert (newsletter["n"], newsletter["taken"]) == (1, 1)
+    views = poll(lambda: same_models(cluster, updates=1), 60, "both workers learned the take")
+    [part] = views[SHOP]["parts"]
+    assert views[SHOP]["parts"] == {part: 1}
+
+
+def same_models(cluster: Cluster, updates: int) -> dict | None:
+    """The take models' view (``/engagement/models/``) once every worker shows the same one,
+    with ``updates`` windows learned for the shop."""
+    views = [call(port, "GET", "/engagement/models/")[1] for _, port in cluster.workers.values()]
+    if any(view.get(SHOP, {}).get("updates") != updates for view in views):
+        return None
+    return views[0] if all(view == views[0] for view in views) else None
+
+
+def test_a_take_learned_on_one_worker_moves_the_ranking_the_other_serves(cluster):
+    cluster, (port_a, port_b) = cluster
+    owner_of = poll(lambda: settled(cluster), 120, "two workers, one owner per partition")
+    url_a, url_b = cluster.urls["a"], cluster.urls["b"]
+
+    def partition(customer: str) -> int:
+        return key_partition(state_key(SHOP, customer, None), PARTITIONS)
+
+    customers = [f"t{i}" for i in range(100)]
+    takers = [c for c in customers if owner_of[partition(c)] == url_a][:6]
+    reader = next(c for c in customers if owner_of[partition(c)] == url_b)
+    path = f"/next-best-actions?merchant={SHOP}&customer={reader}&n=10"
+    status, before, headers = call(port_b, "GET", path, ADMIN_TOKEN)
+    assert status == 200 and headers[SERVED_BY] == url_b, before
+    assert before["model_version"] == "engagement-ts/1:0"
+
+    # Customers of worker a's partitions are shown the newsletter and take it.
+    for customer in takers:
+        cluster.send(
+            "action_feedback", feedback("action_shown", f"s-{customer}", customer, "newsletter")
+        )
+        taken = feedback("action_taken", f"t-{customer}", customer, "newsletter")
+        cluster.send("action_feedback", {**taken, "event_time": "2011-11-14T10:10:00Z"})
+    cluster.flush()
+    cluster.wait_processed(2 * len(takers), timeout=120)
+
+    def ranked_with_the_takes() -> dict | None:
+        status, body, headers = call(port_b, "GET", path, ADMIN_TOKEN)
+        assert status == 200 and headers[SERVED_BY] == url_b, body
+        return body if body["model_version"] == f"engagement-ts/1:{len(takers)}" else None
+
+    after = poll(ranked_with_the_takes, 60, "worker b ranks with the takes worker a learned")
+    p_before = {a["action_id"]: a["p_take"] for a in before["actions"]}
+    p_after = {a["action_id"]: a["p_take"] for a in after["actions"]}
+    assert p_after["newsletter"] > p_before["newsletter"] + 0.01, (before, after)
+    assert {a: p for a, p in p_after.items() if a != "newsletter"} == {
+        a: p for a, p in p_before.items() if a != "newsletter"
+    }
+    # Learned by worker a alone, into its partitions' parts; both workers show the same.
+    view = poll(lambda: same_models(cluster, len(takers)), 60, "both workers show the parts")
+    learned_on = {int(key.rsplit(":", 1)[1]) for key in view[SHOP]["parts"]}
+    assert learned_on and all(owner_of[p] == url_a for p in learned_on)
+    assert sum(view[SHOP]["parts"].values()) == len(takers)
+
+    # Worker a leaves (b takes its partitions over) and c starts on an empty state directory:
+    # both have every part, from the table's changelog.
+    cluster.stop_worker("a")
+    cluster.start_worker("c")
+    restored = poll(lambda: same_models(cluster, len(takers)), 120, "b and c have every part")
+    assert restored == view
+    assert "Traceback" not in cluster.log("a") + cluster.log("b") + cluster.log("c")

@@ -42,6 +42,9 @@ class NextbestApp:
     #: ``NEXTBEST_POLICY=promotion`` only: the bandit's statistics, one entry per
     #: ``merchant:partition`` (JSON, see agents/promotion.py), replicated to every worker
     bandit: faust.Table | None = None
+    #: the engagement take models' statistics, one entry per ``merchant:partition`` (JSON, see
+    #: agents/engagement.py), replicated to every worker (None: not shared, e.g. in unit tests)
+    engagement_models: faust.Table | None = None
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -90,6 +93,22 @@ def faust_config(settings: Settings) -> dict:
     return config
 
 
+def _parts_table(app: faust.App, settings: Settings, name: str, model: str) -> faust.Table:
+    """A GlobalTable of a model's statistics per ``merchant:partition`` (JSON, raw bytes; see
+    agents/runtime/parts_table.py)."""
+    return app.GlobalTable(
+        name,
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help=f"The {model} statistics per merchant:partition, JSON, on every worker",
+        # Faust's advice for a GlobalTable on several workers (faust/tables/globaltable.py):
+        # without it a second worker's stream never starts (test_promotion_shared_bandit.py)
+        recovery_buffer_size=1,
+    )
+
+
 def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> NextbestApp:
     app = faust.App(settings.app_id, **faust_config(settings))
     t = settings.topics
@@ -117,20 +136,11 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         value_type=bytes,  # raw: the pipeline stores orjson bytes
         help="Per-customer (and anonymous session) rolling state, JSON",
     )
+    engagement_models = _parts_table(app, settings, "engagement-models", "engagement take models'")
     promotion = settings.policy == "promotion"
     ledgers = bandit = None
     if promotion:
-        bandit = app.GlobalTable(
-            "promo-bandit",
-            default=None,
-            partitions=settings.partitions,
-            key_type=bytes,
-            value_type=bytes,
-            help="The promotion bandit's statistics per merchant:partition, JSON, on every worker",
-            # Faust's advice for a GlobalTable on several workers (faust/tables/globaltable.py):
-            # without it a second worker's stream never starts (test_promotion_shared_bandit.py)
-            recovery_buffer_size=1,
-        )
+        bandit = _parts_table(app, settings, "promo-bandit", "promotion bandit's")
         ledgers = app.Table(
             "promo-ledgers",
             default=None,
@@ -150,6 +160,7 @@ def create_app(settings: Settings, registry: MerchantRegistry | None = None) -> 
         dead_letters=app.topic(t.dead_letters, **raw),
         merges=app.topic(t.merges, **raw),
         customers=customers,
+        engagement_models=engagement_models,
         decisions=app.topic(t.decisions, **raw) if promotion else None,
         rewards=app.topic(t.rewards, **raw) if promotion else None,
         ledgers=ledgers,

@@ -25,7 +25,7 @@ from agents.tools.demo_engagement import demo_engagement
 from models.promotion.report import Z95, Interval, build_report
 from streams.merchants.catalog import DEFAULT_MERCHANTS
 from streams.promotion.actions import NONE, Action
-from streams.promotion.bandit import BanditConfig, LinearThompson
+from streams.promotion.bandit import BanditConfig, LinearThompson, redeem_share
 from streams.promotion.experiments import HOLDOUT
 from streams.promotion.objective import DeepDiscount, Economics, ObjectiveConfig, incremental_profit
 from streams.promotion.rewards import learnable
@@ -76,7 +76,7 @@ class BanditMirror:
         ]
         p = self.model.purchase_probability(np.array(record["features"]), actions)
         share = np.array(
-            [1.0 if a.id == NONE else self.model.arms[a.id].redeem_share for a in actions]
+            [1.0 if a.id == NONE else redeem_share(self.model.arms[a.id]) for a in actions]
         )
         depth, cost = record.get("deep_discount_depth"), record.get("deep_discount_cost")
         values = incremental_profit(
@@ -201,17 +201,20 @@ def learned_per_action(model: LinearThompson) -> list[Learned]:
     design_mean = sum(arm.gram[0] for _, arm in arms) / n  # [1, the mean features]
     actions = [Action(NONE, NONE, 0.0, 0.0), *(Action(a, "", 0.0, 0.0) for a, _ in arms)]
     p = model.purchase_probability(design_mean[1:], actions)
-    return [
-        Learned(
-            arm_id,
-            arm.n,
-            arm.bought / arm.n,
-            (arm.redeemed / arm.bought if arm.bought else None) if arm_id != NONE else None,
-            float(p[i]),
-            float(p[i] - p[0]),
+    rows = []
+    for i, (arm_id, arm) in enumerate(arms, 1):
+        bought, redeemed = arm.counts["bought"], arm.counts["redeemed"]
+        rows.append(
+            Learned(
+                arm_id,
+                arm.n,
+                bought / arm.n,
+                (redeemed / bought if bought else None) if arm_id != NONE else None,
+                float(p[i]),
+                float(p[i] - p[0]),
+            )
         )
-        for i, (arm_id, arm) in enumerate(arms, 1)
-    ]
+    return rows
 
 
 def cumulative_profit(rewards: list[dict]) -> dict[str, tuple[list[datetime], list[float]]]:

@@ -10,8 +10,9 @@ dismissed) and an intercept. Its prior is Gaussian, centred on the action's conf
 (sd 0.0125),
 so a merchant's actions rank from the first event, by rate x value, before any feedback.
 The posterior is Gaussian (the sufficient statistics per action: the Gram matrix,
-``sum y x``, counts), as in ``streams.promotion.bandit.LinearThompson``; statistics are
-additive (`TakeModel.add`).
+``sum y x``, counts), kept by ``streams.learning.linear.LinearStatistics`` as the promotion
+bandit's are; statistics are additive (`TakeModel.add`, `TakeModel.merged`): the take models
+learned on every worker's partitions sum to one (``streams.learning.partitioned``).
 
 Ranking (`TakeModel.rank`): ``draws`` posterior draws of every eligible action's weights are
 scored (``p x value`` under ``expected_value``, ``p`` under ``propensity``); each draw votes
@@ -31,18 +32,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 
+from streams.learning.linear import LinearStatistics
+from streams.learning.partitioned import PartitionedModels, merchant_of
 from streams.merchants.engagement import EngagementAction
 from streams.promotion.bandit import P_MAX, P_MIN
 from streams.promotion.features import FEATURE_NAMES, context_features
 from streams.state.customer_state import new_state
 
-FORMAT = 1
+FORMAT = 2  # of `TakeModel.to_dict`
+VERSION = "engagement-ts/1"  # of the ranking (the model version a ranking logs)
 ACTION_FEATURE_NAMES = (
     *FEATURE_NAMES,
     "action_shown",  # log1p(times this action was shown) / log1p(20)
@@ -129,36 +133,30 @@ def eligible(action: EngagementAction, state: dict | None, ts: float) -> bool:
     return True
 
 
-@dataclass
-class _Stats:
-    gram: np.ndarray
-    target: np.ndarray
-    n: int = 0
-    taken: int = 0
-
-
 class TakeModel:
     """P(take) per engagement action of one merchant, and Thompson ranking (module doc)."""
 
     def __init__(self, config: RankingConfig | None = None) -> None:
         self.config = config or RankingConfig()
         self.dim = len(ACTION_FEATURE_NAMES) + 1
-        self.stats: dict[str, _Stats] = {}
-        self.updates = 0
-        self._seen: dict[str, None] = {}
+        self.stats = LinearStatistics(self.dim, ("taken",), self.config.remember)
         self._cache: dict[tuple[str, float], tuple[int, np.ndarray, np.ndarray]] = {}
 
     @property
+    def updates(self) -> int:
+        return self.stats.updates
+
+    @property
     def version(self) -> str:
-        return f"engagement-ts/{FORMAT}:{self.updates}"
+        return f"{VERSION}:{self.updates}"
 
     def _design(self, features: Sequence[float]) -> np.ndarray:
-        return np.concatenate(([1.0], np.asarray(features, dtype=np.float64)))
+        return self.stats.design(features)
 
     def _posterior(self, action: EngagementAction) -> tuple[np.ndarray, np.ndarray]:
         """(mean (dim,), draws (dim, draws)) of the action's weights for the current
         statistics."""
-        stats = self.stats.get(action.id)
+        stats = self.stats.arms.get(action.id)
         n = stats.n if stats is not None else 0
         key = (action.id, action.prior_take_rate)
         cached = self._cache.get(key)
@@ -238,72 +236,51 @@ class TakeModel:
     ) -> bool:
         """Learn one closed take window; False (no change) for a reward id already learned, or
         for features of another length (a window opened before the context features changed)."""
-        if reward_id in self._seen or len(features) + 1 != self.dim:
+        if len(features) + 1 != self.dim:
             return False
-        self._seen[reward_id] = None
-        while len(self._seen) > self.config.remember:
-            del self._seen[next(iter(self._seen))]
-        x = self._design(features)
-        stats = self._stats(action_id)
-        stats.gram += np.outer(x, x)
-        stats.target += float(taken) * x
-        stats.n += 1
-        stats.taken += int(taken)
-        self.updates += 1
-        return True
-
-    def _stats(self, action_id: str) -> _Stats:
-        stats = self.stats.get(action_id)
-        if stats is None:
-            stats = self.stats[action_id] = _Stats(
-                np.zeros((self.dim, self.dim)), np.zeros(self.dim)
-            )
-        return stats
+        taken_counted = ("taken",) if taken else ()
+        return self.stats.learn(
+            reward_id, action_id, self._design(features), float(taken), taken_counted
+        )
 
     def add(self, other: TakeModel) -> None:
         """Add the statistics another model learned (disjoint rewards sum to one model)."""
-        for action_id, stats in other.stats.items():
-            mine = self._stats(action_id)
-            mine.gram += stats.gram
-            mine.target += stats.target
-            mine.n += stats.n
-            mine.taken += stats.taken
-        self.updates += other.updates
+        self.stats.add(other.stats)
         self._cache.clear()
 
+    @classmethod
+    def merged(cls, parts: Iterable[TakeModel], config: RankingConfig | None = None) -> TakeModel:
+        """The priors plus every part's statistics (`add`)."""
+        model = cls(config)
+        for part in parts:
+            model.add(part)
+        return model
+
+    def keep_posteriors(self, other: TakeModel) -> None:
+        """Take ``other``'s posteriors of the actions whose statistics are the same as this
+        model's, bit for bit (a merged model rebuilt after one action learned recomputes only
+        that action's)."""
+        for key, cached in other._cache.items():
+            mine, theirs = self.stats.arms.get(key[0]), other.stats.arms.get(key[0])
+            if mine is theirs is None or (
+                mine is not None
+                and theirs is not None
+                and np.array_equal(mine.gram, theirs.gram)
+                and np.array_equal(mine.target, theirs.target)
+            ):
+                self._cache[key] = cached
+
     def to_dict(self) -> dict:
-        return {
-            "format": FORMAT,
-            "updates": self.updates,
-            "actions": {
-                action_id: {
-                    "gram": s.gram.tolist(),
-                    "target": s.target.tolist(),
-                    "n": s.n,
-                    "taken": s.taken,
-                }
-                for action_id, s in self.stats.items()
-            },
-            "seen": list(self._seen),
-        }
+        return {"format": FORMAT, **self.stats.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict, config: RankingConfig | None = None) -> TakeModel:
+        """The model `to_dict` wrote; a ValueError for another format or other context
+        features."""
         if data.get("format") != FORMAT:
             raise ValueError(f"engagement model format {data.get('format')} is not {FORMAT}")
         model = cls(config)
-        model.updates = int(data["updates"])
-        for action_id, s in data["actions"].items():
-            gram = np.array(s["gram"], dtype=np.float64)
-            if gram.shape != (model.dim, model.dim):  # saved with other context features
-                raise ValueError(f"engagement model of {gram.shape[0]} features, not {model.dim}")
-            model.stats[action_id] = _Stats(
-                gram,
-                np.array(s["target"], dtype=np.float64),
-                int(s["n"]),
-                int(s["taken"]),
-            )
-        model._seen = dict.fromkeys(data.get("seen", []))
+        model.stats.load(data)
         return model
 
 
@@ -312,28 +289,73 @@ def _empty_features() -> list[float]:
     return action_features(new_state(), "", 0.0)
 
 
-class Rankers:
-    """One `TakeModel` per merchant (a worker's models; `to_dict` / `from_dict` for its
-    checkpoint)."""
+class Rankers(PartitionedModels[TakeModel]):
+    """The take models a worker ranks with: per merchant, the priors plus the statistics learned
+    on every input partition (``streams.learning.partitioned``: parts ``merchant:partition``,
+    each learned by the partition's owner with `learn`, the other workers' read in with
+    `load`). A merchant's model is rebuilt from its parts when it is next asked for after one
+    of them learned (the windows a batch closes are summed once), at once when parts are
+    loaded."""
 
     def __init__(self, config: RankingConfig | None = None) -> None:
+        super().__init__()
         self.config = config or RankingConfig()
         self.models: dict[str, TakeModel] = {}
-
-    def to_dict(self) -> dict:
-        return {merchant: model.to_dict() for merchant, model in self.models.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict, config: RankingConfig | None = None) -> Rankers:
-        rankers = cls(config)
-        rankers.models = {m: TakeModel.from_dict(d, rankers.config) for m, d in data.items()}
-        return rankers
+        self._stale: set[str] = set()  # merchants with parts learned since their model was built
 
     def model(self, merchant_id: str) -> TakeModel:
+        if merchant_id in self._stale:
+            self.rebuild(merchant_id)
         model = self.models.get(merchant_id)
         if model is None:
             model = self.models[merchant_id] = TakeModel(self.config)
         return model
+
+    def learn(self, key: str, rewards: Sequence[dict]) -> bool:
+        """Learn closed take windows (``streams.engagement.rewards``) into the part ``key``;
+        False when none was new."""
+        part = self.parts.get(key)
+        if part is None:
+            part = self.parts[key] = TakeModel(self.config)
+        learned = False
+        for reward in rewards:
+            learned |= part.update(
+                reward["reward_id"], reward["action_id"], reward["features"], reward["taken"]
+            )
+        if learned:
+            self._stale.add(merchant_of(key))
+        return learned
+
+    def entry(self, key: str) -> dict:
+        part = self.parts.get(key)
+        return part.to_dict() if part is not None else {}
+
+    def part_of(self, entry: dict) -> TakeModel:
+        return TakeModel.from_dict(entry, self.config)
+
+    def set_merged(self, merchant_id: str, parts: list[TakeModel]) -> None:
+        model = TakeModel.merged(parts, self.config)
+        previous = self.models.get(merchant_id)
+        if previous is not None:
+            model.keep_posteriors(previous)
+        self.models[merchant_id] = model
+        self._stale.discard(merchant_id)
+
+    def summary(self) -> dict:
+        """Updates learned per merchant, in all and per part (a read-only view)."""
+        for merchant_id in sorted(self._stale):
+            self.model(merchant_id)
+        return {
+            merchant_id: {
+                "updates": model.updates,
+                "parts": {
+                    key: part.updates
+                    for key, part in sorted(self.parts.items())
+                    if merchant_of(key) == merchant_id
+                },
+            }
+            for merchant_id, model in sorted(self.models.items())
+        }
 
 
 def ranking_rng(ranking_id: str) -> np.random.Generator:

@@ -48,10 +48,11 @@ with every draw and the objective over its allowed actions
 (``tests/test_promotion_seeded_replay.py``: a seeded replay decides as before this was so).
 
 Learning: `LinearThompson.update` with a reward (features, arm, purchased, redeemed) of an
-applied action; a bounded memory of decision ids makes a replayed reward a no-op. The whole
-state is plain JSON (`to_dict` / `from_dict`) for a Faust table or a checkpoint. The
-statistics are additive: models that learned disjoint sets of rewards sum (`add`, `merged`)
-to the one model that learned them all -- how the workers share one bandit
+applied action, into the statistics ``streams.learning.linear.LinearStatistics`` keeps (shared
+with the engagement take models); a bounded memory of decision ids makes a replayed reward a
+no-op. The whole state is plain JSON (`to_dict` / `from_dict`) for a Faust table or a
+checkpoint. The statistics are additive: models that learned disjoint sets of rewards sum
+(`add`, `merged`) to the one model that learned them all -- how the workers share one bandit
 (``streams.promotion.policy.PartitionedLearning``, ``agents.promotion``).
 """
 
@@ -66,6 +67,7 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 
 from streams.decisions import DecisionContext, threshold_offer
+from streams.learning.linear import ArmStatistics, LinearStatistics
 from streams.merchants.catalog import Merchant
 from streams.promotion.actions import NONE, Action
 from streams.promotion.features import FEATURE_NAMES, FEATURE_SET
@@ -125,17 +127,14 @@ class Chooser(Protocol):
     def choose(self, row: ChoiceInput, rng: np.random.Generator) -> Choice: ...
 
 
-@dataclass
-class _Arm:
-    gram: np.ndarray  # sum of x x' over the decisions that played this action
-    target: np.ndarray  # sum of y x
-    n: int = 0
-    bought: int = 0
-    redeemed: int = 0
+#: an arm's counters (``ArmStatistics.counts``): its rewards with a purchase, and those of them
+#: that redeemed the offer
+COUNTERS = ("bought", "redeemed")
 
-    @property
-    def redeem_share(self) -> float:
-        return (self.redeemed + 1.0) / (self.bought + 2.0)
+
+def redeem_share(arm: ArmStatistics) -> float:
+    """The posterior mean share of an arm's purchases that redeem its offer."""
+    return (arm.counts["redeemed"] + 1.0) / (arm.counts["bought"] + 2.0)
 
 
 class _Draws:
@@ -177,27 +176,28 @@ class LinearThompson:
         self.config = config or BanditConfig()
         self.objective = objective or ObjectiveConfig()
         self.dim = len(FEATURE_NAMES) + 1
-        self.arms: dict[str, _Arm] = {NONE: self._new_arm()}
-        self.updates = 0
-        self._seen: dict[str, None] = {}
+        self.stats = LinearStatistics(self.dim, COUNTERS, self.config.remember)
+        self.stats.arm(NONE)
         self._posterior: tuple | None = None  # (learned offer arm ids, mean, cholesky factor)
         self._draws: _Draws | None = None  # of the current statistics
+
+    @property
+    def arms(self) -> dict[str, ArmStatistics]:
+        return self.stats.arms
+
+    @property
+    def updates(self) -> int:
+        return self.stats.updates
 
     @property
     def version(self) -> str:
         return f"linear-ts/{FORMAT}:{self.updates}"
 
-    def _new_arm(self) -> _Arm:
-        return _Arm(gram=np.zeros((self.dim, self.dim)), target=np.zeros(self.dim))
-
-    def _arm(self, arm_id: str) -> _Arm:
-        arm = self.arms.get(arm_id)
-        if arm is None:  # no statistics yet: the posterior does not change
-            arm = self.arms[arm_id] = self._new_arm()
-        return arm
+    def _arm(self, arm_id: str) -> ArmStatistics:
+        return self.stats.arm(arm_id)  # a new one has no statistics: the posterior is the same
 
     def _design(self, features: np.ndarray) -> np.ndarray:
-        return np.concatenate(([1.0], np.asarray(features, dtype=np.float64)))
+        return self.stats.design(features)
 
     def posterior(self) -> tuple[list[str], np.ndarray, tuple]:
         """Learned offer arm ids (block order), posterior mean (1 + learned offers, dim),
@@ -262,7 +262,7 @@ class LinearThompson:
 
     def _objective(self, row: ChoiceInput, p: np.ndarray) -> np.ndarray:
         share = np.array(
-            [1.0 if a.id == NONE else self.arms[a.id].redeem_share for a in row.actions]
+            [1.0 if a.id == NONE else redeem_share(self.arms[a.id]) for a in row.actions]
         )
         economics = Economics.of(row.actions)
         return incremental_profit(
@@ -331,20 +331,11 @@ class LinearThompson:
         redeemed: bool,
     ) -> bool:
         """Learn from one reward; False (no change) for a decision id already learned."""
-        if decision_id in self._seen:
+        counted = COUNTERS if purchased and redeemed else COUNTERS[:1] if purchased else ()
+        x = self._design(features)
+        if not self.stats.learn(decision_id, arm_id, x, float(purchased), counted):
             return False
-        self._seen[decision_id] = None
-        while len(self._seen) > self.config.remember:
-            del self._seen[next(iter(self._seen))]
-        x = self._design(np.asarray(features, dtype=np.float64))
-        arm = self._arm(arm_id)
-        arm.gram += np.outer(x, x)
-        arm.target += float(purchased) * x
-        arm.n += 1
-        arm.bought += int(purchased)
-        arm.redeemed += int(purchased and redeemed)
         self._posterior = self._draws = None
-        self.updates += 1
         return True
 
     def add(self, other: LinearThompson) -> None:
@@ -354,14 +345,7 @@ class LinearThompson:
         ``sum y x``, counts), so models that learned disjoint sets of rewards add up to the one
         model that learned them all. Their decision-id memories are not merged: each part
         dedupes its own rewards."""
-        for arm_id, arm in other.arms.items():
-            mine = self._arm(arm_id)
-            mine.gram += arm.gram
-            mine.target += arm.target
-            mine.n += arm.n
-            mine.bought += arm.bought
-            mine.redeemed += arm.redeemed
-        self.updates += other.updates
+        self.stats.add(other.stats)
         self._posterior = self._draws = None
 
     @classmethod
@@ -378,22 +362,7 @@ class LinearThompson:
         return model
 
     def to_dict(self) -> dict:
-        return {
-            "format": FORMAT,
-            "feature_set": FEATURE_SET,
-            "updates": self.updates,
-            "arms": {
-                arm_id: {
-                    "gram": arm.gram.tolist(),
-                    "target": arm.target.tolist(),
-                    "n": arm.n,
-                    "bought": arm.bought,
-                    "redeemed": arm.redeemed,
-                }
-                for arm_id, arm in self.arms.items()
-            },
-            "seen": list(self._seen),
-        }
+        return {"format": FORMAT, "feature_set": FEATURE_SET, **self.stats.to_dict()}
 
     @classmethod
     def from_dict(
@@ -408,16 +377,7 @@ class LinearThompson:
                 f"{FORMAT}/{FEATURE_SET}"
             )
         bandit = cls(config, objective)
-        bandit.updates = int(data["updates"])
-        for arm_id, arm in data["arms"].items():
-            bandit.arms[arm_id] = _Arm(
-                gram=np.array(arm["gram"], dtype=np.float64),
-                target=np.array(arm["target"], dtype=np.float64),
-                n=int(arm["n"]),
-                bought=int(arm["bought"]),
-                redeemed=int(arm["redeemed"]),
-            )
-        bandit._seen = dict.fromkeys(data.get("seen", []))
+        bandit.stats.load(data)
         return bandit
 
 

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,7 @@ import numpy as np
 from schemas.keys import decision_id_for, iso, offer_id_for
 from schemas.records import SCHEMA_VERSION
 from streams.decisions import DecisionContext, Offer, with_add_ons
+from streams.learning.partitioned import PartitionedModels, learning_key, merchant_of
 from streams.promotion import guardrails, rewards
 from streams.promotion.actions import (
     Action,
@@ -454,28 +455,16 @@ class PromotionPolicy:
                 chooser.load_state_dict(data)
 
 
-def learning_key(merchant_id: str, partition: int) -> str:
-    """The key of one merchant's statistics learned on one input partition."""
-    return f"{merchant_id}:{partition}"
-
-
-def _merchant_of(key: str) -> str:
-    return key.rsplit(":", 1)[0]
-
-
-class PartitionedLearning:
-    """The bandit variants' statistics kept apart per merchant and input partition; the
-    policy's bandits sample from the prior plus their sum (``LinearThompson.merged``).
-
-    A reward is learned into the part of the partition its customer is on, so each part has a
-    single writer (the worker that owns the partition) and remembers the decision ids it
-    learned (a replayed reward is a no-op). Parts learned elsewhere come in with `load`. A part
-    is plain JSON (`entry`): ``{variant name: LinearThompson.to_dict()}``.
+class PartitionedLearning(PartitionedModels[dict[str, LinearThompson]]):
+    """The bandit variants' statistics kept apart per merchant and input partition
+    (``streams.learning.partitioned``); the policy's bandits sample from the prior plus their
+    sum (``LinearThompson.merged``). A part is plain JSON (`entry`): ``{variant name:
+    LinearThompson.to_dict()}``.
     """
 
     def __init__(self, policy: PromotionPolicy) -> None:
+        super().__init__()
         self.policy = policy
-        self.parts: dict[str, dict[str, LinearThompson]] = {}
 
     def _bandits(self) -> dict[str, BanditChooser]:
         return {
@@ -513,37 +502,17 @@ class PartitionedLearning:
     def entry(self, key: str) -> dict:
         return {name: model.to_dict() for name, model in self.parts.get(key, {}).items()}
 
-    def load(self, entries: Mapping[str, dict]) -> list[str]:
-        """Replace parts by these entries (e.g. as read from the table) and rebuild their
-        merchants' bandits; returns the keys of unusable entries (left out)."""
+    def part_of(self, entry: dict) -> dict[str, LinearThompson]:
         bandits = self._bandits()
-        unusable = []
-        for key, entry in entries.items():
-            try:
-                self.parts[key] = {
-                    name: LinearThompson.from_dict(
-                        data, bandits[name].config, bandits[name].objective
-                    )
-                    for name, data in entry.items()
-                    if name in bandits
-                }
-            except (ValueError, KeyError, TypeError, AttributeError):
-                self.parts.pop(key, None)
-                unusable.append(key)
-        self.merge(entries)
-        return unusable
+        return {
+            name: LinearThompson.from_dict(data, bandits[name].config, bandits[name].objective)
+            for name, data in entry.items()
+            if name in bandits
+        }
 
-    def merge(self, keys: Iterable[str]) -> None:
-        """Rebuild the bandits of the merchants of these parts from all their parts."""
-        merchants = {_merchant_of(key) for key in keys}
-        for merchant in sorted(merchants):
-            for name, chooser in self._bandits().items():
-                parts = [
-                    part[name]
-                    for key, part in self.parts.items()
-                    if _merchant_of(key) == merchant and name in part
-                ]
-                chooser.set_merged(merchant, parts)
+    def set_merged(self, merchant_id: str, parts: list[dict[str, LinearThompson]]) -> None:
+        for name, chooser in self._bandits().items():
+            chooser.set_merged(merchant_id, [part[name] for part in parts if name in part])
 
     def summary(self) -> dict:
         """Updates learned per variant and merchant, in all and per part (a read-only view)."""
@@ -553,7 +522,7 @@ class PartitionedLearning:
                 parts = {
                     key: part[name].updates
                     for key, part in sorted(self.parts.items())
-                    if _merchant_of(key) == merchant and name in part
+                    if merchant_of(key) == merchant and name in part
                 }
                 view.setdefault(name, {})[merchant] = {"updates": model.updates, "parts": parts}
         return view
