@@ -63,7 +63,6 @@ from pathlib import Path
 
 import faust
 import orjson
-from threadpoolctl import ThreadpoolController
 
 from agents.runtime import parts_table
 from agents.runtime import promotion_metrics as promo_metrics
@@ -301,17 +300,8 @@ def bandit_start(path: str, objective: ObjectiveConfig) -> dict[str, LinearThomp
         raise ValueError(f"NEXTBEST_PROMO_BANDIT_START {path}: {exc!r}") from None
 
 
-def one_blas_thread() -> None:
-    """numpy's and scipy's OpenBLAS run with one thread in this process. The bandit's linear
-    algebra is small (a Cholesky factor of a few hundred rows per model refresh, a 21-row
-    matrix-vector product per decision): a second BLAS thread only spins against the worker's
-    other threads, and on a busy machine decisions took 2-3x longer with it."""
-    ThreadpoolController().select(prefix="libscipy_openblas").limit(limits=1)
-
-
 def register(nb: NextbestApp, signals: SignalsProvider | None = None) -> PromotionHooks:
     """The promotion policy and its hooks for this worker (``NEXTBEST_POLICY=promotion``)."""
-    one_blas_thread()
     ledgers = LedgerTable(nb.ledgers)
     hooks: PromotionHooks | None = None
 

@@ -6,6 +6,7 @@ import gc
 
 import faust
 import mode.loop
+from threadpoolctl import ThreadpoolController
 
 from agents import catalog_updates, customer_events, engagement, monitoring, outreach, promotion
 from agents.pipeline import Pipeline
@@ -17,6 +18,16 @@ from streams.decisions import Policy, ThresholdRulesPolicy
 from streams.promotion.policy import SignalsProvider
 
 
+def one_blas_thread() -> None:
+    """numpy's and scipy's OpenBLAS run with one thread in this process, whatever the policy.
+    The promotion bandit's and the engagement take models' linear algebra is small (a Cholesky
+    factor of a few hundred rows per model refresh, a matrix-vector product of a few dozen rows
+    per decision or ranking): a second BLAS thread only spins against the worker's other
+    threads; on a busy machine decisions took 2-3x longer with it, and a take model's learning
+    and ranking 10x."""
+    ThreadpoolController().select(prefix="libscipy_openblas").limit(limits=1)
+
+
 def build(
     settings: Settings,
     policy: Policy | None = None,
@@ -26,6 +37,7 @@ def build(
     """The worker's app. ``NEXTBEST_POLICY=promotion`` decides carts with the promotion policy
     (``signals``: next-purchase signals for its features and product coupons); the REST API's
     ``/best-promotion`` then answers with the catalog rules, which change no state."""
+    one_blas_thread()
     nb = create_app(settings)
     rules = ThresholdRulesPolicy()
     hooks = None

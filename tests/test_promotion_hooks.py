@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
-from agents import promotion
+from agents import promotion, worker
 from agents.promotion import LedgerTable, save_bandit
 from agents.runtime.app import create_app
 from agents.runtime.settings import Settings
@@ -84,8 +84,11 @@ def test_the_worker_decides_with_the_objective_of_its_settings(tmp_path):
         assert (objective.horizon_weeks, objective.dependency_cost) == (4.0, 0.25)
 
 
-def test_the_worker_runs_the_bandits_linear_algebra_on_one_blas_thread(tmp_path):
-    promotion.register(create_app(Settings(policy="promotion", state_dir=tmp_path)))
+@pytest.mark.parametrize("policy", ["promotion", "rules"])
+def test_the_worker_runs_its_linear_algebra_on_one_blas_thread(tmp_path, policy):
+    # the bandit's, and the engagement take models' under every policy
+    threadpool_limits(limits=2, user_api="blas")  # as a fresh process may have it
+    worker.build(Settings(policy=policy, state_dir=tmp_path))
     openblas = [i for i in threadpool_info() if i["prefix"] == "libscipy_openblas"]
     assert openblas and all(i["num_threads"] == 1 for i in openblas)
 
