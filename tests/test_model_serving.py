@@ -564,3 +564,19 @@ def test_each_merchant_is_scored_by_its_own_model_or_the_shared_default(shop, mo
     shutil.copytree(model_root, merchant_model_root(models_dir, MERCHANT))
     assert store.refresh() is True and store.for_merchant(MERCHANT) is not None
     assert store.refresh() is False  # nothing new
+
+
+def test_the_bought_together_lookup_runs_once_and_only_when_an_offer_reads_its_add_ons():
+    calls = []
+
+    def lookup() -> list[str]:
+        calls.append(1)
+        return ["C"]
+
+    signals = ModelSignals("v1", ("A", "B"), (0.25, 0.125), cold_start=False, neighbours=lookup)
+    assert signals.event_fields()["coupon_product_id"] == "A" and not calls  # no offer: no lookup
+    assert signals.add_ons == ("C", "A") and signals.add_on_sources == (
+        "bought_together",
+        "next_purchase",
+    )
+    assert signals.bought_together == ("C",) and len(calls) == 1

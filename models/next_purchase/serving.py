@@ -41,7 +41,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
@@ -151,8 +152,15 @@ class ModelSignals:
     recommendations: tuple[str, ...]  # top-k predicted products not in the cart, best first
     probabilities: tuple[float, ...]  # P(the next pick is that product), per recommendation
     cold_start: bool  # no known product in the history: popularity ranking
-    #: the cart products' strong neighbours not in the cart, best first (none without a table)
-    bought_together: tuple[str, ...] = ()
+    #: the cart products' strong neighbours not in the cart, best first (none without a table),
+    #: or the lookup that finds them: run once, when an offer first needs its add-ons (most
+    #: cart decisions make no offer, and the lookup is the costliest step of a cart's signals)
+    neighbours: Sequence[str] | Callable[[], Sequence[str]] = field(default=(), compare=False)
+
+    @cached_property
+    def bought_together(self) -> tuple[str, ...]:
+        neighbours = self.neighbours
+        return tuple(neighbours() if callable(neighbours) else neighbours)
 
     @property
     def add_ons(self) -> tuple[str, ...]:
@@ -462,7 +470,9 @@ class NextPurchaseScorer:
                 s,
                 cart,
                 self.top_k,
-                similar.bought_with(cart, self.top_k, strong) if similar is not None else (),
+                partial(similar.bought_with, cart, self.top_k, strong)
+                if similar is not None
+                else (),
             )
             for s, cart in zip(scored, carts, strict=True)
         ]
@@ -494,7 +504,11 @@ def _enough(scored: Scored, cart: set[str], k: int, catalogue: int) -> bool:
 
 
 def _cart_signals(
-    version: str, scored: Scored, cart: set[str], k: int, bought_together: Sequence[str]
+    version: str,
+    scored: Scored,
+    cart: set[str],
+    k: int,
+    bought_together: Sequence[str] | Callable[[], Sequence[str]],
 ) -> ModelSignals:
     picks = [(p, s) for p, s in zip(scored.items, scored.scores, strict=True) if p not in cart]
     picks = picks[:k]
@@ -503,7 +517,7 @@ def _cart_signals(
         recommendations=tuple(p for p, _ in picks),
         probabilities=tuple(s for _, s in picks),
         cold_start=scored.cold_start,
-        bought_together=tuple(bought_together),
+        neighbours=bought_together,
     )
 
 
