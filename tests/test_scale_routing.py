@@ -206,14 +206,17 @@ def answers_about(
 
 def job_answers(cluster: Cluster, owner_of: dict[int, str], job: str) -> tuple[int, dict]:
     """The job's record once it has finished, the same through every worker, from the owner of
-    the merchant's partition."""
+    the merchant's partition. (Compared once finished: asked of three workers in turn while it
+    runs, its record may change between two answers.)"""
     owner = owner_of[key_partition(SHOP, PARTITIONS)]
+    path = f"/predictors/{job}"
 
-    def finished() -> tuple[int, dict] | None:
-        status, record = same_answer_from_the_owner(cluster, owner, "GET", f"/predictors/{job}")
-        return (status, record) if record.get("status") in ("succeeded", "failed") else None
+    def finished() -> bool | None:
+        answers = [call(port, "GET", path, ADMIN_TOKEN)[1] for _, port in cluster.workers.values()]
+        return all(a.get("status") in ("succeeded", "failed") for a in answers) or None
 
-    return poll(finished, 30, f"job {job}")
+    poll(finished, 30, f"job {job}")
+    return same_answer_from_the_owner(cluster, owner, "GET", path)
 
 
 def start_job(cluster: Cluster, owner_of: dict[int, str]) -> str:
