@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -112,13 +113,14 @@ class LoopConfig:
 # --- the worker process -----------------------------------------------------------------------
 
 
-def _signals_table(sim: Simulator, merchant: Merchant) -> dict[str, list]:
-    """The synthetic next-purchase signals of every cart, by cart event id."""
+def _signals_table(sim: Simulator, merchant: Merchant, every_week: bool = False) -> dict[str, list]:
+    """The synthetic next-purchase signals of every cart, by cart event id (``every_week``: of
+    every customer-week, for a run whose carts depend on what the worker does)."""
     table = {}
     for i, customer in enumerate(sim.pop.keys):
         key = f"{merchant.id}:c:{customer}"
         for week in range(sim.config.weeks):
-            if sim.has_cart(i, week):
+            if every_week or sim.has_cart(i, week):
                 s = sim.signals(i, week)
                 table[f"{key}-w{week}-cart"] = [
                     s.coupon_product_id,
@@ -168,20 +170,32 @@ class ArmRun:
 
 
 class WorkerLoop:
-    """A broker, one worker and the driver's producer and decision reader, for one arm."""
+    """A broker, one worker and the driver's producer and decision reader, for one arm.
 
-    def __init__(self, config: LoopConfig, arm: str, signals_path: Path) -> None:
+    ``catalog``: the simulated merchant's catalog (default: the simulator's shop), ``variant``:
+    the promotion policy's (default: the arm's), ``settings``: more worker settings."""
+
+    def __init__(
+        self,
+        config: LoopConfig,
+        arm: str,
+        signals_path: Path,
+        catalog: dict | None = None,
+        variant: str | None = None,
+        settings: dict | None = None,
+    ) -> None:
         self.config = config
         self.arm = arm
         self.dir = config.out / "runs" / arm
+        shutil.rmtree(self.dir / "state", ignore_errors=True)  # a fresh broker: a fresh state
         self.dir.mkdir(parents=True, exist_ok=True)
         merchants = self.dir / "merchants.yaml"
-        catalog = dict(SIM_MERCHANT, margin_rate=config.sim.margin_rate)
+        catalog = catalog or dict(SIM_MERCHANT, margin_rate=config.sim.margin_rate)
         merchants.write_text(json.dumps({"merchants": {MERCHANT_ID: catalog}}))
         experiment = {
             "id": f"bench-promo-{arm}",
             "holdout": 0.0,
-            "arms": [{"name": arm, "weight": 1, "variant": arm_variant(arm)}],
+            "arms": [{"name": arm, "weight": 1, "variant": variant or arm_variant(arm)}],
         }
         self.broker = EmbeddedBroker(log_path=self.dir / "broker.log").start()
         self.port = free_port()
@@ -196,6 +210,7 @@ class WorkerLoop:
             merchants_path=merchants,
             policy="promotion",
             promo_experiment=json.dumps(experiment),
+            **(settings or {}),
         )
         self.process: subprocess.Popen[bytes] | None = None
         try:
@@ -214,9 +229,10 @@ class WorkerLoop:
         self.producer = Producer({**producer_config(self.settings), "log.connection.close": False})
         self.sent = 0
         self.decisions: dict[str, dict] = {}  # cart event id -> decision record
-        self.reader = self._reader("decisions")
+        self.reader = self.topic_reader("decisions")
 
-    def _reader(self, kind: str) -> Consumer:
+    def topic_reader(self, kind: str) -> Consumer:
+        """A consumer of an output topic from its beginning (assigned, no group)."""
         topic = getattr(self.settings.topics, kind)
         consumer = Consumer(
             {
@@ -267,7 +283,7 @@ class WorkerLoop:
 
     def read_all(self, kind: str, min_count: int) -> list[dict]:
         """Every record of an output topic: at least ``min_count``, then until quiet."""
-        consumer = self._reader(kind)
+        consumer = self.topic_reader(kind)
         records: list[dict] = []
         deadline = time.monotonic() + self.config.timeout_s
         quiet = 0
@@ -346,23 +362,7 @@ def run_arm(config: LoopConfig, population: Population, arm: str, signals_path: 
     decided: set[int] = set()
     loop = WorkerLoop(config, arm, signals_path)
     try:
-        for i, customer in enumerate(population.keys):
-            for k, (ts, total) in enumerate(population.history[i]):
-                line = {"product_id": "PAST", "quantity": 1, "unit_price": total}
-                loop.send(
-                    "orders",
-                    _event(
-                        "order",
-                        f"h{i}-{k}",
-                        customer,
-                        ts,
-                        order_id=f"h{i}-{k}",
-                        lines=[line],
-                        total=total,
-                        currency="GBP",
-                    ),
-                )
-        loop.settle()
+        send_history(loop, population)
         slice_s = config.slice_hours * 3600.0
         for week in range(sim_config.weeks):
             start = sim.week_start(week)
@@ -436,6 +436,27 @@ def run_arm(config: LoopConfig, population: Population, arm: str, signals_path: 
         loop.sent,
         round(time.perf_counter() - started, 1),
     )
+
+
+def send_history(loop: WorkerLoop, population: Population) -> None:
+    """The customers' past orders (a year at their real rate), then wait for the worker."""
+    for i, customer in enumerate(population.keys):
+        for k, (ts, total) in enumerate(population.history[i]):
+            line = {"product_id": "PAST", "quantity": 1, "unit_price": total}
+            loop.send(
+                "orders",
+                _event(
+                    "order",
+                    f"h{i}-{k}",
+                    customer,
+                    ts,
+                    order_id=f"h{i}-{k}",
+                    lines=[line],
+                    total=total,
+                    currency="GBP",
+                ),
+            )
+    loop.settle()
 
 
 def _dedupe(records: list[dict]) -> list[dict]:
