@@ -129,7 +129,8 @@ def test_a_retention_response_is_an_order_now_with_its_discount(population):
     assert basket == pytest.approx(float(population.cart_value[i, 2]))
     assert world.retention_margin[i] == pytest.approx(SIM.margin_rate * basket)
     assert world.retention_discount[i] == pytest.approx(round(0.1 * basket, 2))
-    assert not world.has_cart(i, 2)  # the week's cart was brought forward
+    assert not world.cart_made(i)  # the next cart was brought forward ...
+    assert world.cart_made(i)  # ... once
     never = world_of(population, config, u_respond=np.ones((n, SIM.weeks)))
     assert never.retention_message(i, 2, 10.0) is None and never.retention_margin[i] == 0.0
 

@@ -130,6 +130,7 @@ class ActionsRun:
     world: CustomerWorld
     carts: list[str]  # cart event ids, in order
     shown: dict[str, int]  # first-ranked action on a cart or message -> count
+    rankings: dict[str, int]  # the ranking mode cart decisions carried -> records
     messages: dict[str, int]  # customer index -> retention messages received
     held_out: list[int]  # holdout customers the journey stepped (the worker's state)
     treated: list[int]  # treated customers the journey stepped
@@ -156,6 +157,7 @@ def run_arm(
     index = {customer: i for i, customer in enumerate(population.keys)}
     result = RunResult(arm, np.zeros(n), np.zeros(sim_config.weeks), np.zeros(n, dtype=bool))
     shown: dict[str, int] = dict.fromkeys(ACTIONS, 0)
+    rankings: dict[str, int] = {}
     messages: dict[int, int] = {}
     carts: list[str] = []
     loop = WorkerLoop(
@@ -248,7 +250,7 @@ def run_arm(
                 ts = start + population.cart_time[i, week]
                 slices.setdefault(int((ts - start) // slice_s), []).append((ts, i))
             for _, batch in sorted(slices.items()):
-                batch = sorted(b for b in batch if world.pulled_forward[b[1]] != week)
+                batch = sorted(b for b in batch if world.cart_made(b[1]))
                 if not batch:
                     continue
                 events = []
@@ -265,6 +267,9 @@ def run_arm(
                 loop.settle()
                 for event, (ts, i), record in zip(events, batch, records, strict=True):
                     carts.append(event["event_id"])
+                    if "engagement_ranking" in record:
+                        mode = record["engagement_ranking"]
+                        rankings[mode] = rankings.get(mode, 0) + 1
                     redeemed_depth[i] = _respond(
                         loop, sim, result, merchant, i, week, ts, event, record, keep_truth=False
                     )
@@ -287,6 +292,7 @@ def run_arm(
         world=world,
         carts=carts,
         shown=shown,
+        rankings=rankings,
         messages={str(i): k for i, k in sorted(messages.items())},
         held_out=[i for i in stepped if arms[i] == HOLDOUT],
         treated=[i for i in stepped if arms[i] == retention.TREATED],
@@ -358,6 +364,8 @@ def _retention(run: ActionsRun, rng: np.random.Generator, resamples: int) -> dic
         "holdout_customers": len(held),
         "messages": sum(run.messages.values()),
         "messaged_customers": len(run.messages),
+        # consistency: only customers the worker's state shows as treated get a message
+        "messaged_not_treated": len({int(i) for i in run.messages} - set(run.treated)),
         "responders": int((world.responded[treated] > 0).sum()) if len(treated) else 0,
     }
     if len(treated) == 0 or len(held) == 0:
@@ -386,6 +394,7 @@ def summarise(config: ActionsConfig, runs: dict[str, ActionsRun], values: dict) 
             "value_per_customer": float(run.value.sum() / n),
             "takes": {a: int(run.world.taken[a].sum()) for a in ACTIONS},
             "shown": run.shown,
+            "rankings": run.rankings,
             "carts": len(run.carts),
             "decisions": run.decisions,
             "retention": _retention(run, rng, config.bootstrap),

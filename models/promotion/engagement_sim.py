@@ -30,10 +30,12 @@ random numbers so that two runs differ only by what the worker does):
 * **Retention messages.** A customer acts on one with probability ``retention_response`` (at
   the log-odds; plus the customer's discount sensitivity from the simulator, ``s * g / 0.10``,
   when it carries an offer worth a share ``g`` of the basket: the same response model as a cart
-  offer). Acting on it is a visit and an order now (the basket of that customer-week, with the
-  offer's discount) and an engagement; the customer's own cart later that week is then not
-  made (the order was brought forward: a discount given to a customer who would have bought
-  anyway costs its discount and brings nothing).
+  offer). Acting on it is a visit and an order now (the basket of that customer-week, with
+  the offer's discount) and an engagement; it is the customer's next purchase brought forward:
+  their next cart is not made (a discount given to a customer who would have come back anyway
+  costs its discount and brings only an earlier order; what the message gains is the order of
+  a customer who would not have come back within the run, and the activity the engagement
+  restores).
 
 The value of a take is not the catalog's number: it is the margin of the carts the changed
 behaviour brings over the rest of the run (the simulator's margin rate). The catalog's values
@@ -95,7 +97,7 @@ class EngagementSimConfig:
     lapse_hazard: float = 0.06
     hazard_spread: float = 0.5
     lapse_decay: float = 0.7
-    retention_response: float = 0.08
+    retention_response: float = 0.04
 
     @property
     def base_take(self) -> dict[str, float]:
@@ -213,7 +215,7 @@ class CustomerWorld:
         self.activity = np.ones(n)
         self.lapsing = np.zeros(n, dtype=bool)
         self.taken = {action: np.zeros(n, dtype=bool) for action in ACTIONS}
-        self.pulled_forward = np.full(n, -1)  # the week a retention order replaced the cart
+        self.brought_forward = np.zeros(n, dtype=bool)  # a retention order replaces the next cart
         self.retention_margin = np.zeros(n)  # margin of retention orders (before discounts)
         self.retention_discount = np.zeros(n)
         self.responded = np.zeros(n, dtype=int)  # retention messages acted on
@@ -223,10 +225,16 @@ class CustomerWorld:
         return min(1.0, float(self.pop.cart_rate[i]) * float(self.activity[i]) * lift)
 
     def has_cart(self, i: int, week: int) -> bool:
-        """A cart this week (none if a retention order already brought it forward)."""
-        if self.pulled_forward[i] == week:
-            return False
+        """Whether the customer would make a cart this week (see `cart_made`)."""
         return bool(self.pop.u_cart[i, week] < self.cart_probability(i))
+
+    def cart_made(self, i: int) -> bool:
+        """The customer's cart is made, unless a retention order brought it forward (which
+        uses that order up)."""
+        if self.brought_forward[i]:
+            self.brought_forward[i] = False
+            return False
+        return True
 
     def p_take(self, i: int, action: str) -> float:
         return float(_sigmoid(self.truth.take_logit[i, ACTIONS.index(action)]))
@@ -265,7 +273,7 @@ class CustomerWorld:
         self.responded[i] += 1
         self.retention_margin[i] += self.sim.margin_rate * basket
         self.retention_discount[i] += round(depth * basket, 2)
-        self.pulled_forward[i] = week
+        self.brought_forward[i] = True
         self.engage(i)
         return basket
 
