@@ -51,13 +51,12 @@ from agents.tools.promo_kafka_loop import (
     MERCHANT_ID,
     LoopConfig,
     WorkerLoop,
-    _cart_event,
     _event,
     _respond,
     _signals_table,
-    _views,
-    _wire,
+    decide_carts,
     send_history,
+    week_slices,
 )
 from models.promotion.engagement_sim import (
     ACTIONS,
@@ -242,29 +241,13 @@ def run_arm(
         loop.settle()
         slice_s = config.loop.slice_hours * 3600.0
         for week in range(sim_config.weeks):
-            start = sim.week_start(week)
             customers = [i for i in range(n) if world.has_cart(i, week)]
             redeemed_depth = np.zeros(n)
-            slices: dict[int, list[tuple[float, int]]] = {}
-            for i in customers:
-                ts = start + population.cart_time[i, week]
-                slices.setdefault(int((ts - start) // slice_s), []).append((ts, i))
-            for _, batch in sorted(slices.items()):
-                batch = sorted(b for b in batch if world.cart_made(b[1]))
+            for batch in week_slices(sim, week, customers, slice_s):
+                batch = [(ts, i) for ts, i in batch if world.cart_made(i)]
                 if not batch:
                     continue
-                events = []
-                for ts, i in batch:
-                    customer = population.keys[i]
-                    key = f"{merchant.id}:c:{customer}"
-                    for view in _views(key, week, ts, int(population.views[i, week])):
-                        loop.send("clickstream", _wire(view, customer))
-                    events.append(_cart_event(key, week, ts, float(population.cart_value[i, week])))
-                loop.settle()
-                for event, (_, i) in zip(events, batch, strict=True):
-                    loop.send("cart", _wire(event, population.keys[i]))
-                records = loop.decisions_for([e["event_id"] for e in events])
-                loop.settle()
+                events, records = decide_carts(loop, population, week, batch)
                 for event, (ts, i), record in zip(events, batch, records, strict=True):
                     carts.append(event["event_id"])
                     if "engagement_ranking" in record:

@@ -365,29 +365,10 @@ def run_arm(config: LoopConfig, population: Population, arm: str, signals_path: 
         send_history(loop, population)
         slice_s = config.slice_hours * 3600.0
         for week in range(sim_config.weeks):
-            start = sim.week_start(week)
-            carts = sorted(
-                (start + population.cart_time[i, week], i)
-                for i in range(n)
-                if sim.has_cart(i, week)
-            )
+            customers = [i for i in range(n) if sim.has_cart(i, week)]
             redeemed_depth = np.zeros(n)
-            slices: dict[int, list[tuple[float, int]]] = {}
-            for ts, i in carts:
-                slices.setdefault(int((ts - start) // slice_s), []).append((ts, i))
-            for _, batch in sorted(slices.items()):
-                events = []
-                for ts, i in batch:
-                    customer = population.keys[i]
-                    key = f"{merchant.id}:c:{customer}"
-                    for view in _views(key, week, ts, int(population.views[i, week])):
-                        loop.send("clickstream", _wire(view, customer))
-                    events.append(_cart_event(key, week, ts, float(population.cart_value[i, week])))
-                loop.settle()
-                for event, (_, i) in zip(events, batch, strict=True):
-                    loop.send("cart", _wire(event, population.keys[i]))
-                records = loop.decisions_for([e["event_id"] for e in events])
-                loop.settle()
+            for batch in week_slices(sim, week, customers, slice_s):
+                events, records = decide_carts(loop, population, week, batch)
                 for event, (ts, i), record in zip(events, batch, records, strict=True):
                     decided.add(i)
                     redeemed_depth[i] = _respond(
@@ -436,6 +417,39 @@ def run_arm(config: LoopConfig, population: Population, arm: str, signals_path: 
         loop.sent,
         round(time.perf_counter() - started, 1),
     )
+
+
+def week_slices(
+    sim: Simulator, week: int, customers: Sequence[int], slice_s: float
+) -> list[list[tuple[float, int]]]:
+    """The carts of ``customers`` in ``week`` as (event time, customer index), in slices of
+    ``slice_s`` seconds of event time, each in time order."""
+    start = sim.week_start(week)
+    slices: dict[int, list[tuple[float, int]]] = {}
+    for i in customers:
+        ts = start + float(sim.pop.cart_time[i, week])
+        slices.setdefault(int((ts - start) // slice_s), []).append((ts, i))
+    return [sorted(batch) for _, batch in sorted(slices.items())]
+
+
+def decide_carts(
+    loop: WorkerLoop, population: Population, week: int, batch: Sequence[tuple[float, int]]
+) -> tuple[list[dict], list[dict]]:
+    """A slice's product views, then its carts, through the worker: the cart events and the
+    worker's decision record of each."""
+    events = []
+    for ts, i in batch:
+        customer = population.keys[i]
+        key = f"{MERCHANT_ID}:c:{customer}"
+        for view in _views(key, week, ts, int(population.views[i, week])):
+            loop.send("clickstream", _wire(view, customer))
+        events.append(_cart_event(key, week, ts, float(population.cart_value[i, week])))
+    loop.settle()
+    for event, (_, i) in zip(events, batch, strict=True):
+        loop.send("cart", _wire(event, population.keys[i]))
+    records = loop.decisions_for([e["event_id"] for e in events])
+    loop.settle()
+    return events, records
 
 
 def send_history(loop: WorkerLoop, population: Population) -> None:
