@@ -35,7 +35,6 @@ per treated customer, with a bootstrap interval.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -55,6 +54,8 @@ from agents.tools.promo_kafka_loop import (
     _respond,
     _signals_table,
     decide_carts,
+    loop_arguments,
+    order_event,
     send_history,
     week_slices,
 )
@@ -218,19 +219,11 @@ def run_arm(
                         ),
                     )
                 line = {"product_id": "RETURN", "quantity": 1, "unit_price": basket}
-                loop.send(
-                    "orders",
-                    _event(
-                        "order",
-                        f"{tag}-order",
-                        customer,
-                        ts + 120.0,
-                        order_id=f"{tag}-order",
-                        lines=[line],
-                        total=round(basket - discount, 2),
-                        currency="GBP",
-                    ),
+                total = round(basket - discount, 2)
+                order = order_event(
+                    f"{tag}-order", f"{tag}-order", customer, ts + 120.0, [line], total
                 )
+                loop.send("orders", order)
             answer_action(i, week, ts + 180.0, note.get("engagement_actions"), MESSAGE)
 
     try:
@@ -527,14 +520,7 @@ def print_across(means: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(
-        prog="nextbest bench-actions",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--customers", type=int, default=2000)
-    parser.add_argument("--weeks", type=int, default=12)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser = loop_arguments("nextbest bench-actions", __doc__, weeks=12, out="var/bench-actions")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument(
         "--offers", default=ActionsConfig.offers, help="the promotion policy's variant"
@@ -545,9 +531,6 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the retention journey's holdout share (default: the journey's default)",
     )
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--slice-hours", type=float, default=24.0)
-    parser.add_argument("--out", type=Path, default=Path("var/bench-actions"))
     args = parser.parse_args(argv)
     calibration = calibrate()
     runs = []

@@ -321,6 +321,15 @@ def _event(kind: str, event_id: str, customer: str, ts: float, **fields: object)
     }
 
 
+def order_event(
+    event_id: str, order_id: str, customer: str, ts: float, lines: list[dict], total: float
+) -> dict:
+    """An order of the simulated shop (GBP) as a producer sends it."""
+    return _event(
+        "order", event_id, customer, ts, order_id=order_id, lines=lines, total=total, currency="GBP"
+    )
+
+
 def _wire(event: dict, customer: str) -> dict:
     """An offline simulator event (``_ts``) as the JSON a producer sends."""
     fields = {k: v for k, v in event.items() if k not in ("_ts", "event_id", "event_type")}
@@ -457,19 +466,7 @@ def send_history(loop: WorkerLoop, population: Population) -> None:
     for i, customer in enumerate(population.keys):
         for k, (ts, total) in enumerate(population.history[i]):
             line = {"product_id": "PAST", "quantity": 1, "unit_price": total}
-            loop.send(
-                "orders",
-                _event(
-                    "order",
-                    f"h{i}-{k}",
-                    customer,
-                    ts,
-                    order_id=f"h{i}-{k}",
-                    lines=[line],
-                    total=total,
-                    currency="GBP",
-                ),
-            )
+            loop.send("orders", order_event(f"h{i}-{k}", f"h{i}-{k}", customer, ts, [line], total))
     loop.settle()
 
 
@@ -530,19 +527,10 @@ def _respond(
         if outcome.redeemed and action.kind == "product_coupon":
             price = round(action.basket - action.cart_value, 2)
             lines.append({"product_id": action.product_id, "quantity": 1, "unit_price": price})
-        loop.send(
-            "orders",
-            _event(
-                "order",
-                f"{key}-w{week}-order",
-                customer,
-                ts + 3600.0,
-                order_id=f"{key}-w{week}",
-                lines=lines,
-                total=outcome.paid,
-                currency="GBP",
-            ),
+        order = order_event(
+            f"{key}-w{week}-order", f"{key}-w{week}", customer, ts + 3600.0, lines, outcome.paid
         )
+        loop.send("orders", order)
     end_kind = "checkout" if outcome.purchased else "cart_clear"
     loop.send(
         "cart",
@@ -807,19 +795,27 @@ def print_means(summary: dict) -> None:
         print(f"OPE: true value inside the 95% CI, all seeds: {coverage}")
 
 
+def loop_arguments(prog: str, doc: str | None, weeks: int, out: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark through the worker: population, seeds, partitions,
+    slices, output folder."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--weeks", type=int, default=weeks)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--slice-hours", type=float, default=24.0)
+    parser.add_argument("--out", type=Path, default=Path(out))
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:  # the worker process the benchmark starts
         serve(Path(argv[1]))
         return 0
-    parser = argparse.ArgumentParser(
-        prog="nextbest bench-promo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--customers", type=int, default=2000)
-    parser.add_argument("--weeks", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser = loop_arguments("nextbest bench-promo", __doc__, weeks=10, out="var/bench-promo")
     parser.add_argument("--margin", type=float, default=SimConfig.margin_rate)
     parser.add_argument(
         "--arms",
@@ -827,10 +823,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[NONE, *STATIC, LEARNED],
         help=f"arms to run (default all): none, learned, {', '.join(STATIC)}",
     )
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--slice-hours", type=float, default=24.0)
     parser.add_argument("--no-offline", action="store_true", help="skip the offline parity runs")
-    parser.add_argument("--out", type=Path, default=Path("var/bench-promo"))
     args = parser.parse_args(argv)
     for arm in args.arms:
         arm_variant(arm)
