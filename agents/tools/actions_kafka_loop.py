@@ -87,7 +87,8 @@ from streams.promotion.experiments import HOLDOUT
 EXPECTED_VALUE = "expected_value"
 PROPENSITY = "propensity"
 NONE = "none"
-ARMS = (NONE, PROPENSITY, EXPECTED_VALUE)
+NO_RETENTION = "no_retention"
+ARMS = (NO_RETENTION, NONE, PROPENSITY, EXPECTED_VALUE)
 ADMIN_TOKEN = "bench-actions-admin-token"
 FEEDBACK = {"taken": "action_taken", "dismissed": "action_dismissed"}
 
@@ -107,10 +108,12 @@ class ActionsConfig:
 
 
 def shop_catalog(config: ActionsConfig, arm: str, values: dict[str, float]) -> dict:
-    """The simulated shop of one arm: the simulator's, with the actions and the journey."""
+    """The simulated shop of one arm: the simulator's, with the actions (not in ``none`` and
+    ``no_retention``) and the retention journey (not in ``no_retention``)."""
     catalog = dict(SIM_MERCHANT, margin_rate=config.loop.sim.margin_rate)
-    catalog["journeys"] = {"retention": dict(config.retention)}
-    if arm != NONE:
+    if arm != NO_RETENTION:
+        catalog["journeys"] = {"retention": dict(config.retention)}
+    if arm not in (NONE, NO_RETENTION):
         catalog["engagement_actions"] = engagement_catalog(values, config.engagement)
         catalog["engagement"] = {
             "ranking": arm,
@@ -131,6 +134,7 @@ class ActionsRun:
     carts: list[str]  # cart event ids, in order
     shown: dict[str, int]  # first-ranked action on a cart or message -> count
     rankings: dict[str, int]  # the ranking mode cart decisions carried -> records
+    first_week_candidates: list[int]  # customers whose random numbers give a cart in week 0
     messages: dict[str, int]  # customer index -> retention messages received
     held_out: list[int]  # holdout customers the journey stepped (the worker's state)
     treated: list[int]  # treated customers the journey stepped
@@ -160,6 +164,7 @@ def run_arm(
     rankings: dict[str, int] = {}
     messages: dict[int, int] = {}
     carts: list[str] = []
+    first_week: list[int] = []
     loop = WorkerLoop(
         config.loop,
         arm,
@@ -235,6 +240,7 @@ def run_arm(
         slice_s = config.loop.slice_hours * 3600.0
         for week in range(sim_config.weeks):
             customers = [i for i in range(n) if world.has_cart(i, week)]
+            first_week = customers if week == 0 else first_week
             redeemed_depth = np.zeros(n)
             for batch in week_slices(sim, week, customers, slice_s):
                 batch = [(ts, i) for ts, i in batch if world.cart_made(i)]
@@ -269,6 +275,7 @@ def run_arm(
         carts=carts,
         shown=shown,
         rankings=rankings,
+        first_week_candidates=first_week,
         messages={str(i): k for i, k in sorted(messages.items())},
         held_out=[i for i in stepped if arms[i] == HOLDOUT],
         treated=[i for i in stepped if arms[i] == retention.TREATED],
@@ -371,6 +378,8 @@ def summarise(config: ActionsConfig, runs: dict[str, ActionsRun], values: dict) 
             "takes": {a: int(run.world.taken[a].sum()) for a in ACTIONS},
             "shown": run.shown,
             "rankings": run.rankings,
+            "first_week_carts": sum(c.endswith("-w0-cart") for c in run.carts),
+            "first_week_candidates": len(run.first_week_candidates),
             "carts": len(run.carts),
             "decisions": run.decisions,
             "retention": _retention(run, rng, config.bootstrap),
@@ -393,11 +402,38 @@ def summarise(config: ActionsConfig, runs: dict[str, ActionsRun], values: dict) 
             gain_ev, gain_prop = float((ev - base).mean()), float((prop - base).mean())
             summary["gain_over_none"] = {EXPECTED_VALUE: gain_ev, PROPENSITY: gain_prop}
             summary["ratio_gain_ev_vs_propensity"] = gain_ev / gain_prop if gain_prop > 0 else None
-    first_week = {
-        arm: [c for c in run.carts if c.endswith("-w0-cart")] for arm, run in runs.items()
-    }
-    summary["same_first_week_carts"] = len({tuple(c) for c in first_week.values()}) == 1
+    if NONE in runs and NO_RETENTION in runs:
+        summary["retention_paired"] = _retention_paired(
+            runs[NONE], runs[NO_RETENTION], rng, config.bootstrap
+        )
+    candidates = {tuple(run.first_week_candidates) for run in runs.values()}
+    summary["same_first_week_candidates"] = len(candidates) == 1
     return summary
+
+
+def _retention_paired(
+    run: ActionsRun, without: ActionsRun, rng: np.random.Generator, resamples: int
+) -> dict:
+    """The journey's true effect, which only a simulator can measure: each customer it stepped
+    against the same customer, same random numbers, in the run without the journey."""
+    treated, held = np.array(run.treated, dtype=int), np.array(run.held_out, dtype=int)
+    diff = run.value - without.value
+
+    def mean(d: np.ndarray) -> float:
+        return float(d.mean())
+
+    figures: dict = {"treated_customers": len(treated), "holdout_customers": len(held)}
+    if len(treated):
+        cost = run.world.retention_discount[treated]
+        figures.update(
+            net_per_treated=float(diff[treated].mean()),
+            net_interval=_interval(rng, mean, (diff[treated],), resamples),
+            margin_per_treated=float(diff[treated].mean() + cost.mean()),
+            cost_per_treated=float(cost.mean()),
+        )
+    if len(held):  # nothing was sent to them: no difference but the runs' own divergence
+        figures["holdout_difference"] = float(diff[held].mean())
+    return figures
 
 
 def bench(config: ActionsConfig, calibration: Calibration | None = None) -> dict:
@@ -465,7 +501,10 @@ def print_summary(summary: dict) -> None:
             f"{gain[PROPENSITY]:+.2f} GBP per customer (ratio "
             f"{'n/a' if ratio is None else f'{ratio:.2f}'})"
         )
-    print(f"first week's carts the same in every arm: {summary['same_first_week_carts']}")
+    print(
+        "the same customers with a cart in the first week in every arm (before retention orders "
+        f"brought some forward): {summary['same_first_week_candidates']}"
+    )
     print("Retention journey (customers it stepped; margin over the run, GBP per customer):")
     for arm, a in summary["arms"].items():
         r = a["retention"]
@@ -477,6 +516,16 @@ def print_summary(summary: dict) -> None:
             f"{r['holdout_customers']}: margin {r['margin_per_treated']:.2f} vs "
             f"{r['margin_per_holdout']:.2f}, cost {r['cost_per_treated']:.2f}, net recovered "
             f"{r['net_recovered_per_treated']:+.2f} {_fmt(r['net_recovered_interval'])}"
+        )
+    paired = summary.get("retention_paired")
+    if paired and "net_per_treated" in paired:
+        print(
+            f"against the same customers without the journey (arm {NO_RETENTION}; the "
+            f"simulator's counterfactual): treated {paired['treated_customers']}: margin "
+            f"{paired['margin_per_treated']:+.2f}, cost {paired['cost_per_treated']:.2f}, net "
+            f"{paired['net_per_treated']:+.2f} {_fmt(paired['net_interval'])} per treated "
+            f"customer; holdout {paired['holdout_customers']}: "
+            f"{paired.get('holdout_difference', float('nan')):+.2f}"
         )
 
 
@@ -503,6 +552,9 @@ def across_seeds(runs: list[dict]) -> dict:
         nets = [r["arms"][arm]["retention"].get("net_recovered_per_treated") for r in runs]
         if all(v is not None for v in nets):
             means[f"net_recovered_per_treated.{arm}"] = _across(nets)
+    paired = [r.get("retention_paired", {}).get("net_per_treated") for r in runs]
+    if all(v is not None for v in paired):
+        means["retention_paired.net_per_treated"] = _across(paired)
     for name in ("ev_minus_propensity", "ratio_ev_vs_propensity", "ratio_gain_ev_vs_propensity"):
         if all(r.get(name) is not None for r in runs):
             means[name] = _across([r[name] for r in runs])
