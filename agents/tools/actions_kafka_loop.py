@@ -337,6 +337,23 @@ def _interval(rng: np.random.Generator, statistic, samples: tuple, resamples: in
     return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
 
 
+ORDER_BANDS = ((1, 1), (2, 2), (3, 4), (5, 9), (10, None))
+
+
+def _by_orders(run: ActionsRun, stepped: list[int]) -> dict[str, str]:
+    """Customers the journey stepped of those with so many orders in the year before the run
+    (the default trigger reaches few frequent buyers: docs/churn.md)."""
+    orders = np.array([len(h) for h in run.world.pop.history])
+    chosen = np.zeros(len(orders), dtype=bool)
+    chosen[stepped] = True
+    bands = {}
+    for low, high in ORDER_BANDS:
+        band = (orders >= low) & (orders <= (high if high is not None else orders.max()))
+        name = f"{low}" if low == high else f"{low}+" if high is None else f"{low}-{high}"
+        bands[name] = f"{int((chosen & band).sum())}/{int(band.sum())}"
+    return bands
+
+
 def _retention(run: ActionsRun, rng: np.random.Generator, resamples: int) -> dict:
     world = run.world
     treated, held = np.array(run.treated, dtype=int), np.array(run.held_out, dtype=int)
@@ -350,6 +367,7 @@ def _retention(run: ActionsRun, rng: np.random.Generator, resamples: int) -> dic
         # consistency: only customers the worker's state shows as treated get a message
         "messaged_not_treated": len({int(i) for i in run.messages} - set(run.treated)),
         "responders": int((world.responded[treated] > 0).sum()) if len(treated) else 0,
+        "stepped_by_past_orders": _by_orders(run, [*run.treated, *run.held_out]),
     }
     if len(treated) == 0 or len(held) == 0:
         return figures
@@ -511,6 +529,8 @@ def print_summary(summary: dict) -> None:
         if "net_recovered_per_treated" not in r:
             print(f"{arm:<16} treated {r['treated_customers']}, holdout {r['holdout_customers']}")
             continue
+        bands = ", ".join(f"{k}: {v}" for k, v in r["stepped_by_past_orders"].items())
+        print(f"{arm:<16} stepped, by orders in the year before the run: {bands}")
         print(
             f"{arm:<16} treated {r['treated_customers']} (responded {r['responders']}), holdout "
             f"{r['holdout_customers']}: margin {r['margin_per_treated']:.2f} vs "

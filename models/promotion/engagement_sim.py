@@ -146,7 +146,7 @@ def engagement_catalog(values: dict[str, float], config: EngagementSimConfig) ->
             "id": action,
             "kind": KINDS[action],
             "title": TITLES[action],
-            "value": round(values[action], 2),
+            "value": max(0.01, round(values[action], 2)),  # the catalog needs > 0
             "prior_take_rate": config.base_take[action],
             "channels": ["in_app"],
         }
