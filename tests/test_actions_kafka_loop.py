@@ -1,9 +1,10 @@
 """``nextbest bench-actions`` through the real worker on the embedded broker, a few customers
 for three weeks (no journey; the journey without actions; actions ranked by expected value --
 the propensity arm is the same code with the other ranking): every cart is decided by the
-worker and carries the arm's ranking, the arms draw the same first week, the customers' takes
-are of actions the worker showed, only the customers the worker's state shows as treated get
-retention messages, and the holdout's value is the same with and without the journey."""
+worker and carries the arm's ranking, the arms draw the same first week (but for takes before
+it), the customers' takes are of actions the worker showed, only the customers the worker's
+state shows as treated get retention messages, and the holdout's value is the same with and
+without the journey."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_the_actions_loop_closes_through_the_worker(tmp_path):
     )
     summary = bench(config, calibrate())
 
-    assert summary["same_first_week_candidates"]
+    assert summary["first_week_unexplained"] == 0
     for arm in (NONE, EXPECTED_VALUE):
         figures = summary["arms"][arm]
         carts = figures["carts"]
