@@ -602,8 +602,9 @@ def print_across(means: dict) -> None:
     if len(means["seeds"]) < 2:
         return
     print(f"\nAcross seeds {means['seeds']}: mean [95% t interval]")
-    for name, (mean, interval) in means.items():
+    for name, figure in means.items():
         if name != "seeds":
+            mean, interval = figure
             print(f"{name:<44} {mean:+10.4f} {_fmt(interval)}")
 
 
