@@ -8,10 +8,11 @@ are the shop's estimates for the average customer) and churn (a customer's purch
 while they lapse, unless engaged). Per arm a fresh embedded broker and one worker (the driver,
 broker and worker code of ``nextbest bench-promo``, ``agents.tools.promo_kafka_loop``) whose
 merchant ranks its actions by ``expected_value`` (P(take) x value) or by ``propensity``
-(P(take) alone, Amazon Personalize's way), or (arm ``none``) has no actions; everything else is
-the same: cart offers from a static promotion policy variant (default 10% off), actions on every
-cart decision (``combine: both``) and in journeys' messages (``in_journeys``), the retention
-journey with its default options (its 10% holdout).
+(P(take) alone, Amazon Personalize's way), or has no actions (arm ``none``), or neither actions
+nor the retention journey (arm ``no_retention``); everything else is the same: cart offers from
+a static promotion policy variant (default 10% off), actions on every cart decision (``combine:
+both``) and in journeys' messages (``in_journeys``), the retention journey with its default
+options (its 10% holdout; ``--retention-holdout`` to change it).
 
 The driver produces each customer's profile (in-app consent) and past orders, then week by week
 in slices of event time the views and carts of the customers who have a cart that week (the
@@ -27,10 +28,12 @@ the windows it closes.
 Figures per arm: realised value per customer (GBP: the simulated margin of every order less
 every discount over the run), takes per action; EV against propensity per customer (paired: the
 same customers and random numbers) with a bootstrap interval, and across seeds. Retention: the
-customers the journey stepped (the treated from the notifications, the holdout from the
-worker's state), margin per treated and per holdout customer over the run, the journey's cost
-(the discounts its messages gave) and net margin recovered = (treated - holdout margin) - cost
-per treated customer, with a bootstrap interval.
+customers the journey stepped (treated and holdout, from the worker's state; the messages from
+the notifications topic), margin per treated and per holdout customer over the run, the
+journey's cost (the discounts its messages gave) and net margin recovered = (treated - holdout
+margin) - cost per treated customer, with a bootstrap interval: what the shop can measure. With
+the ``no_retention`` arm beside ``none``, also what only a simulator can: each treated customer
+against the same customer without the journey (paired, same random numbers).
 """
 
 from __future__ import annotations
