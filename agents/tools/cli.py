@@ -41,6 +41,10 @@ DELEGATED: dict[str, tuple[str, str]] = {
     ),
     "simulate": ("models.promotion.simulation", "promotion policies vs simulated customers"),
     "bench-promo": ("agents.tools.promo_kafka_loop", "the simulator's loop through the worker"),
+    "bench-actions": (
+        "agents.tools.actions_kafka_loop",
+        "engagement-action ranking and retention, simulated, through the worker",
+    ),
     "bench-churn": (
         "agents.tools.bench_churn",
         "what churn risk adds to every event's state update",

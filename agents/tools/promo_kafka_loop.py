@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -112,13 +113,14 @@ class LoopConfig:
 # --- the worker process -----------------------------------------------------------------------
 
 
-def _signals_table(sim: Simulator, merchant: Merchant) -> dict[str, list]:
-    """The synthetic next-purchase signals of every cart, by cart event id."""
+def _signals_table(sim: Simulator, merchant: Merchant, every_week: bool = False) -> dict[str, list]:
+    """The synthetic next-purchase signals of every cart, by cart event id (``every_week``: of
+    every customer-week, for a run whose carts depend on what the worker does)."""
     table = {}
     for i, customer in enumerate(sim.pop.keys):
         key = f"{merchant.id}:c:{customer}"
         for week in range(sim.config.weeks):
-            if sim.has_cart(i, week):
+            if every_week or sim.has_cart(i, week):
                 s = sim.signals(i, week)
                 table[f"{key}-w{week}-cart"] = [
                     s.coupon_product_id,
@@ -168,20 +170,32 @@ class ArmRun:
 
 
 class WorkerLoop:
-    """A broker, one worker and the driver's producer and decision reader, for one arm."""
+    """A broker, one worker and the driver's producer and decision reader, for one arm.
 
-    def __init__(self, config: LoopConfig, arm: str, signals_path: Path) -> None:
+    ``catalog``: the simulated merchant's catalog (default: the simulator's shop), ``variant``:
+    the promotion policy's (default: the arm's), ``settings``: more worker settings."""
+
+    def __init__(
+        self,
+        config: LoopConfig,
+        arm: str,
+        signals_path: Path,
+        catalog: dict | None = None,
+        variant: str | None = None,
+        settings: dict | None = None,
+    ) -> None:
         self.config = config
         self.arm = arm
         self.dir = config.out / "runs" / arm
+        shutil.rmtree(self.dir / "state", ignore_errors=True)  # a fresh broker: a fresh state
         self.dir.mkdir(parents=True, exist_ok=True)
         merchants = self.dir / "merchants.yaml"
-        catalog = dict(SIM_MERCHANT, margin_rate=config.sim.margin_rate)
+        catalog = catalog or dict(SIM_MERCHANT, margin_rate=config.sim.margin_rate)
         merchants.write_text(json.dumps({"merchants": {MERCHANT_ID: catalog}}))
         experiment = {
             "id": f"bench-promo-{arm}",
             "holdout": 0.0,
-            "arms": [{"name": arm, "weight": 1, "variant": arm_variant(arm)}],
+            "arms": [{"name": arm, "weight": 1, "variant": variant or arm_variant(arm)}],
         }
         self.broker = EmbeddedBroker(log_path=self.dir / "broker.log").start()
         self.port = free_port()
@@ -196,6 +210,7 @@ class WorkerLoop:
             merchants_path=merchants,
             policy="promotion",
             promo_experiment=json.dumps(experiment),
+            **(settings or {}),
         )
         self.process: subprocess.Popen[bytes] | None = None
         try:
@@ -214,9 +229,10 @@ class WorkerLoop:
         self.producer = Producer({**producer_config(self.settings), "log.connection.close": False})
         self.sent = 0
         self.decisions: dict[str, dict] = {}  # cart event id -> decision record
-        self.reader = self._reader("decisions")
+        self.reader = self.topic_reader("decisions")
 
-    def _reader(self, kind: str) -> Consumer:
+    def topic_reader(self, kind: str) -> Consumer:
+        """A consumer of an output topic from its beginning (assigned, no group)."""
         topic = getattr(self.settings.topics, kind)
         consumer = Consumer(
             {
@@ -267,7 +283,7 @@ class WorkerLoop:
 
     def read_all(self, kind: str, min_count: int) -> list[dict]:
         """Every record of an output topic: at least ``min_count``, then until quiet."""
-        consumer = self._reader(kind)
+        consumer = self.topic_reader(kind)
         records: list[dict] = []
         deadline = time.monotonic() + self.config.timeout_s
         quiet = 0
@@ -303,6 +319,15 @@ def _event(kind: str, event_id: str, customer: str, ts: float, **fields: object)
         "customer_id": customer,
         **fields,
     }
+
+
+def order_event(
+    event_id: str, order_id: str, customer: str, ts: float, lines: list[dict], total: float
+) -> dict:
+    """An order of the simulated shop (GBP) as a producer sends it."""
+    return _event(
+        "order", event_id, customer, ts, order_id=order_id, lines=lines, total=total, currency="GBP"
+    )
 
 
 def _wire(event: dict, customer: str) -> dict:
@@ -346,48 +371,13 @@ def run_arm(config: LoopConfig, population: Population, arm: str, signals_path: 
     decided: set[int] = set()
     loop = WorkerLoop(config, arm, signals_path)
     try:
-        for i, customer in enumerate(population.keys):
-            for k, (ts, total) in enumerate(population.history[i]):
-                line = {"product_id": "PAST", "quantity": 1, "unit_price": total}
-                loop.send(
-                    "orders",
-                    _event(
-                        "order",
-                        f"h{i}-{k}",
-                        customer,
-                        ts,
-                        order_id=f"h{i}-{k}",
-                        lines=[line],
-                        total=total,
-                        currency="GBP",
-                    ),
-                )
-        loop.settle()
+        send_history(loop, population)
         slice_s = config.slice_hours * 3600.0
         for week in range(sim_config.weeks):
-            start = sim.week_start(week)
-            carts = sorted(
-                (start + population.cart_time[i, week], i)
-                for i in range(n)
-                if sim.has_cart(i, week)
-            )
+            customers = [i for i in range(n) if sim.has_cart(i, week)]
             redeemed_depth = np.zeros(n)
-            slices: dict[int, list[tuple[float, int]]] = {}
-            for ts, i in carts:
-                slices.setdefault(int((ts - start) // slice_s), []).append((ts, i))
-            for _, batch in sorted(slices.items()):
-                events = []
-                for ts, i in batch:
-                    customer = population.keys[i]
-                    key = f"{merchant.id}:c:{customer}"
-                    for view in _views(key, week, ts, int(population.views[i, week])):
-                        loop.send("clickstream", _wire(view, customer))
-                    events.append(_cart_event(key, week, ts, float(population.cart_value[i, week])))
-                loop.settle()
-                for event, (_, i) in zip(events, batch, strict=True):
-                    loop.send("cart", _wire(event, population.keys[i]))
-                records = loop.decisions_for([e["event_id"] for e in events])
-                loop.settle()
+            for batch in week_slices(sim, week, customers, slice_s):
+                events, records = decide_carts(loop, population, week, batch)
                 for event, (ts, i), record in zip(events, batch, records, strict=True):
                     decided.add(i)
                     redeemed_depth[i] = _respond(
@@ -436,6 +426,48 @@ def run_arm(config: LoopConfig, population: Population, arm: str, signals_path: 
         loop.sent,
         round(time.perf_counter() - started, 1),
     )
+
+
+def week_slices(
+    sim: Simulator, week: int, customers: Sequence[int], slice_s: float
+) -> list[list[tuple[float, int]]]:
+    """The carts of ``customers`` in ``week`` as (event time, customer index), in slices of
+    ``slice_s`` seconds of event time, each in time order."""
+    start = sim.week_start(week)
+    slices: dict[int, list[tuple[float, int]]] = {}
+    for i in customers:
+        ts = start + float(sim.pop.cart_time[i, week])
+        slices.setdefault(int((ts - start) // slice_s), []).append((ts, i))
+    return [sorted(batch) for _, batch in sorted(slices.items())]
+
+
+def decide_carts(
+    loop: WorkerLoop, population: Population, week: int, batch: Sequence[tuple[float, int]]
+) -> tuple[list[dict], list[dict]]:
+    """A slice's product views, then its carts, through the worker: the cart events and the
+    worker's decision record of each."""
+    events = []
+    for ts, i in batch:
+        customer = population.keys[i]
+        key = f"{MERCHANT_ID}:c:{customer}"
+        for view in _views(key, week, ts, int(population.views[i, week])):
+            loop.send("clickstream", _wire(view, customer))
+        events.append(_cart_event(key, week, ts, float(population.cart_value[i, week])))
+    loop.settle()
+    for event, (_, i) in zip(events, batch, strict=True):
+        loop.send("cart", _wire(event, population.keys[i]))
+    records = loop.decisions_for([e["event_id"] for e in events])
+    loop.settle()
+    return events, records
+
+
+def send_history(loop: WorkerLoop, population: Population) -> None:
+    """The customers' past orders (a year at their real rate), then wait for the worker."""
+    for i, customer in enumerate(population.keys):
+        for k, (ts, total) in enumerate(population.history[i]):
+            line = {"product_id": "PAST", "quantity": 1, "unit_price": total}
+            loop.send("orders", order_event(f"h{i}-{k}", f"h{i}-{k}", customer, ts, [line], total))
+    loop.settle()
 
 
 def _dedupe(records: list[dict]) -> list[dict]:
@@ -495,19 +527,10 @@ def _respond(
         if outcome.redeemed and action.kind == "product_coupon":
             price = round(action.basket - action.cart_value, 2)
             lines.append({"product_id": action.product_id, "quantity": 1, "unit_price": price})
-        loop.send(
-            "orders",
-            _event(
-                "order",
-                f"{key}-w{week}-order",
-                customer,
-                ts + 3600.0,
-                order_id=f"{key}-w{week}",
-                lines=lines,
-                total=outcome.paid,
-                currency="GBP",
-            ),
+        order = order_event(
+            f"{key}-w{week}-order", f"{key}-w{week}", customer, ts + 3600.0, lines, outcome.paid
         )
+        loop.send("orders", order)
     end_kind = "checkout" if outcome.purchased else "cart_clear"
     loop.send(
         "cart",
@@ -772,19 +795,27 @@ def print_means(summary: dict) -> None:
         print(f"OPE: true value inside the 95% CI, all seeds: {coverage}")
 
 
+def loop_arguments(prog: str, doc: str | None, weeks: int, out: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark through the worker: population, seeds, partitions,
+    slices, output folder."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--weeks", type=int, default=weeks)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--slice-hours", type=float, default=24.0)
+    parser.add_argument("--out", type=Path, default=Path(out))
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:  # the worker process the benchmark starts
         serve(Path(argv[1]))
         return 0
-    parser = argparse.ArgumentParser(
-        prog="nextbest bench-promo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--customers", type=int, default=2000)
-    parser.add_argument("--weeks", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser = loop_arguments("nextbest bench-promo", __doc__, weeks=10, out="var/bench-promo")
     parser.add_argument("--margin", type=float, default=SimConfig.margin_rate)
     parser.add_argument(
         "--arms",
@@ -792,10 +823,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[NONE, *STATIC, LEARNED],
         help=f"arms to run (default all): none, learned, {', '.join(STATIC)}",
     )
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--slice-hours", type=float, default=24.0)
     parser.add_argument("--no-offline", action="store_true", help="skip the offline parity runs")
-    parser.add_argument("--out", type=Path, default=Path("var/bench-promo"))
     args = parser.parse_args(argv)
     for arm in args.arms:
         arm_variant(arm)
