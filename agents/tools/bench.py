@@ -174,9 +174,28 @@ def faust_reference(settings: Settings, mode: str, n: int, workdir: Path, run: s
 POLL_S = 0.1
 
 
-def pipeline(settings: Settings, n: int, workdir: Path, run: str) -> float:
-    """The nextbest worker with ``settings``, events/s (its three input counters on /metrics,
-    every `POLL_S`)."""
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used; None where ``/proc`` cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    rate: float  # events/s, from the first event processed to the last
+    #: the worker process's CPU per event over the same span (µs; None: not measurable here).
+    #: Less sensitive than the rate to a busy machine: it counts what the worker spent, not
+    #: how long it waited for a core.
+    cpu_us: float | None
+
+
+def pipeline(settings: Settings, n: int, workdir: Path, run: str) -> WorkerRun:
+    """The nextbest worker with ``settings``: events/s (its three input counters on /metrics,
+    every `POLL_S`) and its CPU per event between the first poll that saw events and the one
+    that saw them all."""
     port = free_port()
     app_id = f"bench-nextbest-{run}"
     settings = replace(
@@ -191,20 +210,24 @@ def pipeline(settings: Settings, n: int, workdir: Path, run: str) -> float:
     try:
         wait_for_port("127.0.0.1", port, 60)
         first = end = 0.0
+        first_done = first_cpu = end_cpu = None
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             totals = scrape(port, PROCESSED)
             done = sum(totals.get(k, 0) for k in PROCESSED)
-            now = time.time()
+            now, cpu = time.time(), process_cpu_s(worker.pid)
             if done and not first:
-                first = now
+                first, first_done, first_cpu = now, done, cpu
             if done >= n:
-                end = now
+                end, end_cpu = now, cpu
                 break
             time.sleep(POLL_S)
         if not end:
             raise RuntimeError(f"the nextbest worker did not finish; see nextbest-{run}.log")
-        return n / max(end - first, POLL_S)  # a run within one poll: one poll long
+        cpu_us = None
+        if first_cpu is not None and end_cpu is not None and done > first_done:
+            cpu_us = (end_cpu - first_cpu) / (done - first_done) * 1e6
+        return WorkerRun(n / max(end - first, POLL_S), cpu_us)  # within one poll: one poll long
     finally:
         stop_worker(worker)
 
@@ -223,11 +246,12 @@ def _label(key: str) -> str:
 
 def throughput(
     settings: Settings, n: int, workdir: Path, rounds: int, workers: dict[str, Settings]
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float | None]]]:
     """Each consumer once per round, interleaved (a, b, c, c+, then every worker configuration,
     a, b, ...), so that a noisy neighbour slows every consumer alike; each run has its own
-    consumer group."""
+    consumer group. The rates of every consumer, and the CPU per event of every worker run."""
     rates: dict[str, list[float]] = {key: [] for key in (*REFERENCES, *workers)}
+    cpu: dict[str, list[float | None]] = {key: [] for key in workers}
     stock = replace(settings, lean_delivery=False)
     for r in range(1, rounds + 1):
         run = str(r)
@@ -236,17 +260,21 @@ def throughput(
         rates["c"].append(faust_reference(stock, "naive", n, workdir, run))
         rates["c+"].append(faust_reference(settings, "naive", n, workdir, f"{run}-lean"))
         for name, worker in workers.items():
-            rates[name].append(pipeline(worker, n, workdir, f"{_slug(name)}-{run}"))
+            measured = pipeline(worker, n, workdir, f"{_slug(name)}-{run}")
+            rates[name].append(measured.rate)
+            cpu[name].append(measured.cpu_us)
         print(
             f"  round {r}: " + "  ".join(f"{_label(k)} {v[-1]:,.0f}" for k, v in rates.items()),
             flush=True,
         )
-    return rates
+    return rates, cpu
 
 
-def print_throughput(rates: dict[str, list[float]], rounds: int) -> None:
+def print_throughput(
+    rates: dict[str, list[float]], rounds: int, cpu: dict[str, list[float | None]] | None = None
+) -> None:
     """The medians, each round's figure, the ratios of the medians (with their spread over the
-    rounds) and the bars."""
+    rounds), the bars, and each worker's CPU per event."""
     median = {key: statistics.median(values) for key, values in rates.items()}
     print(f"\nthroughput, median of {rounds} round(s) (events/s, one worker process each)")
     for key, rate in median.items():
@@ -275,6 +303,13 @@ def print_throughput(rates: dict[str, list[float]], rounds: int) -> None:
                 f"  bar: {num} / {_label(den)} >= {least:.2f}: {value:.2f} "
                 + ("met" if value >= least else "NOT met")
             )
+    measured = {k: [v for v in vs if v is not None] for k, vs in (cpu or {}).items()}
+    if any(measured.values()):
+        print("worker CPU per event (µs, user + system, median of the rounds; rounds)")
+        for key, values in measured.items():
+            if values:
+                each = " / ".join(f"{v:.1f}" for v in values)
+                print(f"  {key:<16} {statistics.median(values):>7.1f}   rounds {each}")
 
 
 @dataclass
@@ -429,8 +464,8 @@ def run_bench(config: BenchConfig) -> int:
                 flush=True,
             )
             workers = {c.name: worker_settings(settings, c, model) for c in chosen}
-            rates = throughput(settings, n, workdir, config.rounds, workers)
-        print_throughput(rates, config.rounds)
+            rates, cpu = throughput(settings, n, workdir, config.rounds, workers)
+        print_throughput(rates, config.rounds, cpu)
         load = _events(config, int(config.rate * config.latency_seconds))
         customers = len({e.value["customer_id"] for e in load if e.value.get("customer_id")})
         base = Settings.from_env()
