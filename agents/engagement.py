@@ -90,8 +90,10 @@ class Engagement:
             batch.count(metrics.ENGAGEMENT_FEEDBACK, merchant.id, action_id, interaction)
             if interaction == "taken":
                 closed += rewards.take(state, action_id, ts)
-            elif interaction == "shown":
-                closed += self._open(merchant, state, data["event_id"], action_id, ts, None, None)
+            elif interaction == "shown":  # of an API-served ranking: its id and propensity
+                ranking_id = data.get("ranking_id") or data["event_id"]
+                propensity = data.get("propensity")
+                closed += self._open(merchant, state, ranking_id, action_id, ts, None, propensity)
         closed += rewards.close_due(state, ts)
         self.learn(merchant.id, closed, event)
 

@@ -58,6 +58,8 @@ Version = Annotated[int, Bounds(minimum=SCHEMA_VERSION, maximum=SCHEMA_VERSION)]
 Quantity = Annotated[int, Bounds(minimum=-MAX_QUANTITY, maximum=MAX_QUANTITY)]
 Price = Annotated[float, Bounds(minimum=0, maximum=MAX_AMOUNT)]
 Amount = Annotated[float, Bounds(minimum=-MAX_AMOUNT, maximum=MAX_AMOUNT)]
+#: a probability a ranking had of serving what it served: in (0, 1]
+Propensity = Annotated[float, Bounds(minimum=0, maximum=1, exclusive_minimum=True)]
 
 ClickType = Literal["page_view", "product_view", "category_view", "search"]
 CartType = Literal["cart_add", "cart_remove", "cart_quantity", "cart_clear", "checkout"]
@@ -168,11 +170,16 @@ class ActionFeedbackEvent(Event, serializer="json"):
     """What a customer did with an engagement action (topic ``action-feedback``): shown to
     them, taken (joined the loyalty programme, installed the app...) or dismissed.
     ``action_id`` is the merchant catalog's engagement action id; ``channel`` where it happened
-    (absent: in session)."""
+    (absent: in session). An ``action_shown`` of the first action of a ranking that
+    ``GET /next-best-actions`` served carries that answer's ``ranking_id`` and ``propensity``:
+    its take window is then the ranking's, with the probability the ranking had of putting
+    the action first, for learning and off-policy evaluation (both ignored on other types)."""
 
     event_type: ActionFeedbackType
     action_id: Id
     channel: Channel | None = None
+    ranking_id: Id | None = None
+    propensity: Propensity | None = None
 
 
 class RankedAction(faust.Record, serializer="json"):

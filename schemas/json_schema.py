@@ -42,6 +42,8 @@ def _field_schema(spec: FieldSpec) -> dict:
         value = getattr(spec.bounds, name)
         if value is not None and not (name == "min_length" and value == 0):
             schema[keyword] = value
+    if spec.bounds.exclusive_minimum:
+        schema["exclusiveMinimum"] = schema.pop("minimum")
     if spec.nullable:
         schema = {"anyOf": [schema, {"type": "null"}]}
     return schema

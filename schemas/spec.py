@@ -21,7 +21,9 @@ class Bounds:
     """What a value must stay within; None: no limit of that kind.
 
     ``pattern`` is searched (JSON Schema semantics: anchor it); ``pattern_doc`` says it in words
-    for error messages; ``format`` is the JSON Schema format it implies, for producers' tools."""
+    for error messages; ``format`` is the JSON Schema format it implies, for producers' tools;
+    ``exclusive_minimum``: the minimum itself is out of range (JSON Schema's
+    ``exclusiveMinimum``)."""
 
     min_length: int | None = None
     max_length: int | None = None
@@ -30,6 +32,7 @@ class Bounds:
     format: str | None = None
     minimum: float | None = None
     maximum: float | None = None
+    exclusive_minimum: bool = False
     max_items: int | None = None
 
 

@@ -87,7 +87,15 @@ def _compile_field(spec: FieldSpec) -> _Validate:
     if (low is None) != (high is None):
         raise TypeError("a bounded number needs both a minimum and a maximum")
     ranged = low is not None
-    out_of_range = f"must be between {_number(low)} and {_number(high)}" if ranged else ""
+    above = bounds.exclusive_minimum
+    if not ranged:
+        out_of_range = ""
+    elif above:
+        out_of_range = f"must be greater than {_number(low)} and at most {_number(high)}"
+    else:
+        out_of_range = f"must be between {_number(low)} and {_number(high)}"
+    if above and not ranged:
+        raise TypeError("an exclusive minimum needs a minimum")
 
     def validate(value: object) -> object:
         if value is None:
@@ -120,7 +128,7 @@ def _compile_field(spec: FieldSpec) -> _Validate:
                 if not value.is_integer():  # type: ignore[union-attr]
                     _violation(f"expected an integer, got {value!r}")
                 value = int(value)  # type: ignore[arg-type]
-            if ranged and not low <= value <= high:  # type: ignore[operator]
+            if ranged and not low <= value <= high or above and value == low:  # type: ignore[operator]
                 _violation(f"{out_of_range}, got {value}")
             return value
 
@@ -130,7 +138,8 @@ def _compile_field(spec: FieldSpec) -> _Validate:
             if type(value) is not float and type(value) is not int:
                 _violation(f"expected a number, got {_type_name(value)}")
             if ranged:
-                if not low <= value <= high:  # type: ignore[operator]  # NaN fails too
+                # NaN fails too
+                if not low <= value <= high or above and value == low:  # type: ignore[operator]
                     _violation(f"{out_of_range}, got {_show(value)}")
             elif not math.isfinite(value):  # type: ignore[arg-type]
                 _violation("must be a finite number")

@@ -158,7 +158,7 @@ def _edges(spec: FieldSpec) -> Iterator[tuple[str, object, bool]]:
             yield "past max_length", "x" * (bounds.max_length + 1), False
     elif spec.kind in ("int", "float") and bounds.minimum is not None:
         step = 1 if spec.kind == "int" else 0.01
-        yield "at minimum", bounds.minimum, True
+        yield "at minimum", bounds.minimum, not bounds.exclusive_minimum
         yield "below minimum", bounds.minimum - step, False
         yield "at maximum", bounds.maximum, True
         yield "past maximum", bounds.maximum + step, False  # type: ignore[operator]

@@ -74,10 +74,11 @@ def value_of(spec: FieldSpec) -> st.SearchStrategy:
         base = st.one_of(st.integers(low, high), st.sampled_from([low, high]))
     elif spec.kind == "float":
         low, high = bounds.minimum, bounds.maximum
+        above = bounds.exclusive_minimum  # the minimum itself is out
         base = st.one_of(
-            st.floats(low, high, allow_nan=False),
-            st.integers(int(low), int(high)),  # type: ignore[arg-type]
-            st.sampled_from([low, high]),
+            st.floats(low, high, exclude_min=above, allow_nan=False),
+            st.integers(int(low) + above, int(high)),  # type: ignore[arg-type]
+            st.sampled_from([high] if above else [low, high]),
         )
     elif spec.kind == "bool":
         base = st.booleans()
@@ -140,10 +141,13 @@ def past_bound(spec: FieldSpec) -> st.SearchStrategy:
         return _TEXT.filter(lambda text: not text[:3].isalpha())
     if spec.kind in ("int", "float"):
         low, high = bounds.minimum, bounds.maximum
+        above = bounds.exclusive_minimum  # the minimum itself is out
         return st.one_of(
-            st.floats(max_value=low, exclude_max=True, allow_nan=False),  # type: ignore[arg-type]
+            st.floats(max_value=low, exclude_max=not above, allow_nan=False),  # type: ignore[arg-type]
             st.floats(min_value=high, exclude_min=True, allow_nan=False),  # type: ignore[arg-type]
-            st.integers(*I64).filter(lambda v: not low <= v <= high),  # type: ignore[operator]
+            st.integers(*I64).filter(
+                lambda v: not low <= v <= high or above and v == low  # type: ignore[operator]
+            ),
         )
     if spec.kind == "list" and bounds.max_items is not None:
         return st.just([{}] * (bounds.max_items + 1))

@@ -1,6 +1,7 @@
 """Engagement actions through real workers on the embedded broker: action feedback applied
 (once) or dead-lettered, cart decisions carrying ranked actions, GET /next-best-actions over
-real HTTP, forwarded to the key's owner, and the take models shared by the workers (a take
+real HTTP, forwarded to the key's owner, a ranking it served reported shown (its take window
+the ranking's), and the take models shared by the workers (a take
 learned on one worker moves the rankings the other serves)."""
 
 from __future__ import annotations
@@ -158,6 +159,30 @@ def test_actions_ranked_served_and_learned_through_the_worker(cluster):
     views = poll(lambda: same_models(cluster, updates=1), 60, "both workers learned the take")
     [part] = views[SHOP]["parts"]
     assert views[SHOP]["parts"] == {part: 1}
+
+    # A ranking the API served (answered by the key's owner, asked of worker a), reported shown
+    # by the shop with its id and propensity: c3's take window is that ranking's, with that
+    # propensity; a propensity of 0 is dead-lettered naming the field.
+    owner_of = settled(cluster)
+    assert owner_of is not None
+    owner = owner_of[key_partition(state_key(SHOP, "c3", None), PARTITIONS)]
+    path = f"/next-best-actions?merchant={SHOP}&customer=c3&n=10"
+    status, answer, headers = call(port, "GET", path, ADMIN_TOKEN)
+    assert status == 200 and headers[SERVED_BY] == owner, answer
+    assert answer["ranking_id"].startswith("api-") and 0 < answer["propensity"] <= 1
+    first = answer["actions"][0]["action_id"]
+    logged = {"ranking_id": answer["ranking_id"], "propensity": answer["propensity"]}
+    cluster.send("action_feedback", feedback("action_shown", "eng-api-c3", "c3", first, **logged))
+    bad = {**logged, "propensity": 0}
+    cluster.send("action_feedback", feedback("action_shown", "eng-api-bad", "c3", first, **bad))
+    cluster.flush()
+    cluster.wait_processed(len(inputs) + 4, timeout=120)
+    c3 = cluster.state(port, f"{SHOP}:c:c3")
+    [window] = c3["engagement"]["open"]
+    assert window[:2] == [answer["ranking_id"], first] and window[4] == answer["propensity"]
+    letters = cluster.read("dead_letters", min_count=3)
+    [letter] = [one for one in letters if "eng-api-bad" in one["payload"]]
+    assert letter["reason"] == "schema_violation" and "propensity" in letter["error"], letter
 
 
 def same_models(cluster: Cluster, updates: int) -> dict | None:

@@ -10,8 +10,9 @@
   now for the current cart, with its reason and the customer's churn risk (``&at=`` an ISO time to
   ask about another moment);
 - ``GET /next-best-actions?merchant=&customer=&n=`` the merchant's engagement actions the
-  customer is eligible for, ranked by P(take) x value (or P(take) alone), with the first's
-  propensity (`agents.engagement`, ``streams.engagement``);
+  customer is eligible for, ranked by P(take) x value (or P(take) alone), with the ranking's
+  id and the first's propensity, for the shop's ``action_shown`` of it (`agents.engagement`,
+  ``streams.engagement``);
 - ``POST /predictors {"merchant"}`` starts a background ``nextbest train`` job for the
   merchant (`agents.web.training`); ``GET /predictors/{job}`` its status and metrics;
 - ``POST /events`` a batch of input events, validated exactly like the Kafka path
@@ -66,6 +67,7 @@ from schemas.events import INPUT_EVENTS
 from schemas.keys import iso, state_key
 from schemas.validation import ALL_EVENT_TYPES, InvalidEvent, parse_event
 from streams.decisions import DecisionContext, Offer, Policy
+from streams.engagement import serving
 from streams.state import churn
 
 log = logging.getLogger(__name__)
@@ -337,13 +339,15 @@ class Api:
         merchant = self.nb.registry.get(merchant_id)
         state = self.state(key)
         now = time.time()
-        ranking = self.engagement.rank(merchant, state, now, f"{key}|{now}")
+        ranking_id = serving.api_ranking_id(key, now)
+        ranking = self.engagement.rank(merchant, state, now, ranking_id)
         if ranking.first is not None:
             metrics.ENGAGEMENT_RANKED.labels(merchant_id, ranking.first.action.id).inc()
         return view.json(
             {
                 "merchant": merchant_id,
                 "customer": customer,
+                "ranking_id": ranking_id,
                 "ranking": ranking.mode,
                 "model_version": ranking.version,
                 "propensity": round(ranking.propensity, 6),

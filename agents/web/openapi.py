@@ -286,7 +286,9 @@ OPENAPI: dict = {
                 "P(take) alone (the merchant's `engagement.ranking`), with Thompson sampling: "
                 "`propensity` is the probability the first action had of being ranked first. "
                 "Only the actions the customer is eligible for; an unknown customer is ranked "
-                "on the priors.",
+                "on the priors. `ranking_id` names this answer: the shop's `action_shown` of "
+                "the first action carries it and `propensity`, so its take is learned and "
+                "evaluated off policy like a cart decision's (docs/merchants.md).",
                 "parameters": [_MERCHANT, _query("customer", "customer id", _ID), _COUNT],
                 "responses": {
                     "200": _json(
@@ -295,6 +297,7 @@ OPENAPI: dict = {
                             "required": [
                                 "merchant",
                                 "customer",
+                                "ranking_id",
                                 "ranking",
                                 "model_version",
                                 "propensity",
@@ -304,9 +307,14 @@ OPENAPI: dict = {
                             "properties": {
                                 "merchant": {"type": "string"},
                                 "customer": {"type": "string"},
+                                "ranking_id": {"type": "string", "maxLength": 256},
                                 "ranking": {"enum": ["expected_value", "propensity"]},
                                 "model_version": {"type": "string"},
-                                "propensity": {"type": "number"},
+                                "propensity": {
+                                    "type": "number",
+                                    "exclusiveMinimum": 0,
+                                    "maximum": 1,
+                                },
                                 "known_customer": {"type": "boolean"},
                                 "actions": {
                                     "type": "array",

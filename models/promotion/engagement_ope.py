@@ -16,6 +16,13 @@ SNIPS estimates and their 95% intervals are ``models.promotion.ope``'s. Only the
 can be compared: log with ``engagement.attach`` at least the number of the merchant's actions,
 or a candidate may prefer an action the record does not list (it then ranks among the listed
 ones only).
+
+Rankings ``GET /next-best-actions`` served (``--served``: its answers as the shop kept them,
+JSON Lines) are rows too, once the shop reported showing their first action: an
+``action_shown`` carrying the answer's ``ranking_id`` (and ``propensity``). The row's listing
+and propensity are the answer's, its reward the first action's value if taken within the
+window after that showing; an answer never shown is no row (n: ask for every action to
+compare them all, as with ``attach``).
 """
 
 from __future__ import annotations
@@ -58,43 +65,79 @@ def _customer(record: dict) -> tuple[str, str | None]:
 
 
 def load_rows(
-    promotions: Iterable[dict], feedback: Iterable[dict], window_s: float
+    promotions: Iterable[dict],
+    feedback: Iterable[dict],
+    window_s: float,
+    served: Iterable[dict] = (),
 ) -> list[ShownAction]:
-    """Promotion records with an engagement ranking, joined to the takes of their first action
-    (deduplicated by offer id and event id: the topics are at-least-once)."""
+    """Promotion records with an engagement ranking, and the ``served`` answers of
+    ``GET /next-best-actions`` whose first action the shop reported shown, joined to the takes
+    of their first action (deduplicated by offer id, ranking id and event id: the topics are
+    at-least-once)."""
     takes: dict[tuple, list[float]] = defaultdict(list)
+    shown_at: dict[tuple, float] = {}  # (merchant, customer, ranking id, action) -> first showing
     seen: set[str] = set()
     for event in feedback:
-        if event.get("event_type") != "action_taken" or event["event_id"] in seen:
+        if event["event_id"] in seen:
             continue
         seen.add(event["event_id"])
-        takes[(*_customer(event), event["action_id"])].append(_ts(event["event_time"]))
-    rows, offers = [], set()
+        at, key = _ts(event["event_time"]), (*_customer(event), event["action_id"])
+        if event.get("event_type") == "action_taken":
+            takes[key].append(at)
+        elif event.get("event_type") == "action_shown" and event.get("ranking_id"):
+            shown = (*_customer(event), event["ranking_id"], event["action_id"])
+            shown_at[shown] = min(at, shown_at.get(shown, at))
+    rows, logged = [], set()
     for record in promotions:
         ranked = record.get("engagement_actions")
         if not ranked or record.get("engagement_propensity") is None:
             continue
-        if record["offer_id"] in offers or record.get("customer_id") is None:
+        if record["offer_id"] in logged or record.get("customer_id") is None:
             continue
-        offers.add(record["offer_id"])
-        first = ranked[0]
+        logged.add(record["offer_id"])
         shown = _ts(record["event_time"])
-        taken = any(
-            shown <= ts <= shown + window_s
-            for ts in takes.get((*_customer(record), first["action_id"]), ())
-        )
+        propensity = float(record["engagement_propensity"])
         rows.append(
-            ShownAction(
-                record_id=record["offer_id"],
-                options=[a["action_id"] for a in ranked],
-                p_take=np.array([a["p_take"] for a in ranked], dtype=np.float64),
-                value=np.array([a["value"] for a in ranked], dtype=np.float64),
-                logged=0,
-                propensity=float(record["engagement_propensity"]),
-                reward=float(first["value"]) if taken else 0.0,
-            )
+            _row(record["offer_id"], _customer(record), ranked, shown, propensity, takes, window_s)
         )
+    for answer in served:
+        ranked, ranking_id = answer.get("actions"), answer.get("ranking_id")
+        if not ranked or ranking_id is None or ranking_id in logged:
+            continue
+        customer = (answer["merchant"], answer["customer"])
+        shown = shown_at.get((*customer, ranking_id, ranked[0]["action_id"]))
+        if shown is None:  # served, never reported shown
+            continue
+        logged.add(ranking_id)
+        propensity = float(answer["propensity"])
+        rows.append(_row(ranking_id, customer, ranked, shown, propensity, takes, window_s))
     return rows
+
+
+def _row(
+    record_id: str,
+    customer: tuple[str, str | None],
+    ranked: list[dict],
+    shown: float,
+    propensity: float,
+    takes: dict[tuple, list[float]],
+    window_s: float,
+) -> ShownAction:
+    """A showing at ``shown`` of ``ranked``'s first action, rewarded with its value if the
+    customer took it within ``window_s``."""
+    first = ranked[0]
+    taken = any(
+        shown <= ts <= shown + window_s for ts in takes.get((*customer, first["action_id"]), ())
+    )
+    return ShownAction(
+        record_id=record_id,
+        options=[a["action_id"] for a in ranked],
+        p_take=np.array([a["p_take"] for a in ranked], dtype=np.float64),
+        value=np.array([a["value"] for a in ranked], dtype=np.float64),
+        logged=0,
+        propensity=propensity,
+        reward=float(first["value"]) if taken else 0.0,
+    )
 
 
 Candidate = Callable[[ShownAction], np.ndarray]
@@ -147,14 +190,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--feedback", type=Path, nargs="+", required=True, help="action-feedback events, JSON Lines"
     )
+    parser.add_argument(
+        "--served",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="GET /next-best-actions answers the shop kept, JSON Lines (module doc)",
+    )
     parser.add_argument("--window-hours", type=float, default=72.0, help="a take counts this long")
     parser.add_argument("--json", type=Path, default=None, help="also write the estimates here")
     args = parser.parse_args(argv)
     rows = load_rows(
-        _read_json_lines(args.log), _read_json_lines(args.feedback), args.window_hours * 3600
+        _read_json_lines(args.log),
+        _read_json_lines(args.feedback),
+        args.window_hours * 3600,
+        _read_json_lines(args.served),
     )
     if not rows:
-        print("no promotion records with an engagement ranking in the log")
+        print(
+            "no promotion records with an engagement ranking, nor shown served rankings, in the log"
+        )
         return 1
     mean = float(np.mean([r.reward for r in rows]))
     print(f"{len(rows)} rankings shown; logged mean value {mean:.4f} per showing")

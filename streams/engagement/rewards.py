@@ -2,12 +2,14 @@
 
 A showing of an action opens a window in ``state["engagement"]["open"]``: the cart decision
 that put the action first on a record (with its ranking's propensity), or an ``action_shown``
-feedback event for an action no open window covers (propensity unknown: shown by the shop on
-its own). An ``action_taken`` within ``take_window_s`` of the showing closes the action's
-window with ``taken: true``; a window whose end passed (any later event of the customer moves
-the clock) closes with ``taken: false``, a dismissal included. Each window closes once: a
-reward's id is its showing's id, so learning it twice is a no-op (`TakeModel.update`), and the
-state keeps at most ``MAX_OPEN`` windows (the oldest closes, not taken).
+feedback event for an action no open window covers: under the ranking's id with its
+propensity when it carries those of a ``GET /next-best-actions`` answer (``ranking_id``,
+``propensity``), else under the event's id, propensity unknown (shown by the shop on its own).
+An ``action_taken`` within ``take_window_s`` of the showing closes the action's window with
+``taken: true``; a window whose end passed (any later event of the customer moves the clock)
+closes with ``taken: false``, a dismissal included. Each window closes once: a reward's id is
+its showing's id, so learning it twice is a no-op (`TakeModel.update`), and the state keeps at
+most ``MAX_OPEN`` windows (the oldest closes, not taken).
 
 Window: ``[ranking_id, action_id, shown_at, ends_at, propensity | None, ranking mode,
 features]``.

@@ -20,12 +20,14 @@ generation, action id]``), whatever later changes of the cart rank first.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from streams.decisions import ValueContest
 from streams.engagement.ranking import Ranking
 
 ENGAGEMENT_OFFER_TYPE = "engagement_action"
+API_RANKING_PREFIX = "api-"
 BEST_VALUE = "best_value"
 
 
@@ -101,3 +103,11 @@ def action_reason(ranking: Ranking, currency: str) -> str:
             f"{first.action.value:.2f} {currency} = {first.expected_value:.2f}"
         )
     return f"engagement action {first.action.id}: P(take) {first.p_take:.3f} (propensity ranking)"
+
+
+def api_ranking_id(state_key: str, now: float) -> str:
+    """The id of a ranking ``GET /next-best-actions`` serves the customer of ``state_key`` at
+    ``now``: a digest of both (an input ``Id`` whatever the key's length, for the shop to send
+    back on its ``action_shown``); the ranking's draws are seeded by it (``ranking_rng``)."""
+    digest = hashlib.blake2b(f"{state_key}|{now!r}".encode(), digest_size=12).hexdigest()
+    return API_RANKING_PREFIX + digest
