@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents.engagement import Engagement
 from models.next_purchase.serving import _identity, cart_products, served_history
 from streams.decisions import DecisionContext
+from streams.engagement.ranking import ACTION_FEATURE_NAMES
+from streams.merchants.catalog import DEFAULT_MERCHANTS
 from streams.promotion.experiments import Experiment
 from streams.promotion.features import FEATURE_NAMES
 from streams.promotion.policy import PromotionPolicy
@@ -180,3 +184,34 @@ def test_each_cart_decisions_inputs_are_those_of_the_batch_cut_at_its_event(hist
         got = records[cart_event["event_id"]]
         for field in ("features", "cart_products", "country", "horizon_margin", "repeat_of"):
             assert got[field] == expected[field], field
+
+
+def ranking_stream(tmp_path) -> tuple[Stream, PromotionPolicy]:
+    """The demo merchant ranking its engagement actions on carts (``combine: both``), with the
+    promotion policy for everyone."""
+    merchants = yaml.safe_load(DEFAULT_MERCHANTS.read_text())
+    merchants["merchants"][MERCHANT]["engagement"].update(on_cart=True, combine="both")
+    path = tmp_path / "merchants.yaml"
+    path.write_text(yaml.safe_dump(merchants))
+    policy = PromotionPolicy(Experiment(id="t", holdout=0.0))
+    stream = Stream(policy, merchants_path=path)
+    stream.pipeline.engagement = Engagement()
+    return stream, policy
+
+
+def test_a_carts_engagement_ranking_reads_the_customer_as_of_the_cart_event(tmp_path):
+    """The take window a cart's first action opens keeps the action features of the cart change
+    decided alone, though the order the cart turned into was applied before the decision."""
+    history = [order("past", T0 - 7 * 86400, "22423")]
+    visit = [cart("cart-1", T0, "85123A"), order("buy-1", T0 + 600, "85123A")]
+    windows = []
+    for batches in ((history, visit), (history, visit[:1], visit[1:])):
+        stream, policy = ranking_stream(tmp_path)
+        decided(stream, policy, *batches)
+        state = stream.state(f"{MERCHANT}:c:c1")
+        [window] = state["engagement"]["open"]  # the cart's first action's
+        windows.append(window)
+    together, alone = windows
+    assert together == alone
+    features = dict(zip(ACTION_FEATURE_NAMES, together[6], strict=True))
+    assert features["recency"] > 0.3 and features["cart_lines"] > 0  # not the order's
