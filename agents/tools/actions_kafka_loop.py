@@ -43,11 +43,13 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import orjson
+from confluent_kafka import Consumer, Message
 
 from agents.tools.promo_kafka_loop import (
     MERCHANT_ID,
@@ -199,7 +201,7 @@ def run_arm(
 
     def answer_messages(week: int, ts: float) -> None:
         """The retention messages the worker sent so far, answered at ``ts``."""
-        for message in notes.consume(1000, 0.2):
+        for message in _drain(notes):
             if message.error():
                 continue
             note = orjson.loads(message.value())
@@ -653,3 +655,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _drain(consumer: Consumer) -> Iterator[Message]:
+    """Every message waiting for ``consumer`` now, a thousand at a time, until a read finds none."""
+    while batch := consumer.consume(1000, 0.2):
+        yield from batch
